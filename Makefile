@@ -1,0 +1,44 @@
+# Fulcrum build. `make test` is what CI runs (as root: the fast-path and
+# namespace tests load BPF programs).
+
+GO ?= go
+CLANG ?= clang-19
+BPF_SOURCES := $(wildcard bpf/*.c bpf/*.h)
+GENERATED := pkg/datapath/balancer_bpfel.go pkg/datapath/balancer_bpfel.o \
+	pkg/datapath/testprogs_bpfel.go pkg/datapath/testprogs_bpfel.o
+BENCH_COUNT ?= 5
+
+.PHONY: all generate build test bench vet check-generated clean
+
+all: build
+
+# generate compiles bpf/*.c with clang-19 and the libbpf-dev headers and
+# writes the Go bindings (bpf2go). The output is committed.
+generate:
+	$(GO) generate ./pkg/datapath/
+
+build:
+	$(GO) build -o bin/fulcrum ./cmd/fulcrum
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" >&2; exit 1)
+	$(GO) tool staticcheck ./...
+
+# test runs every test, including the privileged BPF and namespace tests.
+test: vet
+	$(GO) test -count=1 -p 1 ./...
+
+# bench measures the fast path through BPF_PROG_RUN and prints one line per
+# path: `fastpath PATH ns/pkt=N x_floor=R`.
+bench:
+	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./pkg/maglev/
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFastpath$$' -benchtime 1x ./pkg/datapath/ -fastpath.rounds $(BENCH_COUNT)
+
+# check-generated fails if the committed bpf2go output differs from a
+# fresh `make generate`.
+check-generated: generate
+	@git diff --exit-code --stat -- $(GENERATED) || (echo "generated BPF output is stale: run 'make generate' and commit" >&2; exit 1)
+
+clean:
+	rm -rf bin

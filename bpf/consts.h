@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Constants shared by the XDP programs. Every value here that Go also needs
+ * reaches Go through the BTF of an enum (bpf2go -type), never a copied number. */
+#ifndef FULCRUM_CONSTS_H
+#define FULCRUM_CONSTS_H
+
+/* Capacity of the maps. Go reads these from the loaded map specs. */
+#define MAX_VIPS 4096
+/* A backend id is one (VIP, backend) pair: 4096 VIPs x 64 backends. */
+#define MAX_BACKENDS 262144
+#define CT_ENTRIES (1 << 20)
+/* The inner ring template; real rings are created by Go with the VIP's own
+ * prime size, which BPF_F_INNER_MAP allows. */
+#define RING_TEMPLATE_SIZE 251
+
+/* How many IPv6 extension headers the parser walks before giving up. */
+#define IPV6_MAX_EXT_HEADERS 4
+/* How many VLAN tags (802.1Q / 802.1ad) the parser accepts. */
+#define MAX_VLAN_TAGS 2
+
+#define FLOW_HASH_SEED 0x7a3c19e5
+
+/* Forwarding mode of a VIP. */
+enum fulcrum_mode {
+	MODE_NONE = 0,
+	MODE_DSR = 1,
+	MODE_IPIP = 2,
+};
+
+/* Per-VIP flags. */
+enum fulcrum_vip_flags {
+	/* Do not use the connection table: every packet takes the ring. */
+	VIP_F_NO_CONNTRACK = 1 << 0,
+	/* Hash on the client address only (sticky source hash). */
+	VIP_F_SOURCE_HASH = 1 << 1,
+	/* Pass fragments and unparseable packets for this VIP's address to the
+	 * host stack instead of dropping them. */
+	VIP_F_PASS_UNPARSEABLE = 1 << 2,
+};
+
+/* Backend flags. */
+enum fulcrum_backend_flags {
+	/* The backend may receive packets. A cleared flag marks a removed
+	 * backend: connection-table entries that point at it are re-hashed. */
+	BACKEND_F_LIVE = 1 << 0,
+};
+
+/* Global configuration flags (the config map). */
+enum fulcrum_config_flags {
+	/* Some TCP VIP uses the connection table. */
+	CONFIG_F_CT_TCP = 1 << 0,
+	/* Some UDP VIP uses the connection table. */
+	CONFIG_F_CT_UDP = 1 << 1,
+};
+
+/* Counters of the stats map: one verdict per packet (STAT_PASS_* ,
+ * STAT_DROP_*, STAT_TX_*), plus connection-table events (STAT_CT_*). */
+enum fulcrum_stat {
+	STAT_PASS_NOT_IP = 0,       /* not IPv4/IPv6, or no room for the header */
+	STAT_PASS_NO_VIP,           /* IP, but no VIP matches */
+	STAT_PASS_NOT_L4,           /* a protocol other than TCP/UDP */
+	STAT_PASS_UNPARSEABLE,      /* fragment/bad L4 for a VIP with the pass flag */
+	STAT_DROP_FRAGMENT,         /* IP fragment addressed to a VIP */
+	STAT_DROP_MALFORMED,        /* bad or truncated header addressed to a VIP */
+	STAT_DROP_NO_BACKEND,       /* VIP without a live backend */
+	STAT_DROP_BAD_MODE,         /* VIP mode the program does not know */
+	STAT_TX_DSR,                /* forwarded with an L2 rewrite */
+	STAT_CT_HIT,                /* connection entry used */
+	STAT_CT_MISS,               /* no entry: ring lookup and insert */
+	STAT_CT_SYN,                /* TCP SYN: ring lookup and insert */
+	STAT_CT_STALE,              /* entry for a removed backend or VIP: re-hashed */
+	STAT_CT_INSERT_FAILED,      /* map update failed */
+	STAT_CT_BYPASS,             /* VIP without connection table */
+	STAT_MAX,
+};
+
+#endif

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Map definitions of the balancer. Go (pkg/datapath) is the only writer of
+ * the configuration maps; the program writes only ct_* and the counters. */
+#ifndef FULCRUM_MAPS_H
+#define FULCRUM_MAPS_H
+
+#include <linux/bpf.h>
+#include <linux/in6.h>
+#include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "types.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vip_key_v4);
+	__type(value, struct vip_meta);
+	__uint(max_entries, MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} vips_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vip_key_v6);
+	__type(value, struct vip_meta);
+	__uint(max_entries, MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} vips_v6 SEC(".maps");
+
+/* vip_state[index] is what a connection entry is checked against. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct vip_meta);
+	__uint(max_entries, MAX_VIPS);
+} vip_state SEC(".maps");
+
+/* vip_addrs_* hold, per VIP address, the policy for packets that cannot be
+ * matched to a port: fragments and bad L4 headers. Only the slow path reads
+ * them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(max_entries, MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} vip_addrs_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6_addr);
+	__type(value, __u32);
+	__uint(max_entries, MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} vip_addrs_v6 SEC(".maps");
+
+/* ring_template is the inner map of rings. BPF_F_INNER_MAP lets each VIP's
+ * ring have its own prime size. */
+struct ring {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, RING_TEMPLATE_SIZE);
+	__uint(map_flags, BPF_F_INNER_MAP);
+};
+
+/* rings[vip index] is the VIP's Maglev table. Go builds a new inner map and
+ * swaps it in with one update, so a lookup sees the old ring or the new one,
+ * never a mix. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, MAX_VIPS);
+	__array(values, struct ring);
+} rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(max_entries, MAX_BACKENDS);
+} backends SEC(".maps");
+
+/* The connection tables are LRU hashes with a free list per CPU
+ * (BPF_F_NO_COMMON_LRU): inserts on one CPU never take another CPU's LRU
+ * lock, yet one table serves all CPUs, so a flow that RSS moves keeps its
+ * backend and `fulcrum explain` finds it with one lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key_v4);
+	__type(value, struct ct_value);
+	__uint(max_entries, CT_ENTRIES);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+} ct_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key_v6);
+	__type(value, struct ct_value);
+	__uint(max_entries, CT_ENTRIES);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+} ct_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct stat_table);
+	__uint(max_entries, 1);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, MAX_VIPS);
+} vip_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, MAX_BACKENDS);
+} backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct lb_config);
+	__uint(max_entries, 1);
+} config SEC(".maps");
+
+#endif

@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
+/* Programs used only by the benchmarks and tests: the floor every figure
+ * is a ratio to, and a wrapper that makes each BPF_PROG_RUN repeat a new
+ * flow before tail-calling the balancer. */
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* bench_floor swaps the MAC addresses and transmits: the least any XDP
+ * forwarder does. */
+SEC("xdp")
+int bench_floor(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	unsigned char tmp[ETH_ALEN];
+
+	if ((void *)(eth + 1) > end)
+		return XDP_DROP;
+	__builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+	return XDP_TX;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, 1);
+} bench_target SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} bench_seq SEC(".maps");
+
+/* bench_newflow gives every run a source address never seen before (an
+ * IPv4 packet without options is assumed), then tail-calls bench_target. */
+SEC("xdp")
+int bench_newflow(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u32 zero = 0, *seq;
+
+	if ((void *)(ip + 1) > end)
+		return XDP_ABORTED;
+	seq = bpf_map_lookup_elem(&bench_seq, &zero);
+	if (!seq)
+		return XDP_ABORTED;
+	*seq += 1;
+	ip->saddr = *seq;
+	bpf_tail_call(ctx, &bench_target, 0);
+	return XDP_ABORTED;
+}
+
+/* bench_tail tail-calls bench_target without touching the packet: with
+ * the floor as target it measures what the wrapper itself costs. */
+SEC("xdp")
+int bench_tail(struct xdp_md *ctx)
+{
+	bpf_tail_call(ctx, &bench_target, 0);
+	return XDP_ABORTED;
+}
+
+#include "parse.h"
+#include "flowhash.h"
+
+/* test_flowhash parses the packet as the balancer does and writes the
+ * flow hash (and the source-only hash) over the first 8 bytes of the
+ * frame, so that tests can compare the C hash with the Go one. */
+SEC("xdp")
+int test_flowhash(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct flow f = {};
+	__u32 l3off = 0, h, hs;
+	__be16 proto = parse_eth(data, end, &l3off);
+	enum parse_result r;
+	__u32 *out = data;
+
+	if (l3off > 64 || (void *)(out + 2) > end)
+		return XDP_ABORTED;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		r = parse_ipv4(data + l3off, end, &f);
+		if (r != PARSE_OK)
+			return XDP_DROP;
+		h = flow_hash(f.src.v4, f.dst.v4, f.ports, f.proto);
+		hs = flow_hash(f.src.v4, 0, 0, f.proto);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		r = parse_ipv6(data + l3off, end, &f);
+		if (r != PARSE_OK)
+			return XDP_DROP;
+		h = flow_hash(fold6(f.src.v6), fold6(f.dst.v6), f.ports, f.proto);
+		hs = flow_hash(fold6(f.src.v6), 0, 0, f.proto);
+	} else {
+		return XDP_DROP;
+	}
+	out[0] = h;
+	out[1] = hs;
+	return XDP_PASS;
+}

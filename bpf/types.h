@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Key and value layouts of every map. bpf2go exports them to Go, so C and Go
+ * share one definition. Addresses and ports are in network byte order. */
+#ifndef FULCRUM_TYPES_H
+#define FULCRUM_TYPES_H
+
+#include <linux/types.h>
+#include "consts.h"
+
+/* vips_v4 key. Port 0 means "every port". 8 bytes keeps the hash cheap. */
+struct vip_key_v4 {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* vips_v6 key. */
+struct vip_key_v6 {
+	__be32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* vip_meta is the value of the VIP hash maps and of vip_state[index], which
+ * a connection entry's backend points back to. gen 0 marks an unused index. */
+struct vip_meta {
+	__u16 index;
+	__u16 gen;
+	__u16 flags;     /* enum fulcrum_vip_flags */
+	__u8 mode;       /* enum fulcrum_mode */
+	__u8 pad;
+	__u32 ring_size; /* prime M of rings[index] */
+};
+
+/* backends[id]. An id names one backend of one VIP, so removing a backend
+ * from a VIP re-hashes exactly that VIP's flows to it. gen changes when an
+ * id is reused, so old connection entries to the id are recognised. */
+struct backend {
+	__u8 mac[6];      /* next hop for MODE_DSR */
+	__u8 family;      /* AF_INET or AF_INET6, for MODE_IPIP */
+	__u8 flags;       /* enum fulcrum_backend_flags */
+	__u16 vip_index;  /* the VIP this backend serves */
+	__u16 gen;
+	__be32 addr[4];
+};
+
+/* Connection table keys, one map per family so the IPv4 key stays small. */
+struct ct_key_v4 {
+	__be32 src;
+	__be32 dst;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct ct_key_v6 {
+	__be32 src[4];
+	__be32 dst[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* ct_value: where the flow goes. The entry is valid while backends[backend]
+ * is live with the same gen. last_seen is in jiffies (coarse, cheap). */
+struct ct_value {
+	__u32 backend;
+	__u16 backend_gen;
+	__u16 pad;
+	__u32 last_seen;
+};
+
+/* counter is a packet and byte count, per CPU. */
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* stats is the per-CPU verdict and event table: one lookup per packet. */
+struct stat_table {
+	__u64 count[STAT_MAX];
+};
+
+/* config is the global configuration, written by Go. */
+struct lb_config {
+	__u32 flags; /* enum fulcrum_config_flags */
+};
+
+#endif

@@ -1,0 +1,176 @@
+// Package datapath is the one Go owner of Fulcrum's XDP objects: it loads
+// the balancer, attaches it to an interface, and offers typed, validated
+// methods that write VIPs, backends and Maglev rings into its maps and read
+// its counters. Nothing else writes the maps.
+//
+// Requires Linux 5.18 or later (BPF_F_INNER_MAP, BPF links for XDP,
+// bpf_jiffies64); developed on 6.18.
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Capacities of the fast path's maps, from bpf/consts.h.
+const (
+	MaxVIPs     = 4096
+	MaxBackends = 262144
+	// DefaultConntrackEntries is the default size of each connection
+	// table (IPv4 and IPv6).
+	DefaultConntrackEntries = 1 << 20
+)
+
+// Options tune Load.
+type Options struct {
+	// ConntrackEntries is the capacity of each connection table; 0 means
+	// DefaultConntrackEntries. The LRU splits it evenly between CPUs.
+	ConntrackEntries uint32
+}
+
+// Datapath owns the loaded balancer program and its maps.
+type Datapath struct {
+	mu    sync.Mutex
+	objs  balancerObjects
+	xdp   link.Link
+	iface int
+
+	vips      map[VIP]*vipEntry
+	vipIndex  indexAllocator
+	backendID indexAllocator
+	// backendGen[id] is the generation last written for a backend id.
+	backendGen map[uint32]uint16
+	vipGen     map[uint16]uint16
+}
+
+// Load loads the balancer into the kernel without attaching it.
+func Load(opts Options) (*Datapath, error) {
+	spec, err := loadBalancer()
+	if err != nil {
+		return nil, fmt.Errorf("load balancer spec: %w", err)
+	}
+	ct := opts.ConntrackEntries
+	if ct == 0 {
+		ct = DefaultConntrackEntries
+	}
+	spec.Maps[balancerMapCtV4].MaxEntries = ct
+	spec.Maps[balancerMapCtV6].MaxEntries = ct
+
+	d := &Datapath{
+		vips:       make(map[VIP]*vipEntry),
+		vipIndex:   newIndexAllocator(MaxVIPs),
+		backendID:  newIndexAllocator(MaxBackends),
+		backendGen: make(map[uint32]uint16),
+		vipGen:     make(map[uint16]uint16),
+	}
+	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load balancer: %+v", verr)
+		}
+		return nil, fmt.Errorf("load balancer: %w", err)
+	}
+	return d, nil
+}
+
+// Program returns the balancer program, for tests and benchmarks that run
+// it with BPF_PROG_RUN.
+func (d *Datapath) Program() *ebpf.Program {
+	return d.objs.FulcrumBalancer
+}
+
+// Attach attaches the balancer to the interface with the given index, in
+// the network namespace of the calling thread. It uses native XDP unless
+// generic is set; generic XDP is slower and meant for testing only.
+func (d *Datapath) Attach(ifindex int, generic bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.xdp != nil {
+		return fmt.Errorf("attach xdp to ifindex %d: already attached to ifindex %d", ifindex, d.iface)
+	}
+	flags := link.XDPDriverMode
+	if generic {
+		flags = link.XDPGenericMode
+	}
+	l, err := link.AttachXDP(link.XDPOptions{
+		Program:   d.objs.FulcrumBalancer,
+		Interface: ifindex,
+		Flags:     flags,
+	})
+	if err != nil {
+		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
+	}
+	d.xdp, d.iface = l, ifindex
+	return nil
+}
+
+// Detach removes the balancer from its interface. Detaching a datapath
+// that is not attached does nothing.
+func (d *Datapath) Detach() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.xdp == nil {
+		return nil
+	}
+	err := d.xdp.Close()
+	d.xdp, d.iface = nil, 0
+	if err != nil {
+		return fmt.Errorf("detach xdp: %w", err)
+	}
+	return nil
+}
+
+// Close detaches the program and releases every object. The kernel frees
+// maps and program once nothing else holds them.
+func (d *Datapath) Close() error {
+	derr := d.Detach()
+	return errors.Join(derr, d.objs.Close())
+}
+
+// indexAllocator hands out indexes below a limit. Freed indexes go to the
+// back of a FIFO, so an index is reused as late as possible: connection
+// entries that still name it are then old enough to have been evicted, and
+// the generation check catches the rest.
+type indexAllocator struct {
+	limit uint32
+	next  uint32
+	free  []uint32
+}
+
+func newIndexAllocator(limit uint32) indexAllocator {
+	return indexAllocator{limit: limit}
+}
+
+func (a *indexAllocator) available() int {
+	return int(a.limit-a.next) + len(a.free)
+}
+
+func (a *indexAllocator) get() (uint32, bool) {
+	if a.next < a.limit {
+		a.next++
+		return a.next - 1, true
+	}
+	if len(a.free) == 0 {
+		return 0, false
+	}
+	id := a.free[0]
+	a.free = a.free[1:]
+	return id, true
+}
+
+func (a *indexAllocator) put(id uint32) {
+	a.free = append(a.free, id)
+}
+
+// addrKey returns the key of the vip_addrs maps for an address.
+func addrFamily(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}

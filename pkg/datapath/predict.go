@@ -1,0 +1,96 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
+)
+
+// Flow is a packet's 5-tuple as the fast path sees it.
+type Flow struct {
+	Src, Dst     netip.Addr
+	Sport, Dport uint16
+	Proto        Proto
+}
+
+// Prediction says where the fast path sends a flow, and why.
+type Prediction struct {
+	VIP     VIP
+	Backend netip.Addr
+	// Hash and Slot locate the ring slot the flow hashes to.
+	Hash uint32
+	Slot uint32
+	// RingBackend is the ring's choice; it differs from Backend when a
+	// connection entry pins the flow elsewhere.
+	RingBackend netip.Addr
+	// Conntrack is set when a live connection entry decides the backend.
+	Conntrack bool
+}
+
+// ErrNoVIP is returned by Predict for a flow that matches no VIP.
+var ErrNoVIP = errors.New("no vip matches the flow")
+
+// Predict returns the backend a packet of flow reaches, computed the way
+// the fast path computes it: connection entry first (unless the packet is a
+// TCP SYN, which always takes the ring), then the VIP's Maglev ring.
+func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e := d.vips[VIP{Addr: f.Dst, Port: f.Dport, Proto: f.Proto}]
+	if e == nil {
+		e = d.vips[VIP{Addr: f.Dst, Port: 0, Proto: f.Proto}]
+	}
+	if e == nil {
+		return Prediction{}, fmt.Errorf("%s:%d -> %s:%d/%s: %w", f.Src, f.Sport, f.Dst, f.Dport, f.Proto, ErrNoVIP)
+	}
+	p := Prediction{VIP: e.vip}
+	if e.cfg.SourceHash {
+		p.Hash = flowhash.Source(f.Src, uint8(f.Proto))
+	} else {
+		p.Hash = flowhash.Flow(f.Src, f.Dst, f.Sport, f.Dport, uint8(f.Proto))
+	}
+	p.Slot = flowhash.Slot(p.Hash, uint32(len(e.table)))
+	if id := e.table[p.Slot]; id != maglev.Unassigned {
+		p.RingBackend = e.byID[id].Addr
+	}
+	p.Backend = p.RingBackend
+	if syn || e.cfg.NoConntrack {
+		return p, nil
+	}
+	ct, err := d.lookupConntrack(f)
+	if err != nil {
+		return p, err
+	}
+	if ct == nil {
+		return p, nil
+	}
+	if b := e.byID[ct.Backend]; b != nil && b.gen == ct.BackendGen {
+		p.Backend, p.Conntrack = b.Addr, true
+	}
+	return p, nil
+}
+
+// lookupConntrack returns the flow's connection entry, or nil.
+func (d *Datapath) lookupConntrack(f Flow) (*balancerCtValue, error) {
+	var v balancerCtValue
+	var err error
+	if f.Dst.Is4() {
+		k := balancerCtKeyV4{Src: be32(f.Src), Dst: be32(f.Dst), Sport: be16(f.Sport), Dport: be16(f.Dport), Proto: uint8(f.Proto)}
+		err = d.objs.CtV4.Lookup(k, &v)
+	} else {
+		k := balancerCtKeyV6{Src: be128(f.Src), Dst: be128(f.Dst), Sport: be16(f.Sport), Dport: be16(f.Dport), Proto: uint8(f.Proto)}
+		err = d.objs.CtV6.Lookup(k, &v)
+	}
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read connection table: %w", err)
+	}
+	return &v, nil
+}

@@ -1,0 +1,544 @@
+package datapath
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
+)
+
+// vipEntry is what the datapath wrote for one VIP.
+type vipEntry struct {
+	vip      VIP
+	cfg      VIPConfig
+	index    uint16
+	gen      uint16
+	backends map[netip.Addr]*backendEntry
+	// table is the ring as written: backend ids.
+	table []uint32
+	byID  map[uint32]*backendEntry
+}
+
+type backendEntry struct {
+	Backend
+	id  uint32
+	gen uint16
+}
+
+// VIPState describes a VIP as the datapath holds it.
+type VIPState struct {
+	VIP      VIP
+	Config   VIPConfig
+	Index    uint16
+	Backends []Backend
+}
+
+// VIPs returns every VIP with its backends, sorted by VIP.
+func (d *Datapath) VIPs() []VIPState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]VIPState, 0, len(d.vips))
+	for _, e := range d.vips {
+		out = append(out, VIPState{VIP: e.vip, Config: e.cfg, Index: e.index, Backends: e.backendList()})
+	}
+	slices.SortFunc(out, func(a, b VIPState) int { return compareVIP(a.VIP, b.VIP) })
+	return out
+}
+
+func compareVIP(a, b VIP) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	if a.Port != b.Port {
+		return int(a.Port) - int(b.Port)
+	}
+	return int(a.Proto) - int(b.Proto)
+}
+
+func (e *vipEntry) backendList() []Backend {
+	out := make([]Backend, 0, len(e.backends))
+	for _, b := range e.backends {
+		out = append(out, b.Backend)
+	}
+	slices.SortFunc(out, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+// AddVIP adds a VIP that does not exist yet, with its backends.
+func (d *Datapath) AddVIP(vip VIP, cfg VIPConfig, backends []Backend) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.vips[vip]; ok {
+		return fmt.Errorf("add vip %s: it already exists", vip)
+	}
+	return d.set(vip, cfg, backends)
+}
+
+// SetVIP adds a VIP or replaces its configuration and backend set. Backends
+// that stay keep their connection entries; removed ones lose theirs (their
+// flows are re-hashed); the new ring is swapped in with one map update.
+func (d *Datapath) SetVIP(vip VIP, cfg VIPConfig, backends []Backend) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.set(vip, cfg, backends)
+}
+
+// RemoveVIP removes a VIP, its ring and its backends. Its flows stop at once.
+func (d *Datapath) RemoveVIP(vip VIP) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.vips[vip]
+	if !ok {
+		return fmt.Errorf("remove vip %s: no such vip", vip)
+	}
+	if err := d.deleteVIPKey(vip); err != nil {
+		return fmt.Errorf("remove vip %s: %w", vip, err)
+	}
+	delete(d.vips, vip)
+	var errs []error
+	idx := uint32(e.index)
+	errs = append(errs, d.objs.VipState.Put(idx, balancerVipMeta{}))
+	for _, b := range e.backends {
+		errs = append(errs, d.retireBackend(b))
+	}
+	if err := d.objs.Rings.Delete(idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
+	d.vipIndex.put(idx)
+	errs = append(errs, d.syncGlobals())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove vip %s: %w", vip, err)
+	}
+	return nil
+}
+
+// AddBackend adds one backend to a VIP.
+func (d *Datapath) AddBackend(vip VIP, b Backend) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.vips[vip]
+	if !ok {
+		return fmt.Errorf("add backend %s: no vip %s", b.Addr, vip)
+	}
+	if _, dup := e.backends[b.Addr]; dup {
+		return fmt.Errorf("add backend %s to vip %s: it already exists", b.Addr, vip)
+	}
+	return d.set(vip, e.cfg, append(e.backendList(), b))
+}
+
+// RemoveBackend removes a backend from a VIP: only its ring slots move, and
+// its established flows are re-hashed.
+func (d *Datapath) RemoveBackend(vip VIP, addr netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.vips[vip]
+	if !ok {
+		return fmt.Errorf("remove backend %s: no vip %s", addr, vip)
+	}
+	if _, ok := e.backends[addr]; !ok {
+		return fmt.Errorf("remove backend %s from vip %s: no such backend", addr, vip)
+	}
+	list := slices.DeleteFunc(e.backendList(), func(b Backend) bool { return b.Addr == addr })
+	return d.set(vip, e.cfg, list)
+}
+
+// SetWeight changes a backend's weight. Weight 0 drains it: it gets no new
+// flows and keeps its established ones.
+func (d *Datapath) SetWeight(vip VIP, addr netip.Addr, weight uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.vips[vip]
+	if !ok {
+		return fmt.Errorf("set weight of %s: no vip %s", addr, vip)
+	}
+	if _, ok := e.backends[addr]; !ok {
+		return fmt.Errorf("set weight of %s in vip %s: no such backend", addr, vip)
+	}
+	list := e.backendList()
+	for i := range list {
+		if list[i].Addr == addr {
+			list[i].Weight = weight
+		}
+	}
+	return d.set(vip, e.cfg, list)
+}
+
+// validate checks a VIP and its backends against what the maps can take.
+func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
+	if !vip.Addr.IsValid() || vip.Addr.IsUnspecified() {
+		return fmt.Errorf("vip address %v: want a unicast IPv4 or IPv6 address", vip.Addr)
+	}
+	if vip.Addr.Is4In6() || vip.Addr.Zone() != "" {
+		return fmt.Errorf("vip address %v: want a plain IPv4 or IPv6 address (no mapped form, no zone)", vip.Addr)
+	}
+	if vip.Proto != TCP && vip.Proto != UDP {
+		return fmt.Errorf("vip %s: unknown protocol %d, want tcp or udp", vip, vip.Proto)
+	}
+	if _, ok := modeNames[cfg.Mode]; !ok {
+		return fmt.Errorf("vip %s: unknown mode %s, want one of %v", vip, cfg.Mode, ModeNames())
+	}
+	if cfg.RingSize == 0 {
+		cfg.RingSize = maglev.DefaultSize
+	}
+	if cfg.RingSize < maglev.MinSize || cfg.RingSize > maglev.MaxSize || !maglev.IsPrime(cfg.RingSize) {
+		return fmt.Errorf("vip %s: ring size %d is not a prime between %d and %d", vip, cfg.RingSize, maglev.MinSize, maglev.MaxSize)
+	}
+	seen := make(map[netip.Addr]bool, len(backends))
+	for i, b := range backends {
+		if !b.Addr.IsValid() || b.Addr.IsUnspecified() || b.Addr.Is4In6() || b.Addr.Zone() != "" {
+			return fmt.Errorf("vip %s: backend %d: address %v is not a plain unicast address", vip, i, b.Addr)
+		}
+		if seen[b.Addr] {
+			return fmt.Errorf("vip %s: backend %s appears twice", vip, b.Addr)
+		}
+		seen[b.Addr] = true
+		if b.Weight > MaxWeight {
+			return fmt.Errorf("vip %s: backend %s: weight %d is over the maximum %d", vip, b.Addr, b.Weight, MaxWeight)
+		}
+		if cfg.Mode == ModeDSR {
+			if b.Addr.Is4() != vip.Addr.Is4() {
+				return fmt.Errorf("vip %s: backend %s: dsr mode needs a backend of the vip's family (%s)", vip, b.Addr, addrFamily(vip.Addr))
+			}
+			if len(b.MAC) != 6 || bytes.Equal(b.MAC, make([]byte, 6)) || b.MAC[0]&1 == 1 {
+				return fmt.Errorf("vip %s: backend %s: dsr mode needs the backend's unicast MAC address, got %q", vip, b.Addr, b.MAC)
+			}
+		}
+	}
+	return nil
+}
+
+// set is SetVIP with d.mu held. It validates everything before it writes
+// anything, and writes in an order that keeps every intermediate state
+// consistent for the fast path: new backends, then the ring, then the VIP,
+// then the retirement of removed backends.
+func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
+	if err := validate(vip, &cfg, backends); err != nil {
+		return err
+	}
+	old := d.vips[vip]
+	if old == nil && d.vipIndex.available() == 0 {
+		return fmt.Errorf("add vip %s: too many vips (the maximum is %d)", vip, MaxVIPs)
+	}
+	added := 0
+	for _, b := range backends {
+		if old == nil || old.backends[b.Addr] == nil {
+			added++
+		}
+	}
+	if added > d.backendID.available() {
+		return fmt.Errorf("vip %s: too many backends: %d new, room for %d (the maximum is %d in all)", vip, added, d.backendID.available(), MaxBackends)
+	}
+	if old != nil && old.cfg == cfg && sameBackends(old.backends, backends) {
+		return nil // nothing changed: nothing is written
+	}
+
+	e := &vipEntry{vip: vip, cfg: cfg, backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
+	if old != nil {
+		e.index, e.gen = old.index, old.gen
+	} else {
+		idx, _ := d.vipIndex.get()
+		e.index = uint16(idx)
+		e.gen = nextGen(d.vipGen[e.index])
+		if err := zeroCounter(d.objs.VipStats, idx); err != nil {
+			d.vipIndex.put(idx)
+			return fmt.Errorf("vip %s: reset counters: %w", vip, err)
+		}
+	}
+
+	// Allocate ids for new backends and write their entries; they are
+	// invisible until the ring names them.
+	var fresh []*backendEntry
+	undo := func() {
+		for _, b := range fresh {
+			d.backendID.put(b.id)
+		}
+		if old == nil {
+			d.vipIndex.put(uint32(e.index))
+		}
+	}
+	for _, b := range backends {
+		nb := &backendEntry{Backend: Backend{Addr: b.Addr, MAC: slices.Clone(b.MAC), Weight: b.Weight}}
+		if o := oldBackend(old, b.Addr); o != nil {
+			nb.id, nb.gen = o.id, o.gen
+		} else {
+			id, _ := d.backendID.get()
+			nb.id, nb.gen = id, nextGen(d.backendGen[id])
+			fresh = append(fresh, nb)
+			if err := zeroCounter(d.objs.BackendStats, id); err != nil {
+				undo()
+				return fmt.Errorf("vip %s: reset counters of backend %s: %w", vip, b.Addr, err)
+			}
+		}
+		e.backends[b.Addr] = nb
+		e.byID[nb.id] = nb
+	}
+	for _, nb := range e.backends {
+		o := oldBackend(old, nb.Addr)
+		if o != nil && bytes.Equal(o.MAC, nb.MAC) {
+			continue
+		}
+		if err := d.objs.Backends.Put(nb.id, backendValue(nb, e.index)); err != nil {
+			undo()
+			return fmt.Errorf("vip %s: write backend %s: %w", vip, nb.Addr, err)
+		}
+		d.backendGen[nb.id] = nb.gen
+	}
+
+	table, err := buildTable(e)
+	if err != nil {
+		undo()
+		return fmt.Errorf("vip %s: %w", vip, err)
+	}
+	if old == nil || !slices.Equal(old.table, table) || old.cfg.RingSize != cfg.RingSize {
+		if err := d.swapRing(e.index, table); err != nil {
+			undo()
+			return fmt.Errorf("vip %s: %w", vip, err)
+		}
+	}
+	e.table = table
+
+	meta := vipMeta(e)
+	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
+		return fmt.Errorf("vip %s: write vip state: %w", vip, err)
+	}
+	if err := d.putVIPKey(vip, meta); err != nil {
+		return fmt.Errorf("vip %s: write vip: %w", vip, err)
+	}
+	d.vips[vip] = e
+	d.vipGen[e.index] = e.gen
+
+	var errs []error
+	if old != nil {
+		for addr, ob := range old.backends {
+			if e.backends[addr] == nil {
+				errs = append(errs, d.retireBackend(ob))
+			}
+		}
+	}
+	errs = append(errs, d.syncGlobals())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("vip %s: %w", vip, err)
+	}
+	return nil
+}
+
+func oldBackend(old *vipEntry, addr netip.Addr) *backendEntry {
+	if old == nil {
+		return nil
+	}
+	return old.backends[addr]
+}
+
+func sameBackends(have map[netip.Addr]*backendEntry, want []Backend) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for _, b := range want {
+		h := have[b.Addr]
+		if h == nil || h.Weight != b.Weight || !bytes.Equal(h.MAC, b.MAC) {
+			return false
+		}
+	}
+	return true
+}
+
+// nextGen returns the generation after g, skipping 0.
+func nextGen(g uint16) uint16 {
+	g++
+	if g == 0 {
+		g = 1
+	}
+	return g
+}
+
+func backendValue(b *backendEntry, vipIndex uint16) balancerBackend {
+	v := balancerBackend{
+		Flags:    uint8(balancerFulcrumBackendFlagsBACKEND_F_LIVE),
+		VipIndex: vipIndex,
+		Gen:      b.gen,
+		Addr:     be128(b.Addr),
+	}
+	copy(v.Mac[:], b.MAC)
+	v.Family = 2 // AF_INET
+	if b.Addr.Is6() {
+		v.Family = 10 // AF_INET6
+	}
+	return v
+}
+
+func vipMeta(e *vipEntry) balancerVipMeta {
+	var flags uint16
+	if e.cfg.NoConntrack {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_NO_CONNTRACK)
+	}
+	if e.cfg.SourceHash {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_HASH)
+	}
+	if e.cfg.PassUnparseable {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE)
+	}
+	return balancerVipMeta{
+		Index:    e.index,
+		Gen:      e.gen,
+		Flags:    flags,
+		Mode:     uint8(e.cfg.Mode),
+		RingSize: e.cfg.RingSize,
+	}
+}
+
+// buildTable builds the VIP's Maglev table over backend ids. The
+// permutation comes from the backend's address, so every node builds the
+// same slot-to-address table whatever ids it assigned.
+func buildTable(e *vipEntry) ([]uint32, error) {
+	in := make([]maglev.Backend, 0, len(e.backends))
+	for _, b := range e.backends {
+		in = append(in, maglev.Backend{Name: b.Addr.String(), ID: b.id, Weight: b.Weight})
+	}
+	return maglev.Build(in, e.cfg.RingSize)
+}
+
+// swapRing writes table into a new inner map and puts it into rings[index]
+// with one update: the fast path sees the old ring or the new one.
+func (d *Datapath) swapRing(index uint16, table []uint32) error {
+	spec := d.ringSpec()
+	spec.MaxEntries = uint32(len(table))
+	ring, err := ebpf.NewMap(spec)
+	if err != nil {
+		return fmt.Errorf("create ring of %d slots: %w", len(table), err)
+	}
+	defer ring.Close()
+	keys := make([]uint32, len(table))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := ring.BatchUpdate(keys, table, nil); err != nil {
+		return fmt.Errorf("fill ring: %w", err)
+	}
+	if err := d.objs.Rings.Put(uint32(index), ring); err != nil {
+		return fmt.Errorf("swap ring: %w", err)
+	}
+	return nil
+}
+
+// ringSpec returns the spec of an inner ring, matching the template.
+func (d *Datapath) ringSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:      "ring",
+		Type:      ebpf.Array,
+		KeySize:   4,
+		ValueSize: 4,
+		Flags:     bpfFInnerMap,
+	}
+}
+
+// bpfFInnerMap is BPF_F_INNER_MAP: inner maps of any size fit the template.
+const bpfFInnerMap = 1 << 12
+
+// retireBackend marks a backend id dead (its connection entries become
+// stale and re-hash) and frees the id.
+func (d *Datapath) retireBackend(b *backendEntry) error {
+	if err := d.objs.Backends.Put(b.id, balancerBackend{Gen: b.gen}); err != nil {
+		return fmt.Errorf("retire backend %s: %w", b.Addr, err)
+	}
+	d.backendID.put(b.id)
+	return nil
+}
+
+func (d *Datapath) putVIPKey(vip VIP, meta balancerVipMeta) error {
+	if vip.Addr.Is4() {
+		return d.objs.VipsV4.Put(vipKey4(vip), meta)
+	}
+	return d.objs.VipsV6.Put(vipKey6(vip), meta)
+}
+
+func (d *Datapath) deleteVIPKey(vip VIP) error {
+	if vip.Addr.Is4() {
+		return d.objs.VipsV4.Delete(vipKey4(vip))
+	}
+	return d.objs.VipsV6.Delete(vipKey6(vip))
+}
+
+func vipKey4(v VIP) balancerVipKeyV4 {
+	return balancerVipKeyV4{Addr: be32(v.Addr), Port: be16(v.Port), Proto: uint8(v.Proto)}
+}
+
+func vipKey6(v VIP) balancerVipKeyV6 {
+	return balancerVipKeyV6{Addr: be128(v.Addr), Port: be16(v.Port), Proto: uint8(v.Proto)}
+}
+
+// syncGlobals rewrites the global flags and the per-address policies from
+// the VIP set.
+func (d *Datapath) syncGlobals() error {
+	var cfg balancerLbConfig
+	policy := make(map[netip.Addr]uint32)
+	for _, e := range d.vips {
+		if !e.cfg.NoConntrack {
+			if e.vip.Proto == TCP {
+				cfg.Flags |= uint32(balancerFulcrumConfigFlagsCONFIG_F_CT_TCP)
+			} else {
+				cfg.Flags |= uint32(balancerFulcrumConfigFlagsCONFIG_F_CT_UDP)
+			}
+		}
+		pass := uint32(0)
+		if e.cfg.PassUnparseable {
+			pass = uint32(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE)
+		}
+		if p, ok := policy[e.vip.Addr]; ok {
+			pass &= p // drop wins
+		}
+		policy[e.vip.Addr] = pass
+	}
+	var errs []error
+	errs = append(errs, d.objs.Config.Put(uint32(0), cfg))
+	for addr, p := range policy {
+		if addr.Is4() {
+			errs = append(errs, d.objs.VipAddrsV4.Put(be32(addr), p))
+		} else {
+			errs = append(errs, d.objs.VipAddrsV6.Put(addr.As16(), p))
+		}
+	}
+	// Remove addresses that no VIP uses any more.
+	var k4 uint32
+	var v uint32
+	var stale4 []uint32
+	it := d.objs.VipAddrsV4.Iterate()
+	for it.Next(&k4, &v) {
+		if _, ok := policy[netip.AddrFrom4(le4(k4))]; !ok {
+			stale4 = append(stale4, k4)
+		}
+	}
+	errs = append(errs, it.Err())
+	for _, k := range stale4 {
+		errs = append(errs, d.objs.VipAddrsV4.Delete(k))
+	}
+	var k6 [16]byte
+	var stale6 [][16]byte
+	it = d.objs.VipAddrsV6.Iterate()
+	for it.Next(&k6, &v) {
+		if _, ok := policy[netip.AddrFrom16(k6)]; !ok {
+			stale6 = append(stale6, k6)
+		}
+	}
+	errs = append(errs, it.Err())
+	for _, k := range stale6 {
+		errs = append(errs, d.objs.VipAddrsV6.Delete(k))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("write global state: %w", err)
+	}
+	return nil
+}
+
+func le4(v uint32) [4]byte {
+	return [4]byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)}
+}
+
+// zeroCounter resets a reused index's per-CPU counter.
+func zeroCounter(m *ebpf.Map, index uint32) error {
+	return m.Put(index, make([]balancerCounter, ebpf.MustPossibleCPU()))
+}
