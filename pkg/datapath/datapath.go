@@ -31,6 +31,10 @@ type Options struct {
 	// ConntrackEntries is the capacity of each connection table; 0 means
 	// DefaultConntrackEntries. The LRU splits it evenly between CPUs.
 	ConntrackEntries uint32
+	// MaxVIPs and MaxBackends shrink the VIP and backend maps below their
+	// compiled-in capacity (MaxVIPs, MaxBackends) to save memory; 0 means
+	// the full capacity.
+	MaxVIPs, MaxBackends uint32
 }
 
 // Datapath owns the loaded balancer program and its maps.
@@ -46,6 +50,11 @@ type Datapath struct {
 	// backendGen[id] is the generation last written for a backend id.
 	backendGen map[uint32]uint16
 	vipGen     map[uint16]uint16
+	// written mirrors global map contents, so only changes are written.
+	written struct {
+		config *balancerLbConfig
+		policy map[netip.Addr]uint32
+	}
 }
 
 // Load loads the balancer into the kernel without attaching it.
@@ -60,14 +69,29 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	spec.Maps[balancerMapCtV4].MaxEntries = ct
 	spec.Maps[balancerMapCtV6].MaxEntries = ct
+	maxVIPs, maxBackends := opts.MaxVIPs, opts.MaxBackends
+	if maxVIPs == 0 || maxVIPs > MaxVIPs {
+		maxVIPs = MaxVIPs
+	}
+	if maxBackends == 0 || maxBackends > MaxBackends {
+		maxBackends = MaxBackends
+	}
+	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState, balancerMapRings,
+		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6} {
+		spec.Maps[name].MaxEntries = maxVIPs
+	}
+	for _, name := range []string{balancerMapBackends, balancerMapBackendStats} {
+		spec.Maps[name].MaxEntries = maxBackends
+	}
 
 	d := &Datapath{
 		vips:       make(map[VIP]*vipEntry),
-		vipIndex:   newIndexAllocator(MaxVIPs),
-		backendID:  newIndexAllocator(MaxBackends),
+		vipIndex:   newIndexAllocator(maxVIPs),
+		backendID:  newIndexAllocator(maxBackends),
 		backendGen: make(map[uint32]uint16),
 		vipGen:     make(map[uint16]uint16),
 	}
+	d.written.policy = make(map[netip.Addr]uint32)
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -167,7 +191,7 @@ func (a *indexAllocator) put(id uint32) {
 	a.free = append(a.free, id)
 }
 
-// addrKey returns the key of the vip_addrs maps for an address.
+// addrFamily names an address's family for error messages.
 func addrFamily(a netip.Addr) string {
 	if a.Is4() {
 		return "IPv4"

@@ -28,11 +28,11 @@ var (
 	}
 
 	vipWeb4   = VIP{Addr: addr("203.0.113.10"), Port: 80, Proto: TCP}
-	vipDNS4   = VIP{Addr: addr("203.0.113.10"), Port: 53, Proto: UDP}     // no conntrack
-	vipAll4   = VIP{Addr: addr("203.0.113.20"), Port: 0, Proto: TCP}      // every port
-	vipPass4  = VIP{Addr: addr("203.0.113.30"), Port: 80, Proto: TCP}     // passes fragments
-	vipEmpty4 = VIP{Addr: addr("203.0.113.40"), Port: 80, Proto: UDP}     // no backends
-	vipSrc4   = VIP{Addr: addr("203.0.113.50"), Port: 443, Proto: TCP}    // source hash
+	vipDNS4   = VIP{Addr: addr("203.0.113.10"), Port: 53, Proto: UDP}  // no conntrack
+	vipAll4   = VIP{Addr: addr("203.0.113.20"), Port: 0, Proto: TCP}   // every port
+	vipPass4  = VIP{Addr: addr("203.0.113.30"), Port: 80, Proto: TCP}  // passes fragments
+	vipEmpty4 = VIP{Addr: addr("203.0.113.40"), Port: 80, Proto: UDP}  // no backends
+	vipSrc4   = VIP{Addr: addr("203.0.113.50"), Port: 443, Proto: TCP} // source hash
 	vipWeb6   = VIP{Addr: addr("2001:db8:ffff::10"), Port: 80, Proto: TCP}
 	vipDNS6   = VIP{Addr: addr("2001:db8:ffff::10"), Port: 53, Proto: UDP} // with conntrack
 )

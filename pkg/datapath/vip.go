@@ -222,7 +222,7 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 	}
 	old := d.vips[vip]
 	if old == nil && d.vipIndex.available() == 0 {
-		return fmt.Errorf("add vip %s: too many vips (the maximum is %d)", vip, MaxVIPs)
+		return fmt.Errorf("add vip %s: too many vips (the maximum is %d)", vip, d.vipIndex.limit)
 	}
 	added := 0
 	for _, b := range backends {
@@ -231,7 +231,7 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 		}
 	}
 	if added > d.backendID.available() {
-		return fmt.Errorf("vip %s: too many backends: %d new, room for %d (the maximum is %d in all)", vip, added, d.backendID.available(), MaxBackends)
+		return fmt.Errorf("vip %s: too many backends: %d new, room for %d (the maximum is %d in all)", vip, added, d.backendID.available(), d.backendID.limit)
 	}
 	if old != nil && old.cfg == cfg && sameBackends(old.backends, backends) {
 		return nil // nothing changed: nothing is written
@@ -471,8 +471,8 @@ func vipKey6(v VIP) balancerVipKeyV6 {
 	return balancerVipKeyV6{Addr: be128(v.Addr), Port: be16(v.Port), Proto: uint8(v.Proto)}
 }
 
-// syncGlobals rewrites the global flags and the per-address policies from
-// the VIP set.
+// syncGlobals brings the global flags and the per-address policies in
+// line with the VIP set, writing only what differs from what was written.
 func (d *Datapath) syncGlobals() error {
 	var cfg balancerLbConfig
 	policy := make(map[netip.Addr]uint32)
@@ -494,48 +494,49 @@ func (d *Datapath) syncGlobals() error {
 		policy[e.vip.Addr] = pass
 	}
 	var errs []error
-	errs = append(errs, d.objs.Config.Put(uint32(0), cfg))
-	for addr, p := range policy {
-		if addr.Is4() {
-			errs = append(errs, d.objs.VipAddrsV4.Put(be32(addr), p))
+	if d.written.config == nil || *d.written.config != cfg {
+		if err := d.objs.Config.Put(uint32(0), cfg); err != nil {
+			errs = append(errs, err)
 		} else {
-			errs = append(errs, d.objs.VipAddrsV6.Put(addr.As16(), p))
+			d.written.config = &cfg
 		}
 	}
-	// Remove addresses that no VIP uses any more.
-	var k4 uint32
-	var v uint32
-	var stale4 []uint32
-	it := d.objs.VipAddrsV4.Iterate()
-	for it.Next(&k4, &v) {
-		if _, ok := policy[netip.AddrFrom4(le4(k4))]; !ok {
-			stale4 = append(stale4, k4)
+	for a, p := range policy {
+		if old, ok := d.written.policy[a]; ok && old == p {
+			continue
 		}
-	}
-	errs = append(errs, it.Err())
-	for _, k := range stale4 {
-		errs = append(errs, d.objs.VipAddrsV4.Delete(k))
-	}
-	var k6 [16]byte
-	var stale6 [][16]byte
-	it = d.objs.VipAddrsV6.Iterate()
-	for it.Next(&k6, &v) {
-		if _, ok := policy[netip.AddrFrom16(k6)]; !ok {
-			stale6 = append(stale6, k6)
+		var err error
+		if a.Is4() {
+			err = d.objs.VipAddrsV4.Put(be32(a), p)
+		} else {
+			err = d.objs.VipAddrsV6.Put(a.As16(), p)
 		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.written.policy[a] = p
 	}
-	errs = append(errs, it.Err())
-	for _, k := range stale6 {
-		errs = append(errs, d.objs.VipAddrsV6.Delete(k))
+	for a := range d.written.policy {
+		if _, ok := policy[a]; ok {
+			continue
+		}
+		var err error
+		if a.Is4() {
+			err = d.objs.VipAddrsV4.Delete(be32(a))
+		} else {
+			err = d.objs.VipAddrsV6.Delete(a.As16())
+		}
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		delete(d.written.policy, a)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("write global state: %w", err)
 	}
 	return nil
-}
-
-func le4(v uint32) [4]byte {
-	return [4]byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)}
 }
 
 // zeroCounter resets a reused index's per-CPU counter.
