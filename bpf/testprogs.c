@@ -38,8 +38,10 @@ struct {
 	__uint(max_entries, 1);
 } bench_target SEC(".maps");
 
+/* bench_seq is shared by all CPUs, so flows stay new when the benchmark
+ * moves to another CPU between runs. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(max_entries, 1);
@@ -60,7 +62,7 @@ int bench_newflow(struct xdp_md *ctx)
 	seq = bpf_map_lookup_elem(&bench_seq, &zero);
 	if (!seq)
 		return XDP_ABORTED;
-	*seq += 1;
+	__sync_fetch_and_add(seq, 1);
 	ip->saddr = *seq;
 	bpf_tail_call(ctx, &bench_target, 0);
 	return XDP_ABORTED;
