@@ -1,0 +1,191 @@
+// Package api is the daemon's control interface: HTTP/JSON over a
+// root-only Unix socket. The server side adapts a Controller (implemented
+// by the daemon); the client side is what the fulcrum CLI uses. The wire
+// types below are the contract between the two and are documented in
+// docs/api.md.
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// VIPRef names a VIP: protocol, address and port (0 = every port). Its
+// text form is "tcp/203.0.113.10:80" or "udp/[2001:db8::1]:53".
+type VIPRef struct {
+	Protocol string     `json:"protocol"`
+	Address  netip.Addr `json:"address"`
+	Port     uint16     `json:"port"`
+}
+
+func (v VIPRef) String() string {
+	return fmt.Sprintf("%s/%s", v.Protocol, netip.AddrPortFrom(v.Address, v.Port))
+}
+
+// ParseVIPRef parses the text form of a VIPRef.
+func ParseVIPRef(s string) (VIPRef, error) {
+	proto, rest, ok := strings.Cut(s, "/")
+	if !ok {
+		return VIPRef{}, fmt.Errorf("vip %q: want PROTO/ADDRESS:PORT, e.g. tcp/203.0.113.10:80 or udp/[2001:db8::1]:53", s)
+	}
+	proto = strings.ToLower(proto)
+	if proto != "tcp" && proto != "udp" {
+		return VIPRef{}, fmt.Errorf("vip %q: protocol %q, want tcp or udp", s, proto)
+	}
+	ap, err := netip.ParseAddrPort(rest)
+	if err != nil {
+		return VIPRef{}, fmt.Errorf("vip %q: %v (want ADDRESS:PORT, IPv6 in brackets)", s, err)
+	}
+	return VIPRef{Protocol: proto, Address: ap.Addr(), Port: ap.Port()}, nil
+}
+
+// VIP is a VIP with its configuration, as added through the API or shown
+// by a listing. Zero-valued optional fields take the config defaults.
+type VIP struct {
+	VIPRef
+	Name      string    `json:"name,omitempty"`
+	Mode      string    `json:"mode"`                // "dsr"
+	Scheduler string    `json:"scheduler,omitempty"` // "maglev" (default) or "source-hash"
+	RingSize  uint32    `json:"ring_size,omitempty"` // prime; 0 = 65537
+	Conntrack *bool     `json:"conntrack,omitempty"` // nil = true
+	Fragments string    `json:"fragments,omitempty"` // "drop" (default) or "pass"
+	Backends  []Backend `json:"backends"`
+}
+
+// Backend is one backend of a VIP.
+type Backend struct {
+	Address netip.Addr `json:"address"`
+	Weight  uint32     `json:"weight"`
+	// MAC is the next hop in dsr mode; empty = resolved by the daemon.
+	MAC string `json:"mac,omitempty"`
+	// Health is filled in listings: "up", "down" or "unknown".
+	Health string `json:"health,omitempty"`
+}
+
+// Status is the daemon's overall state.
+type Status struct {
+	Version    string        `json:"version"`
+	Instance   string        `json:"instance"`
+	Started    time.Time     `json:"started"`
+	ConfigFile string        `json:"config_file"`
+	Interfaces []Interface   `json:"interfaces"`
+	VIPs       int           `json:"vips"`
+	Backends   int           `json:"backends"`
+	VRRP       string        `json:"vrrp"` // "disabled", "master", "backup", "fault"
+	LastApply  time.Time     `json:"last_apply"`
+	Reconcile  time.Duration `json:"last_reconcile_ns"`
+	Adopted    bool          `json:"adopted"` // took over pinned state at start
+}
+
+// Interface is one interface the balancer is attached to.
+type Interface struct {
+	Name    string `json:"name"`
+	Ifindex int    `json:"ifindex"`
+	XDPMode string `json:"xdp_mode"` // "native" or "generic"
+}
+
+// Counter is a packet and byte count with its rate over the last interval.
+type Counter struct {
+	Packets    uint64  `json:"packets"`
+	Bytes      uint64  `json:"bytes"`
+	PacketRate float64 `json:"packets_per_second"`
+	ByteRate   float64 `json:"bytes_per_second"`
+}
+
+// Stats is a snapshot of the fast path's counters.
+type Stats struct {
+	Time     time.Time         `json:"time"`
+	Interval time.Duration     `json:"interval_ns"` // over which rates are computed
+	Verdicts map[string]uint64 `json:"verdicts"`    // e.g. "tx_dsr", "drop_malformed", "ct_hit"
+	VIPs     []VIPStats        `json:"vips"`
+}
+
+// VIPStats are one VIP's counters and its backends'.
+type VIPStats struct {
+	VIP      VIPRef         `json:"vip"`
+	Counter  Counter        `json:"counter"`
+	Backends []BackendStats `json:"backends"`
+}
+
+// BackendStats are one backend's counters.
+type BackendStats struct {
+	Address netip.Addr `json:"address"`
+	Counter Counter    `json:"counter"`
+}
+
+// ExplainRequest is a packet to explain.
+type ExplainRequest struct {
+	Src      netip.Addr `json:"src"`
+	Dst      netip.Addr `json:"dst"`
+	Protocol string     `json:"protocol"`
+	Sport    uint16     `json:"sport"`
+	Dport    uint16     `json:"dport"`
+	SYN      bool       `json:"syn"`
+}
+
+// Explanation says which backend a packet reaches and why.
+type Explanation struct {
+	VIP         VIPRef     `json:"vip"`
+	Backend     netip.Addr `json:"backend"`
+	Reason      string     `json:"reason"` // "connection entry" or "ring slot"
+	Hash        uint32     `json:"hash"`
+	Slot        uint32     `json:"slot"`
+	RingSize    uint32     `json:"ring_size"`
+	RingBackend netip.Addr `json:"ring_backend"`
+}
+
+// ApplyResult summarises a reload.
+type ApplyResult struct {
+	Added     []string `json:"added"`     // VIPs, text form
+	Removed   []string `json:"removed"`   // VIPs
+	Changed   []string `json:"changed"`   // VIPs whose ring or settings changed
+	Unchanged int      `json:"unchanged"` // VIPs not touched
+}
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Controller is what the server needs from the daemon. Every method that
+// changes state either applies the whole change or returns an error and
+// changes nothing. Errors that are the caller's fault wrap ErrInvalid,
+// ErrNotFound or ErrConflict so the server can pick the status code.
+type Controller interface {
+	Status(ctx context.Context) (Status, error)
+	ListVIPs(ctx context.Context) ([]VIP, error)
+	AddVIP(ctx context.Context, v VIP) error
+	RemoveVIP(ctx context.Context, ref VIPRef) error
+	AddBackend(ctx context.Context, ref VIPRef, b Backend) error
+	RemoveBackend(ctx context.Context, ref VIPRef, addr netip.Addr) error
+	// SetWeight changes a backend's weight; weight 0 drains it.
+	SetWeight(ctx context.Context, ref VIPRef, addr netip.Addr, weight uint32) error
+	Stats(ctx context.Context) (Stats, error)
+	Explain(ctx context.Context, req ExplainRequest) (Explanation, error)
+	// Apply replaces the desired state with a config file's contents
+	// (YAML). A bad file is rejected whole.
+	Apply(ctx context.Context, config []byte) (ApplyResult, error)
+}
+
+// Errors a Controller wraps to classify a failure.
+var (
+	ErrInvalid  = errorString("invalid request")
+	ErrNotFound = errorString("not found")
+	ErrConflict = errorString("conflict")
+)
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+// FormatPort renders a port, with 0 as "*".
+func FormatPort(p uint16) string {
+	if p == 0 {
+		return "*"
+	}
+	return strconv.Itoa(int(p))
+}
