@@ -20,6 +20,8 @@ type balancerBackend struct {
 	Flags    uint8
 	VipIndex uint16
 	Gen      uint16
+	Weight   uint16
+	Pad      uint16
 	Addr     [4]uint32
 }
 

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -35,6 +37,11 @@ type Options struct {
 	// compiled-in capacity (MaxVIPs, MaxBackends) to save memory; 0 means
 	// the full capacity.
 	MaxVIPs, MaxBackends uint32
+	// PinDir, if set, pins the maps and the XDP link there (see PinDir)
+	// and adopts what an earlier daemon pinned: the connection table, the
+	// counters, the VIPs and backends, and the attached program. The
+	// directory must be on a bpffs (see EnsureBPFFS).
+	PinDir string
 }
 
 // Datapath owns the loaded balancer program and its maps.
@@ -43,6 +50,9 @@ type Datapath struct {
 	objs  balancerObjects
 	xdp   link.Link
 	iface int
+
+	pinDir  string
+	adopted bool
 
 	vips      map[VIP]*vipEntry
 	vipIndex  indexAllocator
@@ -92,14 +102,43 @@ func Load(opts Options) (*Datapath, error) {
 		vipGen:     make(map[uint16]uint16),
 	}
 	d.written.policy = make(map[netip.Addr]uint32)
-	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
+	var collOpts ebpf.CollectionOptions
+	adopting := false
+	if opts.PinDir != "" {
+		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+		adopting = hasPins(opts.PinDir)
+		for name, m := range spec.Maps {
+			if !strings.HasPrefix(name, ".") { // not .rodata and friends
+				m.Pinning = ebpf.PinByName
+			}
+		}
+		collOpts.Maps.PinPath = opts.PinDir
+		d.pinDir = opts.PinDir
+	}
+	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load balancer: the maps pinned in %s do not fit this version or these options (%w); remove them with 'fulcrum detach' (this drops the connection table)", opts.PinDir, err)
+		}
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			return nil, fmt.Errorf("load balancer: %+v", verr)
 		}
 		return nil, fmt.Errorf("load balancer: %w", err)
 	}
+	if adopting {
+		if err := d.adopt(); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("adopt pinned state in %s: %w", opts.PinDir, err)
+		}
+	}
 	return d, nil
+}
+
+// Adopted reports whether Load took over maps pinned by an earlier daemon.
+func (d *Datapath) Adopted() bool {
+	return d.adopted
 }
 
 // Program returns the balancer program, for tests and benchmarks that run
@@ -117,6 +156,16 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 	if d.xdp != nil {
 		return fmt.Errorf("attach xdp to ifindex %d: already attached to ifindex %d", ifindex, d.iface)
 	}
+	if d.pinDir != "" {
+		l, ok, err := d.attachPinned(ifindex)
+		if err != nil {
+			return err
+		}
+		if ok {
+			d.xdp, d.iface = l, ifindex
+			return nil
+		}
+	}
 	flags := link.XDPDriverMode
 	if generic {
 		flags = link.XDPGenericMode
@@ -129,17 +178,28 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 	if err != nil {
 		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
 	}
+	if d.pinDir != "" {
+		if err := l.Pin(linkPin(d.pinDir, ifindex)); err != nil {
+			l.Close()
+			return fmt.Errorf("pin xdp link of ifindex %d: %w", ifindex, err)
+		}
+	}
 	d.xdp, d.iface = l, ifindex
 	return nil
 }
 
-// Detach removes the balancer from its interface. Detaching a datapath
-// that is not attached does nothing.
+// Detach removes the balancer from its interface, pinned or not.
+// Detaching a datapath that is not attached does nothing.
 func (d *Datapath) Detach() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.xdp == nil {
 		return nil
+	}
+	if d.pinDir != "" {
+		if err := d.xdp.Unpin(); err != nil {
+			return fmt.Errorf("detach xdp: %w", err)
+		}
 	}
 	err := d.xdp.Close()
 	d.xdp, d.iface = nil, 0
@@ -149,11 +209,20 @@ func (d *Datapath) Detach() error {
 	return nil
 }
 
-// Close detaches the program and releases every object. The kernel frees
-// maps and program once nothing else holds them.
+// Close releases the datapath's objects. Without pins it detaches the
+// program and the kernel frees everything. With pins, the program stays
+// attached and the maps stay, so traffic keeps flowing while no daemon
+// runs; Detach (or RemovePins) ends that.
 func (d *Datapath) Close() error {
-	derr := d.Detach()
-	return errors.Join(derr, d.objs.Close())
+	var errs []error
+	d.mu.Lock()
+	if d.xdp != nil {
+		errs = append(errs, d.xdp.Close())
+		d.xdp = nil
+	}
+	d.mu.Unlock()
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
 }
 
 // indexAllocator hands out indexes below a limit. Freed indexes go to the

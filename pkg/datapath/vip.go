@@ -279,7 +279,7 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 	}
 	for _, nb := range e.backends {
 		o := oldBackend(old, nb.Addr)
-		if o != nil && bytes.Equal(o.MAC, nb.MAC) {
+		if o != nil && bytes.Equal(o.MAC, nb.MAC) && o.Weight == nb.Weight {
 			continue
 		}
 		if err := d.objs.Backends.Put(nb.id, backendValue(nb, e.index)); err != nil {
@@ -361,6 +361,7 @@ func backendValue(b *backendEntry, vipIndex uint16) balancerBackend {
 		Flags:    uint8(balancerFulcrumBackendFlagsBACKEND_F_LIVE),
 		VipIndex: vipIndex,
 		Gen:      b.gen,
+		Weight:   uint16(b.Weight),
 		Addr:     be128(b.Addr),
 	}
 	copy(v.Mac[:], b.MAC)

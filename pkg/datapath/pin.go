@@ -1,0 +1,244 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBPFFS is where bpffs is normally mounted.
+const DefaultBPFFS = "/sys/fs/bpf"
+
+// PinDir returns the directory holding an instance's pinned maps and links
+// under a bpffs root: ROOT/fulcrum/INSTANCE.
+func PinDir(root, instance string) string {
+	return filepath.Join(root, "fulcrum", instance)
+}
+
+// EnsureBPFFS mounts a bpf filesystem at dir unless one is there already.
+// A fresh machine (and every `ip netns exec`) has none at /sys/fs/bpf.
+func EnsureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
+	}
+	return nil
+}
+
+// RemovePins removes an instance's pinned link and maps. With the pins gone
+// and no process holding them, the kernel detaches the program and frees the
+// maps. Removing pins that do not exist is not an error.
+func RemovePins(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove pins in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// hasPins reports whether dir holds pinned balancer maps.
+func hasPins(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, balancerMapVipState))
+	return err == nil
+}
+
+func linkPin(dir string, ifindex int) string {
+	return filepath.Join(dir, fmt.Sprintf("xdp_link_ifindex_%d", ifindex))
+}
+
+// attachPinned takes over a pinned XDP link for ifindex, if there is a
+// live one, and points it at the freshly loaded program with one atomic
+// update: no packet sees the interface without a program.
+func (d *Datapath) attachPinned(ifindex int) (link.Link, bool, error) {
+	path := linkPin(d.pinDir, ifindex)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		return nil, false, fmt.Errorf("load pinned xdp link %s: %w", path, err)
+	}
+	info, err := l.Info()
+	if err == nil && info.XDP() != nil && info.XDP().Ifindex == uint32(ifindex) {
+		if err := l.Update(d.objs.FulcrumBalancer); err != nil {
+			l.Close()
+			return nil, false, fmt.Errorf("update pinned xdp link %s: %w", path, err)
+		}
+		return l, true, nil
+	}
+	// The interface went away since: the link is defunct. Drop it.
+	l.Unpin()
+	l.Close()
+	return nil, false, nil
+}
+
+// adopt rebuilds the Go view of VIPs, backends and allocations from pinned
+// maps, so a restarted daemon continues where the last one stopped and its
+// reconcile touches only what changed.
+func (d *Datapath) adopt() error {
+	metas := make(map[uint16]VIP)
+	add := func(vip VIP, m balancerVipMeta) {
+		cfg := VIPConfig{
+			Mode:            Mode(m.Mode),
+			RingSize:        m.RingSize,
+			NoConntrack:     m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_NO_CONNTRACK) != 0,
+			SourceHash:      m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_HASH) != 0,
+			PassUnparseable: m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE) != 0,
+		}
+		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen,
+			backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
+		metas[m.Index] = vip
+		d.vipGen[m.Index] = m.Gen
+	}
+	var k4 balancerVipKeyV4
+	var k6 balancerVipKeyV6
+	var m balancerVipMeta
+	it := d.objs.VipsV4.Iterate()
+	for it.Next(&k4, &m) {
+		add(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)}, m)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read vips_v4: %w", err)
+	}
+	it = d.objs.VipsV6.Iterate()
+	for it.Next(&k6, &m) {
+		add(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)}, m)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read vips_v6: %w", err)
+	}
+
+	// VIP indexes: the live ones are used, the rest of those ever handed
+	// out are free.
+	var state balancerVipMeta
+	for idx := uint32(0); idx < d.vipIndex.limit; idx++ {
+		if err := d.objs.VipState.Lookup(idx, &state); err != nil {
+			return fmt.Errorf("read vip_state[%d]: %w", idx, err)
+		}
+		if state.Gen != 0 {
+			d.vipGen[uint16(idx)] = state.Gen
+		}
+	}
+	d.vipIndex = adoptAllocator(d.vipIndex.limit, func(i uint32) bool { _, ok := metas[uint16(i)]; return ok },
+		func(i uint32) bool { return d.vipGen[uint16(i)] != 0 })
+
+	// Backends, read in batches.
+	var orphans []uint32
+	used := make(map[uint32]bool)
+	const chunk = 4096
+	keys := make([]uint32, chunk)
+	vals := make([]balancerBackend, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := d.objs.Backends.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			id, b := keys[i], vals[i]
+			if b.Gen != 0 {
+				d.backendGen[id] = b.Gen
+			}
+			if b.Flags&uint8(balancerFulcrumBackendFlagsBACKEND_F_LIVE) == 0 {
+				continue
+			}
+			vip, ok := metas[b.VipIndex]
+			if !ok {
+				orphans = append(orphans, id)
+				continue
+			}
+			e := d.vips[vip]
+			addr := netip.AddrFrom16(le16(b.Addr))
+			if b.Family == 2 {
+				addr = netip.AddrFrom4(le4(b.Addr[0]))
+			}
+			be := &backendEntry{Backend: Backend{Addr: addr, MAC: net.HardwareAddr(append([]byte(nil), b.Mac[:]...)), Weight: uint32(b.Weight)}, id: id, gen: b.Gen}
+			e.backends[addr] = be
+			e.byID[id] = be
+			used[id] = true
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read backends: %w", err)
+		}
+	}
+	d.backendID = adoptAllocator(d.backendID.limit, func(i uint32) bool { return used[i] },
+		func(i uint32) bool { return d.backendGen[i] != 0 })
+	for _, id := range orphans {
+		// A backend of a VIP that is gone (a crash between writes): retire.
+		if err := d.objs.Backends.Put(id, balancerBackend{Gen: d.backendGen[id]}); err != nil {
+			return fmt.Errorf("retire orphaned backend %d: %w", id, err)
+		}
+	}
+	for _, e := range d.vips {
+		table, err := buildTable(e)
+		if err != nil {
+			return fmt.Errorf("rebuild ring of vip %s: %w", e.vip, err)
+		}
+		e.table = table
+	}
+
+	// What the global maps hold.
+	var cfg balancerLbConfig
+	if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	d.written.config = &cfg
+	var a4 uint32
+	var a6 [16]byte
+	var p uint32
+	it = d.objs.VipAddrsV4.Iterate()
+	for it.Next(&a4, &p) {
+		d.written.policy[netip.AddrFrom4(le4(a4))] = p
+	}
+	it2 := d.objs.VipAddrsV6.Iterate()
+	for it2.Next(&a6, &p) {
+		d.written.policy[netip.AddrFrom16(a6)] = p
+	}
+	if err := errors.Join(it.Err(), it2.Err()); err != nil {
+		return fmt.Errorf("read vip addresses: %w", err)
+	}
+	d.adopted = true
+	return nil
+}
+
+// adoptAllocator rebuilds an allocator: indexes in use stay taken, those
+// handed out before but free now go to the free list.
+func adoptAllocator(limit uint32, inUse, everUsed func(uint32) bool) indexAllocator {
+	a := indexAllocator{limit: limit}
+	for i := uint32(0); i < limit; i++ {
+		if inUse(i) || everUsed(i) {
+			a.next = i + 1
+		}
+	}
+	for i := uint32(0); i < a.next; i++ {
+		if !inUse(i) {
+			a.free = append(a.free, i)
+		}
+	}
+	return a
+}
+
+func le4(v uint32) [4]byte {
+	return [4]byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)}
+}
+
+func le16(w [4]uint32) [16]byte {
+	var out [16]byte
+	for i, v := range w {
+		b := le4(v)
+		copy(out[i*4:], b[:])
+	}
+	return out
+}

@@ -1,0 +1,131 @@
+package datapath
+
+import (
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// newPinRoot mounts a private bpffs for one test.
+func newPinRoot(t *testing.T) string {
+	t.Helper()
+	requireBPF(t)
+	dir := t.TempDir()
+	if err := EnsureBPFFS(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+// TestAdoptPinnedState loads a datapath with pins, opens flows, drops the
+// datapath as a killed daemon would, and loads again: the new datapath must
+// see the same VIPs and backends, keep the connection table (established
+// flows hit their entries) and the counters, and write nothing when told the
+// same desired state.
+func TestAdoptPinnedState(t *testing.T) {
+	dir := PinDir(newPinRoot(t), "test")
+	d1, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1.Adopted() {
+		t.Fatal("first load says it adopted state from an empty directory")
+	}
+	provision(t, d1)
+	// Churn a little so allocations are not trivially dense.
+	if err := d1.RemoveBackend(vipWeb4, backends4[0].Addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.AddBackend(vipWeb4, backends4[0]); err != nil {
+		t.Fatal(err)
+	}
+	flows := flowsByBackend(t, d1, vipWeb4, client4, 50)
+	wantVIPs := d1.VIPs()
+	c1, _ := d1.Counters()
+	d1.Close()
+
+	d2, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if !d2.Adopted() {
+		t.Fatal("second load did not adopt the pinned state")
+	}
+	if got := d2.VIPs(); !reflect.DeepEqual(got, wantVIPs) {
+		t.Fatalf("adopted VIPs differ:\ngot  %+v\nwant %+v", got, wantVIPs)
+	}
+	c2, _ := d2.Counters()
+	if c2.Stat(StatTxDSR) != c1.Stat(StatTxDSR) || c2.VIPs[vipWeb4] != c1.VIPs[vipWeb4] {
+		t.Fatalf("counters not kept: tx_dsr %d -> %d, vip %+v -> %+v", c1.Stat(StatTxDSR), c2.Stat(StatTxDSR), c1.VIPs[vipWeb4], c2.VIPs[vipWeb4])
+	}
+	var ringBefore, ringAfter uint32
+	d2.objs.Rings.Lookup(uint32(d2.vips[vipWeb4].index), &ringBefore)
+	for _, p := range fixtureState() {
+		if err := d2.SetVIP(p.vip, p.cfg, p.backends); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d2.objs.Rings.Lookup(uint32(d2.vips[vipWeb4].index), &ringAfter)
+	if ringBefore == 0 || ringBefore != ringAfter {
+		t.Fatalf("re-applying the same state swapped the ring (map id %d -> %d)", ringBefore, ringAfter)
+	}
+	before, _ := d2.Counters()
+	n := 0
+	for b, ports := range flows {
+		for _, sport := range ports {
+			if got := sendTo(t, d2, pkt(client4, vipWeb4.Addr.String(), TCP, sport, 80)); got != b {
+				t.Fatalf("flow :%d went to %s after the restart, want %s", sport, got, b)
+			}
+			n++
+		}
+	}
+	after, _ := d2.Counters()
+	if hits := statsDelta(before, after)[StatCtHit]; hits != uint64(n) {
+		t.Fatalf("ct_hit moved by %d after the restart, want %d: the connection table was not kept", hits, n)
+	}
+	// New state after adoption must not reuse ids that adopted entries
+	// hold: a new VIP with one backend, then the old flows once more.
+	newVIP := VIP{Addr: addr("203.0.113.70"), Port: 80, Proto: TCP}
+	if err := d2.AddVIP(newVIP, VIPConfig{Mode: ModeDSR, RingSize: smallRing}, backends4[2:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := sendTo(t, d2, pkt(client4, newVIP.Addr.String(), TCP, 61000, 80)); got != backends4[2].Addr {
+		t.Fatalf("new vip's flow went to %s, want %s", got, backends4[2].Addr)
+	}
+	for b, ports := range flows {
+		for _, sport := range ports {
+			if got := sendTo(t, d2, pkt(client4, vipWeb4.Addr.String(), TCP, sport, 80)); got != b {
+				t.Fatalf("flow :%d went to %s after adding a vip, want %s", sport, got, b)
+			}
+		}
+	}
+	if err := RemovePins(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("pin directory still there after RemovePins: %v", err)
+	}
+}
+
+// TestPinnedMapsIncompatible changes a map's size between loads: the
+// second load must refuse with a message that says how to recover.
+func TestPinnedMapsIncompatible(t *testing.T) {
+	dir := PinDir(newPinRoot(t), "test")
+	d1, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1.Close()
+	_, err = Load(Options{ConntrackEntries: 16384, PinDir: dir})
+	if err == nil {
+		t.Fatal("loading with another connection-table size over existing pins succeeded")
+	}
+	if want := "fulcrum detach"; !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want a hint mentioning %q", err, want)
+	}
+}
