@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -46,10 +47,10 @@ type Options struct {
 
 // Datapath owns the loaded balancer program and its maps.
 type Datapath struct {
-	mu    sync.Mutex
-	objs  balancerObjects
-	xdp   link.Link
-	iface int
+	mu   sync.Mutex
+	objs balancerObjects
+	// links are the XDP attachments by ifindex.
+	links map[int]link.Link
 
 	pinDir  string
 	adopted bool
@@ -96,6 +97,7 @@ func Load(opts Options) (*Datapath, error) {
 
 	d := &Datapath{
 		vips:       make(map[VIP]*vipEntry),
+		links:      make(map[int]link.Link),
 		vipIndex:   newIndexAllocator(maxVIPs),
 		backendID:  newIndexAllocator(maxBackends),
 		backendGen: make(map[uint32]uint16),
@@ -149,12 +151,13 @@ func (d *Datapath) Program() *ebpf.Program {
 
 // Attach attaches the balancer to the interface with the given index, in
 // the network namespace of the calling thread. It uses native XDP unless
-// generic is set; generic XDP is slower and meant for testing only.
+// generic is set; generic XDP is slower and meant for testing only. With
+// pins, a live pinned link for the interface is taken over instead.
 func (d *Datapath) Attach(ifindex int, generic bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.xdp != nil {
-		return fmt.Errorf("attach xdp to ifindex %d: already attached to ifindex %d", ifindex, d.iface)
+	if _, ok := d.links[ifindex]; ok {
+		return fmt.Errorf("attach xdp to ifindex %d: already attached", ifindex)
 	}
 	if d.pinDir != "" {
 		l, ok, err := d.attachPinned(ifindex)
@@ -162,7 +165,7 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 			return err
 		}
 		if ok {
-			d.xdp, d.iface = l, ifindex
+			d.links[ifindex] = l
 			return nil
 		}
 	}
@@ -184,29 +187,41 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 			return fmt.Errorf("pin xdp link of ifindex %d: %w", ifindex, err)
 		}
 	}
-	d.xdp, d.iface = l, ifindex
+	d.links[ifindex] = l
 	return nil
 }
 
-// Detach removes the balancer from its interface, pinned or not.
-// Detaching a datapath that is not attached does nothing.
+// Attached returns the indexes of the interfaces the balancer is attached
+// to through this datapath.
+func (d *Datapath) Attached() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]int, 0, len(d.links))
+	for i := range d.links {
+		out = append(out, i)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Detach removes the balancer from every interface, pinned or not.
 func (d *Datapath) Detach() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.xdp == nil {
-		return nil
-	}
-	if d.pinDir != "" {
-		if err := d.xdp.Unpin(); err != nil {
-			return fmt.Errorf("detach xdp: %w", err)
+	var errs []error
+	for ifindex, l := range d.links {
+		if d.pinDir != "" {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("detach xdp from ifindex %d: %w", ifindex, err))
+				continue
+			}
 		}
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach xdp from ifindex %d: %w", ifindex, err))
+		}
+		delete(d.links, ifindex)
 	}
-	err := d.xdp.Close()
-	d.xdp, d.iface = nil, 0
-	if err != nil {
-		return fmt.Errorf("detach xdp: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Close releases the datapath's objects. Without pins it detaches the
@@ -216,9 +231,9 @@ func (d *Datapath) Detach() error {
 func (d *Datapath) Close() error {
 	var errs []error
 	d.mu.Lock()
-	if d.xdp != nil {
-		errs = append(errs, d.xdp.Close())
-		d.xdp = nil
+	for ifindex, l := range d.links {
+		errs = append(errs, l.Close())
+		delete(d.links, ifindex)
 	}
 	d.mu.Unlock()
 	errs = append(errs, d.objs.Close())

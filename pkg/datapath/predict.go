@@ -30,6 +30,8 @@ type Prediction struct {
 	RingBackend netip.Addr
 	// Conntrack is set when a live connection entry decides the backend.
 	Conntrack bool
+	// RingSize is the VIP's ring size M.
+	RingSize uint32
 }
 
 // ErrNoVIP is returned by Predict for a flow that matches no VIP.
@@ -48,7 +50,7 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	if e == nil {
 		return Prediction{}, fmt.Errorf("%s:%d -> %s:%d/%s: %w", f.Src, f.Sport, f.Dst, f.Dport, f.Proto, ErrNoVIP)
 	}
-	p := Prediction{VIP: e.vip}
+	p := Prediction{VIP: e.vip, RingSize: uint32(len(e.table))}
 	if e.cfg.SourceHash {
 		p.Hash = flowhash.Source(f.Src, uint8(f.Proto))
 	} else {

@@ -544,3 +544,15 @@ func (d *Datapath) syncGlobals() error {
 func zeroCounter(m *ebpf.Map, index uint32) error {
 	return m.Put(index, make([]balancerCounter, ebpf.MustPossibleCPU()))
 }
+
+// Validate checks a VIP, its configuration and backends the way SetVIP
+// does, without touching the maps, so a caller can refuse a whole batch of
+// changes before applying any.
+func Validate(vip VIP, cfg VIPConfig, backends []Backend) error {
+	return validate(vip, &cfg, backends)
+}
+
+// Capacity returns how many VIPs and (VIP, backend) pairs the maps hold.
+func (d *Datapath) Capacity() (vips, backends int) {
+	return int(d.vipIndex.limit), int(d.backendID.limit)
+}

@@ -1,0 +1,165 @@
+package metrics
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+)
+
+// The states the state-set metrics enumerate. Every series of a state set
+// is exported on each scrape, 1 for the current state and 0 for the others,
+// so that a change of state never makes a series vanish.
+var (
+	healthStates = []string{"up", "down", "unknown"}
+	vrrpStates   = []string{"disabled", "init", "backup", "master", "fault"}
+)
+
+// statSeries is where one datapath.Stat goes: its descriptor and label
+// values.
+type statSeries struct {
+	stat   datapath.Stat
+	desc   *prometheus.Desc
+	labels []string
+}
+
+// collector reads a Source at scrape time and turns it into const metrics.
+type collector struct {
+	src Source
+
+	vipPackets     *prometheus.Desc
+	vipBytes       *prometheus.Desc
+	backendPackets *prometheus.Desc
+	backendBytes   *prometheus.Desc
+	verdicts       *prometheus.Desc
+	conntrack      *prometheus.Desc
+	backendHealth  *prometheus.Desc
+	vrrpState      *prometheus.Desc
+
+	stats []statSeries
+}
+
+func newCollector(src Source) *collector {
+	name := func(n string) string { return prometheus.BuildFQName(namespace, "", n) }
+	c := &collector{
+		src: src,
+		vipPackets: prometheus.NewDesc(name("vip_packets_total"),
+			"Packets the fast path forwarded for a VIP.",
+			[]string{"vip"}, nil),
+		vipBytes: prometheus.NewDesc(name("vip_bytes_total"),
+			"Bytes, Ethernet header included, the fast path forwarded for a VIP.",
+			[]string{"vip"}, nil),
+		backendPackets: prometheus.NewDesc(name("backend_packets_total"),
+			"Packets the fast path forwarded to a backend of a VIP.",
+			[]string{"vip", "backend"}, nil),
+		backendBytes: prometheus.NewDesc(name("backend_bytes_total"),
+			"Bytes, Ethernet header included, the fast path forwarded to a backend of a VIP.",
+			[]string{"vip", "backend"}, nil),
+		verdicts: prometheus.NewDesc(name("verdict_packets_total"),
+			"Packets the fast path handled, by final action (pass, drop, tx) and the reason for it.",
+			[]string{"action", "reason"}, nil),
+		conntrack: prometheus.NewDesc(name("conntrack_events_total"),
+			"Connection-table events of the fast path.",
+			[]string{"event"}, nil),
+		backendHealth: prometheus.NewDesc(name("backend_health"),
+			"Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.",
+			[]string{"vip", "backend", "state"}, nil),
+		vrrpState: prometheus.NewDesc(name("vrrp_state"),
+			"VRRP state of this node: 1 for the current state, 0 for the others.",
+			[]string{"state"}, nil),
+	}
+	for _, s := range datapath.AllStats() {
+		name := s.String()
+		if s.IsVerdict() {
+			// pass_no_vip -> action pass, reason no_vip.
+			action, reason, ok := strings.Cut(name, "_")
+			if !ok {
+				action, reason = name, ""
+			}
+			c.stats = append(c.stats, statSeries{s, c.verdicts, []string{action, reason}})
+			continue
+		}
+		// ct_insert_failed -> event insert_failed.
+		c.stats = append(c.stats, statSeries{s, c.conntrack, []string{strings.TrimPrefix(name, "ct_")}})
+	}
+	return c
+}
+
+// Describe implements prometheus.Collector.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.vipPackets
+	ch <- c.vipBytes
+	ch <- c.backendPackets
+	ch <- c.backendBytes
+	ch <- c.verdicts
+	ch <- c.conntrack
+	ch <- c.backendHealth
+	ch <- c.vrrpState
+}
+
+// Collect implements prometheus.Collector: it reads the Source now.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	c.collectCounters(ch)
+	c.collectHealth(ch)
+	c.collectVRRP(ch)
+}
+
+func (c *collector) collectCounters(ch chan<- prometheus.Metric) {
+	counters, err := c.src.Counters()
+	if err != nil {
+		// A snapshot that failed half way is not exported at all: the
+		// invalid metric fails the scrape, so the error is seen instead
+		// of counters that look like they went backwards.
+		ch <- prometheus.NewInvalidMetric(c.verdicts, fmt.Errorf("read counters: %w", err))
+		return
+	}
+	for _, s := range c.stats {
+		ch <- prometheus.MustNewConstMetric(s.desc, prometheus.CounterValue, float64(counters.Stat(s.stat)), s.labels...)
+	}
+	for vip, cnt := range counters.VIPs {
+		v := vip.String()
+		ch <- prometheus.MustNewConstMetric(c.vipPackets, prometheus.CounterValue, float64(cnt.Packets), v)
+		ch <- prometheus.MustNewConstMetric(c.vipBytes, prometheus.CounterValue, float64(cnt.Bytes), v)
+	}
+	for vip, backends := range counters.Backends {
+		v := vip.String()
+		for addr, cnt := range backends {
+			b := addr.String()
+			ch <- prometheus.MustNewConstMetric(c.backendPackets, prometheus.CounterValue, float64(cnt.Packets), v, b)
+			ch <- prometheus.MustNewConstMetric(c.backendBytes, prometheus.CounterValue, float64(cnt.Bytes), v, b)
+		}
+	}
+}
+
+func (c *collector) collectHealth(ch chan<- prometheus.Metric) {
+	for vip, backends := range c.src.BackendHealth() {
+		v := vip.String()
+		for addr, state := range backends {
+			if !slices.Contains(healthStates, state) {
+				state = "unknown"
+			}
+			b := addr.String()
+			for _, s := range healthStates {
+				ch <- prometheus.MustNewConstMetric(c.backendHealth, prometheus.GaugeValue, boolValue(s == state), v, b, s)
+			}
+		}
+	}
+}
+
+func (c *collector) collectVRRP(ch chan<- prometheus.Metric) {
+	// A state outside vrrpStates sets none of them: every series is 0.
+	state := c.src.VRRPState()
+	for _, s := range vrrpStates {
+		ch <- prometheus.MustNewConstMetric(c.vrrpState, prometheus.GaugeValue, boolValue(s == state), s)
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

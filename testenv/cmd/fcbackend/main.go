@@ -1,0 +1,110 @@
+// Command fcbackend is the backend server of Fulcrum's test topologies and
+// demo: it answers with its own name, so a client can tell which backend
+// the load balancer chose.
+//
+//	fcbackend -name backend1 -addr 203.0.113.10 -addr 2001:db8:ffff::10
+//
+// On every address it serves HTTP on port 80 (any GET → "NAME\n"), a TCP
+// line echo on port 9000 ("NAME LINE\n" per line, for long-lived flows) and
+// a UDP echo on port 53 ("NAME PAYLOAD"). Listening on the VIP itself (held
+// on lo) makes replies leave with the VIP as source.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type addrList []netip.Addr
+
+func (a *addrList) String() string { return fmt.Sprint(*a) }
+func (a *addrList) Set(s string) error {
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return err
+	}
+	*a = append(*a, ip)
+	return nil
+}
+
+func main() {
+	name := flag.String("name", "", "name to answer with (required)")
+	var addrs addrList
+	flag.Var(&addrs, "addr", "address to listen on (repeatable; required)")
+	flag.Parse()
+	if *name == "" || len(addrs) == 0 {
+		fmt.Fprintln(os.Stderr, "fcbackend: -name and at least one -addr are required")
+		os.Exit(2)
+	}
+	for _, a := range addrs {
+		if err := serve(*name, a); err != nil {
+			fmt.Fprintf(os.Stderr, "fcbackend: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	fmt.Printf("fcbackend %s ready on %v\n", *name, addrs)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	<-sig
+}
+
+func serve(name string, a netip.Addr) error {
+	httpLn, err := net.Listen("tcp", netip.AddrPortFrom(a, 80).String())
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintln(w, name)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go srv.Serve(httpLn)
+
+	echoLn, err := net.Listen("tcp", netip.AddrPortFrom(a, 9000).String())
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := echoLn.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					if _, err := fmt.Fprintf(c, "%s %s\n", name, strings.TrimSpace(sc.Text())); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+
+	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 53)))
+	if err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := udp.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			udp.WriteToUDPAddrPort([]byte(name+" "+string(buf[:n])), from)
+		}
+	}()
+	return nil
+}
