@@ -1,0 +1,370 @@
+// Package config reads and validates Fulcrum's YAML configuration: the
+// daemon's settings (instance, interfaces, logging, API socket, metrics,
+// connection table), the VIPs with their backends, health checks and VRRP.
+//
+// Parse is strict and all-or-nothing. An unknown field, a value of the wrong
+// type or an invalid value rejects the whole file, so that a bad file changes
+// nothing that is running. Every problem is reported, not only the first,
+// as a *ValidationError whose lines read
+//
+//	vips[2].backends[0].weight: 70000 is over the maximum 65535 (line 23)
+//
+// and say what would fix the problem. On success every default is filled in:
+// the reconciler and the daemon use the resolved values and never look at
+// what the file omitted.
+//
+// # Schema
+//
+// docs/examples/fulcrum.yaml shows every field with comments, and
+// docs/examples/minimal.yaml the smallest useful file. In short:
+//
+//	instance: default            # names the pin directory and the API socket
+//	bpffs: /sys/fs/bpf           # where bpffs is (or gets) mounted
+//	interfaces:                  # at least one
+//	  - {name: eth0, xdp_mode: native}
+//	log: {level: info, format: text}
+//	api: {socket: /run/fulcrum/default.sock}
+//	metrics: {address: "127.0.0.1:9542"}   # "off" disables
+//	conntrack: {entries: 1048576}
+//	health_check: {type: tcp}    # default for every VIP (optional)
+//	vrrp: {interface: eth0, vrid: 51}      # optional
+//	vips:
+//	  - address: 203.0.113.10
+//	    port: 80                 # 0 = every port
+//	    protocol: tcp
+//	    backends:
+//	      - address: 198.18.0.11
+//
+// # YAML
+//
+// Anchors, aliases and merge keys ("<<: *defaults") may be used to share
+// blocks. A key written with no value (or null) counts as omitted and takes
+// its default. Numbers must not be quoted, booleans are true or false, and
+// durations are Go duration strings such as "500ms" or "2s" (a bare number
+// is rejected, since its unit would be a guess). Enumerated values are lower
+// case.
+//
+// # Health checks
+//
+// A health_check block replaces the one it overrides as a whole, it does not
+// merge with it: the top-level block is the default for every VIP, a VIP's
+// block is the default for its backends, and a backend's block applies to
+// that backend alone. After Parse, VIP.HealthCheck and Backend.HealthCheck
+// hold the block that applies (copies; changing one changes no other), with
+// Port resolved to the VIP's port when it was omitted. A block of type
+// "none" resolves to nil, so nil always means "not checked, always up".
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+)
+
+// Modes lists the forwarding modes this build accepts for vip.mode. The
+// first is the default.
+var Modes = []string{"dsr"}
+
+// Allowed values of the enumerated fields.
+var (
+	XDPModes         = []string{"native", "generic"}
+	LogLevels        = []string{"debug", "info", "warn", "error"}
+	LogFormats       = []string{"text", "json"}
+	Protocols        = []string{"tcp", "udp"}
+	Schedulers       = []string{"maglev", "source-hash"}
+	FragmentPolicies = []string{"drop", "pass"}
+	HealthCheckTypes = []string{"tcp", "http", "https", "udp", "none"}
+	OnDownActions    = []string{"rehash", "drain"}
+	AllDownActions   = []string{"drop", "fail-open"}
+	VRRPFamilies     = []string{"ipv4", "ipv6"}
+)
+
+// Defaults.
+const (
+	DefaultInstance         = "default"
+	DefaultBPFFS            = "/sys/fs/bpf"
+	DefaultMetricsAddress   = "127.0.0.1:9542"
+	DefaultConntrackEntries = 1 << 20
+	MinConntrackEntries     = 1024
+	MaxConntrackEntries     = 1 << 26
+	MaxWeight               = 65535
+
+	DefaultHealthInterval = 2 * time.Second
+	DefaultHealthTimeout  = time.Second
+	DefaultHealthRise     = 2
+	DefaultHealthFall     = 3
+
+	DefaultVRRPPriority       = 100
+	DefaultVRRPAdvertInterval = 10 // centiseconds
+	DefaultVRRPGratuitous     = 3
+)
+
+// DefaultSocket returns the API socket path used when api.socket is
+// omitted.
+func DefaultSocket(instance string) string {
+	return "/run/fulcrum/" + instance + ".sock"
+}
+
+// Config is a whole, validated configuration with every default applied.
+type Config struct {
+	// Instance names this daemon's pin directory and API socket, so that
+	// several daemons can share a machine. Default "default".
+	Instance string `yaml:"instance"`
+	// BPFFS is the bpffs mount point (the pin root). Default /sys/fs/bpf.
+	BPFFS string `yaml:"bpffs"`
+	// Interfaces the XDP program is attached to; at least one.
+	Interfaces []Interface `yaml:"interfaces"`
+	Log        Log         `yaml:"log"`
+	API        API         `yaml:"api"`
+	Metrics    Metrics     `yaml:"metrics"`
+	Conntrack  Conntrack   `yaml:"conntrack"`
+	// HealthCheck is the default check of every VIP; nil = none. Its Port
+	// is as written (0 = each VIP's port); VIP.HealthCheck is resolved.
+	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
+	// VRRP is the active/standby failover; nil = none (always active).
+	VRRP *VRRP `yaml:"vrrp,omitempty"`
+	// VIPs may be empty: VIPs can also be added through the API.
+	VIPs []VIP `yaml:"vips"`
+}
+
+// Interface is a network interface the fast path is attached to.
+type Interface struct {
+	Name string `yaml:"name"`
+	// XDPMode is "native" (the driver runs the program; default) or
+	// "generic" (the kernel's skb path: slower, works on any device).
+	XDPMode string `yaml:"xdp_mode"`
+}
+
+// Log configures the daemon's log.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn or error
+	Format string `yaml:"format"` // text (default) or json
+}
+
+// API configures the control socket.
+type API struct {
+	// Socket is the Unix socket path. Default /run/fulcrum/<instance>.sock.
+	Socket string `yaml:"socket"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Address is host:port to listen on for /metrics; "" = disabled
+	// (written as "off" in the file). Default 127.0.0.1:9542.
+	Address string `yaml:"address"`
+}
+
+// Conntrack sizes the connection table.
+type Conntrack struct {
+	// Entries is the capacity of the connection table (an LRU: when it is
+	// full the least recently seen flows are forgotten). Default 1048576.
+	Entries uint32 `yaml:"entries"`
+}
+
+// VIP is a virtual service, identified by (Address, Port, Protocol).
+type VIP struct {
+	// Name is an optional label, unique when set.
+	Name    string     `yaml:"name,omitempty"`
+	Address netip.Addr `yaml:"address"`
+	// Port 0 means every port of Address for Protocol. A VIP with a
+	// specific port may coexist with a port-0 VIP on the same address.
+	Port     uint16 `yaml:"port"`
+	Protocol string `yaml:"protocol"` // tcp or udp
+	Mode     string `yaml:"mode"`     // one of Modes; default "dsr"
+	// Scheduler is "maglev" (5-tuple hash; default) or "source-hash"
+	// (client address only: all of a client's flows reach one backend).
+	Scheduler string `yaml:"scheduler"`
+	// RingSize is the Maglev table size, a prime; default 65537.
+	RingSize uint32 `yaml:"ring_size"`
+	// Conntrack is whether new flows are recorded in the connection table
+	// (YAML key "conntrack"; default true). Without it every packet is
+	// hashed afresh, which suits stateless UDP services.
+	Conntrack bool `yaml:"-"`
+	// Fragments is "drop" (default) or "pass": what happens to IP fragments
+	// and unparseable packets for Address. It is a per-address policy (a
+	// fragment carries no port), so every VIP on an address must agree.
+	Fragments   string       `yaml:"fragments"`
+	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
+	// Backends may be empty: traffic to the VIP is then dropped and counted.
+	Backends []Backend `yaml:"backends"`
+}
+
+// Key returns the VIP's identity in the text form the CLI and the API use,
+// e.g. "tcp/203.0.113.10:80" or "udp/[2001:db8::1]:53".
+func (v *VIP) Key() string {
+	return v.Protocol + "/" + netip.AddrPortFrom(v.Address, v.Port).String()
+}
+
+// Backend is a server behind a VIP.
+type Backend struct {
+	// Address is the backend's address; in dsr mode of the VIP's family.
+	Address netip.Addr `yaml:"address"`
+	// Weight is the backend's share of new flows (YAML "weight"; default
+	// 1 when omitted). 0 drains it: no new flows, established ones stay.
+	Weight uint32 `yaml:"-"`
+	// MAC is the backend's hardware address for dsr when it cannot be
+	// resolved (YAML "mac"); nil = resolved by the daemon.
+	MAC         net.HardwareAddr `yaml:"-"`
+	HealthCheck *HealthCheck     `yaml:"health_check,omitempty"`
+}
+
+// HealthCheck is how a backend's health is probed. Probes go to the
+// backend's address and Port.
+type HealthCheck struct {
+	Type     string        `yaml:"type"`     // tcp, http, https or udp ("none" resolves to a nil check)
+	Interval time.Duration `yaml:"interval"` // between probes; default 2s
+	// Timeout of one probe; default 1s, or the interval when that is
+	// shorter. Never longer than Interval.
+	Timeout time.Duration `yaml:"timeout"`
+	Rise    int           `yaml:"rise"` // successes in a row to mark a backend up; default 2
+	Fall    int           `yaml:"fall"` // failures in a row to mark it down; default 3
+	// Port to probe; 0 (in Config.HealthCheck only) = the VIP's port.
+	Port uint16 `yaml:"port"`
+	// Path of the HTTP(S) GET; default "/".
+	Path string `yaml:"path,omitempty"`
+	// ExpectStatus lists the HTTP statuses that count as healthy;
+	// default [200].
+	ExpectStatus []int  `yaml:"expect_status,omitempty"`
+	Host         string `yaml:"host,omitempty"` // HTTP Host header; "" = the backend address
+	// SkipVerify accepts any TLS certificate (https only).
+	SkipVerify bool   `yaml:"skip_verify,omitempty"`
+	Payload    string `yaml:"payload,omitempty"` // udp: the datagram sent
+	// Expect is a substring the UDP reply must contain; "" = any reply.
+	Expect string `yaml:"expect,omitempty"`
+	// Source is the probes' source address; invalid = chosen by the kernel.
+	Source netip.Addr `yaml:"source,omitempty"`
+	// OnDown is what happens to a VIP's ring when a backend goes down:
+	// "rehash" (default: its slots go to the others and its established
+	// flows move) or "drain" (it gets no new flows, established ones stay).
+	OnDown string `yaml:"on_down"`
+	// AllDown is what happens when every backend is down: "drop" (default)
+	// or "fail-open" (use all of them as if they were up).
+	AllDown string `yaml:"all_down"`
+	// ThroughDatapath addresses probes to the VIP and has the fast path
+	// steer them to the backend, so that they test the backend as clients
+	// reach it (VIP on lo included) instead of at its own address.
+	ThroughDatapath bool `yaml:"through_datapath,omitempty"`
+}
+
+func (h *HealthCheck) clone() *HealthCheck {
+	if h == nil {
+		return nil
+	}
+	c := *h
+	c.ExpectStatus = append([]int(nil), h.ExpectStatus...)
+	return &c
+}
+
+// VRRP configures active/standby failover with VRRPv3 (RFC 5798).
+type VRRP struct {
+	// Interface the advertisements are sent and received on.
+	Interface string `yaml:"interface"`
+	// VRID is the virtual router id, 1..255, the same on both nodes.
+	VRID int `yaml:"vrid"`
+	// Priority 1..255, higher wins; default 100.
+	Priority int `yaml:"priority"`
+	// AdvertInterval between advertisements, in centiseconds; default 10.
+	AdvertInterval int `yaml:"advert_interval"`
+	// Preempt lets a higher-priority node take over from a lower-priority
+	// master; default true.
+	Preempt bool `yaml:"preempt"`
+	// PreemptDelay holds off preemption after start; default 0.
+	PreemptDelay time.Duration `yaml:"preempt_delay"`
+	// UnicastPeers, when set, receive advertisements by unicast instead of
+	// the multicast group.
+	UnicastPeers []netip.Addr `yaml:"unicast_peers,omitempty"`
+	// GratuitousCount is how many gratuitous ARPs / unsolicited NAs are
+	// sent per VIP on becoming master; default 3.
+	GratuitousCount int `yaml:"gratuitous_count"`
+	// Family of the advertisements: "ipv4" (default) or "ipv6".
+	Family string `yaml:"family"`
+}
+
+// Problem is one thing wrong with a config file.
+type Problem struct {
+	// Path of the field, e.g. "vips[2].backends[0].weight"; "yaml" for a
+	// syntax error and "config" for the document as a whole.
+	Path string `json:"path"`
+	// Message says what is wrong and what would fix it.
+	Message string `json:"message"`
+	// Line in the file, 1-based; 0 when unknown (e.g. a missing field of
+	// an empty file).
+	Line int `json:"line,omitempty"`
+}
+
+func (p Problem) String() string {
+	s := p.Path + ": " + p.Message
+	if p.Line > 0 {
+		s += fmt.Sprintf(" (line %d)", p.Line)
+	}
+	return s
+}
+
+// ValidationError lists every problem found in a config file.
+type ValidationError struct {
+	// File is the path given to Load; "" for Parse.
+	File     string
+	Problems []Problem
+}
+
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		if e.File != "" {
+			b.WriteString(e.File + ": ")
+		}
+		b.WriteString(p.String())
+	}
+	if len(e.Problems) == 0 {
+		b.WriteString("invalid config")
+	}
+	return b.String()
+}
+
+// Parse decodes, completes with defaults and validates a YAML config. The
+// error is always a *ValidationError.
+func Parse(data []byte) (*Config, error) {
+	root, syntax := parseYAML(data)
+	if syntax != nil {
+		return nil, &ValidationError{Problems: []Problem{*syntax}}
+	}
+	d := &decoder{}
+	c := d.config(root)
+	if d.tooBig {
+		return nil, &ValidationError{Problems: []Problem{{Path: "config",
+			Message: fmt.Sprintf("the document expands to more than %d values (through aliases); write it out plainly", maxNodes)}}}
+	}
+	if d.dropped > 0 {
+		d.problems = append(d.problems, Problem{Path: "config",
+			Message: fmt.Sprintf("%d more problems not listed; fix the ones above first", d.dropped)})
+	}
+	if len(d.problems) > 0 {
+		return nil, &ValidationError{Problems: d.problems}
+	}
+	return c, nil
+}
+
+// Load reads the file at path and parses it. A *ValidationError from it
+// has File set, so that its lines start with the path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		if ve, ok := errors.AsType[*ValidationError](err); ok {
+			ve.File = path
+			return nil, ve
+		}
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,619 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
+)
+
+// The keys allowed in each mapping, in the order of the documentation.
+var (
+	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "health_check", "vrrp", "vips"}
+	interfaceKeys = []string{"name", "xdp_mode"}
+	logKeys       = []string{"level", "format"}
+	apiKeys       = []string{"socket"}
+	metricsKeys   = []string{"address"}
+	conntrackKeys = []string{"entries"}
+	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "conntrack", "fragments", "health_check", "backends"}
+	backendKeys   = []string{"address", "weight", "mac", "health_check"}
+	healthKeys    = []string{"type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "host", "skip_verify", "payload", "expect", "source", "on_down", "all_down", "through_datapath"}
+	vrrpKeys      = []string{"interface", "vrid", "priority", "advert_interval", "preempt", "preempt_delay", "unicast_peers", "gratuitous_count", "family"}
+)
+
+var instanceRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+// maxSocketPath is the longest path a Unix socket address can hold
+// (sun_path is 108 bytes including the terminating NUL).
+const maxSocketPath = 107
+
+func (d *decoder) config(root *yaml.Node) *Config {
+	c := &Config{}
+	f := d.mapping(d.deref(root), "", "a mapping of settings (instance, interfaces, vips, ...)", rootKeys)
+
+	c.Instance = f.str("instance", DefaultInstance)
+	if f.has("instance") && !instanceRE.MatchString(c.Instance) {
+		f.errf("instance", "%q is not a valid instance name; use 1 to 32 lower-case letters, digits and '-', starting with a letter or digit", c.Instance)
+	}
+
+	c.BPFFS = f.str("bpffs", DefaultBPFFS)
+	if f.has("bpffs") {
+		if msg := checkAbsPath(c.BPFFS); msg != "" {
+			f.errf("bpffs", "%q %s", c.BPFFS, msg)
+		} else {
+			c.BPFFS = filepath.Clean(c.BPFFS)
+		}
+	}
+
+	c.Interfaces = d.interfaces(f)
+
+	lf := f.sub("log", "a mapping with level and format", logKeys)
+	c.Log.Level = lf.enum("level", "info", LogLevels)
+	c.Log.Format = lf.enum("format", "text", LogFormats)
+
+	af := f.sub("api", "a mapping with socket", apiKeys)
+	c.API.Socket = af.str("socket", DefaultSocket(c.Instance))
+	if af.has("socket") {
+		if msg := checkAbsPath(c.API.Socket); msg != "" {
+			af.errf("socket", "%q %s", c.API.Socket, msg)
+		} else if c.API.Socket = filepath.Clean(c.API.Socket); len(c.API.Socket) > maxSocketPath {
+			af.errf("socket", "%q is %d bytes, over the %d a Unix socket path can hold; use a shorter path", c.API.Socket, len(c.API.Socket), maxSocketPath)
+		}
+	}
+
+	mf := f.sub("metrics", "a mapping with address", metricsKeys)
+	c.Metrics.Address = mf.str("address", DefaultMetricsAddress)
+	if mf.has("address") {
+		if c.Metrics.Address == "off" {
+			c.Metrics.Address = ""
+		} else if msg := checkListenAddress(c.Metrics.Address); msg != "" {
+			mf.errf("address", "%q %s", c.Metrics.Address, msg)
+		}
+	}
+
+	cf := f.sub("conntrack", "a mapping with entries", conntrackKeys)
+	c.Conntrack.Entries = uint32(cf.integer("entries", DefaultConntrackEntries, MinConntrackEntries, MaxConntrackEntries))
+
+	var top *HealthCheck
+	topSet := f.has("health_check")
+	if topSet {
+		var ok bool
+		top, ok = d.healthCheck(f.sub("health_check", "a health check mapping (type, interval, ...)", healthKeys))
+		if !ok {
+			top = nil // already reported; do not repeat it for every VIP
+		}
+		c.HealthCheck = top.clone()
+	}
+
+	if f.has("vrrp") {
+		c.VRRP = d.vrrp(f.sub("vrrp", "a mapping (interface, vrid, ...)", vrrpKeys))
+	}
+
+	c.VIPs = d.vips(f, top, topSet)
+	return c
+}
+
+// checkAbsPath returns "" for a usable absolute path, or what is wrong.
+func checkAbsPath(p string) string {
+	switch {
+	case p == "":
+		return "is empty; use an absolute path"
+	case !filepath.IsAbs(p):
+		return "is not an absolute path; start it with /"
+	case strings.ContainsRune(p, 0):
+		return "contains a NUL byte"
+	}
+	return ""
+}
+
+// checkListenAddress returns "" for a usable host:port to listen on.
+func checkListenAddress(s string) string {
+	const fix = `; use host:port such as "127.0.0.1:9542", "[::1]:9542" or ":9542", or "off" to disable`
+	if s == "" {
+		return "is empty" + fix
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "is not host:port" + fix
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return "has no valid port (1..65535)" + fix
+	}
+	if host == "" {
+		return ""
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return ""
+	}
+	if !validHostname(host) {
+		return "has an invalid host" + fix
+	}
+	return ""
+}
+
+func validHostname(h string) bool {
+	if len(h) == 0 || len(h) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// checkIfname returns "" for a name Linux accepts for a network interface,
+// or what is wrong with it.
+func checkIfname(name string) string {
+	switch {
+	case name == "":
+		return "is empty; use the interface's name, e.g. eth0"
+	case len(name) > 15:
+		return fmt.Sprintf("is %d bytes; Linux interface names are at most 15", len(name))
+	case name == "." || name == "..":
+		return "is not a valid interface name"
+	case strings.ContainsAny(name, "/:"):
+		return "contains '/' or ':', which Linux interface names cannot"
+	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return "contains whitespace or control characters, which Linux interface names cannot"
+	}
+	return ""
+}
+
+func (d *decoder) interfaces(f *fields) []Interface {
+	items := f.seq("interfaces", "a list of interfaces, e.g. [{name: eth0}]")
+	if len(items) == 0 {
+		if f.ok && (!f.has("interfaces") || f.vals["interfaces"].Kind == yaml.SequenceNode) {
+			f.errf("interfaces", "at least one interface is required; add e.g. interfaces: [{name: eth0}]")
+		}
+		return nil
+	}
+	out := make([]Interface, 0, len(items))
+	seen := map[string]int{}
+	for i, it := range items {
+		p := index(f.at("interfaces"), i)
+		fi := d.mapping(it, p, "a mapping such as {name: eth0}", interfaceKeys)
+		var ifc Interface
+		if fi.require("name", "set the network interface to attach to, e.g. eth0") {
+			ifc.Name = fi.str("name", "")
+			if msg := checkIfname(ifc.Name); msg != "" {
+				fi.errf("name", "%q %s", ifc.Name, msg)
+			} else if j, dup := seen[ifc.Name]; dup {
+				fi.errf("name", "%q is already interfaces[%d]; list each interface once", ifc.Name, j)
+			} else {
+				seen[ifc.Name] = i
+			}
+		}
+		ifc.XDPMode = fi.enum("xdp_mode", "native", XDPModes)
+		out = append(out, ifc)
+	}
+	return out
+}
+
+// healthCheck decodes a health_check block. It returns nil for type none
+// and for a block too broken to use; ok is false when problems were found.
+func (d *decoder) healthCheck(f *fields) (hc *HealthCheck, ok bool) {
+	before := d.count()
+	if !f.ok {
+		return nil, false
+	}
+	h := &HealthCheck{}
+	if f.require("type", "set "+choices(HealthCheckTypes)) {
+		h.Type = f.enum("type", "", HealthCheckTypes)
+	}
+	if h.Type == "none" {
+		// Nothing else is used. The other fields may stay (only their
+		// names are checked) so that a check can be switched off and on
+		// again by changing its type alone.
+		return nil, true
+	}
+
+	h.Interval = f.duration("interval", DefaultHealthInterval, true)
+	h.Timeout = f.duration("timeout", min(DefaultHealthTimeout, h.Interval), true)
+	if f.has("timeout") && h.Timeout > h.Interval {
+		f.errf("timeout", "%s is longer than the interval %s; use a timeout no longer than the interval", h.Timeout, h.Interval)
+	}
+	h.Rise = int(f.integer("rise", DefaultHealthRise, 1, 100))
+	h.Fall = int(f.integer("fall", DefaultHealthFall, 1, 100))
+	h.Port = uint16(f.integer("port", 0, 0, 65535))
+
+	if h.Type != "" { // with an invalid type, the type-specific fields cannot be judged
+		d.typeSpecific(f, h)
+	}
+	if a, ok := f.addr("source"); ok {
+		if msg := checkUnicast(a); msg != "" {
+			f.errf("source", "%s %s; use one of this node's addresses", a, msg)
+		} else {
+			h.Source = a
+		}
+	}
+	h.OnDown = f.enum("on_down", "rehash", OnDownActions)
+	h.AllDown = f.enum("all_down", "drop", AllDownActions)
+	h.ThroughDatapath = f.boolean("through_datapath", false)
+
+	if h.Type == "" {
+		return nil, false
+	}
+	return h, d.count() == before
+}
+
+// typeSpecific decodes the fields that only some check types use, and
+// rejects them for the other types.
+func (d *decoder) typeSpecific(f *fields, h *HealthCheck) {
+	httpish := h.Type == "http" || h.Type == "https"
+	notFor := func(key, types string) {
+		if f.present(key) {
+			f.errf(key, "only %s checks use it, and this one is %s; remove it or change the type", types, h.Type)
+		}
+	}
+	if httpish {
+		h.Path = f.str("path", "/")
+		if !strings.HasPrefix(h.Path, "/") {
+			f.errf("path", "%q must start with /, e.g. /healthz", h.Path)
+		} else if strings.IndexFunc(h.Path, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+			f.errf("path", "%q contains whitespace or control characters; percent-encode them (e.g. %%20)", h.Path)
+		}
+		h.ExpectStatus = d.statuses(f)
+		h.Host = f.str("host", "")
+		if strings.IndexFunc(h.Host, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+			f.errf("host", "%q contains whitespace or control characters; use a host name such as www.example.com", h.Host)
+		}
+	} else {
+		notFor("path", "http and https")
+		notFor("expect_status", "http and https")
+		notFor("host", "http and https")
+	}
+	if h.Type == "https" {
+		h.SkipVerify = f.boolean("skip_verify", false)
+	} else {
+		notFor("skip_verify", "https")
+	}
+	if h.Type == "udp" {
+		if f.require("payload", "a udp check needs the datagram to send, e.g. payload: \"ping\"") {
+			h.Payload = f.str("payload", "")
+			if h.Payload == "" {
+				f.errf("payload", "\"\" is empty; a udp check needs the datagram to send, e.g. payload: \"ping\"")
+			}
+		}
+		h.Expect = f.str("expect", "")
+	} else {
+		notFor("payload", "udp")
+		notFor("expect", "udp")
+	}
+}
+
+func (d *decoder) statuses(f *fields) []int {
+	if !f.has("expect_status") {
+		return []int{200}
+	}
+	n := f.vals["expect_status"]
+	if n.Kind != yaml.SequenceNode {
+		f.errf("expect_status", "want a list of HTTP statuses, e.g. [200] or [200, 204], got %s", describe(n))
+		return []int{200}
+	}
+	items := f.seq("expect_status", "a list of HTTP statuses")
+	if len(items) == 0 {
+		f.errf("expect_status", "[] is empty; list at least one status, e.g. [200]")
+		return []int{200}
+	}
+	out := make([]int, 0, len(items))
+	seen := map[int64]bool{}
+	for i, it := range items {
+		p := index(f.at("expect_status"), i)
+		v, ok := d.integer(it, p, 100, 599)
+		if !ok {
+			continue
+		}
+		if seen[v] {
+			d.add(p, it, "%d is listed twice; list each status once", v)
+			continue
+		}
+		seen[v] = true
+		out = append(out, int(v))
+	}
+	return out
+}
+
+// checkUnicast returns "" for an address usable by a host, or what is
+// wrong with it.
+func checkUnicast(a netip.Addr) string {
+	switch {
+	case a.IsUnspecified():
+		return "is unspecified"
+	case a.IsMulticast():
+		return "is multicast"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "is the broadcast address"
+	case a.IsLoopback():
+		return "is a loopback address, which never reaches the network"
+	}
+	return ""
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+func (d *decoder) vrrp(f *fields) *VRRP {
+	if !f.ok {
+		return nil
+	}
+	v := &VRRP{}
+	if f.require("interface", "set the interface VRRP advertisements use, e.g. eth0") {
+		v.Interface = f.str("interface", "")
+		if msg := checkIfname(v.Interface); msg != "" {
+			f.errf("interface", "%q %s", v.Interface, msg)
+		}
+	}
+	if f.require("vrid", "set the virtual router id 1..255, the same on both nodes") {
+		v.VRID = int(f.integer("vrid", 0, 1, 255))
+	}
+	v.Priority = int(f.integer("priority", DefaultVRRPPriority, 1, 255))
+	v.AdvertInterval = int(f.integer("advert_interval", DefaultVRRPAdvertInterval, 1, 4095))
+	v.Preempt = f.boolean("preempt", true)
+	v.PreemptDelay = f.duration("preempt_delay", 0, false)
+	v.GratuitousCount = int(f.integer("gratuitous_count", DefaultVRRPGratuitous, 0, 100))
+	v.Family = f.enum("family", "ipv4", VRRPFamilies)
+
+	seen := map[netip.Addr]int{}
+	for i, it := range f.seq("unicast_peers", "a list of addresses, e.g. [198.18.0.3]") {
+		p := index(f.at("unicast_peers"), i)
+		a, ok := d.addr(it, p)
+		if !ok {
+			continue
+		}
+		switch {
+		case checkUnicast(a) != "":
+			d.add(p, it, "%s %s; use the peer's unicast address", a, checkUnicast(a))
+		case (v.Family == "ipv4") != a.Is4():
+			d.add(p, it, "%s is %s but vrrp.family is %s; use a peer address of that family or change family", a, family(a), v.Family)
+		default:
+			if j, dup := seen[a]; dup {
+				d.add(p, it, "%s is already unicast_peers[%d]; list each peer once", a, j)
+				continue
+			}
+			seen[a] = i
+			v.UnicastPeers = append(v.UnicastPeers, a)
+		}
+	}
+	return v
+}
+
+// vipIdent identifies a VIP for duplicate detection.
+type vipIdent struct {
+	addr  netip.Addr
+	port  uint16
+	proto string
+}
+
+func (d *decoder) vips(f *fields, top *HealthCheck, topSet bool) []VIP {
+	items := f.seq("vips", "a list of VIPs")
+	out := make([]VIP, 0, len(items))
+	byIdent := map[vipIdent]int{}
+	byName := map[string]int{}
+	type addrPolicy struct {
+		index  int
+		policy string
+	}
+	fragments := map[netip.Addr]addrPolicy{}
+	for i, it := range items {
+		p := index(f.at("vips"), i)
+		vf := d.mapping(it, p, "a VIP mapping (address, port, protocol, backends, ...)", vipKeys)
+		v, complete := d.vip(vf, top, topSet)
+		if complete {
+			id := vipIdent{v.Address, v.Port, v.Protocol}
+			if j, dup := byIdent[id]; dup {
+				d.add(p, vf.node, "%s is already vips[%d]; each (address, port, protocol) must be unique, so merge the two or change one", v.Key(), j)
+			} else {
+				byIdent[id] = i
+			}
+		}
+		if v.Name != "" {
+			if j, dup := byName[v.Name]; dup {
+				vf.errf("name", "%q is already the name of vips[%d]; VIP names must be unique", v.Name, j)
+			} else {
+				byName[v.Name] = i
+			}
+		}
+		if v.Address.IsValid() && v.Fragments != "" {
+			if prev, ok := fragments[v.Address]; !ok {
+				fragments[v.Address] = addrPolicy{i, v.Fragments}
+			} else if prev.policy != v.Fragments {
+				vf.errf("fragments", "%q conflicts with vips[%d], which has %q for the same address %s; fragments carry no port, so the policy is per address: set the same value on every VIP of %s",
+					v.Fragments, prev.index, prev.policy, v.Address, v.Address)
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// vip decodes one VIP; complete reports whether its identity (address,
+// port, protocol) is valid.
+func (d *decoder) vip(f *fields, top *HealthCheck, topSet bool) (v VIP, complete bool) {
+	v.Name = f.str("name", "")
+	if f.has("name") {
+		switch {
+		case v.Name == "":
+			f.errf("name", "\"\" is empty; remove it or give the VIP a label such as web")
+		case len(v.Name) > 64:
+			f.errf("name", "%q is %d bytes; use at most 64", v.Name, len(v.Name))
+		case strings.IndexFunc(v.Name, unicode.IsControl) >= 0:
+			f.errf("name", "%q contains control characters; use a plain label such as web", v.Name)
+		}
+	}
+
+	addrOK := false
+	if f.require("address", "set the VIP's IPv4 or IPv6 address, e.g. 203.0.113.10") {
+		if a, ok := f.addr("address"); ok {
+			if msg := checkUnicast(a); msg != "" {
+				f.errf("address", "%s %s; a VIP needs a unicast address", a, msg)
+			} else {
+				v.Address, addrOK = a, true
+			}
+		}
+	}
+	port, portOK := f.integerOK("port", 0, 0, 65535)
+	v.Port = uint16(port)
+	protoOK := false
+	if f.require("protocol", "set tcp or udp") {
+		v.Protocol = f.enum("protocol", "", Protocols)
+		protoOK = v.Protocol != ""
+	}
+	complete = addrOK && portOK && protoOK
+
+	v.Mode = f.enum("mode", Modes[0], Modes)
+	v.Scheduler = f.enum("scheduler", "maglev", Schedulers)
+	v.RingSize = maglev.DefaultSize
+	if f.has("ring_size") {
+		if n, ok := f.integerOK("ring_size", 0, math.MinInt64, math.MaxInt64); ok {
+			if n < int64(maglev.MinSize) || n > int64(maglev.MaxSize) || !maglev.IsPrime(uint32(n)) {
+				f.errf("ring_size", "%d is not a prime between %d and %d (try %d)", n, maglev.MinSize, maglev.MaxSize, nearPrime(n))
+			} else {
+				v.RingSize = uint32(n)
+			}
+		}
+	}
+	v.Conntrack = f.boolean("conntrack", true)
+	v.Fragments = f.enum("fragments", "drop", FragmentPolicies)
+
+	// The health check that applies to this VIP's backends.
+	var hc *HealthCheck
+	hcPath := f.at("health_check")
+	inherited := false
+	if f.has("health_check") {
+		var ok bool
+		hc, ok = d.healthCheck(f.sub("health_check", "a health check mapping (type, interval, ...)", healthKeys))
+		if !ok {
+			hc = nil // already reported; do not pile up follow-on errors
+		}
+	} else if topSet {
+		hc, inherited = top, true
+	}
+	vipCheck := d.resolveCheck(hc, v.Port, portOK, v.Address, hcPath, f.where("health_check"), inherited)
+	v.HealthCheck = vipCheck
+
+	dsr := v.Mode == "dsr"
+	items := f.seq("backends", "a list of backends, e.g. [{address: 198.18.0.11}]")
+	v.Backends = make([]Backend, 0, len(items))
+	seen := map[netip.Addr]int{}
+	for i, it := range items {
+		p := index(f.at("backends"), i)
+		bf := d.mapping(it, p, "a backend mapping such as {address: 198.18.0.11}", backendKeys)
+		var b Backend
+		if bf.require("address", "set the backend's address, e.g. 198.18.0.11") {
+			if a, ok := bf.addr("address"); ok {
+				switch {
+				case checkUnicast(a) != "":
+					bf.errf("address", "%s %s; use the backend's unicast address", a, checkUnicast(a))
+				case addrOK && a == v.Address:
+					bf.errf("address", "%s is the VIP's own address; use the backend's real address", a)
+				case dsr && addrOK && a.Is4() != v.Address.Is4():
+					bf.errf("address", "%s is %s but the vip is %s (dsr needs one family)", a, family(a), family(v.Address))
+				default:
+					if j, dup := seen[a]; dup {
+						bf.errf("address", "%s is already backends[%d]; list each backend once", a, j)
+					} else {
+						seen[a] = i
+					}
+					b.Address = a
+				}
+			}
+		}
+		b.Weight = uint32(bf.integer("weight", 1, 0, MaxWeight))
+		if bf.has("mac") {
+			b.MAC = bf.mac("mac")
+		}
+		if bf.has("health_check") {
+			own, ok := d.healthCheck(bf.sub("health_check", "a health check mapping (type, interval, ...)", healthKeys))
+			if ok {
+				b.HealthCheck = d.resolveCheck(own, v.Port, portOK, b.Address, bf.at("health_check"), bf.where("health_check"), false)
+			}
+		} else {
+			b.HealthCheck = vipCheck.clone()
+		}
+		v.Backends = append(v.Backends, b)
+	}
+	return v, complete
+}
+
+// resolveCheck returns a copy of hc for one VIP or backend with the port
+// filled in, checking what depends on the VIP: a port to probe, and the
+// family of the source address against target (skipped when invalid).
+func (d *decoder) resolveCheck(hc *HealthCheck, vipPort uint16, portOK bool, target netip.Addr, path string, at *yaml.Node, inherited bool) *HealthCheck {
+	if hc == nil {
+		return nil
+	}
+	c := hc.clone()
+	from := ""
+	if inherited {
+		from = " (inherited from the top-level health_check; override it with a health_check on this vip)"
+	}
+	if c.Port == 0 {
+		if vipPort == 0 && portOK {
+			d.add(join(path, "port"), at, "the vip has port 0 (every port), so there is no port to probe; set health_check.port%s", from)
+		}
+		c.Port = vipPort
+	}
+	if c.Source.IsValid() && target.IsValid() && c.Source.Is4() != target.Is4() {
+		d.add(join(path, "source"), at, "%s is %s but the address it checks, %s, is %s; use a source of the same family%s",
+			c.Source, family(c.Source), target, family(target), from)
+	}
+	return c
+}
+
+// mac returns key as a unicast Ethernet address, nil when bad.
+func (f *fields) mac(key string) net.HardwareAddr {
+	n := f.vals[key]
+	if n.Kind != yaml.ScalarNode {
+		f.errf(key, "want a MAC address such as 02:42:c6:12:00:0b, got %s", describe(n))
+		return nil
+	}
+	hw, err := net.ParseMAC(strings.TrimSpace(n.Value))
+	switch {
+	case err != nil:
+		f.errf(key, "%q is not a MAC address; write six hex bytes such as 02:42:c6:12:00:0b", n.Value)
+	case len(hw) != 6:
+		f.errf(key, "%q is %d bytes; an Ethernet MAC has 6, such as 02:42:c6:12:00:0b", n.Value, len(hw))
+	case hw[0]&1 != 0:
+		f.errf(key, "%s is a multicast or broadcast MAC; use the backend's unicast MAC", hw)
+	case hw.String() == "00:00:00:00:00:00":
+		f.errf(key, "%s is all zeros; use the backend's MAC, or remove mac to have it resolved", hw)
+	default:
+		return hw
+	}
+	return nil
+}
+
+// nearPrime returns the valid ring size closest to n (the default when n is
+// far outside the range).
+func nearPrime(n int64) uint32 {
+	if n < int64(maglev.MinSize) || n > int64(maglev.MaxSize) {
+		return maglev.DefaultSize
+	}
+	for delta := int64(0); ; delta++ {
+		for _, c := range []int64{n - delta, n + delta} {
+			if c >= int64(maglev.MinSize) && c <= int64(maglev.MaxSize) && maglev.IsPrime(uint32(c)) {
+				return uint32(c)
+			}
+		}
+	}
+}
