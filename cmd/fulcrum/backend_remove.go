@@ -1,0 +1,42 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+)
+
+// backendRemoveCommand removes a backend from a VIP. It changes state.
+func backendRemoveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "remove",
+		Aliases:   []string{"rm"},
+		Usage:     "remove a backend from a VIP (its flows move; drain it first to let them finish)",
+		ArgsUsage: "VIP ADDRESS",
+		Action:    backendRemove,
+	}
+}
+
+func backendRemove(c *cli.Context) error {
+	args, err := positional(c, []arg{vipArg, backendArg})
+	if err != nil {
+		return err
+	}
+	ref, err := parseVIP(c, args[0])
+	if err != nil {
+		return err
+	}
+	addr, err := parseBackendAddr(c, args[1])
+	if err != nil {
+		return err
+	}
+	ctx, cancel := apiContext(c)
+	defer cancel()
+	if err := client(c).RemoveBackend(ctx, ref, addr); err != nil {
+		return err
+	}
+	if !jsonOutput(c) {
+		fmt.Fprintf(c.App.Writer, "removed backend %s from %s\n", addr, ref)
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+	"github.com/fulcrum-lb/fulcrum/pkg/config"
+	"github.com/fulcrum-lb/fulcrum/pkg/daemon"
+	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+)
+
+// daemonCommands are the commands that run or remove the fast path itself
+// rather than talk to a running daemon.
+func daemonCommands() []*cli.Command {
+	return []*cli.Command{
+		{
+			Name:  "daemon",
+			Usage: "run the load balancer: attach the fast path, reconcile, serve the API and metrics",
+			Description: "Stopping the daemon (or killing it) leaves the XDP program attached and its maps " +
+				"pinned, so traffic keeps flowing; a restarted daemon adopts them. 'fulcrum detach' removes them. " +
+				"SIGHUP reloads the configuration file.",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (YAML)", Required: true},
+			},
+			Action: func(c *cli.Context) error {
+				if os.Geteuid() != 0 {
+					return cli.Exit("fulcrum daemon: must run as root (it loads BPF programs and attaches XDP)", 1)
+				}
+				if err := daemon.Run(c.Context, daemon.Options{ConfigPath: c.String("config"), LogOutput: c.App.ErrWriter}); err != nil {
+					return cli.Exit("fulcrum daemon: "+err.Error(), 1)
+				}
+				return nil
+			},
+		},
+		{
+			Name:  "detach",
+			Usage: "remove the fast path of a stopped daemon: detach XDP and delete the pinned maps (connection table included)",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "read instance, bpffs and api socket from `FILE`"},
+				&cli.StringFlag{Name: "instance", Value: "default", Usage: "instance `NAME`"},
+				&cli.StringFlag{Name: "bpffs", Value: datapath.DefaultBPFFS, Usage: "bpffs mount `DIR` holding the pins"},
+			},
+			Action: func(c *cli.Context) error {
+				instance, bpffs, socket := c.String("instance"), c.String("bpffs"), c.String("socket")
+				if path := c.String("config"); path != "" {
+					cfg, err := config.Load(path)
+					if err != nil {
+						return cli.Exit("fulcrum detach: "+err.Error(), 2)
+					}
+					instance, bpffs, socket = cfg.Instance, cfg.BPFFS, cfg.API.Socket
+				}
+				if socket != "" {
+					ctx, cancel := context.WithTimeout(c.Context, time.Second)
+					_, err := api.NewClient(socket).Status(ctx)
+					cancel()
+					if err == nil {
+						return cli.Exit(fmt.Sprintf("fulcrum detach: a daemon is running on %s; stop it first (it would keep the program attached)", socket), 1)
+					}
+				}
+				var st unix.Statfs_t
+				if err := unix.Statfs(bpffs, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+					fmt.Fprintf(c.App.Writer, "nothing to detach: no bpffs at %s\n", bpffs)
+					return nil
+				}
+				dir := datapath.PinDir(bpffs, instance)
+				if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+					fmt.Fprintf(c.App.Writer, "nothing to detach: no pins in %s\n", dir)
+					return nil
+				}
+				if err := datapath.RemovePins(dir); err != nil {
+					return cli.Exit("fulcrum detach: "+err.Error(), 1)
+				}
+				fmt.Fprintf(c.App.Writer, "detached: removed %s\n", dir)
+				return nil
+			},
+		},
+	}
+}

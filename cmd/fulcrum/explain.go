@@ -1,0 +1,122 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+	"github.com/urfave/cli/v2"
+)
+
+// explainCommand says which backend a packet would reach and why. It
+// only reads: the daemon predicts, it sends nothing.
+func explainCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "explain",
+		Usage:     "say which backend a packet reaches, and why",
+		ArgsUsage: "SRC DST PROTO [SPORT DPORT]",
+		Description: "SRC and DST are IP addresses (DST a VIP), or ADDRESS:PORT instead of the\n" +
+			"separate ports; PROTO is tcp or udp. A port left out is 0, which only an\n" +
+			"all-ports VIP matches.\n\n" +
+			"Example: fulcrum explain 198.19.1.2 203.0.113.10 tcp 40000 80 --syn",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "syn", Usage: "the packet is a TCP SYN (it starts a connection)"},
+		},
+		Action: explain,
+	}
+}
+
+var (
+	srcArg   = arg{"SRC", "the packet's source address, e.g. 198.19.1.2"}
+	dstArg   = arg{"DST", "the packet's destination address (a VIP), e.g. 203.0.113.10"}
+	protoArg = arg{"PROTO", "tcp or udp"}
+	sportArg = arg{"SPORT", "the source port, 0 to 65535"}
+	dportArg = arg{"DPORT", "the destination port, 0 to 65535"}
+)
+
+func explain(c *cli.Context) error {
+	args, err := positional(c, []arg{srcArg, dstArg, protoArg}, sportArg, dportArg)
+	if err != nil {
+		return err
+	}
+	if len(args) == 4 {
+		return usagef("%s: missing DPORT: give both SPORT and DPORT, or neither", commandPath(c))
+	}
+	src, sport, err := parseEndpoint(args[0])
+	if err != nil {
+		return usagef("%s: SRC %v: want ADDRESS or ADDRESS:PORT, e.g. 198.19.1.2", commandPath(c), err)
+	}
+	dst, dport, err := parseEndpoint(args[1])
+	if err != nil {
+		return usagef("%s: DST %v: want ADDRESS or ADDRESS:PORT, e.g. 203.0.113.10", commandPath(c), err)
+	}
+	proto := strings.ToLower(args[2])
+	if proto != "tcp" && proto != "udp" {
+		return usagef("%s: PROTO %q: want tcp or udp", commandPath(c), args[2])
+	}
+	if len(args) == 5 {
+		if sport, err = parsePort(args[3]); err != nil {
+			return usagef("%s: SPORT %v", commandPath(c), err)
+		}
+		if dport, err = parsePort(args[4]); err != nil {
+			return usagef("%s: DPORT %v", commandPath(c), err)
+		}
+	}
+	if src.Is4() != dst.Is4() {
+		return usagef("%s: SRC %s and DST %s are of different IP families", commandPath(c), src, dst)
+	}
+	if c.Bool("syn") && proto != "tcp" {
+		return usagef("%s: --syn applies to tcp only", commandPath(c))
+	}
+	req := api.ExplainRequest{Src: src, Dst: dst, Protocol: proto, Sport: sport, Dport: dport, SYN: c.Bool("syn")}
+
+	ctx, cancel := apiContext(c)
+	defer cancel()
+	ex, err := client(c).Explain(ctx, req)
+	if err != nil {
+		return err
+	}
+	if jsonOutput(c) {
+		return printJSON(c.App.Writer, ex)
+	}
+	fmt.Fprintln(c.App.Writer, explanation(req, ex))
+	return nil
+}
+
+// explanation is one line, e.g. "tcp 198.19.1.2:40000 -> 203.0.113.10:80
+// reaches 198.18.0.12 by connection entry (ring slot 1234 of 65537 →
+// 198.18.0.12)".
+func explanation(req api.ExplainRequest, ex api.Explanation) string {
+	flow := fmt.Sprintf("%s %s -> %s", req.Protocol, netip.AddrPortFrom(req.Src, req.Sport), netip.AddrPortFrom(req.Dst, req.Dport))
+	if !ex.Backend.IsValid() {
+		return fmt.Sprintf("%s reaches no backend (%s)", flow, orDash(ex.Reason))
+	}
+	reason := orDash(ex.Reason)
+	if ex.RingSize == 0 {
+		return fmt.Sprintf("%s reaches %s by %s", flow, ex.Backend, reason)
+	}
+	ring := fmt.Sprintf("ring slot %d of %d", ex.Slot, ex.RingSize)
+	if ex.Reason == "ring slot" {
+		return fmt.Sprintf("%s reaches %s by %s (flow hash 0x%08x)", flow, ex.Backend, ring, ex.Hash)
+	}
+	return fmt.Sprintf("%s reaches %s by %s (%s → %s)", flow, ex.Backend, reason, ring, ex.RingBackend)
+}
+
+// parseEndpoint parses ADDRESS or ADDRESS:PORT ([IPv6]:PORT).
+func parseEndpoint(s string) (netip.Addr, uint16, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr(), ap.Port(), nil
+	}
+	addr, err := parseAddr(s)
+	return addr, 0, err
+}
+
+func parsePort(s string) (uint16, error) {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("%q: want a port, 0 to 65535", s)
+	}
+	return uint16(p), nil
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+	"github.com/urfave/cli/v2"
+)
+
+// statusCommand shows the daemon's overall state. It only reads.
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "status",
+		Usage:  "show the daemon's state: interfaces, VIPs, VRRP role, last apply",
+		Action: status,
+	}
+}
+
+func status(c *cli.Context) error {
+	if _, err := positional(c, nil); err != nil {
+		return err
+	}
+	ctx, cancel := apiContext(c)
+	defer cancel()
+	st, err := client(c).Status(ctx)
+	if err != nil {
+		return err
+	}
+	if jsonOutput(c) {
+		return printJSON(c.App.Writer, st)
+	}
+	printStatus(c.App.Writer, st, time.Now())
+	return nil
+}
+
+func printStatus(w io.Writer, st api.Status, now time.Time) {
+	t := newTable(w)
+	row(t, "daemon:", fmt.Sprintf("fulcrum %s, instance %s", orDash(st.Version), orDash(st.Instance)))
+	row(t, "started:", humanTime(st.Started, now))
+	row(t, "config:", orDash(st.ConfigFile))
+	var ifaces []string
+	for _, i := range st.Interfaces {
+		ifaces = append(ifaces, fmt.Sprintf("%s (ifindex %d, %s XDP)", i.Name, i.Ifindex, i.XDPMode))
+	}
+	if len(ifaces) == 0 {
+		ifaces = []string{"none"}
+	}
+	row(t, "interfaces:", strings.Join(ifaces, ", "))
+	row(t, "vips:", fmt.Sprintf("%d (%s)", st.VIPs, plural(st.Backends, "backend")))
+	row(t, "vrrp:", orDash(st.VRRP))
+	row(t, "last apply:", humanTime(st.LastApply, now))
+	row(t, "reconcile:", humanDuration(st.Reconcile))
+	adopted := "no: started with fresh state"
+	if st.Adopted {
+		adopted = "yes: took over the pinned fast path at start"
+	}
+	row(t, "adopted:", adopted)
+	t.Flush()
+}

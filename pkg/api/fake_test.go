@@ -1,0 +1,193 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// fakeController is an in-memory Controller. It records the last call,
+// can be told to fail or panic, and detects overlapping mutating calls.
+type fakeController struct {
+	mu   sync.Mutex
+	vips []VIP
+	last string // last call, e.g. "SetWeight tcp/203.0.113.10:80 198.18.0.12 0"
+	cfg  []byte // last Apply body
+
+	err       error         // returned by every method when set
+	panicMsg  string        // every method panics with it when set
+	hold      time.Duration // mutating calls sleep this long
+	active    atomic.Int32  // mutating calls in progress
+	overlaps  atomic.Int32  // times two mutating calls ran at once
+	mutations atomic.Int32
+}
+
+func mustRef(s string) VIPRef {
+	ref, err := ParseVIPRef(s)
+	if err != nil {
+		panic(err)
+	}
+	return ref
+}
+
+func newFake() *fakeController {
+	return &fakeController{vips: []VIP{{
+		VIPRef:    mustRef("tcp/203.0.113.10:80"),
+		Name:      "web",
+		Mode:      "dsr",
+		Scheduler: "maglev",
+		RingSize:  65537,
+		Backends: []Backend{
+			{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up"},
+			{Address: netip.MustParseAddr("198.18.0.12"), Weight: 2, Health: "down"},
+		},
+	}}}
+}
+
+func (f *fakeController) enter(call string) error {
+	if f.panicMsg != "" {
+		panic(f.panicMsg)
+	}
+	f.mu.Lock()
+	f.last = call
+	f.mu.Unlock()
+	return f.err
+}
+
+// mutating wraps a state change with the overlap detector.
+func (f *fakeController) mutating(call string, change func() error) error {
+	if n := f.active.Add(1); n > 1 {
+		f.overlaps.Add(1)
+	}
+	defer f.active.Add(-1)
+	f.mutations.Add(1)
+	if err := f.enter(call); err != nil {
+		return err
+	}
+	time.Sleep(f.hold)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return change()
+}
+
+func (f *fakeController) find(ref VIPRef) int {
+	return slices.IndexFunc(f.vips, func(v VIP) bool { return v.VIPRef == ref })
+}
+
+func (f *fakeController) Status(ctx context.Context) (Status, error) {
+	if err := f.enter("Status"); err != nil {
+		return Status{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return Status{Version: "test", Instance: "default", VIPs: len(f.vips), VRRP: "disabled",
+		Started: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), Reconcile: 1500 * time.Microsecond,
+		Interfaces: []Interface{{Name: "eth0", Ifindex: 2, XDPMode: "native"}}}, nil
+}
+
+func (f *fakeController) ListVIPs(ctx context.Context) ([]VIP, error) {
+	if err := f.enter("ListVIPs"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.vips), nil
+}
+
+func (f *fakeController) AddVIP(ctx context.Context, v VIP) error {
+	return f.mutating("AddVIP "+v.VIPRef.String(), func() error {
+		if f.find(v.VIPRef) >= 0 {
+			return fmt.Errorf("vip %s already exists: %w", v.VIPRef, ErrConflict)
+		}
+		f.vips = append(f.vips, v)
+		return nil
+	})
+}
+
+func (f *fakeController) RemoveVIP(ctx context.Context, ref VIPRef) error {
+	return f.mutating("RemoveVIP "+ref.String(), func() error {
+		i := f.find(ref)
+		if i < 0 {
+			return fmt.Errorf("vip %s: %w", ref, ErrNotFound)
+		}
+		f.vips = slices.Delete(f.vips, i, i+1)
+		return nil
+	})
+}
+
+func (f *fakeController) AddBackend(ctx context.Context, ref VIPRef, b Backend) error {
+	return f.mutating(fmt.Sprintf("AddBackend %s %s %d", ref, b.Address, b.Weight), func() error {
+		i := f.find(ref)
+		if i < 0 {
+			return fmt.Errorf("vip %s: %w", ref, ErrNotFound)
+		}
+		f.vips[i].Backends = append(f.vips[i].Backends, b)
+		return nil
+	})
+}
+
+func (f *fakeController) RemoveBackend(ctx context.Context, ref VIPRef, addr netip.Addr) error {
+	return f.mutating(fmt.Sprintf("RemoveBackend %s %s", ref, addr), func() error {
+		i := f.find(ref)
+		if i < 0 {
+			return fmt.Errorf("vip %s: %w", ref, ErrNotFound)
+		}
+		j := slices.IndexFunc(f.vips[i].Backends, func(b Backend) bool { return b.Address == addr })
+		if j < 0 {
+			return fmt.Errorf("backend %s of vip %s: %w", addr, ref, ErrNotFound)
+		}
+		f.vips[i].Backends = slices.Delete(f.vips[i].Backends, j, j+1)
+		return nil
+	})
+}
+
+func (f *fakeController) SetWeight(ctx context.Context, ref VIPRef, addr netip.Addr, weight uint32) error {
+	return f.mutating(fmt.Sprintf("SetWeight %s %s %d", ref, addr, weight), func() error {
+		i := f.find(ref)
+		if i < 0 {
+			return fmt.Errorf("vip %s: %w", ref, ErrNotFound)
+		}
+		for j := range f.vips[i].Backends {
+			if f.vips[i].Backends[j].Address == addr {
+				f.vips[i].Backends[j].Weight = weight
+				return nil
+			}
+		}
+		return fmt.Errorf("backend %s of vip %s: %w", addr, ref, ErrNotFound)
+	})
+}
+
+func (f *fakeController) Stats(ctx context.Context) (Stats, error) {
+	if err := f.enter("Stats"); err != nil {
+		return Stats{}, err
+	}
+	return Stats{
+		Interval: time.Second,
+		Verdicts: map[string]uint64{"tx_dsr": 10},
+		VIPs: []VIPStats{{VIP: mustRef("tcp/203.0.113.10:80"),
+			Counter:  Counter{Packets: 10, Bytes: 1000, PacketRate: 1200, ByteRate: 3.4e6},
+			Backends: []BackendStats{{Address: netip.MustParseAddr("198.18.0.11"), Counter: Counter{Packets: 10}}}}},
+	}, nil
+}
+
+func (f *fakeController) Explain(ctx context.Context, req ExplainRequest) (Explanation, error) {
+	if err := f.enter(fmt.Sprintf("Explain %s %s:%d -> %s:%d syn=%v", req.Protocol, req.Src, req.Sport, req.Dst, req.Dport, req.SYN)); err != nil {
+		return Explanation{}, err
+	}
+	return Explanation{VIP: mustRef("tcp/203.0.113.10:80"), Backend: netip.MustParseAddr("198.18.0.12"),
+		Reason: "ring slot", Hash: 0xdeadbeef, Slot: 1234, RingSize: 65537, RingBackend: netip.MustParseAddr("198.18.0.12")}, nil
+}
+
+func (f *fakeController) Apply(ctx context.Context, config []byte) (ApplyResult, error) {
+	var res ApplyResult
+	err := f.mutating("Apply", func() error {
+		f.cfg = slices.Clone(config)
+		res = ApplyResult{Added: []string{"udp/203.0.113.11:53"}, Unchanged: 1}
+		return nil
+	})
+	return res, err
+}
