@@ -8,7 +8,7 @@ GENERATED := pkg/datapath/balancer_bpfel.go pkg/datapath/balancer_bpfel.o \
 	pkg/datapath/testprogs_bpfel.go pkg/datapath/testprogs_bpfel.o
 BENCH_COUNT ?= 5
 
-.PHONY: all generate build test bench vet check-generated clean
+.PHONY: all generate build test bench vet check-generated clean demo
 
 all: build
 
@@ -19,6 +19,13 @@ generate:
 
 build:
 	$(GO) build -o bin/fulcrum ./cmd/fulcrum
+
+# demo (as root) builds the test topology in namespaces, runs a daemon with
+# a v4 and a v6 VIP over three HTTP backends, shows the traffic spread and a
+# drain, and tears everything down.
+demo: build
+	$(GO) build -o bin/fcbackend ./testenv/cmd/fcbackend
+	$(GO) run ./testenv/cmd/demo -fulcrum bin/fulcrum -backend bin/fcbackend
 
 vet:
 	$(GO) vet ./...

@@ -1,0 +1,286 @@
+// Package daemon is `fulcrum daemon`: it loads the configuration, loads or
+// adopts the pinned fast path, attaches it, reconciles the VIPs, and serves
+// the control API and the metrics until it is told to stop. Stopping (or
+// being killed) leaves the program attached and the maps pinned, so traffic
+// keeps flowing; `fulcrum detach` removes them.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+	"github.com/fulcrum-lb/fulcrum/pkg/config"
+	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+	"github.com/fulcrum-lb/fulcrum/pkg/metrics"
+	"github.com/fulcrum-lb/fulcrum/pkg/neighbor"
+	"github.com/fulcrum-lb/fulcrum/pkg/reconcile"
+	"github.com/fulcrum-lb/fulcrum/pkg/version"
+)
+
+// Options start a daemon.
+type Options struct {
+	ConfigPath string
+	// LogOutput receives the log; nil means stderr.
+	LogOutput io.Writer
+	// Ready, if set, is closed once the API serves.
+	Ready chan<- struct{}
+}
+
+// Daemon is a running fulcrum daemon.
+type Daemon struct {
+	opts    Options
+	log     *slog.Logger
+	level   *slog.LevelVar
+	started time.Time
+
+	mu        sync.Mutex // guards cfg, lastApply, lastDur
+	cfg       *config.Config
+	lastApply time.Time
+	lastDur   time.Duration
+
+	dp      *datapath.Datapath
+	rec     *reconcile.Reconciler
+	metrics *metrics.Metrics
+	rates   *rateSampler
+	ifaces  []api.Interface
+}
+
+// Run runs a daemon until ctx ends or SIGINT/SIGTERM arrives. SIGHUP
+// reloads the configuration file.
+func Run(ctx context.Context, opts Options) error {
+	out := opts.LogOutput
+	if out == nil {
+		out = os.Stderr
+	}
+	cfg, err := config.Load(opts.ConfigPath)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	log := newLogger(out, cfg.Log, level)
+	slog.SetDefault(log) // the API's listener logs refused peers there
+	d := &Daemon{opts: opts, log: log, level: level, cfg: cfg, started: time.Now()}
+	return d.run(ctx)
+}
+
+func newLogger(out io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(c.Level))
+	level.Set(l)
+	hopts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(out, hopts))
+	}
+	return slog.New(slog.NewTextHandler(out, hopts))
+}
+
+func (d *Daemon) run(ctx context.Context) error {
+	cfg := d.cfg
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if err := datapath.EnsureBPFFS(cfg.BPFFS); err != nil {
+		return err
+	}
+	pinDir := datapath.PinDir(cfg.BPFFS, cfg.Instance)
+	dp, err := datapath.Load(datapath.Options{ConntrackEntries: cfg.Conntrack.Entries, PinDir: pinDir})
+	if err != nil {
+		return err
+	}
+	d.dp = dp
+	// Closing keeps the pins: traffic flows on without a daemon.
+	defer dp.Close()
+	if dp.Adopted() {
+		d.log.Info("adopted pinned fast path", "pins", pinDir, "vips", len(dp.VIPs()))
+	}
+
+	for _, ifc := range cfg.Interfaces {
+		link, err := net.InterfaceByName(ifc.Name)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", ifc.Name, err)
+		}
+		if err := dp.Attach(link.Index, ifc.XDPMode == "generic"); err != nil {
+			return fmt.Errorf("interface %s: %w", ifc.Name, err)
+		}
+		if ifc.XDPMode == "generic" {
+			d.log.Warn("generic XDP: every packet takes the kernel's skb path first; use native mode in production", "interface", ifc.Name)
+		}
+		d.ifaces = append(d.ifaces, api.Interface{Name: ifc.Name, Ifindex: link.Index, XDPMode: ifc.XDPMode})
+		d.log.Info("attached", "interface", ifc.Name, "ifindex", link.Index, "mode", ifc.XDPMode)
+	}
+
+	res, err := neighbor.New()
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	d.metrics = metrics.New(d, version.Version, version.Revision())
+	d.rec = reconcile.New(dp, res, d.log, d.metrics.ObserveReconcile)
+	if err := d.reconcile(ctx, cfg); err != nil {
+		return err
+	}
+	d.rates = newRateSampler(dp, 2*time.Second)
+	go d.rates.run(ctx)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	errc := make(chan error, 2)
+
+	if cfg.Metrics.Address != "" {
+		ln, err := net.Listen("tcp", cfg.Metrics.Address)
+		if err != nil {
+			return fmt.Errorf("metrics: listen on %s: %w", cfg.Metrics.Address, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", d.metrics.Handler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		serve(ctx, &wg, srv, ln, errc)
+		d.log.Info("metrics", "address", ln.Addr().String())
+	}
+
+	ln, err := api.Listen(cfg.API.Socket)
+	if err != nil {
+		return fmt.Errorf("api: %w", err)
+	}
+	defer os.Remove(cfg.API.Socket)
+	srv := &http.Server{Handler: api.NewServer(&controller{d: d}, d.log), ReadHeaderTimeout: 5 * time.Second}
+	serve(ctx, &wg, srv, ln, errc)
+	d.log.Info("serving", "api", cfg.API.Socket, "version", version.Version)
+	if d.opts.Ready != nil {
+		close(d.opts.Ready)
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			d.log.Info("stopping; the fast path stays attached", "pins", pinDir)
+			return nil
+		case err := <-errc:
+			return err
+		case <-hup:
+			data, err := os.ReadFile(d.opts.ConfigPath)
+			if err != nil {
+				d.log.Error("reload: read config", "err", err)
+				continue
+			}
+			if _, err := d.apply(ctx, data); err != nil {
+				d.log.Error("reload refused; the running state is unchanged", "err", err)
+			}
+		}
+	}
+}
+
+// serve runs srv on ln until ctx ends.
+func serve(ctx context.Context, wg *sync.WaitGroup, srv *http.Server, ln net.Listener, errc chan<- error) {
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+}
+
+func (d *Daemon) reconcile(ctx context.Context, cfg *config.Config) error {
+	res, err := d.rec.Replace(ctx, cfg.VIPs)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.lastApply, d.lastDur = time.Now(), res.Duration
+	d.mu.Unlock()
+	return nil
+}
+
+// apply takes a new configuration file: it is parsed and checked whole,
+// settings that need a restart must be unchanged, and the VIPs are
+// reconciled. A refused file changes nothing.
+func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, error) {
+	cfg, err := config.Parse(data)
+	if err != nil {
+		return reconcile.Result{}, fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	}
+	d.mu.Lock()
+	old := d.cfg
+	d.mu.Unlock()
+	if err := restartOnly(old, cfg); err != nil {
+		return reconcile.Result{}, fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	}
+	res, err := d.rec.Replace(ctx, cfg.VIPs)
+	if err != nil {
+		return res, fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	}
+	d.mu.Lock()
+	d.cfg, d.lastApply, d.lastDur = cfg, time.Now(), res.Duration
+	d.mu.Unlock()
+	var l slog.Level
+	if l.UnmarshalText([]byte(cfg.Log.Level)) == nil {
+		d.level.Set(l)
+	}
+	d.log.Info("configuration applied", "added", len(res.Added), "changed", len(res.Changed), "removed", len(res.Removed), "unchanged", res.Unchanged)
+	return res, nil
+}
+
+// restartOnly refuses a reload that changes what only a restart can.
+func restartOnly(old, cur *config.Config) error {
+	var errs []error
+	check := func(field string, same bool) {
+		if !same {
+			errs = append(errs, fmt.Errorf("%s cannot change on reload; restart the daemon to change it", field))
+		}
+	}
+	check("instance", old.Instance == cur.Instance)
+	check("bpffs", old.BPFFS == cur.BPFFS)
+	check("api.socket", old.API.Socket == cur.API.Socket)
+	check("metrics.address", old.Metrics.Address == cur.Metrics.Address)
+	check("conntrack.entries", old.Conntrack.Entries == cur.Conntrack.Entries)
+	check("log.format", old.Log.Format == cur.Log.Format)
+	same := len(old.Interfaces) == len(cur.Interfaces)
+	for i := 0; same && i < len(old.Interfaces); i++ {
+		same = old.Interfaces[i] == cur.Interfaces[i]
+	}
+	check("interfaces", same)
+	return errors.Join(errs...)
+}
+
+// Counters implements metrics.Source.
+func (d *Daemon) Counters() (datapath.Counters, error) { return d.dp.Counters() }
+
+// BackendHealth implements metrics.Source.
+func (d *Daemon) BackendHealth() map[datapath.VIP]map[netip.Addr]string {
+	out := make(map[datapath.VIP]map[netip.Addr]string)
+	for k, m := range d.rec.HealthOf() {
+		s := make(map[netip.Addr]string, len(m))
+		for a, h := range m {
+			s[a] = h.String()
+		}
+		out[k] = s
+	}
+	return out
+}
+
+// VRRPState implements metrics.Source. Failover comes with the VRRP
+// issue; until then a node is always active.
+func (d *Daemon) VRRPState() string { return "disabled" }
