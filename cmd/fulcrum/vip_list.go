@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
@@ -74,20 +75,24 @@ func conntrack(on *bool) string {
 	return "on"
 }
 
-// backendSummary is e.g. "3 (2 up, 1 draining)".
+// backendSummary is e.g. "3 (2 up, 1 down, 1 draining)"; states no
+// backend is in are left out, so unchecked backends read "3".
 func backendSummary(bs []api.Backend) string {
-	up, draining := 0, 0
+	counts := map[string]int{}
 	for _, b := range bs {
-		if b.Health == "up" {
-			up++
-		}
+		counts[b.Health]++
 		if b.Weight == 0 {
-			draining++
+			counts["draining"]++
 		}
 	}
-	s := fmt.Sprintf("%d (%d up", len(bs), up)
-	if draining > 0 {
-		s += fmt.Sprintf(", %d draining", draining)
+	var parts []string
+	for _, state := range []string{"up", "down", "draining"} {
+		if counts[state] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[state], state))
+		}
 	}
-	return s + ")"
+	if len(parts) == 0 {
+		return fmt.Sprint(len(bs))
+	}
+	return fmt.Sprintf("%d (%s)", len(bs), strings.Join(parts, ", "))
 }
