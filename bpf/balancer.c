@@ -16,6 +16,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "flowhash.h"
+#include "encap.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -59,10 +60,125 @@ static __always_inline int unparseable(struct stat_table *st, __u32 *policy, enu
 	return verdict(st, STAT_DROP_MALFORMED, XDP_DROP);
 }
 
-/* forward sends the packet to backend id by the VIP's mode and counts it. */
+/* copy_l2 moves the L2 header (14, 18 or 22 bytes) from src down to dst,
+ * two bytes at a time in ascending order, which is safe when the regions
+ * overlap and dst < src. */
+static __always_inline void copy_l2(__u16 *dst, const __u16 *src, __u32 len)
+{
+#pragma unroll
+	for (int i = 0; i < 11; i++)
+		if (i < len / 2)
+			dst[i] = src[i];
+}
+
+/* encap_ipip wraps the packet's IP packet in an outer IPv4 or IPv6 header
+ * for the backend (all four family combinations) and sends it to the next
+ * hop the FIB gives. */
+static __always_inline int encap_ipip(struct xdp_md *ctx, struct stat_table *st,
+				      const struct vip_meta *vip, __u32 id,
+				      const struct backend *be, const struct flow *f, __u32 hash)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 zero = 0, outer_len, l2len = f->l3off;
+	struct lb_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u8 inner_proto = f->family == 4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+	struct next_hop hop = {};
+	__be32 src[4] = {};
+	__be16 *etype;
+
+	if (!cfg || (void *)(eth + 1) > end)
+		return verdict(st, STAT_DROP_MALFORMED, XDP_DROP);
+	if (l2len != 14 && l2len != 18 && l2len != 22)
+		return verdict(st, STAT_DROP_MALFORMED, XDP_DROP);
+	outer_len = be->family == AF_INET ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	outer_source(cfg, be->family, hash, src);
+
+	switch (find_next_hop(ctx, cfg, be, src, f->l3len + outer_len, eth->h_dest, &hop)) {
+	case HOP_TOO_BIG:
+		return verdict(st, STAT_DROP_TOO_BIG, XDP_DROP);
+	case HOP_NO_ROUTE:
+		return verdict(st, STAT_DROP_NO_ROUTE, XDP_DROP);
+	case HOP_GATEWAY:
+		st->count[STAT_FIB_GATEWAY]++;
+		break;
+	default:
+		break;
+	}
+
+	if (bpf_xdp_adjust_head(ctx, -(int)outer_len))
+		return verdict(st, STAT_DROP_ENCAP, XDP_DROP);
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	eth = data;
+	if (data + outer_len + 22 > end || data + 22 > end)
+		return verdict(st, STAT_DROP_ENCAP, XDP_DROP);
+	copy_l2(data, data + outer_len, l2len);
+	/* The innermost EtherType, at a constant offset per tag count (the
+	 * verifier takes those; data + 22 <= end was checked). */
+	etype = data + 12;
+	if (l2len == 18)
+		etype = data + 16;
+	else if (l2len == 22)
+		etype = data + 20;
+	*etype = be->family == AF_INET ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+	__builtin_memcpy(eth->h_dest, hop.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, hop.smac, ETH_ALEN);
+
+	if (be->family == AF_INET) {
+		struct iphdr *o = data + l2len;
+
+		if ((void *)(o + 1) > end)
+			return verdict(st, STAT_DROP_ENCAP, XDP_DROP);
+		o->version = 4;
+		o->ihl = 5;
+		o->tos = f->tos;
+		o->tot_len = bpf_htons(f->l3len + sizeof(*o));
+		o->id = 0;
+		o->frag_off = bpf_htons(IP_DF);
+		o->ttl = OUTER_TTL;
+		o->protocol = inner_proto;
+		o->check = 0;
+		o->saddr = src[0];
+		o->daddr = be->addr[0];
+		o->check = ipv4_csum(o);
+	} else {
+		struct ipv6hdr *o = data + l2len;
+
+		if ((void *)(o + 1) > end)
+			return verdict(st, STAT_DROP_ENCAP, XDP_DROP);
+		/* version 6, the inner traffic class, a flow label from the
+		 * hash so ECMP and RSS spread outer flows like inner ones. */
+		*(__be32 *)o = bpf_htonl((6 << 28) | ((__u32)f->tos << 20) | (hash & 0xfffff));
+		o->payload_len = bpf_htons(f->l3len);
+		o->nexthdr = inner_proto;
+		o->hop_limit = OUTER_TTL;
+		__builtin_memcpy(&o->saddr, src, 16);
+		__builtin_memcpy(&o->daddr, be->addr, 16);
+	}
+
+	count(&vip_stats, vip->index, end - data);
+	count(&backend_stats, id, end - data);
+	if (hop.ifindex == ctx->ingress_ifindex)
+		return verdict(st, STAT_TX_IPIP, XDP_TX);
+	st->count[STAT_TX_IPIP]++;
+	return bpf_redirect(hop.ifindex, 0);
+}
+
+/* hash_of returns the 5-tuple hash of a parsed flow. */
+static __always_inline __u32 hash_of(const struct flow *f)
+{
+	if (f->family == 4)
+		return flow_hash(f->src.v4, f->dst.v4, f->ports, f->proto);
+	return flow_hash(fold6(f->src.v6), fold6(f->dst.v6), f->ports, f->proto);
+}
+
+/* forward sends the packet to backend id by the VIP's mode and counts it.
+ * hash is the flow's hash, for the outer header of ipip. */
 static __always_inline int forward(struct xdp_md *ctx, struct stat_table *st,
 				   const struct vip_meta *vip, __u32 id,
-				   const struct backend *be)
+				   const struct backend *be, const struct flow *f, __u32 hash)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -81,6 +197,8 @@ static __always_inline int forward(struct xdp_md *ctx, struct stat_table *st,
 		count(&vip_stats, vip->index, bytes);
 		count(&backend_stats, id, bytes);
 		return verdict(st, STAT_TX_DSR, XDP_TX);
+	case MODE_IPIP:
+		return encap_ipip(ctx, st, vip, id, be, f, hash);
 	default:
 		return verdict(st, STAT_DROP_BAD_MODE, XDP_DROP);
 	}
@@ -131,7 +249,7 @@ static __always_inline int ct_wanted(__u8 proto)
 /* balance is the family-independent part once the VIP is known: ring
  * lookup, connection entry, forward. ct_map/ct_key are the family's table. */
 static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
-				   const struct vip_meta *vip, __u32 hash,
+				   const struct vip_meta *vip, const struct flow *f, __u32 hash,
 				   void *ct_map, const void *ct_key,
 				   enum fulcrum_stat ct_event)
 {
@@ -158,12 +276,15 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		if (ct_event < STAT_MAX)
 			st->count[ct_event]++;
 	}
-	return forward(ctx, st, vip, id, be);
+	if (vip->flags & VIP_F_SOURCE_HASH)
+		hash = hash_of(f); /* the outer header spreads by 5-tuple */
+	return forward(ctx, st, vip, id, be, f, hash);
 }
 
 /* ct_hit forwards by a connection entry, or returns -1 if the entry is
  * stale (its VIP or backend is gone) and the packet must be re-hashed. */
-static __always_inline int ct_hit(struct xdp_md *ctx, struct stat_table *st, struct ct_value *ct)
+static __always_inline int ct_hit(struct xdp_md *ctx, struct stat_table *st, struct ct_value *ct,
+				  const struct flow *f)
 {
 	const struct backend *be = live_backend(ct->backend);
 	struct vip_meta *vip;
@@ -180,12 +301,13 @@ static __always_inline int ct_hit(struct xdp_md *ctx, struct stat_table *st, str
 	if (ct->last_seen != now)
 		ct->last_seen = now;
 	st->count[STAT_CT_HIT]++;
-	return forward(ctx, st, vip, ct->backend, be);
+	return forward(ctx, st, vip, ct->backend, be, f, vip->mode == MODE_IPIP ? hash_of(f) : 0);
 }
 
-static __always_inline int balance_v4(struct xdp_md *ctx, struct stat_table *st, void *l3, void *end)
+static __always_inline int balance_v4(struct xdp_md *ctx, struct stat_table *st, void *l3,
+					      __u32 l3off, void *end)
 {
-	struct flow f = {};
+	struct flow f = { .l3off = l3off };
 	enum parse_result r = parse_ipv4(l3, end, &f);
 	enum fulcrum_stat event = STAT_CT_MISS;
 	struct vip_key_v4 vk = {};
@@ -214,7 +336,7 @@ static __always_inline int balance_v4(struct xdp_md *ctx, struct stat_table *st,
 		struct ct_value *ct = bpf_map_lookup_elem(&ct_v4, &ck);
 
 		if (ct) {
-			int action = ct_hit(ctx, st, ct);
+			int action = ct_hit(ctx, st, ct, &f);
 
 			if (action >= 0)
 				return action;
@@ -236,12 +358,13 @@ static __always_inline int balance_v4(struct xdp_md *ctx, struct stat_table *st,
 		hash = flow_hash(f.src.v4, 0, 0, f.proto);
 	else
 		hash = flow_hash(f.src.v4, f.dst.v4, f.ports, f.proto);
-	return balance(ctx, st, vip, hash, &ct_v4, &ck, event);
+	return balance(ctx, st, vip, &f, hash, &ct_v4, &ck, event);
 }
 
-static __always_inline int balance_v6(struct xdp_md *ctx, struct stat_table *st, void *l3, void *end)
+static __always_inline int balance_v6(struct xdp_md *ctx, struct stat_table *st, void *l3,
+					      __u32 l3off, void *end)
 {
-	struct flow f = {};
+	struct flow f = { .l3off = l3off };
 	enum parse_result r = parse_ipv6(l3, end, &f);
 	enum fulcrum_stat event = STAT_CT_MISS;
 	struct vip_key_v6 vk = {};
@@ -270,7 +393,7 @@ static __always_inline int balance_v6(struct xdp_md *ctx, struct stat_table *st,
 		struct ct_value *ct = bpf_map_lookup_elem(&ct_v6, &ck);
 
 		if (ct) {
-			int action = ct_hit(ctx, st, ct);
+			int action = ct_hit(ctx, st, ct, &f);
 
 			if (action >= 0)
 				return action;
@@ -292,7 +415,7 @@ static __always_inline int balance_v6(struct xdp_md *ctx, struct stat_table *st,
 		hash = flow_hash(fold6(f.src.v6), 0, 0, f.proto);
 	else
 		hash = flow_hash(fold6(f.src.v6), fold6(f.dst.v6), f.ports, f.proto);
-	return balance(ctx, st, vip, hash, &ct_v6, &ck, event);
+	return balance(ctx, st, vip, &f, hash, &ct_v6, &ck, event);
 }
 
 SEC("xdp")
@@ -309,11 +432,11 @@ int fulcrum_balancer(struct xdp_md *ctx)
 		return XDP_PASS;
 
 	proto = parse_eth(data, end, &l3off);
-	if (l3off > 64)
+	if (l3off > 22)
 		return verdict(st, STAT_PASS_NOT_IP, XDP_PASS);
 	if (proto == bpf_htons(ETH_P_IP))
-		return balance_v4(ctx, st, data + l3off, end);
+		return balance_v4(ctx, st, data + l3off, l3off, end);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return balance_v6(ctx, st, data + l3off, end);
+		return balance_v6(ctx, st, data + l3off, l3off, end);
 	return verdict(st, STAT_PASS_NOT_IP, XDP_PASS);
 }

@@ -51,6 +51,9 @@ enum fulcrum_config_flags {
 	CONFIG_F_CT_TCP = 1 << 0,
 	/* Some UDP VIP uses the connection table. */
 	CONFIG_F_CT_UDP = 1 << 1,
+	/* gw_mac holds a next hop for encapsulated packets whose route has
+	 * no resolved neighbour. */
+	CONFIG_F_GW_MAC = 1 << 2,
 };
 
 /* Counters of the stats map: one verdict per packet (STAT_PASS_* ,
@@ -64,13 +67,18 @@ enum fulcrum_stat {
 	STAT_DROP_MALFORMED,        /* bad or truncated header addressed to a VIP */
 	STAT_DROP_NO_BACKEND,       /* VIP without a live backend */
 	STAT_DROP_BAD_MODE,         /* VIP mode the program does not know */
+	STAT_DROP_TOO_BIG,          /* encapsulated packet over the egress MTU */
+	STAT_DROP_NO_ROUTE,         /* no route or next hop to the backend */
+	STAT_DROP_ENCAP,            /* no headroom for the outer header */
 	STAT_TX_DSR,                /* forwarded with an L2 rewrite */
+	STAT_TX_IPIP,               /* forwarded encapsulated in IP */
 	STAT_CT_HIT,                /* connection entry used */
 	STAT_CT_MISS,               /* no entry: ring lookup and insert */
 	STAT_CT_SYN,                /* TCP SYN: ring lookup and insert */
 	STAT_CT_STALE,              /* entry for a removed backend or VIP: re-hashed */
 	STAT_CT_INSERT_FAILED,      /* map update failed */
 	STAT_CT_BYPASS,             /* VIP without connection table */
+	STAT_FIB_GATEWAY,           /* no neighbour for the next hop: gw_mac used */
 	STAT_MAX,
 };
 

@@ -36,6 +36,10 @@ struct flow {
 	__u32 ports;    /* source and destination port as loaded (sport low) */
 	__u8 proto;
 	__u8 syn;       /* TCP SYN without ACK */
+	__u8 tos;       /* IPv4 TOS or IPv6 traffic class */
+	__u8 family;    /* 4 or 6 */
+	__u16 l3off;    /* bytes of L2 header before the IP header */
+	__u16 l3len;    /* the IP packet's length by its header */
 };
 
 /* parse_eth skips Ethernet and up to MAX_VLAN_TAGS VLAN tags and returns
@@ -112,6 +116,9 @@ static __always_inline enum parse_result parse_ipv4(void *l3, void *end, struct 
 	tot = bpf_ntohs(ip->tot_len);
 	if (ip->version != 4 || hlen < sizeof(*ip) || tot < hlen || l3 + tot > end)
 		return PARSE_MALFORMED;
+	f->tos = ip->tos;
+	f->l3len = tot;
+	f->family = 4;
 	if (ip->frag_off & bpf_htons(0x3fff)) /* MF or a fragment offset */
 		return PARSE_FRAGMENT;
 	return parse_l4(l3 + hlen, end, f);
@@ -149,6 +156,9 @@ static __always_inline enum parse_result parse_ipv6(void *l3, void *end, struct 
 		return PARSE_MALFORMED;
 	if (l3 + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > end)
 		return PARSE_MALFORMED;
+	f->l3len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	f->family = 6;
+	f->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
 
 #pragma unroll
 	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {

@@ -87,9 +87,18 @@ struct stat_table {
 	__u64 count[STAT_MAX];
 };
 
-/* config is the global configuration, written by Go. */
+/* lb_config is the global configuration, written by Go. */
 struct lb_config {
-	__u32 flags; /* enum fulcrum_config_flags */
+	__u32 flags;        /* enum fulcrum_config_flags */
+	/* Outer source addresses of ipip: the prefix's bits, and a mask of
+	 * the host bits that the flow hash fills, so outer flows spread
+	 * like the inner ones. */
+	__be32 src4;
+	__be32 src4_host;
+	__be32 src6[4];
+	__be32 src6_host[4];
+	__u8 gw_mac[6];
+	__u8 pad[2];
 };
 
 #endif

@@ -14,6 +14,10 @@ const (
 	RouterClientIface = "eth1" // the router's interface towards the client
 	BridgeName        = "br0"  // the bridge in namespace sw
 	MaxBackends       = 244    // 198.18.0.(10+i) must stay below .255
+
+	// With Options.RemoteBackends:
+	RouterBackendIface = "eth2" // the router's interface on the backend segment
+	BackendBridgeName  = "br1"  // the bridge in namespace sw2
 )
 
 // Addressing plan of the canonical topology (see the package documentation).
@@ -35,6 +39,20 @@ var (
 	LB1IPv6          = netip.MustParseAddr("2001:db8:2::2")
 	LB2IPv4          = netip.MustParseAddr("198.18.0.3")
 	LB2IPv6          = netip.MustParseAddr("2001:db8:2::3")
+
+	// The backend segment behind the router (Options.RemoteBackends) and
+	// the router's address on it, the remote backends' gateway.
+	RemoteBackendNet4 = netip.MustParsePrefix("198.18.2.0/24")
+	RemoteBackendNet6 = netip.MustParsePrefix("2001:db8:3::/64")
+	RemoteGatewayIPv4 = netip.MustParseAddr("198.18.2.1")
+	RemoteGatewayIPv6 = netip.MustParseAddr("2001:db8:3::1")
+
+	// Encapsulation source prefixes: outer source addresses of the load
+	// balancer's IP-in-IP packets. They are on no interface; the router
+	// routes them via lb1 (so that ICMP errors about encapsulated packets
+	// reach it) and does not filter them by reverse path.
+	EncapSourceV4 = netip.MustParsePrefix("198.18.1.0/24")
+	EncapSourceV6 = netip.MustParsePrefix("2001:db8:4::/64")
 )
 
 // BackendIPv4 is backend i's address (i from 1): 198.18.0.(10+i).
@@ -44,12 +62,29 @@ func BackendIPv4(i int) netip.Addr { return switchIPv4(10 + i) }
 // decimal digits of 10+i written as the last hex group (backend1 = ::11).
 func BackendIPv6(i int) netip.Addr { return switchIPv6(10 + i) }
 
+// RemoteBackendIPv4 is backend i's address (i from 1) with
+// Options.RemoteBackends: 198.18.2.(10+i).
+func RemoteBackendIPv4(i int) netip.Addr { return remoteIPv4(10 + i) }
+
+// RemoteBackendIPv6 is backend i's address (i from 1) with
+// Options.RemoteBackends: 2001:db8:3::(10+i), read as hex like BackendIPv6
+// (backend1 = 2001:db8:3::11).
+func RemoteBackendIPv6(i int) netip.Addr { return remoteIPv6(10 + i) }
+
 func switchIPv4(octet int) netip.Addr {
 	return netip.AddrFrom4([4]byte{198, 18, 0, byte(octet)})
 }
 
 func switchIPv6(octet int) netip.Addr {
 	return netip.MustParseAddr(fmt.Sprintf("2001:db8:2::%d", octet))
+}
+
+func remoteIPv4(octet int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18, 2, byte(octet)})
+}
+
+func remoteIPv6(octet int) netip.Addr {
+	return netip.MustParseAddr(fmt.Sprintf("2001:db8:3::%d", octet))
 }
 
 // hostMAC is 02:fc:SS:00:00:HH (SS = segment, HH = IPv4 last octet).
@@ -62,6 +97,11 @@ type Options struct {
 	Backends int          // number of backends; 0 means 3
 	SecondLB bool         // add lb2 (198.18.0.3) on the switch segment
 	VIPs     []netip.Addr // put on every backend's lo; must lie in VIPNet4 or VIPNet6
+
+	// RemoteBackends puts the backends on their own segment behind the
+	// router (bridge br1 in a second switch namespace "sw2", router eth2),
+	// instead of on the LB's segment.
+	RemoteBackends bool
 }
 
 // Topology is the canonical topology. Each Host's Iface is "eth0" with the
@@ -72,6 +112,13 @@ type Topology struct {
 	Backends                         []*Host
 	VIPs                             []netip.Addr
 	Env                              *Env // the namespaces, for adding more
+
+	// BackendSwitch is the namespace whose bridge the backends hang off:
+	// Switch (sw, br0), or with RemoteBackends the namespace sw2 (br1).
+	BackendSwitch *Host
+	// RemoteBackends is Options.RemoteBackends: the backends are on
+	// RemoteBackendNet4/6 behind the router, not on the LB's segment.
+	RemoteBackends bool
 }
 
 // NewCanonical builds the canonical topology for a test and registers its
@@ -109,13 +156,17 @@ func Build(opts Options) (*Topology, error) {
 func (t *Topology) Close() error { return t.Env.Close() }
 
 // Hosts returns every host of the topology's Env in creation order: client,
-// router, sw, lb1, lb2 (if any), the backends, then any added later.
+// router, sw, lb1, lb2 (if any), sw2 (with RemoteBackends), the backends,
+// then any added later.
 func (t *Topology) Hosts() []*Host { return t.Env.Hosts() }
 
-// SwitchPort returns the name of the bridge port in namespace sw that leads
-// to h (h's role name, e.g. "backend2"), or "" for the client and sw itself.
+// SwitchPort returns the name of the bridge port that leads to h (h's role
+// name, e.g. "backend2"), or "" for the client and the switches themselves.
+// The port is in namespace sw, except that with RemoteBackends the
+// backends' ports are in BackendSwitch (sw2); the router then has a port
+// named "router" in both.
 func (t *Topology) SwitchPort(h *Host) string {
-	if h == nil || h == t.Client || h == t.Switch {
+	if h == nil || h == t.Client || h == t.Switch || h == t.BackendSwitch {
 		return ""
 	}
 	return h.role
@@ -149,7 +200,7 @@ func buildCanonical(env *Env, opts Options) (*Topology, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Topology{Prefix: env.Prefix, VIPs: vips, Env: env}
+	t := &Topology{Prefix: env.Prefix, VIPs: vips, Env: env, RemoteBackends: opts.RemoteBackends}
 
 	// Namespaces first, so their defaults (no DAD, rp_filter 0) are in place
 	// before any interface is created in them.
@@ -168,6 +219,12 @@ func buildCanonical(env *Env, opts Options) (*Topology, error) {
 	}
 	if opts.SecondLB {
 		if t.LB2, err = mk("lb2"); err != nil {
+			return nil, err
+		}
+	}
+	t.BackendSwitch = t.Switch
+	if opts.RemoteBackends {
+		if t.BackendSwitch, err = mk("sw2"); err != nil {
 			return nil, err
 		}
 	}
@@ -198,63 +255,88 @@ func buildCanonical(env *Env, opts Options) (*Topology, error) {
 			return nil, err
 		}
 	}
-
-	// The switch and everything on its segment.
-	sw := t.Switch
-	if err := sw.AddBridge(BridgeName); err != nil {
-		return nil, err
-	}
-	type member struct {
-		h     *Host
-		octet int
-	}
-	members := []member{{t.Router, 1}, {t.LB1, 2}}
-	if t.LB2 != nil {
-		members = append(members, member{t.LB2, 3})
-	}
-	for i, b := range t.Backends {
-		members = append(members, member{b, 10 + i + 1})
-	}
-	for _, m := range members {
-		port := m.h.role
-		if err := VethPair(m.h, sw, MainIface, port,
-			WithMACs(hostMAC(2, byte(m.octet)), nil)); err != nil {
-			return nil, err
-		}
-		if err := sw.SetMaster(port, BridgeName); err != nil {
-			return nil, err
-		}
-		if err := sw.AttachPassXDP(port); err != nil {
-			return nil, err
-		}
-		if err := m.h.AddAddr(MainIface, netip.PrefixFrom(switchIPv4(m.octet), 24)); err != nil {
-			return nil, err
-		}
-		if err := m.h.AddAddr(MainIface, netip.PrefixFrom(switchIPv6(m.octet), 64)); err != nil {
-			return nil, err
-		}
-		if err := m.h.SetPrimary(MainIface, switchIPv4(m.octet), switchIPv6(m.octet)); err != nil {
-			return nil, err
-		}
-	}
 	if err := t.Client.SetPrimary(MainIface, ClientIPv4, ClientIPv6); err != nil {
 		return nil, err
 	}
-	if err := sw.SetPrimary(BridgeName, netip.Addr{}, netip.Addr{}); err != nil {
-		return nil, err
+
+	// The switch segment (sw, br0) with everything on it, and with
+	// RemoteBackends the backend segment (sw2, br1) behind the router.
+	// members[0] of each segment is the router, the hosts' gateway.
+	type member struct {
+		h     *Host
+		ifc   string // the host's end
+		octet int
+	}
+	type segment struct {
+		sw       *Host
+		bridge   string
+		mac      byte // SS of hostMAC
+		ip4, ip6 func(octet int) netip.Addr
+		members  []member
+	}
+	lan := segment{sw: t.Switch, bridge: BridgeName, mac: 2, ip4: switchIPv4, ip6: switchIPv6,
+		members: []member{{t.Router, MainIface, 1}, {t.LB1, MainIface, 2}}}
+	if t.LB2 != nil {
+		lan.members = append(lan.members, member{t.LB2, MainIface, 3})
+	}
+	segs := []*segment{&lan}
+	backSeg := &lan
+	if opts.RemoteBackends {
+		backSeg = &segment{sw: t.BackendSwitch, bridge: BackendBridgeName, mac: 3, ip4: remoteIPv4, ip6: remoteIPv6,
+			members: []member{{t.Router, RouterBackendIface, 1}}}
+		segs = append(segs, backSeg)
+	}
+	for i, b := range t.Backends {
+		backSeg.members = append(backSeg.members, member{b, MainIface, 10 + i + 1})
+	}
+	for _, seg := range segs {
+		sw := seg.sw
+		if err := sw.AddBridge(seg.bridge); err != nil {
+			return nil, err
+		}
+		for _, m := range seg.members {
+			port := m.h.role
+			v4, v6 := seg.ip4(m.octet), seg.ip6(m.octet)
+			if err := VethPair(m.h, sw, m.ifc, port,
+				WithMACs(hostMAC(seg.mac, byte(m.octet)), nil)); err != nil {
+				return nil, err
+			}
+			if err := sw.SetMaster(port, seg.bridge); err != nil {
+				return nil, err
+			}
+			if err := sw.AttachPassXDP(port); err != nil {
+				return nil, err
+			}
+			if err := m.h.AddAddr(m.ifc, netip.PrefixFrom(v4, 24)); err != nil {
+				return nil, err
+			}
+			if err := m.h.AddAddr(m.ifc, netip.PrefixFrom(v6, 64)); err != nil {
+				return nil, err
+			}
+			if m.h == t.Router && m.ifc != MainIface {
+				continue // the router's Host describes its eth0
+			}
+			if err := m.h.SetPrimary(m.ifc, v4, v6); err != nil {
+				return nil, err
+			}
+		}
+		if err := sw.SetPrimary(seg.bridge, netip.Addr{}, netip.Addr{}); err != nil {
+			return nil, err
+		}
 	}
 
 	// TX checksum offload off where the LB's forwarded traffic starts or
 	// passes through the kernel's skb path.
-	txOff := []struct {
+	type iface struct {
 		h   *Host
 		ifc string
-	}{{t.Client, MainIface}, {t.Router, MainIface}, {t.Router, RouterClientIface}}
+	}
+	txOff := []iface{{t.Client, MainIface}, {t.Router, MainIface}, {t.Router, RouterClientIface}}
+	if opts.RemoteBackends {
+		txOff = append(txOff, iface{t.Router, RouterBackendIface})
+	}
 	for _, b := range t.Backends {
-		txOff = append(txOff, struct {
-			h   *Host
-			ifc string
-		}{b, MainIface})
+		txOff = append(txOff, iface{b, MainIface})
 	}
 	for _, x := range txOff {
 		if err := x.h.SetTxChecksum(x.ifc, false); err != nil {
@@ -262,33 +344,58 @@ func buildCanonical(env *Env, opts Options) (*Topology, error) {
 		}
 	}
 
-	// Router: forwarding and the VIP routes via lb1.
-	if err := t.Router.Sysctls(map[string]string{
-		"net.ipv4.ip_forward":          "1",
-		"net.ipv6.conf.all.forwarding": "1",
-	}); err != nil {
+	// Router: forwarding (all interfaces, the backend segment's included),
+	// no reverse-path filter (the LB's encapsulated packets come from the
+	// encapsulation source prefixes, which are on no interface), and the
+	// VIP and encapsulation source routes via lb1.
+	rkv := map[string]string{
+		"net.ipv4.ip_forward":              "1",
+		"net.ipv6.conf.all.forwarding":     "1",
+		"net.ipv6.conf.default.forwarding": "1",
+		"net.ipv4.conf.all.rp_filter":      "0",
+		"net.ipv4.conf.default.rp_filter":  "0",
+	}
+	routerIfaces := []string{MainIface, RouterClientIface}
+	if opts.RemoteBackends {
+		routerIfaces = append(routerIfaces, RouterBackendIface)
+	}
+	for _, ifc := range routerIfaces {
+		rkv["net.ipv4.conf."+ifc+".rp_filter"] = "0"
+		rkv["net.ipv6.conf."+ifc+".forwarding"] = "1"
+	}
+	if err := t.Router.Sysctls(rkv); err != nil {
 		return nil, err
 	}
-	if err := t.Router.AddRoute(VIPNet4, LB1IPv4); err != nil {
-		return nil, err
-	}
-	if err := t.Router.AddRoute(VIPNet6, LB1IPv6); err != nil {
-		return nil, err
+	for _, r := range []struct {
+		dst netip.Prefix
+		gw  netip.Addr
+	}{
+		{VIPNet4, LB1IPv4}, {VIPNet6, LB1IPv6},
+		{EncapSourceV4, LB1IPv4}, {EncapSourceV6, LB1IPv6},
+	} {
+		if err := t.Router.AddRoute(r.dst, r.gw); err != nil {
+			return nil, err
+		}
 	}
 
-	// Default routes.
+	// Default routes: the client's via the router's client side, every
+	// other host's via the router's address on its segment. lb1 and lb2
+	// reach the backend segment through theirs.
 	if err := t.Client.AddDefaultRoute(RouterClientIPv4); err != nil {
 		return nil, err
 	}
 	if err := t.Client.AddDefaultRoute(RouterClientIPv6); err != nil {
 		return nil, err
 	}
-	for _, m := range members[1:] {
-		if err := m.h.AddDefaultRoute(RouterIPv4); err != nil {
-			return nil, err
-		}
-		if err := m.h.AddDefaultRoute(RouterIPv6); err != nil {
-			return nil, err
+	for _, seg := range segs {
+		gw4, gw6 := seg.ip4(seg.members[0].octet), seg.ip6(seg.members[0].octet)
+		for _, m := range seg.members[1:] {
+			if err := m.h.AddDefaultRoute(gw4); err != nil {
+				return nil, err
+			}
+			if err := m.h.AddDefaultRoute(gw6); err != nil {
+				return nil, err
+			}
 		}
 	}
 

@@ -70,6 +70,7 @@ type balancerFulcrumConfigFlags uint32
 const (
 	balancerFulcrumConfigFlagsCONFIG_F_CT_TCP balancerFulcrumConfigFlags = 1
 	balancerFulcrumConfigFlagsCONFIG_F_CT_UDP balancerFulcrumConfigFlags = 2
+	balancerFulcrumConfigFlagsCONFIG_F_GW_MAC balancerFulcrumConfigFlags = 4
 )
 
 type balancerFulcrumMode uint32
@@ -91,14 +92,19 @@ const (
 	balancerFulcrumStatSTAT_DROP_MALFORMED   balancerFulcrumStat = 5
 	balancerFulcrumStatSTAT_DROP_NO_BACKEND  balancerFulcrumStat = 6
 	balancerFulcrumStatSTAT_DROP_BAD_MODE    balancerFulcrumStat = 7
-	balancerFulcrumStatSTAT_TX_DSR           balancerFulcrumStat = 8
-	balancerFulcrumStatSTAT_CT_HIT           balancerFulcrumStat = 9
-	balancerFulcrumStatSTAT_CT_MISS          balancerFulcrumStat = 10
-	balancerFulcrumStatSTAT_CT_SYN           balancerFulcrumStat = 11
-	balancerFulcrumStatSTAT_CT_STALE         balancerFulcrumStat = 12
-	balancerFulcrumStatSTAT_CT_INSERT_FAILED balancerFulcrumStat = 13
-	balancerFulcrumStatSTAT_CT_BYPASS        balancerFulcrumStat = 14
-	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 15
+	balancerFulcrumStatSTAT_DROP_TOO_BIG     balancerFulcrumStat = 8
+	balancerFulcrumStatSTAT_DROP_NO_ROUTE    balancerFulcrumStat = 9
+	balancerFulcrumStatSTAT_DROP_ENCAP       balancerFulcrumStat = 10
+	balancerFulcrumStatSTAT_TX_DSR           balancerFulcrumStat = 11
+	balancerFulcrumStatSTAT_TX_IPIP          balancerFulcrumStat = 12
+	balancerFulcrumStatSTAT_CT_HIT           balancerFulcrumStat = 13
+	balancerFulcrumStatSTAT_CT_MISS          balancerFulcrumStat = 14
+	balancerFulcrumStatSTAT_CT_SYN           balancerFulcrumStat = 15
+	balancerFulcrumStatSTAT_CT_STALE         balancerFulcrumStat = 16
+	balancerFulcrumStatSTAT_CT_INSERT_FAILED balancerFulcrumStat = 17
+	balancerFulcrumStatSTAT_CT_BYPASS        balancerFulcrumStat = 18
+	balancerFulcrumStatSTAT_FIB_GATEWAY      balancerFulcrumStat = 19
+	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 20
 )
 
 type balancerFulcrumVipFlags uint32
@@ -118,13 +124,19 @@ type balancerIn6Addr struct {
 }
 
 type balancerLbConfig struct {
-	_     structs.HostLayout
-	Flags uint32
+	_        structs.HostLayout
+	Flags    uint32
+	Src4     uint32
+	Src4Host uint32
+	Src6     [4]uint32
+	Src6Host [4]uint32
+	GwMac    [6]uint8
+	Pad      [2]uint8
 }
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [15]uint64
+	Count [20]uint64
 }
 
 type balancerVipKeyV4 struct {

@@ -18,13 +18,18 @@ const (
 	StatDropMalformed   = Stat(balancerFulcrumStatSTAT_DROP_MALFORMED)
 	StatDropNoBackend   = Stat(balancerFulcrumStatSTAT_DROP_NO_BACKEND)
 	StatDropBadMode     = Stat(balancerFulcrumStatSTAT_DROP_BAD_MODE)
+	StatDropTooBig      = Stat(balancerFulcrumStatSTAT_DROP_TOO_BIG)
+	StatDropNoRoute     = Stat(balancerFulcrumStatSTAT_DROP_NO_ROUTE)
+	StatDropEncap       = Stat(balancerFulcrumStatSTAT_DROP_ENCAP)
 	StatTxDSR           = Stat(balancerFulcrumStatSTAT_TX_DSR)
+	StatTxIPIP          = Stat(balancerFulcrumStatSTAT_TX_IPIP)
 	StatCtHit           = Stat(balancerFulcrumStatSTAT_CT_HIT)
 	StatCtMiss          = Stat(balancerFulcrumStatSTAT_CT_MISS)
 	StatCtSYN           = Stat(balancerFulcrumStatSTAT_CT_SYN)
 	StatCtStale         = Stat(balancerFulcrumStatSTAT_CT_STALE)
 	StatCtInsertFailed  = Stat(balancerFulcrumStatSTAT_CT_INSERT_FAILED)
 	StatCtBypass        = Stat(balancerFulcrumStatSTAT_CT_BYPASS)
+	StatFibGateway      = Stat(balancerFulcrumStatSTAT_FIB_GATEWAY)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -37,17 +42,25 @@ var statNames = [...]string{
 	StatDropMalformed:   "drop_malformed",
 	StatDropNoBackend:   "drop_no_backend",
 	StatDropBadMode:     "drop_bad_mode",
+	StatDropTooBig:      "drop_too_big",
+	StatDropNoRoute:     "drop_no_route",
+	StatDropEncap:       "drop_encap",
 	StatTxDSR:           "tx_dsr",
+	StatTxIPIP:          "tx_ipip",
 	StatCtHit:           "ct_hit",
 	StatCtMiss:          "ct_miss",
 	StatCtSYN:           "ct_syn",
 	StatCtStale:         "ct_stale",
 	StatCtInsertFailed:  "ct_insert_failed",
 	StatCtBypass:        "ct_bypass",
+	StatFibGateway:      "fib_gateway",
 }
 
-// A compile-time check that every counter has a name.
-var _ [numStats - len(statNames)]struct{}
+// Compile-time checks that every counter has a name and no name is extra.
+var (
+	_ [numStats - len(statNames)]struct{}
+	_ [len(statNames) - numStats]struct{}
+)
 
 func (s Stat) String() string {
 	if int(s) < len(statNames) {
@@ -57,9 +70,11 @@ func (s Stat) String() string {
 }
 
 // IsVerdict reports whether the counter counts packets by their final
-// action (pass, drop, tx), as opposed to a connection-table event.
+// action (pass, drop, tx), as opposed to an event such as a
+// connection-table hit. Every packet the program sees counts exactly one
+// verdict.
 func (s Stat) IsVerdict() bool {
-	return s <= StatTxDSR
+	return s <= StatTxIPIP
 }
 
 // AllStats lists every counter.

@@ -61,6 +61,7 @@ type Datapath struct {
 	// backendGen[id] is the generation last written for a backend id.
 	backendGen map[uint32]uint16
 	vipGen     map[uint16]uint16
+	encap      EncapConfig
 	// written mirrors global map contents, so only changes are written.
 	written struct {
 		config *balancerLbConfig

@@ -195,6 +195,7 @@ func (d *Datapath) adopt() error {
 		return fmt.Errorf("read config: %w", err)
 	}
 	d.written.config = &cfg
+	d.encap = encapFrom(cfg)
 	var a4 uint32
 	var a6 [16]byte
 	var p uint32

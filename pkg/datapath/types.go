@@ -48,9 +48,14 @@ const (
 	// server return): backends hold the VIP on lo and share the LB's L2
 	// segment.
 	ModeDSR = Mode(balancerFulcrumModeMODE_DSR)
+	// ModeIPIP encapsulates the packet in an outer IPv4 or IPv6 header
+	// addressed to the backend (IPIP, or protocol 41 for IPv6 inside),
+	// routed by the kernel's FIB: backends may be on any subnet, of either
+	// family, and run `fulcrum decap`.
+	ModeIPIP = Mode(balancerFulcrumModeMODE_IPIP)
 )
 
-var modeNames = map[Mode]string{ModeDSR: "dsr"}
+var modeNames = map[Mode]string{ModeDSR: "dsr", ModeIPIP: "ipip"}
 
 func (m Mode) String() string {
 	if s, ok := modeNames[m]; ok {
@@ -71,7 +76,7 @@ func ParseMode(s string) (Mode, error) {
 
 // ModeNames lists the modes this build supports.
 func ModeNames() []string {
-	return []string{"dsr"}
+	return []string{"dsr", "ipip"}
 }
 
 // VIP identifies a virtual service: address, port (0 = every port) and

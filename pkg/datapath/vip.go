@@ -220,6 +220,13 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 	if err := validate(vip, &cfg, backends); err != nil {
 		return err
 	}
+	if cfg.Mode == ModeIPIP {
+		for _, b := range backends {
+			if err := encapCovers(d.encap, b.Addr); err != nil {
+				return fmt.Errorf("vip %s: backend %s: %w", vip, b.Addr, err)
+			}
+		}
+	}
 	old := d.vips[vip]
 	if old == nil && d.vipIndex.available() == 0 {
 		return fmt.Errorf("add vip %s: too many vips (the maximum is %d)", vip, d.vipIndex.limit)
@@ -494,6 +501,7 @@ func (d *Datapath) syncGlobals() error {
 		}
 		policy[e.vip.Addr] = pass
 	}
+	fillEncap(&cfg, d.encap)
 	var errs []error
 	if d.written.config == nil || *d.written.config != cfg {
 		if err := d.objs.Config.Put(uint32(0), cfg); err != nil {

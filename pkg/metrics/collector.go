@@ -36,6 +36,7 @@ type collector struct {
 	backendBytes   *prometheus.Desc
 	verdicts       *prometheus.Desc
 	conntrack      *prometheus.Desc
+	events         *prometheus.Desc
 	backendHealth  *prometheus.Desc
 	vrrpState      *prometheus.Desc
 
@@ -64,6 +65,9 @@ func newCollector(src Source) *collector {
 		conntrack: prometheus.NewDesc(name("conntrack_events_total"),
 			"Connection-table events of the fast path.",
 			[]string{"event"}, nil),
+		events: prometheus.NewDesc(name("datapath_events_total"),
+			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.",
+			[]string{"event"}, nil),
 		backendHealth: prometheus.NewDesc(name("backend_health"),
 			"Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.",
 			[]string{"vip", "backend", "state"}, nil),
@@ -83,7 +87,11 @@ func newCollector(src Source) *collector {
 			continue
 		}
 		// ct_insert_failed -> event insert_failed.
-		c.stats = append(c.stats, statSeries{s, c.conntrack, []string{strings.TrimPrefix(name, "ct_")}})
+		if event, ok := strings.CutPrefix(name, "ct_"); ok {
+			c.stats = append(c.stats, statSeries{s, c.conntrack, []string{event}})
+			continue
+		}
+		c.stats = append(c.stats, statSeries{s, c.events, []string{name}})
 	}
 	return c
 }
@@ -96,6 +104,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.backendBytes
 	ch <- c.verdicts
 	ch <- c.conntrack
+	ch <- c.events
 	ch <- c.backendHealth
 	ch <- c.vrrpState
 }

@@ -97,6 +97,7 @@ var sourceMetrics = []string{
 	"fulcrum_backend_bytes_total",
 	"fulcrum_verdict_packets_total",
 	"fulcrum_conntrack_events_total",
+	"fulcrum_datapath_events_total",
 	"fulcrum_backend_health",
 	"fulcrum_vrrp_state",
 }
@@ -135,15 +136,22 @@ fulcrum_verdict_packets_total{action="drop",reason="fragment"} 41
 fulcrum_verdict_packets_total{action="drop",reason="malformed"} 51
 fulcrum_verdict_packets_total{action="drop",reason="no_backend"} 61
 fulcrum_verdict_packets_total{action="drop",reason="bad_mode"} 71
-fulcrum_verdict_packets_total{action="tx",reason="dsr"} 81
+fulcrum_verdict_packets_total{action="drop",reason="too_big"} 81
+fulcrum_verdict_packets_total{action="drop",reason="no_route"} 91
+fulcrum_verdict_packets_total{action="drop",reason="encap"} 101
+fulcrum_verdict_packets_total{action="tx",reason="dsr"} 111
+fulcrum_verdict_packets_total{action="tx",reason="ipip"} 121
 # HELP fulcrum_conntrack_events_total Connection-table events of the fast path.
 # TYPE fulcrum_conntrack_events_total counter
-fulcrum_conntrack_events_total{event="hit"} 91
-fulcrum_conntrack_events_total{event="miss"} 101
-fulcrum_conntrack_events_total{event="syn"} 111
-fulcrum_conntrack_events_total{event="stale"} 121
-fulcrum_conntrack_events_total{event="insert_failed"} 131
-fulcrum_conntrack_events_total{event="bypass"} 141
+fulcrum_conntrack_events_total{event="hit"} 131
+fulcrum_conntrack_events_total{event="miss"} 141
+fulcrum_conntrack_events_total{event="syn"} 151
+fulcrum_conntrack_events_total{event="stale"} 161
+fulcrum_conntrack_events_total{event="insert_failed"} 171
+fulcrum_conntrack_events_total{event="bypass"} 181
+# HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.
+# TYPE fulcrum_datapath_events_total counter
+fulcrum_datapath_events_total{event="fib_gateway"} 191
 `
 	wantState = `
 # HELP fulcrum_backend_health Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.
@@ -180,7 +188,8 @@ func TestCollect(t *testing.T) {
 func TestEveryStat(t *testing.T) {
 	c := newCollector(newFake())
 	verdicts := testutil.CollectAndCount(c, "fulcrum_verdict_packets_total")
-	events := testutil.CollectAndCount(c, "fulcrum_conntrack_events_total")
+	events := testutil.CollectAndCount(c, "fulcrum_conntrack_events_total") +
+		testutil.CollectAndCount(c, "fulcrum_datapath_events_total")
 	var wantVerdicts, wantEvents int
 	for _, s := range datapath.AllStats() {
 		if s.IsVerdict() {
@@ -284,7 +293,7 @@ fulcrum_backend_packets_total{backend="10.0.0.1",vip="tcp/203.0.113.10:80"} 25
 fulcrum_backend_packets_total{backend="10.0.0.2",vip="tcp/203.0.113.10:80"} 20
 ` + strings.NewReplacer(
 		`reason="no_backend"} 61`, `reason="no_backend"} 62`,
-		`event="syn"} 111`, `event="syn"} 113`,
+		`event="syn"} 151`, `event="syn"} 153`,
 	).Replace(wantStats) + `
 # HELP fulcrum_backend_health Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.
 # TYPE fulcrum_backend_health gauge
@@ -404,7 +413,7 @@ func TestHandler(t *testing.T) {
 	}
 	for _, want := range []string{
 		`fulcrum_vip_packets_total{vip="tcp/203.0.113.10:80"} 30`,
-		`fulcrum_verdict_packets_total{action="tx",reason="dsr"} 81`,
+		`fulcrum_verdict_packets_total{action="tx",reason="dsr"} 111`,
 		`fulcrum_vrrp_state{state="master"} 1`,
 		`fulcrum_build_info{`,
 		`go_goroutines `,

@@ -1,7 +1,7 @@
 // Command testenv brings the canonical test topology up and down by hand,
 // for poking at it with `ip netns exec`:
 //
-//	testenv up [-backends N] [-lb2] [-vip 203.0.113.10,2001:db8:ffff::10]
+//	testenv up [-backends N] [-lb2] [-remote] [-vip 203.0.113.10,2001:db8:ffff::10]
 //	testenv down PREFIX
 //	testenv list
 //
@@ -47,7 +47,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: testenv up [-backends N] [-lb2] [-vip ADDR,...] | down PREFIX | list")
+	fmt.Fprintln(os.Stderr, "usage: testenv up [-backends N] [-lb2] [-remote] [-vip ADDR,...] | down PREFIX | list")
 	os.Exit(2)
 }
 
@@ -55,9 +55,10 @@ func up(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ExitOnError)
 	backends := fs.Int("backends", 3, "number of backends")
 	lb2 := fs.Bool("lb2", false, "add a second load balancer (lb2)")
+	remote := fs.Bool("remote", false, "put the backends on their own segment behind the router (sw2, 198.18.2.0/24)")
 	vips := fs.String("vip", "203.0.113.10,2001:db8:ffff::10", "comma-separated VIPs to put on the backends' lo")
 	fs.Parse(args)
-	opts := testenv.Options{Backends: *backends, SecondLB: *lb2}
+	opts := testenv.Options{Backends: *backends, SecondLB: *lb2, RemoteBackends: *remote}
 	for _, s := range strings.Split(*vips, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue

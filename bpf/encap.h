@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* IP-in-IP encapsulation for MODE_IPIP: the packet from its IP header on is
+ * kept whole behind a new outer IPv4 or IPv6 header addressed to the
+ * backend; the next hop comes from the kernel's FIB. */
+#ifndef FULCRUM_ENCAP_H
+#define FULCRUM_ENCAP_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "types.h"
+#include "parse.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define OUTER_TTL 64
+#define IP_DF 0x4000
+
+/* ipv4_csum returns the header checksum of a 20-byte IPv4 header whose
+ * check field is zero. */
+static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/* next_hop is where an encapsulated packet leaves. */
+struct next_hop {
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 ifindex;
+};
+
+enum hop_result {
+	HOP_OK,
+	HOP_GATEWAY,   /* no neighbour: the configured gateway MAC */
+	HOP_TOO_BIG,
+	HOP_NO_ROUTE,
+};
+
+/* find_next_hop asks the FIB for the route to the backend, as for a packet
+ * this host sends (BPF_FIB_LOOKUP_OUTPUT), with the encapsulated length so
+ * the kernel checks the egress MTU. The kernel answers only if forwarding
+ * is enabled on the ingress interface (net.ipv{4,6}.conf.IF.forwarding). */
+static __always_inline enum hop_result find_next_hop(struct xdp_md *ctx, const struct lb_config *cfg,
+						     const struct backend *be, const __be32 *src,
+						     __u16 tot_len, __u8 *ours, struct next_hop *hop)
+{
+	struct bpf_fib_lookup fib = {};
+	long rc;
+
+	fib.family = be->family;
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.tot_len = tot_len;
+	if (be->family == AF_INET) {
+		fib.ipv4_src = src[0];
+		fib.ipv4_dst = be->addr[0];
+	} else {
+		__builtin_memcpy(fib.ipv6_src, src, 16);
+		__builtin_memcpy(fib.ipv6_dst, be->addr, 16);
+	}
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
+		hop->ifindex = fib.ifindex;
+		return HOP_OK;
+	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return HOP_TOO_BIG;
+	if (!(cfg->flags & CONFIG_F_GW_MAC))
+		return HOP_NO_ROUTE;
+	/* A route without a resolved neighbour (or no route): hand the packet
+	 * to the configured gateway, out of the interface it came in on. */
+	__builtin_memcpy(hop->dmac, cfg->gw_mac, ETH_ALEN);
+	__builtin_memcpy(hop->smac, ours, ETH_ALEN);
+	hop->ifindex = ctx->ingress_ifindex;
+	return HOP_GATEWAY;
+}
+
+/* outer_source fills src with the configured prefix plus hash bits. */
+static __always_inline void outer_source(const struct lb_config *cfg, __u8 family, __u32 hash, __be32 *src)
+{
+	if (family == AF_INET) {
+		src[0] = cfg->src4 | (hash & cfg->src4_host);
+		return;
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		src[i] = cfg->src6[i] | (hash & cfg->src6_host[i]);
+}
+
+#endif
