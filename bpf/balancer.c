@@ -95,7 +95,7 @@ static __always_inline int encap_ipip(struct xdp_md *ctx, struct stat_table *st,
 	outer_len = be->family == AF_INET ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
 	outer_source(cfg, be->family, hash, src);
 
-	switch (find_next_hop(ctx, cfg, be, src, f->l3len + outer_len, eth->h_dest, &hop)) {
+	switch (find_next_hop(ctx, cfg, be, id, src, f->l3len + outer_len, eth->h_dest, &hop)) {
 	case HOP_TOO_BIG:
 		return verdict(st, STAT_DROP_TOO_BIG, XDP_DROP);
 	case HOP_NO_ROUTE:

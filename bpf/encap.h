@@ -14,6 +14,7 @@
 #include <bpf/bpf_endian.h>
 #include "types.h"
 #include "parse.h"
+#include "consts.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -42,6 +43,29 @@ struct next_hop {
 	__u32 ifindex;
 };
 
+/* A FIB answer is reused for this many jiffies (64-256 ms, by HZ): route
+ * and neighbour changes take effect that late, and most packets skip the
+ * lookup, the costliest step of ipip. */
+#define HOP_CACHE_JIFFIES 64
+
+/* hop_cache[backend id] on each CPU: the last FIB answer for the backend. */
+struct hop_entry {
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 ifindex;     /* egress */
+	__u32 in_ifindex;  /* the lookup's ingress: answers differ per port */
+	__u32 stamp;       /* jiffies; 0 = empty */
+	__u16 mtu;
+	__u16 gen;         /* the backend's generation */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct hop_entry);
+	__uint(max_entries, MAX_BACKENDS);
+} hop_cache SEC(".maps");
+
 enum hop_result {
 	HOP_OK,
 	HOP_GATEWAY,   /* no neighbour: the configured gateway MAC */
@@ -54,11 +78,23 @@ enum hop_result {
  * the kernel checks the egress MTU. The kernel answers only if forwarding
  * is enabled on the ingress interface (net.ipv{4,6}.conf.IF.forwarding). */
 static __always_inline enum hop_result find_next_hop(struct xdp_md *ctx, const struct lb_config *cfg,
-						     const struct backend *be, const __be32 *src,
+						     const struct backend *be, __u32 id, const __be32 *src,
 						     __u16 tot_len, __u8 *ours, struct next_hop *hop)
 {
 	struct bpf_fib_lookup fib = {};
+	struct hop_entry *c = bpf_map_lookup_elem(&hop_cache, &id);
+	__u32 now = (__u32)bpf_jiffies64();
 	long rc;
+
+	if (c && c->stamp && c->gen == be->gen && c->in_ifindex == ctx->ingress_ifindex &&
+	    now - c->stamp < HOP_CACHE_JIFFIES) {
+		if (tot_len > c->mtu)
+			return HOP_TOO_BIG;
+		__builtin_memcpy(hop->dmac, c->dmac, ETH_ALEN);
+		__builtin_memcpy(hop->smac, c->smac, ETH_ALEN);
+		hop->ifindex = c->ifindex;
+		return HOP_OK;
+	}
 
 	fib.family = be->family;
 	fib.ifindex = ctx->ingress_ifindex;
@@ -75,6 +111,16 @@ static __always_inline enum hop_result find_next_hop(struct xdp_md *ctx, const s
 		__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
 		hop->ifindex = fib.ifindex;
+		if (c) {
+			/* On success the kernel reports the route's MTU. */
+			__builtin_memcpy(c->dmac, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(c->smac, fib.smac, ETH_ALEN);
+			c->ifindex = fib.ifindex;
+			c->in_ifindex = ctx->ingress_ifindex;
+			c->mtu = fib.mtu_result;
+			c->gen = be->gen;
+			c->stamp = now ? now : 1;
+		}
 		return HOP_OK;
 	}
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)

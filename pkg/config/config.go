@@ -67,7 +67,7 @@ import (
 
 // Modes lists the forwarding modes this build accepts for vip.mode. The
 // first is the default.
-var Modes = []string{"dsr"}
+var Modes = []string{"dsr", "ipip"}
 
 // Allowed values of the enumerated fields.
 var (
@@ -122,6 +122,8 @@ type Config struct {
 	API        API         `yaml:"api"`
 	Metrics    Metrics     `yaml:"metrics"`
 	Conntrack  Conntrack   `yaml:"conntrack"`
+	// IPIP configures the outer headers of ipip VIPs.
+	IPIP IPIP `yaml:"ipip"`
 	// HealthCheck is the default check of every VIP; nil = none. Its Port
 	// is as written (0 = each VIP's port); VIP.HealthCheck is resolved.
 	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
@@ -163,6 +165,19 @@ type Conntrack struct {
 	// Entries is the capacity of the connection table (an LRU: when it is
 	// full the least recently seen flows are forgotten). Default 1048576.
 	Entries uint32 `yaml:"entries"`
+}
+
+// IPIP configures encapsulation for VIPs in ipip mode.
+type IPIP struct {
+	// SourceV4 and SourceV6 are the prefixes outer source addresses are
+	// drawn from (prefix bits plus flow-hash bits), one per outer family.
+	// They should be routed back to this node and assigned to no
+	// interface.
+	SourceV4 netip.Prefix `yaml:"source_v4"`
+	SourceV6 netip.Prefix `yaml:"source_v6"`
+	// GatewayMAC is the next hop used when the route to a backend has no
+	// resolved neighbour; nil = such packets are dropped and counted.
+	GatewayMAC net.HardwareAddr `yaml:"-"`
 }
 
 // VIP is a virtual service, identified by (Address, Port, Protocol).

@@ -321,7 +321,7 @@ func TestProblems(t *testing.T) {
 		{"protocol missing", base + "vips: [{address: 203.0.113.1, port: 80}]", "vips[0].protocol", "missing; set tcp or udp"},
 		{"protocol twice", vip(", protocol: udp"), "vips[0].protocol", `set twice`},
 		{"protocol unsupported", base + "vips: [{address: 203.0.113.1, port: 80, protocol: sctp}]", "vips[0].protocol", `"sctp" is not supported; use tcp or udp`},
-		{"mode", vip(", mode: nat"), "vips[0].mode", `"nat" is not supported; use one of: dsr`},
+		{"mode", vip(", mode: nat"), "vips[0].mode", `"nat" is not supported; use dsr or ipip`},
 		{"scheduler", vip(", scheduler: rr"), "vips[0].scheduler", "use maglev or source-hash"},
 		{"ring not prime", vip(", ring_size: 1000"), "vips[0].ring_size", "1000 is not a prime between 251 and 131071 (try 997)"},
 		{"ring too small", vip(", ring_size: 13"), "vips[0].ring_size", "13 is not a prime between 251 and 131071 (try 65537)"},
@@ -463,7 +463,7 @@ vips:
 		{"interfaces[1].name", `"eth0" is already interfaces[0]`, 4},
 		{"vrrp.vrid", "300 is over the maximum 255", 7},
 		{"vips[0].protocol", `"sctp" is not supported; use tcp or udp`, 11},
-		{"vips[0].mode", `"nat" is not supported; use one of: dsr`, 12},
+		{"vips[0].mode", `"nat" is not supported; use dsr or ipip`, 12},
 		{"vips[0].ring_size", "1000 is not a prime between 251 and 131071 (try 997)", 13},
 		{"vips[0].backends[1].weight", "70000 is over the maximum 65535", 17},
 		{"vips[0].backends[2].colour", "unknown field", 19},
@@ -663,5 +663,36 @@ func TestProblemsAreCapped(t *testing.T) {
 	}
 	if last := ps[len(ps)-1]; last.Path != "config" || !strings.HasPrefix(last.Message, "500 more problems not listed") {
 		t.Errorf("last problem: got %v", last)
+	}
+}
+
+// TestIPIP covers the ipip section and its cross-check with ipip VIPs.
+func TestIPIP(t *testing.T) {
+	ok := `interfaces: [{name: eth0}]
+ipip: {source_v4: 198.18.1.0/24, source_v6: "2001:db8:4::/64", gateway_mac: "02:00:00:00:00:01"}
+vips:
+  - {address: 203.0.113.1, port: 80, protocol: tcp, mode: ipip, backends: [{address: 198.18.2.11}, {address: "2001:db8:3::11"}]}
+`
+	c, err := Parse([]byte(ok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IPIP.SourceV4.String() != "198.18.1.0/24" || c.IPIP.SourceV6.String() != "2001:db8:4::/64" || c.IPIP.GatewayMAC.String() != "02:00:00:00:00:01" {
+		t.Fatalf("ipip = %+v", c.IPIP)
+	}
+	if got := c.VIPs[0].Backends[1].Address.String(); got != "2001:db8:3::11" {
+		t.Fatalf("an ipip VIP's IPv6 backend = %s", got)
+	}
+	for _, tc := range []struct{ doc, path, msg string }{
+		{strings.Replace(ok, "source_v6: \"2001:db8:4::/64\", ", "", 1), "vips[0].backends[1].address", "needs an outer source prefix: set ipip.source_v6"},
+		{strings.Replace(ok, "198.18.1.0/24", "198.18.1.1/24", 1), "ipip.source_v4", "has host bits set; use 198.18.1.0/24"},
+		{strings.Replace(ok, "198.18.1.0/24", "2001:db8::/64", 1), "ipip.source_v4", "is not an IPv4 prefix"},
+		{strings.Replace(ok, "198.18.1.0/24", "banana", 1), "ipip.source_v4", `"banana" is not a prefix`},
+		{strings.Replace(ok, "gateway_mac", "gw_mac", 1), "ipip.gw_mac", "unknown"},
+	} {
+		_, err := Parse([]byte(tc.doc))
+		if err == nil || !strings.Contains(err.Error(), tc.path) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("err = %v, want %s: ...%s...", err, tc.path, tc.msg)
+		}
 	}
 }

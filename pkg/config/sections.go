@@ -18,7 +18,8 @@ import (
 
 // The keys allowed in each mapping, in the order of the documentation.
 var (
-	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "health_check", "vrrp", "vips"}
+	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "vrrp", "vips"}
+	ipipKeys      = []string{"source_v4", "source_v6", "gateway_mac"}
 	interfaceKeys = []string{"name", "xdp_mode"}
 	logKeys       = []string{"level", "format"}
 	apiKeys       = []string{"socket"}
@@ -98,7 +99,56 @@ func (d *decoder) config(root *yaml.Node) *Config {
 		c.VRRP = d.vrrp(f.sub("vrrp", "a mapping (interface, vrid, ...)", vrrpKeys))
 	}
 
+	if f.has("ipip") {
+		c.IPIP = d.ipip(f.sub("ipip", "a mapping with source_v4, source_v6 and gateway_mac", ipipKeys))
+	}
+
 	c.VIPs = d.vips(f, top, topSet)
+	// An ipip VIP needs an outer source prefix for each backend family.
+	for i, v := range c.VIPs {
+		if v.Mode != "ipip" {
+			continue
+		}
+		for j, b := range v.Backends {
+			switch {
+			case b.Address.Is4() && !c.IPIP.SourceV4.IsValid():
+				d.add(fmt.Sprintf("vips[%d].backends[%d].address", i, j), nil,
+					"ipip to the IPv4 backend %s needs an outer source prefix: set ipip.source_v4 (e.g. 198.18.1.0/24, routed back to this node)", b.Address)
+			case b.Address.Is6() && !c.IPIP.SourceV6.IsValid():
+				d.add(fmt.Sprintf("vips[%d].backends[%d].address", i, j), nil,
+					"ipip to the IPv6 backend %s needs an outer source prefix: set ipip.source_v6 (e.g. 2001:db8:4::/64, routed back to this node)", b.Address)
+			}
+		}
+	}
+	return c
+}
+
+// ipip reads the encapsulation settings.
+func (d *decoder) ipip(f *fields) IPIP {
+	var c IPIP
+	prefix := func(key string, v4 bool, example string) netip.Prefix {
+		if !f.has(key) {
+			return netip.Prefix{}
+		}
+		s := f.str(key, "")
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil:
+			f.errf(key, "%q is not a prefix; write it like %s", s, example)
+		case p.Addr().Is4() != v4 || p.Addr().Is4In6():
+			f.errf(key, "%s is not an %s prefix; write it like %s", s, map[bool]string{true: "IPv4", false: "IPv6"}[v4], example)
+		case p.Masked() != p:
+			f.errf(key, "%s has host bits set; use %s", s, p.Masked())
+		default:
+			return p
+		}
+		return netip.Prefix{}
+	}
+	c.SourceV4 = prefix("source_v4", true, "198.18.1.0/24")
+	c.SourceV6 = prefix("source_v6", false, "2001:db8:4::/64")
+	if f.has("gateway_mac") {
+		c.GatewayMAC = f.mac("gateway_mac")
+	}
 	return c
 }
 

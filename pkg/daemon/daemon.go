@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -126,6 +127,12 @@ func (d *Daemon) run(ctx context.Context) error {
 		return err
 	}
 	defer res.Close()
+	if err := dp.SetEncap(encapOf(cfg.IPIP)); err != nil {
+		return fmt.Errorf("ipip: %w", err)
+	}
+	if err := d.enableForwarding(cfg); err != nil {
+		return err
+	}
 	d.metrics = metrics.New(d, version.Version, version.Revision())
 	d.rec = reconcile.New(dp, res, d.log, d.metrics.ObserveReconcile)
 	if err := d.reconcile(ctx, cfg); err != nil {
@@ -228,9 +235,28 @@ func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, erro
 	if err := restartOnly(old, cfg); err != nil {
 		return reconcile.Result{}, fmt.Errorf("%w: %w", api.ErrInvalid, err)
 	}
+	// Encapsulation sources: the union while VIPs change (so neither the
+	// old nor the new VIPs lack a prefix), then exactly the new ones.
+	union := encapOf(cfg.IPIP)
+	if !union.SourceV4.IsValid() {
+		union.SourceV4 = old.IPIP.SourceV4
+	}
+	if !union.SourceV6.IsValid() {
+		union.SourceV6 = old.IPIP.SourceV6
+	}
+	if err := d.dp.SetEncap(union); err != nil {
+		return reconcile.Result{}, fmt.Errorf("%w: ipip: %w", api.ErrInvalid, err)
+	}
+	if err := d.enableForwarding(cfg); err != nil {
+		return reconcile.Result{}, err
+	}
 	res, err := d.rec.Replace(ctx, cfg.VIPs)
 	if err != nil {
+		d.dp.SetEncap(encapOf(old.IPIP))
 		return res, fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	}
+	if err := d.dp.SetEncap(encapOf(cfg.IPIP)); err != nil {
+		return res, fmt.Errorf("ipip: %w", err)
 	}
 	d.mu.Lock()
 	d.cfg, d.lastApply, d.lastDur = cfg, time.Now(), res.Duration
@@ -241,6 +267,36 @@ func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, erro
 	}
 	d.log.Info("configuration applied", "added", len(res.Added), "changed", len(res.Changed), "removed", len(res.Removed), "unchanged", res.Unchanged)
 	return res, nil
+}
+
+func encapOf(c config.IPIP) datapath.EncapConfig {
+	return datapath.EncapConfig{SourceV4: c.SourceV4, SourceV6: c.SourceV6, GatewayMAC: c.GatewayMAC}
+}
+
+// enableForwarding turns on IP forwarding on the attached interfaces when
+// an ipip VIP exists: bpf_fib_lookup, which finds the next hop of
+// encapsulated packets, answers only for interfaces that forward.
+func (d *Daemon) enableForwarding(cfg *config.Config) error {
+	ipip := false
+	for _, v := range cfg.VIPs {
+		ipip = ipip || v.Mode == "ipip"
+	}
+	if !ipip {
+		return nil
+	}
+	for _, ifc := range cfg.Interfaces {
+		for _, key := range []string{"ipv4/conf/" + ifc.Name + "/forwarding", "ipv6/conf/" + ifc.Name + "/forwarding"} {
+			path := "/proc/sys/net/" + key
+			if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
+				continue
+			}
+			if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("ipip needs forwarding on %s: %w", ifc.Name, err)
+			}
+			d.log.Info("enabled forwarding for ipip next-hop lookups", "sysctl", strings.ReplaceAll(key, "/", "."))
+		}
+	}
+	return nil
 }
 
 // restartOnly refuses a reload that changes what only a restart can.

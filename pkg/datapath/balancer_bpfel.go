@@ -115,6 +115,17 @@ const (
 	balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE balancerFulcrumVipFlags = 4
 )
 
+type balancerHopEntry struct {
+	_         structs.HostLayout
+	Dmac      [6]uint8
+	Smac      [6]uint8
+	Ifindex   uint32
+	InIfindex uint32
+	Stamp     uint32
+	Mtu       uint16
+	Gen       uint16
+}
+
 type balancerIn6Addr struct {
 	_    structs.HostLayout
 	In6U struct {
@@ -174,6 +185,7 @@ const (
 	balancerMapConfig           = "config"
 	balancerMapCtV4             = "ct_v4"
 	balancerMapCtV6             = "ct_v6"
+	balancerMapHopCache         = "hop_cache"
 	balancerMapRings            = "rings"
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
@@ -244,6 +256,7 @@ type balancerMapSpecs struct {
 	Config       *ebpf.MapSpec `ebpf:"config"`
 	CtV4         *ebpf.MapSpec `ebpf:"ct_v4"`
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
+	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
@@ -290,6 +303,7 @@ type balancerMaps struct {
 	Config       *ebpf.Map `ebpf:"config"`
 	CtV4         *ebpf.Map `ebpf:"ct_v4"`
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
+	HopCache     *ebpf.Map `ebpf:"hop_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
@@ -307,6 +321,7 @@ func (m *balancerMaps) Close() error {
 		m.Config,
 		m.CtV4,
 		m.CtV6,
+		m.HopCache,
 		m.Rings,
 		m.Stats,
 		m.VipAddrsV4,

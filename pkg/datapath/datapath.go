@@ -92,7 +92,7 @@ func Load(opts Options) (*Datapath, error) {
 		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6} {
 		spec.Maps[name].MaxEntries = maxVIPs
 	}
-	for _, name := range []string{balancerMapBackends, balancerMapBackendStats} {
+	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache} {
 		spec.Maps[name].MaxEntries = maxBackends
 	}
 

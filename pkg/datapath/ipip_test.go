@@ -51,7 +51,7 @@ var (
 	ipipEncap = EncapConfig{SourceV4: netip.MustParsePrefix("198.18.1.0/24"), SourceV6: netip.MustParsePrefix("2001:db8:4::/64")}
 )
 
-func newIPIPEnv(t *testing.T) *ipipEnv {
+func newIPIPEnv(t testing.TB) *ipipEnv {
 	requireBPF(t)
 	env := testenv.NewEnv(t)
 	lb, err := env.NewNamespace("lb")
@@ -103,7 +103,7 @@ func newIPIPEnv(t *testing.T) *ipipEnv {
 
 // run pushes a frame through the balancer as if it arrived on lb's eth0:
 // bpf_fib_lookup resolves in the namespace of the calling thread.
-func (e *ipipEnv) run(t *testing.T, in []byte) (uint32, []byte) {
+func (e *ipipEnv) run(t testing.TB, in []byte) (uint32, []byte) {
 	t.Helper()
 	var ret uint32
 	out := make([]byte, len(in)+512)

@@ -19,6 +19,7 @@ const (
 	testprogsMapBenchSeq      = "bench_seq"
 	testprogsMapBenchTarget   = "bench_target"
 	testprogsProgBenchFloor   = "bench_floor"
+	testprogsProgBenchIpip    = "bench_ipip"
 	testprogsProgBenchNewflow = "bench_newflow"
 	testprogsProgBenchTail    = "bench_tail"
 	testprogsProgTestFlowhash = "test_flowhash"
@@ -67,6 +68,7 @@ type testprogsSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type testprogsProgramSpecs struct {
 	BenchFloor   *ebpf.ProgramSpec `ebpf:"bench_floor"`
+	BenchIpip    *ebpf.ProgramSpec `ebpf:"bench_ipip"`
 	BenchNewflow *ebpf.ProgramSpec `ebpf:"bench_newflow"`
 	BenchTail    *ebpf.ProgramSpec `ebpf:"bench_tail"`
 	TestFlowhash *ebpf.ProgramSpec `ebpf:"test_flowhash"`
@@ -128,6 +130,7 @@ type testprogsVariables struct {
 // It can be passed to loadTestprogsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type testprogsPrograms struct {
 	BenchFloor   *ebpf.Program `ebpf:"bench_floor"`
+	BenchIpip    *ebpf.Program `ebpf:"bench_ipip"`
 	BenchNewflow *ebpf.Program `ebpf:"bench_newflow"`
 	BenchTail    *ebpf.Program `ebpf:"bench_tail"`
 	TestFlowhash *ebpf.Program `ebpf:"test_flowhash"`
@@ -136,6 +139,7 @@ type testprogsPrograms struct {
 func (p *testprogsPrograms) Close() error {
 	return _TestprogsClose(
 		p.BenchFloor,
+		p.BenchIpip,
 		p.BenchNewflow,
 		p.BenchTail,
 		p.TestFlowhash,
