@@ -101,13 +101,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		statusCommand(),
 		statsCommand(),
 		explainCommand(),
+		decapCommand(),
 		versionCommand(),
 		completionCommand(),
 	)
 	app := &cli.App{
 		Name:  "fulcrum",
 		Usage: "XDP layer-4 load balancer: the daemon and its control CLI",
-		Description: "Commands other than daemon, version and completion talk to a running daemon\n" +
+		Description: "Commands other than daemon, detach, decap, version and completion talk to a running daemon\n" +
 			"through its root-only API socket. See docs/cli.md.",
 		HideVersion:               true,
 		EnableBashCompletion:      true,
