@@ -192,8 +192,16 @@ func TestIPIPFixtures(t *testing.T) {
 		{"4in4 tcp syn", syn(pkt(client4, "203.0.113.80", TCP, 50001, 80)), vip4in4, xdpTX, map[Stat]uint64{StatCtSYN: 1, StatTxIPIP: 1}},
 		{"4in4 tcp ack, miss", pkt(client4, "203.0.113.80", TCP, 50002, 80), vip4in4, xdpTX, map[Stat]uint64{StatCtMiss: 1, StatTxIPIP: 1}},
 		{"4in4 tcp ack, hit", pkt(client4, "203.0.113.80", TCP, 50002, 80), vip4in4, xdpTX, map[Stat]uint64{StatCtHit: 1, StatTxIPIP: 1}},
-		{"4in4 with a VLAN tag", func() testpacket.Packet { p := syn(pkt(client4, "203.0.113.80", TCP, 50003, 80)); p.VLANs = []uint16{7}; return p }(), vip4in4, xdpTX, map[Stat]uint64{StatCtSYN: 1, StatTxIPIP: 1}},
-		{"4in4 with two VLAN tags", func() testpacket.Packet { p := syn(pkt(client4, "203.0.113.80", TCP, 50004, 80)); p.VLANs = []uint16{7, 8}; return p }(), vip4in4, xdpTX, map[Stat]uint64{StatCtSYN: 1, StatTxIPIP: 1}},
+		{"4in4 with a VLAN tag", func() testpacket.Packet {
+			p := syn(pkt(client4, "203.0.113.80", TCP, 50003, 80))
+			p.VLANs = []uint16{7}
+			return p
+		}(), vip4in4, xdpTX, map[Stat]uint64{StatCtSYN: 1, StatTxIPIP: 1}},
+		{"4in4 with two VLAN tags", func() testpacket.Packet {
+			p := syn(pkt(client4, "203.0.113.80", TCP, 50004, 80))
+			p.VLANs = []uint16{7, 8}
+			return p
+		}(), vip4in4, xdpTX, map[Stat]uint64{StatCtSYN: 1, StatTxIPIP: 1}},
 		{"4in4 keeps TOS", func() testpacket.Packet {
 			p := syn(pkt(client4, "203.0.113.80", TCP, 50005, 80))
 			p.IPv4Options = []byte{1, 1, 1, 1}
@@ -210,7 +218,11 @@ func TestIPIPFixtures(t *testing.T) {
 		{"4in6 udp", pkt(client4, "203.0.113.81", UDP, 50021, 53), vip4in6, xdpTX, map[Stat]uint64{StatCtMiss: 1, StatTxIPIP: 1}},
 		{"4in6 udp, hit", pkt(client4, "203.0.113.81", UDP, 50021, 53), vip4in6, xdpTX, map[Stat]uint64{StatCtHit: 1, StatTxIPIP: 1}},
 		{"6in4 udp", pkt(client6, "2001:db8:ffff::81", UDP, 50031, 53), vip6in4, xdpTX, map[Stat]uint64{StatCtMiss: 1, StatTxIPIP: 1}},
-		{"6in4 udp with a VLAN tag", func() testpacket.Packet { p := pkt(client6, "2001:db8:ffff::81", UDP, 50032, 53); p.VLANs = []uint16{9}; return p }(), vip6in4, xdpTX, map[Stat]uint64{StatCtMiss: 1, StatTxIPIP: 1}},
+		{"6in4 udp with a VLAN tag", func() testpacket.Packet {
+			p := pkt(client6, "2001:db8:ffff::81", UDP, 50032, 53)
+			p.VLANs = []uint16{9}
+			return p
+		}(), vip6in4, xdpTX, map[Stat]uint64{StatCtMiss: 1, StatTxIPIP: 1}},
 	}
 	for i, c := range cases {
 		t.Run(fmt.Sprintf("%02d %s", i, c.name), func(t *testing.T) {
