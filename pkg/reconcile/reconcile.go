@@ -295,13 +295,25 @@ func (r *Reconciler) targetOf(ctx context.Context, v config.VIP) (target, error)
 		SourceHash:      v.Scheduler == "source-hash",
 		PassUnparseable: v.Fragments == "pass",
 	}}
-	onDown := "rehash"
+	onDown, allDown := "rehash", "drop"
 	if v.HealthCheck != nil && v.HealthCheck.OnDown != "" {
 		onDown = v.HealthCheck.OnDown
 	}
+	if v.HealthCheck != nil && v.HealthCheck.AllDown != "" {
+		allDown = v.HealthCheck.AllDown
+	}
+	// fail-open: with every backend down, serve as if all were up (a
+	// broken check must not take the whole service down).
+	failOpen := false
+	if allDown == "fail-open" && len(v.Backends) > 0 {
+		failOpen = true
+		for _, b := range v.Backends {
+			failOpen = failOpen && r.health[key][b.Address] == Down
+		}
+	}
 	for j, b := range v.Backends {
 		weight := b.Weight
-		if r.health[key][b.Address] == Down {
+		if r.health[key][b.Address] == Down && !failOpen {
 			if onDown != "drain" {
 				continue // out of the ring; its flows re-hash
 			}

@@ -243,3 +243,33 @@ func TestHealth(t *testing.T) {
 		})
 	}
 }
+
+// TestAllDown: with every backend down, "drop" leaves the VIP without
+// backends (its packets are dropped and counted), "fail-open" keeps them
+// all.
+func TestAllDown(t *testing.T) {
+	ctx := context.Background()
+	for _, policy := range []string{"drop", "fail-open"} {
+		t.Run(policy, func(t *testing.T) {
+			r, f := newRec(t)
+			web := vip("203.0.113.10", 80, b1, b2)
+			web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: "rehash", AllDown: policy}
+			if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+				t.Fatal(err)
+			}
+			k := Key(web)
+			r.SetHealth(ctx, k, b1.Address, Down)
+			if n := len(f.vips[k].Backends); n != 1 {
+				t.Fatalf("one of two down: %d backends in the datapath, want 1", n)
+			}
+			r.SetHealth(ctx, k, b2.Address, Down)
+			want := 0
+			if policy == "fail-open" {
+				want = 2
+			}
+			if n := len(f.vips[k].Backends); n != want {
+				t.Fatalf("all down with %s: %d backends in the datapath, want %d", policy, n, want)
+			}
+		})
+	}
+}
