@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -294,6 +295,10 @@ func TestDaemon(t *testing.T) {
 		t.Fatalf("90 connections reached %d backends, want all 3: %v", len(perBackend), perBackend)
 	}
 
+	// A UDP stream runs through the kill and the restart: not a datagram
+	// may be lost.
+	stream := h.startStream(vip4)
+
 	// kill -9: traffic keeps flowing, old and new flows alike.
 	h.daemon.Process.Signal(syscall.SIGKILL)
 	h.daemon.Wait()
@@ -320,6 +325,12 @@ func TestDaemon(t *testing.T) {
 		t.Fatalf("restart with the same config rewrote VIPs:\n%s", h.log())
 	}
 	h.checkConns(conns, "", "daemon restarted")
+	time.Sleep(300 * time.Millisecond) // traffic through the new program too
+	sent, lost := stream.stop()
+	t.Logf("UDP stream through kill -9 and restart: %d datagrams sent, %d lost", sent, lost)
+	if sent < 100 || lost != 0 {
+		t.Fatalf("UDP stream through kill -9 and restart: %d sent, %d lost; want no loss", sent, lost)
+	}
 
 	// Drain backend1 through the CLI: its flows stay, new flows avoid it.
 	b1 := h.topo.Backends[0]
@@ -413,4 +424,73 @@ func TestDaemon(t *testing.T) {
 	if _, err := os.Stat(datapath.PinDir(h.dir, "e2e")); !os.IsNotExist(err) {
 		t.Fatalf("pins still there after detach: %v", err)
 	}
+}
+
+// stream is a UDP flow of numbered datagrams to a VIP, one every 2 ms,
+// whose echoes are counted.
+type stream struct {
+	conn net.Conn
+	done chan struct{}
+	sent int
+	got  map[int]bool
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+}
+
+func (h *harness) startStream(vip netip.Addr) *stream {
+	var c net.Conn
+	if err := h.topo.Client.Do(func() error {
+		var err error
+		c, err = net.Dial("udp", netip.AddrPortFrom(vip, 53).String())
+		return err
+	}); err != nil {
+		h.t.Fatal(err)
+	}
+	s := &stream{conn: c, done: make(chan struct{}), got: make(map[int]bool)}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-s.done:
+				return
+			case <-tick.C:
+			}
+			s.mu.Lock()
+			s.sent++
+			s.mu.Unlock()
+			fmt.Fprintf(c, "%d", i)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		buf := make([]byte, 256)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			_, seq, _ := strings.Cut(string(buf[:n]), " ")
+			var i int
+			if _, err := fmt.Sscan(seq, &i); err == nil {
+				s.mu.Lock()
+				s.got[i] = true
+				s.mu.Unlock()
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the stream after the last echoes had time to arrive.
+func (s *stream) stop() (sent, lost int) {
+	close(s.done)
+	time.Sleep(200 * time.Millisecond)
+	s.conn.Close()
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent, s.sent - len(s.got)
 }
