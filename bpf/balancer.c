@@ -246,6 +246,28 @@ static __always_inline int ct_wanted(__u8 proto)
 	return cfg->flags & CONFIG_F_CT_UDP;
 }
 
+/* over_flow_limit counts one new connection entry on this CPU and reports
+ * whether the configured per-CPU rate is exceeded. */
+static __always_inline int over_flow_limit(void)
+{
+	__u32 zero = 0;
+	struct lb_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct flow_guard *g;
+	__u64 now;
+
+	if (!cfg || !cfg->new_flow_limit)
+		return 0;
+	g = bpf_map_lookup_elem(&flow_guard, &zero);
+	if (!g)
+		return 0;
+	now = bpf_ktime_get_coarse_ns();
+	if (now - g->window_start >= 1000000000ULL) {
+		g->window_start = now;
+		g->count = 0;
+	}
+	return ++g->count > cfg->new_flow_limit;
+}
+
 /* balance is the family-independent part once the VIP is known: ring
  * lookup, connection entry, forward. ct_map/ct_key are the family's table. */
 static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
@@ -264,6 +286,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 
 	if (vip->flags & VIP_F_NO_CONNTRACK) {
 		st->count[STAT_CT_BYPASS]++;
+	} else if (over_flow_limit()) {
+		st->count[STAT_CT_GUARD]++;
 	} else {
 		struct ct_value ct = {
 			.backend = id,

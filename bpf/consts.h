@@ -79,6 +79,7 @@ enum fulcrum_stat {
 	STAT_CT_INSERT_FAILED,      /* map update failed */
 	STAT_CT_BYPASS,             /* VIP without connection table */
 	STAT_FIB_GATEWAY,           /* no neighbour for the next hop: gw_mac used */
+	STAT_CT_GUARD,              /* new flow over the rate limit: no entry made */
 	STAT_MAX,
 };
 

@@ -128,4 +128,11 @@ struct {
 	__uint(max_entries, 1);
 } config SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct flow_guard);
+	__uint(max_entries, 1);
+} flow_guard SEC(".maps");
+
 #endif

@@ -99,6 +99,19 @@ struct lb_config {
 	__be32 src6_host[4];
 	__u8 gw_mac[6];
 	__u8 pad[2];
+	/* New connection entries each CPU may make per second; 0 = no limit.
+	 * Over it, new flows are still balanced by the ring but get no entry,
+	 * so a SYN flood cannot evict the established flows' entries. */
+	__u32 new_flow_limit;
+	__u32 pad2;
+};
+
+/* flow_guard is each CPU's count of new connection entries in the current
+ * one-second window. */
+struct flow_guard {
+	__u64 window_start; /* coarse ns */
+	__u32 count;
+	__u32 pad;
 };
 
 #endif

@@ -165,6 +165,10 @@ type Conntrack struct {
 	// Entries is the capacity of the connection table (an LRU: when it is
 	// full the least recently seen flows are forgotten). Default 1048576.
 	Entries uint32 `yaml:"entries"`
+	// NewFlowLimit bounds the connection entries each CPU creates per
+	// second; over it new flows are balanced by the ring without an entry,
+	// so a SYN flood cannot evict established flows. 0 (default) = none.
+	NewFlowLimit uint32 `yaml:"new_flow_limit"`
 }
 
 // IPIP configures encapsulation for VIPs in ipip mode.

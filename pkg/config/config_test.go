@@ -119,7 +119,7 @@ func TestFullExample(t *testing.T) {
 		{"log", c.Log, Log{"info", "text"}},
 		{"api", c.API, API{"/run/fulcrum/edge1.sock"}},
 		{"metrics", c.Metrics, Metrics{"127.0.0.1:9542"}},
-		{"conntrack", c.Conntrack, Conntrack{1048576}},
+		{"conntrack", c.Conntrack, Conntrack{Entries: 1048576}},
 		{"health_check", c.HealthCheck, topCheck},
 		{"vrrp", c.VRRP, &VRRP{Interface: "eth0", VRID: 51, Priority: 100, AdvertInterval: 10, Preempt: true,
 			UnicastPeers: []netip.Addr{addr("198.18.0.3")}, GratuitousCount: 3, Family: "ipv4"}},

@@ -24,7 +24,7 @@ var (
 	logKeys       = []string{"level", "format"}
 	apiKeys       = []string{"socket"}
 	metricsKeys   = []string{"address"}
-	conntrackKeys = []string{"entries"}
+	conntrackKeys = []string{"entries", "new_flow_limit"}
 	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "conntrack", "fragments", "health_check", "backends"}
 	backendKeys   = []string{"address", "weight", "mac", "health_check"}
 	healthKeys    = []string{"type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "host", "skip_verify", "payload", "expect", "source", "on_down", "all_down", "through_datapath"}
@@ -83,6 +83,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 
 	cf := f.sub("conntrack", "a mapping with entries", conntrackKeys)
 	c.Conntrack.Entries = uint32(cf.integer("entries", DefaultConntrackEntries, MinConntrackEntries, MaxConntrackEntries))
+	c.Conntrack.NewFlowLimit = uint32(cf.integer("new_flow_limit", 0, 0, 100_000_000))
 
 	var top *HealthCheck
 	topSet := f.has("health_check")

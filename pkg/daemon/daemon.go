@@ -130,6 +130,9 @@ func (d *Daemon) run(ctx context.Context) error {
 	if err := dp.SetEncap(encapOf(cfg.IPIP)); err != nil {
 		return fmt.Errorf("ipip: %w", err)
 	}
+	if err := dp.SetNewFlowLimit(cfg.Conntrack.NewFlowLimit); err != nil {
+		return fmt.Errorf("conntrack.new_flow_limit: %w", err)
+	}
 	if err := d.enableForwarding(cfg); err != nil {
 		return err
 	}
@@ -257,6 +260,9 @@ func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, erro
 	}
 	if err := d.dp.SetEncap(encapOf(cfg.IPIP)); err != nil {
 		return res, fmt.Errorf("ipip: %w", err)
+	}
+	if err := d.dp.SetNewFlowLimit(cfg.Conntrack.NewFlowLimit); err != nil {
+		return res, fmt.Errorf("conntrack.new_flow_limit: %w", err)
 	}
 	d.mu.Lock()
 	d.cfg, d.lastApply, d.lastDur = cfg, time.Now(), res.Duration

@@ -59,6 +59,13 @@ type balancerCtValue struct {
 	LastSeen   uint32
 }
 
+type balancerFlowGuard struct {
+	_           structs.HostLayout
+	WindowStart uint64
+	Count       uint32
+	Pad         uint32
+}
+
 type balancerFulcrumBackendFlags uint32
 
 const (
@@ -104,7 +111,8 @@ const (
 	balancerFulcrumStatSTAT_CT_INSERT_FAILED balancerFulcrumStat = 17
 	balancerFulcrumStatSTAT_CT_BYPASS        balancerFulcrumStat = 18
 	balancerFulcrumStatSTAT_FIB_GATEWAY      balancerFulcrumStat = 19
-	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 20
+	balancerFulcrumStatSTAT_CT_GUARD         balancerFulcrumStat = 20
+	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 21
 )
 
 type balancerFulcrumVipFlags uint32
@@ -135,19 +143,21 @@ type balancerIn6Addr struct {
 }
 
 type balancerLbConfig struct {
-	_        structs.HostLayout
-	Flags    uint32
-	Src4     uint32
-	Src4Host uint32
-	Src6     [4]uint32
-	Src6Host [4]uint32
-	GwMac    [6]uint8
-	Pad      [2]uint8
+	_            structs.HostLayout
+	Flags        uint32
+	Src4         uint32
+	Src4Host     uint32
+	Src6         [4]uint32
+	Src6Host     [4]uint32
+	GwMac        [6]uint8
+	Pad          [2]uint8
+	NewFlowLimit uint32
+	Pad2         uint32
 }
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [20]uint64
+	Count [21]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -185,6 +195,7 @@ const (
 	balancerMapConfig           = "config"
 	balancerMapCtV4             = "ct_v4"
 	balancerMapCtV6             = "ct_v6"
+	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
 	balancerMapRings            = "rings"
 	balancerMapStats            = "stats"
@@ -256,6 +267,7 @@ type balancerMapSpecs struct {
 	Config       *ebpf.MapSpec `ebpf:"config"`
 	CtV4         *ebpf.MapSpec `ebpf:"ct_v4"`
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
+	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
@@ -303,6 +315,7 @@ type balancerMaps struct {
 	Config       *ebpf.Map `ebpf:"config"`
 	CtV4         *ebpf.Map `ebpf:"ct_v4"`
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
+	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	Stats        *ebpf.Map `ebpf:"stats"`
@@ -321,6 +334,7 @@ func (m *balancerMaps) Close() error {
 		m.Config,
 		m.CtV4,
 		m.CtV6,
+		m.FlowGuard,
 		m.HopCache,
 		m.Rings,
 		m.Stats,

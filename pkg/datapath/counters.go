@@ -30,6 +30,7 @@ const (
 	StatCtInsertFailed  = Stat(balancerFulcrumStatSTAT_CT_INSERT_FAILED)
 	StatCtBypass        = Stat(balancerFulcrumStatSTAT_CT_BYPASS)
 	StatFibGateway      = Stat(balancerFulcrumStatSTAT_FIB_GATEWAY)
+	StatCtGuard         = Stat(balancerFulcrumStatSTAT_CT_GUARD)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -54,6 +55,7 @@ var statNames = [...]string{
 	StatCtInsertFailed:  "ct_insert_failed",
 	StatCtBypass:        "ct_bypass",
 	StatFibGateway:      "fib_gateway",
+	StatCtGuard:         "ct_guard",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

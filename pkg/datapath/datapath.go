@@ -59,9 +59,10 @@ type Datapath struct {
 	vipIndex  indexAllocator
 	backendID indexAllocator
 	// backendGen[id] is the generation last written for a backend id.
-	backendGen map[uint32]uint16
-	vipGen     map[uint16]uint16
-	encap      EncapConfig
+	backendGen   map[uint32]uint16
+	vipGen       map[uint16]uint16
+	encap        EncapConfig
+	newFlowLimit uint32
 	// written mirrors global map contents, so only changes are written.
 	written struct {
 		config *balancerLbConfig

@@ -150,3 +150,19 @@ func OuterSource(c EncapConfig, hash uint32, v6 bool) netip.Addr {
 	}
 	return netip.AddrFrom16(le16(w))
 }
+
+// SetNewFlowLimit bounds the connection entries each CPU creates per
+// second (0 = no bound). Over the bound, new flows are still balanced by
+// the ring but get no entry (counted ct_guard), so a SYN flood cannot evict
+// established flows from the connection table. Katran has the same guard.
+func (d *Datapath) SetNewFlowLimit(perCPU uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := d.newFlowLimit
+	d.newFlowLimit = perCPU
+	if err := d.syncGlobals(); err != nil {
+		d.newFlowLimit = old
+		return err
+	}
+	return nil
+}

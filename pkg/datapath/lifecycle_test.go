@@ -294,3 +294,49 @@ func TestTooManyVIPs(t *testing.T) {
 		t.Fatalf("packet went to %s, want %s", got, backends4[0].Addr)
 	}
 }
+
+// TestNewFlowGuard sets a per-CPU limit of new connection entries: over it,
+// new flows are still forwarded by the ring but make no entry (ct_guard),
+// and established flows keep theirs.
+func TestNewFlowGuard(t *testing.T) {
+	d := newTestDatapath(t)
+	provision(t, d)
+	established := flowsByBackend(t, d, vipWeb4, client4, 10)
+	if err := d.SetNewFlowLimit(5); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := d.Counters()
+	// Pin the thread's CPU is not needed: the window is per CPU, and 20
+	// new flows exceed a limit of 5 on whichever CPUs they run.
+	for i := range 20 {
+		p := pkt(client4, vipWeb4.Addr.String(), TCP, uint16(40000+i), 80)
+		p.SYN = true
+		want := expectBackend(t, backends4, 0, p.Src, p.Dst, p.Sport, 80, TCP, false).Addr
+		if got := sendTo(t, d, p); got != want {
+			t.Fatalf("SYN :%d went to %s, want the ring's %s", 40000+i, got, want)
+		}
+	}
+	after, _ := d.Counters()
+	delta := statsDelta(before, after)
+	if delta[StatCtGuard] < 10 || delta[StatCtGuard]+delta[StatCtSYN] != 20 {
+		t.Fatalf("counters moved %s: want at least 10 ct_guard of 20 new flows (limit 5 per CPU)", formatStats(delta))
+	}
+	for b, ports := range established {
+		for _, sport := range ports {
+			if got := sendTo(t, d, pkt(client4, vipWeb4.Addr.String(), TCP, sport, 80)); got != b {
+				t.Fatalf("established flow :%d moved to %s under the guard", sport, got)
+			}
+		}
+	}
+	if err := d.SetNewFlowLimit(0); err != nil {
+		t.Fatal(err)
+	}
+	before, _ = d.Counters()
+	p := pkt(client4, vipWeb4.Addr.String(), TCP, 41000, 80)
+	p.SYN = true
+	sendTo(t, d, p)
+	after, _ = d.Counters()
+	if statsDelta(before, after)[StatCtGuard] != 0 {
+		t.Fatal("ct_guard moved with the limit off")
+	}
+}

@@ -502,6 +502,7 @@ func (d *Datapath) syncGlobals() error {
 		policy[e.vip.Addr] = pass
 	}
 	fillEncap(&cfg, d.encap)
+	cfg.NewFlowLimit = d.newFlowLimit
 	var errs []error
 	if d.written.config == nil || *d.written.config != cfg {
 		if err := d.objs.Config.Put(uint32(0), cfg); err != nil {

@@ -149,6 +149,7 @@ fulcrum_conntrack_events_total{event="syn"} 151
 fulcrum_conntrack_events_total{event="stale"} 161
 fulcrum_conntrack_events_total{event="insert_failed"} 171
 fulcrum_conntrack_events_total{event="bypass"} 181
+fulcrum_conntrack_events_total{event="guard"} 201
 # HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.
 # TYPE fulcrum_datapath_events_total counter
 fulcrum_datapath_events_total{event="fib_gateway"} 191
