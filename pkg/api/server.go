@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"reflect"
 	"runtime/debug"
@@ -92,7 +93,17 @@ func NewServer(c Controller, log *slog.Logger) http.Handler {
 		}
 		s.fail(w, r, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s (the API is described in docs/api.md)", r.Method, r.URL.Path))
 	})
-	return s.recoverPanics(mux)
+	// ServeMux answers a path with "." or ".." elements or doubled slashes
+	// with a redirect to its clean form; an API client gets a JSON 404
+	// that names the path instead.
+	clean := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.Path; p == "" || path.Clean(p) != p {
+			s.fail(w, r, http.StatusNotFound, fmt.Sprintf("no endpoint %s %q: the path is not in clean form (no '.', '..' or '//' elements)", r.Method, p))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	return s.recoverPanics(clean)
 }
 
 // recoverPanics turns a panic in a handler (or the Controller under it)
