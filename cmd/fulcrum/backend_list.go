@@ -58,14 +58,18 @@ func backendList(c *cli.Context) error {
 
 func printBackends(w io.Writer, vips []api.VIP) {
 	t := newTable(w)
-	row(t, "VIP", "BACKEND", "WEIGHT", "HEALTH", "MAC")
+	row(t, "VIP", "BACKEND", "WEIGHT", "HEALTH", "SINCE", "MAC", "LAST ERROR")
 	for _, v := range vips {
 		for _, b := range v.Backends {
 			weight := fmt.Sprint(b.Weight)
 			if b.Weight == 0 {
 				weight = "0 (draining)"
 			}
-			row(t, v.VIPRef, b.Address, weight, orDefault(b.Health, "unknown"), orDefault(b.MAC, "(resolved)"))
+			since := "-"
+			if !b.HealthSince.IsZero() {
+				since = b.HealthSince.Local().Format("15:04:05")
+			}
+			row(t, v.VIPRef, b.Address, weight, orDefault(b.Health, "unknown"), since, orDefault(b.MAC, "(resolved)"), orDefault(b.HealthError, "-"))
 		}
 		if len(v.Backends) == 0 {
 			row(t, v.VIPRef, "(none)", "-", "-", "-")

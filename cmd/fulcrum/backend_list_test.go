@@ -11,11 +11,11 @@ func TestBackendListTable(t *testing.T) {
 	r := d.run(t, "backend", "list")
 	r.expect(t, 0, []string{"HEALTH"})
 	for _, want := range [][]string{
-		{"VIP", "BACKEND", "WEIGHT", "HEALTH", "MAC"},
-		{"tcp/203.0.113.10:80", "198.18.0.11", "1", "up", "(resolved)"},
-		{"tcp/203.0.113.10:80", "198.18.0.12", "0 (draining)", "up", "02:00:5e:00:53:12"},
-		{"tcp/203.0.113.10:80", "198.18.0.13", "2", "down", "(resolved)"},
-		{"udp/[2001:db8::1]:53", "2001:db8:1::2", "1", "unknown", "(resolved)"},
+		{"VIP", "BACKEND", "WEIGHT", "HEALTH", "SINCE", "MAC", "LAST ERROR"},
+		{"tcp/203.0.113.10:80", "198.18.0.11", "1", "up", "-", "(resolved)", "-"},
+		{"tcp/203.0.113.10:80", "198.18.0.12", "0 (draining)", "up", "-", "02:00:5e:00:53:12", "-"},
+		{"tcp/203.0.113.10:80", "198.18.0.13", "2", "down", "-", "(resolved)", "-"},
+		{"udp/[2001:db8::1]:53", "2001:db8:1::2", "1", "unknown", "-", "(resolved)", "-"},
 	} {
 		if !hasRow(r.stdout, want) {
 			t.Errorf("no row %q in:\n%s", want, r.stdout)
@@ -27,7 +27,7 @@ func TestBackendListOneVIP(t *testing.T) {
 	d := startDaemon(t)
 	r := d.run(t, "backend", "list", "udp/[2001:db8::1]:53")
 	r.expect(t, 0, []string{"2001:db8:1::2"})
-	if hasRow(r.stdout, []string{"tcp/203.0.113.10:80", "198.18.0.11", "1", "up", "(resolved)"}) {
+	if hasRow(r.stdout, []string{"tcp/203.0.113.10:80", "198.18.0.11", "1", "up", "-", "(resolved)", "-"}) {
 		t.Errorf("other VIP's backends listed:\n%s", r.stdout)
 	}
 

@@ -62,8 +62,11 @@ type Backend struct {
 	Weight  uint32     `json:"weight"`
 	// MAC is the next hop in dsr mode; empty = resolved by the daemon.
 	MAC string `json:"mac,omitempty"`
-	// Health is filled in listings: "up", "down" or "unknown".
-	Health string `json:"health,omitempty"`
+	// Health is filled in listings: "up", "down" or "unknown", with the
+	// time of the last transition and the last probe error.
+	Health      string    `json:"health,omitempty"`
+	HealthSince time.Time `json:"health_since,omitzero"`
+	HealthError string    `json:"health_error,omitempty"`
 }
 
 // Status is the daemon's overall state.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -48,11 +49,31 @@ func (c *controller) Status(ctx context.Context) (api.Status, error) {
 
 func (c *controller) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 	health := c.d.rec.HealthOf()
+	statuses := make(map[datapath.VIP]map[netip.Addr]healthStatus)
+	if c.d.chk != nil {
+		for _, s := range c.d.chk.Statuses() {
+			if statuses[s.VIP] == nil {
+				statuses[s.VIP] = make(map[netip.Addr]healthStatus)
+			}
+			statuses[s.VIP][s.Backend] = healthStatus{since: s.Since, err: s.LastError}
+		}
+	}
 	var out []api.VIP
 	for _, v := range c.d.rec.Desired() {
-		out = append(out, toAPI(v, health[reconcile.Key(v)]))
+		k := reconcile.Key(v)
+		av := toAPI(v, health[k])
+		for i := range av.Backends {
+			st := statuses[k][av.Backends[i].Address]
+			av.Backends[i].HealthSince, av.Backends[i].HealthError = st.since, st.err
+		}
+		out = append(out, av)
 	}
 	return out, nil
+}
+
+type healthStatus struct {
+	since time.Time
+	err   string
 }
 
 func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
@@ -174,7 +195,11 @@ func (c *controller) AddVIP(ctx context.Context, v api.VIP) error {
 	if err != nil {
 		return err
 	}
-	return classify(c.d.rec.AddVIP(ctx, cv))
+	if err := classify(c.d.rec.AddVIP(ctx, cv)); err != nil {
+		return err
+	}
+	c.d.syncHealth()
+	return nil
 }
 
 func (c *controller) RemoveVIP(ctx context.Context, ref api.VIPRef) error {
@@ -182,7 +207,11 @@ func (c *controller) RemoveVIP(ctx context.Context, ref api.VIPRef) error {
 	if err != nil {
 		return err
 	}
-	return classify(c.d.rec.RemoveVIP(ctx, k))
+	if err := classify(c.d.rec.RemoveVIP(ctx, k)); err != nil {
+		return err
+	}
+	c.d.syncHealth()
+	return nil
 }
 
 func (c *controller) AddBackend(ctx context.Context, ref api.VIPRef, b api.Backend) error {
@@ -194,7 +223,11 @@ func (c *controller) AddBackend(ctx context.Context, ref api.VIPRef, b api.Backe
 	if err != nil {
 		return err
 	}
-	return classify(c.d.rec.AddBackend(ctx, k, cb))
+	if err := classify(c.d.rec.AddBackend(ctx, k, cb)); err != nil {
+		return err
+	}
+	c.d.syncHealth()
+	return nil
 }
 
 func (c *controller) RemoveBackend(ctx context.Context, ref api.VIPRef, addr netip.Addr) error {
@@ -202,7 +235,11 @@ func (c *controller) RemoveBackend(ctx context.Context, ref api.VIPRef, addr net
 	if err != nil {
 		return err
 	}
-	return classify(c.d.rec.RemoveBackend(ctx, k, addr))
+	if err := classify(c.d.rec.RemoveBackend(ctx, k, addr)); err != nil {
+		return err
+	}
+	c.d.syncHealth()
+	return nil
 }
 
 func (c *controller) SetWeight(ctx context.Context, ref api.VIPRef, addr netip.Addr, weight uint32) error {

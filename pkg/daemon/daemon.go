@@ -24,6 +24,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+	"github.com/fulcrum-lb/fulcrum/pkg/health"
 	"github.com/fulcrum-lb/fulcrum/pkg/metrics"
 	"github.com/fulcrum-lb/fulcrum/pkg/neighbor"
 	"github.com/fulcrum-lb/fulcrum/pkg/reconcile"
@@ -53,6 +54,7 @@ type Daemon struct {
 
 	dp      *datapath.Datapath
 	rec     *reconcile.Reconciler
+	chk     *health.Checker
 	metrics *metrics.Metrics
 	rates   *rateSampler
 	ifaces  []api.Interface
@@ -146,7 +148,22 @@ func (d *Daemon) run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+
+	// Health checks feed the reconciler; their goroutines end with ctx.
+	d.chk = health.New(health.Options{
+		Log:      d.log,
+		OnChange: func(tr health.Transition) { d.healthChanged(ctx, tr) },
+		Observe:  d.metrics.ObserveHealthCheck,
+	})
+	d.syncHealth()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := d.chk.Run(ctx); err != nil {
+			errc <- fmt.Errorf("health checks: %w", err)
+		}
+	}()
 
 	if cfg.Metrics.Address != "" {
 		ln, err := net.Listen("tcp", cfg.Metrics.Address)
@@ -271,8 +288,31 @@ func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, erro
 	if l.UnmarshalText([]byte(cfg.Log.Level)) == nil {
 		d.level.Set(l)
 	}
+	d.syncHealth()
 	d.log.Info("configuration applied", "added", len(res.Added), "changed", len(res.Changed), "removed", len(res.Removed), "unchanged", res.Unchanged)
 	return res, nil
+}
+
+// syncHealth points the health checker at the desired backends.
+func (d *Daemon) syncHealth() {
+	if d.chk != nil {
+		d.chk.Set(health.Targets(d.rec.Desired()))
+	}
+}
+
+// healthChanged hands a backend's new state to the reconciler, which takes
+// a down backend out of its VIP's ring (or drains it) and puts it back.
+func (d *Daemon) healthChanged(ctx context.Context, tr health.Transition) {
+	state := reconcile.Unknown
+	switch tr.To {
+	case health.Up:
+		state = reconcile.Up
+	case health.Down:
+		state = reconcile.Down
+	}
+	if err := d.rec.SetHealth(ctx, tr.VIP, tr.Backend, state); err != nil && ctx.Err() == nil {
+		d.log.Error("apply health change", "vip", tr.VIP.String(), "backend", tr.Backend.String(), "state", tr.To.String(), "err", err)
+	}
 }
 
 func encapOf(c config.IPIP) datapath.EncapConfig {

@@ -39,6 +39,9 @@ type harness struct {
 	daemon  *exec.Cmd
 	client  *api.Client
 	names   map[netip.Addr]string // backend address -> name
+	// servers are the fcbackend processes, by backend index.
+	servers    []*exec.Cmd
+	backendBin string
 }
 
 var (
@@ -76,21 +79,50 @@ func newHarness(t *testing.T) *harness {
 	})
 	h := &harness{t: t, topo: topo, dir: dir, names: make(map[netip.Addr]string)}
 	h.bin, _ = buildBinaries(t, t.TempDir())
-	backendBin := filepath.Join(filepath.Dir(h.bin), "fcbackend")
+	h.backendBin = filepath.Join(filepath.Dir(h.bin), "fcbackend")
+	h.servers = make([]*exec.Cmd, len(topo.Backends))
 	for i, b := range topo.Backends {
 		name := fmt.Sprintf("backend%d", i+1)
 		h.names[b.IPv4], h.names[b.IPv6] = name, name
-		cmd, err := b.Start(context.Background(), backendBin, "-name", name, "-addr", vip4.String(), "-addr", vip6.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = cmd
+		h.startServer(i)
 	}
 	h.socket = filepath.Join(t.TempDir(), "fulcrum.sock")
 	h.logPath = filepath.Join(t.TempDir(), "daemon.log")
 	h.cfgPath = filepath.Join(t.TempDir(), "fulcrum.yaml")
 	h.client = api.NewClient(h.socket)
 	return h
+}
+
+// startServer starts fcbackend on backend i.
+func (h *harness) startServer(i int) {
+	b := h.topo.Backends[i]
+	name := fmt.Sprintf("backend%d", i+1)
+	// On the VIPs for traffic, on its own addresses for health checks.
+	cmd, err := b.Start(context.Background(), h.backendBin, "-name", name, "-addr", vip4.String(), "-addr", vip6.String(),
+		"-addr", b.IPv4.String(), "-addr", b.IPv6.String())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.servers[i] = cmd
+	// Wait until it listens, so a health check does not race its start.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, err := b.Run(context.Background(), "ss", "-Hltn", "sport", "=", ":9000")
+		if err == nil && strings.Contains(out, "9000") {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("fcbackend on %s does not listen", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stopServer kills fcbackend on backend i.
+func (h *harness) stopServer(i int) {
+	cmd := h.servers[i]
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	cmd.Wait()
 }
 
 // config renders the daemon's configuration; weights per backend index.
@@ -371,28 +403,7 @@ func TestDaemon(t *testing.T) {
 	h.checkConns(conns, "backend3", "after reload removing backend3")
 
 	// Metrics are served and follow the maps.
-	var body string
-	var mconn net.Conn
-	err = h.topo.LB1.Do(func() error {
-		// Dial here: the socket must be made in lb1's namespace, and
-		// net/http would dial on another thread.
-		var err error
-		mconn, err = net.DialTimeout("tcp", "127.0.0.1:9542", 3*time.Second)
-		return err
-	})
-	if err == nil {
-		tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return mconn, nil }}
-		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://127.0.0.1:9542/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		body = string(b)
-	}
-	if err != nil {
-		t.Fatalf("scrape metrics: %v\n%s", err, h.log())
-	}
+	body := h.scrape()
 	for _, want := range []string{`fulcrum_vip_packets_total{vip="tcp/203.0.113.10:9000"}`, `fulcrum_conntrack_events_total{event="hit"}`, "fulcrum_build_info", "fulcrum_reconcile_duration_seconds_count"} {
 		if !strings.Contains(body, want) {
 			t.Fatalf("metrics lack %s:\n%s", want, body)
@@ -493,4 +504,27 @@ func (s *stream) stop() (sent, lost int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.sent, s.sent - len(s.got)
+}
+
+// scrape fetches /metrics from the daemon in lb1's namespace.
+func (h *harness) scrape() string {
+	var mconn net.Conn
+	err := h.topo.LB1.Do(func() error {
+		// Dial here: the socket must be made in lb1's namespace, and
+		// net/http would dial on another thread.
+		var err error
+		mconn, err = net.DialTimeout("tcp", "127.0.0.1:9542", 3*time.Second)
+		return err
+	})
+	if err != nil {
+		h.t.Fatalf("scrape metrics: %v\n%s", err, h.log())
+	}
+	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return mconn, nil }}
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://127.0.0.1:9542/metrics")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

@@ -56,6 +56,7 @@ type Metrics struct {
 	reg       *prometheus.Registry
 	collector *collector
 	reconcile prometheus.Histogram
+	checks    *prometheus.HistogramVec
 	buildInfo prometheus.Gauge
 	// logger receives scrape errors; nil means slog.Default() at the time
 	// of the error, so the daemon may configure logging after New.
@@ -74,6 +75,12 @@ func New(src Source, version, commit string) *Metrics {
 			Help:      "Time taken to apply the desired state to the datapath.",
 			Buckets:   reconcileBuckets,
 		}),
+		checks: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "health_check_duration_seconds",
+			Help:      "Time one health-check probe took, by check kind and result (ok or fail).",
+			Buckets:   reconcileBuckets,
+		}, []string{"kind", "result"}),
 		buildInfo: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace,
 			Name:      "build_info",
@@ -89,6 +96,7 @@ func New(src Source, version, commit string) *Metrics {
 	m.reg.MustRegister(
 		m.collector,
 		m.reconcile,
+		m.checks,
 		m.buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -99,6 +107,15 @@ func New(src Source, version, commit string) *Metrics {
 // ObserveReconcile records how long one reconcile took.
 func (m *Metrics) ObserveReconcile(d time.Duration) {
 	m.reconcile.Observe(d.Seconds())
+}
+
+// ObserveHealthCheck records one health-check probe.
+func (m *Metrics) ObserveHealthCheck(kind string, d time.Duration, ok bool) {
+	result := "fail"
+	if ok {
+		result = "ok"
+	}
+	m.checks.WithLabelValues(kind, result).Observe(d.Seconds())
 }
 
 // Registry returns the registry that holds every metric, for tests and for

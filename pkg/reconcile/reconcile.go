@@ -246,7 +246,32 @@ func (r *Reconciler) commit(ctx context.Context, desired []config.VIP) (Result, 
 		return res, err
 	}
 	r.desired = desired
+	r.pruneHealth()
 	return res, nil
+}
+
+// pruneHealth forgets the health of backends that are no longer desired
+// or no longer checked: an unchecked backend counts as up, and a backend
+// added again starts unknown.
+func (r *Reconciler) pruneHealth() {
+	checked := make(map[datapath.VIP]map[netip.Addr]bool)
+	for _, v := range r.desired {
+		m := make(map[netip.Addr]bool)
+		for _, b := range v.Backends {
+			m[b.Address] = b.HealthCheck != nil
+		}
+		checked[Key(v)] = m
+	}
+	for k, m := range r.health {
+		for a := range m {
+			if !checked[k][a] {
+				delete(m, a)
+			}
+		}
+		if len(m) == 0 {
+			delete(r.health, k)
+		}
+	}
 }
 
 // plan converts the desired VIPs into datapath targets and checks them
@@ -304,16 +329,18 @@ func (r *Reconciler) targetOf(ctx context.Context, v config.VIP) (target, error)
 	}
 	// fail-open: with every backend down, serve as if all were up (a
 	// broken check must not take the whole service down).
+	// An unchecked backend counts as up whatever was observed before.
+	down := func(b config.Backend) bool { return b.HealthCheck != nil && r.health[key][b.Address] == Down }
 	failOpen := false
 	if allDown == "fail-open" && len(v.Backends) > 0 {
 		failOpen = true
 		for _, b := range v.Backends {
-			failOpen = failOpen && r.health[key][b.Address] == Down
+			failOpen = failOpen && down(b)
 		}
 	}
 	for j, b := range v.Backends {
 		weight := b.Weight
-		if r.health[key][b.Address] == Down && !failOpen {
+		if down(b) && !failOpen {
 			if onDown != "drain" {
 				continue // out of the ring; its flows re-hash
 			}

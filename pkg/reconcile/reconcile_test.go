@@ -217,6 +217,9 @@ func TestHealth(t *testing.T) {
 			r, f := newRec(t)
 			web := vip("203.0.113.10", 80, b1, b2)
 			web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: onDown}
+			for i := range web.Backends {
+				web.Backends[i].HealthCheck = web.HealthCheck
+			}
 			if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
 				t.Fatal(err)
 			}
@@ -254,6 +257,9 @@ func TestAllDown(t *testing.T) {
 			r, f := newRec(t)
 			web := vip("203.0.113.10", 80, b1, b2)
 			web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: "rehash", AllDown: policy}
+			for i := range web.Backends {
+				web.Backends[i].HealthCheck = web.HealthCheck
+			}
 			if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
 				t.Fatal(err)
 			}
@@ -271,5 +277,37 @@ func TestAllDown(t *testing.T) {
 				t.Fatalf("all down with %s: %d backends in the datapath, want %d", policy, n, want)
 			}
 		})
+	}
+}
+
+// TestHealthForgotten: a down backend that is removed and added again, or
+// whose check is removed, is back in service.
+func TestHealthForgotten(t *testing.T) {
+	ctx := context.Background()
+	r, f := newRec(t)
+	chk := &config.HealthCheck{Type: "tcp", OnDown: "rehash"}
+	checked := func(b config.Backend) config.Backend { b.HealthCheck = chk; return b }
+	web := vip("203.0.113.10", 80, checked(b1), checked(b2))
+	if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+		t.Fatal(err)
+	}
+	k := Key(web)
+	r.SetHealth(ctx, k, b2.Address, Down)
+	if err := r.RemoveBackend(ctx, k, b2.Address); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddBackend(ctx, k, checked(b2)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.vips[k].Backends); n != 2 {
+		t.Fatalf("backend removed while down and added again: %d in the datapath, want 2", n)
+	}
+	r.SetHealth(ctx, k, b2.Address, Down)
+	unchecked := vip("203.0.113.10", 80, checked(b1), b2)
+	if _, err := r.Replace(ctx, []config.VIP{unchecked}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.vips[k].Backends); n != 2 {
+		t.Fatalf("down backend whose check was removed: %d in the datapath, want 2", n)
 	}
 }
