@@ -301,6 +301,10 @@ type VRRP struct {
 	GratuitousCount int `yaml:"gratuitous_count"`
 	// Family of the advertisements: "ipv4" (default) or "ipv6".
 	Family string `yaml:"family"`
+	// VirtualAddresses are held on Interface by the master (keepalived's
+	// virtual_ipaddress): the next hop the upstream router uses for the
+	// VIPs. At least one.
+	VirtualAddresses []netip.Prefix `yaml:"virtual_addresses"`
 }
 
 // Problem is one thing wrong with a config file.

