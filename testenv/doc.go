@@ -72,9 +72,12 @@
 // Routing: the client's default routes point at the router (198.19.1.1,
 // 2001:db8:1::1). The router forwards IPv4 and IPv6 and routes
 // 203.0.113.0/24 via lb1 (198.18.0.2) and 2001:db8:ffff::/64 via lb1
-// (2001:db8:2::2). Backends and load balancers have default routes via the
-// router (198.18.0.1, 2001:db8:2::1), so a backend's reply (source = VIP) goes
-// straight back to the client through the router, not through the LB (DSR).
+// (2001:db8:2::2). With Options.VIPNextHop (VIPNextHop6) it routes them via
+// that address instead: a VRRP virtual address, held by whichever load
+// balancer is master, so that VIP traffic follows failover. Backends and
+// load balancers have default routes via the router (198.18.0.1,
+// 2001:db8:2::1), so a backend's reply (source = VIP) goes straight back to
+// the client through the router, not through the LB (DSR).
 //
 // With RemoteBackends the router reaches 198.18.2.0/24 and 2001:db8:3::/64
 // directly on eth2 (connected routes), the backends' default routes point at
@@ -91,7 +94,8 @@
 // or 41, IPv6 next header 4 or 41) with an outer source taken from
 // 198.18.1.0/24 (EncapSourceV4) or 2001:db8:4::/64 (EncapSourceV6), derived
 // from the flow hash. These addresses are on no interface. The router routes
-// both prefixes via lb1 (198.18.0.2, 2001:db8:2::2), so that replies and
+// both prefixes via lb1 (198.18.0.2, 2001:db8:2::2), or via
+// Options.VIPNextHop and VIPNextHop6 when they are set, so that replies and
 // ICMP errors about encapsulated packets (fragmentation needed, packet too
 // big, unreachable) go back to the LB, and it runs with rp_filter=0 (all,
 // default and each interface), so that forwarding them never depends on a

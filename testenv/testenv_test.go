@@ -482,6 +482,38 @@ func TestBuilder(t *testing.T) {
 	}
 }
 
+// TestVIPNextHop routes the VIP and encapsulation source prefixes via a
+// VRRP virtual address instead of lb1, and refuses addresses in use.
+func TestVIPNextHop(t *testing.T) {
+	nh4, nh6 := netip.MustParseAddr("198.18.0.100"), netip.MustParseAddr("2001:db8:2::100")
+	for _, bad := range []Options{
+		{VIPNextHop: LB2IPv4},
+		{VIPNextHop: BackendIPv4(1)},
+		{VIPNextHop: netip.MustParseAddr("198.19.1.100")},
+		{VIPNextHop: nh6},
+		{VIPNextHop6: RouterIPv6},
+		{VIPNextHop6: nh4},
+	} {
+		if _, _, err := checkNextHops(bad, 3); err == nil {
+			t.Errorf("checkNextHops(%+v) accepted it", bad)
+		}
+	}
+	requireNetns(t)
+	topo := NewCanonical(t, Options{Backends: 1, SecondLB: true, VIPNextHop: nh4, VIPNextHop6: nh6})
+	for _, c := range []struct{ dst, gw netip.Addr }{
+		{vip4, nh4}, {vip6, nh6},
+		{netip.MustParseAddr("198.18.1.7"), nh4}, {netip.MustParseAddr("2001:db8:4::7"), nh6},
+	} {
+		routes, err := topo.Router.Handle().RouteGet(net.IP(c.dst.AsSlice()))
+		if err != nil {
+			t.Fatalf("route get %s: %v", c.dst, err)
+		}
+		if len(routes) == 0 || !routes[0].Gw.Equal(net.IP(c.gw.AsSlice())) {
+			t.Errorf("router: route to %s = %v, want via %s", c.dst, routes, c.gw)
+		}
+	}
+}
+
 func TestRemovePrefixRejectsForeignNames(t *testing.T) {
 	for _, p := range []string{"", "fc", "other", "fc12345", "fc1234567", "fcABCDEF", "../etc"} {
 		if err := RemovePrefix(p); err == nil {

@@ -102,6 +102,17 @@ type Options struct {
 	// router (bridge br1 in a second switch namespace "sw2", router eth2),
 	// instead of on the LB's segment.
 	RemoteBackends bool
+
+	// VIPNextHop, when valid, is the IPv4 address the router routes
+	// 203.0.113.0/24 and the encapsulation source prefix 198.18.1.0/24
+	// through instead of lb1's: a virtual address that the VRRP master
+	// holds, so that traffic follows failover. It must lie in 198.18.0.0/24
+	// and be no host's address (198.18.0.100 is a good choice); no host
+	// holds it when the topology is built.
+	VIPNextHop netip.Addr
+	// VIPNextHop6 is the same for 2001:db8:ffff::/64 and 2001:db8:4::/64:
+	// an address in 2001:db8:2::/64 (2001:db8:2::100, say).
+	VIPNextHop6 netip.Addr
 }
 
 // Topology is the canonical topology. Each Host's Iface is "eth0" with the
@@ -188,6 +199,30 @@ func checkVIPs(vips []netip.Addr) ([]netip.Addr, error) {
 	return out, nil
 }
 
+// checkNextHops returns the router's next hops for the VIP and
+// encapsulation source prefixes: lb1's addresses unless Options say
+// otherwise. n is the number of backends.
+func checkNextHops(opts Options, n int) (v4, v6 netip.Addr, err error) {
+	v4, v6 = LB1IPv4, LB1IPv6
+	taken := map[netip.Addr]bool{RouterIPv4: true, LB1IPv4: true, LB2IPv4: true, RouterIPv6: true, LB1IPv6: true, LB2IPv6: true}
+	for i := 1; i <= n && !opts.RemoteBackends; i++ {
+		taken[BackendIPv4(i)], taken[BackendIPv6(i)] = true, true
+	}
+	if a := opts.VIPNextHop.Unmap(); a.IsValid() {
+		if !SwitchNet4.Contains(a) || taken[a] || a == SwitchNet4.Addr() {
+			return v4, v6, fmt.Errorf("options: VIPNextHop %s must be a free address of %s", a, SwitchNet4)
+		}
+		v4 = a
+	}
+	if a := opts.VIPNextHop6; a.IsValid() {
+		if !SwitchNet6.Contains(a) || taken[a] || a == SwitchNet6.Addr() {
+			return v4, v6, fmt.Errorf("options: VIPNextHop6 %s must be a free address of %s", a, SwitchNet6)
+		}
+		v6 = a
+	}
+	return v4, v6, nil
+}
+
 func buildCanonical(env *Env, opts Options) (*Topology, error) {
 	n := opts.Backends
 	if n == 0 {
@@ -197,6 +232,10 @@ func buildCanonical(env *Env, opts Options) (*Topology, error) {
 		return nil, fmt.Errorf("options: backends = %d, want 1..%d", opts.Backends, MaxBackends)
 	}
 	vips, err := checkVIPs(opts.VIPs)
+	if err != nil {
+		return nil, err
+	}
+	nextHop4, nextHop6, err := checkNextHops(opts, n)
 	if err != nil {
 		return nil, err
 	}
@@ -370,8 +409,8 @@ func buildCanonical(env *Env, opts Options) (*Topology, error) {
 		dst netip.Prefix
 		gw  netip.Addr
 	}{
-		{VIPNet4, LB1IPv4}, {VIPNet6, LB1IPv6},
-		{EncapSourceV4, LB1IPv4}, {EncapSourceV6, LB1IPv6},
+		{VIPNet4, nextHop4}, {VIPNet6, nextHop6},
+		{EncapSourceV4, nextHop4}, {EncapSourceV6, nextHop6},
 	} {
 		if err := t.Router.AddRoute(r.dst, r.gw); err != nil {
 			return nil, err
