@@ -172,3 +172,17 @@ func (f *fakeController) Apply(ctx context.Context, config []byte) (api.ApplyRes
 	f.mu.Unlock()
 	return api.ApplyResult{Added: []string{"udp/203.0.113.11:53"}, Changed: []string{"tcp/203.0.113.10:80"}, Removed: []string{"udp/[2001:db8::1]:53"}, Unchanged: 3}, nil
 }
+
+func (f *fakeController) VRRP(ctx context.Context) (api.VRRP, error) {
+	if err := f.record("VRRP"); err != nil {
+		return api.VRRP{}, err
+	}
+	return api.VRRP{Enabled: true, State: "master", Priority: 200, Master: netip.MustParseAddr("198.18.0.2"), AdvertsSent: 42}, nil
+}
+
+func (f *fakeController) VRRPHandover(ctx context.Context, resume bool) error {
+	if resume {
+		return f.record("VRRPResume")
+	}
+	return f.record("VRRPHandover")
+}

@@ -102,6 +102,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		statsCommand(),
 		explainCommand(),
 		decapCommand(),
+		vrrpCommand(),
 		versionCommand(),
 		completionCommand(),
 	)

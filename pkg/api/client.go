@@ -130,6 +130,22 @@ func (c *Client) Apply(ctx context.Context, config []byte) (ApplyResult, error) 
 	return res, err
 }
 
+// VRRP returns the failover state.
+func (c *Client) VRRP(ctx context.Context) (VRRP, error) {
+	var v VRRP
+	err := c.do(ctx, http.MethodGet, "/v1/vrrp", nil, "", &v)
+	return v, err
+}
+
+// VRRPHandover hands mastership over, or with resume lifts the hold.
+func (c *Client) VRRPHandover(ctx context.Context, resume bool) error {
+	path := "/v1/vrrp/handover"
+	if resume {
+		path = "/v1/vrrp/resume"
+	}
+	return c.do(ctx, http.MethodPost, path, nil, "", nil)
+}
+
 func vipPath(ref VIPRef) string { return "/v1/vips/" + pathEscapeVIP(ref) }
 
 func backendPath(ref VIPRef, addr netip.Addr) string {

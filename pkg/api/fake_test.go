@@ -191,3 +191,14 @@ func (f *fakeController) Apply(ctx context.Context, config []byte) (ApplyResult,
 	})
 	return res, err
 }
+
+func (f *fakeController) VRRP(ctx context.Context) (VRRP, error) {
+	if err := f.enter("VRRP"); err != nil {
+		return VRRP{}, err
+	}
+	return VRRP{Enabled: true, State: "master", Priority: 200}, nil
+}
+
+func (f *fakeController) VRRPHandover(ctx context.Context, resume bool) error {
+	return f.mutating("VRRPHandover", func() error { return nil })
+}

@@ -56,6 +56,9 @@ var routes = []route{
 	{"GET", "/v1/stats", (*server).stats},
 	{"POST", "/v1/explain", (*server).explain},
 	{"POST", "/v1/apply", (*server).apply},
+	{"GET", "/v1/vrrp", (*server).vrrp},
+	{"POST", "/v1/vrrp/handover", (*server).vrrpHandover},
+	{"POST", "/v1/vrrp/resume", (*server).vrrpResume},
 }
 
 // NewServer returns the HTTP handler of the control API, backed by c.
@@ -151,6 +154,27 @@ func (s *server) mutate(f func() error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return f()
+}
+
+func (s *server) vrrp(w http.ResponseWriter, r *http.Request) {
+	st, err := s.c.VRRP(r.Context())
+	if err != nil {
+		s.controllerError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *server) vrrpHandover(w http.ResponseWriter, r *http.Request) { s.handover(w, r, false) }
+func (s *server) vrrpResume(w http.ResponseWriter, r *http.Request)   { s.handover(w, r, true) }
+
+func (s *server) handover(w http.ResponseWriter, r *http.Request, resume bool) {
+	if err := s.mutate(func() error { return s.c.VRRPHandover(r.Context(), resume) }); err != nil {
+		s.controllerError(w, r, err)
+		return
+	}
+	s.log.Info("api: vrrp", "handover", !resume, "resume", resume)
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *server) status(w http.ResponseWriter, r *http.Request) {

@@ -149,6 +149,19 @@ type ApplyResult struct {
 	Unchanged int      `json:"unchanged"` // VIPs not touched
 }
 
+// VRRP is the failover state of the node.
+type VRRP struct {
+	Enabled         bool              `json:"enabled"`
+	State           string            `json:"state"` // "disabled", "init", "backup", "master", "fault"
+	Priority        int               `json:"priority"`
+	Master          netip.Addr        `json:"master,omitzero"`
+	AdvertsSent     uint64            `json:"adverts_sent"`
+	AdvertsReceived uint64            `json:"adverts_received"`
+	Transitions     uint64            `json:"transitions"`
+	LastTransition  time.Time         `json:"last_transition,omitzero"`
+	Dropped         map[string]uint64 `json:"dropped,omitempty"`
+}
+
 // Error is the body of every non-2xx response.
 type Error struct {
 	Error string `json:"error"`
@@ -172,6 +185,11 @@ type Controller interface {
 	// Apply replaces the desired state with a config file's contents
 	// (YAML). A bad file is rejected whole.
 	Apply(ctx context.Context, config []byte) (ApplyResult, error)
+	// VRRP returns the failover state.
+	VRRP(ctx context.Context) (VRRP, error)
+	// VRRPHandover hands mastership over gracefully (priority 0) and holds
+	// off preemption; with resume set it lifts the hold.
+	VRRPHandover(ctx context.Context, resume bool) error
 }
 
 // Errors a Controller wraps to classify a failure.

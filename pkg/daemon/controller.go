@@ -335,3 +335,35 @@ func (c *controller) Apply(ctx context.Context, data []byte) (api.ApplyResult, e
 	}
 	return out, nil
 }
+
+func (c *controller) VRRP(ctx context.Context) (api.VRRP, error) {
+	r := c.d.vr
+	if r == nil {
+		return api.VRRP{State: "disabled"}, nil
+	}
+	st := r.Stats()
+	return api.VRRP{
+		Enabled:         true,
+		State:           st.State.String(),
+		Priority:        st.Priority,
+		Master:          st.Master,
+		AdvertsSent:     st.AdvertsSent,
+		AdvertsReceived: st.AdvertsReceived,
+		Transitions:     st.Transitions,
+		LastTransition:  st.LastTransition,
+		Dropped:         st.Dropped,
+	}, nil
+}
+
+func (c *controller) VRRPHandover(ctx context.Context, resume bool) error {
+	r := c.d.vr
+	if r == nil {
+		return fmt.Errorf("%w: vrrp is not configured on this node", api.ErrConflict)
+	}
+	if resume {
+		r.Resume()
+	} else {
+		r.Handover()
+	}
+	return nil
+}

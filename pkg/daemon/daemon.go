@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +31,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/neighbor"
 	"github.com/fulcrum-lb/fulcrum/pkg/reconcile"
 	"github.com/fulcrum-lb/fulcrum/pkg/version"
+	"github.com/fulcrum-lb/fulcrum/pkg/vrrp"
 )
 
 // Options start a daemon.
@@ -55,6 +58,7 @@ type Daemon struct {
 	dp      *datapath.Datapath
 	rec     *reconcile.Reconciler
 	chk     *health.Checker
+	vr      *vrrp.Router // nil without a vrrp section
 	metrics *metrics.Metrics
 	rates   *rateSampler
 	ifaces  []api.Interface
@@ -149,6 +153,12 @@ func (d *Daemon) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	errc := make(chan error, 3)
+
+	if cfg.VRRP != nil {
+		if err := d.startVRRP(ctx, &wg, errc, cfg.VRRP); err != nil {
+			return err
+		}
+	}
 
 	// Health checks feed the reconciler; their goroutines end with ctx.
 	d.chk = health.New(health.Options{
@@ -313,6 +323,7 @@ func (d *Daemon) healthChanged(ctx context.Context, tr health.Transition) {
 	if err := d.rec.SetHealth(ctx, tr.VIP, tr.Backend, state); err != nil && ctx.Err() == nil {
 		d.log.Error("apply health change", "vip", tr.VIP.String(), "backend", tr.Backend.String(), "state", tr.To.String(), "err", err)
 	}
+	d.trackVRRP()
 }
 
 func encapOf(c config.IPIP) datapath.EncapConfig {
@@ -359,6 +370,7 @@ func restartOnly(old, cur *config.Config) error {
 	check("metrics.address", old.Metrics.Address == cur.Metrics.Address)
 	check("conntrack.entries", old.Conntrack.Entries == cur.Conntrack.Entries)
 	check("log.format", old.Log.Format == cur.Log.Format)
+	check("vrrp", reflect.DeepEqual(old.VRRP, cur.VRRP))
 	same := len(old.Interfaces) == len(cur.Interfaces)
 	for i := 0; same && i < len(old.Interfaces); i++ {
 		same = old.Interfaces[i] == cur.Interfaces[i]
@@ -383,6 +395,67 @@ func (d *Daemon) BackendHealth() map[datapath.VIP]map[netip.Addr]string {
 	return out
 }
 
-// VRRPState implements metrics.Source. Failover comes with the VRRP
-// issue; until then a node is always active.
-func (d *Daemon) VRRPState() string { return "disabled" }
+// VRRPState implements metrics.Source.
+func (d *Daemon) VRRPState() string {
+	if d.vr == nil {
+		return "disabled"
+	}
+	return d.vr.State().String()
+}
+
+// startVRRP runs VRRPv3 for the configured virtual addresses. The XDP
+// program stays attached whatever the role: the standby is hot, and both
+// nodes build identical Maglev tables, so flows survive a failover. Run
+// returns (priority 0 sent, addresses removed) before the daemon exits.
+func (d *Daemon) startVRRP(ctx context.Context, wg *sync.WaitGroup, errc chan<- error, c *config.VRRP) error {
+	// The protocol thread needs a free P after each wake-up even when
+	// every other goroutine is busy (docs/vrrp.md).
+	if n := runtime.NumCPU() + 2; runtime.GOMAXPROCS(0) < n {
+		runtime.GOMAXPROCS(n)
+	}
+	r, err := vrrp.New(vrrp.Config{
+		Interface:        c.Interface,
+		VRID:             c.VRID,
+		Priority:         c.Priority,
+		AdvertInterval:   c.AdvertInterval,
+		Preempt:          c.Preempt,
+		PreemptDelay:     c.PreemptDelay,
+		UnicastPeers:     c.UnicastPeers,
+		Family:           c.Family,
+		VirtualAddresses: c.VirtualAddresses,
+		GratuitousCount:  c.GratuitousCount,
+	}, vrrp.Options{Logger: d.log})
+	if err != nil {
+		return fmt.Errorf("vrrp: %w", err)
+	}
+	d.vr = r
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := r.Run(ctx); err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("vrrp: %w", err)
+		}
+	}()
+	return nil
+}
+
+// trackVRRP lowers the node's VRRP priority to 1 while it is sick, so a
+// healthy backup takes over: every backend of some VIP is down.
+func (d *Daemon) trackVRRP() {
+	if d.vr == nil {
+		return
+	}
+	sick := false
+	for _, m := range d.rec.HealthOf() {
+		all := len(m) > 0
+		for _, h := range m {
+			all = all && h == reconcile.Down
+		}
+		sick = sick || all
+	}
+	if sick {
+		d.vr.SetPriorityOffset(-254)
+	} else {
+		d.vr.SetPriorityOffset(0)
+	}
+}

@@ -31,6 +31,7 @@ import (
 type harness struct {
 	t       *testing.T
 	topo    *testenv.Topology
+	lb      *testenv.Host // where the daemon runs
 	dir     string // bpffs mount (pins only: bpffs holds no files)
 	logPath string
 	bin     string // fulcrum binary
@@ -62,11 +63,15 @@ func buildBinaries(t *testing.T, dir string) (fulcrum, backend string) {
 	return fulcrum, backend
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, opts ...func(*testenv.Options)) *harness {
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: the daemon end-to-end test needs root (BPF, namespaces)")
 	}
-	topo := testenv.NewCanonical(t, testenv.Options{Backends: 3, VIPs: []netip.Addr{vip4, vip6}})
+	o := testenv.Options{Backends: 3, VIPs: []netip.Addr{vip4, vip6}}
+	for _, f := range opts {
+		f(&o)
+	}
+	topo := testenv.NewCanonical(t, o)
 	// A bpffs outside /sys: `ip netns exec` remounts /sys, and a mount made
 	// inside it would vanish with the daemon's mount namespace.
 	dir := filepath.Join("/run", "fulcrum-test-"+topo.Prefix)
@@ -77,7 +82,7 @@ func newHarness(t *testing.T) *harness {
 		unix.Unmount(dir, unix.MNT_DETACH)
 		os.RemoveAll(dir)
 	})
-	h := &harness{t: t, topo: topo, dir: dir, names: make(map[netip.Addr]string)}
+	h := &harness{t: t, topo: topo, lb: topo.LB1, dir: dir, names: make(map[netip.Addr]string)}
 	h.bin, _ = buildBinaries(t, t.TempDir())
 	h.backendBin = filepath.Join(filepath.Dir(h.bin), "fcbackend")
 	h.servers = make([]*exec.Cmd, len(topo.Backends))
@@ -167,7 +172,7 @@ func (h *harness) startDaemon() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := h.topo.LB1.Command(context.Background(), h.bin, "daemon", "--config", h.cfgPath)
+	cmd := h.lb.Command(context.Background(), h.bin, "daemon", "--config", h.cfgPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -292,7 +297,7 @@ func (h *harness) checkConns(conns []*conn, skip string, when string) {
 
 func (h *harness) xdpAttached() bool {
 	attached := false
-	h.topo.LB1.Do(func() error {
+	h.lb.Do(func() error {
 		l, err := netlink.LinkByName("eth0")
 		if err == nil && l.Attrs().Xdp != nil {
 			attached = l.Attrs().Xdp.Attached
@@ -440,10 +445,11 @@ func TestDaemon(t *testing.T) {
 // stream is a UDP flow of numbered datagrams to a VIP, one every 2 ms,
 // whose echoes are counted.
 type stream struct {
-	conn net.Conn
-	done chan struct{}
-	sent int
-	got  map[int]bool
+	conn    net.Conn
+	done    chan struct{}
+	sent    int
+	got     map[int]bool
+	arrived []time.Time
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 }
@@ -488,11 +494,23 @@ func (h *harness) startStream(vip netip.Addr) *stream {
 			if _, err := fmt.Sscan(seq, &i); err == nil {
 				s.mu.Lock()
 				s.got[i] = true
+				s.arrived = append(s.arrived, time.Now())
 				s.mu.Unlock()
 			}
 		}
 	}()
 	return s
+}
+
+// maxGap is the longest time between two echoes so far: the outage.
+func (s *stream) maxGap() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gap time.Duration
+	for i := 1; i < len(s.arrived); i++ {
+		gap = max(gap, s.arrived[i].Sub(s.arrived[i-1]))
+	}
+	return gap
 }
 
 // stop ends the stream after the last echoes had time to arrive.
@@ -509,7 +527,7 @@ func (s *stream) stop() (sent, lost int) {
 // scrape fetches /metrics from the daemon in lb1's namespace.
 func (h *harness) scrape() string {
 	var mconn net.Conn
-	err := h.topo.LB1.Do(func() error {
+	err := h.lb.Do(func() error {
 		// Dial here: the socket must be made in lb1's namespace, and
 		// net/http would dial on another thread.
 		var err error

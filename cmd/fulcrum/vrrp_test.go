@@ -1,0 +1,21 @@
+package main
+
+import "testing"
+
+func TestVRRPShow(t *testing.T) {
+	d := startDaemon(t)
+	r := d.run(t, "vrrp")
+	r.expect(t, 0, []string{"state:", "master", "priority:", "200", "198.18.0.2", "42 sent"})
+}
+
+func TestVRRPHandoverAndResume(t *testing.T) {
+	d := startDaemon(t)
+	d.run(t, "vrrp", "handover").expect(t, 0, []string{"handed over"})
+	if got := d.fake.lastCall(); got != "VRRPHandover" {
+		t.Fatalf("last call %q, want VRRPHandover", got)
+	}
+	d.run(t, "vrrp", "resume").expect(t, 0, []string{"hold lifted"})
+	if got := d.fake.lastCall(); got != "VRRPResume" {
+		t.Fatalf("last call %q, want VRRPResume", got)
+	}
+}
