@@ -32,7 +32,7 @@ type harness struct {
 	t       *testing.T
 	topo    *testenv.Topology
 	lb      *testenv.Host // where the daemon runs
-	dir     string // bpffs mount (pins only: bpffs holds no files)
+	dir     string        // bpffs mount (pins only: bpffs holds no files)
 	logPath string
 	bin     string // fulcrum binary
 	cfgPath string
@@ -450,8 +450,8 @@ type stream struct {
 	sent    int
 	got     map[int]bool
 	arrived []time.Time
-	wg   sync.WaitGroup
-	mu   sync.Mutex
+	wg      sync.WaitGroup
+	mu      sync.Mutex
 }
 
 func (h *harness) startStream(vip netip.Addr) *stream {
