@@ -81,7 +81,8 @@ static __always_inline int encap_ipip(struct xdp_md *ctx, struct stat_table *st,
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	__u32 zero = 0, outer_len, l2len = f->l3off;
+	__u32 zero = 0, outer_len, l2len = f->l3off, sent_len;
+	__u64 frame_len;
 	struct lb_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	__u8 inner_proto = f->family == 4 ? IPPROTO_IPIP : IPPROTO_IPV6;
 	struct next_hop hop = {};
@@ -94,8 +95,14 @@ static __always_inline int encap_ipip(struct xdp_md *ctx, struct stat_table *st,
 		return verdict(st, STAT_DROP_MALFORMED, XDP_DROP);
 	outer_len = be->family == AF_INET ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
 	outer_source(cfg, be->family, hash, src);
+	/* What leaves after L2 is the outer header and everything after the
+	 * L2 header, bytes past the IP packet (Ethernet padding, junk) too:
+	 * that, not the outer IP length, must fit the egress MTU. */
+	frame_len = end - data;
+	barrier_var(frame_len); /* keep the pointer difference 64-bit */
+	sent_len = frame_len - l2len + outer_len;
 
-	switch (find_next_hop(ctx, cfg, be, id, src, f->l3len + outer_len, eth->h_dest, &hop)) {
+	switch (find_next_hop(ctx, cfg, be, id, src, sent_len, eth->h_dest, &hop)) {
 	case HOP_TOO_BIG:
 		return verdict(st, STAT_DROP_TOO_BIG, XDP_DROP);
 	case HOP_NO_ROUTE:
@@ -458,6 +465,12 @@ int fulcrum_balancer(struct xdp_md *ctx)
 	proto = parse_eth(data, end, &l3off);
 	if (l3off > 22)
 		return verdict(st, STAT_PASS_NOT_IP, XDP_PASS);
+	/* A frame sent to a broadcast or multicast MAC is not ours to
+	 * forward (a router does not forward it either), and dsr would make
+	 * its group address our source MAC. */
+	if ((proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6)) &&
+	    (((struct ethhdr *)data)->h_dest[0] & 1))
+		return verdict(st, STAT_PASS_NOT_UNICAST, XDP_PASS);
 	if (proto == bpf_htons(ETH_P_IP))
 		return balance_v4(ctx, st, data + l3off, l3off, end);
 	if (proto == bpf_htons(ETH_P_IPV6))

@@ -63,6 +63,7 @@ enum fulcrum_stat {
 	STAT_PASS_NO_VIP,           /* IP, but no VIP matches */
 	STAT_PASS_NOT_L4,           /* a protocol other than TCP/UDP */
 	STAT_PASS_UNPARSEABLE,      /* fragment/bad L4 for a VIP with the pass flag */
+	STAT_PASS_NOT_UNICAST,      /* IP frame to a broadcast or multicast MAC */
 	STAT_DROP_FRAGMENT,         /* IP fragment addressed to a VIP */
 	STAT_DROP_MALFORMED,        /* bad or truncated header addressed to a VIP */
 	STAT_DROP_NO_BACKEND,       /* VIP without a live backend */

@@ -69,15 +69,17 @@ static __always_inline __be16 parse_eth(void *data, void *end, __u32 *l3off)
 }
 
 /* parse_l4 reads the ports of a TCP or UDP header at l4 and checks that
- * its length fields fit the packet. */
-static __always_inline enum parse_result parse_l4(void *l4, void *end, struct flow *f)
+ * the header and its length fields fit the IP packet: l4len is what the IP
+ * header says is left after the network headers. The frame may hold more
+ * (Ethernet padding, or junk): that is not part of the packet. */
+static __always_inline enum parse_result parse_l4(void *l4, void *end, __u32 l4len, struct flow *f)
 {
 	if (f->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 
-		if ((void *)(tcp + 1) > end)
+		if ((void *)(tcp + 1) > end || l4len < sizeof(*tcp))
 			return PARSE_MALFORMED;
-		if (tcp->doff < 5)
+		if (tcp->doff < 5 || tcp->doff * 4 > l4len)
 			return PARSE_MALFORMED;
 		f->ports = *(__u32 *)tcp;
 		f->syn = tcp->syn && !tcp->ack;
@@ -85,10 +87,12 @@ static __always_inline enum parse_result parse_l4(void *l4, void *end, struct fl
 	}
 	if (f->proto == IPPROTO_UDP) {
 		struct udphdr *udp = l4;
+		__u32 ulen;
 
-		if ((void *)(udp + 1) > end)
+		if ((void *)(udp + 1) > end || l4len < sizeof(*udp))
 			return PARSE_MALFORMED;
-		if (bpf_ntohs(udp->len) < sizeof(*udp))
+		ulen = bpf_ntohs(udp->len);
+		if (ulen < sizeof(*udp) || ulen > l4len)
 			return PARSE_MALFORMED;
 		f->ports = *(__u32 *)udp;
 		f->syn = 0;
@@ -121,7 +125,7 @@ static __always_inline enum parse_result parse_ipv4(void *l3, void *end, struct 
 	f->family = 4;
 	if (ip->frag_off & bpf_htons(0x3fff)) /* MF or a fragment offset */
 		return PARSE_FRAGMENT;
-	return parse_l4(l3 + hlen, end, f);
+	return parse_l4(l3 + hlen, end, tot - hlen, f);
 }
 
 #define NEXTHDR_HOP 0
@@ -171,7 +175,7 @@ static __always_inline enum parse_result parse_ipv6(void *l3, void *end, struct 
 			f->proto = next;
 			return PARSE_NOT_L4;
 		}
-		if ((void *)(ext + 1) > end) {
+		if ((void *)(ext + 1) > end || off + sizeof(*ext) > f->l3len) {
 			f->proto = next;
 			return PARSE_MALFORMED;
 		}
@@ -198,7 +202,9 @@ static __always_inline enum parse_result parse_ipv6(void *l3, void *end, struct 
 	if (next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_DEST ||
 	    next == NEXTHDR_FRAGMENT || next == NEXTHDR_AUTH)
 		return PARSE_MALFORMED; /* a chain longer than we walk */
-	return parse_l4(l3 + off, end, f);
+	if (off > f->l3len)
+		return PARSE_MALFORMED; /* the last header runs past the packet */
+	return parse_l4(l3 + off, end, f->l3len - off, f);
 }
 
 #endif

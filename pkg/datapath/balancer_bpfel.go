@@ -95,24 +95,25 @@ const (
 	balancerFulcrumStatSTAT_PASS_NO_VIP      balancerFulcrumStat = 1
 	balancerFulcrumStatSTAT_PASS_NOT_L4      balancerFulcrumStat = 2
 	balancerFulcrumStatSTAT_PASS_UNPARSEABLE balancerFulcrumStat = 3
-	balancerFulcrumStatSTAT_DROP_FRAGMENT    balancerFulcrumStat = 4
-	balancerFulcrumStatSTAT_DROP_MALFORMED   balancerFulcrumStat = 5
-	balancerFulcrumStatSTAT_DROP_NO_BACKEND  balancerFulcrumStat = 6
-	balancerFulcrumStatSTAT_DROP_BAD_MODE    balancerFulcrumStat = 7
-	balancerFulcrumStatSTAT_DROP_TOO_BIG     balancerFulcrumStat = 8
-	balancerFulcrumStatSTAT_DROP_NO_ROUTE    balancerFulcrumStat = 9
-	balancerFulcrumStatSTAT_DROP_ENCAP       balancerFulcrumStat = 10
-	balancerFulcrumStatSTAT_TX_DSR           balancerFulcrumStat = 11
-	balancerFulcrumStatSTAT_TX_IPIP          balancerFulcrumStat = 12
-	balancerFulcrumStatSTAT_CT_HIT           balancerFulcrumStat = 13
-	balancerFulcrumStatSTAT_CT_MISS          balancerFulcrumStat = 14
-	balancerFulcrumStatSTAT_CT_SYN           balancerFulcrumStat = 15
-	balancerFulcrumStatSTAT_CT_STALE         balancerFulcrumStat = 16
-	balancerFulcrumStatSTAT_CT_INSERT_FAILED balancerFulcrumStat = 17
-	balancerFulcrumStatSTAT_CT_BYPASS        balancerFulcrumStat = 18
-	balancerFulcrumStatSTAT_FIB_GATEWAY      balancerFulcrumStat = 19
-	balancerFulcrumStatSTAT_CT_GUARD         balancerFulcrumStat = 20
-	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 21
+	balancerFulcrumStatSTAT_PASS_NOT_UNICAST balancerFulcrumStat = 4
+	balancerFulcrumStatSTAT_DROP_FRAGMENT    balancerFulcrumStat = 5
+	balancerFulcrumStatSTAT_DROP_MALFORMED   balancerFulcrumStat = 6
+	balancerFulcrumStatSTAT_DROP_NO_BACKEND  balancerFulcrumStat = 7
+	balancerFulcrumStatSTAT_DROP_BAD_MODE    balancerFulcrumStat = 8
+	balancerFulcrumStatSTAT_DROP_TOO_BIG     balancerFulcrumStat = 9
+	balancerFulcrumStatSTAT_DROP_NO_ROUTE    balancerFulcrumStat = 10
+	balancerFulcrumStatSTAT_DROP_ENCAP       balancerFulcrumStat = 11
+	balancerFulcrumStatSTAT_TX_DSR           balancerFulcrumStat = 12
+	balancerFulcrumStatSTAT_TX_IPIP          balancerFulcrumStat = 13
+	balancerFulcrumStatSTAT_CT_HIT           balancerFulcrumStat = 14
+	balancerFulcrumStatSTAT_CT_MISS          balancerFulcrumStat = 15
+	balancerFulcrumStatSTAT_CT_SYN           balancerFulcrumStat = 16
+	balancerFulcrumStatSTAT_CT_STALE         balancerFulcrumStat = 17
+	balancerFulcrumStatSTAT_CT_INSERT_FAILED balancerFulcrumStat = 18
+	balancerFulcrumStatSTAT_CT_BYPASS        balancerFulcrumStat = 19
+	balancerFulcrumStatSTAT_FIB_GATEWAY      balancerFulcrumStat = 20
+	balancerFulcrumStatSTAT_CT_GUARD         balancerFulcrumStat = 21
+	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 22
 )
 
 type balancerFulcrumVipFlags uint32
@@ -157,7 +158,7 @@ type balancerLbConfig struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [21]uint64
+	Count [22]uint64
 }
 
 type balancerVipKeyV4 struct {

@@ -14,6 +14,7 @@ const (
 	StatPassNoVIP       = Stat(balancerFulcrumStatSTAT_PASS_NO_VIP)
 	StatPassNotL4       = Stat(balancerFulcrumStatSTAT_PASS_NOT_L4)
 	StatPassUnparseable = Stat(balancerFulcrumStatSTAT_PASS_UNPARSEABLE)
+	StatPassNotUnicast  = Stat(balancerFulcrumStatSTAT_PASS_NOT_UNICAST)
 	StatDropFragment    = Stat(balancerFulcrumStatSTAT_DROP_FRAGMENT)
 	StatDropMalformed   = Stat(balancerFulcrumStatSTAT_DROP_MALFORMED)
 	StatDropNoBackend   = Stat(balancerFulcrumStatSTAT_DROP_NO_BACKEND)
@@ -39,6 +40,7 @@ var statNames = [...]string{
 	StatPassNoVIP:       "pass_no_vip",
 	StatPassNotL4:       "pass_not_l4",
 	StatPassUnparseable: "pass_unparseable",
+	StatPassNotUnicast:  "pass_not_unicast",
 	StatDropFragment:    "drop_fragment",
 	StatDropMalformed:   "drop_malformed",
 	StatDropNoBackend:   "drop_no_backend",

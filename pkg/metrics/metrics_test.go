@@ -132,27 +132,28 @@ fulcrum_verdict_packets_total{action="pass",reason="not_ip"} 1
 fulcrum_verdict_packets_total{action="pass",reason="no_vip"} 11
 fulcrum_verdict_packets_total{action="pass",reason="not_l4"} 21
 fulcrum_verdict_packets_total{action="pass",reason="unparseable"} 31
-fulcrum_verdict_packets_total{action="drop",reason="fragment"} 41
-fulcrum_verdict_packets_total{action="drop",reason="malformed"} 51
-fulcrum_verdict_packets_total{action="drop",reason="no_backend"} 61
-fulcrum_verdict_packets_total{action="drop",reason="bad_mode"} 71
-fulcrum_verdict_packets_total{action="drop",reason="too_big"} 81
-fulcrum_verdict_packets_total{action="drop",reason="no_route"} 91
-fulcrum_verdict_packets_total{action="drop",reason="encap"} 101
-fulcrum_verdict_packets_total{action="tx",reason="dsr"} 111
-fulcrum_verdict_packets_total{action="tx",reason="ipip"} 121
+fulcrum_verdict_packets_total{action="pass",reason="not_unicast"} 41
+fulcrum_verdict_packets_total{action="drop",reason="fragment"} 51
+fulcrum_verdict_packets_total{action="drop",reason="malformed"} 61
+fulcrum_verdict_packets_total{action="drop",reason="no_backend"} 71
+fulcrum_verdict_packets_total{action="drop",reason="bad_mode"} 81
+fulcrum_verdict_packets_total{action="drop",reason="too_big"} 91
+fulcrum_verdict_packets_total{action="drop",reason="no_route"} 101
+fulcrum_verdict_packets_total{action="drop",reason="encap"} 111
+fulcrum_verdict_packets_total{action="tx",reason="dsr"} 121
+fulcrum_verdict_packets_total{action="tx",reason="ipip"} 131
 # HELP fulcrum_conntrack_events_total Connection-table events of the fast path.
 # TYPE fulcrum_conntrack_events_total counter
-fulcrum_conntrack_events_total{event="hit"} 131
-fulcrum_conntrack_events_total{event="miss"} 141
-fulcrum_conntrack_events_total{event="syn"} 151
-fulcrum_conntrack_events_total{event="stale"} 161
-fulcrum_conntrack_events_total{event="insert_failed"} 171
-fulcrum_conntrack_events_total{event="bypass"} 181
-fulcrum_conntrack_events_total{event="guard"} 201
+fulcrum_conntrack_events_total{event="hit"} 141
+fulcrum_conntrack_events_total{event="miss"} 151
+fulcrum_conntrack_events_total{event="syn"} 161
+fulcrum_conntrack_events_total{event="stale"} 171
+fulcrum_conntrack_events_total{event="insert_failed"} 181
+fulcrum_conntrack_events_total{event="bypass"} 191
+fulcrum_conntrack_events_total{event="guard"} 211
 # HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.
 # TYPE fulcrum_datapath_events_total counter
-fulcrum_datapath_events_total{event="fib_gateway"} 191
+fulcrum_datapath_events_total{event="fib_gateway"} 201
 `
 	wantState = `
 # HELP fulcrum_backend_health Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.
@@ -293,8 +294,8 @@ fulcrum_vip_packets_total{vip="tcp/203.0.113.10:80"} 45
 fulcrum_backend_packets_total{backend="10.0.0.1",vip="tcp/203.0.113.10:80"} 25
 fulcrum_backend_packets_total{backend="10.0.0.2",vip="tcp/203.0.113.10:80"} 20
 ` + strings.NewReplacer(
-		`reason="no_backend"} 61`, `reason="no_backend"} 62`,
-		`event="syn"} 151`, `event="syn"} 153`,
+		`reason="no_backend"} 71`, `reason="no_backend"} 72`,
+		`event="syn"} 161`, `event="syn"} 163`,
 	).Replace(wantStats) + `
 # HELP fulcrum_backend_health Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.
 # TYPE fulcrum_backend_health gauge
@@ -414,7 +415,7 @@ func TestHandler(t *testing.T) {
 	}
 	for _, want := range []string{
 		`fulcrum_vip_packets_total{vip="tcp/203.0.113.10:80"} 30`,
-		`fulcrum_verdict_packets_total{action="tx",reason="dsr"} 111`,
+		`fulcrum_verdict_packets_total{action="tx",reason="dsr"} 121`,
 		`fulcrum_vrrp_state{state="master"} 1`,
 		`fulcrum_build_info{`,
 		`go_goroutines `,
