@@ -150,8 +150,14 @@ func holds(t *testing.T, h *testenv.Host, p netip.Prefix) bool {
 
 func checkHolder(t *testing.T, topo *testenv.Topology, holder *testenv.Host, p netip.Prefix) {
 	t.Helper()
+	// The state flips before the netlink changes land: give them a moment.
+	deadline := time.Now().Add(time.Second)
 	for _, h := range []*testenv.Host{topo.LB1, topo.LB2} {
-		if got, want := holds(t, h, p), h == holder; got != want {
+		want := h == holder
+		for holds(t, h, p) != want && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := holds(t, h, p); got != want {
 			t.Errorf("%s holds %s: %v, want %v", h.Role(), p, got, want)
 		}
 	}
