@@ -74,9 +74,9 @@ enum hop_result {
 };
 
 /* find_next_hop asks the FIB for the route to the backend, as for a packet
- * this host sends (BPF_FIB_LOOKUP_OUTPUT), with the encapsulated length so
- * the kernel checks the egress MTU. The kernel answers only if forwarding
- * is enabled on the ingress interface (net.ipv{4,6}.conf.IF.forwarding). */
+ * forwarded from the ingress port, with the encapsulated length so the
+ * kernel checks the egress MTU. The kernel answers only if forwarding is
+ * enabled on the ingress interface (net.ipv{4,6}.conf.IF.forwarding). */
 static __always_inline enum hop_result find_next_hop(struct xdp_md *ctx, const struct lb_config *cfg,
 						     const struct backend *be, __u32 id, const __be32 *src,
 						     __u16 tot_len, __u8 *ours, struct next_hop *hop)
@@ -106,7 +106,10 @@ static __always_inline enum hop_result find_next_hop(struct xdp_md *ctx, const s
 		__builtin_memcpy(fib.ipv6_src, src, 16);
 		__builtin_memcpy(fib.ipv6_dst, be->addr, 16);
 	}
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	/* An input lookup from the ingress port (not BPF_FIB_LOOKUP_OUTPUT,
+	 * which would pin the egress to that port): the route may leave by
+	 * any interface, and the caller redirects there. */
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
