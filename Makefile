@@ -6,7 +6,8 @@ CLANG ?= clang-19
 BPF_SOURCES := $(wildcard bpf/*.c bpf/*.h)
 GENERATED := pkg/datapath/balancer_bpfel.go pkg/datapath/balancer_bpfel.o \
 	pkg/datapath/testprogs_bpfel.go pkg/datapath/testprogs_bpfel.o \
-	pkg/decap/decap_bpfel.go pkg/decap/decap_bpfel.o
+	pkg/decap/decap_bpfel.go pkg/decap/decap_bpfel.o \
+	pkg/perf/perf_bpfel.go pkg/perf/perf_bpfel.o
 BENCH_COUNT ?= 5
 
 .PHONY: all generate build test bench vet check-generated clean demo
@@ -16,7 +17,7 @@ all: build
 # generate compiles bpf/*.c with clang-19 and the libbpf-dev headers and
 # writes the Go bindings (bpf2go). The output is committed.
 generate:
-	$(GO) generate ./pkg/datapath/ ./pkg/decap/
+	$(GO) generate ./pkg/datapath/ ./pkg/decap/ ./pkg/perf/
 
 build:
 	$(GO) build -o bin/fulcrum ./cmd/fulcrum
@@ -38,10 +39,16 @@ test: vet
 	$(GO) test -count=1 -p 1 ./...
 
 # bench measures the fast path through BPF_PROG_RUN and prints one line per
-# path: `fastpath PATH ns/pkt=N x_floor=R`.
+# path: `fastpath PATH ns/pkt=N x_floor=R`. Then the suite of pkg/perf (as
+# root, a few minutes; see docs/performance.md) measures packet rates through
+# veth against a ceiling and nftables, connection rates against HAProxy, the
+# control plane and the fast path at full scale; it prints one table ending
+# in one line per configuration, `e2e CONFIG mpps=N x_ceiling=R`, and writes
+# bench/out/results.json and bench/out/rates.png.
 bench:
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./pkg/maglev/
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFastpath$$' -benchtime 1x ./pkg/datapath/ -fastpath.rounds $(BENCH_COUNT)
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x ./pkg/perf/ -perf.runs $(BENCH_COUNT) -perf.out $(CURDIR)/bench/out
 
 # check-generated fails if the committed bpf2go output differs from a
 # fresh `make generate`.
