@@ -23,6 +23,8 @@ import (
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
@@ -322,7 +324,7 @@ func TestDaemon(t *testing.T) {
 	if st.VIPs != 5 || st.Backends != 15 || st.Adopted {
 		t.Fatalf("status = %+v, want 5 vips, 15 backends, not adopted", st)
 	}
-	conns := append(h.openConns(60, vip4), h.openConns(30, vip6)...)
+	conns := append(h.openConns(80, vip4), h.openConns(30, vip6)...)
 	perBackend := map[string]int{}
 	for _, c := range conns {
 		perBackend[c.backend]++
@@ -369,12 +371,28 @@ func TestDaemon(t *testing.T) {
 		t.Fatalf("UDP stream through kill -9 and restart: %d sent, %d lost; want no loss", sent, lost)
 	}
 
+	// Removing and adding a backend through the API moves new flows
+	// exactly as an independent Maglev model says.
+	b3 := h.topo.Backends[2]
+	ref := "tcp/" + vip4.String() + ":9000"
+	if out, err := h.cli("backend", "remove", ref, b3.IPv4.String()); err != nil {
+		t.Fatalf("fulcrum backend remove: %v\n%s", err, out)
+	}
+	h.checkModel(h.openConns(30, vip4), h.topo.Backends[:2])
+	if out, err := h.cli("backend", "add", ref, b3.IPv4.String()); err != nil {
+		t.Fatalf("fulcrum backend add: %v\n%s", err, out)
+	}
+	h.checkModel(h.openConns(30, vip4), h.topo.Backends)
+	// Connections that were on backend3 were re-hashed by its removal and
+	// reset by their new backend; the others must all be alive.
+	h.checkConns(conns, "backend3", "after remove and add")
+
 	// Drain backend1 through the CLI: its flows stay, new flows avoid it.
 	b1 := h.topo.Backends[0]
 	if out, err := h.cli("backend", "drain", "tcp/"+vip4.String()+":9000", b1.IPv4.String()); err != nil {
 		t.Fatalf("fulcrum backend drain: %v\n%s", err, out)
 	}
-	h.checkConns(conns, "", "after drain")
+	h.checkConns(conns, "backend3", "after drain")
 	for i, c := range h.openConns(30, vip4) {
 		if c.backend == "backend1" {
 			t.Fatalf("new connection %d reached the drained backend1", i)
@@ -388,13 +406,28 @@ func TestDaemon(t *testing.T) {
 	if err == nil || !strings.Contains(out, "weight: 70000 is over the maximum 65535") {
 		t.Fatalf("apply of a bad file: err %v, output %q; want a refusal naming the weight", err, out)
 	}
-	h.checkConns(conns, "", "after a refused apply")
+	h.checkConns(conns, "backend3", "after a refused apply")
+
+	// SIGHUP with a bad file: refused, logged, traffic unaffected.
+	h.writeConfig(strings.Replace(h.config(), "protocol: udp", "protocol: sctp", 1))
+	h.daemon.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(h.log(), "reload refused") {
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP with a bad file: no refusal logged\n%s", h.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(h.log(), `\"sctp\" is not supported`) && !strings.Contains(h.log(), `sctp`) {
+		t.Fatalf("the refusal does not name the problem:\n%s", h.log())
+	}
+	h.checkConns(conns, "backend3", "after a refused SIGHUP")
 
 	// SIGHUP with backend3 removed from every VIP: its flows break, the
 	// others keep going.
 	h.writeConfig(h.config(1, 1, -1))
 	h.daemon.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(5 * time.Second)
 	for {
 		st, err = h.client.Status(context.Background())
 		if err == nil && st.Backends == 10 {
@@ -409,6 +442,13 @@ func TestDaemon(t *testing.T) {
 
 	// Metrics are served and follow the maps.
 	body := h.scrape()
+	// Counters move with traffic: one more exchange on every connection.
+	before := metricValue(t, body, `fulcrum_vip_packets_total{vip="tcp/203.0.113.10:9000"}`)
+	h.checkConns(conns, "backend3", "for the metrics")
+	body = h.scrape()
+	if after := metricValue(t, body, `fulcrum_vip_packets_total{vip="tcp/203.0.113.10:9000"}`); after <= before {
+		t.Fatalf("fulcrum_vip_packets_total did not move with traffic: %v -> %v", before, after)
+	}
 	for _, want := range []string{`fulcrum_vip_packets_total{vip="tcp/203.0.113.10:9000"}`, `fulcrum_conntrack_events_total{event="hit"}`, "fulcrum_build_info", "fulcrum_reconcile_duration_seconds_count"} {
 		if !strings.Contains(body, want) {
 			t.Fatalf("metrics lack %s:\n%s", want, body)
@@ -545,4 +585,41 @@ func (h *harness) scrape() string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// metricValue returns the value of one sample in a scrape.
+func metricValue(t *testing.T, body, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	t.Fatalf("no sample %s in the scrape", series)
+	return 0
+}
+
+// checkModel requires every connection (to the v4 echo VIP) to be on the
+// backend an independent model gives: Maglev over the backends' addresses
+// (weight 1 each, M = 65537) and the flow hash.
+func (h *harness) checkModel(conns []*conn, backends []*testenv.Host) {
+	h.t.Helper()
+	in := make([]maglev.Backend, len(backends))
+	for i, b := range backends {
+		in[i] = maglev.Backend{Name: b.IPv4.String(), ID: uint32(i), Weight: 1}
+	}
+	table, err := maglev.Build(in, maglev.DefaultSize)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for i, c := range conns {
+		local := netip.MustParseAddrPort(c.c.LocalAddr().String())
+		slot := flowhash.Slot(flowhash.Flow(local.Addr().Unmap(), vip4, local.Port(), 9000, 6), maglev.DefaultSize)
+		if want := h.names[backends[table[slot]].IPv4]; c.backend != want {
+			h.t.Fatalf("connection %d from :%d landed on %s, the Maglev model says %s", i, local.Port(), c.backend, want)
+		}
+	}
 }
