@@ -698,3 +698,25 @@ vips:
 		}
 	}
 }
+
+// TestRoundTrip: every valid example, parsed, marshalled and parsed again,
+// gives the same Config.
+func TestRoundTrip(t *testing.T) {
+	for _, path := range []string{"../../docs/examples/fulcrum.yaml", "../../docs/examples/minimal.yaml"} {
+		c1, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := c1.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c2, err := Parse(out)
+		if err != nil {
+			t.Fatalf("%s: the marshalled config does not parse: %v\n%s", path, err, out)
+		}
+		if !reflect.DeepEqual(c1, c2) {
+			t.Fatalf("%s: round trip differs:\nfirst  %+v\nsecond %+v\nyaml:\n%s", path, c1, c2, out)
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package config
+
+import (
+	"net/netip"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Marshal renders the configuration as YAML that Parse reads back to an
+// equal Config: every default written out, so the file says exactly what
+// the daemon runs with (and the API can show it).
+func (c *Config) Marshal() ([]byte, error) {
+	doc := map[string]any{
+		"instance":   c.Instance,
+		"bpffs":      c.BPFFS,
+		"interfaces": c.Interfaces,
+		"log":        c.Log,
+		"api":        c.API,
+		"metrics":    map[string]any{"address": orOff(c.Metrics.Address)},
+		"conntrack":  c.Conntrack,
+		"vips":       vipsDoc(c.VIPs),
+	}
+	if ip := ipipDoc(c.IPIP); len(ip) > 0 {
+		doc["ipip"] = ip
+	}
+	if c.HealthCheck != nil {
+		doc["health_check"] = checkDoc(c.HealthCheck)
+	}
+	if v := c.VRRP; v != nil {
+		vd := map[string]any{
+			"interface": v.Interface, "vrid": v.VRID, "priority": v.Priority,
+			"advert_interval": v.AdvertInterval, "preempt": v.Preempt,
+			"preempt_delay": v.PreemptDelay.String(), "gratuitous_count": v.GratuitousCount,
+			"family": v.Family, "virtual_addresses": prefixStrings(v.VirtualAddresses),
+		}
+		if len(v.UnicastPeers) > 0 {
+			vd["unicast_peers"] = addrStrings(v.UnicastPeers)
+		}
+		doc["vrrp"] = vd
+	}
+	return yaml.Marshal(doc)
+}
+
+func orOff(s string) string {
+	if s == "" {
+		return "off"
+	}
+	return s
+}
+
+func ipipDoc(c IPIP) map[string]any {
+	m := map[string]any{}
+	if c.SourceV4.IsValid() {
+		m["source_v4"] = c.SourceV4.String()
+	}
+	if c.SourceV6.IsValid() {
+		m["source_v6"] = c.SourceV6.String()
+	}
+	if len(c.GatewayMAC) > 0 {
+		m["gateway_mac"] = c.GatewayMAC.String()
+	}
+	return m
+}
+
+func vipsDoc(vips []VIP) []map[string]any {
+	out := []map[string]any{}
+	for _, v := range vips {
+		m := map[string]any{
+			"address": v.Address.String(), "port": v.Port, "protocol": v.Protocol, "mode": v.Mode,
+			"scheduler": v.Scheduler, "ring_size": v.RingSize, "conntrack": v.Conntrack, "fragments": v.Fragments,
+		}
+		if v.Name != "" {
+			m["name"] = v.Name
+		}
+		// Each backend carries its resolved check, so the VIP's own block
+		// is written as "none" and the backends' as they are.
+		m["health_check"] = map[string]any{"type": "none"}
+		if v.HealthCheck != nil {
+			m["health_check"] = checkDoc(v.HealthCheck)
+		}
+		var bs []map[string]any
+		for _, b := range v.Backends {
+			bm := map[string]any{"address": b.Address.String(), "weight": b.Weight}
+			if len(b.MAC) > 0 {
+				bm["mac"] = b.MAC.String()
+			}
+			if b.HealthCheck != nil {
+				bm["health_check"] = checkDoc(b.HealthCheck)
+			} else {
+				bm["health_check"] = map[string]any{"type": "none"}
+			}
+			bs = append(bs, bm)
+		}
+		m["backends"] = bs
+		out = append(out, m)
+	}
+	return out
+}
+
+func checkDoc(h *HealthCheck) map[string]any {
+	m := map[string]any{
+		"type": h.Type, "interval": h.Interval.String(), "timeout": h.Timeout.String(),
+		"rise": h.Rise, "fall": h.Fall, "port": h.Port, "on_down": h.OnDown, "all_down": h.AllDown,
+	}
+	switch h.Type {
+	case "http", "https":
+		m["path"] = h.Path
+		m["expect_status"] = h.ExpectStatus
+		if h.Host != "" {
+			m["host"] = h.Host
+		}
+		if h.Type == "https" {
+			m["skip_verify"] = h.SkipVerify
+		}
+	case "udp":
+		m["payload"] = h.Payload
+		if h.Expect != "" {
+			m["expect"] = h.Expect
+		}
+	}
+	if h.Source.IsValid() {
+		m["source"] = h.Source.String()
+	}
+	if h.ThroughDatapath {
+		m["through_datapath"] = true
+	}
+	return m
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+func addrStrings(as []netip.Addr) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.String()
+	}
+	return out
+}
+
