@@ -142,4 +142,3 @@ func addrStrings(as []netip.Addr) []string {
 	}
 	return out
 }
-
