@@ -19,6 +19,8 @@ var (
 	flagSections     = flag.String("perf.sections", strings.Join(AllSections, ","), "comma-separated sections to run: "+strings.Join(AllSections, ", "))
 	flagDuration     = flag.Duration("perf.duration", time.Second, "length of one packet-rate run")
 	flagConnDuration = flag.Duration("perf.conn-duration", 2*time.Second, "length of one connection-rate run")
+	flagCtlVIPs      = flag.Int("perf.control-vips", 1000, "VIPs of the large control-plane daemon")
+	flagCtlBackends  = flag.Int("perf.control-backends", 100, "backends per VIP of the control-plane daemons")
 )
 
 // suiteCommand is how `make bench` runs the suite.
@@ -36,6 +38,7 @@ func BenchmarkSuite(b *testing.B) {
 	opts.Sections = strings.Split(*flagSections, ",")
 	opts.Packets.Duration = *flagDuration
 	opts.Conns.Duration = *flagConnDuration
+	opts.Control.VIPs, opts.Control.Backends = *flagCtlVIPs, *flagCtlBackends
 	opts.Command = fmt.Sprintf("%s -perf.runs %d -perf.sections %s", suiteCommand, opts.Runs, *flagSections)
 	opts.Log = os.Stderr
 	out := *flagOut
