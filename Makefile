@@ -10,7 +10,7 @@ GENERATED := pkg/datapath/balancer_bpfel.go pkg/datapath/balancer_bpfel.o \
 	pkg/perf/perf_bpfel.go pkg/perf/perf_bpfel.o
 BENCH_COUNT ?= 5
 
-.PHONY: all generate build test bench vet check-generated clean demo
+.PHONY: all generate build test bench vet check-generated clean demo fuzz-short
 
 all: build
 
@@ -34,9 +34,20 @@ vet:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" >&2; exit 1)
 	$(GO) tool staticcheck ./...
 
-# test runs every test, including the privileged BPF and namespace tests.
+# test runs every test, including the privileged BPF and namespace tests
+# (the fuzz targets' seed corpora too), then a short fuzz of each target.
 test: vet
 	$(GO) test -count=1 -p 1 ./...
+	$(MAKE) fuzz-short
+
+FUZZTIME ?= 15s
+
+# fuzz-short fuzzes the fast path, the config parser and the API briefly;
+# longer runs: make fuzz-short FUZZTIME=10m.
+fuzz-short:
+	$(GO) test -run '^$$' -fuzz '^FuzzBalancer$$' -fuzztime $(FUZZTIME) ./pkg/datapath/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) ./pkg/api/
 
 # bench measures the fast path through BPF_PROG_RUN and prints one line per
 # path: `fastpath PATH ns/pkt=N x_floor=R`. Then the suite of pkg/perf (as
