@@ -75,21 +75,20 @@ static __always_inline void copy_l2(__u16 *dst, const __u16 *src, __u32 len)
  * for the backend (all four family combinations) and sends it to the next
  * hop the FIB gives. */
 static __always_inline int encap_ipip(struct xdp_md *ctx, struct stat_table *st,
-				      const struct vip_meta *vip, __u32 id,
+				      const struct lb_config *cfg, const struct vip_meta *vip, __u32 id,
 				      const struct backend *be, const struct flow *f, __u32 hash)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	__u32 zero = 0, outer_len, l2len = f->l3off, sent_len;
+	__u32 outer_len, l2len = f->l3off, sent_len;
 	__u64 frame_len;
-	struct lb_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	__u8 inner_proto = f->family == 4 ? IPPROTO_IPIP : IPPROTO_IPV6;
 	struct next_hop hop = {};
 	__be32 src[4] = {};
 	__be16 *etype;
 
-	if (!cfg || (void *)(eth + 1) > end)
+	if ((void *)(eth + 1) > end)
 		return verdict(st, STAT_DROP_MALFORMED, XDP_DROP);
 	if (l2len != 14 && l2len != 18 && l2len != 22)
 		return verdict(st, STAT_DROP_MALFORMED, XDP_DROP);
@@ -184,7 +183,7 @@ static __always_inline __u32 hash_of(const struct flow *f)
 /* forward sends the packet to backend id by the VIP's mode and counts it.
  * hash is the flow's hash, for the outer header of ipip. */
 static __always_inline int forward(struct xdp_md *ctx, struct stat_table *st,
-				   const struct vip_meta *vip, __u32 id,
+				   const struct lb_config *cfg, const struct vip_meta *vip, __u32 id,
 				   const struct backend *be, const struct flow *f, __u32 hash)
 {
 	void *data = (void *)(long)ctx->data;
@@ -205,7 +204,7 @@ static __always_inline int forward(struct xdp_md *ctx, struct stat_table *st,
 		count(&backend_stats, id, bytes);
 		return verdict(st, STAT_TX_DSR, XDP_TX);
 	case MODE_IPIP:
-		return encap_ipip(ctx, st, vip, id, be, f, hash);
+		return encap_ipip(ctx, st, cfg, vip, id, be, f, hash);
 	default:
 		return verdict(st, STAT_DROP_BAD_MODE, XDP_DROP);
 	}
@@ -241,13 +240,8 @@ static __always_inline const struct backend *live_backend(__u32 id)
 	return be;
 }
 
-static __always_inline int ct_wanted(__u8 proto)
+static __always_inline int ct_wanted(const struct lb_config *cfg, __u8 proto)
 {
-	__u32 zero = 0;
-	struct lb_config *cfg = bpf_map_lookup_elem(&config, &zero);
-
-	if (!cfg)
-		return 1;
 	if (proto == IPPROTO_TCP)
 		return cfg->flags & CONFIG_F_CT_TCP;
 	return cfg->flags & CONFIG_F_CT_UDP;
@@ -255,14 +249,13 @@ static __always_inline int ct_wanted(__u8 proto)
 
 /* over_flow_limit counts one new connection entry on this CPU and reports
  * whether the configured per-CPU rate is exceeded. */
-static __always_inline int over_flow_limit(void)
+static __always_inline int over_flow_limit(const struct lb_config *cfg)
 {
 	__u32 zero = 0;
-	struct lb_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	struct flow_guard *g;
 	__u64 now;
 
-	if (!cfg || !cfg->new_flow_limit)
+	if (!cfg->new_flow_limit)
 		return 0;
 	g = bpf_map_lookup_elem(&flow_guard, &zero);
 	if (!g)
@@ -278,6 +271,7 @@ static __always_inline int over_flow_limit(void)
 /* balance is the family-independent part once the VIP is known: ring
  * lookup, connection entry, forward. ct_map/ct_key are the family's table. */
 static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
+				   const struct lb_config *cfg,
 				   const struct vip_meta *vip, const struct flow *f, __u32 hash,
 				   void *ct_map, const void *ct_key,
 				   enum fulcrum_stat ct_event)
@@ -293,7 +287,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 
 	if (vip->flags & VIP_F_NO_CONNTRACK) {
 		st->count[STAT_CT_BYPASS]++;
-	} else if (over_flow_limit()) {
+	} else if (over_flow_limit(cfg)) {
 		st->count[STAT_CT_GUARD]++;
 	} else {
 		struct ct_value ct = {
@@ -307,14 +301,15 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		if (ct_event < STAT_MAX)
 			st->count[ct_event]++;
 	}
-	if (vip->flags & VIP_F_SOURCE_HASH)
+	if ((vip->flags & VIP_F_SOURCE_HASH) && vip->mode == MODE_IPIP)
 		hash = hash_of(f); /* the outer header spreads by 5-tuple */
-	return forward(ctx, st, vip, id, be, f, hash);
+	return forward(ctx, st, cfg, vip, id, be, f, hash);
 }
 
 /* ct_hit forwards by a connection entry, or returns -1 if the entry is
  * stale (its VIP or backend is gone) and the packet must be re-hashed. */
-static __always_inline int ct_hit(struct xdp_md *ctx, struct stat_table *st, struct ct_value *ct,
+static __always_inline int ct_hit(struct xdp_md *ctx, struct stat_table *st,
+				  const struct lb_config *cfg, struct ct_value *ct,
 				  const struct flow *f)
 {
 	const struct backend *be = live_backend(ct->backend);
@@ -332,10 +327,11 @@ static __always_inline int ct_hit(struct xdp_md *ctx, struct stat_table *st, str
 	if (ct->last_seen != now)
 		ct->last_seen = now;
 	st->count[STAT_CT_HIT]++;
-	return forward(ctx, st, vip, ct->backend, be, f, vip->mode == MODE_IPIP ? hash_of(f) : 0);
+	return forward(ctx, st, cfg, vip, ct->backend, be, f, vip->mode == MODE_IPIP ? hash_of(f) : 0);
 }
 
-static __always_inline int balance_v4(struct xdp_md *ctx, struct stat_table *st, void *l3,
+static __always_inline int balance_v4(struct xdp_md *ctx, struct stat_table *st,
+					      const struct lb_config *cfg, void *l3,
 					      __u32 l3off, void *end)
 {
 	struct flow f = { .l3off = l3off };
@@ -363,11 +359,11 @@ static __always_inline int balance_v4(struct xdp_md *ctx, struct stat_table *st,
 	ck.proto = f.proto;
 	if (f.syn) {
 		event = STAT_CT_SYN;
-	} else if (ct_wanted(f.proto)) {
+	} else if (ct_wanted(cfg, f.proto)) {
 		struct ct_value *ct = bpf_map_lookup_elem(&ct_v4, &ck);
 
 		if (ct) {
-			int action = ct_hit(ctx, st, ct, &f);
+			int action = ct_hit(ctx, st, cfg, ct, &f);
 
 			if (action >= 0)
 				return action;
@@ -389,10 +385,11 @@ static __always_inline int balance_v4(struct xdp_md *ctx, struct stat_table *st,
 		hash = flow_hash(f.src.v4, 0, 0, f.proto);
 	else
 		hash = flow_hash(f.src.v4, f.dst.v4, f.ports, f.proto);
-	return balance(ctx, st, vip, &f, hash, &ct_v4, &ck, event);
+	return balance(ctx, st, cfg, vip, &f, hash, &ct_v4, &ck, event);
 }
 
-static __always_inline int balance_v6(struct xdp_md *ctx, struct stat_table *st, void *l3,
+static __always_inline int balance_v6(struct xdp_md *ctx, struct stat_table *st,
+					      const struct lb_config *cfg, void *l3,
 					      __u32 l3off, void *end)
 {
 	struct flow f = { .l3off = l3off };
@@ -420,11 +417,11 @@ static __always_inline int balance_v6(struct xdp_md *ctx, struct stat_table *st,
 	ck.proto = f.proto;
 	if (f.syn) {
 		event = STAT_CT_SYN;
-	} else if (ct_wanted(f.proto)) {
+	} else if (ct_wanted(cfg, f.proto)) {
 		struct ct_value *ct = bpf_map_lookup_elem(&ct_v6, &ck);
 
 		if (ct) {
-			int action = ct_hit(ctx, st, ct, &f);
+			int action = ct_hit(ctx, st, cfg, ct, &f);
 
 			if (action >= 0)
 				return action;
@@ -446,7 +443,7 @@ static __always_inline int balance_v6(struct xdp_md *ctx, struct stat_table *st,
 		hash = flow_hash(fold6(f.src.v6), 0, 0, f.proto);
 	else
 		hash = flow_hash(fold6(f.src.v6), fold6(f.dst.v6), f.ports, f.proto);
-	return balance(ctx, st, vip, &f, hash, &ct_v6, &ck, event);
+	return balance(ctx, st, cfg, vip, &f, hash, &ct_v6, &ck, event);
 }
 
 SEC("xdp")
@@ -455,11 +452,15 @@ int fulcrum_balancer(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u32 zero = 0, l3off = 0;
+	struct lb_config *cfg;
 	struct stat_table *st;
 	__be16 proto;
 
+	/* The two per-CPU/global singletons, looked up once per packet and
+	 * handed down. */
 	st = bpf_map_lookup_elem(&stats, &zero);
-	if (!st)
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!st || !cfg)
 		return XDP_PASS;
 
 	proto = parse_eth(data, end, &l3off);
@@ -472,8 +473,8 @@ int fulcrum_balancer(struct xdp_md *ctx)
 	    (((struct ethhdr *)data)->h_dest[0] & 1))
 		return verdict(st, STAT_PASS_NOT_UNICAST, XDP_PASS);
 	if (proto == bpf_htons(ETH_P_IP))
-		return balance_v4(ctx, st, data + l3off, l3off, end);
+		return balance_v4(ctx, st, cfg, data + l3off, l3off, end);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return balance_v6(ctx, st, data + l3off, l3off, end);
+		return balance_v6(ctx, st, cfg, data + l3off, l3off, end);
 	return verdict(st, STAT_PASS_NOT_IP, XDP_PASS);
 }
