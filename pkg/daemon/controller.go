@@ -173,7 +173,8 @@ func keyOf(ref api.VIPRef) (datapath.VIP, error) {
 	return datapath.VIP{Addr: ref.Address, Port: ref.Port, Proto: p}, nil
 }
 
-// classify maps reconciler errors onto the API's error kinds.
+// classify maps reconciler errors onto the API's error kinds; anything
+// else (the kernel refusing a write) stays a server error.
 func classify(err error) error {
 	switch {
 	case err == nil:
@@ -182,12 +183,12 @@ func classify(err error) error {
 		return err
 	case errors.Is(err, reconcile.ErrNotFound):
 		return fmt.Errorf("%w: %w", api.ErrNotFound, err)
-	case strings.Contains(err.Error(), "already exists"):
+	case errors.Is(err, reconcile.ErrExists):
 		return fmt.Errorf("%w: %w", api.ErrConflict, err)
-	case strings.Contains(err.Error(), "write datapath"):
-		return err // the kernel refused: a server error
+	case errors.Is(err, reconcile.ErrInvalid):
+		return fmt.Errorf("%w: %w", api.ErrInvalid, err)
 	}
-	return fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	return err
 }
 
 func (c *controller) AddVIP(ctx context.Context, v api.VIP) error {

@@ -114,7 +114,7 @@ func (r *Reconciler) AddVIP(ctx context.Context, v config.VIP) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.find(Key(v)) >= 0 {
-		return fmt.Errorf("vip %s already exists", Key(v))
+		return fmt.Errorf("vip %s %w", Key(v), ErrExists)
 	}
 	_, err := r.commit(ctx, append(slices.Clone(r.desired), v))
 	return err
@@ -137,7 +137,7 @@ func (r *Reconciler) AddBackend(ctx context.Context, key datapath.VIP, b config.
 	return r.editVIP(ctx, key, func(v *config.VIP) error {
 		for _, o := range v.Backends {
 			if o.Address == b.Address {
-				return fmt.Errorf("backend %s already exists in vip %s", b.Address, key)
+				return fmt.Errorf("backend %s %w in vip %s", b.Address, ErrExists, key)
 			}
 		}
 		v.Backends = append(slices.Clone(v.Backends), b)
@@ -160,7 +160,7 @@ func (r *Reconciler) RemoveBackend(ctx context.Context, key datapath.VIP, addr n
 // SetWeight sets a backend's weight; 0 drains it.
 func (r *Reconciler) SetWeight(ctx context.Context, key datapath.VIP, addr netip.Addr, weight uint32) error {
 	if weight > datapath.MaxWeight {
-		return fmt.Errorf("weight %d is over the maximum %d", weight, datapath.MaxWeight)
+		return invalid{fmt.Errorf("weight %d is over the maximum %d", weight, datapath.MaxWeight)}
 	}
 	return r.editVIP(ctx, key, func(v *config.VIP) error {
 		i := slices.IndexFunc(v.Backends, func(b config.Backend) bool { return b.Address == addr })
@@ -206,8 +206,24 @@ func (r *Reconciler) HealthOf() map[datapath.VIP]map[netip.Addr]Health {
 	return out
 }
 
-// ErrNotFound marks a change that names a VIP or backend that does not exist.
-var ErrNotFound = errors.New("not found")
+// Errors that classify a refused change; the datapath's own failures
+// (the kernel refusing a write) wrap none of them.
+var (
+	// ErrNotFound marks a change that names a VIP or backend that does
+	// not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists marks an addition of a VIP or backend that exists.
+	ErrExists = errors.New("already exists")
+	// ErrInvalid marks a desired state that cannot be planned: bad
+	// values, unresolvable MACs, over capacity.
+	ErrInvalid = errors.New("invalid")
+)
+
+// invalid marks err as ErrInvalid without changing its message.
+type invalid struct{ error }
+
+func (e invalid) Unwrap() error        { return e.error }
+func (e invalid) Is(target error) bool { return target == ErrInvalid }
 
 func (r *Reconciler) find(key datapath.VIP) int {
 	return slices.IndexFunc(r.desired, func(v config.VIP) bool { return Key(v) == key })
@@ -302,7 +318,7 @@ func (r *Reconciler) plan(ctx context.Context, desired []config.VIP) (map[datapa
 		errs = append(errs, fmt.Errorf("%d backends in all vips: too many, the maximum is %d", pairs, maxBackends))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, invalid{err}
 	}
 	return plan, nil
 }
