@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/config"
@@ -64,8 +63,7 @@ func daemonCommands() []*cli.Command {
 						return cli.Exit(fmt.Sprintf("fulcrum detach: a daemon is running on %s; stop it first (it would keep the program attached)", socket), 1)
 					}
 				}
-				var st unix.Statfs_t
-				if err := unix.Statfs(bpffs, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+				if !datapath.IsBPFFS(bpffs) {
 					fmt.Fprintf(c.App.Writer, "nothing to detach: no bpffs at %s\n", bpffs)
 					return nil
 				}

@@ -22,11 +22,16 @@ func PinDir(root, instance string) string {
 	return filepath.Join(root, "fulcrum", instance)
 }
 
+// IsBPFFS reports whether dir is the root of a mounted bpf filesystem.
+func IsBPFFS(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
+
 // EnsureBPFFS mounts a bpf filesystem at dir unless one is there already.
 // A fresh machine (and every `ip netns exec`) has none at /sys/fs/bpf.
 func EnsureBPFFS(dir string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+	if IsBPFFS(dir) {
 		return nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
@@ -440,12 +441,10 @@ func (d *Datapath) ringSpec() *ebpf.MapSpec {
 		Type:      ebpf.Array,
 		KeySize:   4,
 		ValueSize: 4,
-		Flags:     bpfFInnerMap,
+		Flags:     unix.BPF_F_INNER_MAP, // inner maps of any size fit the template
 	}
 }
 
-// bpfFInnerMap is BPF_F_INNER_MAP: inner maps of any size fit the template.
-const bpfFInnerMap = 1 << 12
 
 // retireBackend marks a backend id dead (its connection entries become
 // stale and re-hash) and frees the id.
