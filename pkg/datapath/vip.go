@@ -445,7 +445,6 @@ func (d *Datapath) ringSpec() *ebpf.MapSpec {
 	}
 }
 
-
 // retireBackend marks a backend id dead (its connection entries become
 // stale and re-hash) and frees the id.
 func (d *Datapath) retireBackend(b *backendEntry) error {
