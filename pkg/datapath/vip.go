@@ -47,11 +47,12 @@ func (d *Datapath) VIPs() []VIPState {
 	for _, e := range d.vips {
 		out = append(out, VIPState{VIP: e.vip, Config: e.cfg, Index: e.index, Backends: e.backendList()})
 	}
-	slices.SortFunc(out, func(a, b VIPState) int { return compareVIP(a.VIP, b.VIP) })
+	slices.SortFunc(out, func(a, b VIPState) int { return a.VIP.Compare(b.VIP) })
 	return out
 }
 
-func compareVIP(a, b VIP) int {
+// Compare orders VIPs by address, then port, then protocol.
+func (a VIP) Compare(b VIP) int {
 	if c := a.Addr.Compare(b.Addr); c != 0 {
 		return c
 	}

@@ -408,7 +408,7 @@ func (r *Reconciler) apply(plan map[datapath.VIP]target) (Result, error) {
 	for k := range plan {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, compareVIP)
+	slices.SortFunc(keys, datapath.VIP.Compare)
 	for _, k := range keys {
 		t := plan[k]
 		cur, exists := current[k]
@@ -436,7 +436,7 @@ func (r *Reconciler) apply(plan map[datapath.VIP]target) (Result, error) {
 		}
 		res.Removed = append(res.Removed, k)
 	}
-	slices.SortFunc(res.Removed, compareVIP)
+	slices.SortFunc(res.Removed, datapath.VIP.Compare)
 	res.Duration = time.Since(start)
 	if len(res.Added)+len(res.Changed)+len(res.Removed) > 0 {
 		if r.observe != nil {
@@ -468,14 +468,4 @@ func same(cur datapath.VIPState, t target) bool {
 		}
 	}
 	return true
-}
-
-func compareVIP(a, b datapath.VIP) int {
-	if c := a.Addr.Compare(b.Addr); c != 0 {
-		return c
-	}
-	if a.Port != b.Port {
-		return int(a.Port) - int(b.Port)
-	}
-	return int(a.Proto) - int(b.Proto)
 }
