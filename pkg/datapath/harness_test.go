@@ -2,15 +2,12 @@ package datapath
 
 import (
 	"bytes"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
@@ -18,25 +15,21 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/testpacket"
 )
 
-// XDP verdicts as BPF_PROG_RUN reports them.
+// The shared fast-path test helpers, under the names this package's tests use.
 const (
-	xdpAborted  = 0
-	xdpDrop     = 1
-	xdpPass     = 2
-	xdpTX       = 3
-	xdpRedirect = 4
+	xdpAborted  = testpacket.XDPAborted
+	xdpDrop     = testpacket.XDPDrop
+	xdpPass     = testpacket.XDPPass
+	xdpTX       = testpacket.XDPTX
+	xdpRedirect = testpacket.XDPRedirect
 )
 
-var verdictNames = map[uint32]string{0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
-
-// requireBPF skips on machines where BPF programs cannot be loaded. On the
-// project's machines (root, kernel 6.18) it never skips.
-func requireBPF(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("skipped: loading BPF programs needs root (CAP_BPF and CAP_NET_ADMIN)")
-	}
-}
+var (
+	verdictNames = testpacket.VerdictNames
+	requireBPF   = testpacket.RequireBPF
+	runProg      = testpacket.Run
+	hexDiff      = testpacket.HexDiff
+)
 
 func newTestDatapath(tb testing.TB) *Datapath {
 	tb.Helper()
@@ -47,17 +40,6 @@ func newTestDatapath(tb testing.TB) *Datapath {
 	}
 	tb.Cleanup(func() { d.Close() })
 	return d
-}
-
-// runProg pushes one packet through prog with BPF_PROG_RUN.
-func runProg(tb testing.TB, prog *ebpf.Program, in []byte) (uint32, []byte) {
-	tb.Helper()
-	opts := ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+512)}
-	ret, err := prog.Run(&opts)
-	if err != nil {
-		tb.Fatalf("BPF_PROG_RUN: %v", err)
-	}
-	return ret, opts.DataOut
 }
 
 // expectBackend computes, independently of the datapath's own state, which
@@ -94,23 +76,6 @@ func dsrRewrite(in []byte, backend net.HardwareAddr) []byte {
 	copy(out[6:12], in[0:6])
 	copy(out[0:6], backend)
 	return out
-}
-
-// hexDiff renders two frames side by side, 16 bytes a row, marking rows
-// that differ.
-func hexDiff(got, want []byte) string {
-	var sb strings.Builder
-	n := max(len(got), len(want))
-	for off := 0; off < n; off += 16 {
-		g := got[min(off, len(got)):min(off+16, len(got))]
-		w := want[min(off, len(want)):min(off+16, len(want))]
-		mark := "  "
-		if !bytes.Equal(g, w) {
-			mark = "!="
-		}
-		fmt.Fprintf(&sb, "%04x %s got %-32s want %s\n", off, mark, hex.EncodeToString(g), hex.EncodeToString(w))
-	}
-	return sb.String()
 }
 
 func statsDelta(before, after Counters) map[Stat]uint64 {

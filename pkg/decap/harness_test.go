@@ -1,40 +1,32 @@
 package decap
 
 import (
-	"bytes"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/testpacket"
 )
 
-// XDP verdicts as BPF_PROG_RUN reports them.
+// The shared fast-path test helpers, under the names this package's tests use.
 const (
-	xdpAborted = 0
-	xdpDrop    = 1
-	xdpPass    = 2
+	xdpAborted = testpacket.XDPAborted
+	xdpDrop    = testpacket.XDPDrop
+	xdpPass    = testpacket.XDPPass
 )
 
-var verdictNames = map[uint32]string{0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
-
-// requireRoot skips where BPF programs cannot be loaded. On the project's
-// machines (root, kernel 6.18) it never skips.
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("skipped: loading BPF programs needs root (CAP_BPF and CAP_NET_ADMIN)")
-	}
-}
+var (
+	verdictNames = testpacket.VerdictNames
+	requireRoot  = testpacket.RequireBPF
+	runProg      = testpacket.Run
+	hexDiff      = testpacket.HexDiff
+)
 
 // newTestDecap loads the program with the given VIPs.
 func newTestDecap(tb testing.TB, vips ...netip.Addr) *Decap {
@@ -49,34 +41,6 @@ func newTestDecap(tb testing.TB, vips ...netip.Addr) *Decap {
 		tb.Fatalf("SetVIPs(%v): %v", vips, err)
 	}
 	return d
-}
-
-// runProg pushes one frame through prog with BPF_PROG_RUN.
-func runProg(tb testing.TB, prog *ebpf.Program, in []byte) (uint32, []byte) {
-	tb.Helper()
-	opts := ebpf.RunOptions{Data: bytes.Clone(in), DataOut: make([]byte, len(in)+256)}
-	ret, err := prog.Run(&opts)
-	if err != nil {
-		tb.Fatalf("BPF_PROG_RUN: %v", err)
-	}
-	return ret, opts.DataOut
-}
-
-// hexDiff renders two frames side by side, 16 bytes a row, marking rows
-// that differ.
-func hexDiff(got, want []byte) string {
-	var sb strings.Builder
-	n := max(len(got), len(want))
-	for off := 0; off < n; off += 16 {
-		g := got[min(off, len(got)):min(off+16, len(got))]
-		w := want[min(off, len(want)):min(off+16, len(want))]
-		mark := "  "
-		if !bytes.Equal(g, w) {
-			mark = "!="
-		}
-		fmt.Fprintf(&sb, "%04x %s got %-32s want %s\n", off, mark, hex.EncodeToString(g), hex.EncodeToString(w))
-	}
-	return sb.String()
 }
 
 func counterDelta(before, after map[string]uint64) map[string]uint64 {
