@@ -7,7 +7,8 @@ BPF_SOURCES := $(wildcard bpf/*.c bpf/*.h)
 GENERATED := pkg/datapath/balancer_bpfel.go pkg/datapath/balancer_bpfel.o \
 	pkg/datapath/testprogs_bpfel.go pkg/datapath/testprogs_bpfel.o \
 	pkg/decap/decap_bpfel.go pkg/decap/decap_bpfel.o \
-	pkg/perf/perf_bpfel.go pkg/perf/perf_bpfel.o
+	pkg/perf/perf_bpfel.go pkg/perf/perf_bpfel.o \
+	pkg/healthsteer/healthsteer_bpfel.go pkg/healthsteer/healthsteer_bpfel.o
 BENCH_COUNT ?= 5
 
 .PHONY: all generate build test bench vet check-generated clean demo fuzz-short
@@ -17,7 +18,7 @@ all: build
 # generate compiles bpf/*.c with clang-19 and the libbpf-dev headers and
 # writes the Go bindings (bpf2go). The output is committed.
 generate:
-	$(GO) generate ./pkg/datapath/ ./pkg/decap/ ./pkg/perf/
+	$(GO) generate ./pkg/datapath/ ./pkg/decap/ ./pkg/perf/ ./pkg/healthsteer/
 
 build:
 	$(GO) build -o bin/fulcrum ./cmd/fulcrum
