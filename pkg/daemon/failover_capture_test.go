@@ -1,0 +1,244 @@
+package daemon_test
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fulcrum-lb/fulcrum/testenv"
+)
+
+// advertCapture records the VRRP advertisements (IPv4, protocol 112) that
+// cross one interface, with the kernel's timestamps: when they reached the
+// interface (received) or left through it (sent). It is the test's own
+// witness of the protocol's timing, independent of the daemons' counters.
+type advertCapture struct {
+	where string
+	fd    int
+	done  chan struct{}
+	wg    sync.WaitGroup
+
+	mu      sync.Mutex
+	adverts []capturedAdvert
+}
+
+type capturedAdvert struct {
+	at       time.Time
+	src      netip.Addr
+	priority int
+	outgoing bool
+}
+
+// captureAdverts starts capturing on iface in host's namespace until the
+// test ends (or stop).
+func captureAdverts(t *testing.T, host *testenv.Host, iface string) *advertCapture {
+	t.Helper()
+	c := &advertCapture{where: host.Role() + "/" + iface, fd: -1, done: make(chan struct{})}
+	err := host.Do(func() error {
+		ifi, err := host.Link(iface)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons16(unix.ETH_P_IP)))
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		c.fd = fd
+		// Only protocol 112 reaches the socket: the capture must not
+		// fall behind (or cost CPU) under a flood of data packets.
+		filter := []unix.SockFilter{
+			{Code: 0x30, K: 14 + 9},            // ldb [23]: IPv4 protocol
+			{Code: 0x15, Jt: 0, Jf: 1, K: 112}, // jeq #112
+			{Code: 0x06, K: 0xffff},            // ret: accept
+			{Code: 0x06, K: 0},                 // ret: drop
+		}
+		prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+			return fmt.Errorf("SO_ATTACH_FILTER: %w", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons16(unix.ETH_P_IP), Ifindex: ifi.Attrs().Index}); err != nil {
+			return fmt.Errorf("bind to %s: %w", iface, err)
+		}
+		for _, o := range []struct{ level, opt, v int }{
+			{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1},
+			{unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4 << 20},
+		} {
+			if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+				return fmt.Errorf("setsockopt %d: %w", o.opt, err)
+			}
+		}
+		// A timeout, so that the reader notices stop: close does not
+		// wake a blocked recvmsg.
+		tv := unix.Timeval{Usec: 100_000}
+		return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	})
+	if err != nil {
+		if c.fd >= 0 {
+			unix.Close(c.fd)
+		}
+		t.Fatalf("capture on %s: %v", c.where, err)
+	}
+	c.wg.Add(1)
+	go c.read()
+	t.Cleanup(c.stop)
+	return c
+}
+
+func htons16(v uint16) uint16 { return v<<8 | v>>8 }
+
+func (c *advertCapture) read() {
+	defer c.wg.Done()
+	buf := make([]byte, 256)
+	oob := make([]byte, 128)
+	for {
+		select {
+		case <-c.done:
+			return
+		default:
+		}
+		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, 0)
+		if err != nil {
+			continue // timeout (or EINTR): look at done again
+		}
+		f := buf[:n]
+		if n < 14+20+4 {
+			continue
+		}
+		ihl := int(f[14]&0x0f) * 4
+		if n < 14+ihl+4 {
+			continue
+		}
+		a := capturedAdvert{
+			at:       time.Now(),
+			src:      netip.AddrFrom4([4]byte(f[26:30])),
+			priority: int(f[14+ihl+2]),
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok {
+			a.outgoing = ll.Pkttype == unix.PACKET_OUTGOING
+		}
+		if cms, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, cm := range cms {
+				if cm.Header.Level == unix.SOL_SOCKET && cm.Header.Type == unix.SCM_TIMESTAMPNS && len(cm.Data) >= int(unsafe.Sizeof(unix.Timespec{})) {
+					ts := (*unix.Timespec)(unsafe.Pointer(&cm.Data[0]))
+					a.at = time.Unix(ts.Unix())
+				}
+			}
+		}
+		c.mu.Lock()
+		c.adverts = append(c.adverts, a)
+		c.mu.Unlock()
+	}
+}
+
+func (c *advertCapture) stop() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	close(c.done)
+	c.wg.Wait()
+	unix.Close(c.fd)
+}
+
+// drops is what the kernel could not queue to the capture socket: if not
+// 0, the capture is incomplete and a gap in it proves nothing.
+func (c *advertCapture) drops() uint32 {
+	st, err := unix.GetsockoptTpacketStats(c.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	if err != nil {
+		return ^uint32(0)
+	}
+	return st.Drops
+}
+
+// from returns the capture times of src's advertisements of a priority
+// other than 0, in [start, end).
+func (c *advertCapture) from(src netip.Addr, start, end time.Time) []time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []time.Time
+	for _, a := range c.adverts {
+		if a.src == src && a.priority != 0 && !a.at.Before(start) && a.at.Before(end) {
+			out = append(out, a.at)
+		}
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
+	return out
+}
+
+// gapStats describes the spacing of a series of times.
+type gapStats struct {
+	n         int
+	worst     time.Duration
+	worstAt   time.Time // the end of the worst gap
+	over      int       // gaps longer than the limit given to gaps
+	overTimes []time.Time
+}
+
+// gaps measures the spacing of times; over counts the gaps longer than
+// limit.
+func gaps(times []time.Time, limit time.Duration) gapStats {
+	g := gapStats{n: len(times)}
+	for i := 1; i < len(times); i++ {
+		d := times[i].Sub(times[i-1])
+		if d > g.worst {
+			g.worst, g.worstAt = d, times[i]
+		}
+		if d > limit {
+			g.over++
+			if len(g.overTimes) < 20 {
+				g.overTimes = append(g.overTimes, times[i])
+			}
+		}
+	}
+	return g
+}
+
+func (g gapStats) String() string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%d adverts, worst gap %s", g.n, g.worst.Round(100*time.Microsecond))
+	if !g.worstAt.IsZero() {
+		fmt.Fprintf(&sb, " (ending %s)", g.worstAt.Format("15:04:05.000"))
+	}
+	fmt.Fprintf(&sb, ", %d gaps over the limit", g.over)
+	return sb.String()
+}
+
+// netCounters returns `ip -s -s link show dev iface` in host, for the
+// drop counters (and ethtool -S where the driver has them: veth's
+// per-queue xdp and peer drops).
+func netCounters(host *testenv.Host, iface string) string {
+	var sb strings.Builder
+	if out, err := host.Run(bg(), "ip", "-s", "-s", "link", "show", "dev", iface); err == nil {
+		sb.WriteString(out)
+	}
+	if out, err := host.Run(bg(), "ethtool", "-S", iface); err == nil {
+		for _, l := range strings.Split(out, "\n") {
+			// Only the nonzero drop/error/xdp counters: the rest is noise.
+			f := strings.Fields(l)
+			if len(f) == 2 && f[1] != "0" && (strings.Contains(f[0], "drop") || strings.Contains(f[0], "err") || strings.Contains(f[0], "xdp")) {
+				sb.WriteString("  ethtool " + strings.Join(f, " ") + "\n")
+			}
+		}
+	}
+	return sb.String()
+}
+
+// dropCounters returns the (rx, tx) dropped counters of iface in host.
+func dropCounters(host *testenv.Host, iface string) (rx, tx uint64) {
+	host.Do(func() error {
+		l, err := host.Link(iface)
+		if err == nil && l.Attrs().Statistics != nil {
+			rx, tx = l.Attrs().Statistics.RxDropped, l.Attrs().Statistics.TxDropped
+		}
+		return nil
+	})
+	return rx, tx
+}
