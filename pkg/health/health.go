@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -58,7 +59,35 @@ type Target struct {
 	VIP     datapath.VIP
 	Backend netip.Addr
 	Check   config.HealthCheck // resolved: Port set, defaults applied
+	// Mode is the VIP's forwarding mode ("dsr" or "ipip") and MAC the
+	// backend's configured MAC (nil: resolved). Only through-datapath
+	// checks use them: their probes reach the backend as the VIP's
+	// traffic does.
+	Mode string
+	MAC  net.HardwareAddr
 }
+
+// Steerer has the data path steer the probes of through-datapath checks:
+// packets carrying a mark go to one target's backend (pkg/healthsteer
+// does it at tc egress; the daemon implements this interface).
+type Steerer interface {
+	// Steer makes packets with mark reach t's backend. The checker calls
+	// it from t's goroutine before t's first probe and again before the
+	// probe after a failed one (so a changed route or MAC is picked up);
+	// an error fails that probe.
+	Steer(ctx context.Context, mark uint32, t Target) error
+	// Unsteer removes mark's steering once its target is gone; the mark
+	// may be given to another target afterwards.
+	Unsteer(mark uint32)
+}
+
+// DefaultMarkBase and DefaultMarkCount are the socket marks of
+// through-datapath probes unless Options say otherwise: 0x46430000 to
+// 0x4643ffff, one per target. They match pkg/healthsteer's defaults.
+const (
+	DefaultMarkBase  uint32 = 0x46430000
+	DefaultMarkCount uint32 = 1 << 16
+)
 
 // Status is the observed state of a target.
 type Status struct {
@@ -95,6 +124,14 @@ type Options struct {
 	// Observe, if not nil, is called after every probe with the check
 	// kind (tcp, http, https, udp), its latency and whether it succeeded.
 	Observe func(kind string, latency time.Duration, ok bool)
+	// Steer steers through-datapath probes; without it such checks fail
+	// with an error saying so.
+	Steer Steerer
+	// MarkBase and MarkCount are the socket marks given to
+	// through-datapath targets, [MarkBase, MarkBase+MarkCount); zero
+	// values mean DefaultMarkBase and DefaultMarkCount. They must match
+	// the steering program's range.
+	MarkBase, MarkCount uint32
 }
 
 // key identifies a target.
@@ -112,10 +149,13 @@ type Checker struct {
 	// probe runs one probe; tests replace it.
 	probe func(ctx context.Context, t *target) error
 
-	throughOnce sync.Once
+	steer               Steerer
+	markBase, markCount uint32
 
-	mu      sync.Mutex
-	targets map[key]*target
+	mu        sync.Mutex
+	targets   map[key]*target
+	marks     map[uint32]bool // marks held by through-datapath targets
+	nextMark  uint32          // where the search for a free mark starts
 	running bool           // within Run
 	wg      sync.WaitGroup // target goroutines
 	live    int            // target goroutines running, for tests
@@ -126,24 +166,43 @@ type target struct {
 	key  key
 	wake chan struct{} // the check's interval changed: reschedule
 
+	// steered is whether the mark's steering is in place; only the
+	// target's goroutine uses it.
+	steered bool
+
 	// guarded by Checker.mu
 	stop    context.CancelFunc // ends the goroutine; nil when none runs
+	running bool               // the goroutine has not exited yet
 	check   config.HealthCheck
 	prober  prober
 	removed bool
 	status  Status
+	// mark is the socket mark of a through-datapath target, 0 for
+	// others. It is fixed for the record's life: a target that starts or
+	// stops checking through the data path is replaced by a new record.
+	mark uint32
 }
 
 // New returns a checker with no targets. Call Run to start probing.
 func New(opts Options) *Checker {
 	c := &Checker{
-		log:      opts.Log,
-		onChange: opts.OnChange,
-		observe:  opts.Observe,
-		targets:  make(map[key]*target),
+		log:       opts.Log,
+		onChange:  opts.OnChange,
+		observe:   opts.Observe,
+		steer:     opts.Steer,
+		markBase:  opts.MarkBase,
+		markCount: opts.MarkCount,
+		targets:   make(map[key]*target),
+		marks:     make(map[uint32]bool),
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.markBase == 0 {
+		c.markBase = DefaultMarkBase
+	}
+	if c.markCount == 0 {
+		c.markCount = DefaultMarkCount
 	}
 	c.probe = c.runProbe
 	return c
@@ -152,32 +211,32 @@ func New(opts Options) *Checker {
 // Set replaces the target set: targets that stay (same VIP and backend)
 // keep their state and schedule, and a changed check applies from their
 // next probe; new ones start Unknown; removed ones stop, without a
-// transition. Targets whose check cannot be run (no port, unknown type)
-// are left out and logged. Safe to call at any time, before Run included.
+// transition. A target that starts or stops checking through the data
+// path, or whose mode or MAC changes while it does, starts afresh as a new
+// one. Targets whose check cannot be run (no port, unknown type, no mark
+// left) are left out and logged. Safe to call at any time, before Run
+// included.
 func (c *Checker) Set(targets []Target) {
-	want := make(map[key]config.HealthCheck, len(targets))
+	want := make(map[key]Target, len(targets))
 	for _, t := range targets {
 		hc, err := resolve(t)
 		if err != nil {
 			c.log.Error("health check left out", "vip", t.VIP.String(), "backend", t.Backend.String(), "err", err)
 			continue
 		}
-		want[key{t.VIP, t.Backend}] = hc
+		t.Check = hc
+		want[key{t.VIP, t.Backend}] = t
 	}
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for k, t := range c.targets {
-		if _, ok := want[k]; !ok {
-			t.removed = true
-			t.prober.close()
-			if t.stop != nil {
-				t.stop()
-			}
-			delete(c.targets, k)
+		if w, ok := want[k]; !ok || !sameSteering(t.status.Target, w) {
+			c.remove(t)
 		}
 	}
-	for k, hc := range want {
+	for k, w := range want {
+		hc := w.Check
 		t, ok := c.targets[k]
 		if ok {
 			if sameCheck(t.check, hc) {
@@ -185,7 +244,7 @@ func (c *Checker) Set(targets []Target) {
 			}
 			rescheduled := t.check.Interval != hc.Interval
 			t.prober.close()
-			t.check, t.prober = hc, newProber(hc)
+			t.check, t.prober = hc, newProber(hc, t.mark)
 			t.status.Check = hc
 			if rescheduled {
 				select {
@@ -195,18 +254,81 @@ func (c *Checker) Set(targets []Target) {
 			}
 			continue
 		}
+		var mark uint32
+		if hc.ThroughDatapath {
+			var ok bool
+			if mark, ok = c.allocMark(); !ok {
+				c.log.Error("health check left out", "vip", k.vip.String(), "backend", k.backend.String(),
+					"err", fmt.Sprintf("no socket mark left for a through-datapath check: %d are in use", c.markCount))
+				continue
+			}
+		}
+		w.MAC = slices.Clone(w.MAC)
 		t = &target{
 			key:    k,
 			wake:   make(chan struct{}, 1),
 			check:  hc,
-			prober: newProber(hc),
-			status: Status{Target: Target{VIP: k.vip, Backend: k.backend, Check: hc}},
+			prober: newProber(hc, mark),
+			mark:   mark,
+			status: Status{Target: w},
 		}
 		c.targets[k] = t
 		if c.running {
 			c.start(t)
 		}
 	}
+}
+
+// remove drops t from the set and stops its goroutine. Its mark is
+// released at once if no goroutine runs, else by the goroutine as it
+// exits, so that a Steer in flight cannot outlive the release. c.mu must
+// be held.
+func (c *Checker) remove(t *target) {
+	t.removed = true
+	t.prober.close()
+	if t.stop != nil {
+		t.stop()
+	}
+	delete(c.targets, t.key)
+	if !t.running {
+		c.releaseMark(t)
+	}
+}
+
+// allocMark returns a free mark of the range. c.mu must be held.
+func (c *Checker) allocMark() (uint32, bool) {
+	if uint32(len(c.marks)) >= c.markCount {
+		return 0, false
+	}
+	for {
+		m := c.markBase + c.nextMark
+		c.nextMark = (c.nextMark + 1) % c.markCount
+		if !c.marks[m] {
+			c.marks[m] = true
+			return m, true
+		}
+	}
+}
+
+// releaseMark removes t's steering and frees its mark. c.mu must be held.
+func (c *Checker) releaseMark(t *target) {
+	if t.mark == 0 {
+		return
+	}
+	if c.steer != nil {
+		c.steer.Unsteer(t.mark)
+	}
+	delete(c.marks, t.mark)
+	t.mark = 0
+}
+
+// sameSteering reports whether a target record made for a can serve b:
+// through-datapath targets are steered by mode and MAC, fixed per record.
+func sameSteering(a, b Target) bool {
+	if a.Check.ThroughDatapath != b.Check.ThroughDatapath {
+		return false
+	}
+	return !a.Check.ThroughDatapath || (a.Mode == b.Mode && slices.Equal(a.MAC, b.MAC))
 }
 
 // Run probes the targets until ctx ends, then stops every probe and
@@ -246,6 +368,7 @@ func (c *Checker) Statuses() []Status {
 	for _, t := range c.targets {
 		s := t.status
 		s.Check.ExpectStatus = slices.Clone(s.Check.ExpectStatus)
+		s.MAC = slices.Clone(s.MAC)
 		out = append(out, s)
 	}
 	c.mu.Unlock()
@@ -269,12 +392,18 @@ func (c *Checker) Statuses() []Status {
 func (c *Checker) start(t *target) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.stop = cancel
+	t.running = true
+	t.steered = false // the steering may have gone with an earlier Run
 	c.wg.Add(1)
 	c.live++
 	go func() {
 		defer func() {
 			c.mu.Lock()
 			c.live--
+			t.running = false
+			if t.removed {
+				c.releaseMark(t)
+			}
 			c.mu.Unlock()
 			c.wg.Done()
 		}()
@@ -331,12 +460,6 @@ func (c *Checker) probeOnce(ctx context.Context, t *target) {
 	c.mu.Lock()
 	hc := t.check
 	c.mu.Unlock()
-	if hc.ThroughDatapath {
-		c.throughOnce.Do(func() {
-			c.log.Warn("through-datapath health checks are not implemented yet; probing backends at their own address",
-				"vip", t.key.vip.String(), "backend", t.key.backend.String())
-		})
-	}
 
 	pctx, cancel := context.WithTimeout(ctx, hc.Timeout)
 	start := time.Now()
@@ -464,7 +587,7 @@ func Targets(vips []config.VIP) []Target {
 			}
 			hc := *b.HealthCheck
 			hc.ExpectStatus = slices.Clone(hc.ExpectStatus)
-			out = append(out, Target{VIP: key, Backend: b.Address, Check: hc})
+			out = append(out, Target{VIP: key, Backend: b.Address, Check: hc, Mode: v.Mode, MAC: slices.Clone(b.MAC)})
 		}
 	}
 	return out

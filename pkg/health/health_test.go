@@ -535,28 +535,6 @@ func TestSetSkipsUnusable(t *testing.T) {
 	}
 }
 
-func TestThroughDatapathFallsBack(t *testing.T) {
-	_, p := listenTCP(t, "127.0.0.1")
-	var logs syncBuffer
-	rec := &recorder{}
-	c := New(Options{Log: slog.New(slog.NewTextHandler(&logs, nil)), OnChange: rec.onChange})
-	hc := fast("tcp", p, 1, 1)
-	hc.ThroughDatapath = true
-	c.Set([]Target{{VIP: vipN(1), Backend: loopback, Check: hc}, {VIP: vipN(2), Backend: loopback, Check: hc}})
-	start(t, c)
-	waitFor(t, "both up", func() bool { return len(rec.all()) == 2 })
-	var notImpl int
-	for _, l := range logs.lines() {
-		if strings.Contains(l, "not implemented") {
-			notImpl++
-		}
-	}
-	if notImpl != 1 {
-		t.Fatalf("got %d lines saying through-datapath checks are not implemented, want 1:\n%s",
-			notImpl, strings.Join(logs.lines(), "\n"))
-	}
-}
-
 // TestSameCheck makes sure sameCheck compares every field of
 // config.HealthCheck, including any added later.
 func TestSameCheck(t *testing.T) {

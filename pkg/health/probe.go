@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fulcrum-lb/fulcrum/pkg/config"
 )
 
@@ -31,12 +33,13 @@ type prober struct {
 	client *http.Client
 }
 
-// newProber prepares the probes of check hc.
-func newProber(hc config.HealthCheck) prober {
+// newProber prepares the probes of check hc, whose sockets carry mark
+// (0: none).
+func newProber(hc config.HealthCheck, mark uint32) prober {
 	if hc.Type != "http" && hc.Type != "https" {
 		return prober{}
 	}
-	d := dialer(hc)
+	d := dialer(hc, mark)
 	tr := &http.Transport{
 		Proxy:                  nil, // never the environment's proxy
 		DialContext:            d.DialContext,
@@ -68,27 +71,61 @@ func (p prober) close() {
 	}
 }
 
-// runProbe probes t once with its current check.
+// runProbe probes t once with its current check. A through-datapath
+// probe is addressed to the VIP, from a socket with t's mark, after the
+// steering of that mark to t's backend is in place.
 func (c *Checker) runProbe(ctx context.Context, t *target) error {
 	c.mu.Lock()
-	hc, p := t.check, t.prober
+	hc, p, mark, tg := t.check, t.prober, t.mark, t.status.Target
 	c.mu.Unlock()
 	addr := netip.AddrPortFrom(t.key.backend, hc.Port)
+	if hc.ThroughDatapath {
+		addr = netip.AddrPortFrom(t.key.vip.Addr, hc.Port)
+		if err := c.steerTarget(ctx, t, mark, tg); err != nil {
+			return err
+		}
+	}
 	var err error
 	switch hc.Type {
 	case "tcp":
-		err = probeTCP(ctx, hc, addr)
+		err = probeTCP(ctx, hc, mark, addr)
 	case "http", "https":
 		err = probeHTTP(ctx, p.client, hc, addr)
 	case "udp":
-		err = probeUDP(ctx, hc, addr)
+		err = probeUDP(ctx, hc, mark, addr)
 	default:
 		err = fmt.Errorf("unknown check type %q", hc.Type)
 	}
+	if err != nil {
+		// Steer again before the next probe: the route or the MAC the
+		// steering uses may be what changed.
+		t.steered = false
+	}
 	if err != nil && (errors.Is(ctx.Err(), context.DeadlineExceeded) || isTimeout(err)) {
-		return fmt.Errorf("%s %s: no answer within %s", hc.Type, addr, hc.Timeout)
+		err = fmt.Errorf("%s %s: no answer within %s", hc.Type, addr, hc.Timeout)
+	}
+	if err != nil && hc.ThroughDatapath {
+		err = fmt.Errorf("%w (through the data path to backend %s)", err, t.key.backend)
 	}
 	return err
+}
+
+// steerTarget puts the steering of t's mark in place unless it is.
+func (c *Checker) steerTarget(ctx context.Context, t *target, mark uint32, tg Target) error {
+	if t.steered {
+		return nil
+	}
+	if c.steer == nil {
+		return errors.New("through-datapath check: no steering program is loaded (only the daemon loads it)")
+	}
+	if mark == 0 {
+		return errors.New("through-datapath check: the target has no socket mark")
+	}
+	if err := c.steer.Steer(ctx, mark, tg); err != nil {
+		return fmt.Errorf("through-datapath check: steer mark %#x to %s: %w", mark, t.key.backend, err)
+	}
+	t.steered = true
+	return nil
 }
 
 // isTimeout reports whether err is a deadline expiring, which the socket
@@ -98,10 +135,26 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// dialer returns a dialer that binds to the check's source address, if any.
-// Probes have no fallback delay (a single address) and no keep-alive.
-func dialer(hc config.HealthCheck) *net.Dialer {
+// dialer returns a dialer that binds to the check's source address, if any,
+// and marks its sockets with mark unless it is 0 (SO_MARK needs
+// CAP_NET_ADMIN). Probes have no fallback delay (a single address) and no
+// keep-alive.
+func dialer(hc config.HealthCheck, mark uint32) *net.Dialer {
 	d := &net.Dialer{KeepAlive: -1}
+	if mark != 0 {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("set socket mark %#x: %w", mark, serr)
+			}
+			return nil
+		}
+	}
 	if hc.Source.IsValid() {
 		switch hc.Type {
 		case "udp":
@@ -115,8 +168,8 @@ func dialer(hc config.HealthCheck) *net.Dialer {
 
 // probeTCP connects to addr and closes the connection with a reset, so
 // that a probe a second does not leave a socket in TIME_WAIT each time.
-func probeTCP(ctx context.Context, hc config.HealthCheck, addr netip.AddrPort) error {
-	conn, err := dialer(hc).DialContext(ctx, "tcp", addr.String())
+func probeTCP(ctx context.Context, hc config.HealthCheck, mark uint32, addr netip.AddrPort) error {
+	conn, err := dialer(hc, mark).DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		return fmt.Errorf("tcp connect %s: %w", addr, unwrapOp(err))
 	}
@@ -161,8 +214,8 @@ var bufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 // a reply, which must contain the expected string if one is set. An ICMP
 // port unreachable arrives on the connected socket as ECONNREFUSED and
 // fails the probe at once.
-func probeUDP(ctx context.Context, hc config.HealthCheck, addr netip.AddrPort) error {
-	conn, err := dialer(hc).DialContext(ctx, "udp", addr.String())
+func probeUDP(ctx context.Context, hc config.HealthCheck, mark uint32, addr netip.AddrPort) error {
+	conn, err := dialer(hc, mark).DialContext(ctx, "udp", addr.String())
 	if err != nil {
 		return fmt.Errorf("udp %s: %w", addr, unwrapOp(err))
 	}

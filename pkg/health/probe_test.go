@@ -30,7 +30,7 @@ func probe(t *testing.T, hc config.HealthCheck, backend netip.Addr) error {
 		t.Fatalf("resolve: %v", err)
 	}
 	c := New(Options{})
-	tg := &target{key: key{backend: backend}, check: hc, prober: newProber(hc)}
+	tg := &target{key: key{backend: backend}, check: hc, prober: newProber(hc, 0)}
 	defer tg.prober.close()
 	ctx, cancel := context.WithTimeout(context.Background(), hc.Timeout)
 	defer cancel()
@@ -369,7 +369,7 @@ func TestProbeStopsWithContext(t *testing.T) {
 	hc.Payload = "ping"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	done := make(chan error, 1)
-	go func() { done <- probeUDP(ctx, hc, netip.AddrPortFrom(loopback, hc.Port)) }()
+	go func() { done <- probeUDP(ctx, hc, 0, netip.AddrPortFrom(loopback, hc.Port)) }()
 	time.Sleep(20 * time.Millisecond)
 	cancel()
 	select {

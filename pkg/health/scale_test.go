@@ -291,7 +291,7 @@ func BenchmarkProbe(b *testing.B) {
 				b.Fatal(err)
 			}
 			c := New(Options{})
-			tg := &target{key: key{backend: loopback}, check: hc, prober: newProber(hc)}
+			tg := &target{key: key{backend: loopback}, check: hc, prober: newProber(hc, 0)}
 			b.ReportAllocs()
 			for b.Loop() {
 				ctx, cancel := context.WithTimeout(context.Background(), hc.Timeout)
