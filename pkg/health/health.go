@@ -152,13 +152,13 @@ type Checker struct {
 	steer               Steerer
 	markBase, markCount uint32
 
-	mu        sync.Mutex
-	targets   map[key]*target
-	marks     map[uint32]bool // marks held by through-datapath targets
-	nextMark  uint32          // where the search for a free mark starts
-	running bool           // within Run
-	wg      sync.WaitGroup // target goroutines
-	live    int            // target goroutines running, for tests
+	mu       sync.Mutex
+	targets  map[key]*target
+	marks    map[uint32]bool // marks held by through-datapath targets
+	nextMark uint32          // where the search for a free mark starts
+	running  bool            // within Run
+	wg       sync.WaitGroup  // target goroutines
+	live     int             // target goroutines running, for tests
 }
 
 // target is the checker's record of one target.
