@@ -26,13 +26,18 @@ const (
 	ConfigCeiling   = "ceiling"
 	ConfigCeilingTX = "ceiling-tx"
 	ConfigDSR       = "dsr"
-	ConfigIPIP      = "ipip"
-	ConfigNftables  = "nftables"
+	// ConfigDSRNoCT is dsr with the VIPs' connection table bypassed
+	// (no_conntrack): the ring on every packet. Beside dsr it shows what
+	// the connection table costs per packet; it is a diagnostic row, not
+	// one of the issue's configurations.
+	ConfigDSRNoCT  = "dsr-no-ct"
+	ConfigIPIP     = "ipip"
+	ConfigNftables = "nftables"
 )
 
 // PacketConfigs lists the packet-rate configurations; the ceiling first,
 // since every other figure is a ratio to it.
-var PacketConfigs = []string{ConfigCeiling, ConfigCeilingTX, ConfigDSR, ConfigIPIP, ConfigNftables}
+var PacketConfigs = []string{ConfigCeiling, ConfigCeilingTX, ConfigDSR, ConfigDSRNoCT, ConfigIPIP, ConfigNftables}
 
 // E2EConfigs are the configurations of the `e2e CONFIG mpps=N
 // x_ceiling=R` lines. ceiling-tx is a reference for the one-armed
@@ -58,6 +63,7 @@ const (
 //     ceiling of the one-armed configurations below;
 //   - dsr: XDP_TX back out of in0 (one L2 segment), to backends
 //     198.18.0.(10+i) with MAC 02:fc:02:00:00:(10+i);
+//   - dsr-no-ct: the same with the connection table bypassed;
 //   - ipip: XDP_TX back out of in0, where the FIB sends the backends
 //     198.18.4.(10+i): via the router 198.18.3.2 (gen0, a permanent
 //     neighbour). The balancer's FIB lookup is an output lookup bound to
@@ -122,10 +128,10 @@ type packetRig struct {
 	genMAC, inMAC net.HardwareAddr
 	outMAC        net.HardwareAddr
 
-	objs      perfObjects
-	sinkLinks []link.Link
-	dsr, ipip *datapath.Datapath
-	pass      *ebpf.Program
+	objs               perfObjects
+	sinkLinks          []link.Link
+	dsr, dsrNoCT, ipip *datapath.Datapath
+	pass               *ebpf.Program
 
 	// detach undoes the current selection.
 	detach  func() error
@@ -257,10 +263,13 @@ func newPacketRig(ctx context.Context, env *testenv.Env, queues, backends int) (
 		remote = append(remote, remoteBackend(i))
 		routed = append(routed, routedBackend(i))
 	}
-	if r.dsr, err = loadRigDatapath(datapath.ModeDSR, dsrs, datapath.EncapConfig{}); err != nil {
+	if r.dsr, err = loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeDSR}, dsrs, datapath.EncapConfig{}); err != nil {
 		return nil, err
 	}
-	if r.ipip, err = loadRigDatapath(datapath.ModeIPIP, remote, datapath.EncapConfig{SourceV4: rigEncapSource}); err != nil {
+	if r.dsrNoCT, err = loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeDSR, NoConntrack: true}, dsrs, datapath.EncapConfig{}); err != nil {
+		return nil, err
+	}
+	if r.ipip, err = loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeIPIP}, remote, datapath.EncapConfig{SourceV4: rigEncapSource}); err != nil {
 		return nil, err
 	}
 
@@ -281,11 +290,11 @@ func newPacketRig(ctx context.Context, env *testenv.Env, queues, backends int) (
 }
 
 // loadRigDatapath loads a balancer with a UDP and a TCP VIP on port 80 of
-// rigVIP, in mode m over backends, with its connection table on.
-func loadRigDatapath(m datapath.Mode, backends []datapath.Backend, encap datapath.EncapConfig) (*datapath.Datapath, error) {
+// rigVIP, configured by cfg, over backends.
+func loadRigDatapath(cfg datapath.VIPConfig, backends []datapath.Backend, encap datapath.EncapConfig) (*datapath.Datapath, error) {
 	d, err := datapath.Load(datapath.Options{ConntrackEntries: 1 << 18})
 	if err != nil {
-		return nil, fmt.Errorf("load balancer (%s): %w", m, err)
+		return nil, fmt.Errorf("load balancer (%s): %w", cfg.Mode, err)
 	}
 	if encap.SourceV4.IsValid() {
 		if err := d.SetEncap(encap); err != nil {
@@ -295,9 +304,9 @@ func loadRigDatapath(m datapath.Mode, backends []datapath.Backend, encap datapat
 	}
 	for _, p := range []datapath.Proto{datapath.UDP, datapath.TCP} {
 		vip := datapath.VIP{Addr: rigVIP, Port: rigVIPPort, Proto: p}
-		if err := d.AddVIP(vip, datapath.VIPConfig{Mode: m}, backends); err != nil {
+		if err := d.AddVIP(vip, cfg, backends); err != nil {
 			d.Close()
-			return nil, fmt.Errorf("add %s vip %s: %w", m, vip, err)
+			return nil, fmt.Errorf("add %s vip %s: %w", cfg.Mode, vip, err)
 		}
 	}
 	return d, nil
@@ -351,12 +360,12 @@ func (r *packetRig) Close() error {
 		errs = append(errs, l.Close())
 	}
 	r.sinkLinks = nil
-	for _, d := range []*datapath.Datapath{r.dsr, r.ipip} {
+	for _, d := range []*datapath.Datapath{r.dsr, r.dsrNoCT, r.ipip} {
 		if d != nil {
 			errs = append(errs, d.Close())
 		}
 	}
-	r.dsr, r.ipip = nil, nil
+	r.dsr, r.dsrNoCT, r.ipip = nil, nil, nil
 	errs = append(errs, r.objs.Close())
 	return errors.Join(errs...)
 }
@@ -368,6 +377,7 @@ var sinkModes = map[string]perfSinkKey{
 	ConfigCeiling:   perfSinkKeySINK_BY_MAC,
 	ConfigCeilingTX: perfSinkKeySINK_BY_MAC,
 	ConfigDSR:       perfSinkKeySINK_BY_MAC,
+	ConfigDSRNoCT:   perfSinkKeySINK_BY_MAC,
 	ConfigIPIP:      perfSinkKeySINK_BY_IP,
 	ConfigNftables:  perfSinkKeySINK_BY_IP,
 }
@@ -418,6 +428,8 @@ func (r *packetRig) selectConfig(name string) error {
 		err = attachProg(r.objs.CeilingTx)
 	case ConfigDSR:
 		err = attachFulcrum(r.dsr)
+	case ConfigDSRNoCT:
+		err = attachFulcrum(r.dsrNoCT)
 	case ConfigIPIP:
 		err = attachFulcrum(r.ipip)
 	case ConfigNftables:

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
@@ -61,6 +62,25 @@ func TestPacketRig(t *testing.T) {
 					t.Errorf("%s %s cpus %v: %d backends received frames, want %d (per backend %v)", c, kind, cpus, got, want, res.backendCounts(backends))
 				}
 			}
+		}
+	}
+	// dsr forwarded established flows by their connection entries, and
+	// dsr-no-ct by the ring alone.
+	for _, tc := range []struct {
+		config      string
+		d           *datapath.Datapath
+		moved, zero datapath.Stat
+	}{
+		{ConfigDSR, r.dsr, datapath.StatCtHit, datapath.StatCtBypass},
+		{ConfigDSRNoCT, r.dsrNoCT, datapath.StatCtBypass, datapath.StatCtHit},
+	} {
+		c, err := tc.d.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Stat(tc.moved) == 0 || c.Stat(tc.zero) != 0 {
+			t.Errorf("%s: %s = %d, %s = %d; want the first moved and the second 0", tc.config,
+				tc.moved, c.Stat(tc.moved), tc.zero, c.Stat(tc.zero))
 		}
 	}
 }
