@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,29 +20,46 @@ import (
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
-// throughConfig checks the v4 and v6 echo VIPs, the v4 DNS VIP (udp) and
+// throughVIP is one VIP of throughConfig: its backends' family (v6be)
+// may differ from its own in ipip mode.
+type throughVIP struct {
+	addr  netip.Addr
+	port  int
+	proto string
+	check string
+	v6be  bool
+}
+
+const throughTiming = "interval: 200ms, timeout: 150ms, rise: 2, fall: 2"
+
+// throughVIPs checks the v4 and v6 echo VIPs, the v4 DNS VIP (udp) and
 // the v6 web VIP (http) through the data path, and the v4 web VIP
-// directly (tcp to the backends' own port 9000), all in dsr mode.
-func (h *harness) throughConfig() string {
+// directly (tcp to the backends' own port 9000). With mixed set, the udp
+// and http VIPs have backends of the other family (4in6 and 6in4 in ipip
+// mode).
+func throughVIPs(mixed bool) []throughVIP {
+	return []throughVIP{
+		{vip4, 9000, "tcp", "{type: tcp, " + throughTiming + ", through_datapath: true}", false},
+		{vip6, 9000, "tcp", "{type: tcp, " + throughTiming + ", through_datapath: true}", true},
+		{vip4, 53, "udp", "{type: udp, payload: hc, expect: hc, " + throughTiming + ", through_datapath: true}", mixed},
+		{vip6, 80, "tcp", "{type: http, path: /, " + throughTiming + ", through_datapath: true}", !mixed},
+		{vip4, 80, "tcp", "{type: tcp, port: 9000, " + throughTiming + "}", false},
+	}
+}
+
+// throughConfig renders the daemon's config for throughVIPs in mode.
+func (h *harness) throughConfig(mode string) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "instance: e2e\nbpffs: %s\ninterfaces:\n  - name: eth0\napi:\n  socket: %s\nmetrics:\n  address: 127.0.0.1:9542\nvips:\n", h.dir, h.socket)
-	const timing = "interval: 200ms, timeout: 150ms, rise: 2, fall: 2"
-	for _, v := range []struct {
-		addr  netip.Addr
-		port  int
-		proto string
-		check string
-	}{
-		{vip4, 9000, "tcp", "{type: tcp, " + timing + ", through_datapath: true}"},
-		{vip6, 9000, "tcp", "{type: tcp, " + timing + ", through_datapath: true}"},
-		{vip4, 53, "udp", "{type: udp, payload: hc, expect: hc, " + timing + ", through_datapath: true}"},
-		{vip6, 80, "tcp", "{type: http, path: /, " + timing + ", through_datapath: true}"},
-		{vip4, 80, "tcp", "{type: tcp, port: 9000, " + timing + "}"},
-	} {
-		fmt.Fprintf(&sb, "  - address: %s\n    port: %d\n    protocol: %s\n    health_check: %s\n    backends:\n", v.addr, v.port, v.proto, v.check)
+	fmt.Fprintf(&sb, "instance: e2e\nbpffs: %s\ninterfaces:\n  - name: eth0\napi:\n  socket: %s\nmetrics:\n  address: 127.0.0.1:9542\n", h.dir, h.socket)
+	if mode == "ipip" {
+		fmt.Fprintf(&sb, "ipip:\n  source_v4: %s\n  source_v6: %s\n", testenv.EncapSourceV4, testenv.EncapSourceV6)
+	}
+	sb.WriteString("vips:\n")
+	for _, v := range throughVIPs(mode == "ipip") {
+		fmt.Fprintf(&sb, "  - address: %s\n    port: %d\n    protocol: %s\n    mode: %s\n    health_check: %s\n    backends:\n", v.addr, v.port, v.proto, mode, v.check)
 		for _, b := range h.topo.Backends {
 			a := b.IPv4
-			if v.addr.Is6() {
+			if v.v6be {
 				a = b.IPv6
 			}
 			fmt.Fprintf(&sb, "      - address: %s\n", a)
@@ -100,8 +118,44 @@ func (h *harness) egressPrograms() int {
 // back. When the daemon stops, the steering program is detached.
 func TestHealthThroughDatapath(t *testing.T) {
 	h := newHarness(t)
-	h.writeConfig(h.throughConfig())
+	h.writeConfig(h.throughConfig("dsr"))
 	h.startDaemon()
+	h.throughDatapath()
+}
+
+// TestHealthThroughDatapathIPIP is TestHealthThroughDatapath in ipip mode:
+// the backends sit behind the router and run `fulcrum decap`, and the
+// probes are encapsulated at lb1's tc egress (4in4 and 6in6 tcp, 4in6 udp,
+// 6in4 http).
+func TestHealthThroughDatapathIPIP(t *testing.T) {
+	h := newHarness(t, func(o *testenv.Options) { o.RemoteBackends = true })
+	for _, b := range h.topo.Backends {
+		if _, err := b.Start(context.Background(), h.bin, "decap", "-i", "eth0", "--vip", vip4.String(), "--vip", vip6.String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, b := range h.topo.Backends {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			out, _ := b.Run(context.Background(), "ip", "link", "show", "eth0")
+			if strings.Contains(out, "xdp") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("fulcrum decap did not attach on %s:\n%s", b.Name, out)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	h.writeConfig(h.throughConfig("ipip"))
+	h.startDaemon()
+	h.throughDatapath()
+}
+
+// throughDatapath is the body of the through-datapath tests, on a running
+// daemon with throughConfig.
+func (h *harness) throughDatapath() {
+	t := h.t
 	through := []api.VIPRef{
 		{Protocol: "tcp", Address: vip4, Port: 9000},
 		{Protocol: "tcp", Address: vip6, Port: 9000},
@@ -155,14 +209,15 @@ func TestHealthThroughDatapath(t *testing.T) {
 		}
 	}
 	out, err := h.cli("backend", "list", "tcp/"+vip4.String()+":9000")
-	if err != nil || !regexp.MustCompile(`198\.18\.0\.12\s.*down`).MatchString(out) {
+	b2 := h.topo.Backends[1]
+	if err != nil || !regexp.MustCompile(regexp.QuoteMeta(b2.IPv4.String())+`\s.*down`).MatchString(out) {
 		t.Errorf("backend list does not show backend2 down: %v\n%s", err, out)
 	}
 	metrics := h.scrape()
 	for _, want := range []string{
-		`fulcrum_backend_health{backend="198.18.0.12",state="down",vip="tcp/203.0.113.10:9000"} 1`,
-		`fulcrum_backend_health{backend="198.18.0.12",state="up",vip="tcp/203.0.113.10:80"} 1`,
-		`fulcrum_backend_health{backend="2001:db8:2::12",state="down",vip="tcp/[2001:db8:ffff::10]:9000"} 1`,
+		`fulcrum_backend_health{backend="` + b2.IPv4.String() + `",state="down",vip="tcp/203.0.113.10:9000"} 1`,
+		`fulcrum_backend_health{backend="` + b2.IPv4.String() + `",state="up",vip="tcp/203.0.113.10:80"} 1`,
+		`fulcrum_backend_health{backend="` + b2.IPv6.String() + `",state="down",vip="tcp/[2001:db8:ffff::10]:9000"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
