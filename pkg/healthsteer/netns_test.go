@@ -148,24 +148,35 @@ func TestAttachSteersRealPackets(t *testing.T) {
 		t.Errorf("counters %+v, want 1 steered and 1 without entry", c)
 	}
 
+	if n := egressPrograms(t, lb, ifindex); n != 1 {
+		t.Errorf("%d programs at tc egress while attached, want 1", n)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if got := send(base + 7); !bytes.Equal(got, routerMAC) {
 		t.Errorf("marked datagram after Close: destination MAC %s, want the router's %s (not steered)", got, routerMAC)
 	}
-	if err := lb.Do(func() error {
+	if n := egressPrograms(t, lb, ifindex); n != 0 {
+		t.Errorf("%d programs left at tc egress after Close", n)
+	}
+}
+
+// egressPrograms counts the TCX egress programs of ifindex in h.
+func egressPrograms(t *testing.T, h *testenv.Host, ifindex int) int {
+	t.Helper()
+	var n int
+	if err := h.Do(func() error {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXEgress})
 		if err != nil {
 			return err
 		}
-		if len(res.Programs) != 0 {
-			t.Errorf("%d programs left at tc egress after Close", len(res.Programs))
-		}
+		n = len(res.Programs)
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
+	return n
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
