@@ -219,19 +219,129 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 // consistent for the fast path: new backends, then the ring, then the VIP,
 // then the retirement of removed backends.
 func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
-	if err := validate(vip, &cfg, backends); err != nil {
+	p, err := d.prepare(vip, cfg, backends)
+	if err != nil || p == nil {
 		return err
+	}
+	if p.ring != nil {
+		defer p.ring.Close()
+		if err := d.objs.Rings.Put(uint32(p.e.index), p.ring); err != nil {
+			p.undo()
+			return fmt.Errorf("vip %s: swap ring: %w", vip, err)
+		}
+	}
+	return errors.Join(d.commit(p), d.syncGlobals())
+}
+
+// VIPChange is one VIP for SetVIPs: its new configuration and backends.
+type VIPChange struct {
+	VIP      VIP
+	Config   VIPConfig
+	Backends []Backend
+}
+
+// SetVIPs is SetVIP for many VIPs at once, with the same guarantees per
+// VIP. The new rings are swapped in with one batched update of the outer
+// map: after every update of a map of maps the kernel waits for an RCU
+// grace period (~9 ms here), once per call, so a thousand single swaps wait
+// nine seconds and a batch of them waits once. A VIP that cannot be set is
+// left as it was and its error returned, at its index in errs; the others
+// are set. Each VIP may appear once.
+func (d *Datapath) SetVIPs(changes []VIPChange) (errs []error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	errs = make([]error, len(changes))
+	seen := make(map[VIP]bool, len(changes))
+	var (
+		pending []*pendingVIP
+		at      []int // index in changes of pending[i]
+	)
+	for i, c := range changes {
+		if seen[c.VIP] {
+			errs[i] = fmt.Errorf("vip %s: appears twice in one change", c.VIP)
+			continue
+		}
+		seen[c.VIP] = true
+		p, err := d.prepare(c.VIP, c.Config, c.Backends)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		if p != nil {
+			pending = append(pending, p)
+			at = append(at, i)
+		}
+	}
+	var (
+		keys, fds []uint32 // a map of maps takes inner maps by fd
+		rings     []*ebpf.Map
+	)
+	for _, p := range pending {
+		if p.ring != nil {
+			keys = append(keys, uint32(p.e.index))
+			fds = append(fds, uint32(p.ring.FD()))
+			rings = append(rings, p.ring)
+			defer p.ring.Close()
+		}
+	}
+	swapped := make(map[*ebpf.Map]error, len(rings))
+	if len(rings) > 0 {
+		n, err := d.objs.Rings.BatchUpdate(keys, fds, nil)
+		if err != nil {
+			// Retry one by one whatever the batch may not have written,
+			// so that each VIP gets its own error.
+			for i := max(n, 0); i < len(rings); i++ {
+				if err := d.objs.Rings.Put(keys[i], rings[i]); err != nil {
+					swapped[rings[i]] = err
+				}
+			}
+		}
+	}
+	for i, p := range pending {
+		if p.ring != nil {
+			if err := swapped[p.ring]; err != nil {
+				p.undo()
+				errs[at[i]] = fmt.Errorf("vip %s: swap ring: %w", p.e.vip, err)
+				continue
+			}
+		}
+		errs[at[i]] = d.commit(p)
+	}
+	if err := d.syncGlobals(); err != nil {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+	}
+	return errs
+}
+
+// pendingVIP is a VIP change whose backends are written and whose new ring
+// (if the ring changed) is built but not yet swapped in.
+type pendingVIP struct {
+	e, old *vipEntry
+	ring   *ebpf.Map // nil: the ring is unchanged
+	undo   func()    // frees what prepare allocated, if the swap fails
+}
+
+// prepare validates a VIP change and writes what the fast path cannot see
+// yet: new backends' entries (no ring names them) and the new ring as a
+// map of its own. It returns nil, nil if nothing changed.
+func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pendingVIP, error) {
+	if err := validate(vip, &cfg, backends); err != nil {
+		return nil, err
 	}
 	if cfg.Mode == ModeIPIP {
 		for _, b := range backends {
 			if err := encapCovers(d.encap, b.Addr); err != nil {
-				return fmt.Errorf("vip %s: backend %s: %w", vip, b.Addr, err)
+				return nil, fmt.Errorf("vip %s: backend %s: %w", vip, b.Addr, err)
 			}
 		}
 	}
 	old := d.vips[vip]
 	if old == nil && d.vipIndex.available() == 0 {
-		return fmt.Errorf("add vip %s: too many vips (the maximum is %d)", vip, d.vipIndex.limit)
+		return nil, fmt.Errorf("add vip %s: too many vips (the maximum is %d)", vip, d.vipIndex.limit)
 	}
 	added := 0
 	for _, b := range backends {
@@ -240,10 +350,10 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 		}
 	}
 	if added > d.backendID.available() {
-		return fmt.Errorf("vip %s: too many backends: %d new, room for %d (the maximum is %d in all)", vip, added, d.backendID.available(), d.backendID.limit)
+		return nil, fmt.Errorf("vip %s: too many backends: %d new, room for %d (the maximum is %d in all)", vip, added, d.backendID.available(), d.backendID.limit)
 	}
 	if old != nil && old.cfg == cfg && sameBackends(old.backends, backends) {
-		return nil // nothing changed: nothing is written
+		return nil, nil // nothing changed: nothing is written
 	}
 
 	e := &vipEntry{vip: vip, cfg: cfg, backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
@@ -255,7 +365,7 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 		e.gen = nextGen(d.vipGen[e.index])
 		if err := zeroCounter(d.objs.VipStats, idx); err != nil {
 			d.vipIndex.put(idx)
-			return fmt.Errorf("vip %s: reset counters: %w", vip, err)
+			return nil, fmt.Errorf("vip %s: reset counters: %w", vip, err)
 		}
 	}
 
@@ -280,7 +390,7 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 			fresh = append(fresh, nb)
 			if err := zeroCounter(d.objs.BackendStats, id); err != nil {
 				undo()
-				return fmt.Errorf("vip %s: reset counters of backend %s: %w", vip, b.Addr, err)
+				return nil, fmt.Errorf("vip %s: reset counters of backend %s: %w", vip, b.Addr, err)
 			}
 		}
 		e.backends[b.Addr] = nb
@@ -293,7 +403,7 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 		}
 		if err := d.objs.Backends.Put(nb.id, backendValue(nb, e.index)); err != nil {
 			undo()
-			return fmt.Errorf("vip %s: write backend %s: %w", vip, nb.Addr, err)
+			return nil, fmt.Errorf("vip %s: write backend %s: %w", vip, nb.Addr, err)
 		}
 		d.backendGen[nb.id] = nb.gen
 	}
@@ -301,16 +411,23 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 	table, err := buildTable(e)
 	if err != nil {
 		undo()
-		return fmt.Errorf("vip %s: %w", vip, err)
-	}
-	if old == nil || !slices.Equal(old.table, table) || old.cfg.RingSize != cfg.RingSize {
-		if err := d.swapRing(e.index, table); err != nil {
-			undo()
-			return fmt.Errorf("vip %s: %w", vip, err)
-		}
+		return nil, fmt.Errorf("vip %s: %w", vip, err)
 	}
 	e.table = table
+	p := &pendingVIP{e: e, old: old, undo: undo}
+	if old == nil || !slices.Equal(old.table, table) || old.cfg.RingSize != cfg.RingSize {
+		if p.ring, err = d.newRing(table); err != nil {
+			undo()
+			return nil, fmt.Errorf("vip %s: %w", vip, err)
+		}
+	}
+	return p, nil
+}
 
+// commit makes a prepared VIP live once its ring is in place: the VIP's
+// state and key, then the retirement of the backends it lost.
+func (d *Datapath) commit(p *pendingVIP) error {
+	e, vip := p.e, p.e.vip
 	meta := vipMeta(e)
 	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
 		return fmt.Errorf("vip %s: write vip state: %w", vip, err)
@@ -322,14 +439,13 @@ func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
 	d.vipGen[e.index] = e.gen
 
 	var errs []error
-	if old != nil {
-		for addr, ob := range old.backends {
+	if p.old != nil {
+		for addr, ob := range p.old.backends {
 			if e.backends[addr] == nil {
 				errs = append(errs, d.retireBackend(ob))
 			}
 		}
 	}
-	errs = append(errs, d.syncGlobals())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("vip %s: %w", vip, err)
 	}
@@ -412,27 +528,25 @@ func buildTable(e *vipEntry) ([]uint32, error) {
 	return maglev.Build(in, e.cfg.RingSize)
 }
 
-// swapRing writes table into a new inner map and puts it into rings[index]
-// with one update: the fast path sees the old ring or the new one.
-func (d *Datapath) swapRing(index uint16, table []uint32) error {
+// newRing writes table into a new inner map, for one update of rings to
+// swap in: the fast path sees the old ring or the new one, never a mix.
+// The caller closes it.
+func (d *Datapath) newRing(table []uint32) (*ebpf.Map, error) {
 	spec := d.ringSpec()
 	spec.MaxEntries = uint32(len(table))
 	ring, err := ebpf.NewMap(spec)
 	if err != nil {
-		return fmt.Errorf("create ring of %d slots: %w", len(table), err)
+		return nil, fmt.Errorf("create ring of %d slots: %w", len(table), err)
 	}
-	defer ring.Close()
 	keys := make([]uint32, len(table))
 	for i := range keys {
 		keys[i] = uint32(i)
 	}
 	if _, err := ring.BatchUpdate(keys, table, nil); err != nil {
-		return fmt.Errorf("fill ring: %w", err)
+		ring.Close()
+		return nil, fmt.Errorf("fill ring: %w", err)
 	}
-	if err := d.objs.Rings.Put(uint32(index), ring); err != nil {
-		return fmt.Errorf("swap ring: %w", err)
-	}
-	return nil
+	return ring, nil
 }
 
 // ringSpec returns the spec of an inner ring, matching the template.

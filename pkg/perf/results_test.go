@@ -62,8 +62,8 @@ func TestPrintTable(t *testing.T) {
 	want := []string{
 		"e2e ceiling mpps=10.00 x_ceiling=1.00",
 		"e2e dsr mpps=3.33 x_ceiling=0.33",
-		"e2e ipip mpps=2.50 x_ceiling=0.25",
-		"e2e nftables mpps=2.00 x_ceiling=0.20",
+		"e2e ipip mpps=2.00 x_ceiling=0.20",
+		"e2e nftables mpps=1.67 x_ceiling=0.17",
 	}
 	re := regexp.MustCompile(`^e2e (ceiling|dsr|ipip|nftables) mpps=[0-9.]+ x_ceiling=[0-9.]+$`)
 	for i, l := range tail {

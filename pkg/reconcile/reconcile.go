@@ -23,7 +23,9 @@ import (
 
 // Dataplane is what the reconciler needs of the datapath.
 type Dataplane interface {
-	SetVIP(vip datapath.VIP, cfg datapath.VIPConfig, backends []datapath.Backend) error
+	// SetVIPs sets many VIPs at once (their rings swap in one batch) and
+	// returns each one's error at its index.
+	SetVIPs(changes []datapath.VIPChange) []error
 	RemoveVIP(vip datapath.VIP) error
 	VIPs() []datapath.VIPState
 	Capacity() (vips, backends int)
@@ -409,21 +411,28 @@ func (r *Reconciler) apply(plan map[datapath.VIP]target) (Result, error) {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, datapath.VIP.Compare)
+	var changes []datapath.VIPChange
 	for _, k := range keys {
 		t := plan[k]
-		cur, exists := current[k]
-		if exists && same(cur, t) {
+		if cur, exists := current[k]; exists && same(cur, t) {
 			res.Unchanged++
 			continue
 		}
-		if err := r.dp.SetVIP(k, t.cfg, t.backends); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if exists {
-			res.Changed = append(res.Changed, k)
-		} else {
-			res.Added = append(res.Added, k)
+		changes = append(changes, datapath.VIPChange{VIP: k, Config: t.cfg, Backends: t.backends})
+	}
+	// One call, so that the datapath swaps every changed ring with one
+	// batched map update (one RCU wait instead of one per VIP).
+	if len(changes) > 0 {
+		for i, err := range r.dp.SetVIPs(changes) {
+			k := changes[i].VIP
+			switch _, exists := current[k]; {
+			case err != nil:
+				errs = append(errs, err)
+			case exists:
+				res.Changed = append(res.Changed, k)
+			default:
+				res.Added = append(res.Added, k)
+			}
 		}
 	}
 	for k := range current {

@@ -25,7 +25,15 @@ type fakeDataplane struct {
 
 func newFake() *fakeDataplane { return &fakeDataplane{vips: make(map[datapath.VIP]datapath.VIPState)} }
 
-func (f *fakeDataplane) SetVIP(vip datapath.VIP, cfg datapath.VIPConfig, backends []datapath.Backend) error {
+func (f *fakeDataplane) SetVIPs(changes []datapath.VIPChange) []error {
+	errs := make([]error, len(changes))
+	for i, c := range changes {
+		errs[i] = f.setVIP(c.VIP, c.Config, c.Backends)
+	}
+	return errs
+}
+
+func (f *fakeDataplane) setVIP(vip datapath.VIP, cfg datapath.VIPConfig, backends []datapath.Backend) error {
 	if f.fail != nil {
 		return f.fail
 	}
