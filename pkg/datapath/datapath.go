@@ -55,7 +55,12 @@ type Datapath struct {
 	pinDir  string
 	adopted bool
 
-	vips      map[VIP]*vipEntry
+	vips map[VIP]*vipEntry
+	// lastRing caches the ring Predict last rebuilt (see ringTable).
+	lastRing struct {
+		e     *vipEntry
+		table []uint32
+	}
 	vipIndex  indexAllocator
 	backendID indexAllocator
 	// backendGen[id] is the generation last written for a backend id.

@@ -191,7 +191,7 @@ func (d *Datapath) adopt() error {
 		if err != nil {
 			return fmt.Errorf("rebuild ring of vip %s: %w", e.vip, err)
 		}
-		e.table = table
+		e.tableSum = tableSum(table)
 	}
 
 	// What the global maps hold.

@@ -50,14 +50,18 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	if e == nil {
 		return Prediction{}, fmt.Errorf("%s:%d -> %s:%d/%s: %w", f.Src, f.Sport, f.Dst, f.Dport, f.Proto, ErrNoVIP)
 	}
-	p := Prediction{VIP: e.vip, RingSize: uint32(len(e.table))}
+	table, err := d.ringTable(e)
+	if err != nil {
+		return Prediction{}, err
+	}
+	p := Prediction{VIP: e.vip, RingSize: uint32(len(table))}
 	if e.cfg.SourceHash {
 		p.Hash = flowhash.Source(f.Src, uint8(f.Proto))
 	} else {
 		p.Hash = flowhash.Flow(f.Src, f.Dst, f.Sport, f.Dport, uint8(f.Proto))
 	}
-	p.Slot = flowhash.Slot(p.Hash, uint32(len(e.table)))
-	if id := e.table[p.Slot]; id != maglev.Unassigned {
+	p.Slot = flowhash.Slot(p.Hash, uint32(len(table)))
+	if id := table[p.Slot]; id != maglev.Unassigned {
 		p.RingBackend = e.byID[id].Addr
 	}
 	p.Backend = p.RingBackend
@@ -95,4 +99,23 @@ func (d *Datapath) lookupConntrack(f Flow) (*balancerCtValue, error) {
 		return nil, fmt.Errorf("read connection table: %w", err)
 	}
 	return &v, nil
+}
+
+// ringTable returns the VIP's ring as written, rebuilt (the datapath keeps
+// only a digest of each ring); the last one is cached, since callers such
+// as explain and the fuzz oracle ask about one VIP many times in a row.
+func (d *Datapath) ringTable(e *vipEntry) ([]uint32, error) {
+	if d.lastRing.e == e {
+		return d.lastRing.table, nil
+	}
+	table, err := buildTable(e)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild ring of vip %s: %w", e.vip, err)
+	}
+	if tableSum(table) != e.tableSum {
+		// Maglev is deterministic, so this is a bug, not bad input.
+		return nil, fmt.Errorf("vip %s: the rebuilt ring differs from the one written", e.vip)
+	}
+	d.lastRing.e, d.lastRing.table = e, table
+	return table, nil
 }

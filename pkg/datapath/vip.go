@@ -2,8 +2,10 @@ package datapath
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 
@@ -20,9 +22,11 @@ type vipEntry struct {
 	index    uint16
 	gen      uint16
 	backends map[netip.Addr]*backendEntry
-	// table is the ring as written: backend ids.
-	table []uint32
-	byID  map[uint32]*backendEntry
+	// tableSum is a digest of the ring as written (backend ids), to tell
+	// whether a rebuilt ring differs. The ring itself is not kept: at
+	// 65537 slots it is 256 KiB a VIP, and Predict rebuilds it on demand.
+	tableSum uint64
+	byID     map[uint32]*backendEntry
 }
 
 type backendEntry struct {
@@ -413,9 +417,9 @@ func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pending
 		undo()
 		return nil, fmt.Errorf("vip %s: %w", vip, err)
 	}
-	e.table = table
+	e.tableSum = tableSum(table)
 	p := &pendingVIP{e: e, old: old, undo: undo}
-	if old == nil || !slices.Equal(old.table, table) || old.cfg.RingSize != cfg.RingSize {
+	if old == nil || old.tableSum != e.tableSum || old.cfg.RingSize != cfg.RingSize {
 		if p.ring, err = d.newRing(table); err != nil {
 			undo()
 			return nil, fmt.Errorf("vip %s: %w", vip, err)
@@ -526,6 +530,17 @@ func buildTable(e *vipEntry) ([]uint32, error) {
 		in = append(in, maglev.Backend{Name: b.Addr.String(), ID: b.id, Weight: b.Weight})
 	}
 	return maglev.Build(in, e.cfg.RingSize)
+}
+
+// tableSum is the FNV-1a digest of a ring's slots.
+func tableSum(table []uint32) uint64 {
+	h := fnv.New64a()
+	var buf [4]byte
+	for _, id := range table {
+		binary.LittleEndian.PutUint32(buf[:], id)
+		h.Write(buf[:])
+	}
+	return h.Sum64()
 }
 
 // newRing writes table into a new inner map, for one update of rings to
