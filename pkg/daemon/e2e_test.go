@@ -542,17 +542,6 @@ func (h *harness) startStream(vip netip.Addr) *stream {
 	return s
 }
 
-// maxGap is the longest time between two echoes so far: the outage.
-func (s *stream) maxGap() time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var gap time.Duration
-	for i := 1; i < len(s.arrived); i++ {
-		gap = max(gap, s.arrived[i].Sub(s.arrived[i-1]))
-	}
-	return gap
-}
-
 // stop ends the stream after the last echoes had time to arrive.
 func (s *stream) stop() (sent, lost int) {
 	close(s.done)

@@ -46,7 +46,10 @@ func captureAdverts(t *testing.T, host *testenv.Host, iface string) *advertCaptu
 		if err != nil {
 			return err
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons16(unix.ETH_P_IP)))
+		// ETH_P_ALL: only such taps see outgoing frames, and frames
+		// received on a bridge port (the bridge consumes them before
+		// protocol-specific taps are served).
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons16(unix.ETH_P_ALL)))
 		if err != nil {
 			return fmt.Errorf("packet socket: %w", err)
 		}
@@ -63,7 +66,7 @@ func captureAdverts(t *testing.T, host *testenv.Host, iface string) *advertCaptu
 		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
 			return fmt.Errorf("SO_ATTACH_FILTER: %w", err)
 		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons16(unix.ETH_P_IP), Ifindex: ifi.Attrs().Index}); err != nil {
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons16(unix.ETH_P_ALL), Ifindex: ifi.Attrs().Index}); err != nil {
 			return fmt.Errorf("bind to %s: %w", iface, err)
 		}
 		for _, o := range []struct{ level, opt, v int }{
@@ -229,16 +232,4 @@ func netCounters(host *testenv.Host, iface string) string {
 		}
 	}
 	return sb.String()
-}
-
-// dropCounters returns the (rx, tx) dropped counters of iface in host.
-func dropCounters(host *testenv.Host, iface string) (rx, tx uint64) {
-	host.Do(func() error {
-		l, err := host.Link(iface)
-		if err == nil && l.Attrs().Statistics != nil {
-			rx, tx = l.Attrs().Statistics.RxDropped, l.Attrs().Statistics.TxDropped
-		}
-		return nil
-	})
-	return rx, tx
 }

@@ -133,6 +133,25 @@ type Stats struct {
 	// BecameMaster counts transitions to Master.
 	BecameMaster   uint64    `json:"became_master"`
 	LastTransition time.Time `json:"last_transition"`
+
+	// Timing of the advertisements, to tell a late master from a late
+	// network when a backup takes over by mistake (docs/vrrp.md).
+	//
+	// WorstSendDelay is the longest a master's advertisement waited
+	// after it was due before the protocol thread sent it (a late
+	// wake-up). LateSends counts those more than half an interval late.
+	// WorstSendCall is the longest the send call took: the packet is
+	// handed to the driver early in it, but the kernel then runs the
+	// network softirq work pending on the CPU in the caller's context,
+	// which delays the thread, not that advertisement.
+	WorstSendDelay time.Duration `json:"worst_send_delay_ns"`
+	LateSends      uint64        `json:"late_sends"`
+	WorstSendCall  time.Duration `json:"worst_send_call_ns"`
+	// WorstAdvertGap is the longest time a backup went between two
+	// advertisements of the master it follows, by the kernel's receive
+	// times. LateAdverts counts the gaps longer than 1.5 intervals.
+	WorstAdvertGap time.Duration `json:"worst_advert_gap_ns"`
+	LateAdverts    uint64        `json:"late_adverts"`
 }
 
 // Router is one virtual router on one interface. Create it with New in the
@@ -163,12 +182,17 @@ type Router struct {
 	linkUp   bool
 	mismatch bool // the last advertisement's address list differed
 
-	rxAdv    Advert // scratch for parsing received advertisements
-	retryAt  time.Time
-	timeout  unix.Timespec
-	pollFDs  [2]unix.PollFd
-	wake     int // eventfd: other goroutines wake the loop with it
-	realtime int // SCHED_RR priority of the loop's thread; 0 = none
+	rxAdv Advert // scratch for parsing received advertisements
+	// due is when the advertisement being sent was due (zero when the
+	// send is not a timer's); lastRx is when the advertisement before
+	// the current one arrived from the master we follow as backup.
+	due, lastRx time.Time
+	lateLog     time.Time // when a late advertisement was last logged (rate limit)
+	retryAt     time.Time
+	timeout     unix.Timespec
+	pollFDs     [2]unix.PollFd
+	wake        int // eventfd: other goroutines wake the loop with it
+	realtime    int // SCHED_RR priority of the loop's thread; 0 = none
 
 	// Requests from other goroutines, taken by the loop when woken.
 	ctl struct {
@@ -189,6 +213,8 @@ type Router struct {
 	sent, received, zeroSent, zeroReceived, mismatches atomic.Uint64
 	garpSent, sendErrors, transitions, becameMaster    atomic.Uint64
 	dropped                                            [numDropReasons]atomic.Uint64
+	worstSend, worstCall, worstGap                     atomic.Int64 // nanoseconds
+	lateSends, lateAdverts                             atomic.Uint64
 
 	notes notifier
 
@@ -339,6 +365,7 @@ func (r *Router) open() error {
 	if r.sock, err = openSocket(r.cfg.Interface, r.ifindex, r.v6, r.multicast, r.cfg.UnicastPeers); err != nil {
 		return fmt.Errorf("vrrp: %s: %w", r.cfg.Interface, err)
 	}
+
 	if r.pkt, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
 		return fmt.Errorf("vrrp: packet socket: %w", err)
 	}
@@ -456,6 +483,11 @@ func (r *Router) Stats() Stats {
 		Dropped:              make(map[string]uint64, numDropReasons),
 		Transitions:          r.transitions.Load(),
 		BecameMaster:         r.becameMaster.Load(),
+		WorstSendDelay:       time.Duration(r.worstSend.Load()),
+		LateSends:            r.lateSends.Load(),
+		WorstSendCall:        time.Duration(r.worstCall.Load()),
+		WorstAdvertGap:       time.Duration(r.worstGap.Load()),
+		LateAdverts:          r.lateAdverts.Load(),
 	}
 	if ns := r.lastTrans.Load(); ns != 0 {
 		s.LastTransition = time.Unix(0, ns)
@@ -605,7 +637,11 @@ func (r *Router) loop() error {
 			}
 		}
 		now := time.Now()
+		if r.State() == Master && !r.m.adverAt.IsZero() && !now.Before(r.m.adverAt) {
+			r.due = r.m.adverAt // advertise measures the delay from here
+		}
 		r.m.tick(now)
+		r.due = time.Time{}
 		if !r.retryAt.IsZero() && !now.Before(r.retryAt) {
 			r.retryAt = time.Time{}
 			if r.State() == Fault && r.linkUp {
@@ -689,7 +725,14 @@ func (r *Router) handleAdvert(a rxAdvert) {
 	if a.priority == 0 {
 		r.zeroReceived.Add(1)
 	}
+	if r.State() == Backup && a.priority != 0 && a.src == r.m.master && !r.lastRx.IsZero() {
+		r.noteGap(a.at.Sub(r.lastRx))
+	}
 	r.m.receive(a.at, a.src, a.priority, a.interval)
+	r.lastRx = time.Time{}
+	if r.State() == Backup && a.priority != 0 && a.src == r.m.master {
+		r.lastRx = a.at
+	}
 	r.masterInt.Store(int32(r.m.masterInt))
 	r.setMaster(r.m.master)
 }
@@ -711,15 +754,69 @@ func (r *Router) advertise(priority uint8) {
 		r.sendErrors.Add(1)
 		return
 	}
+	t0 := time.Now()
 	n, err := r.sock.send(&r.adv, r.src, r.buf)
 	r.sent.Add(uint64(n))
 	if err != nil {
 		r.sendErrors.Add(1)
 		r.log.Debug("vrrp: send advertisement", "err", err)
 	}
+	if !r.due.IsZero() {
+		r.noteSend(t0.Sub(r.due), time.Since(t0))
+	}
 	if r.garpLeft > 0 && r.State() == Master {
 		r.garpLeft--
 		r.announce()
+	}
+}
+
+// noteSend records how late an advertisement was sent (the master's side
+// of a false failover) and how long the send call took, and logs them when
+// either was over half an interval: every new worst, the others at most
+// once a second.
+func (r *Router) noteSend(late, took time.Duration) {
+	worse := storeMax(&r.worstSend, int64(late))
+	worse = storeMax(&r.worstCall, int64(took)) || worse
+	half := cs(r.m.advertInt) / 2
+	if late > half {
+		r.lateSends.Add(1)
+	}
+	if late > half || took > half {
+		// A new worst is always worth a line; the rest are sampled.
+		if now := time.Now(); worse || now.Sub(r.lateLog) >= time.Second {
+			r.lateLog = now
+			r.log.Warn("vrrp: advertisement sent late or slowly", "late", late, "send_call", took,
+				"interval", cs(r.m.advertInt), "late_sends", r.lateSends.Load())
+		}
+	}
+}
+
+// storeMax raises a to v if v is larger, and reports whether it did.
+func storeMax(a *atomic.Int64, v int64) bool {
+	for {
+		old := a.Load()
+		if v <= old {
+			return false
+		}
+		if a.CompareAndSwap(old, v) {
+			return true
+		}
+	}
+}
+
+// noteGap records the time between two advertisements of the master a
+// backup follows (the backup's side of a false failover) and logs it when
+// it was over 1.5 intervals: every new worst, the others at most once a
+// second.
+func (r *Router) noteGap(gap time.Duration) {
+	worse := storeMax(&r.worstGap, int64(gap))
+	if gap > cs(r.m.masterInt)*3/2 {
+		r.lateAdverts.Add(1)
+		if now := time.Now(); worse || now.Sub(r.lateLog) >= time.Second {
+			r.lateLog = now
+			r.log.Warn("vrrp: advertisements from the master late", "gap", gap, "interval", cs(r.m.masterInt),
+				"master_down", cs(r.m.downInterval()), "late_adverts", r.lateAdverts.Load())
+		}
 	}
 }
 
@@ -728,6 +825,7 @@ func (r *Router) transition(from, to State, why string) {
 	now := time.Now()
 	r.state.Store(int32(to))
 	r.transitions.Add(1)
+	r.lastRx = time.Time{} // gaps are measured within one stay in Backup
 	r.lastTrans.Store(now.UnixNano())
 	r.masterInt.Store(int32(r.m.masterInt))
 	r.setMaster(r.m.master)

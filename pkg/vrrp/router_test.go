@@ -722,7 +722,17 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 	if got := after.AdvertsReceived - before.AdvertsReceived; got < 90 {
 		t.Errorf("lb2 accepted %d advertisements in 10 s, want about 100", got)
 	}
-	t.Logf("under load: lb2 accepted %d advertisements in 10 s", after.AdvertsReceived-before.AdvertsReceived)
+	m := r1.Stats()
+	t.Logf("under load: lb2 accepted %d advertisements in 10 s, worst gap %s (%d over 1.5 intervals); lb1 worst send delay %s, send call %s",
+		after.AdvertsReceived-before.AdvertsReceived, after.WorstAdvertGap, after.LateAdverts, m.WorstSendDelay, m.WorstSendCall)
+	// The timing statistics: a backup measures the master's cadence (so
+	// at least one interval), a master its own lateness.
+	if after.WorstAdvertGap < 90*time.Millisecond || after.WorstAdvertGap > 370*time.Millisecond {
+		t.Errorf("lb2's worst advertisement gap %s, want from about 100 ms to under the master down interval", after.WorstAdvertGap)
+	}
+	if m.WorstSendCall <= 0 || m.WorstSendDelay < 0 || m.WorstAdvertGap != 0 {
+		t.Errorf("lb1 (master throughout): worst send delay %s, call %s, advert gap %s", m.WorstSendDelay, m.WorstSendCall, m.WorstAdvertGap)
+	}
 }
 
 // TestRealtimeThread checks that Run's loop has a SCHED_RR thread of its
