@@ -405,6 +405,24 @@ func (s *steering) unload() {
 		"steered", c.Steered, "no_entry", c.NoEntry, "not_ip", c.NotIP, "errors", c.Errors)
 }
 
+// counters reads the program's counters; false while it is not loaded.
+func (s *steering) counters() (healthsteer.Counters, bool) {
+	if s == nil {
+		return healthsteer.Counters{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hs == nil {
+		return healthsteer.Counters{}, false
+	}
+	c, err := s.hs.Counters()
+	if err != nil {
+		s.log.Error("read health steering counters", "err", err)
+		return healthsteer.Counters{}, false
+	}
+	return c, true
+}
+
 func (s *steering) close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -594,6 +612,11 @@ func (d *Daemon) BackendHealth() map[datapath.VIP]map[netip.Addr]string {
 		out[k] = s
 	}
 	return out
+}
+
+// SteeringCounters implements metrics.Source.
+func (d *Daemon) SteeringCounters() (healthsteer.Counters, bool) {
+	return d.steer.counters()
 }
 
 // VRRPState implements metrics.Source.

@@ -223,6 +223,9 @@ func (h *harness) throughDatapath() {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+	if m := regexp.MustCompile(`fulcrum_health_steer_packets_total\{result="steered"\} (\d+)`).FindStringSubmatch(metrics); m == nil || m[1] == "0" {
+		t.Errorf("metrics show no steered probe packet (%v)", m)
+	}
 	for _, addr := range []netip.Addr{vip4, vip6} {
 		for i, c := range h.openConns(20, addr) {
 			if c.backend == "backend2" {

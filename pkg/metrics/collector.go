@@ -39,6 +39,7 @@ type collector struct {
 	events         *prometheus.Desc
 	backendHealth  *prometheus.Desc
 	vrrpState      *prometheus.Desc
+	steering       *prometheus.Desc
 
 	stats []statSeries
 }
@@ -74,6 +75,9 @@ func newCollector(src Source) *collector {
 		vrrpState: prometheus.NewDesc(name("vrrp_state"),
 			"VRRP state of this node: 1 for the current state, 0 for the others.",
 			[]string{"state"}, nil),
+		steering: prometheus.NewDesc(name("health_steer_packets_total"),
+			"Marked health-probe packets the steering program saw, by result: steered to their backend, no_entry (left alone), not_ip and error (dropped). Only while a check goes through the data path; the counts restart when the program is loaded again.",
+			[]string{"result"}, nil),
 	}
 	for _, s := range datapath.AllStats() {
 		name := s.String()
@@ -107,6 +111,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.events
 	ch <- c.backendHealth
 	ch <- c.vrrpState
+	ch <- c.steering
 }
 
 // Collect implements prometheus.Collector: it reads the Source now.
@@ -114,6 +119,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectCounters(ch)
 	c.collectHealth(ch)
 	c.collectVRRP(ch)
+	c.collectSteering(ch)
+}
+
+func (c *collector) collectSteering(ch chan<- prometheus.Metric) {
+	s, ok := c.src.SteeringCounters()
+	if !ok {
+		return
+	}
+	for _, r := range []struct {
+		result string
+		n      uint64
+	}{{"steered", s.Steered}, {"no_entry", s.NoEntry}, {"not_ip", s.NotIP}, {"error", s.Errors}} {
+		ch <- prometheus.MustNewConstMetric(c.steering, prometheus.CounterValue, float64(r.n), r.result)
+	}
 }
 
 func (c *collector) collectCounters(ch chan<- prometheus.Metric) {

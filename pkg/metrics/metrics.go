@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+	"github.com/fulcrum-lb/fulcrum/pkg/healthsteer"
 )
 
 const namespace = "fulcrum"
@@ -37,6 +38,10 @@ type Source interface {
 	BackendHealth() map[datapath.VIP]map[netip.Addr]string
 	// VRRPState returns "disabled", "init", "backup", "master" or "fault".
 	VRRPState() string
+	// SteeringCounters returns the counters of the program that steers
+	// through-datapath health probes, and false while it is not loaded
+	// (no check goes through the data path).
+	SteeringCounters() (healthsteer.Counters, bool)
 }
 
 // reconcileBuckets span 100µs to 10s in 1-2.5-5 steps.

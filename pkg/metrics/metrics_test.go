@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+	"github.com/fulcrum-lb/fulcrum/pkg/healthsteer"
 )
 
 // fakeSource is a Source whose answers the test changes between scrapes.
@@ -28,6 +29,7 @@ type fakeSource struct {
 	err      error
 	health   map[datapath.VIP]map[netip.Addr]string
 	vrrp     string
+	steering *healthsteer.Counters // nil: not loaded
 }
 
 func (f *fakeSource) Counters() (datapath.Counters, error) {
@@ -46,6 +48,15 @@ func (f *fakeSource) VRRPState() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.vrrp
+}
+
+func (f *fakeSource) SteeringCounters() (healthsteer.Counters, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.steering == nil {
+		return healthsteer.Counters{}, false
+	}
+	return *f.steering, true
 }
 
 func (f *fakeSource) set(fn func(f *fakeSource)) {
@@ -479,4 +490,33 @@ func scrape(t *testing.T, h http.Handler) (int, string) {
 		t.Fatal(err)
 	}
 	return rec.Code, string(body)
+}
+
+// TestSteering: the steering program's counters are exported while it is
+// loaded, by result, and vanish when it is unloaded.
+func TestSteering(t *testing.T) {
+	f := newFake()
+	m := New(f, "v1.2.3", "abc123")
+	const name = "fulcrum_health_steer_packets_total"
+	if n, err := testutil.GatherAndCount(m.Registry(), name); err != nil || n != 0 {
+		t.Fatalf("%s while the program is not loaded: %d series (%v), want none", name, n, err)
+	}
+	f.set(func(f *fakeSource) {
+		f.steering = &healthsteer.Counters{Steered: 41, NoEntry: 3, NotIP: 2, Errors: 1}
+	})
+	want := `
+# HELP fulcrum_health_steer_packets_total Marked health-probe packets the steering program saw, by result: steered to their backend, no_entry (left alone), not_ip and error (dropped). Only while a check goes through the data path; the counts restart when the program is loaded again.
+# TYPE fulcrum_health_steer_packets_total counter
+fulcrum_health_steer_packets_total{result="error"} 1
+fulcrum_health_steer_packets_total{result="no_entry"} 3
+fulcrum_health_steer_packets_total{result="not_ip"} 2
+fulcrum_health_steer_packets_total{result="steered"} 41
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), name); err != nil {
+		t.Fatal(err)
+	}
+	f.set(func(f *fakeSource) { f.steering = nil })
+	if n, err := testutil.GatherAndCount(m.Registry(), name); err != nil || n != 0 {
+		t.Fatalf("%s after the program was unloaded: %d series (%v), want none", name, n, err)
+	}
 }
