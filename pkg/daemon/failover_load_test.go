@@ -169,10 +169,14 @@ func TestFailoverUnderLoad(t *testing.T) {
 		wg     sync.WaitGroup
 		genErr error
 	)
+	var cpus []int // every CPU generates
+	for c := range runtime.NumCPU() {
+		cpus = append(cpus, c)
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		genErr = gen.Run(ctx, h.topo.Router, "eth0", []int{0, 1}, 500*time.Millisecond)
+		genErr = gen.Run(ctx, h.topo.Router, "eth0", cpus, 500*time.Millisecond)
 	}()
 	// Watch both nodes; stop early on a false failover.
 	var falseAt time.Time

@@ -126,7 +126,7 @@ func (g *LoadGen) Run(ctx context.Context, host *testenv.Host, iface string, cpu
 					// Grow slowly: a short call overestimates the
 					// rate a long one sustains.
 					rate := float64(n) / took.Seconds()
-					n = uint32(min(max(rate*chunk.Seconds(), 1<<12), 2*float64(n), 1<<30))
+					n = uint32(min(max(rate*chunk.Seconds(), 1<<12), 1.25*float64(n), 1<<30))
 				}
 				return nil
 			})

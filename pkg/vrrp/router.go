@@ -187,7 +187,8 @@ type Router struct {
 	// send is not a timer's); lastRx is when the advertisement before
 	// the current one arrived from the master we follow as backup.
 	due, lastRx time.Time
-	lateLog     time.Time // when a late advertisement was last logged (rate limit)
+	lastRxFrom  netip.Addr
+	lateLog     time.Time // when lateness was last logged (rate limit)
 	retryAt     time.Time
 	timeout     unix.Timespec
 	pollFDs     [2]unix.PollFd
@@ -365,7 +366,6 @@ func (r *Router) open() error {
 	if r.sock, err = openSocket(r.cfg.Interface, r.ifindex, r.v6, r.multicast, r.cfg.UnicastPeers); err != nil {
 		return fmt.Errorf("vrrp: %s: %w", r.cfg.Interface, err)
 	}
-
 	if r.pkt, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
 		return fmt.Errorf("vrrp: packet socket: %w", err)
 	}
@@ -725,13 +725,14 @@ func (r *Router) handleAdvert(a rxAdvert) {
 	if a.priority == 0 {
 		r.zeroReceived.Add(1)
 	}
-	if r.State() == Backup && a.priority != 0 && a.src == r.m.master && !r.lastRx.IsZero() {
+	if r.State() == Backup && a.priority != 0 && a.src == r.lastRxFrom && !r.lastRx.IsZero() {
 		r.noteGap(a.at.Sub(r.lastRx))
 	}
 	r.m.receive(a.at, a.src, a.priority, a.interval)
-	r.lastRx = time.Time{}
+	// Others' advertisements (a weaker router's, say) do not break the
+	// series of the master's.
 	if r.State() == Backup && a.priority != 0 && a.src == r.m.master {
-		r.lastRx = a.at
+		r.lastRx, r.lastRxFrom = a.at, a.src
 	}
 	r.masterInt.Store(int32(r.m.masterInt))
 	r.setMaster(r.m.master)
