@@ -177,7 +177,8 @@ func (f *fakeController) VRRP(ctx context.Context) (api.VRRP, error) {
 	if err := f.record("VRRP"); err != nil {
 		return api.VRRP{}, err
 	}
-	return api.VRRP{Enabled: true, State: "master", Priority: 200, Master: netip.MustParseAddr("198.18.0.2"), AdvertsSent: 42}, nil
+	return api.VRRP{Enabled: true, State: "master", Priority: 200, Master: netip.MustParseAddr("198.18.0.2"), AdvertsSent: 42,
+		WorstSendDelay: 1500 * time.Microsecond, WorstSendCall: 12 * time.Millisecond, LateSends: 3}, nil
 }
 
 func (f *fakeController) VRRPHandover(ctx context.Context, resume bool) error {

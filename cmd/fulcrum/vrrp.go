@@ -66,6 +66,12 @@ func vrrpShow(c *cli.Context) error {
 			drops = []string{"none"}
 		}
 		row(t, "dropped:", strings.Join(drops, ", "))
+		if v.State == "master" || v.AdvertsSent > 0 {
+			row(t, "sending:", fmt.Sprintf("worst delay %s, worst send call %s, %d late", ms(v.WorstSendDelay), ms(v.WorstSendCall), v.LateSends))
+		}
+		if v.AdvertsReceived > 0 {
+			row(t, "hearing:", fmt.Sprintf("worst gap %s, %d late", ms(v.WorstAdvertGap), v.LateAdverts))
+		}
 	}
 	return t.Flush()
 }
@@ -87,4 +93,10 @@ func vrrpHandover(c *cli.Context, resume bool) error {
 		}
 	}
 	return nil
+}
+
+// ms renders a duration in milliseconds with one decimal, as the VRRP
+// timers are read.
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
 }

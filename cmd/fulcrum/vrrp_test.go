@@ -5,7 +5,8 @@ import "testing"
 func TestVRRPShow(t *testing.T) {
 	d := startDaemon(t)
 	r := d.run(t, "vrrp")
-	r.expect(t, 0, []string{"state:", "master", "priority:", "200", "198.18.0.2", "42 sent"})
+	r.expect(t, 0, []string{"state:", "master", "priority:", "200", "198.18.0.2", "42 sent",
+		"sending:", "worst delay 1.5 ms, worst send call 12.0 ms, 3 late"})
 }
 
 func TestVRRPHandoverAndResume(t *testing.T) {

@@ -160,6 +160,16 @@ type VRRP struct {
 	Transitions     uint64            `json:"transitions"`
 	LastTransition  time.Time         `json:"last_transition,omitzero"`
 	Dropped         map[string]uint64 `json:"dropped,omitempty"`
+	// Timing of the protocol thread (see docs/vrrp.md): the longest an
+	// advertisement of this node waited past its time, the longest a send
+	// call took, and the longest gap between advertisements heard from
+	// the master; the Late counts are the sends more than half an
+	// interval late and the gaps over 1.5 intervals.
+	WorstSendDelay time.Duration `json:"worst_send_delay_ns"`
+	WorstSendCall  time.Duration `json:"worst_send_call_ns"`
+	LateSends      uint64        `json:"late_sends"`
+	WorstAdvertGap time.Duration `json:"worst_advert_gap_ns"`
+	LateAdverts    uint64        `json:"late_adverts"`
 }
 
 // Error is the body of every non-2xx response.

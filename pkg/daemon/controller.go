@@ -353,6 +353,11 @@ func (c *controller) VRRP(ctx context.Context) (api.VRRP, error) {
 		Transitions:     st.Transitions,
 		LastTransition:  st.LastTransition,
 		Dropped:         st.Dropped,
+		WorstSendDelay:  st.WorstSendDelay,
+		WorstSendCall:   st.WorstSendCall,
+		LateSends:       st.LateSends,
+		WorstAdvertGap:  st.WorstAdvertGap,
+		LateAdverts:     st.LateAdverts,
 	}, nil
 }
 
