@@ -98,7 +98,7 @@ func Run(ctx context.Context, opts Options) *Results {
 		needs         []string
 		run           func() error
 	}{
-		{RunPackets, "packet rate: ceiling, ceiling-tx, dsr, ipip, nftables", []string{"nft"}, func() error {
+		{RunPackets, "packet rate: ceiling, ceiling-tx, dsr, dsr-no-ct, ipip, nftables", []string{"nft"}, func() error {
 			return measurePackets(ctx, opts.Packets, res)
 		}},
 		{RunConnections, "connection rate: direct, haproxy, fulcrum dsr", []string{"haproxy"}, func() error {
