@@ -32,7 +32,8 @@ demo: build
 
 vet:
 	$(GO) vet ./...
-	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" >&2; exit 1)
+	@# Not `tee /dev/stderr`: reopening stderr truncates a log file it goes to.
+	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "$$unformatted" >&2; echo "gofmt: files above need formatting" >&2; exit 1; fi
 	$(GO) tool staticcheck ./...
 
 # test runs every test, including the privileged BPF and namespace tests
