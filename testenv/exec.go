@@ -35,15 +35,22 @@ func ipCommand() string {
 
 // Command returns `ip netns exec NAME name args...`; ip execs the command
 // in place, so the process's PID is the command's. The process gets its own
-// process group (so that it and its children can be killed together, also
-// when ctx is cancelled) and is SIGKILLed if the test binary dies.
+// process group, so that it and its children can be killed together, also
+// when ctx is cancelled.
+//
+// There is deliberately no Pdeathsig: the kernel sends it when the *thread*
+// that forked the process exits, and Go ends threads whenever a goroutine
+// exits while locked to one (pkg/vrrp's protocol thread does, by design).
+// With it, keepalived started by a test died now and then the moment an
+// in-process VRRP router stopped, as if keepalived had a bug. Processes are
+// killed by their owners' cleanups and by the Env (Start).
 //
 // A command started from the returned Cmd is not tracked; use Start for
 // background processes that must die with the Env.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	argv := append([]string{"netns", "exec", h.Name, name}, args...)
 	cmd := exec.CommandContext(ctx, ipCommand(), argv...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
 			return cmd.Process.Kill()
