@@ -1,3 +1,5 @@
+//go:build vrrpload
+
 package daemon_test
 
 import (
