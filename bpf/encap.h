@@ -15,26 +15,7 @@
 #include "types.h"
 #include "parse.h"
 #include "consts.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define OUTER_TTL 64
-#define IP_DF 0x4000
-
-/* ipv4_csum returns the header checksum of a 20-byte IPv4 header whose
- * check field is zero. */
-static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
+#include "outer.h"
 
 /* next_hop is where an encapsulated packet leaves. */
 struct next_hop {

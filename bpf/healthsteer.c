@@ -25,13 +25,9 @@
 #include <bpf/bpf_endian.h>
 
 #include "healthsteer.h"
+#include "outer.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-#define AF_INET 2
-#define AF_INET6 10
-#define OUTER_TTL 64
-#define IP_DF 0x4000
 
 /* Anchor the enums in BTF so bpf2go exports them to Go. */
 const enum steer_stat _steer_stat __attribute__((unused));
@@ -68,21 +64,6 @@ static __always_inline int count(enum steer_stat s, int action)
 	if (st && s < STEER_STAT_MAX)
 		st->count[s]++;
 	return action;
-}
-
-/* ipv4_csum returns the header checksum of a 20-byte IPv4 header whose
- * check field is zero. */
-static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
 }
 
 /* encap puts an outer header from t->saddr to t->daddr in front of the IP
