@@ -12,12 +12,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/linkset"
 )
 
 // Capacities of the fast path's maps, from bpf/consts.h.
@@ -50,7 +51,7 @@ type Datapath struct {
 	mu   sync.Mutex
 	objs balancerObjects
 	// links are the XDP attachments by ifindex.
-	links map[int]link.Link
+	links linkset.Set
 
 	pinDir  string
 	adopted bool
@@ -104,7 +105,7 @@ func Load(opts Options) (*Datapath, error) {
 
 	d := &Datapath{
 		vips:       make(map[VIP]*vipEntry),
-		links:      make(map[int]link.Link),
+		links:      make(linkset.Set),
 		vipIndex:   newIndexAllocator(maxVIPs),
 		backendID:  newIndexAllocator(maxBackends),
 		backendGen: make(map[uint32]uint16),
@@ -203,12 +204,7 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 func (d *Datapath) Attached() []int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]int, 0, len(d.links))
-	for i := range d.links {
-		out = append(out, i)
-	}
-	slices.Sort(out)
-	return out
+	return d.links.Indexes()
 }
 
 // Detach removes the balancer from every interface, pinned or not.

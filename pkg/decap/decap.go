@@ -18,6 +18,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/linkset"
 )
 
 // MaxVIPs is the capacity of each VIP set (IPv4 and IPv6), from
@@ -30,7 +32,7 @@ type Decap struct {
 	mu   sync.Mutex
 	objs decapObjects
 	// links are the XDP attachments by ifindex.
-	links map[int]link.Link
+	links linkset.Set
 	// vips mirrors the VIP maps, so SetVIPs writes only the difference.
 	vips map[netip.Addr]struct{}
 }
@@ -42,7 +44,7 @@ func Load() (*Decap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load decap spec: %w", err)
 	}
-	d := &Decap{links: make(map[int]link.Link), vips: make(map[netip.Addr]struct{})}
+	d := &Decap{links: make(linkset.Set), vips: make(map[netip.Addr]struct{})}
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -189,27 +191,14 @@ func (d *Decap) Attach(ifindex int, generic bool) error {
 func (d *Decap) Attached() []int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]int, 0, len(d.links))
-	for i := range d.links {
-		out = append(out, i)
-	}
-	slices.Sort(out)
-	return out
+	return d.links.Indexes()
 }
 
 // Detach removes the program from every interface it is attached to.
 func (d *Decap) Detach() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var errs []error
-	for ifindex, l := range d.links {
-		if err := l.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach decap xdp from ifindex %d: %w", ifindex, err))
-			continue
-		}
-		delete(d.links, ifindex)
-	}
-	return errors.Join(errs...)
+	return d.links.Close("decap xdp")
 }
 
 // Close detaches the program and releases it and its maps.

@@ -17,11 +17,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/linkset"
 )
 
 // MaxTargets is the capacity of the mark map, from bpf/healthsteer.h.
@@ -82,7 +83,7 @@ type Steerer struct {
 
 	mu    sync.Mutex
 	objs  healthsteerObjects
-	links map[int]link.Link // TCX egress attachments by ifindex
+	links linkset.Set // TCX egress attachments by ifindex
 }
 
 // Load checks opts and loads the program and its maps into the kernel
@@ -110,7 +111,7 @@ func Load(opts Options) (*Steerer, error) {
 	if err := spec.Variables[healthsteerVarMarkCount].Set(opts.MarkCount); err != nil {
 		return nil, fmt.Errorf("health steering: set mark_count: %w", err)
 	}
-	s := &Steerer{base: opts.MarkBase, count: opts.MarkCount, links: make(map[int]link.Link)}
+	s := &Steerer{base: opts.MarkBase, count: opts.MarkCount, links: make(linkset.Set)}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -256,27 +257,14 @@ func (s *Steerer) Attach(ifindex int) error {
 func (s *Steerer) Attached() []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]int, 0, len(s.links))
-	for i := range s.links {
-		out = append(out, i)
-	}
-	slices.Sort(out)
-	return out
+	return s.links.Indexes()
 }
 
 // Detach removes the program from every interface it is attached to.
 func (s *Steerer) Detach() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var errs []error
-	for ifindex, l := range s.links {
-		if err := l.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach health steering from ifindex %d: %w", ifindex, err))
-			continue
-		}
-		delete(s.links, ifindex)
-	}
-	return errors.Join(errs...)
+	return s.links.Close("health steering")
 }
 
 // Close detaches the program and releases it and its maps.
