@@ -195,6 +195,25 @@ func parseBackendAddr(c *cli.Context, s string) (netip.Addr, error) {
 	return addr, nil
 }
 
+// backendArgs checks and parses the arguments `VIP ADDRESS` of the
+// backend commands, followed by the required extra ones, which it returns
+// unparsed.
+func backendArgs(c *cli.Context, extra ...arg) (api.VIPRef, netip.Addr, []string, error) {
+	args, err := positional(c, append([]arg{vipArg, backendArg}, extra...))
+	if err != nil {
+		return api.VIPRef{}, netip.Addr{}, nil, err
+	}
+	ref, err := parseVIP(c, args[0])
+	if err != nil {
+		return api.VIPRef{}, netip.Addr{}, nil, err
+	}
+	addr, err := parseBackendAddr(c, args[1])
+	if err != nil {
+		return api.VIPRef{}, netip.Addr{}, nil, err
+	}
+	return ref, addr, args[2:], nil
+}
+
 // parseWeight parses a weight, 0 (drain) to config.MaxWeight.
 func parseWeight(s string) (uint32, error) {
 	w, err := strconv.ParseUint(s, 10, 32)

@@ -24,15 +24,7 @@ func backendAddCommand() *cli.Command {
 }
 
 func backendAdd(c *cli.Context) error {
-	args, err := positional(c, []arg{vipArg, backendArg})
-	if err != nil {
-		return err
-	}
-	ref, err := parseVIP(c, args[0])
-	if err != nil {
-		return err
-	}
-	addr, err := parseBackendAddr(c, args[1])
+	ref, addr, _, err := backendArgs(c)
 	if err != nil {
 		return err
 	}

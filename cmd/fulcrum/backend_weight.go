@@ -20,19 +20,11 @@ func backendWeightCommand() *cli.Command {
 var weightArg = arg{"N", fmt.Sprintf("the weight, a whole number from 0 to %d (0 drains)", config.MaxWeight)}
 
 func backendWeight(c *cli.Context) error {
-	args, err := positional(c, []arg{vipArg, backendArg, weightArg})
+	ref, addr, rest, err := backendArgs(c, weightArg)
 	if err != nil {
 		return err
 	}
-	ref, err := parseVIP(c, args[0])
-	if err != nil {
-		return err
-	}
-	addr, err := parseBackendAddr(c, args[1])
-	if err != nil {
-		return err
-	}
-	weight, err := parseWeight(args[2])
+	weight, err := parseWeight(rest[0])
 	if err != nil {
 		return usagef("%s: %v", commandPath(c), err)
 	}
