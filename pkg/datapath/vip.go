@@ -218,23 +218,9 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 	return nil
 }
 
-// set is SetVIP with d.mu held. It validates everything before it writes
-// anything, and writes in an order that keeps every intermediate state
-// consistent for the fast path: new backends, then the ring, then the VIP,
-// then the retirement of removed backends.
+// set is SetVIP with d.mu held.
 func (d *Datapath) set(vip VIP, cfg VIPConfig, backends []Backend) error {
-	p, err := d.prepare(vip, cfg, backends)
-	if err != nil || p == nil {
-		return err
-	}
-	if p.ring != nil {
-		defer p.ring.Close()
-		if err := d.objs.Rings.Put(uint32(p.e.index), p.ring); err != nil {
-			p.undo()
-			return fmt.Errorf("vip %s: swap ring: %w", vip, err)
-		}
-	}
-	return errors.Join(d.commit(p), d.syncGlobals())
+	return d.setMany([]VIPChange{{VIP: vip, Config: cfg, Backends: backends}})[0]
 }
 
 // VIPChange is one VIP for SetVIPs: its new configuration and backends.
@@ -254,12 +240,17 @@ type VIPChange struct {
 func (d *Datapath) SetVIPs(changes []VIPChange) (errs []error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.setMany(changes)
+}
+
+// setMany is SetVIPs with d.mu held. It validates everything before it
+// writes anything, and writes in an order that keeps every intermediate
+// state consistent for the fast path: new backends, then the rings, then
+// the VIPs, then the retirement of removed backends.
+func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 	errs = make([]error, len(changes))
 	seen := make(map[VIP]bool, len(changes))
-	var (
-		pending []*pendingVIP
-		at      []int // index in changes of pending[i]
-	)
+	var pending, swaps []*pendingVIP
 	for i, c := range changes {
 		if seen[c.VIP] {
 			errs[i] = fmt.Errorf("vip %s: appears twice in one change", c.VIP)
@@ -271,45 +262,24 @@ func (d *Datapath) SetVIPs(changes []VIPChange) (errs []error) {
 			errs[i] = err
 			continue
 		}
-		if p != nil {
-			pending = append(pending, p)
-			at = append(at, i)
+		if p == nil {
+			continue // nothing changed
 		}
-	}
-	var (
-		keys, fds []uint32 // a map of maps takes inner maps by fd
-		rings     []*ebpf.Map
-	)
-	for _, p := range pending {
+		p.at = i
+		pending = append(pending, p)
 		if p.ring != nil {
-			keys = append(keys, uint32(p.e.index))
-			fds = append(fds, uint32(p.ring.FD()))
-			rings = append(rings, p.ring)
+			swaps = append(swaps, p)
 			defer p.ring.Close()
 		}
 	}
-	swapped := make(map[*ebpf.Map]error, len(rings))
-	if len(rings) > 0 {
-		n, err := d.objs.Rings.BatchUpdate(keys, fds, nil)
-		if err != nil {
-			// Retry one by one whatever the batch may not have written,
-			// so that each VIP gets its own error.
-			for i := max(n, 0); i < len(rings); i++ {
-				if err := d.objs.Rings.Put(keys[i], rings[i]); err != nil {
-					swapped[rings[i]] = err
-				}
-			}
+	d.swapRings(swaps)
+	for _, p := range pending {
+		if p.swapErr != nil {
+			p.undo()
+			errs[p.at] = fmt.Errorf("vip %s: swap ring: %w", p.e.vip, p.swapErr)
+			continue
 		}
-	}
-	for i, p := range pending {
-		if p.ring != nil {
-			if err := swapped[p.ring]; err != nil {
-				p.undo()
-				errs[at[i]] = fmt.Errorf("vip %s: swap ring: %w", p.e.vip, err)
-				continue
-			}
-		}
-		errs[at[i]] = d.commit(p)
+		errs[p.at] = d.commit(p)
 	}
 	if err := d.syncGlobals(); err != nil {
 		for i := range errs {
@@ -321,12 +291,35 @@ func (d *Datapath) SetVIPs(changes []VIPChange) (errs []error) {
 	return errs
 }
 
+// swapRings puts each prepared ring into rings with one batched update;
+// whatever the batch did not write is retried one by one, so that each VIP
+// gets its own error (in swapErr).
+func (d *Datapath) swapRings(swaps []*pendingVIP) {
+	if len(swaps) == 0 {
+		return
+	}
+	keys := make([]uint32, len(swaps))
+	fds := make([]uint32, len(swaps)) // a map of maps takes inner maps by fd
+	for i, p := range swaps {
+		keys[i], fds[i] = uint32(p.e.index), uint32(p.ring.FD())
+	}
+	n, err := d.objs.Rings.BatchUpdate(keys, fds, nil)
+	if err == nil {
+		return
+	}
+	for _, p := range swaps[max(n, 0):] {
+		p.swapErr = d.objs.Rings.Put(uint32(p.e.index), p.ring)
+	}
+}
+
 // pendingVIP is a VIP change whose backends are written and whose new ring
 // (if the ring changed) is built but not yet swapped in.
 type pendingVIP struct {
-	e, old *vipEntry
-	ring   *ebpf.Map // nil: the ring is unchanged
-	undo   func()    // frees what prepare allocated, if the swap fails
+	e, old  *vipEntry
+	ring    *ebpf.Map // nil: the ring is unchanged
+	undo    func()    // frees what prepare allocated, if the swap fails
+	at      int       // the change's index in setMany's argument
+	swapErr error     // the ring could not be swapped in
 }
 
 // prepare validates a VIP change and writes what the fast path cannot see
