@@ -336,7 +336,7 @@ func TestDaemon(t *testing.T) {
 
 	// A UDP stream runs through the kill and the restart: not a datagram
 	// may be lost.
-	stream := h.startStream(vip4)
+	stream := h.startProbe(vip4, 2*time.Millisecond)
 
 	// kill -9: traffic keeps flowing, old and new flows alike.
 	h.daemon.Process.Signal(syscall.SIGKILL)
@@ -365,7 +365,7 @@ func TestDaemon(t *testing.T) {
 	}
 	h.checkConns(conns, "", "daemon restarted")
 	time.Sleep(300 * time.Millisecond) // traffic through the new program too
-	sent, lost := stream.stop()
+	sent, lost := stream.stopCounts()
 	t.Logf("UDP stream through kill -9 and restart: %d datagrams sent, %d lost", sent, lost)
 	if sent < 100 || lost != 0 {
 		t.Fatalf("UDP stream through kill -9 and restart: %d sent, %d lost; want no loss", sent, lost)
@@ -482,19 +482,20 @@ func TestDaemon(t *testing.T) {
 	}
 }
 
-// stream is a UDP flow of numbered datagrams to a VIP, one every 2 ms,
-// whose echoes are counted.
-type stream struct {
-	conn    net.Conn
-	done    chan struct{}
-	sent    int
-	got     map[int]bool
-	arrived []time.Time
-	wg      sync.WaitGroup
-	mu      sync.Mutex
+// probe is a UDP flow of numbered datagrams to a VIP, one per interval,
+// recording when each was sent and when its echo came back.
+type probe struct {
+	conn     net.Conn
+	interval time.Duration
+	done     chan struct{}
+	wg       sync.WaitGroup
+
+	mu    sync.Mutex
+	sent  []time.Time // by sequence number
+	reply []time.Time // by sequence number; zero without an echo
 }
 
-func (h *harness) startStream(vip netip.Addr) *stream {
+func (h *harness) startProbe(vip netip.Addr, interval time.Duration) *probe {
 	var c net.Conn
 	if err := h.topo.Client.Do(func() error {
 		var err error
@@ -503,54 +504,73 @@ func (h *harness) startStream(vip netip.Addr) *stream {
 	}); err != nil {
 		h.t.Fatal(err)
 	}
-	s := &stream{conn: c, done: make(chan struct{}), got: make(map[int]bool)}
-	s.wg.Add(2)
+	p := &probe{conn: c, interval: interval, done: make(chan struct{})}
+	p.wg.Add(2)
 	go func() {
-		defer s.wg.Done()
-		tick := time.NewTicker(2 * time.Millisecond)
+		defer p.wg.Done()
+		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for i := 0; ; i++ {
 			select {
-			case <-s.done:
+			case <-p.done:
 				return
 			case <-tick.C:
 			}
-			s.mu.Lock()
-			s.sent++
-			s.mu.Unlock()
+			p.mu.Lock()
+			p.sent = append(p.sent, time.Now())
+			p.reply = append(p.reply, time.Time{})
+			p.mu.Unlock()
 			fmt.Fprintf(c, "%d", i)
 		}
 	}()
 	go func() {
-		defer s.wg.Done()
+		defer p.wg.Done()
 		buf := make([]byte, 256)
 		for {
 			n, err := c.Read(buf)
 			if err != nil {
 				return
 			}
+			now := time.Now()
 			_, seq, _ := strings.Cut(string(buf[:n]), " ")
 			var i int
 			if _, err := fmt.Sscan(seq, &i); err == nil {
-				s.mu.Lock()
-				s.got[i] = true
-				s.arrived = append(s.arrived, time.Now())
-				s.mu.Unlock()
+				p.mu.Lock()
+				if i >= 0 && i < len(p.reply) && p.reply[i].IsZero() {
+					p.reply[i] = now
+				}
+				p.mu.Unlock()
 			}
 		}
 	}()
-	return s
+	h.t.Cleanup(p.stop)
+	return p
 }
 
-// stop ends the stream after the last echoes had time to arrive.
-func (s *stream) stop() (sent, lost int) {
-	close(s.done)
-	time.Sleep(200 * time.Millisecond)
-	s.conn.Close()
-	s.wg.Wait()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sent, s.sent - len(s.got)
+func (p *probe) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	close(p.done)
+	time.Sleep(200 * time.Millisecond) // the last echoes
+	p.conn.Close()
+	p.wg.Wait()
+}
+
+// stopCounts stops the probe and returns how many datagrams it sent and
+// how many of them got no echo.
+func (p *probe) stopCounts() (sent, lost int) {
+	p.stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, r := range p.reply {
+		if r.IsZero() {
+			lost++
+		}
+	}
+	return len(p.sent), lost
 }
 
 // scrape fetches /metrics from the daemon in lb1's namespace.

@@ -3,12 +3,10 @@ package daemon_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -151,83 +149,6 @@ func (h *harness) vrrpStats() api.VRRP {
 		h.t.Fatalf("%s: vrrp: %v", h.lb.Role(), err)
 	}
 	return v
-}
-
-// probe is a UDP flow of numbered datagrams to a VIP, one per interval,
-// recording when each was sent and when its echo came back.
-type probe struct {
-	conn     net.Conn
-	interval time.Duration
-	done     chan struct{}
-	wg       sync.WaitGroup
-
-	mu    sync.Mutex
-	sent  []time.Time // by sequence number
-	reply []time.Time // by sequence number; zero without an echo
-}
-
-func (h *harness) startProbe(vip netip.Addr, interval time.Duration) *probe {
-	var c net.Conn
-	if err := h.topo.Client.Do(func() error {
-		var err error
-		c, err = net.Dial("udp", netip.AddrPortFrom(vip, 53).String())
-		return err
-	}); err != nil {
-		h.t.Fatal(err)
-	}
-	p := &probe{conn: c, interval: interval, done: make(chan struct{})}
-	p.wg.Add(2)
-	go func() {
-		defer p.wg.Done()
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-p.done:
-				return
-			case <-tick.C:
-			}
-			p.mu.Lock()
-			p.sent = append(p.sent, time.Now())
-			p.reply = append(p.reply, time.Time{})
-			p.mu.Unlock()
-			fmt.Fprintf(c, "%d", i)
-		}
-	}()
-	go func() {
-		defer p.wg.Done()
-		buf := make([]byte, 256)
-		for {
-			n, err := c.Read(buf)
-			if err != nil {
-				return
-			}
-			now := time.Now()
-			_, seq, _ := strings.Cut(string(buf[:n]), " ")
-			var i int
-			if _, err := fmt.Sscan(seq, &i); err == nil {
-				p.mu.Lock()
-				if i >= 0 && i < len(p.reply) && p.reply[i].IsZero() {
-					p.reply[i] = now
-				}
-				p.mu.Unlock()
-			}
-		}
-	}()
-	h.t.Cleanup(p.stop)
-	return p
-}
-
-func (p *probe) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	close(p.done)
-	time.Sleep(100 * time.Millisecond) // the last echoes
-	p.conn.Close()
-	p.wg.Wait()
 }
 
 // outage is the longest silence of the probe in a window.

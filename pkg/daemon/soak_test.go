@@ -56,7 +56,7 @@ func TestChurnSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := procUsage(t, h.daemon.Process.Pid)
-	stream := h.startStream(vip4)
+	stream := h.startProbe(vip4, 2*time.Millisecond)
 
 	// Traffic on the long-lived connections, every 100 ms.
 	done := make(chan struct{})
@@ -126,7 +126,7 @@ func TestChurnSoak(t *testing.T) {
 	for msg := range broken {
 		t.Error(msg)
 	}
-	sent, lost := stream.stop()
+	sent, lost := stream.stopCounts()
 	time.Sleep(2500 * time.Millisecond) // one rate interval, so Stats is fresh
 	statsAfter, err := h.client.Stats(ctx)
 	if err != nil {
