@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/testenv"
@@ -105,14 +104,8 @@ func (g *LoadGen) Run(ctx context.Context, host *testenv.Host, iface string, cpu
 				defer restore()
 				n := uint32(1 << 14) // a first short call measures the rate
 				for ctx.Err() == nil {
-					opts := ebpf.RunOptions{
-						Data:    frame[:],
-						Repeat:  n,
-						Flags:   unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-						Context: perfXdpMd{DataEnd: uint32(genFrameLen), IngressIfindex: uint32(ifindex)},
-					}
 					t0 := time.Now()
-					if _, err := g.objs.GenFrames.Run(&opts); err != nil {
+					if err := liveFrames(&g.objs, frame[:], n, ifindex); err != nil {
 						if errors.Is(err, unix.EINTR) {
 							continue
 						}

@@ -519,6 +519,20 @@ func (r *packetRig) run(kind string, cpus []int, d time.Duration) (rigRun, error
 	return out, nil
 }
 
+// liveFrames has the generator make n frames from the template frame on
+// the calling thread's CPU, in live-frame mode (BPF_F_TEST_XDP_LIVE_FRAMES),
+// as if received on ifindex. The context's data_end must be the frame's
+// length, or the kernel refuses the run.
+func liveFrames(objs *perfObjects, frame []byte, n uint32, ifindex int) error {
+	_, err := objs.GenFrames.Run(&ebpf.RunOptions{
+		Data:    frame,
+		Repeat:  n,
+		Flags:   unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+		Context: perfXdpMd{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},
+	})
+	return err
+}
+
 // generate makes n frames of kind on each of cpus, one BPF_PROG_RUN call
 // per CPU, all starting together, and returns what reached the sink.
 func (r *packetRig) generate(kind string, cpus []int, n uint32) (rigRun, error) {
@@ -563,14 +577,8 @@ func (r *packetRig) generate(kind string, cpus []int, n uint32) (rigRun, error) 
 				}
 				defer restore()
 				<-start
-				opts := ebpf.RunOptions{
-					Data:    frame,
-					Repeat:  n,
-					Flags:   unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-					Context: perfXdpMd{DataEnd: uint32(len(frame)), IngressIfindex: uint32(r.genIfindex)},
-				}
 				t0 := time.Now()
-				if _, err := r.objs.GenFrames.Run(&opts); err != nil {
+				if err := liveFrames(&r.objs, frame, n, r.genIfindex); err != nil {
 					return fmt.Errorf("live-frame BPF_PROG_RUN on cpu %d: %w", cpu, err)
 				}
 				t1 := time.Now()
