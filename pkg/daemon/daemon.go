@@ -334,14 +334,7 @@ func (d *Daemon) syncHealth() {
 // healthChanged hands a backend's new state to the reconciler, which takes
 // a down backend out of its VIP's ring (or drains it) and puts it back.
 func (d *Daemon) healthChanged(ctx context.Context, tr health.Transition) {
-	state := reconcile.Unknown
-	switch tr.To {
-	case health.Up:
-		state = reconcile.Up
-	case health.Down:
-		state = reconcile.Down
-	}
-	if err := d.rec.SetHealth(ctx, tr.VIP, tr.Backend, state); err != nil && ctx.Err() == nil {
+	if err := d.rec.SetHealth(ctx, tr.VIP, tr.Backend, tr.To); err != nil && ctx.Err() == nil {
 		d.log.Error("apply health change", "vip", tr.VIP.String(), "backend", tr.Backend.String(), "state", tr.To.String(), "err", err)
 	}
 	d.trackVRRP()

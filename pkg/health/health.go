@@ -27,8 +27,8 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
 )
 
-// State is a target's health. The values are in the same order as
-// reconcile.Health's (Unknown, Up, Down).
+// State is a target's health. pkg/reconcile uses the same type for the
+// state it acts on.
 type State int
 
 // Target states. A target is Unknown until rise successes or fall failures

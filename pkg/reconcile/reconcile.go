@@ -19,6 +19,7 @@ import (
 
 	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+	"github.com/fulcrum-lb/fulcrum/pkg/health"
 )
 
 // Dataplane is what the reconciler needs of the datapath.
@@ -37,26 +38,16 @@ type MACResolver interface {
 	Resolve(ctx context.Context, addr netip.Addr) (net.HardwareAddr, error)
 }
 
-// Health is a backend's observed state.
-type Health int
+// Health is a backend's observed state, as pkg/health reports it.
+type Health = health.State
 
 // Backend health states. Unknown counts as up: a backend is in service
 // until a check says otherwise.
 const (
-	Unknown Health = iota
-	Up
-	Down
+	Unknown = health.Unknown
+	Up      = health.Up
+	Down    = health.Down
 )
-
-func (h Health) String() string {
-	switch h {
-	case Up:
-		return "up"
-	case Down:
-		return "down"
-	}
-	return "unknown"
-}
 
 // ResolveTimeout bounds the resolution of one backend's MAC.
 var ResolveTimeout = 2 * time.Second
