@@ -832,11 +832,15 @@ func (r *Router) transition(from, to State, why string) {
 	r.setMaster(r.m.master)
 	if to == Master {
 		r.becameMaster.Add(1)
-		r.hold()
+		// Announce first: the gratuitous ARP / NA is what moves the
+		// neighbours' traffic here, and the XDP program forwards it
+		// without the addresses on the interface; the netlink work of
+		// hold (a few hundred microseconds) would only delay the takeover.
 		r.garpLeft = max(r.cfg.GratuitousCount-1, 0)
 		if r.cfg.GratuitousCount > 0 {
 			r.announce()
 		}
+		r.hold()
 	} else {
 		r.garpLeft = 0
 		r.release(from == Initialize)
