@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -123,7 +124,33 @@ func (h *Host) AddBridge(name string) error {
 	if err := h.nl.LinkAdd(&netlink.Bridge{LinkAttrs: la, MulticastSnooping: &snoop}); err != nil {
 		return fmt.Errorf("testenv: %s: bridge %s: %w", h.Name, name, err)
 	}
+	if err := h.noBridgeNetfilter(); err != nil {
+		return err
+	}
 	return h.LinkUp(name)
+}
+
+// noBridgeNetfilter keeps bridged frames out of the IP firewall hooks in
+// h's namespace. With br_netfilter loaded (by anyone, for containers) every
+// new namespace starts with bridge-nf-call-iptables=1, and each frame the
+// bridge forwards goes through netfilter's IP hooks: a test switch is not a
+// firewall, and under a packet flood that work (a fifth of the softirq time
+// a VRRP advertisement's send call paid for, measured with perf) would land
+// on the tests' CPUs. The sysctls are per namespace; without br_netfilter
+// they do not exist and there is nothing to do.
+func (h *Host) noBridgeNetfilter() error {
+	return h.Do(func() error {
+		for _, k := range []string{"iptables", "ip6tables", "arptables"} {
+			key := "net.bridge.bridge-nf-call-" + k
+			if _, err := os.Stat(sysctlPath(key)); errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err := writeSysctl(h, key, "0"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // SetMaster enslaves iface to bridge.

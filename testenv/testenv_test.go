@@ -250,6 +250,11 @@ func TestCanonical(t *testing.T) {
 				t.Errorf("sw/%s: not enslaved to the bridge", p)
 			}
 		}
+		// The switch is not a firewall (br_netfilter, when loaded, would
+		// send bridged frames through the IP hooks).
+		if v, err := topo.Switch.ReadSysctl("net.bridge.bridge-nf-call-iptables"); err == nil && v != "0" {
+			t.Errorf("sw: bridge-nf-call-iptables = %s, want 0", v)
+		}
 		// The hosts' own ends carry nothing: that is the LB's business.
 		l, err := topo.LB1.Link(MainIface)
 		if err != nil {

@@ -4,7 +4,10 @@ package daemon_test
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -32,6 +35,7 @@ type gapStats struct {
 	worstAt   time.Time // the end of the worst gap
 	over      int       // gaps longer than the limit given to gaps
 	overTimes []time.Time
+	overGaps  []time.Duration // the lengths of the gaps ending at overTimes
 }
 
 // gaps measures the spacing of times; over counts the gaps longer than
@@ -47,6 +51,7 @@ func gaps(times []time.Time, limit time.Duration) gapStats {
 			g.over++
 			if len(g.overTimes) < 20 {
 				g.overTimes = append(g.overTimes, times[i])
+				g.overGaps = append(g.overGaps, d)
 			}
 		}
 	}
@@ -81,4 +86,93 @@ func netCounters(host *testenv.Host, iface string) string {
 		}
 	}
 	return sb.String()
+}
+
+// stealWatch samples the steal time of each CPU (/proc/stat: time the
+// hypervisor ran something else on this VM's vCPU) every few
+// milliseconds, so that a late advertisement can be laid beside the time
+// the host took the CPUs away, which nothing inside the VM can prevent.
+// /proc/stat counts in USER_HZ ticks (10 ms).
+type stealWatch struct {
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	mu    sync.Mutex
+	at    []time.Time
+	steal [][]uint64 // per sample, per CPU (cpu0, cpu1, ...)
+}
+
+func watchSteal() *stealWatch {
+	w := &stealWatch{done: make(chan struct{})}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if v, err := readSteal(); err == nil {
+				w.mu.Lock()
+				w.at, w.steal = append(w.at, time.Now()), append(w.steal, v)
+				w.mu.Unlock()
+			}
+			select {
+			case <-w.done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+func (w *stealWatch) stop() { close(w.done); w.wg.Wait() }
+
+// readSteal returns each CPU's steal time in ticks.
+func readSteal() ([]uint64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
+			continue
+		}
+		v, _ := strconv.ParseUint(f[8], 10, 64)
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// within returns the steal time of each CPU between the last sample at or
+// before a and the first at or after b (so a little more than [a, b]).
+func (w *stealWatch) within(a, b time.Time) []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i, j := -1, -1
+	for k, t := range w.at {
+		if !t.After(a) {
+			i = k
+		}
+		if j < 0 && !t.Before(b) {
+			j = k
+		}
+	}
+	if i < 0 || j < 0 {
+		return nil
+	}
+	out := make([]time.Duration, len(w.steal[i]))
+	for c := range out {
+		out[c] = time.Duration(w.steal[j][c]-w.steal[i][c]) * 10 * time.Millisecond
+	}
+	return out
+}
+
+// total returns the steal time of each CPU over the whole watch.
+func (w *stealWatch) total() []time.Duration {
+	w.mu.Lock()
+	a, b := w.at[0], w.at[len(w.at)-1]
+	w.mu.Unlock()
+	return w.within(a, b)
 }

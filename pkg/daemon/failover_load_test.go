@@ -146,6 +146,15 @@ func TestFailoverUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gen.Close()
+	// Backends on machines of their own would spend none of these CPUs
+	// on the load; FULCRUM_LOAD_BACKEND_STACK=1 sends it up their stacks.
+	if os.Getenv("FULCRUM_LOAD_BACKEND_STACK") == "" {
+		for _, b := range h.topo.Backends {
+			if err := gen.Sink(b, testenv.MainIface); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
 	if out, err := h.topo.Client.Run(bg(), "sh", "-c", "top -bn1 | head -15"); err == nil {
 		t.Logf("the machine before the load:\n%s", out)
@@ -166,6 +175,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	start := time.Now()
+	steal := watchSteal()
 	cpu0 := readCPUTimes(t)
 	var (
 		wg     sync.WaitGroup
@@ -200,6 +210,7 @@ watch:
 	cpu1 := readCPUTimes(t)
 	cancel()
 	wg.Wait()
+	steal.stop()
 	end := time.Now()
 	if genErr != nil {
 		t.Fatal(genErr)
@@ -207,13 +218,18 @@ watch:
 	sent := gen.Sent()
 	use, busy := cpuUse(cpu0, cpu1)
 	forwarded := lb1.vipPackets("udp", loadPort, end) - fwd
-	t.Logf("longest generator call %s", gen.Longest())
+	sunk, err := gen.Sunk()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("longest generator call %s; %d frames dropped by the backends' sinks", gen.Longest(), sunk)
 	t.Logf("load for %s: %d frames generated (%.2f Mpps), %d forwarded by lb1's XDP (%.2f Mpps); CPU: %s",
 		end.Sub(start).Round(time.Millisecond), sent, float64(sent)/end.Sub(start).Seconds()/1e6,
 		forwarded, float64(forwarded)/end.Sub(start).Seconds()/1e6, use)
 
 	// Where the master's advertisements were late or lost.
 	w1, w2 := lb1.vrrpStats(), lb2.vrrpStats()
+	t.Logf("steal time per CPU during the load (the hypervisor running something else): %v", steal.total())
 	t.Logf("lb1: %d adverts sent, %d send errors; lb2: %d received, %d transitions",
 		w1.AdvertsSent-v1.AdvertsSent, 0, w2.AdvertsReceived-v2.AdvertsReceived, w2.Transitions-v2.Transitions)
 	var seen []int
@@ -223,10 +239,11 @@ watch:
 		t.Logf("lb1's adverts at %-8s %s (capture drops %d)", c.where+":", g, c.drops())
 		if len(g.overTimes) > 0 {
 			var ts []string
-			for _, x := range g.overTimes {
-				ts = append(ts, x.Sub(start).Round(time.Millisecond).String())
+			for i, x := range g.overTimes {
+				ts = append(ts, fmt.Sprintf("%s (%s, steal per CPU %v)", x.Sub(start).Round(time.Millisecond),
+					g.overGaps[i].Round(100*time.Microsecond), steal.within(x.Add(-g.overGaps[i]), x)))
 			}
-			t.Logf("  gaps over 40 ms ending at %s into the load", strings.Join(ts, " "))
+			t.Logf("  gaps over 40 ms ending at %s into the load", strings.Join(ts, ", "))
 		}
 	}
 	for _, n := range []*harness{lb1, lb2} {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/testenv"
@@ -23,6 +24,7 @@ import (
 // generating CPU.
 type LoadGen struct {
 	objs    perfObjects
+	sinks   []link.Link
 	sent    atomic.Uint64
 	longest atomic.Int64 // nanoseconds
 }
@@ -56,8 +58,47 @@ func NewLoadGen(frame []byte, sportBase, flows uint16) (*LoadGen, error) {
 	return g, nil
 }
 
-// Close releases the programs and maps.
-func (g *LoadGen) Close() error { return g.objs.Close() }
+// Close detaches the sinks and releases the programs and maps.
+func (g *LoadGen) Close() error {
+	var errs []error
+	for _, l := range g.sinks {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(append(errs, g.objs.Close())...)
+}
+
+// Sink attaches the rig's sink (an XDP program that counts IPv4 frames and
+// drops them; ARP and IPv6 go on to the stack) to iface in host's
+// namespace until Close. On a test bed where the backends share the CPUs
+// with the balancer, it stands in for backends on machines of their own:
+// without it each load frame would also cost a trip up a backend's stack.
+func (g *LoadGen) Sink(host *testenv.Host, iface string) error {
+	return host.Do(func() error {
+		l, err := host.Link(iface)
+		if err != nil {
+			return err
+		}
+		x, err := link.AttachXDP(link.XDPOptions{Program: g.objs.SinkCount, Interface: l.Attrs().Index})
+		if err != nil {
+			return fmt.Errorf("loadgen: attach the sink to %s in %s: %w", iface, host.Role(), err)
+		}
+		g.sinks = append(g.sinks, x)
+		return nil
+	})
+}
+
+// Sunk is the number of frames the sinks have counted and dropped.
+func (g *LoadGen) Sunk() (uint64, error) {
+	var n uint64
+	for k := range uint32(256) {
+		v, err := sumPerCPU(g.objs.SinkCounts, k)
+		if err != nil {
+			return 0, err
+		}
+		n += v
+	}
+	return n, nil
+}
 
 // Sent is the number of frames generated so far.
 func (g *LoadGen) Sent() uint64 { return g.sent.Load() }
