@@ -179,8 +179,12 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 
 	d := loadDuration(t)
-	ctx, cancel := context.WithTimeout(context.Background(), d)
+	// The generator runs on past the watched window, through the
+	// failover at its end.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	window := time.NewTimer(d)
+	defer window.Stop()
 	start := time.Now()
 	steal := watchSteal()
 	cpu0 := readCPUTimes(t)
@@ -203,7 +207,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 watch:
 	for {
 		select {
-		case <-ctx.Done():
+		case <-window.C:
 			break watch
 		case <-tick.C:
 		}
@@ -215,14 +219,41 @@ watch:
 	}
 	tick.Stop()
 	cpu1 := readCPUTimes(t)
+	end := time.Now()
+	sent := gen.Sent()
+	w1, w2 := lb1.vrrpStats(), lb2.vrrpStats()
+
+	// Node death under the load: lb1's link goes down, and lb2 must take
+	// over, not before master down (70 ms) has passed since it last heard
+	// lb1. How long after is logged, not asserted: on this test bed lb2's
+	// thread shares the flooded CPUs (the generator keeps flooding the
+	// switch, which now drops lb1's frames) and lb1's link going down
+	// runs on them too; in 7 runs lb2 was 0.1-0.2 ms late five times, 15 ms
+	// once and 118 ms once (docs/vrrp.md, "Under full packet load").
+	if falseAt.IsZero() {
+		down := time.Now()
+		setLink(t, h.topo.LB1, false)
+		lb2.waitVRRP("master", 3*time.Second)
+		became := lb2.vrrpStats().LastTransition
+		heard := caps[len(caps)-1].from(testenv.LB1IPv4, down.Add(-time.Second), down)
+		if len(heard) == 0 {
+			t.Errorf("lb2's capture has no advertisement from lb1 in the second before its link went down")
+		} else {
+			last := heard[len(heard)-1]
+			const masterDown = 70 * time.Millisecond
+			t.Logf("failover under load: lb2 master %s after lb1's link went down (the issue's bound: 80ms), %s after it last heard lb1 (master down %s)",
+				became.Sub(down).Round(100*time.Microsecond), became.Sub(last).Round(100*time.Microsecond), masterDown)
+			if took := became.Sub(last); took < masterDown {
+				t.Errorf("lb2 took over %s after it last heard lb1, before master down (%s)", took, masterDown)
+			}
+		}
+	}
 	cancel()
 	wg.Wait()
 	steal.stop()
-	end := time.Now()
 	if genErr != nil {
 		t.Fatal(genErr)
 	}
-	sent := gen.Sent()
 	use, busy := cpuUse(cpu0, cpu1)
 	forwarded := lb1.vipPackets("udp", loadPort, end) - fwd
 	sunk, err := gen.Sunk()
@@ -235,7 +266,6 @@ watch:
 		forwarded, float64(forwarded)/end.Sub(start).Seconds()/1e6, use)
 
 	// Where the master's advertisements were late or lost.
-	w1, w2 := lb1.vrrpStats(), lb2.vrrpStats()
 	t.Logf("steal time per CPU during the load (the hypervisor running something else): %v", steal.total())
 	t.Logf("lb1: %d adverts sent, %d send errors; lb2: %d received, %d transitions",
 		w1.AdvertsSent-v1.AdvertsSent, 0, w2.AdvertsReceived-v2.AdvertsReceived, w2.Transitions-v2.Transitions)
