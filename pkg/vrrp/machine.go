@@ -121,8 +121,8 @@ func (m *machine) start(now time.Time, why string) {
 	m.preemptAt = now.Add(m.preemptDelay)
 	m.master = netip.Addr{}
 	if m.priority == 255 {
-		m.advertise(now)
 		m.set(Master, "address owner (priority 255)")
+		m.advertise(now)
 		return
 	}
 	m.masterInt = m.advertInt
@@ -143,8 +143,13 @@ func (m *machine) tick(now time.Time) {
 	case Backup:
 		if !m.downAt.IsZero() && !now.Before(m.downAt) {
 			m.downAt = time.Time{}
-			m.advertise(now)
+			// RFC 5798 6.4.2 lists the advertisement before the
+			// gratuitous ARPs; both go out at once, but a send call
+			// can stall on a flooded CPU (the kernel runs pending
+			// softirq work in it), and the announcements are what
+			// move the traffic here: they go first.
 			m.set(Master, "master down timer expired")
+			m.advertise(now)
 		}
 	case Master:
 		if !m.adverAt.IsZero() && !now.Before(m.adverAt) {

@@ -139,7 +139,8 @@ type Stats struct {
 	//
 	// WorstSendDelay is the longest a master's advertisement waited
 	// after it was due before the protocol thread sent it (a late
-	// wake-up). LateSends counts those more than half an interval late.
+	// wake-up); a takeover's first advertisement counts from the
+	// Master_Down_Timer. LateSends counts those more than half an interval late.
 	// WorstSendCall is the longest the send call took: the packet is
 	// handed to the driver early in it, but the kernel then runs the
 	// network softirq work pending on the CPU in the caller's context,
@@ -176,11 +177,17 @@ type Router struct {
 	mac      net.HardwareAddr
 	frames   [][]byte // gratuitous ARP / NA frames, one per virtual address
 	garpLeft int
-	adv      Advert
-	buf      []byte
-	added    []bool // per virtual address: we put it on the interface
-	linkUp   bool
-	mismatch bool // the last advertisement's address list differed
+	// announced: a takeover has just announced; the advertisement that
+	// follows sends no repeat.
+	announced bool
+	// holdPending: the virtual addresses are to be put on the interface
+	// (hold) at the top of the next loop iteration.
+	holdPending bool
+	adv         Advert
+	buf         []byte
+	added       []bool // per virtual address: we put it on the interface
+	linkUp      bool
+	mismatch    bool // the last advertisement's address list differed
 
 	rxAdv Advert // scratch for parsing received advertisements
 	// due is when the advertisement being sent was due (zero when the
@@ -609,6 +616,13 @@ func (r *Router) loop() error {
 	r.pollFDs[0] = unix.PollFd{Fd: int32(r.sock.fd), Events: unix.POLLIN}
 	r.pollFDs[1] = unix.PollFd{Fd: int32(r.wake), Events: unix.POLLIN}
 	for {
+		// Addresses go on the interface after the announcements and
+		// the first advertisement of a takeover: it is netlink work
+		// (the RTNL lock, which others may hold for long).
+		if r.holdPending {
+			r.holdPending = false
+			r.hold()
+		}
 		next := r.m.next()
 		if !r.retryAt.IsZero() && (next.IsZero() || r.retryAt.Before(next)) {
 			next = r.retryAt
@@ -637,8 +651,13 @@ func (r *Router) loop() error {
 			}
 		}
 		now := time.Now()
-		if r.State() == Master && !r.m.adverAt.IsZero() && !now.Before(r.m.adverAt) {
-			r.due = r.m.adverAt // advertise measures the delay from here
+		// advertise measures its delay from the time it was due: the
+		// Adver_Timer's, or the Master_Down_Timer's on a takeover.
+		switch {
+		case r.State() == Master && !r.m.adverAt.IsZero() && !now.Before(r.m.adverAt):
+			r.due = r.m.adverAt
+		case r.State() == Backup && !r.m.downAt.IsZero() && !now.Before(r.m.downAt):
+			r.due = r.m.downAt
 		}
 		r.m.tick(now)
 		r.due = time.Time{}
@@ -765,7 +784,11 @@ func (r *Router) advertise(priority uint8) {
 	if !r.due.IsZero() {
 		r.noteSend(t0.Sub(r.due), time.Since(t0))
 	}
-	if r.garpLeft > 0 && r.State() == Master {
+	// The repeats ride on later advertisements, not on the one that
+	// follows the takeover's own announcement.
+	if r.announced {
+		r.announced = false
+	} else if r.garpLeft > 0 && r.State() == Master {
 		r.garpLeft--
 		r.announce()
 	}
@@ -839,9 +862,12 @@ func (r *Router) transition(from, to State, why string) {
 		r.garpLeft = max(r.cfg.GratuitousCount-1, 0)
 		if r.cfg.GratuitousCount > 0 {
 			r.announce()
+			r.announced = true
 		}
-		r.hold()
+		// After the advertisement that follows (loop does it).
+		r.holdPending = true
 	} else {
+		r.holdPending = false
 		r.garpLeft = 0
 		r.release(from == Initialize)
 	}
