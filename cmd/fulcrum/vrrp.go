@@ -66,6 +66,9 @@ func vrrpShow(c *cli.Context) error {
 			drops = []string{"none"}
 		}
 		row(t, "dropped:", strings.Join(drops, ", "))
+		if len(v.Sick) > 0 {
+			row(t, "sick:", strings.Join(v.Sick, "; ")+" (priority lowered to 1)")
+		}
 		if v.State == "master" || v.AdvertsSent > 0 {
 			row(t, "sending:", fmt.Sprintf("worst delay %s, worst send call %s, %d late", ms(v.WorstSendDelay), ms(v.WorstSendCall), v.LateSends))
 		}

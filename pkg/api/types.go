@@ -170,6 +170,10 @@ type VRRP struct {
 	LateSends      uint64        `json:"late_sends"`
 	WorstAdvertGap time.Duration `json:"worst_advert_gap_ns"`
 	LateAdverts    uint64        `json:"late_adverts"`
+	// Sick says why the node's priority is lowered to 1 (VRRP tracking:
+	// an interface down, the balancer detached, every backend of a VIP
+	// down); empty when the node is well.
+	Sick []string `json:"sick,omitempty"`
 }
 
 // Error is the body of every non-2xx response.

@@ -358,6 +358,7 @@ func (c *controller) VRRP(ctx context.Context) (api.VRRP, error) {
 		LateSends:       st.LateSends,
 		WorstAdvertGap:  st.WorstAdvertGap,
 		LateAdverts:     st.LateAdverts,
+		Sick:            c.d.Sick(),
 	}, nil
 }
 

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
@@ -64,6 +66,10 @@ type Daemon struct {
 	metrics *metrics.Metrics
 	rates   *rateSampler
 	ifaces  []api.Interface
+	progID  ebpf.ProgramID // the balancer program's kernel ID, for tracking
+
+	trackMu sync.Mutex
+	sick    []string // why the node is sick for VRRP tracking (tracking.go)
 }
 
 // Run runs a daemon until ctx ends or SIGINT/SIGTERM arrives. SIGHUP
@@ -111,6 +117,9 @@ func (d *Daemon) run(ctx context.Context) error {
 	d.dp = dp
 	// Closing keeps the pins: traffic flows on without a daemon.
 	defer dp.Close()
+	if info, err := dp.Program().Info(); err == nil {
+		d.progID, _ = info.ID()
+	}
 	if dp.Adopted() {
 		d.log.Info("adopted pinned fast path", "pins", pinDir, "vips", len(dp.VIPs()))
 	}
@@ -169,6 +178,11 @@ func (d *Daemon) run(ctx context.Context) error {
 		if err := d.startVRRP(ctx, &wg, errc, cfg.VRRP); err != nil {
 			return err
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.trackNode(ctx)
+		}()
 	}
 
 	// Health checks feed the reconciler; their goroutines end with ctx.
@@ -337,7 +351,7 @@ func (d *Daemon) healthChanged(ctx context.Context, tr health.Transition) {
 	if err := d.rec.SetHealth(ctx, tr.VIP, tr.Backend, tr.To); err != nil && ctx.Err() == nil {
 		d.log.Error("apply health change", "vip", tr.VIP.String(), "backend", tr.Backend.String(), "state", tr.To.String(), "err", err)
 	}
-	d.trackVRRP()
+	d.track()
 }
 
 func encapOf(c config.IPIP) datapath.EncapConfig {
@@ -456,25 +470,4 @@ func (d *Daemon) startVRRP(ctx context.Context, wg *sync.WaitGroup, errc chan<- 
 		}
 	}()
 	return nil
-}
-
-// trackVRRP lowers the node's VRRP priority to 1 while it is sick, so a
-// healthy backup takes over: every backend of some VIP is down.
-func (d *Daemon) trackVRRP() {
-	if d.vr == nil {
-		return
-	}
-	sick := false
-	for _, m := range d.rec.HealthOf() {
-		all := len(m) > 0
-		for _, h := range m {
-			all = all && h == reconcile.Down
-		}
-		sick = sick || all
-	}
-	if sick {
-		d.vr.SetPriorityOffset(-254)
-	} else {
-		d.vr.SetPriorityOffset(0)
-	}
 }

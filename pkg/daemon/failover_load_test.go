@@ -234,6 +234,9 @@ watch:
 		down := time.Now()
 		setLink(t, h.topo.LB1, false)
 		lb2.waitVRRP("master", 3*time.Second)
+		// The state changes before the takeover's advertisement is sent
+		// and timed; its send call may take a while on these CPUs.
+		time.Sleep(100 * time.Millisecond)
 		v := lb2.vrrpStats()
 		became := v.LastTransition
 		// lb2 sent nothing before: these are its takeover's timing (its
