@@ -224,15 +224,17 @@ watch:
 	w1, w2 := lb1.vrrpStats(), lb2.vrrpStats()
 
 	// Node death under the load: lb1's link goes down, and lb2 must take
-	// over, not before master down (70 ms) has passed since it last heard
-	// lb1. How long after is logged, not asserted: on this test bed lb2's
-	// thread shares the flooded CPUs (the generator keeps flooding the
-	// switch, which now drops lb1's frames) and lb1's link going down
-	// runs on them too; in 7 runs lb2 was 0.1-0.2 ms late five times, 15 ms
-	// once and 118 ms once (docs/vrrp.md, "Under full packet load").
+	// over once master down (70 ms) has passed since it last heard lb1.
+	// How long after the link-down call began is logged, not asserted: on this test bed the call itself runs on the flooded CPUs
+	// and sometimes takes tens of milliseconds or more, while lb1 goes on
+	// advertising (docs/vrrp.md, "Under full packet load").
 	if falseAt.IsZero() {
 		down := time.Now()
 		setLink(t, h.topo.LB1, false)
+		// Taking a link down runs the kernel's teardown (RTNL, RCU
+		// waits) on the flooded CPUs and can take a while; lb1 keeps
+		// advertising until the link is actually down.
+		downTook := time.Since(down)
 		lb2.waitVRRP("master", 3*time.Second)
 		// The state changes before the takeover's advertisement is sent
 		// and timed; its send call may take a while on these CPUs.
@@ -243,16 +245,19 @@ watch:
 		// first advertisement measured from its master down timer) and
 		// that of the few advertisements after it.
 		t.Logf("lb2 as new master: worst advertisement %s late, worst send call %s", v.WorstSendDelay, v.WorstSendCall)
-		heard := caps[len(caps)-1].from(testenv.LB1IPv4, down.Add(-time.Second), down)
+		heard := caps[len(caps)-1].from(testenv.LB1IPv4, down.Add(-time.Second), became)
 		if len(heard) == 0 {
-			t.Errorf("lb2's capture has no advertisement from lb1 in the second before its link went down")
+			t.Errorf("lb2's capture has no advertisement from lb1 in the second before it took over")
 		} else {
 			last := heard[len(heard)-1]
 			const masterDown = 70 * time.Millisecond
-			t.Logf("failover under load: lb2 master %s after lb1's link went down (the issue's bound: 80ms), %s after it last heard lb1 (master down %s)",
-				became.Sub(down).Round(100*time.Microsecond), became.Sub(last).Round(100*time.Microsecond), masterDown)
-			if took := became.Sub(last); took < masterDown {
-				t.Errorf("lb2 took over %s after it last heard lb1, before master down (%s)", took, masterDown)
+			t.Logf("failover under load: `ip link set down` on lb1 took %s; lb2 master %s after it began (the issue's bound: 80ms), %s after lb2 last heard lb1 (%s after the call began; master down %s)",
+				downTook.Round(100*time.Microsecond), became.Sub(down).Round(100*time.Microsecond),
+				became.Sub(last).Round(100*time.Microsecond), last.Sub(down).Round(100*time.Microsecond), masterDown)
+			// Not early; and late only by a wake-up on a busy CPU (a few
+			// ms; 50 ms would mean the thread starved).
+			if took := became.Sub(last); took < masterDown || took > masterDown+50*time.Millisecond {
+				t.Errorf("lb2 took over %s after it last heard lb1, want master down (%s) to 50ms more", took, masterDown)
 			}
 		}
 	}
