@@ -77,6 +77,9 @@ func (d *Daemon) track() {
 	}
 }
 
+// VRRPSick implements metrics.Source.
+func (d *Daemon) VRRPSick() bool { return len(d.Sick()) > 0 }
+
 // Sick returns why the node is sick for VRRP tracking, or nothing.
 func (d *Daemon) Sick() []string {
 	d.trackMu.Lock()

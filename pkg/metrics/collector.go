@@ -39,6 +39,7 @@ type collector struct {
 	events         *prometheus.Desc
 	backendHealth  *prometheus.Desc
 	vrrpState      *prometheus.Desc
+	vrrpSick       *prometheus.Desc
 	steering       *prometheus.Desc
 
 	stats []statSeries
@@ -75,6 +76,9 @@ func newCollector(src Source) *collector {
 		vrrpState: prometheus.NewDesc(name("vrrp_state"),
 			"VRRP state of this node: 1 for the current state, 0 for the others.",
 			[]string{"state"}, nil),
+		vrrpSick: prometheus.NewDesc(name("vrrp_sick"),
+			"1 while VRRP tracking holds this node's priority at 1 (an interface down, the balancer detached, or every backend of a VIP down); the reasons are in GET /v1/vrrp.",
+			nil, nil),
 		steering: prometheus.NewDesc(name("health_steer_packets_total"),
 			"Marked health-probe packets the steering program saw, by result: steered to their backend, no_entry (left alone), not_ip and error (dropped). Only while a check goes through the data path; the counts restart when the program is loaded again.",
 			[]string{"result"}, nil),
@@ -111,6 +115,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.events
 	ch <- c.backendHealth
 	ch <- c.vrrpState
+	ch <- c.vrrpSick
 	ch <- c.steering
 }
 
@@ -183,6 +188,7 @@ func (c *collector) collectVRRP(ch chan<- prometheus.Metric) {
 	for _, s := range vrrpStates {
 		ch <- prometheus.MustNewConstMetric(c.vrrpState, prometheus.GaugeValue, boolValue(s == state), s)
 	}
+	ch <- prometheus.MustNewConstMetric(c.vrrpSick, prometheus.GaugeValue, boolValue(c.src.VRRPSick()))
 }
 
 func boolValue(b bool) float64 {

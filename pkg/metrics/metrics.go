@@ -38,6 +38,10 @@ type Source interface {
 	BackendHealth() map[datapath.VIP]map[netip.Addr]string
 	// VRRPState returns "disabled", "init", "backup", "master" or "fault".
 	VRRPState() string
+	// VRRPSick reports whether VRRP tracking has lowered the node's
+	// priority (an interface down, the balancer detached, a VIP without
+	// a live backend).
+	VRRPSick() bool
 	// SteeringCounters returns the counters of the program that steers
 	// through-datapath health probes, and false while it is not loaded
 	// (no check goes through the data path).

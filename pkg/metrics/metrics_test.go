@@ -29,6 +29,7 @@ type fakeSource struct {
 	err      error
 	health   map[datapath.VIP]map[netip.Addr]string
 	vrrp     string
+	sick     bool
 	steering *healthsteer.Counters // nil: not loaded
 }
 
@@ -48,6 +49,12 @@ func (f *fakeSource) VRRPState() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.vrrp
+}
+
+func (f *fakeSource) VRRPSick() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sick
 }
 
 func (f *fakeSource) SteeringCounters() (healthsteer.Counters, bool) {
@@ -93,6 +100,7 @@ func newFake() *fakeSource {
 			dns: {dns1: "unknown"},
 		},
 		vrrp: "master",
+		sick: true,
 	}
 	for _, s := range datapath.AllStats() {
 		f.counters.Stats[s] = 10*uint64(s) + 1
@@ -111,6 +119,7 @@ var sourceMetrics = []string{
 	"fulcrum_datapath_events_total",
 	"fulcrum_backend_health",
 	"fulcrum_vrrp_state",
+	"fulcrum_vrrp_sick",
 }
 
 const (
@@ -185,6 +194,9 @@ fulcrum_vrrp_state{state="init"} 0
 fulcrum_vrrp_state{state="backup"} 0
 fulcrum_vrrp_state{state="master"} 1
 fulcrum_vrrp_state{state="fault"} 0
+# HELP fulcrum_vrrp_sick 1 while VRRP tracking holds this node's priority at 1 (an interface down, the balancer detached, or every backend of a VIP down); the reasons are in GET /v1/vrrp.
+# TYPE fulcrum_vrrp_sick gauge
+fulcrum_vrrp_sick 1
 `
 )
 
@@ -262,7 +274,7 @@ func TestFollowsSource(t *testing.T) {
 	names := []string{
 		"fulcrum_vip_packets_total", "fulcrum_backend_packets_total",
 		"fulcrum_verdict_packets_total", "fulcrum_conntrack_events_total",
-		"fulcrum_backend_health", "fulcrum_vrrp_state",
+		"fulcrum_backend_health", "fulcrum_vrrp_state", "fulcrum_vrrp_sick",
 	}
 
 	first := `
@@ -295,6 +307,7 @@ fulcrum_backend_packets_total{backend="2001:db8:1::1",vip="udp/[2001:db8::53]:53
 		f.counters.Stats[datapath.StatCtSYN] += 2
 		f.health = map[datapath.VIP]map[netip.Addr]string{web: {web1: "up", web2: "up"}}
 		f.vrrp = "backup"
+		f.sick = false
 	})
 	second := `
 # HELP fulcrum_vip_packets_total Packets the fast path forwarded for a VIP.
@@ -323,6 +336,9 @@ fulcrum_vrrp_state{state="init"} 0
 fulcrum_vrrp_state{state="backup"} 1
 fulcrum_vrrp_state{state="master"} 0
 fulcrum_vrrp_state{state="fault"} 0
+# HELP fulcrum_vrrp_sick 1 while VRRP tracking holds this node's priority at 1 (an interface down, the balancer detached, or every backend of a VIP down); the reasons are in GET /v1/vrrp.
+# TYPE fulcrum_vrrp_sick gauge
+fulcrum_vrrp_sick 0
 `
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(second), names...); err != nil {
 		t.Fatalf("second scrape: %v", err)
