@@ -89,15 +89,12 @@ func (g *LoadGen) Sink(host *testenv.Host, iface string) error {
 
 // Sunk is the number of frames the sinks have counted and dropped.
 func (g *LoadGen) Sunk() (uint64, error) {
+	counts, err := readSinkCounts(&g.objs)
 	var n uint64
-	for k := range uint32(256) {
-		v, err := sumPerCPU(g.objs.SinkCounts, k)
-		if err != nil {
-			return 0, err
-		}
+	for _, v := range counts {
 		n += v
 	}
-	return n, nil
+	return n, err
 }
 
 // Sent is the number of frames generated so far.

@@ -620,10 +620,14 @@ func (r *packetRig) generate(kind string, cpus []int, n uint32) (rigRun, error) 
 }
 
 // sinkCounts reads the sink's per-key counters, summed over CPUs.
-func (r *packetRig) sinkCounts() ([256]uint64, error) {
+func (r *packetRig) sinkCounts() ([256]uint64, error) { return readSinkCounts(&r.objs) }
+
+// readSinkCounts reads sink_count's per-key counters in objs, summed over
+// CPUs: the rig's and LoadGen's.
+func readSinkCounts(objs *perfObjects) ([256]uint64, error) {
 	var out [256]uint64
 	for k := range out {
-		v, err := sumPerCPU(r.objs.SinkCounts, uint32(k))
+		v, err := sumPerCPU(objs.SinkCounts, uint32(k))
 		if err != nil {
 			return out, err
 		}
