@@ -90,11 +90,14 @@ func (g *LoadGen) Sink(host *testenv.Host, iface string) error {
 // Sunk is the number of frames the sinks have counted and dropped.
 func (g *LoadGen) Sunk() (uint64, error) {
 	counts, err := readSinkCounts(&g.objs)
+	if err != nil {
+		return 0, err
+	}
 	var n uint64
 	for _, v := range counts {
 		n += v
 	}
-	return n, err
+	return n, nil
 }
 
 // Sent is the number of frames generated so far.
