@@ -4,8 +4,6 @@ package daemon_test
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -127,22 +125,20 @@ func watchSteal() *stealWatch {
 
 func (w *stealWatch) stop() { close(w.done); w.wg.Wait() }
 
-// readSteal returns each CPU's steal time in ticks.
+// readSteal returns each CPU's steal time in ticks, cpu0 first.
 func readSteal() ([]uint64, error) {
-	b, err := os.ReadFile("/proc/stat")
+	times, err := parseProcStat()
 	if err != nil {
 		return nil, err
 	}
 	var out []uint64
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 9 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
-			continue
+	for i := 0; ; i++ {
+		c, ok := times[fmt.Sprintf("cpu%d", i)]
+		if !ok {
+			return out, nil
 		}
-		v, _ := strconv.ParseUint(f[8], 10, 64)
-		out = append(out, v)
+		out = append(out, c.steal)
 	}
-	return out, nil
 }
 
 // within returns the steal time of each CPU between the last sample at or

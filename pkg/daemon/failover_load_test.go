@@ -39,13 +39,14 @@ func loadDuration(t *testing.T) time.Duration {
 	return 2 * time.Minute
 }
 
-// cpuTimes is one CPU's line of /proc/stat, in clock ticks.
-type cpuTimes struct{ busy, softirq, total uint64 }
+// cpuTimes is one CPU's line of /proc/stat, in clock ticks (USER_HZ).
+type cpuTimes struct{ busy, softirq, steal, total uint64 }
 
-func readCPUTimes(t *testing.T) map[string]cpuTimes {
+// parseProcStat reads /proc/stat's "cpu" (all CPUs) and "cpuN" lines.
+func parseProcStat() (map[string]cpuTimes, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	out := map[string]cpuTimes{}
 	for _, line := range strings.Split(string(b), "\n") {
@@ -57,7 +58,7 @@ func readCPUTimes(t *testing.T) map[string]cpuTimes {
 		for i := range v {
 			v[i], _ = strconv.ParseUint(f[i+1], 10, 64)
 		}
-		c := cpuTimes{softirq: v[6]}
+		c := cpuTimes{softirq: v[6], steal: v[7]}
 		for i, x := range v {
 			c.total += x
 			if i != 3 && i != 4 {
@@ -65,6 +66,14 @@ func readCPUTimes(t *testing.T) map[string]cpuTimes {
 			}
 		}
 		out[f[0]] = c
+	}
+	return out, nil
+}
+
+func readCPUTimes(t *testing.T) map[string]cpuTimes {
+	out, err := parseProcStat()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
