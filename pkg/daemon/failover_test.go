@@ -311,7 +311,7 @@ func testFailover(t *testing.T, interval int, bound time.Duration) {
 	// 100 can avoid; the reaction itself is held to maxReaction whatever
 	// the phase.
 	const maxReaction = 5 * time.Millisecond
-	masterDown := time.Duration(3*interval+(256-100)*interval/256) * 10 * time.Millisecond
+	masterDown := masterDownInterval(interval, 100)
 	if len(last) == 0 {
 		t.Errorf("lb2's capture has no advertisement from lb1 in the second before the link went down")
 	} else {
@@ -359,3 +359,11 @@ func testFailover(t *testing.T, interval int, bound time.Duration) {
 }
 
 func lb1IPv4() netip.Addr { return testenv.LB1IPv4 }
+
+// masterDownInterval is RFC 5798's Master_Down_Interval of a backup at
+// priority for an advertisement interval in centiseconds, computed in
+// centiseconds as pkg/vrrp does: 3 x interval + (256 - priority) x
+// interval / 256.
+func masterDownInterval(interval, priority int) time.Duration {
+	return time.Duration(3*interval+(256-priority)*interval/256) * 10 * time.Millisecond
+}
