@@ -117,8 +117,10 @@ func (d *Daemon) run(ctx context.Context) error {
 	d.dp = dp
 	// Closing keeps the pins: traffic flows on without a daemon.
 	defer dp.Close()
-	if info, err := dp.Program().Info(); err == nil {
-		d.progID, _ = info.ID()
+	// Tracking compares it with what each interface runs; without it
+	// every interface would look detached and the node sick for good.
+	if d.progID, err = programID(dp.Program()); err != nil {
+		return err
 	}
 	if dp.Adopted() {
 		d.log.Info("adopted pinned fast path", "pins", pinDir, "vips", len(dp.VIPs()))

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -87,10 +88,22 @@ func (d *Daemon) Sick() []string {
 	return slices.Clone(d.sick)
 }
 
+// programID returns the kernel's ID of prog.
+func programID(prog *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := prog.Info()
+	if err != nil {
+		return 0, fmt.Errorf("balancer program info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("balancer program info: the kernel gave no program ID")
+	}
+	return id, nil
+}
+
 // sickReasons returns what is wrong with the node, sorted.
 func (d *Daemon) sickReasons() []string {
 	var out []string
-	attached := d.dp.Attached()
 	for _, ifc := range d.ifaces {
 		l, err := netlink.LinkByIndex(ifc.Ifindex)
 		if err != nil {
@@ -101,7 +114,9 @@ func (d *Daemon) sickReasons() []string {
 		if a.RawFlags&unix.IFF_UP == 0 || a.RawFlags&unix.IFF_RUNNING == 0 {
 			out = append(out, fmt.Sprintf("interface %s is down", ifc.Name))
 		}
-		if !slices.Contains(attached, a.Index) || a.Xdp == nil || !a.Xdp.Attached || ebpf.ProgramID(a.Xdp.ProgId) != d.progID {
+		// What the kernel has on the interface, not the datapath's own
+		// list: the daemon never detaches while it runs, others may.
+		if a.Xdp == nil || !a.Xdp.Attached || ebpf.ProgramID(a.Xdp.ProgId) != d.progID {
 			out = append(out, fmt.Sprintf("the balancer is not attached to %s", ifc.Name))
 		}
 	}
