@@ -13,6 +13,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/daemon"
 	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
+	"github.com/fulcrum-lb/fulcrum/pkg/vrrpagent"
 )
 
 // daemonCommands are the commands that run or remove the fast path itself
@@ -34,6 +35,18 @@ func daemonCommands() []*cli.Command {
 				}
 				if err := daemon.Run(c.Context, daemon.Options{ConfigPath: c.String("config"), LogOutput: c.App.ErrWriter}); err != nil {
 					return cli.Exit("fulcrum daemon: "+err.Error(), 1)
+				}
+				return nil
+			},
+		},
+		{
+			// The daemon starts it (pkg/vrrpagent); it is of no use by hand.
+			Name:   vrrpagent.Command,
+			Hidden: true,
+			Usage:  "run the VRRP protocol for the daemon that started it",
+			Action: func(c *cli.Context) error {
+				if err := vrrpagent.Serve(c.Context); err != nil {
+					return cli.Exit("fulcrum "+vrrpagent.Command+": "+err.Error(), 1)
 				}
 				return nil
 			},

@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,6 +34,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/reconcile"
 	"github.com/fulcrum-lb/fulcrum/pkg/version"
 	"github.com/fulcrum-lb/fulcrum/pkg/vrrp"
+	"github.com/fulcrum-lb/fulcrum/pkg/vrrpagent"
 )
 
 // Options start a daemon.
@@ -44,6 +44,9 @@ type Options struct {
 	LogOutput io.Writer
 	// Ready, if set, is closed once the API serves.
 	Ready chan<- struct{}
+	// Executable is the fulcrum binary that runs the VRRP agent
+	// (`fulcrum vrrp-agent`); empty means this one.
+	Executable string
 }
 
 // Daemon is a running fulcrum daemon.
@@ -61,8 +64,8 @@ type Daemon struct {
 	dp      *datapath.Datapath
 	rec     *reconcile.Reconciler
 	chk     *health.Checker
-	steer   *steering    // through-datapath probes
-	vr      *vrrp.Router // nil without a vrrp section
+	steer   *steering        // through-datapath probes
+	vr      *vrrpagent.Agent // nil without a vrrp section
 	metrics *metrics.Metrics
 	rates   *rateSampler
 	ifaces  []api.Interface
@@ -174,7 +177,11 @@ func (d *Daemon) run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	errc := make(chan error, 3)
+	// Whatever makes run return (an error of one part included) ends the
+	// others before it waits for them.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 8) // one per sender at most: none blocks
 
 	if cfg.VRRP != nil {
 		if err := d.startVRRP(ctx, &wg, errc, cfg.VRRP); err != nil {
@@ -325,6 +332,9 @@ func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, erro
 	var l slog.Level
 	if l.UnmarshalText([]byte(cfg.Log.Level)) == nil {
 		d.level.Set(l)
+		if d.vr != nil {
+			d.vr.SetLogLevel(cfg.Log.Level)
+		}
 	}
 	d.syncHealth()
 	d.log.Info("configuration applied", "added", len(res.Added), "changed", len(res.Changed), "removed", len(res.Removed), "unchanged", res.Unchanged)
@@ -438,17 +448,19 @@ func (d *Daemon) VRRPState() string {
 	return d.vr.State().String()
 }
 
-// startVRRP runs VRRPv3 for the configured virtual addresses. The XDP
-// program stays attached whatever the role: the standby is hot, and both
-// nodes build identical Maglev tables, so flows survive a failover. Run
-// returns (priority 0 sent, addresses removed) before the daemon exits.
+// startVRRP runs VRRPv3 for the configured virtual addresses in the VRRP
+// agent, a child process whose threads are all real-time (pkg/vrrpagent
+// says why). The XDP program stays attached whatever the role: the standby
+// is hot, and both nodes build identical Maglev tables, so flows survive a
+// failover. When ctx ends the agent advertises priority 0 and releases the
+// addresses before the daemon exits; if the agent dies, the daemon stops
+// with an error.
 func (d *Daemon) startVRRP(ctx context.Context, wg *sync.WaitGroup, errc chan<- error, c *config.VRRP) error {
-	// The protocol thread needs a free P after each wake-up even when
-	// every other goroutine is busy (docs/vrrp.md).
-	if n := runtime.NumCPU() + 2; runtime.GOMAXPROCS(0) < n {
-		runtime.GOMAXPROCS(n)
+	out := d.opts.LogOutput
+	if out == nil {
+		out = os.Stderr
 	}
-	r, err := vrrp.New(vrrp.Config{
+	a, err := vrrpagent.Start(vrrp.Config{
 		Interface:        c.Interface,
 		VRID:             c.VRID,
 		Priority:         c.Priority,
@@ -459,16 +471,22 @@ func (d *Daemon) startVRRP(ctx context.Context, wg *sync.WaitGroup, errc chan<- 
 		Family:           c.Family,
 		VirtualAddresses: c.VirtualAddresses,
 		GratuitousCount:  c.GratuitousCount,
-	}, vrrp.Options{Logger: d.log})
+	}, vrrpagent.Options{
+		Executable: d.opts.Executable,
+		LogOutput:  out,
+		LogLevel:   d.cfg.Log.Level,
+		LogFormat:  d.cfg.Log.Format,
+	})
 	if err != nil {
-		return fmt.Errorf("vrrp: %w", err)
+		return err
 	}
-	d.vr = r
+	d.log.Info("vrrp: agent started", "pid", a.Pid())
+	d.vr = a
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := r.Run(ctx); err != nil && ctx.Err() == nil {
-			errc <- fmt.Errorf("vrrp: %w", err)
+		if err := a.Run(ctx); err != nil {
+			errc <- err
 		}
 	}()
 	return nil

@@ -40,6 +40,18 @@ func (s State) String() string {
 // MarshalText makes a State read as its name in JSON and logs.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads a State's name (the VRRP agent sends its stats to
+// the daemon as JSON).
+func (s *State) UnmarshalText(b []byte) error {
+	for _, x := range []State{Initialize, Backup, Master, Fault} {
+		if string(b) == x.String() {
+			*s = x
+			return nil
+		}
+	}
+	return fmt.Errorf("vrrp: unknown state %q", b)
+}
+
 // actions is what the state machine does to the world. Calls happen on the
 // machine's goroutine, in order.
 type actions interface {

@@ -1,8 +1,10 @@
 package vrrp
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -502,4 +504,41 @@ func TestFaultAndRestart(t *testing.T) {
 	s.run(3 * time.Second)
 	expectState(t, a, Master)
 	expectState(t, b, Backup)
+}
+
+// The VRRP agent sends Stats to the daemon as JSON: every field must
+// survive the trip.
+func TestStatsJSONRoundTrip(t *testing.T) {
+	want := Stats{
+		State: Master, Priority: 200, Master: netip.MustParseAddr("198.18.0.2"), MasterAdvertInterval: 2,
+		AdvertsSent: 1, AdvertsReceived: 2, PriorityZeroSent: 3, PriorityZeroReceived: 4, AddressMismatches: 5,
+		GratuitousSent: 6, SendErrors: 7, Dropped: map[string]uint64{"bad_ttl": 8}, Transitions: 9, BecameMaster: 10,
+		LastTransition: time.Unix(1700000000, 123456789), WorstSendDelay: 11, LateSends: 12, WorstSendCall: 13,
+		WorstAdvertGap: 14, LateAdverts: 15,
+	}
+	b, err := json.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Stats
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	if !got.LastTransition.Equal(want.LastTransition) {
+		t.Errorf("last transition %s, want %s", got.LastTransition, want.LastTransition)
+	}
+	got.LastTransition, want.LastTransition = time.Time{}, time.Time{}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", got, want)
+	}
+	for _, s := range []State{Initialize, Backup, Master, Fault} {
+		var x State
+		if err := x.UnmarshalText([]byte(s.String())); err != nil || x != s {
+			t.Errorf("%s: read back as %s, %v", s, x, err)
+		}
+	}
+	var x State
+	if err := x.UnmarshalText([]byte("primary")); err == nil || !strings.Contains(err.Error(), `"primary"`) {
+		t.Errorf("unknown state: %v, want an error naming it", err)
+	}
 }

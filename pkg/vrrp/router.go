@@ -82,7 +82,7 @@ type Config struct {
 	// OnState, if set, is called after every state change, in order, on a
 	// goroutine of its own: it may block without delaying advertisements.
 	// When it is called for Master the addresses are already in place.
-	OnState func(old, new State)
+	OnState func(old, new State) `json:"-"`
 }
 
 // Options are the Router's dependencies.
