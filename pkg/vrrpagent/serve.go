@@ -32,14 +32,16 @@ const realtimeRecheck = time.Second
 // stop, is signalled, or the daemon goes away. It returns the protocol's
 // error, if any.
 func Serve(ctx context.Context) error {
-	f := os.NewFile(controlFD, "vrrp-agent-control")
-	if f == nil {
+	// Run by hand, fd 3 may be anything, the runtime's own epoll
+	// descriptor included: touch it only if it is a Unix stream socket.
+	if d, err := unix.GetsockoptInt(controlFD, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || d != unix.AF_UNIX {
 		return fmt.Errorf("no control socket on fd %d (the daemon starts this command)", controlFD)
 	}
+	f := os.NewFile(controlFD, "vrrp-agent-control")
 	conn, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
-		return fmt.Errorf("no control socket on fd %d (the daemon starts this command): %w", controlFD, err)
+		return fmt.Errorf("control socket on fd %d: %w", controlFD, err)
 	}
 	defer conn.Close()
 	rd := bufio.NewReader(conn)
