@@ -1,5 +1,3 @@
-//go:build vrrpload
-
 package daemon_test
 
 import (
@@ -13,8 +11,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
-// Helpers of TestFailoverUnderLoad (failover_load_test.go), built only
-// with the vrrpload tag, as that test is.
+// Helpers of TestFailoverUnderLoad (failover_load_test.go).
 
 // drops is what the kernel could not queue to the capture socket: if not
 // 0, the capture is incomplete and a gap in it proves nothing.
