@@ -181,29 +181,32 @@ func (a *Agent) Pid() int { return a.cmd.Process.Pid }
 
 // Run waits until ctx ends, then stops the agent gracefully (it advertises
 // priority 0 and releases its addresses) and waits for it to exit. It
-// returns an error if the agent exits before ctx ends, or does not stop
-// within stopTimeout (it is then killed).
+// returns an error if the agent exits before ctx ends, exits with an error,
+// or does not stop within stopTimeout (it is then killed).
 func (a *Agent) Run(ctx context.Context) error {
 	select {
 	case <-a.exited:
 		a.conn.Close()
+		// Signalled together with the daemon (systemd stops the whole
+		// unit), it stops by itself, cleanly, as the daemon does.
+		if ctx.Err() != nil && a.waitErr == nil {
+			return nil
+		}
 		return fmt.Errorf("vrrp agent (pid %d) exited%s", a.Pid(), a.exitNote())
 	case <-ctx.Done():
 	}
+	// The request may fail: an agent signalled with the daemon (systemd
+	// stops the whole unit) stops by itself and closes the socket. Either
+	// way it has stopTimeout to finish.
 	a.mu.Lock()
 	a.stopped = true
-	err := a.send(request{Op: "stop"}, requestTimeout)
+	_ = a.send(request{Op: "stop"}, requestTimeout)
 	a.mu.Unlock()
-	if err == nil {
-		select {
-		case <-a.exited:
-		case <-time.After(stopTimeout):
-			err = fmt.Errorf("did not stop within %s", stopTimeout)
-		}
-	}
-	if err != nil {
+	select {
+	case <-a.exited:
+	case <-time.After(stopTimeout):
 		a.kill()
-		return fmt.Errorf("vrrp agent (pid %d): %w; killed", a.Pid(), err)
+		return fmt.Errorf("vrrp agent (pid %d) did not stop within %s; killed", a.Pid(), stopTimeout)
 	}
 	a.conn.Close()
 	if a.waitErr != nil {

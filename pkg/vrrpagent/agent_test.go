@@ -250,3 +250,28 @@ func TestAgentDeath(t *testing.T) {
 		t.Errorf("agent log has no graceful stop:\n%s", log2.String())
 	}
 }
+
+// TestAgentSignalledWithDaemon: systemd stops a unit by signalling every
+// process in it, the agent too. The agent stops by itself, gracefully, and
+// Run, whose ctx ends at the same time, reports no error.
+func TestAgentSignalledWithDaemon(t *testing.T) {
+	requireRoot(t)
+	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
+	var log syncBuffer
+	a := startIn(t, topo.LB1, config(200), &log)
+	waitState(t, a, vrrp.Master, 3*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := syscall.Kill(a.Pid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := a.Run(ctx); err != nil {
+		t.Errorf("Run: %v, want nil after a stop by signal", err)
+	}
+	if a.waitErr != nil {
+		t.Errorf("agent exit: %v, want status 0", a.waitErr)
+	}
+	if !strings.Contains(log.String(), "vrrp: stopped") {
+		t.Errorf("agent log has no graceful stop:\n%s", log.String())
+	}
+}
