@@ -78,30 +78,18 @@ type Daemon struct {
 // Run runs a daemon until ctx ends or SIGINT/SIGTERM arrives. SIGHUP
 // reloads the configuration file.
 func Run(ctx context.Context, opts Options) error {
-	out := opts.LogOutput
-	if out == nil {
-		out = os.Stderr
+	if opts.LogOutput == nil {
+		opts.LogOutput = os.Stderr
 	}
 	cfg, err := config.Load(opts.ConfigPath)
 	if err != nil {
 		return err
 	}
 	level := new(slog.LevelVar)
-	log := newLogger(out, cfg.Log, level)
+	log := cfg.Log.NewLogger(opts.LogOutput, level)
 	slog.SetDefault(log) // the API's listener logs refused peers there
 	d := &Daemon{opts: opts, log: log, level: level, cfg: cfg, started: time.Now()}
 	return d.run(ctx)
-}
-
-func newLogger(out io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(c.Level))
-	level.Set(l)
-	hopts := &slog.HandlerOptions{Level: level}
-	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(out, hopts))
-	}
-	return slog.New(slog.NewTextHandler(out, hopts))
 }
 
 func (d *Daemon) run(ctx context.Context) error {
@@ -329,12 +317,9 @@ func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, erro
 	d.mu.Lock()
 	d.cfg, d.lastApply, d.lastDur = cfg, time.Now(), res.Duration
 	d.mu.Unlock()
-	var l slog.Level
-	if l.UnmarshalText([]byte(cfg.Log.Level)) == nil {
-		d.level.Set(l)
-		if d.vr != nil {
-			d.vr.SetLogLevel(cfg.Log.Level)
-		}
+	d.level.Set(cfg.Log.SlogLevel())
+	if d.vr != nil {
+		d.vr.SetLogLevel(cfg.Log.SlogLevel())
 	}
 	d.syncHealth()
 	d.log.Info("configuration applied", "added", len(res.Added), "changed", len(res.Changed), "removed", len(res.Removed), "unchanged", res.Unchanged)
@@ -456,10 +441,6 @@ func (d *Daemon) VRRPState() string {
 // addresses before the daemon exits; if the agent dies, the daemon stops
 // with an error.
 func (d *Daemon) startVRRP(ctx context.Context, wg *sync.WaitGroup, errc chan<- error, c *config.VRRP) error {
-	out := d.opts.LogOutput
-	if out == nil {
-		out = os.Stderr
-	}
 	a, err := vrrpagent.Start(vrrp.Config{
 		Interface:        c.Interface,
 		VRID:             c.VRID,
@@ -473,9 +454,8 @@ func (d *Daemon) startVRRP(ctx context.Context, wg *sync.WaitGroup, errc chan<- 
 		GratuitousCount:  c.GratuitousCount,
 	}, vrrpagent.Options{
 		Executable: d.opts.Executable,
-		LogOutput:  out,
-		LogLevel:   d.cfg.Log.Level,
-		LogFormat:  d.cfg.Log.Format,
+		LogOutput:  d.opts.LogOutput,
+		Log:        d.cfg.Log,
 	})
 	if err != nil {
 		return err

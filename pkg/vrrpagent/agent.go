@@ -37,6 +37,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/vrrp"
 )
 
@@ -62,9 +63,8 @@ const (
 
 // hello is the daemon's first message.
 type hello struct {
-	Config    vrrp.Config `json:"config"`
-	LogLevel  string      `json:"log_level"`
-	LogFormat string      `json:"log_format"`
+	Config vrrp.Config `json:"config"`
+	Log    config.Log  `json:"log"`
 	// Realtime is the SCHED_RR priority of the protocol thread; the
 	// agent's other threads get one less (vrrp.Options.RealtimePriority).
 	Realtime int `json:"realtime"`
@@ -72,9 +72,9 @@ type hello struct {
 
 // request is one of the daemon's later messages.
 type request struct {
-	Op       string `json:"op"` // stats, offset, handover, resume, log_level, stop
-	Offset   int    `json:"offset,omitempty"`
-	LogLevel string `json:"log_level,omitempty"`
+	Op     string     `json:"op"` // stats, offset, handover, resume, log_level, stop
+	Offset int        `json:"offset,omitempty"`
+	Level  slog.Level `json:"level"` // of log_level
 }
 
 // reply is the agent's answer to the hello (Ready or Error) and to stats.
@@ -95,8 +95,8 @@ type Options struct {
 	Env []string
 	// LogOutput receives the agent's log lines; nil means os.Stderr.
 	LogOutput io.Writer
-	// LogLevel and LogFormat are the daemon's (config.Log).
-	LogLevel, LogFormat string
+	// Log is the daemon's log configuration.
+	Log config.Log
 	// RealtimePriority as in vrrp.Options: 0 is the default, negative
 	// none.
 	RealtimePriority int
@@ -162,7 +162,7 @@ func Start(cfg vrrp.Config, o Options) (*Agent, error) {
 		close(a.exited)
 	}()
 
-	h := hello{Config: cfg, LogLevel: o.LogLevel, LogFormat: o.LogFormat, Realtime: o.RealtimePriority}
+	h := hello{Config: cfg, Log: o.Log, Realtime: o.RealtimePriority}
 	var rep reply
 	if err := a.roundTrip(h, &rep, startTimeout); err != nil {
 		a.kill()
@@ -240,7 +240,7 @@ func (a *Agent) Handover() { a.request(request{Op: "handover"}) }
 func (a *Agent) Resume() { a.request(request{Op: "resume"}) }
 
 // SetLogLevel changes the agent's log level (on a reload of the daemon's).
-func (a *Agent) SetLogLevel(level string) { a.request(request{Op: "log_level", LogLevel: level}) }
+func (a *Agent) SetLogLevel(level slog.Level) { a.request(request{Op: "log_level", Level: level}) }
 
 // request sends a request that has no answer. An agent that is gone
 // cannot take it; Run reports that.
@@ -292,20 +292,4 @@ func (a *Agent) exitNote() string {
 	default:
 		return ""
 	}
-}
-
-// newLogger builds the agent's logger as the daemon builds its own.
-func newLogger(w io.Writer, level, format string, lv *slog.LevelVar) *slog.Logger {
-	setLevel(lv, level)
-	hopts := &slog.HandlerOptions{Level: lv}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, hopts))
-	}
-	return slog.New(slog.NewTextHandler(w, hopts))
-}
-
-func setLevel(lv *slog.LevelVar, level string) {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level)) // the daemon's config checked it
-	lv.Set(l)
 }

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/vrrp"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -58,11 +59,16 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func config(priority int) vrrp.Config {
+func routerConfig(priority int) vrrp.Config {
 	return vrrp.Config{
 		Interface: testenv.MainIface, VRID: 51, Priority: priority, AdvertInterval: 10, Preempt: true,
 		VirtualAddresses: []netip.Prefix{netip.MustParsePrefix("198.18.0.100/24")}, GratuitousCount: 1,
 	}
+}
+
+// testOptions start this test binary as the agent, logging to log.
+func testOptions(log *syncBuffer) Options {
+	return Options{Executable: os.Args[0], Args: []string{}, Env: []string{childEnv}, LogOutput: log, Log: config.Log{Level: "debug"}}
 }
 
 // startIn starts an agent in h's namespace.
@@ -71,7 +77,7 @@ func startIn(t *testing.T, h *testenv.Host, cfg vrrp.Config, log *syncBuffer) *A
 	var a *Agent
 	err := h.Do(func() error {
 		var err error
-		a, err = Start(cfg, Options{Executable: os.Args[0], Args: []string{}, Env: []string{childEnv}, LogOutput: log, LogLevel: "debug"})
+		a, err = Start(cfg, testOptions(log))
 		return err
 	})
 	if err != nil {
@@ -99,8 +105,8 @@ func TestAgent(t *testing.T) {
 	requireRoot(t)
 	topo := testenv.NewCanonical(t, testenv.Options{SecondLB: true, Backends: 1})
 	var log1, log2 syncBuffer
-	a1 := startIn(t, topo.LB1, config(200), &log1)
-	a2 := startIn(t, topo.LB2, config(100), &log2)
+	a1 := startIn(t, topo.LB1, routerConfig(200), &log1)
+	a2 := startIn(t, topo.LB2, routerConfig(100), &log2)
 	ctx1, stop1 := context.WithCancel(context.Background())
 	ctx2, stop2 := context.WithCancel(context.Background())
 	defer stop2()
@@ -199,11 +205,11 @@ func checkRealtime(t *testing.T, pid int) {
 func TestAgentBadConfig(t *testing.T) {
 	requireRoot(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
-	cfg := config(100)
+	cfg := routerConfig(100)
 	cfg.Interface = "nosuch0"
 	var log syncBuffer
 	err := topo.LB1.Do(func() error {
-		_, err := Start(cfg, Options{Executable: os.Args[0], Args: []string{}, Env: []string{childEnv}, LogOutput: &log})
+		_, err := Start(cfg, testOptions(&log))
 		return err
 	})
 	if err == nil || !strings.Contains(err.Error(), "nosuch0") {
@@ -219,7 +225,7 @@ func TestAgentDeath(t *testing.T) {
 	requireRoot(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
 	var log syncBuffer
-	a := startIn(t, topo.LB1, config(200), &log)
+	a := startIn(t, topo.LB1, routerConfig(200), &log)
 	waitState(t, a, vrrp.Master, 3*time.Second)
 	if err := syscall.Kill(a.Pid(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -235,7 +241,7 @@ func TestAgentDeath(t *testing.T) {
 	}
 
 	var log2 syncBuffer
-	b := startIn(t, topo.LB1, config(200), &log2)
+	b := startIn(t, topo.LB1, routerConfig(200), &log2)
 	waitState(t, b, vrrp.Master, 3*time.Second)
 	b.conn.Close() // what the kernel does when the daemon dies
 	select {
@@ -243,11 +249,18 @@ func TestAgentDeath(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("agent still running 5s after its socket closed\n%s", log2.String())
 	}
-	if b.waitErr != nil {
-		t.Errorf("agent exit: %v, want a clean stop", b.waitErr)
+	checkCleanStop(t, b, &log2)
+}
+
+// checkCleanStop fails unless the agent, which has exited, stopped
+// gracefully: exit status 0, and the Router's stop in its log.
+func checkCleanStop(t *testing.T, a *Agent, log *syncBuffer) {
+	t.Helper()
+	if a.waitErr != nil {
+		t.Errorf("agent exit: %v, want a clean stop (status 0)", a.waitErr)
 	}
-	if !strings.Contains(log2.String(), "vrrp: stopped") {
-		t.Errorf("agent log has no graceful stop:\n%s", log2.String())
+	if !strings.Contains(log.String(), "vrrp: stopped") {
+		t.Errorf("agent log has no graceful stop:\n%s", log.String())
 	}
 }
 
@@ -258,7 +271,7 @@ func TestAgentSignalledWithDaemon(t *testing.T) {
 	requireRoot(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
 	var log syncBuffer
-	a := startIn(t, topo.LB1, config(200), &log)
+	a := startIn(t, topo.LB1, routerConfig(200), &log)
 	waitState(t, a, vrrp.Master, 3*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := syscall.Kill(a.Pid(), syscall.SIGTERM); err != nil {
@@ -268,10 +281,5 @@ func TestAgentSignalledWithDaemon(t *testing.T) {
 	if err := a.Run(ctx); err != nil {
 		t.Errorf("Run: %v, want nil after a stop by signal", err)
 	}
-	if a.waitErr != nil {
-		t.Errorf("agent exit: %v, want status 0", a.waitErr)
-	}
-	if !strings.Contains(log.String(), "vrrp: stopped") {
-		t.Errorf("agent log has no graceful stop:\n%s", log.String())
-	}
+	checkCleanStop(t, a, &log)
 }

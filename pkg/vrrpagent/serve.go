@@ -62,7 +62,7 @@ func Serve(ctx context.Context) error {
 	}
 
 	level := new(slog.LevelVar)
-	log := newLogger(os.Stderr, h.LogLevel, h.LogFormat, level).With("pid", os.Getpid())
+	log := h.Log.NewLogger(os.Stderr, level).With("pid", os.Getpid())
 	// A P for the protocol thread after each wake-up, however many of
 	// the agent's few goroutines run.
 	if n := runtime.NumCPU() + 2; runtime.GOMAXPROCS(0) < n {
@@ -118,7 +118,7 @@ func Serve(ctx context.Context) error {
 			case "resume":
 				r.Resume()
 			case "log_level":
-				setLevel(level, q.LogLevel)
+				level.Set(q.Level)
 			case "stop":
 				return
 			default:
