@@ -542,3 +542,14 @@ func TestStatsJSONRoundTrip(t *testing.T) {
 		t.Errorf("unknown state: %v, want an error naming it", err)
 	}
 }
+
+func TestOptionsRealtime(t *testing.T) {
+	for in, want := range map[int]int{0: DefaultRealtimePriority, -1: 0, 1: 1, 99: 99} {
+		if got, err := (Options{RealtimePriority: in}).Realtime(); got != want || err != nil {
+			t.Errorf("RealtimePriority %d: %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := (Options{RealtimePriority: 100}).Realtime(); err == nil || !strings.Contains(err.Error(), "100 is over 99") {
+		t.Errorf("RealtimePriority 100: %v, want an error naming it", err)
+	}
+}

@@ -99,6 +99,22 @@ type Options struct {
 	RealtimePriority int
 }
 
+// Realtime is the SCHED_RR priority the protocol thread runs at for
+// RealtimePriority: DefaultRealtimePriority for 0, and 0 (none) for a
+// negative value.
+func (o Options) Realtime() (int, error) {
+	switch p := o.RealtimePriority; {
+	case p == 0:
+		return DefaultRealtimePriority, nil
+	case p < 0:
+		return 0, nil
+	case p > 99:
+		return 0, fmt.Errorf("vrrp: realtime priority %d is over 99", p)
+	default:
+		return p, nil
+	}
+}
+
 // DefaultRealtimePriority is the SCHED_RR priority of the advertisement
 // thread: low among real-time priorities (the kernel's own threads use 50
 // and up), above every ordinary process.
@@ -258,15 +274,10 @@ func New(cfg Config, opts Options) (*Router, error) {
 		multicast: len(cfg.UnicastPeers) == 0,
 		pkt:       -1,
 		wake:      -1,
-		realtime:  opts.RealtimePriority,
 	}
-	switch {
-	case r.realtime == 0:
-		r.realtime = DefaultRealtimePriority
-	case r.realtime < 0:
-		r.realtime = 0
-	case r.realtime > 99:
-		return nil, fmt.Errorf("vrrp: realtime priority %d is over 99", r.realtime)
+	var err error
+	if r.realtime, err = opts.Realtime(); err != nil {
+		return nil, err
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -293,8 +304,7 @@ func New(cfg Config, opts Options) (*Router, error) {
 	r.priority.Store(int32(cfg.Priority))
 	r.masterInt.Store(int32(cfg.AdvertInterval))
 
-	err := r.open()
-	if err != nil {
+	if err := r.open(); err != nil {
 		r.Close()
 		return nil, err
 	}

@@ -11,7 +11,6 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -53,11 +52,10 @@ func Serve(ctx context.Context) error {
 	if err := json.Unmarshal(line, &h); err != nil {
 		return fmt.Errorf("configuration from the daemon: %w", err)
 	}
-	var out sync.Mutex // replies are written from two goroutines
+	// Replies go out one at a time: the hello's from here, the stats
+	// from the request reader, which starts after it.
 	answer := func(rep reply) {
 		b, _ := json.Marshal(rep)
-		out.Lock()
-		defer out.Unlock()
 		_, _ = conn.Write(append(b, '\n'))
 	}
 
@@ -68,9 +66,11 @@ func Serve(ctx context.Context) error {
 	if n := runtime.NumCPU() + 2; runtime.GOMAXPROCS(0) < n {
 		runtime.GOMAXPROCS(n)
 	}
-	prio := h.Realtime
-	if prio == 0 {
-		prio = vrrp.DefaultRealtimePriority
+	ropts := vrrp.Options{Logger: log, RealtimePriority: h.Realtime}
+	prio, err := ropts.Realtime()
+	if err != nil {
+		answer(reply{Error: err.Error()})
+		return err
 	}
 	ctx, cancel := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
@@ -86,7 +86,7 @@ func Serve(ctx context.Context) error {
 		}
 	}
 
-	r, err := vrrp.New(h.Config, vrrp.Options{Logger: log, RealtimePriority: h.Realtime})
+	r, err := vrrp.New(h.Config, ropts)
 	if err != nil {
 		answer(reply{Error: err.Error()})
 		return err
