@@ -4,11 +4,11 @@
 GO ?= go
 CLANG ?= clang-19
 BPF_SOURCES := $(wildcard bpf/*.c bpf/*.h)
-GENERATED := pkg/datapath/balancer_bpfel.go pkg/datapath/balancer_bpfel.o \
-	pkg/datapath/testprogs_bpfel.go pkg/datapath/testprogs_bpfel.o \
-	pkg/decap/decap_bpfel.go pkg/decap/decap_bpfel.o \
-	pkg/perf/perf_bpfel.go pkg/perf/perf_bpfel.o \
-	pkg/healthsteer/healthsteer_bpfel.go pkg/healthsteer/healthsteer_bpfel.o
+GENERATED := internal/datapath/balancer_bpfel.go internal/datapath/balancer_bpfel.o \
+	internal/datapath/testprogs/testprogs_bpfel.go internal/datapath/testprogs/testprogs_bpfel.o \
+	internal/decap/decap_bpfel.go internal/decap/decap_bpfel.o \
+	internal/perf/perf_bpfel.go internal/perf/perf_bpfel.o \
+	internal/healthsteer/healthsteer_bpfel.go internal/healthsteer/healthsteer_bpfel.o
 BENCH_COUNT ?= 5
 
 .PHONY: all generate build test bench vet check-generated clean demo fuzz-short test-vrrp-load
@@ -18,7 +18,7 @@ all: build
 # generate compiles bpf/*.c with clang-19 and the libbpf-dev headers and
 # writes the Go bindings (bpf2go). The output is committed.
 generate:
-	$(GO) generate ./pkg/datapath/ ./pkg/decap/ ./pkg/perf/ ./pkg/healthsteer/
+	$(GO) generate ./internal/datapath/ ./internal/datapath/testprogs/ ./internal/decap/ ./internal/perf/ ./internal/healthsteer/
 
 build:
 	$(GO) build -o bin/fulcrum ./cmd/fulcrum
@@ -38,7 +38,7 @@ vet:
 
 # test runs every test, including the privileged BPF and namespace tests
 # (the fuzz targets' seed corpora too), then a short fuzz of each target.
-# pkg/daemon alone takes about 5 minutes (2 of them VRRP under full packet
+# internal/daemon alone takes about 5 minutes (2 of them VRRP under full packet
 # load), hence the timeout above go test's default 10 minutes.
 test: vet
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
@@ -49,19 +49,19 @@ test: vet
 # while a live-frame generator keeps both CPUs busy with XDP work, then a
 # failover under that load (docs/vrrp.md, "Under full packet load").
 test-vrrp-load:
-	$(GO) test -count=1 -run '^TestFailoverUnderLoad$$' -v ./pkg/daemon/
+	$(GO) test -count=1 -run '^TestFailoverUnderLoad$$' -v ./internal/daemon/
 
 FUZZTIME ?= 15s
 
 # fuzz-short fuzzes the fast path, the config parser and the API briefly;
 # longer runs: make fuzz-short FUZZTIME=10m.
 fuzz-short:
-	$(GO) test -run '^$$' -fuzz '^FuzzBalancer$$' -fuzztime $(FUZZTIME) ./pkg/datapath/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzBalancer$$' -fuzztime $(FUZZTIME) ./internal/datapath/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) ./pkg/api/
 
 # bench measures the fast path through BPF_PROG_RUN and prints one line per
-# path: `fastpath PATH ns/pkt=N x_floor=R`. Then the suite of pkg/perf (as
+# path: `fastpath PATH ns/pkt=N x_floor=R`. Then the suite of internal/perf (as
 # root, a few minutes; see docs/performance.md) measures packet rates through
 # veth against a ceiling and nftables, connection rates against HAProxy, the
 # control plane and the fast path at full scale; it prints one table ending
@@ -69,8 +69,8 @@ fuzz-short:
 # bench/out/results.json and bench/out/rates.png.
 bench:
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./pkg/maglev/
-	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFastpath$$' -benchtime 1x ./pkg/datapath/ -fastpath.rounds $(BENCH_COUNT)
-	$(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x ./pkg/perf/ -perf.runs $(BENCH_COUNT) -perf.out $(CURDIR)/bench/out
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFastpath$$' -benchtime 1x ./internal/datapath/ -fastpath.rounds $(BENCH_COUNT)
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x ./internal/perf/ -perf.runs $(BENCH_COUNT) -perf.out $(CURDIR)/bench/out
 
 # check-generated fails if the committed bpf2go output differs from a
 # fresh `make generate`.

@@ -28,7 +28,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const enum decap_stat _decap_stat __attribute__((unused));
 
 /* The VIP sets: inner destination address -> flags (none defined yet; Go
- * writes 0). Go (pkg/decap) is their only writer. */
+ * writes 0). Go (internal/decap) is their only writer. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __be32);

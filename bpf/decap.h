@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Constants and map layouts of the backend-side decapsulation program
- * (bpf/decap.c). Go (pkg/decap) reads them through BTF (bpf2go -type). */
+ * (bpf/decap.c). Go (internal/decap) reads them through BTF (bpf2go -type). */
 #ifndef FULCRUM_DECAP_H
 #define FULCRUM_DECAP_H
 

@@ -38,7 +38,7 @@ const enum steer_mode _steer_mode __attribute__((unused));
 volatile const __u32 mark_base = 0;
 volatile const __u32 mark_count = 0;
 
-/* mark -> where that mark's probes go. Go (pkg/healthsteer) is the only
+/* mark -> where that mark's probes go. Go (internal/healthsteer) is the only
  * writer. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Map layouts and constants of the health-check steering program
- * (bpf/healthsteer.c). Go (pkg/healthsteer) reads them through BTF
+ * (bpf/healthsteer.c). Go (internal/healthsteer) reads them through BTF
  * (bpf2go -type). */
 #ifndef FULCRUM_HEALTHSTEER_H
 #define FULCRUM_HEALTHSTEER_H

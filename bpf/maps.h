@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Map definitions of the balancer. Go (pkg/datapath) is the only writer of
+/* Map definitions of the balancer. Go (internal/datapath) is the only writer of
  * the configuration maps; the program writes only ct_* and the counters. */
 #ifndef FULCRUM_MAPS_H
 #define FULCRUM_MAPS_H

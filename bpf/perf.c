@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //go:build ignore
 
-/* Programs of the benchmark rig (pkg/perf). None of them is part of the
+/* Programs of the benchmark rig (internal/perf). None of them is part of the
  * load balancer; they surround it:
  *   gen_frames   a traffic generator, run with BPF_PROG_RUN in live-frame
  *                mode on the generator's veth;

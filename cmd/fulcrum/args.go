@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
-	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/urfave/cli/v2"
 )
 

@@ -3,8 +3,8 @@ package main
 import (
 	"fmt"
 
+	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
-	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/urfave/cli/v2"
 )
 

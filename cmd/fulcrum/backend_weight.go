@@ -3,7 +3,7 @@ package main
 import (
 	"fmt"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/config"
+	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/urfave/cli/v2"
 )
 

@@ -9,11 +9,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/fulcrum-lb/fulcrum/internal/config"
+	"github.com/fulcrum-lb/fulcrum/internal/daemon"
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/vrrpagent"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
-	"github.com/fulcrum-lb/fulcrum/pkg/config"
-	"github.com/fulcrum-lb/fulcrum/pkg/daemon"
-	"github.com/fulcrum-lb/fulcrum/pkg/datapath"
-	"github.com/fulcrum-lb/fulcrum/pkg/vrrpagent"
 )
 
 // daemonCommands are the commands that run or remove the fast path itself
@@ -40,7 +40,7 @@ func daemonCommands() []*cli.Command {
 			},
 		},
 		{
-			// The daemon starts it (pkg/vrrpagent); it is of no use by hand.
+			// The daemon starts it (internal/vrrpagent); it is of no use by hand.
 			Name:   vrrpagent.Command,
 			Hidden: true,
 			Usage:  "run the VRRP protocol for the daemon that started it",

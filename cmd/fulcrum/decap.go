@@ -13,7 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/decap"
+	"github.com/fulcrum-lb/fulcrum/internal/decap"
 )
 
 // decapCommand runs the backend-side decapsulation program in the

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/decap"
+	"github.com/fulcrum-lb/fulcrum/internal/decap"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"runtime"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/version"
+	"github.com/fulcrum-lb/fulcrum/internal/version"
 	"github.com/urfave/cli/v2"
 )
 

@@ -4,7 +4,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/version"
+	"github.com/fulcrum-lb/fulcrum/internal/version"
 )
 
 func TestVersionWithoutDaemon(t *testing.T) {

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
-	"github.com/fulcrum-lb/fulcrum/pkg/config"
 	"github.com/urfave/cli/v2"
 )
 

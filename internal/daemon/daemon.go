@@ -1,0 +1,473 @@
+// Package daemon is `fulcrum daemon`: it loads the configuration, loads or
+// adopts the pinned fast path, attaches it, reconciles the VIPs, and serves
+// the control API and the metrics until it is told to stop. Stopping (or
+// being killed) leaves the program attached and the maps pinned, so traffic
+// keeps flowing; `fulcrum detach` removes them.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"reflect"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/fulcrum-lb/fulcrum/internal/config"
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/health"
+	"github.com/fulcrum-lb/fulcrum/internal/healthsteer"
+	"github.com/fulcrum-lb/fulcrum/internal/metrics"
+	"github.com/fulcrum-lb/fulcrum/internal/neighbor"
+	"github.com/fulcrum-lb/fulcrum/internal/reconcile"
+	"github.com/fulcrum-lb/fulcrum/internal/version"
+	"github.com/fulcrum-lb/fulcrum/internal/vrrp"
+	"github.com/fulcrum-lb/fulcrum/internal/vrrpagent"
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+)
+
+// Options start a daemon.
+type Options struct {
+	ConfigPath string
+	// LogOutput receives the log; nil means stderr.
+	LogOutput io.Writer
+	// Ready, if set, is closed once the API serves.
+	Ready chan<- struct{}
+	// Executable is the fulcrum binary that runs the VRRP agent
+	// (`fulcrum vrrp-agent`); empty means this one.
+	Executable string
+}
+
+// Daemon is a running fulcrum daemon.
+type Daemon struct {
+	opts    Options
+	log     *slog.Logger
+	level   *slog.LevelVar
+	started time.Time
+
+	mu        sync.Mutex // guards cfg, lastApply, lastDur
+	cfg       *config.Config
+	lastApply time.Time
+	lastDur   time.Duration
+
+	dp      *datapath.Datapath
+	rec     *reconcile.Reconciler
+	chk     *health.Checker
+	steer   *steering        // through-datapath probes
+	vr      *vrrpagent.Agent // nil without a vrrp section
+	metrics *metrics.Metrics
+	rates   *rateSampler
+	ifaces  []api.Interface
+	progID  ebpf.ProgramID // the balancer program's kernel ID, for tracking
+
+	trackMu sync.Mutex
+	sick    []string // why the node is sick for VRRP tracking (tracking.go)
+}
+
+// Run runs a daemon until ctx ends or SIGINT/SIGTERM arrives. SIGHUP
+// reloads the configuration file.
+func Run(ctx context.Context, opts Options) error {
+	if opts.LogOutput == nil {
+		opts.LogOutput = os.Stderr
+	}
+	cfg, err := config.Load(opts.ConfigPath)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	log := cfg.Log.NewLogger(opts.LogOutput, level)
+	slog.SetDefault(log) // the API's listener logs refused peers there
+	d := &Daemon{opts: opts, log: log, level: level, cfg: cfg, started: time.Now()}
+	return d.run(ctx)
+}
+
+func (d *Daemon) run(ctx context.Context) error {
+	cfg := d.cfg
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if err := datapath.EnsureBPFFS(cfg.BPFFS); err != nil {
+		return err
+	}
+	pinDir := datapath.PinDir(cfg.BPFFS, cfg.Instance)
+	dp, err := datapath.Load(datapath.Options{ConntrackEntries: cfg.Conntrack.Entries, PinDir: pinDir})
+	if err != nil {
+		return err
+	}
+	d.dp = dp
+	// Closing keeps the pins: traffic flows on without a daemon.
+	defer dp.Close()
+	// Tracking compares it with what each interface runs; without it
+	// every interface would look detached and the node sick for good.
+	if d.progID, err = programID(dp.Program()); err != nil {
+		return err
+	}
+	if dp.Adopted() {
+		d.log.Info("adopted pinned fast path", "pins", pinDir, "vips", len(dp.VIPs()))
+	}
+
+	for _, ifc := range cfg.Interfaces {
+		link, err := net.InterfaceByName(ifc.Name)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", ifc.Name, err)
+		}
+		if err := dp.Attach(link.Index, ifc.XDPMode == "generic"); err != nil {
+			return fmt.Errorf("interface %s: %w", ifc.Name, err)
+		}
+		if ifc.XDPMode == "generic" {
+			d.log.Warn("generic XDP: every packet takes the kernel's skb path first; use native mode in production", "interface", ifc.Name)
+		}
+		d.ifaces = append(d.ifaces, api.Interface{Name: ifc.Name, Ifindex: link.Index, XDPMode: ifc.XDPMode})
+		d.log.Info("attached", "interface", ifc.Name, "ifindex", link.Index, "mode", ifc.XDPMode)
+	}
+
+	res, err := neighbor.New()
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	if err := dp.SetEncap(encapOf(cfg.IPIP)); err != nil {
+		return fmt.Errorf("ipip: %w", err)
+	}
+	if err := dp.SetNewFlowLimit(cfg.Conntrack.NewFlowLimit); err != nil {
+		return fmt.Errorf("conntrack.new_flow_limit: %w", err)
+	}
+	if err := d.enableForwarding(cfg); err != nil {
+		return err
+	}
+	d.metrics = metrics.New(d, version.Version, version.Revision())
+	d.rec = reconcile.New(dp, res, d.log, d.metrics.ObserveReconcile)
+	if err := d.reconcile(ctx, cfg); err != nil {
+		return err
+	}
+	d.rates = newRateSampler(dp, 2*time.Second)
+	go d.rates.run(ctx)
+
+	// The steering of through-datapath probes is loaded while a VIP
+	// checks through the data path; it is detached once the checker's
+	// goroutines (below) have ended.
+	d.steer = &steering{log: d.log, res: res}
+	for _, ifc := range d.ifaces {
+		d.steer.ifindexes = append(d.steer.ifindexes, ifc.Ifindex)
+	}
+	defer d.steer.close()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Whatever makes run return (an error of one part included) ends the
+	// others before it waits for them.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 8) // one per sender at most: none blocks
+
+	if cfg.VRRP != nil {
+		if err := d.startVRRP(ctx, &wg, errc, cfg.VRRP); err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.trackNode(ctx)
+		}()
+	}
+
+	// Health checks feed the reconciler; their goroutines end with ctx.
+	d.chk = health.New(health.Options{
+		Log:      d.log,
+		OnChange: func(tr health.Transition) { d.healthChanged(ctx, tr) },
+		Observe:  d.metrics.ObserveHealthCheck,
+		Steer:    d.steer,
+	})
+	d.syncHealth()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := d.chk.Run(ctx); err != nil {
+			errc <- fmt.Errorf("health checks: %w", err)
+		}
+	}()
+
+	if cfg.Metrics.Address != "" {
+		ln, err := net.Listen("tcp", cfg.Metrics.Address)
+		if err != nil {
+			return fmt.Errorf("metrics: listen on %s: %w", cfg.Metrics.Address, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", d.metrics.Handler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		serve(ctx, &wg, srv, ln, errc)
+		d.log.Info("metrics", "address", ln.Addr().String())
+	}
+
+	ln, err := api.Listen(cfg.API.Socket)
+	if err != nil {
+		return fmt.Errorf("api: %w", err)
+	}
+	defer os.Remove(cfg.API.Socket)
+	srv := &http.Server{Handler: api.NewServer(&controller{d: d}, d.log), ReadHeaderTimeout: 5 * time.Second}
+	serve(ctx, &wg, srv, ln, errc)
+	d.log.Info("serving", "api", cfg.API.Socket, "version", version.Version)
+	if d.opts.Ready != nil {
+		close(d.opts.Ready)
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			d.log.Info("stopping; the fast path stays attached", "pins", pinDir)
+			return nil
+		case err := <-errc:
+			return err
+		case <-hup:
+			data, err := os.ReadFile(d.opts.ConfigPath)
+			if err != nil {
+				d.log.Error("reload: read config", "err", err)
+				continue
+			}
+			if _, err := d.apply(ctx, data); err != nil {
+				d.log.Error("reload refused; the running state is unchanged", "err", err)
+			}
+		}
+	}
+}
+
+// serve runs srv on ln until ctx ends.
+func serve(ctx context.Context, wg *sync.WaitGroup, srv *http.Server, ln net.Listener, errc chan<- error) {
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+}
+
+func (d *Daemon) reconcile(ctx context.Context, cfg *config.Config) error {
+	res, err := d.rec.Replace(ctx, cfg.VIPs)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.lastApply, d.lastDur = time.Now(), res.Duration
+	d.mu.Unlock()
+	return nil
+}
+
+// apply takes a new configuration file: it is parsed and checked whole,
+// settings that need a restart must be unchanged, and the VIPs are
+// reconciled. A refused file changes nothing.
+func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, error) {
+	cfg, err := config.Parse(data)
+	if err != nil {
+		return reconcile.Result{}, fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	}
+	d.mu.Lock()
+	old := d.cfg
+	d.mu.Unlock()
+	if err := restartOnly(old, cfg); err != nil {
+		return reconcile.Result{}, fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	}
+	// Encapsulation sources: the union while VIPs change (so neither the
+	// old nor the new VIPs lack a prefix), then exactly the new ones.
+	union := encapOf(cfg.IPIP)
+	if !union.SourceV4.IsValid() {
+		union.SourceV4 = old.IPIP.SourceV4
+	}
+	if !union.SourceV6.IsValid() {
+		union.SourceV6 = old.IPIP.SourceV6
+	}
+	if err := d.dp.SetEncap(union); err != nil {
+		return reconcile.Result{}, fmt.Errorf("%w: ipip: %w", api.ErrInvalid, err)
+	}
+	if err := d.enableForwarding(cfg); err != nil {
+		return reconcile.Result{}, err
+	}
+	res, err := d.rec.Replace(ctx, cfg.VIPs)
+	if err != nil {
+		d.dp.SetEncap(encapOf(old.IPIP))
+		return res, fmt.Errorf("%w: %w", api.ErrInvalid, err)
+	}
+	if err := d.dp.SetEncap(encapOf(cfg.IPIP)); err != nil {
+		return res, fmt.Errorf("ipip: %w", err)
+	}
+	if err := d.dp.SetNewFlowLimit(cfg.Conntrack.NewFlowLimit); err != nil {
+		return res, fmt.Errorf("conntrack.new_flow_limit: %w", err)
+	}
+	d.mu.Lock()
+	d.cfg, d.lastApply, d.lastDur = cfg, time.Now(), res.Duration
+	d.mu.Unlock()
+	d.level.Set(cfg.Log.SlogLevel())
+	if d.vr != nil {
+		d.vr.SetLogLevel(cfg.Log.SlogLevel())
+	}
+	d.syncHealth()
+	d.log.Info("configuration applied", "added", len(res.Added), "changed", len(res.Changed), "removed", len(res.Removed), "unchanged", res.Unchanged)
+	return res, nil
+}
+
+// syncHealth points the health checker at the desired backends, and loads
+// the steering program if a check goes through the data path (or unloads
+// it if none does any more).
+func (d *Daemon) syncHealth() {
+	if d.chk == nil {
+		return
+	}
+	targets := health.Targets(d.rec.Desired())
+	through := false
+	for _, t := range targets {
+		through = through || t.Check.ThroughDatapath
+	}
+	d.steer.want(through)
+	d.chk.Set(targets)
+}
+
+// healthChanged hands a backend's new state to the reconciler, which takes
+// a down backend out of its VIP's ring (or drains it) and puts it back.
+func (d *Daemon) healthChanged(ctx context.Context, tr health.Transition) {
+	if err := d.rec.SetHealth(ctx, tr.VIP, tr.Backend, tr.To); err != nil && ctx.Err() == nil {
+		d.log.Error("apply health change", "vip", tr.VIP.String(), "backend", tr.Backend.String(), "state", tr.To.String(), "err", err)
+	}
+	d.track()
+}
+
+func encapOf(c config.IPIP) datapath.EncapConfig {
+	return datapath.EncapConfig{SourceV4: c.SourceV4, SourceV6: c.SourceV6, GatewayMAC: c.GatewayMAC}
+}
+
+// enableForwarding turns on IP forwarding on the attached interfaces when
+// an ipip VIP exists: bpf_fib_lookup, which finds the next hop of
+// encapsulated packets, answers only for interfaces that forward.
+func (d *Daemon) enableForwarding(cfg *config.Config) error {
+	ipip := false
+	for _, v := range cfg.VIPs {
+		ipip = ipip || v.Mode == "ipip"
+	}
+	if !ipip {
+		return nil
+	}
+	for _, ifc := range cfg.Interfaces {
+		for _, key := range []string{"ipv4/conf/" + ifc.Name + "/forwarding", "ipv6/conf/" + ifc.Name + "/forwarding"} {
+			path := "/proc/sys/net/" + key
+			if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
+				continue
+			}
+			if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("ipip needs forwarding on %s: %w", ifc.Name, err)
+			}
+			d.log.Info("enabled forwarding for ipip next-hop lookups", "sysctl", strings.ReplaceAll(key, "/", "."))
+		}
+	}
+	return nil
+}
+
+// restartOnly refuses a reload that changes what only a restart can.
+func restartOnly(old, cur *config.Config) error {
+	var errs []error
+	check := func(field string, same bool) {
+		if !same {
+			errs = append(errs, fmt.Errorf("%s cannot change on reload; restart the daemon to change it", field))
+		}
+	}
+	check("instance", old.Instance == cur.Instance)
+	check("bpffs", old.BPFFS == cur.BPFFS)
+	check("api.socket", old.API.Socket == cur.API.Socket)
+	check("metrics.address", old.Metrics.Address == cur.Metrics.Address)
+	check("conntrack.entries", old.Conntrack.Entries == cur.Conntrack.Entries)
+	check("log.format", old.Log.Format == cur.Log.Format)
+	check("vrrp", reflect.DeepEqual(old.VRRP, cur.VRRP))
+	same := len(old.Interfaces) == len(cur.Interfaces)
+	for i := 0; same && i < len(old.Interfaces); i++ {
+		same = old.Interfaces[i] == cur.Interfaces[i]
+	}
+	check("interfaces", same)
+	return errors.Join(errs...)
+}
+
+// Counters implements metrics.Source.
+func (d *Daemon) Counters() (datapath.Counters, error) { return d.dp.Counters() }
+
+// BackendHealth implements metrics.Source.
+func (d *Daemon) BackendHealth() map[datapath.VIP]map[netip.Addr]string {
+	out := make(map[datapath.VIP]map[netip.Addr]string)
+	for k, m := range d.rec.HealthOf() {
+		s := make(map[netip.Addr]string, len(m))
+		for a, h := range m {
+			s[a] = h.String()
+		}
+		out[k] = s
+	}
+	return out
+}
+
+// SteeringCounters implements metrics.Source.
+func (d *Daemon) SteeringCounters() (healthsteer.Counters, bool) {
+	return d.steer.counters()
+}
+
+// VRRPState implements metrics.Source.
+func (d *Daemon) VRRPState() string {
+	if d.vr == nil {
+		return "disabled"
+	}
+	return d.vr.State().String()
+}
+
+// startVRRP runs VRRPv3 for the configured virtual addresses in the VRRP
+// agent, a child process whose threads are all real-time (internal/vrrpagent
+// says why). The XDP program stays attached whatever the role: the standby
+// is hot, and both nodes build identical Maglev tables, so flows survive a
+// failover. When ctx ends the agent advertises priority 0 and releases the
+// addresses before the daemon exits; if the agent dies, the daemon stops
+// with an error.
+func (d *Daemon) startVRRP(ctx context.Context, wg *sync.WaitGroup, errc chan<- error, c *config.VRRP) error {
+	a, err := vrrpagent.Start(vrrp.Config{
+		Interface:        c.Interface,
+		VRID:             c.VRID,
+		Priority:         c.Priority,
+		AdvertInterval:   c.AdvertInterval,
+		Preempt:          c.Preempt,
+		PreemptDelay:     c.PreemptDelay,
+		UnicastPeers:     c.UnicastPeers,
+		Family:           c.Family,
+		VirtualAddresses: c.VirtualAddresses,
+		GratuitousCount:  c.GratuitousCount,
+	}, vrrpagent.Options{
+		Executable: d.opts.Executable,
+		LogOutput:  d.opts.LogOutput,
+		Log:        d.cfg.Log,
+	})
+	if err != nil {
+		return err
+	}
+	d.log.Info("vrrp: agent started", "pid", a.Pid())
+	d.vr = a
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := a.Run(ctx); err != nil {
+			errc <- err
+		}
+	}()
+	return nil
+}

@@ -1,0 +1,287 @@
+// Package datapath is the one Go owner of Fulcrum's XDP objects: it loads
+// the balancer, attaches it to an interface, and offers typed, validated
+// methods that write VIPs, backends and Maglev rings into its maps and read
+// its counters. Nothing else writes the maps.
+//
+// Requires Linux 5.18 or later (BPF_F_INNER_MAP, BPF links for XDP,
+// bpf_jiffies64); developed on 6.18.
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/fulcrum-lb/fulcrum/internal/linkset"
+)
+
+// Capacities of the fast path's maps, from bpf/consts.h.
+const (
+	MaxVIPs     = 4096
+	MaxBackends = 262144
+	// DefaultConntrackEntries is the default size of each connection
+	// table (IPv4 and IPv6).
+	DefaultConntrackEntries = 1 << 20
+)
+
+// Options tune Load.
+type Options struct {
+	// ConntrackEntries is the capacity of each connection table; 0 means
+	// DefaultConntrackEntries. The LRU splits it evenly between CPUs.
+	ConntrackEntries uint32
+	// MaxVIPs and MaxBackends shrink the VIP and backend maps below their
+	// compiled-in capacity (MaxVIPs, MaxBackends) to save memory; 0 means
+	// the full capacity.
+	MaxVIPs, MaxBackends uint32
+	// PinDir, if set, pins the maps and the XDP link there (see PinDir)
+	// and adopts what an earlier daemon pinned: the connection table, the
+	// counters, the VIPs and backends, and the attached program. The
+	// directory must be on a bpffs (see EnsureBPFFS).
+	PinDir string
+}
+
+// Datapath owns the loaded balancer program and its maps.
+type Datapath struct {
+	mu   sync.Mutex
+	objs balancerObjects
+	// links are the XDP attachments by ifindex.
+	links linkset.Set
+
+	pinDir  string
+	adopted bool
+
+	vips map[VIP]*vipEntry
+	// lastRing caches the ring Predict last rebuilt (see ringTable).
+	lastRing struct {
+		e     *vipEntry
+		table []uint32
+	}
+	vipIndex  indexAllocator
+	backendID indexAllocator
+	// backendGen[id] is the generation last written for a backend id.
+	backendGen   map[uint32]uint16
+	vipGen       map[uint16]uint16
+	encap        EncapConfig
+	newFlowLimit uint32
+	// written mirrors global map contents, so only changes are written.
+	written struct {
+		config *balancerLbConfig
+		policy map[netip.Addr]uint32
+	}
+}
+
+// Load loads the balancer into the kernel without attaching it.
+func Load(opts Options) (*Datapath, error) {
+	spec, err := loadBalancer()
+	if err != nil {
+		return nil, fmt.Errorf("load balancer spec: %w", err)
+	}
+	ct := opts.ConntrackEntries
+	if ct == 0 {
+		ct = DefaultConntrackEntries
+	}
+	spec.Maps[balancerMapCtV4].MaxEntries = ct
+	spec.Maps[balancerMapCtV6].MaxEntries = ct
+	maxVIPs, maxBackends := opts.MaxVIPs, opts.MaxBackends
+	if maxVIPs == 0 || maxVIPs > MaxVIPs {
+		maxVIPs = MaxVIPs
+	}
+	if maxBackends == 0 || maxBackends > MaxBackends {
+		maxBackends = MaxBackends
+	}
+	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState, balancerMapRings,
+		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6} {
+		spec.Maps[name].MaxEntries = maxVIPs
+	}
+	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache} {
+		spec.Maps[name].MaxEntries = maxBackends
+	}
+
+	d := &Datapath{
+		vips:       make(map[VIP]*vipEntry),
+		links:      make(linkset.Set),
+		vipIndex:   newIndexAllocator(maxVIPs),
+		backendID:  newIndexAllocator(maxBackends),
+		backendGen: make(map[uint32]uint16),
+		vipGen:     make(map[uint16]uint16),
+	}
+	d.written.policy = make(map[netip.Addr]uint32)
+	var collOpts ebpf.CollectionOptions
+	adopting := false
+	if opts.PinDir != "" {
+		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+		adopting = hasPins(opts.PinDir)
+		for name, m := range spec.Maps {
+			if !strings.HasPrefix(name, ".") { // not .rodata and friends
+				m.Pinning = ebpf.PinByName
+			}
+		}
+		collOpts.Maps.PinPath = opts.PinDir
+		d.pinDir = opts.PinDir
+	}
+	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load balancer: the maps pinned in %s do not fit this version or these options (%w); remove them with 'fulcrum detach' (this drops the connection table)", opts.PinDir, err)
+		}
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load balancer: %+v", verr)
+		}
+		return nil, fmt.Errorf("load balancer: %w", err)
+	}
+	if adopting {
+		if err := d.adopt(); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("adopt pinned state in %s: %w", opts.PinDir, err)
+		}
+	}
+	return d, nil
+}
+
+// Adopted reports whether Load took over maps pinned by an earlier daemon.
+func (d *Datapath) Adopted() bool {
+	return d.adopted
+}
+
+// Program returns the balancer program, for tests and benchmarks that run
+// it with BPF_PROG_RUN.
+func (d *Datapath) Program() *ebpf.Program {
+	return d.objs.FulcrumBalancer
+}
+
+// Attach attaches the balancer to the interface with the given index, in
+// the network namespace of the calling thread. It uses native XDP unless
+// generic is set; generic XDP is slower and meant for testing only. With
+// pins, a live pinned link for the interface is taken over instead.
+func (d *Datapath) Attach(ifindex int, generic bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.links[ifindex]; ok {
+		return fmt.Errorf("attach xdp to ifindex %d: already attached", ifindex)
+	}
+	if d.pinDir != "" {
+		l, ok, err := d.attachPinned(ifindex)
+		if err != nil {
+			return err
+		}
+		if ok {
+			d.links[ifindex] = l
+			return nil
+		}
+	}
+	flags := link.XDPDriverMode
+	if generic {
+		flags = link.XDPGenericMode
+	}
+	l, err := link.AttachXDP(link.XDPOptions{
+		Program:   d.objs.FulcrumBalancer,
+		Interface: ifindex,
+		Flags:     flags,
+	})
+	if err != nil {
+		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
+	}
+	if d.pinDir != "" {
+		if err := l.Pin(linkPin(d.pinDir, ifindex)); err != nil {
+			l.Close()
+			return fmt.Errorf("pin xdp link of ifindex %d: %w", ifindex, err)
+		}
+	}
+	d.links[ifindex] = l
+	return nil
+}
+
+// Attached returns the indexes of the interfaces the balancer is attached
+// to through this datapath.
+func (d *Datapath) Attached() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.links.Indexes()
+}
+
+// Detach removes the balancer from every interface, pinned or not.
+func (d *Datapath) Detach() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for ifindex, l := range d.links {
+		if d.pinDir != "" {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("detach xdp from ifindex %d: %w", ifindex, err))
+				continue
+			}
+		}
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach xdp from ifindex %d: %w", ifindex, err))
+		}
+		delete(d.links, ifindex)
+	}
+	return errors.Join(errs...)
+}
+
+// Close releases the datapath's objects. Without pins it detaches the
+// program and the kernel frees everything. With pins, the program stays
+// attached and the maps stay, so traffic keeps flowing while no daemon
+// runs; Detach (or RemovePins) ends that.
+func (d *Datapath) Close() error {
+	var errs []error
+	d.mu.Lock()
+	for ifindex, l := range d.links {
+		errs = append(errs, l.Close())
+		delete(d.links, ifindex)
+	}
+	d.mu.Unlock()
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+// indexAllocator hands out indexes below a limit. Freed indexes go to the
+// back of a FIFO, so an index is reused as late as possible: connection
+// entries that still name it are then old enough to have been evicted, and
+// the generation check catches the rest.
+type indexAllocator struct {
+	limit uint32
+	next  uint32
+	free  []uint32
+}
+
+func newIndexAllocator(limit uint32) indexAllocator {
+	return indexAllocator{limit: limit}
+}
+
+func (a *indexAllocator) available() int {
+	return int(a.limit-a.next) + len(a.free)
+}
+
+func (a *indexAllocator) get() (uint32, bool) {
+	if a.next < a.limit {
+		a.next++
+		return a.next - 1, true
+	}
+	if len(a.free) == 0 {
+		return 0, false
+	}
+	id := a.free[0]
+	a.free = a.free[1:]
+	return id, true
+}
+
+func (a *indexAllocator) put(id uint32) {
+	a.free = append(a.free, id)
+}
+
+// addrFamily names an address's family for error messages.
+func addrFamily(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}

@@ -1,0 +1,433 @@
+package perf
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
+
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
+	"github.com/fulcrum-lb/fulcrum/testenv"
+)
+
+// ControlOptions shape the control-plane measurement.
+type ControlOptions struct {
+	Runs int
+	// MaglevBackends are the backend counts of the Maglev build figures.
+	MaglevBackends []int
+	// VIPs and Backends size the daemon whose memory is measured.
+	VIPs, Backends int
+	// Fulcrum is the fulcrum binary; empty builds one from the module.
+	Fulcrum string
+}
+
+// measureMaglev times maglev.Build for M = 65537 and each backend count.
+func measureMaglev(opts ControlOptions, res *Results) error {
+	for _, n := range opts.MaglevBackends {
+		bs := make([]maglev.Backend, n)
+		for i := range bs {
+			a := netip.AddrFrom4([4]byte{198, 18, byte(16 + i/256), byte(i)})
+			bs[i] = maglev.Backend{Name: a.String(), ID: uint32(i), Weight: 1}
+		}
+		var nsPerOp []float64
+		var allocs, bytesPerOp float64
+		for range opts.Runs {
+			ns, a, b, err := timeBuild(bs, maglev.DefaultSize)
+			if err != nil {
+				return err
+			}
+			nsPerOp = append(nsPerOp, ns)
+			allocs, bytesPerOp = a, b
+		}
+		f := newFigure(SectionControl, fmt.Sprintf("maglev build M=%d, %d backends", maglev.DefaultSize, n), "ns/op", nsPerOp)
+		f.Note = fmt.Sprintf("%.0f allocs/op, %.0f KiB/op", allocs, bytesPerOp/1024)
+		if n == 1000 {
+			verdict := "met"
+			if f.Median >= 5e6 {
+				verdict = "missed"
+			}
+			f.Note += fmt.Sprintf("; target under 5 ms: %s", verdict)
+		}
+		res.add(f)
+	}
+	return nil
+}
+
+// timeBuild runs maglev.Build for at least 300 ms (and 3 times) and
+// returns ns, allocations and bytes per build, as testing.B would.
+func timeBuild(bs []maglev.Backend, m uint32) (ns, allocs, bytes float64, err error) {
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	n := 0
+	for n < 3 || time.Since(start) < 300*time.Millisecond {
+		if _, err := maglev.Build(bs, m); err != nil {
+			return 0, 0, 0, err
+		}
+		n++
+	}
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	return float64(elapsed.Nanoseconds()) / float64(n),
+		float64(after.Mallocs-before.Mallocs) / float64(n),
+		float64(after.TotalAlloc-before.TotalAlloc) / float64(n), nil
+}
+
+// daemonVIP is VIP v of the daemon's configuration: 250 addresses, then
+// the next port.
+func daemonVIP(v int) api.VIPRef {
+	return api.VIPRef{Protocol: "tcp", Address: netip.AddrFrom4([4]byte{203, 0, 113, byte(1 + v%250)}), Port: uint16(1000 + v/250)}
+}
+
+// daemonBackend is backend j of every VIP of the daemon: 198.18.8.0/21.
+func daemonBackend(j int) (netip.Addr, net.HardwareAddr) {
+	return netip.AddrFrom4([4]byte{198, 18, byte(8 + j/250), byte(1 + j%250)}),
+		net.HardwareAddr{0x02, 0xfc, 0x08, 0, byte(j >> 8), byte(j)}
+}
+
+// latencyBackend is the backend the latency runs add and remove.
+func latencyBackend(run int) (netip.Addr, net.HardwareAddr) {
+	return netip.AddrFrom4([4]byte{198, 18, 15, byte(1 + run)}), net.HardwareAddr{0x02, 0xfc, 0x0f, 0, 0, byte(1 + run)}
+}
+
+// daemonConfig renders a configuration of vips × backends: the backend
+// list is written once and shared through a YAML anchor.
+func daemonConfig(bpffs, socket string, vips, backends int) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "instance: bench\nbpffs: %s\ninterfaces:\n  - name: eth0\napi:\n  socket: %s\nmetrics:\n  address: \"off\"\nlog:\n  level: warn\nvips:\n", bpffs, socket)
+	for v := range vips {
+		ref := daemonVIP(v)
+		fmt.Fprintf(&sb, "  - address: %s\n    port: %d\n    protocol: tcp\n    backends:", ref.Address, ref.Port)
+		if v > 0 {
+			sb.WriteString(" *backends\n")
+			continue
+		}
+		sb.WriteString(" &backends\n")
+		for j := range backends {
+			a, mac := daemonBackend(j)
+			fmt.Fprintf(&sb, "      - {address: %s, mac: \"%s\"}\n", a, mac)
+		}
+	}
+	return sb.String()
+}
+
+// moduleRoot finds the directory of go.mod above the working directory.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// buildCommand builds the command in package pkg (relative to the module
+// root, e.g. "./cmd/fulcrum") into dir and returns the binary's path.
+func buildCommand(ctx context.Context, dir, pkg string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return out, nil
+}
+
+// measureDaemon runs a fulcrum daemon (a real process) in a namespace,
+// first with one VIP of opts.Backends backends, then, through the API's
+// apply, with opts.VIPs of them. It measures start-up and apply times, the
+// time from an API call to the change being live in the fast path (with 1
+// VIP and with all), the daemon's memory and the memory of its maps.
+func measureDaemon(ctx context.Context, opts ControlOptions, res *Results) (err error) {
+	tmp, err := os.MkdirTemp("", "fcbench-daemon-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bin := opts.Fulcrum
+	if bin == "" {
+		if bin, err = buildCommand(ctx, tmp, "./cmd/fulcrum"); err != nil {
+			return err
+		}
+	}
+	env, err := testenv.Open("")
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	cp, err := env.NewNamespace("cp")
+	if err != nil {
+		return err
+	}
+	wire, err := env.NewNamespace("wire")
+	if err != nil {
+		return err
+	}
+	if err := testenv.VethPair(cp, wire, "eth0", "eth0"); err != nil {
+		return err
+	}
+	eth0, err := linkInfo(cp, "eth0")
+	if err != nil {
+		return err
+	}
+	// The pins live on a bpffs of their own, outside /sys (which `ip
+	// netns exec` remounts).
+	bpffs := filepath.Join("/run", "fcbench-"+env.Prefix)
+	if err := datapath.EnsureBPFFS(bpffs); err != nil {
+		return err
+	}
+	pins := datapath.PinDir(bpffs, "bench")
+	defer func() {
+		datapath.RemovePins(pins)
+		unix.Unmount(bpffs, unix.MNT_DETACH)
+		os.Remove(bpffs)
+	}()
+	socket := filepath.Join(tmp, "fulcrum.sock")
+	cfgPath := filepath.Join(tmp, "fulcrum.yaml")
+	if err := os.WriteFile(cfgPath, []byte(daemonConfig(bpffs, socket, 1, opts.Backends)), 0o600); err != nil {
+		return err
+	}
+	logPath := filepath.Join(tmp, "daemon.log")
+
+	started := time.Now()
+	cmd, err := cp.Start(ctx, "sh", "-c", fmt.Sprintf("exec %s daemon --config %s >%s 2>&1", bin, cfgPath, logPath))
+	if err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
+	logTail := func() string {
+		b, _ := os.ReadFile(logPath)
+		if len(b) > 2000 {
+			b = b[len(b)-2000:]
+		}
+		return string(b)
+	}
+	client := api.NewClient(socket)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := client.Status(sctx)
+		cancel()
+		if err == nil && st.VIPs == 1 {
+			break
+		}
+		select {
+		case e := <-exited:
+			return fmt.Errorf("daemon exited: %v\n%s", e, logTail())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Since(started) > time.Minute {
+			return fmt.Errorf("daemon not ready after a minute\n%s", logTail())
+		}
+	}
+	small := fmt.Sprintf("1 VIP × %d backends", opts.Backends)
+	f := newFigure(SectionControl, "daemon start-up to API ready, "+small, "s", []float64{time.Since(started).Seconds()})
+	f.Note = "process start, BPF load and attach, the ring built and swapped in"
+	res.add(f)
+
+	prog, err := pinnedProgram(pins, eth0.index)
+	if err != nil {
+		return err
+	}
+	defer prog.Close()
+	latency := func(label string) error {
+		add, remove, err := measureAPILatency(ctx, client, prog, opts)
+		if err != nil {
+			return fmt.Errorf("%s: %w", label, err)
+		}
+		f := newFigure(SectionControl, "API add backend → live ring, daemon with "+label, "ms", add)
+		f.Note = fmt.Sprintf("from the API request until a BPF_PROG_RUN of a packet shows the new backend; M=%d", maglev.DefaultSize)
+		res.add(f)
+		res.add(newFigure(SectionControl, "API remove backend → live ring, daemon with "+label, "ms", remove))
+		return nil
+	}
+	if err := latency(small); err != nil {
+		return err
+	}
+
+	big := fmt.Sprintf("%d VIPs × %d backends", opts.VIPs, opts.Backends)
+	actx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	start := time.Now()
+	ar, err := client.Apply(actx, []byte(daemonConfig(bpffs, socket, opts.VIPs, opts.Backends)))
+	if err != nil {
+		return fmt.Errorf("apply %s: %w\n%s", big, err, logTail())
+	}
+	f = newFigure(SectionControl, "API apply of "+big, "s", []float64{time.Since(start).Seconds()})
+	f.Note = fmt.Sprintf("%d VIPs added, each ring built (M=%d) and swapped in", len(ar.Added), maglev.DefaultSize)
+	res.add(f)
+
+	pid := cmd.Process.Pid
+	rss, err := procStatus(pid, "VmRSS")
+	if err != nil {
+		return err
+	}
+	hwm, _ := procStatus(pid, "VmHWM")
+	f = newFigure(SectionControl, "daemon RSS, "+big, "MiB", []float64{mib(rss)})
+	f.Note = fmt.Sprintf("peak (VmHWM) %.1f MiB", mib(hwm))
+	res.add(f)
+
+	mm, err := measureMapMemory(prog)
+	if err != nil {
+		return err
+	}
+	f = newFigure(SectionControl, "BPF map memory, "+big, "MiB", []float64{mib(mm.Total)})
+	f.Note = fmt.Sprintf("default connection table (%d entries), default rings (M=%d); %s", datapath.DefaultConntrackEntries, maglev.DefaultSize, mm.summary(4))
+	res.add(f)
+	return latency(big)
+}
+
+// pinnedProgram returns the program behind the daemon's pinned XDP link.
+func pinnedProgram(pins string, ifindex int) (*ebpf.Program, error) {
+	l, err := link.LoadPinnedLink(filepath.Join(pins, fmt.Sprintf("xdp_link_ifindex_%d", ifindex)), nil)
+	if err != nil {
+		return nil, fmt.Errorf("daemon's xdp link: %w", err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil, err
+	}
+	return ebpf.NewProgramFromID(info.Program)
+}
+
+// measureAPILatency adds a backend to VIP 0 through the API and polls the
+// fast path with a packet that the new ring gives to it, then removes it
+// again; it returns both latencies of each run in ms.
+func measureAPILatency(ctx context.Context, client *api.Client, prog *ebpf.Program, opts ControlOptions) (add, remove []float64, err error) {
+	ref := daemonVIP(0)
+	base := make([]maglev.Backend, opts.Backends)
+	for j := range base {
+		a, _ := daemonBackend(j)
+		base[j] = maglev.Backend{Name: a.String(), ID: uint32(j), Weight: 1}
+	}
+	for run := range opts.Runs {
+		addr, mac := latencyBackend(run)
+		frame, err := frameToNewBackend(base, addr, ref)
+		if err != nil {
+			return nil, nil, err
+		}
+		isNew := func() (bool, error) {
+			out := make([]byte, len(frame)+256)
+			ropts := ebpf.RunOptions{Data: frame, DataOut: out}
+			if _, err := prog.Run(&ropts); err != nil {
+				return false, err
+			}
+			return bytes.Equal(ropts.DataOut[:6], mac), nil
+		}
+		if now, err := isNew(); err != nil || now {
+			return nil, nil, fmt.Errorf("before adding %s: the probe reaches it already (%v)", addr, err)
+		}
+		ms, err := timeUntil(ctx, func() error {
+			return client.AddBackend(ctx, ref, api.Backend{Address: addr, Weight: 1, MAC: mac.String()})
+		}, isNew, true)
+		if err != nil {
+			return nil, nil, fmt.Errorf("add backend %s: %w", addr, err)
+		}
+		add = append(add, ms)
+		ms, err = timeUntil(ctx, func() error { return client.RemoveBackend(ctx, ref, addr) }, isNew, false)
+		if err != nil {
+			return nil, nil, fmt.Errorf("remove backend %s: %w", addr, err)
+		}
+		remove = append(remove, ms)
+	}
+	return add, remove, nil
+}
+
+// frameToNewBackend returns a TCP SYN to the VIP (a SYN always takes the
+// ring) whose flow the ring over base + addr gives to addr, computed with
+// the Go Maglev and flow hash.
+func frameToNewBackend(base []maglev.Backend, addr netip.Addr, ref api.VIPRef) ([]byte, error) {
+	bs := append(base[:len(base):len(base)], maglev.Backend{Name: addr.String(), ID: uint32(len(base)), Weight: 1})
+	table, err := maglev.Build(bs, maglev.DefaultSize)
+	if err != nil {
+		return nil, err
+	}
+	for sport := uint16(1024); sport < 65535; sport++ {
+		h := flowhash.Flow(rigClient, ref.Address, sport, ref.Port, uint8(datapath.TCP))
+		if table[flowhash.Slot(h, maglev.DefaultSize)] == uint32(len(base)) {
+			return testpacket.Packet{
+				SrcMAC: net.HardwareAddr{0x02, 0, 0, 0, 0xaa, 1}, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0xbb, 1},
+				Src: rigClient, Dst: ref.Address, Proto: layers.IPProtocolTCP,
+				Sport: sport, Dport: ref.Port, SYN: true,
+			}.Build(), nil
+		}
+	}
+	return nil, fmt.Errorf("no source port reaches %s", addr)
+}
+
+// timeUntil calls do and returns the ms from just before the call until
+// cond first returns want, polling it from another goroutine meanwhile.
+func timeUntil(ctx context.Context, do func() error, cond func() (bool, error), want bool) (float64, error) {
+	var seen atomic.Int64
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		deadline := start.Add(30 * time.Second)
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			got, err := cond()
+			if err != nil {
+				done <- err
+				return
+			}
+			if got == want {
+				seen.Store(int64(time.Since(start)))
+				done <- nil
+				return
+			}
+		}
+		done <- errors.New("the fast path did not change within 30s")
+	}()
+	callErr := do()
+	pollErr := <-done
+	if callErr != nil {
+		return 0, callErr
+	}
+	if pollErr != nil {
+		return 0, pollErr
+	}
+	return float64(seen.Load()) / 1e6, nil
+}

@@ -1,0 +1,86 @@
+package perf
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/testenv"
+)
+
+func requireRoot(tb testing.TB) {
+	tb.Helper()
+	if err := RequireRoot(); err != nil {
+		tb.Skip("skipped: " + err.Error())
+	}
+}
+
+// TestPacketRig is the quick check of the packet-rate rig: frames of both
+// kinds flow through every configuration, from one CPU and from two, and
+// every backend gets some.
+func TestPacketRig(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	env := testenv.NewEnv(t)
+	const backends = 4
+	r, err := newPacketRig(ctx, env, 2, backends)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	cpuSets := [][]int{{0}}
+	if runtime.NumCPU() >= 2 {
+		cpuSets = append(cpuSets, []int{0, 1})
+	}
+	for _, c := range PacketConfigs {
+		if err := r.selectConfig(c); err != nil {
+			t.Fatal(err)
+		}
+		for _, kind := range []string{FrameUDP, FrameTCP} {
+			for _, cpus := range cpuSets {
+				res, err := r.run(kind, cpus, 50*time.Millisecond)
+				if err != nil {
+					t.Fatalf("%s %s cpus %v: %v", c, kind, cpus, err)
+				}
+				t.Logf("%s %s cpus %v: %d sent, %d delivered, %.2f Mpps, per backend %v", c, kind, cpus, res.sent, res.delivered, res.mpps(), res.backendCounts(backends))
+				if res.sent == 0 || res.delivered < res.sent*9/10 {
+					t.Errorf("%s %s cpus %v: %d of %d frames delivered, want at least 90%%", c, kind, cpus, res.delivered, res.sent)
+				}
+				want := backends
+				if c == ConfigCeiling || c == ConfigCeilingTX {
+					want = 1 // the ceilings forward to backend 1 only
+				}
+				got := 0
+				for _, n := range res.backendCounts(backends) {
+					if n > 0 {
+						got++
+					}
+				}
+				if got != want {
+					t.Errorf("%s %s cpus %v: %d backends received frames, want %d (per backend %v)", c, kind, cpus, got, want, res.backendCounts(backends))
+				}
+			}
+		}
+	}
+	// dsr forwarded established flows by their connection entries, and
+	// dsr-no-ct by the ring alone.
+	for _, tc := range []struct {
+		config      string
+		d           *datapath.Datapath
+		moved, zero datapath.Stat
+	}{
+		{ConfigDSR, r.dsr, datapath.StatCtHit, datapath.StatCtBypass},
+		{ConfigDSRNoCT, r.dsrNoCT, datapath.StatCtBypass, datapath.StatCtHit},
+	} {
+		c, err := tc.d.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Stat(tc.moved) == 0 || c.Stat(tc.zero) != 0 {
+			t.Errorf("%s: %s = %d, %s = %d; want the first moved and the second 0", tc.config,
+				tc.moved, c.Stat(tc.moved), tc.zero, c.Stat(tc.zero))
+		}
+	}
+}

@@ -1,0 +1,77 @@
+package perf
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	flagOut          = flag.String("perf.out", "", "directory for results.json and rates.png (default: bench/out in the module)")
+	flagRuns         = flag.Int("perf.runs", 5, "runs of every figure; the median is reported")
+	flagSections     = flag.String("perf.sections", strings.Join(AllSections, ","), "comma-separated sections to run: "+strings.Join(AllSections, ", "))
+	flagDuration     = flag.Duration("perf.duration", time.Second, "length of one packet-rate run")
+	flagConnDuration = flag.Duration("perf.conn-duration", 2*time.Second, "length of one connection-rate run")
+	flagCtlVIPs      = flag.Int("perf.control-vips", 1000, "VIPs of the large control-plane daemon")
+	flagCtlBackends  = flag.Int("perf.control-backends", 100, "backends per VIP of the control-plane daemons")
+)
+
+// suiteCommand is how `make bench` runs the suite.
+const suiteCommand = "go test -count=1 -timeout 30m -run '^$' -bench '^BenchmarkSuite$' -benchtime 1x ./internal/perf/"
+
+// BenchmarkSuite runs the whole benchmark suite once, prints its table and
+// writes results.json and rates.png. It is what `make bench` runs after
+// the fast-path microbenchmarks; see docs/performance.md.
+func BenchmarkSuite(b *testing.B) {
+	if err := RequireRoot(); err != nil {
+		b.Skip("skipped: " + err.Error())
+	}
+	opts := DefaultOptions()
+	opts.Runs = *flagRuns
+	opts.Sections = strings.Split(*flagSections, ",")
+	opts.Packets.Duration = *flagDuration
+	opts.Conns.Duration = *flagConnDuration
+	opts.Control.VIPs, opts.Control.Backends = *flagCtlVIPs, *flagCtlBackends
+	opts.Command = fmt.Sprintf("%s -perf.runs %d -perf.sections %s", suiteCommand, opts.Runs, *flagSections)
+	opts.Log = os.Stderr
+	out := *flagOut
+	if out == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			b.Fatal(err)
+		}
+		out = filepath.Join(root, "bench", "out")
+	}
+	// An interrupt ends the suite cleanly: every section removes its
+	// namespaces and processes on the way out.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var res *Results
+	for b.Loop() {
+		res = Run(ctx, opts)
+	}
+	// The table comes last, so that it ends with the e2e lines.
+	if path, err := res.WriteJSON(out); err != nil {
+		b.Error(err)
+	} else {
+		fmt.Fprintf(os.Stderr, "perf: wrote %s\n", path)
+	}
+	if res.find(SectionPackets, packetName(ConfigCeiling, FrameUDP, 1)) != nil {
+		if path, err := res.WriteChart(out); err != nil {
+			b.Error(err)
+		} else {
+			fmt.Fprintf(os.Stderr, "perf: wrote %s\n", path)
+		}
+	}
+	res.PrintTable(os.Stdout)
+	if len(res.Errors) > 0 {
+		b.Fatalf("%d part(s) of the suite failed:\n%s", len(res.Errors), strings.Join(res.Errors, "\n"))
+	}
+}
