@@ -58,7 +58,7 @@ FUZZTIME ?= 15s
 fuzz-short:
 	$(GO) test -run '^$$' -fuzz '^FuzzBalancer$$' -fuzztime $(FUZZTIME) ./internal/datapath/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
-	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) ./pkg/api/
+	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) ./internal/apiserver/
 
 # bench measures the fast path through BPF_PROG_RUN and prints one line per
 # path: `fastpath PATH ns/pkt=N x_floor=R`. Then the suite of internal/perf (as

@@ -11,7 +11,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
-// fakeController is an in-memory api.Controller behind the test daemon.
+// fakeController is an in-memory apiserver.Controller behind the test daemon.
 type fakeController struct {
 	mu      sync.Mutex
 	vips    []api.VIP

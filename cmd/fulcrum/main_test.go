@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fulcrum-lb/fulcrum/internal/apiserver"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
@@ -46,12 +47,12 @@ func startDaemon(t *testing.T) *testDaemon {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	socket := filepath.Join(dir, "api.sock")
-	l, err := api.Listen(socket)
+	l, err := apiserver.Listen(socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := newFake()
-	srv := &http.Server{Handler: api.NewServer(f, slog.New(slog.DiscardHandler))}
+	srv := &http.Server{Handler: apiserver.New(f, slog.New(slog.DiscardHandler))}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -11,6 +11,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/fulcrum-lb/fulcrum/internal/apiserver"
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/internal/reconcile"
@@ -23,7 +24,7 @@ type controller struct {
 	d *Daemon
 }
 
-var _ api.Controller = (*controller)(nil)
+var _ apiserver.Controller = (*controller)(nil)
 
 func (c *controller) Status(ctx context.Context) (api.Status, error) {
 	d := c.d

@@ -24,6 +24,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/fulcrum-lb/fulcrum/internal/apiserver"
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/internal/health"
@@ -210,12 +211,12 @@ func (d *Daemon) run(ctx context.Context) error {
 		d.log.Info("metrics", "address", ln.Addr().String())
 	}
 
-	ln, err := api.Listen(cfg.API.Socket)
+	ln, err := apiserver.Listen(cfg.API.Socket)
 	if err != nil {
 		return fmt.Errorf("api: %w", err)
 	}
 	defer os.Remove(cfg.API.Socket)
-	srv := &http.Server{Handler: api.NewServer(&controller{d: d}, d.log), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: apiserver.New(&controller{d: d}, d.log), ReadHeaderTimeout: 5 * time.Second}
 	serve(ctx, &wg, srv, ln, errc)
 	d.log.Info("serving", "api", cfg.API.Socket, "version", version.Version)
 	if d.opts.Ready != nil {

@@ -19,15 +19,13 @@ import (
 // DefaultSocket is where the daemon listens unless told otherwise.
 const DefaultSocket = "/run/fulcrum/default.sock"
 
-// Client talks to the daemon's API over its Unix socket. Its methods
-// mirror Controller, so a Client is a Controller too. A Client is safe
-// for concurrent use; its requests end when their ctx does.
+// Client talks to the daemon's API over its Unix socket, with one method
+// per endpoint (the same methods the daemon implements behind the server).
+// A Client is safe for concurrent use; its requests end when their ctx does.
 type Client struct {
 	socket string
 	hc     *http.Client
 }
-
-var _ Controller = (*Client)(nil)
 
 // NewClient returns a client of the daemon listening on socketPath. It
 // does not connect until the first call.
@@ -95,20 +93,20 @@ func (c *Client) AddVIP(ctx context.Context, v VIP) error {
 }
 
 func (c *Client) RemoveVIP(ctx context.Context, ref VIPRef) error {
-	return c.do(ctx, http.MethodDelete, vipPath(ref), nil, "", nil)
+	return c.do(ctx, http.MethodDelete, VIPPath(ref), nil, "", nil)
 }
 
 func (c *Client) AddBackend(ctx context.Context, ref VIPRef, b Backend) error {
-	return c.doJSON(ctx, http.MethodPost, vipPath(ref)+"/backends", b, nil)
+	return c.doJSON(ctx, http.MethodPost, VIPPath(ref)+"/backends", b, nil)
 }
 
 func (c *Client) RemoveBackend(ctx context.Context, ref VIPRef, addr netip.Addr) error {
-	return c.do(ctx, http.MethodDelete, backendPath(ref, addr), nil, "", nil)
+	return c.do(ctx, http.MethodDelete, BackendPath(ref, addr), nil, "", nil)
 }
 
 // SetWeight changes a backend's weight; weight 0 drains it.
 func (c *Client) SetWeight(ctx context.Context, ref VIPRef, addr netip.Addr, weight uint32) error {
-	return c.doJSON(ctx, http.MethodPut, backendPath(ref, addr)+"/weight", WeightRequest{Weight: &weight}, nil)
+	return c.doJSON(ctx, http.MethodPut, BackendPath(ref, addr)+"/weight", WeightRequest{Weight: &weight}, nil)
 }
 
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
@@ -144,12 +142,6 @@ func (c *Client) VRRPHandover(ctx context.Context, resume bool) error {
 		path = "/v1/vrrp/resume"
 	}
 	return c.do(ctx, http.MethodPost, path, nil, "", nil)
-}
-
-func vipPath(ref VIPRef) string { return "/v1/vips/" + pathEscapeVIP(ref) }
-
-func backendPath(ref VIPRef, addr netip.Addr) string {
-	return vipPath(ref) + "/backends/" + escapeSegment(addr.String())
 }
 
 func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) error {

@@ -1,12 +1,11 @@
-// Package api is the daemon's control interface: HTTP/JSON over a
-// root-only Unix socket. The server side adapts a Controller (implemented
-// by the daemon); the client side is what the fulcrum CLI uses. The wire
-// types below are the contract between the two and are documented in
-// docs/api.md.
+// Package api is the contract of the daemon's control interface: HTTP/JSON
+// over a root-only Unix socket. It holds the wire types, the error kinds a
+// failure is classified by, the limits and resource paths both sides
+// share, and the client the fulcrum CLI uses. The server is the daemon's
+// (internal/apiserver). The wire types are documented in docs/api.md.
 package api
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -67,6 +66,11 @@ type Backend struct {
 	Health      string    `json:"health,omitempty"`
 	HealthSince time.Time `json:"health_since,omitzero"`
 	HealthError string    `json:"health_error,omitempty"`
+}
+
+// WeightRequest is the body of PUT /v1/vips/{vip}/backends/{address}/weight.
+type WeightRequest struct {
+	Weight *uint32 `json:"weight"`
 }
 
 // Status is the daemon's overall state.
@@ -181,32 +185,14 @@ type Error struct {
 	Error string `json:"error"`
 }
 
-// Controller is what the server needs from the daemon. Every method that
-// changes state either applies the whole change or returns an error and
-// changes nothing. Errors that are the caller's fault wrap ErrInvalid,
-// ErrNotFound or ErrConflict so the server can pick the status code.
-type Controller interface {
-	Status(ctx context.Context) (Status, error)
-	ListVIPs(ctx context.Context) ([]VIP, error)
-	AddVIP(ctx context.Context, v VIP) error
-	RemoveVIP(ctx context.Context, ref VIPRef) error
-	AddBackend(ctx context.Context, ref VIPRef, b Backend) error
-	RemoveBackend(ctx context.Context, ref VIPRef, addr netip.Addr) error
-	// SetWeight changes a backend's weight; weight 0 drains it.
-	SetWeight(ctx context.Context, ref VIPRef, addr netip.Addr, weight uint32) error
-	Stats(ctx context.Context) (Stats, error)
-	Explain(ctx context.Context, req ExplainRequest) (Explanation, error)
-	// Apply replaces the desired state with a config file's contents
-	// (YAML). A bad file is rejected whole.
-	Apply(ctx context.Context, config []byte) (ApplyResult, error)
-	// VRRP returns the failover state.
-	VRRP(ctx context.Context) (VRRP, error)
-	// VRRPHandover hands mastership over gracefully (priority 0) and holds
-	// off preemption; with resume set it lifts the hold.
-	VRRPHandover(ctx context.Context, resume bool) error
-}
+// Request body limits. A body over the limit is refused with 413.
+const (
+	MaxJSONBody  = 1 << 20 // 1 MiB for JSON requests
+	MaxApplyBody = 4 << 20 // 4 MiB for a config file sent to /v1/apply
+)
 
-// Errors a Controller wraps to classify a failure.
+// Errors the daemon wraps to classify a failure; the server picks the
+// status code by them and StatusError unwraps to them.
 var (
 	ErrInvalid  = errorString("invalid request")
 	ErrNotFound = errorString("not found")
@@ -223,4 +209,27 @@ func FormatPort(p uint16) string {
 		return "*"
 	}
 	return strconv.Itoa(int(p))
+}
+
+// VIPPath is the path of a VIP's resource, /v1/vips/{vip}.
+func VIPPath(ref VIPRef) string { return "/v1/vips/" + escapeSegment(ref.String()) }
+
+// BackendPath is the path of a backend's resource,
+// /v1/vips/{vip}/backends/{address}.
+func BackendPath(ref VIPRef, addr netip.Addr) string {
+	return VIPPath(ref) + "/backends/" + escapeSegment(addr.String())
+}
+
+// escapeSegment escapes s for use as one path segment, '/' included.
+func escapeSegment(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~:", c) >= 0 {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
 }

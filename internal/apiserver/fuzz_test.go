@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"encoding/json"
@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // FuzzServer drives every route with fuzzed methods, paths and bodies:
@@ -34,7 +36,7 @@ func FuzzServer(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s.method, s.path, s.body)
 	}
-	h := NewServer(newFake(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h := New(newFake(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	known := map[int]bool{200: true, 201: true, 204: true, 400: true, 404: true, 405: true, 409: true, 413: true, 500: true}
 	f.Fuzz(func(t *testing.T, method, path, body string) {
 		if !strings.HasPrefix(path, "/") {
@@ -50,7 +52,7 @@ func FuzzServer(f *testing.F) {
 			t.Fatalf("%s %s: status %d", method, path, rec.Code)
 		}
 		if rec.Code >= 400 {
-			var e Error
+			var e api.Error
 			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || strings.TrimSpace(e.Error) == "" {
 				t.Fatalf("%s %s: status %d with body %q: want {\"error\": \"...\"}", method, path, rec.Code, rec.Body.String())
 			}

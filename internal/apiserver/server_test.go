@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // call sends one request to h and returns the status code and body.
@@ -30,7 +32,7 @@ func call(t *testing.T, h http.Handler, method, path, body string) (int, string)
 // errorMessage decodes an Error body, failing the test if it is not one.
 func errorMessage(t *testing.T, body string) string {
 	t.Helper()
-	var e Error
+	var e api.Error
 	dec := json.NewDecoder(strings.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&e); err != nil || e.Error == "" {
@@ -66,7 +68,7 @@ func TestRoutes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
 			f := newFake()
-			code, body := call(t, NewServer(f, nil), tt.method, tt.path, tt.body)
+			code, body := call(t, New(f, nil), tt.method, tt.path, tt.body)
 			if code != tt.wantCode {
 				t.Fatalf("status %d, want %d; body %s", code, tt.wantCode, body)
 			}
@@ -89,7 +91,7 @@ func TestApplyPassesBodyVerbatim(t *testing.T) {
 	req := httptest.NewRequest("POST", "/v1/apply", strings.NewReader(cfg))
 	req.Header.Set("Content-Type", "application/yaml; charset=utf-8")
 	rec := httptest.NewRecorder()
-	NewServer(f, nil).ServeHTTP(rec, req)
+	New(f, nil).ServeHTTP(rec, req)
 	if rec.Code != 200 {
 		t.Fatalf("status %d, want 200: %s", rec.Code, rec.Body)
 	}
@@ -102,7 +104,7 @@ func TestApplyRefusesFormUpload(t *testing.T) {
 	req := httptest.NewRequest("POST", "/v1/apply", strings.NewReader("--x\r\n"))
 	req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
 	rec := httptest.NewRecorder()
-	NewServer(newFake(), nil).ServeHTTP(rec, req)
+	New(newFake(), nil).ServeHTTP(rec, req)
 	if rec.Code != http.StatusUnsupportedMediaType {
 		t.Fatalf("status %d, want 415", rec.Code)
 	}
@@ -165,7 +167,7 @@ func TestBadRequests(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFake()
-			code, body := call(t, NewServer(f, nil), tt.method, tt.path, tt.body)
+			code, body := call(t, New(f, nil), tt.method, tt.path, tt.body)
 			if code != tt.wantCode {
 				t.Fatalf("status %d, want %d; body %s", code, tt.wantCode, body)
 			}
@@ -185,7 +187,7 @@ func TestBadRequests(t *testing.T) {
 func TestWrongMethodListsAllowed(t *testing.T) {
 	req := httptest.NewRequest("PATCH", "/v1/vips", nil)
 	rec := httptest.NewRecorder()
-	NewServer(newFake(), nil).ServeHTTP(rec, req)
+	New(newFake(), nil).ServeHTTP(rec, req)
 	if rec.Code != 405 {
 		t.Fatalf("status %d, want 405", rec.Code)
 	}
@@ -195,8 +197,8 @@ func TestWrongMethodListsAllowed(t *testing.T) {
 }
 
 func TestOversizedBody(t *testing.T) {
-	big := `{"address":"198.18.0.13","mac":"` + strings.Repeat("a", MaxJSONBody) + `"}`
-	code, body := call(t, NewServer(newFake(), nil), "POST", vipPathWeb+"/backends", big)
+	big := `{"address":"198.18.0.13","mac":"` + strings.Repeat("a", api.MaxJSONBody) + `"}`
+	code, body := call(t, New(newFake(), nil), "POST", vipPathWeb+"/backends", big)
 	if code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("status %d, want 413; body %.200s", code, body)
 	}
@@ -207,11 +209,11 @@ func TestOversizedBody(t *testing.T) {
 	// An apply body may be larger than a JSON body, up to its own limit.
 	f := newFake()
 	cfg := "# " + strings.Repeat("x", 2<<20) + "\nvips: []\n"
-	if code, body := call(t, NewServer(f, nil), "POST", "/v1/apply", cfg); code != 200 {
+	if code, body := call(t, New(f, nil), "POST", "/v1/apply", cfg); code != 200 {
 		t.Fatalf("apply of 2 MiB: status %d, want 200: %.200s", code, body)
 	}
-	cfg = strings.Repeat("#", MaxApplyBody+1)
-	code, body = call(t, NewServer(f, nil), "POST", "/v1/apply", cfg)
+	cfg = strings.Repeat("#", api.MaxApplyBody+1)
+	code, body = call(t, New(f, nil), "POST", "/v1/apply", cfg)
 	if code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("apply over the limit: status %d, want 413", code)
 	}
@@ -225,16 +227,16 @@ func TestControllerErrors(t *testing.T) {
 		err      error
 		wantCode int
 	}{
-		{fmt.Errorf("vip tcp/203.0.113.10:80: ring size 100 is not prime: %w", ErrInvalid), 400},
-		{fmt.Errorf("vip tcp/203.0.113.99:80: %w", ErrNotFound), 404},
-		{fmt.Errorf("vip tcp/203.0.113.10:80 already exists: %w", ErrConflict), 409},
+		{fmt.Errorf("vip tcp/203.0.113.10:80: ring size 100 is not prime: %w", api.ErrInvalid), 400},
+		{fmt.Errorf("vip tcp/203.0.113.99:80: %w", api.ErrNotFound), 404},
+		{fmt.Errorf("vip tcp/203.0.113.10:80 already exists: %w", api.ErrConflict), 409},
 		{errors.New("update map vips: operation not permitted"), 500},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.wantCode), func(t *testing.T) {
 			f := newFake()
 			f.err = tt.err
-			h := NewServer(f, nil)
+			h := New(f, nil)
 			for _, r := range routes {
 				path := strings.NewReplacer("{vip}", "tcp%2F203.0.113.10%3A80", "{address}", "198.18.0.12").Replace(r.path)
 				body := map[string]string{
@@ -263,7 +265,7 @@ func TestControllerErrors(t *testing.T) {
 func TestPanicIsA500(t *testing.T) {
 	f := newFake()
 	f.panicMsg = "boom"
-	h := NewServer(f, nil)
+	h := New(f, nil)
 	for _, r := range []struct{ method, path, body string }{
 		{"GET", "/v1/status", ""},
 		{"POST", vipPathWeb + "/backends", `{"address":"198.18.0.13"}`},
@@ -296,7 +298,7 @@ func TestPanicIsA500(t *testing.T) {
 func TestMutationsAreSerialised(t *testing.T) {
 	f := newFake()
 	f.hold = 2 * time.Millisecond
-	srv := httptest.NewServer(NewServer(f, nil))
+	srv := httptest.NewServer(New(f, nil))
 	defer srv.Close()
 
 	requests := []struct{ method, path, body string }{
@@ -342,7 +344,7 @@ func TestMutationsAreSerialised(t *testing.T) {
 func TestReadsAreNotSerialisedBehindChanges(t *testing.T) {
 	f := newFake()
 	f.hold = 300 * time.Millisecond
-	h := NewServer(f, nil)
+	h := New(f, nil)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -361,21 +363,10 @@ func TestReadsAreNotSerialisedBehindChanges(t *testing.T) {
 	<-done
 }
 
-func TestEscapeSegment(t *testing.T) {
-	for _, tt := range []struct{ in, want string }{
-		{"tcp/203.0.113.10:80", "tcp%2F203.0.113.10:80"},
-		{"udp/[2001:db8::1]:53", "udp%2F%5B2001:db8::1%5D:53"},
-	} {
-		if got := escapeSegment(tt.in); got != tt.want {
-			t.Errorf("escapeSegment(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
 func TestEmptyListsAreArrays(t *testing.T) {
 	f := newFake()
-	f.vips = []VIP{{VIPRef: mustRef("udp/203.0.113.11:53"), Mode: "dsr"}}
-	h := NewServer(f, nil)
+	f.vips = []api.VIP{{VIPRef: mustRef("udp/203.0.113.11:53"), Mode: "dsr"}}
+	h := New(f, nil)
 	if _, body := call(t, h, "GET", "/v1/vips", ""); !strings.Contains(body, `"backends":[]`) {
 		t.Errorf("vip without backends: %s, want \"backends\":[]", body)
 	}

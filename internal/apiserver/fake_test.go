@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -8,13 +8,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // fakeController is an in-memory Controller. It records the last call,
 // can be told to fail or panic, and detects overlapping mutating calls.
 type fakeController struct {
 	mu   sync.Mutex
-	vips []VIP
+	vips []api.VIP
 	last string // last call, e.g. "SetWeight tcp/203.0.113.10:80 198.18.0.12 0"
 	cfg  []byte // last Apply body
 
@@ -26,8 +28,8 @@ type fakeController struct {
 	mutations atomic.Int32
 }
 
-func mustRef(s string) VIPRef {
-	ref, err := ParseVIPRef(s)
+func mustRef(s string) api.VIPRef {
+	ref, err := api.ParseVIPRef(s)
 	if err != nil {
 		panic(err)
 	}
@@ -35,13 +37,13 @@ func mustRef(s string) VIPRef {
 }
 
 func newFake() *fakeController {
-	return &fakeController{vips: []VIP{{
+	return &fakeController{vips: []api.VIP{{
 		VIPRef:    mustRef("tcp/203.0.113.10:80"),
 		Name:      "web",
 		Mode:      "dsr",
 		Scheduler: "maglev",
 		RingSize:  65537,
-		Backends: []Backend{
+		Backends: []api.Backend{
 			{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up"},
 			{Address: netip.MustParseAddr("198.18.0.12"), Weight: 2, Health: "down"},
 		},
@@ -74,22 +76,22 @@ func (f *fakeController) mutating(call string, change func() error) error {
 	return change()
 }
 
-func (f *fakeController) find(ref VIPRef) int {
-	return slices.IndexFunc(f.vips, func(v VIP) bool { return v.VIPRef == ref })
+func (f *fakeController) find(ref api.VIPRef) int {
+	return slices.IndexFunc(f.vips, func(v api.VIP) bool { return v.VIPRef == ref })
 }
 
-func (f *fakeController) Status(ctx context.Context) (Status, error) {
+func (f *fakeController) Status(ctx context.Context) (api.Status, error) {
 	if err := f.enter("Status"); err != nil {
-		return Status{}, err
+		return api.Status{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return Status{Version: "test", Instance: "default", VIPs: len(f.vips), VRRP: "disabled",
+	return api.Status{Version: "test", Instance: "default", VIPs: len(f.vips), VRRP: "disabled",
 		Started: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), Reconcile: 1500 * time.Microsecond,
-		Interfaces: []Interface{{Name: "eth0", Ifindex: 2, XDPMode: "native"}}}, nil
+		Interfaces: []api.Interface{{Name: "eth0", Ifindex: 2, XDPMode: "native"}}}, nil
 }
 
-func (f *fakeController) ListVIPs(ctx context.Context) ([]VIP, error) {
+func (f *fakeController) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 	if err := f.enter("ListVIPs"); err != nil {
 		return nil, err
 	}
@@ -98,58 +100,58 @@ func (f *fakeController) ListVIPs(ctx context.Context) ([]VIP, error) {
 	return slices.Clone(f.vips), nil
 }
 
-func (f *fakeController) AddVIP(ctx context.Context, v VIP) error {
+func (f *fakeController) AddVIP(ctx context.Context, v api.VIP) error {
 	return f.mutating("AddVIP "+v.VIPRef.String(), func() error {
 		if f.find(v.VIPRef) >= 0 {
-			return fmt.Errorf("vip %s already exists: %w", v.VIPRef, ErrConflict)
+			return fmt.Errorf("vip %s already exists: %w", v.VIPRef, api.ErrConflict)
 		}
 		f.vips = append(f.vips, v)
 		return nil
 	})
 }
 
-func (f *fakeController) RemoveVIP(ctx context.Context, ref VIPRef) error {
+func (f *fakeController) RemoveVIP(ctx context.Context, ref api.VIPRef) error {
 	return f.mutating("RemoveVIP "+ref.String(), func() error {
 		i := f.find(ref)
 		if i < 0 {
-			return fmt.Errorf("vip %s: %w", ref, ErrNotFound)
+			return fmt.Errorf("vip %s: %w", ref, api.ErrNotFound)
 		}
 		f.vips = slices.Delete(f.vips, i, i+1)
 		return nil
 	})
 }
 
-func (f *fakeController) AddBackend(ctx context.Context, ref VIPRef, b Backend) error {
+func (f *fakeController) AddBackend(ctx context.Context, ref api.VIPRef, b api.Backend) error {
 	return f.mutating(fmt.Sprintf("AddBackend %s %s %d", ref, b.Address, b.Weight), func() error {
 		i := f.find(ref)
 		if i < 0 {
-			return fmt.Errorf("vip %s: %w", ref, ErrNotFound)
+			return fmt.Errorf("vip %s: %w", ref, api.ErrNotFound)
 		}
 		f.vips[i].Backends = append(f.vips[i].Backends, b)
 		return nil
 	})
 }
 
-func (f *fakeController) RemoveBackend(ctx context.Context, ref VIPRef, addr netip.Addr) error {
+func (f *fakeController) RemoveBackend(ctx context.Context, ref api.VIPRef, addr netip.Addr) error {
 	return f.mutating(fmt.Sprintf("RemoveBackend %s %s", ref, addr), func() error {
 		i := f.find(ref)
 		if i < 0 {
-			return fmt.Errorf("vip %s: %w", ref, ErrNotFound)
+			return fmt.Errorf("vip %s: %w", ref, api.ErrNotFound)
 		}
-		j := slices.IndexFunc(f.vips[i].Backends, func(b Backend) bool { return b.Address == addr })
+		j := slices.IndexFunc(f.vips[i].Backends, func(b api.Backend) bool { return b.Address == addr })
 		if j < 0 {
-			return fmt.Errorf("backend %s of vip %s: %w", addr, ref, ErrNotFound)
+			return fmt.Errorf("backend %s of vip %s: %w", addr, ref, api.ErrNotFound)
 		}
 		f.vips[i].Backends = slices.Delete(f.vips[i].Backends, j, j+1)
 		return nil
 	})
 }
 
-func (f *fakeController) SetWeight(ctx context.Context, ref VIPRef, addr netip.Addr, weight uint32) error {
+func (f *fakeController) SetWeight(ctx context.Context, ref api.VIPRef, addr netip.Addr, weight uint32) error {
 	return f.mutating(fmt.Sprintf("SetWeight %s %s %d", ref, addr, weight), func() error {
 		i := f.find(ref)
 		if i < 0 {
-			return fmt.Errorf("vip %s: %w", ref, ErrNotFound)
+			return fmt.Errorf("vip %s: %w", ref, api.ErrNotFound)
 		}
 		for j := range f.vips[i].Backends {
 			if f.vips[i].Backends[j].Address == addr {
@@ -157,46 +159,46 @@ func (f *fakeController) SetWeight(ctx context.Context, ref VIPRef, addr netip.A
 				return nil
 			}
 		}
-		return fmt.Errorf("backend %s of vip %s: %w", addr, ref, ErrNotFound)
+		return fmt.Errorf("backend %s of vip %s: %w", addr, ref, api.ErrNotFound)
 	})
 }
 
-func (f *fakeController) Stats(ctx context.Context) (Stats, error) {
+func (f *fakeController) Stats(ctx context.Context) (api.Stats, error) {
 	if err := f.enter("Stats"); err != nil {
-		return Stats{}, err
+		return api.Stats{}, err
 	}
-	return Stats{
+	return api.Stats{
 		Interval: time.Second,
 		Verdicts: map[string]uint64{"tx_dsr": 10},
-		VIPs: []VIPStats{{VIP: mustRef("tcp/203.0.113.10:80"),
-			Counter:  Counter{Packets: 10, Bytes: 1000, PacketRate: 1200, ByteRate: 3.4e6},
-			Backends: []BackendStats{{Address: netip.MustParseAddr("198.18.0.11"), Counter: Counter{Packets: 10}}}}},
+		VIPs: []api.VIPStats{{VIP: mustRef("tcp/203.0.113.10:80"),
+			Counter:  api.Counter{Packets: 10, Bytes: 1000, PacketRate: 1200, ByteRate: 3.4e6},
+			Backends: []api.BackendStats{{Address: netip.MustParseAddr("198.18.0.11"), Counter: api.Counter{Packets: 10}}}}},
 	}, nil
 }
 
-func (f *fakeController) Explain(ctx context.Context, req ExplainRequest) (Explanation, error) {
+func (f *fakeController) Explain(ctx context.Context, req api.ExplainRequest) (api.Explanation, error) {
 	if err := f.enter(fmt.Sprintf("Explain %s %s:%d -> %s:%d syn=%v", req.Protocol, req.Src, req.Sport, req.Dst, req.Dport, req.SYN)); err != nil {
-		return Explanation{}, err
+		return api.Explanation{}, err
 	}
-	return Explanation{VIP: mustRef("tcp/203.0.113.10:80"), Backend: netip.MustParseAddr("198.18.0.12"),
+	return api.Explanation{VIP: mustRef("tcp/203.0.113.10:80"), Backend: netip.MustParseAddr("198.18.0.12"),
 		Reason: "ring slot", Hash: 0xdeadbeef, Slot: 1234, RingSize: 65537, RingBackend: netip.MustParseAddr("198.18.0.12")}, nil
 }
 
-func (f *fakeController) Apply(ctx context.Context, config []byte) (ApplyResult, error) {
-	var res ApplyResult
+func (f *fakeController) Apply(ctx context.Context, config []byte) (api.ApplyResult, error) {
+	var res api.ApplyResult
 	err := f.mutating("Apply", func() error {
 		f.cfg = slices.Clone(config)
-		res = ApplyResult{Added: []string{"udp/203.0.113.11:53"}, Unchanged: 1}
+		res = api.ApplyResult{Added: []string{"udp/203.0.113.11:53"}, Unchanged: 1}
 		return nil
 	})
 	return res, err
 }
 
-func (f *fakeController) VRRP(ctx context.Context) (VRRP, error) {
+func (f *fakeController) VRRP(ctx context.Context) (api.VRRP, error) {
 	if err := f.enter("VRRP"); err != nil {
-		return VRRP{}, err
+		return api.VRRP{}, err
 	}
-	return VRRP{Enabled: true, State: "master", Priority: 200}, nil
+	return api.VRRP{Enabled: true, State: "master", Priority: 200}, nil
 }
 
 func (f *fakeController) VRRPHandover(ctx context.Context, resume bool) error {
