@@ -1,10 +1,15 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Constants shared by the XDP programs. Every value here that Go also needs
- * reaches Go through the BTF of an enum (bpf2go -type), never a copied number. */
+/* Constants shared by the XDP programs. Go learns the enums below from BTF
+ * (bpf2go -type) and the VIP and backend capacities from the map specs it
+ * loads. Two numbers are copied into Go, each held equal by a test:
+ * CT_ENTRIES (datapath.DefaultConntrackEntries) and FLOW_HASH_SEED
+ * (flowhash.Seed). */
 #ifndef FULCRUM_CONSTS_H
 #define FULCRUM_CONSTS_H
 
-/* Capacity of the maps. Go reads these from the loaded map specs. */
+/* Capacities of the maps as compiled: the most Go can load. Go may load
+ * smaller VIP and backend maps (datapath.Options) and sizes the connection
+ * tables itself, CT_ENTRIES each by default. */
 #define MAX_VIPS 4096
 /* A backend id is one (VIP, backend) pair: 4096 VIPs x 64 backends. */
 #define MAX_BACKENDS 262144
@@ -13,14 +18,20 @@
  * prime size, which BPF_F_INNER_MAP allows. */
 #define RING_TEMPLATE_SIZE 251
 
-/* How many IPv6 extension headers the parser walks before giving up. */
+/* How many IPv6 extension headers the parser walks; a longer chain (or one
+ * over IPV6_MAX_EXT_BYTES, parse.h) is malformed. */
 #define IPV6_MAX_EXT_HEADERS 4
-/* How many VLAN tags (802.1Q / 802.1ad) the parser accepts. */
+/* How many VLAN tags (802.1Q / 802.1ad) the parser skips; a frame with more
+ * is passed as not IP. */
 #define MAX_VLAN_TAGS 2
 
+/* The flow hash's seed (flowhash.h adds the protocol to it). */
 #define FLOW_HASH_SEED 0x7a3c19e5
 
-/* Forwarding mode of a VIP. */
+/* Forwarding mode of a VIP (vip_meta.mode). MODE_NONE is only in the
+ * zeroed vip_state slot of a removed VIP, whose gen 0 makes connection
+ * entries stale first; forward() drops a packet of any mode it does not
+ * know (STAT_DROP_BAD_MODE). */
 enum fulcrum_mode {
 	MODE_NONE = 0,
 	MODE_DSR = 1,
@@ -33,8 +44,10 @@ enum fulcrum_vip_flags {
 	VIP_F_NO_CONNTRACK = 1 << 0,
 	/* Hash on the client address only (sticky source hash). */
 	VIP_F_SOURCE_HASH = 1 << 1,
-	/* Pass fragments and unparseable packets for this VIP's address to the
-	 * host stack instead of dropping them. */
+	/* Pass fragments and malformed packets to the host stack instead of
+	 * dropping them. The program reads it from vip_addrs_* only, where Go
+	 * sets it for an address when every VIP on that address has it (a
+	 * drop wins); in vip_meta it records the VIP's own setting. */
 	VIP_F_PASS_UNPARSEABLE = 1 << 2,
 };
 
@@ -56,25 +69,32 @@ enum fulcrum_config_flags {
 	CONFIG_F_GW_MAC = 1 << 2,
 };
 
-/* Counters of the stats map: one verdict per packet (STAT_PASS_* ,
- * STAT_DROP_*, STAT_TX_*), plus connection-table events (STAT_CT_*). */
+/* Counters of the stats map: one verdict per packet (STAT_PASS_*,
+ * STAT_DROP_*, STAT_TX_*), plus events: the connection table's (STAT_CT_*)
+ * and STAT_FIB_GATEWAY. */
 enum fulcrum_stat {
 	STAT_PASS_NOT_IP = 0,       /* not IPv4/IPv6, or no room for the header */
-	STAT_PASS_NO_VIP,           /* IP, but no VIP matches */
+	STAT_PASS_NO_VIP,           /* no VIP matches; also a fragment or bad
+	                             * header to an address without a VIP */
 	STAT_PASS_NOT_L4,           /* a protocol other than TCP/UDP */
-	STAT_PASS_UNPARSEABLE,      /* fragment/bad L4 for a VIP with the pass flag */
+	STAT_PASS_UNPARSEABLE,      /* fragment or bad header to a VIP address
+	                             * whose policy passes them */
 	STAT_PASS_NOT_UNICAST,      /* IP frame to a broadcast or multicast MAC */
-	STAT_DROP_FRAGMENT,         /* IP fragment addressed to a VIP */
-	STAT_DROP_MALFORMED,        /* bad or truncated header addressed to a VIP */
-	STAT_DROP_NO_BACKEND,       /* VIP without a live backend */
+	STAT_DROP_FRAGMENT,         /* IP fragment to a VIP address that drops them */
+	STAT_DROP_MALFORMED,        /* bad or truncated header to a VIP address
+	                             * that drops them */
+	STAT_DROP_NO_BACKEND,       /* the ring has no live backend for it */
 	STAT_DROP_BAD_MODE,         /* VIP mode the program does not know */
 	STAT_DROP_TOO_BIG,          /* encapsulated packet over the egress MTU */
-	STAT_DROP_NO_ROUTE,         /* no route or next hop to the backend */
+	STAT_DROP_NO_ROUTE,         /* ipip: no route or next hop to the backend,
+	                             * and no gateway MAC */
 	STAT_DROP_ENCAP,            /* no headroom for the outer header */
 	STAT_TX_DSR,                /* forwarded with an L2 rewrite */
-	STAT_TX_IPIP,               /* forwarded encapsulated in IP */
+	STAT_TX_IPIP,               /* forwarded encapsulated in IP (XDP_TX, or a
+	                             * redirect to another port) */
 	STAT_CT_HIT,                /* connection entry used */
-	STAT_CT_MISS,               /* no entry: ring lookup and insert */
+	STAT_CT_MISS,               /* no entry: ring lookup and insert (counted
+	                             * even if the insert fails) */
 	STAT_CT_SYN,                /* TCP SYN: ring lookup and insert */
 	STAT_CT_STALE,              /* entry for a removed backend or VIP: re-hashed */
 	STAT_CT_INSERT_FAILED,      /* map update failed */

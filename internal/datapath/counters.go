@@ -1,8 +1,11 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+
+	"github.com/cilium/ebpf"
 )
 
 // Stat is one of the fast path's verdict and event counters.
@@ -111,52 +114,186 @@ func (c *Counters) Stat(s Stat) uint64 {
 	return 0
 }
 
-// Counters reads every counter from the maps now.
+// Counters reads every counter from the maps now: one lookup for the
+// verdict counters and one batch lookup (BPF_MAP_LOOKUP_BATCH, Linux 5.6)
+// per counterBatch VIP indexes and per counterBatch backend ids in use, so a
+// thousand VIPs cost a handful of syscalls, not one per VIP and backend.
+//
+// The lookups run without d.mu, so that a scrape or the rate sampler never
+// holds up a change of the VIPs. Which index belongs to which VIP and
+// backend is copied under the lock before the read and checked under it
+// after: an index freed and reused in between (its counter zeroed for its
+// new owner) would otherwise report the new owner's count under the old
+// name. If the VIPs changed during the read, it is read again; after
+// unlockedCounterReads such attempts the last read holds the lock, so a
+// stream of changes cannot starve it.
 func (d *Datapath) Counters() (Counters, error) {
+	for range unlockedCounterReads {
+		d.mu.Lock()
+		owners := d.counterOwners()
+		d.mu.Unlock()
+		if countersReadHook != nil {
+			countersReadHook()
+		}
+		c, err := d.readCounters(owners)
+		if err != nil {
+			return Counters{}, err
+		}
+		d.mu.Lock()
+		same := d.ownersUnchanged(owners)
+		d.mu.Unlock()
+		if same {
+			return c, nil
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	c := Counters{VIPs: make(map[VIP]Counter), Backends: make(map[VIP]map[netip.Addr]Counter)}
+	return d.readCounters(d.counterOwners())
+}
+
+// unlockedCounterReads is how many times Counters reads without the lock
+// before it reads with it.
+const unlockedCounterReads = 3
+
+// countersReadHook, if set, runs after Counters copied the owners and
+// before it reads without the lock, so that tests can change the VIPs there.
+var countersReadHook func()
+
+// counterBatch is the most entries one batch lookup reads: 64 KiB of
+// buffer per CPU. The VIP counters (at most MaxVIPs = 4096) take one call,
+// the backend counters one per 4096 ids in use.
+const counterBatch = 4096
+
+// counterOwners says which VIP owns each VIP index and which backend each
+// backend id, as the datapath held them at one moment.
+type counterOwners struct {
+	vips []vipOwner
+	// vipEnd and backendEnd are one past the highest index and id in use:
+	// the allocators hand out the low ones first, so the read stops there.
+	vipEnd, backendEnd uint32
+}
+
+type vipOwner struct {
+	vip      VIP
+	index    uint16
+	gen      uint16
+	backends []backendOwner
+}
+
+type backendOwner struct {
+	addr netip.Addr
+	id   uint32
+	gen  uint16
+}
+
+// counterOwners copies the owners of the counters; d.mu must be held.
+func (d *Datapath) counterOwners() counterOwners {
+	o := counterOwners{vips: make([]vipOwner, 0, len(d.vips))}
+	for _, e := range d.vips {
+		v := vipOwner{vip: e.vip, index: e.index, gen: e.gen, backends: make([]backendOwner, 0, len(e.backends))}
+		o.vipEnd = max(o.vipEnd, uint32(e.index)+1)
+		for _, b := range e.backends {
+			v.backends = append(v.backends, backendOwner{addr: b.Addr, id: b.id, gen: b.gen})
+			o.backendEnd = max(o.backendEnd, b.id+1)
+		}
+		o.vips = append(o.vips, v)
+	}
+	return o
+}
+
+// ownersUnchanged reports whether every VIP and backend of o still has its
+// index or id, with the same generation; d.mu must be held. A reused index
+// always gets a new generation, so an unchanged one means the counter read
+// belonged to its owner all along. VIPs added since o are not in the read
+// and need not be: the read is then the state of the moment o was taken.
+func (d *Datapath) ownersUnchanged(o counterOwners) bool {
+	for _, v := range o.vips {
+		e := d.vips[v.vip]
+		if e == nil || e.index != v.index || e.gen != v.gen {
+			return false
+		}
+		for _, b := range v.backends {
+			now := e.backends[b.addr]
+			if now == nil || now.id != b.id || now.gen != b.gen {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// readCounters reads the counters and names them by o.
+func (d *Datapath) readCounters(o counterOwners) (Counters, error) {
+	c := Counters{VIPs: make(map[VIP]Counter, len(o.vips)), Backends: make(map[VIP]map[netip.Addr]Counter, len(o.vips))}
 	var perCPU []balancerStatTable
 	if err := d.objs.Stats.Lookup(uint32(0), &perCPU); err != nil {
-		return c, fmt.Errorf("read stats: %w", err)
+		return Counters{}, fmt.Errorf("read stats: %w", err)
 	}
 	for _, cpu := range perCPU {
 		for i, v := range cpu.Count {
 			c.Stats[i] += v
 		}
 	}
-	for vip, e := range d.vips {
-		total, err := sumCounter(d, true, uint32(e.index))
-		if err != nil {
-			return c, fmt.Errorf("read stats of vip %s: %w", vip, err)
+	vips, err := sumCounters(d.objs.VipStats, o.vipEnd)
+	if err != nil {
+		return Counters{}, fmt.Errorf("read vip counters: %w", err)
+	}
+	backends, err := sumCounters(d.objs.BackendStats, o.backendEnd)
+	if err != nil {
+		return Counters{}, fmt.Errorf("read backend counters: %w", err)
+	}
+	for _, v := range o.vips {
+		c.VIPs[v.vip] = vips[v.index]
+		bs := make(map[netip.Addr]Counter, len(v.backends))
+		for _, b := range v.backends {
+			bs[b.addr] = backends[b.id]
 		}
-		c.VIPs[vip] = total
-		bs := make(map[netip.Addr]Counter, len(e.backends))
-		for addr, b := range e.backends {
-			total, err := sumCounter(d, false, b.id)
-			if err != nil {
-				return c, fmt.Errorf("read stats of backend %s: %w", addr, err)
-			}
-			bs[addr] = total
-		}
-		c.Backends[vip] = bs
+		c.Backends[v.vip] = bs
 	}
 	return c, nil
 }
 
-func sumCounter(d *Datapath, vip bool, index uint32) (Counter, error) {
-	m := d.objs.BackendStats
-	if vip {
-		m = d.objs.VipStats
+// sumCounters reads entries [0, n) of m, a per-CPU array of counters, with
+// batch lookups of up to counterBatch entries, and sums each over the CPUs.
+func sumCounters(m *ebpf.Map, n uint32) ([]Counter, error) {
+	out := make([]Counter, n)
+	if n == 0 {
+		return out, nil
 	}
-	var perCPU []balancerCounter
-	if err := m.Lookup(index, &perCPU); err != nil {
-		return Counter{}, err
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, err
 	}
-	var c Counter
-	for _, v := range perCPU {
-		c.Packets += v.Packets
-		c.Bytes += v.Bytes
+	// Slices of exactly the batch's size let cilium/ebpf hand them to the
+	// kernel as they are, without a copy.
+	keys := make([]uint32, min(n, counterBatch))
+	values := make([]balancerCounter, len(keys)*cpus)
+	var cursor ebpf.MapBatchCursor
+	read := uint32(0)
+	for read < n {
+		k := int(min(n-read, counterBatch))
+		got, err := m.BatchLookup(&cursor, keys[:k], values[:k*cpus], nil)
+		// ErrKeyNotExist: the lookup reached the array's last entry.
+		end := errors.Is(err, ebpf.ErrKeyNotExist)
+		if err != nil && !end {
+			return nil, err
+		}
+		for i, key := range keys[:got] {
+			if key >= n {
+				return nil, fmt.Errorf("batch lookup returned index %d, want one below %d", key, n)
+			}
+			for _, v := range values[i*cpus : (i+1)*cpus] {
+				out[key].Packets += v.Packets
+				out[key].Bytes += v.Bytes
+			}
+		}
+		read += uint32(got)
+		if end || got == 0 {
+			break
+		}
 	}
-	return c, nil
+	if read < n {
+		return nil, fmt.Errorf("batch lookup read %d of %d entries", read, n)
+	}
+	return out, nil
 }

@@ -1,0 +1,396 @@
+package datapath
+
+import (
+	"bytes"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"runtime"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// countersByLookup reads the counters the way Counters did before batch
+// lookups: one lookup per VIP and per backend, with the lock held. It is
+// the reference the batch read must match.
+func countersByLookup(d *Datapath) (Counters, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c := Counters{VIPs: make(map[VIP]Counter), Backends: make(map[VIP]map[netip.Addr]Counter)}
+	var stats []balancerStatTable
+	if err := d.objs.Stats.Lookup(uint32(0), &stats); err != nil {
+		return c, err
+	}
+	for _, cpu := range stats {
+		for i, v := range cpu.Count {
+			c.Stats[i] += v
+		}
+	}
+	sum := func(m *ebpf.Map, index uint32) (Counter, error) {
+		var perCPU []balancerCounter
+		if err := m.Lookup(index, &perCPU); err != nil {
+			return Counter{}, err
+		}
+		var c Counter
+		for _, v := range perCPU {
+			c.Packets += v.Packets
+			c.Bytes += v.Bytes
+		}
+		return c, nil
+	}
+	for vip, e := range d.vips {
+		total, err := sum(d.objs.VipStats, uint32(e.index))
+		if err != nil {
+			return c, fmt.Errorf("vip %s: %w", vip, err)
+		}
+		c.VIPs[vip] = total
+		bs := make(map[netip.Addr]Counter, len(e.backends))
+		for addr, b := range e.backends {
+			if bs[addr], err = sum(d.objs.BackendStats, b.id); err != nil {
+				return c, fmt.Errorf("backend %s of vip %s: %w", addr, vip, err)
+			}
+		}
+		c.Backends[vip] = bs
+	}
+	return c, nil
+}
+
+// manyVIPs returns n UDP VIPs without conntrack, one port each on one
+// IPv4 and one IPv6 address (every fourth is IPv6), each with m backends of
+// its family and weights 1 to 3.
+func manyVIPs(n, m int) []VIPChange {
+	out := make([]VIPChange, n)
+	for i := range out {
+		v4 := i%4 != 3
+		vip := VIP{Addr: addr("203.0.113.1"), Port: uint16(1000 + i), Proto: UDP}
+		if !v4 {
+			vip.Addr = addr("2001:db8:ffff::1")
+		}
+		bs := make([]Backend, m)
+		for j := range bs {
+			h := j + 1
+			a := netip.AddrFrom4([4]byte{198, 18, byte(h >> 8), byte(h)})
+			if !v4 {
+				a = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 2, 14: byte(h >> 8), 15: byte(h)})
+			}
+			bs[j] = Backend{Addr: a, MAC: net.HardwareAddr{2, 0, 0, 0, byte(h >> 8), byte(h)}, Weight: uint32(1 + j%3)}
+		}
+		out[i] = VIPChange{VIP: vip, Config: VIPConfig{Mode: ModeDSR, NoConntrack: true, RingSize: smallRing}, Backends: bs}
+	}
+	return out
+}
+
+func setVIPs(tb testing.TB, d *Datapath, changes []VIPChange) {
+	tb.Helper()
+	for i, err := range d.SetVIPs(changes) {
+		if err != nil {
+			tb.Fatalf("SetVIPs: change %d (%s): %v", i, changes[i].VIP, err)
+		}
+	}
+}
+
+// sent is one frame of test traffic and where it must be counted.
+type sent struct {
+	frame   []byte
+	vip     VIP
+	backend Backend
+}
+
+// runOnCPU runs frames through the balancer on a thread pinned to cpu, so
+// that they are counted in that CPU's slot of the per-CPU counters. Each
+// must come out as XDP_TX to its backend's MAC.
+func runOnCPU(prog *ebpf.Program, cpu int, frames []sent) error {
+	done := make(chan error)
+	go func() {
+		// Never unlocked: the pinned thread ends with the goroutine.
+		runtime.LockOSThread()
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			done <- fmt.Errorf("pin to cpu %d: %w", cpu, err)
+			return
+		}
+		for _, s := range frames {
+			opts := ebpf.RunOptions{Data: bytes.Clone(s.frame), DataOut: make([]byte, len(s.frame)+512)}
+			verdict, err := prog.Run(&opts)
+			if err != nil {
+				done <- fmt.Errorf("BPF_PROG_RUN: %w", err)
+				return
+			}
+			if verdict != xdpTX || !bytes.Equal(opts.DataOut[0:6], s.backend.MAC) {
+				done <- fmt.Errorf("%s: verdict %s to MAC %x, want XDP_TX to %s (%s)", s.vip, verdictNames[verdict], opts.DataOut[0:6], s.backend.MAC, s.backend.Addr)
+				return
+			}
+		}
+		done <- nil
+	}()
+	return <-done
+}
+
+// TestCountersBatch drives known traffic through N VIPs × M backends, on
+// every CPU, with holes in the VIP indexes and backend ids and more backend
+// ids than one batch lookup reads, and checks that Counters reports exactly
+// that traffic, and the same as one lookup per key.
+func TestCountersBatch(t *testing.T) {
+	d := newTestDatapath(t)
+	const n, m = 420, 10 // 4200 backend ids: two batches
+	all := manyVIPs(n+20, m)
+	setVIPs(t, d, all[:n])
+	// Holes: every seventh VIP goes (its index and ids are freed), every
+	// fifth loses its first backend; then 20 more VIPs take new indexes.
+	live := make(map[VIP]VIPChange)
+	var shrink []VIPChange
+	for i, c := range all[:n] {
+		switch {
+		case i%7 == 0:
+			if err := d.RemoveVIP(c.VIP); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		case i%5 == 0:
+			c.Backends = c.Backends[1:]
+			shrink = append(shrink, c)
+		}
+		live[c.VIP] = c
+	}
+	setVIPs(t, d, shrink)
+	setVIPs(t, d, all[n:])
+	for _, c := range all[n:] {
+		live[c.VIP] = c
+	}
+
+	// Traffic: 0 to 3 frames a VIP, from different source ports (so to
+	// different backends), spread over the CPUs.
+	cpus := min(runtime.NumCPU(), 2)
+	want := Counters{VIPs: make(map[VIP]Counter), Backends: make(map[VIP]map[netip.Addr]Counter)}
+	perCPU := make([][]sent, cpus)
+	frames := 0
+	for i, c := range all {
+		c, ok := live[c.VIP]
+		if !ok {
+			continue
+		}
+		bs := make(map[netip.Addr]Counter)
+		for _, b := range c.Backends {
+			bs[b.Addr] = Counter{}
+		}
+		want.Backends[c.VIP] = bs
+		want.VIPs[c.VIP] = Counter{}
+		client := client4
+		if c.VIP.Addr.Is6() {
+			client = client6
+		}
+		for k := range i % 4 {
+			p := pkt(client, c.VIP.Addr.String(), UDP, uint16(20000+k), c.VIP.Port)
+			frame := p.Build()
+			be := expectBackend(t, c.Backends, smallRing, p.Src, p.Dst, p.Sport, p.Dport, UDP, false)
+			perCPU[frames%cpus] = append(perCPU[frames%cpus], sent{frame, c.VIP, be})
+			frames++
+			add := Counter{Packets: 1, Bytes: uint64(len(frame))}
+			want.VIPs[c.VIP] = Counter{Packets: want.VIPs[c.VIP].Packets + add.Packets, Bytes: want.VIPs[c.VIP].Bytes + add.Bytes}
+			bs[be.Addr] = Counter{Packets: bs[be.Addr].Packets + add.Packets, Bytes: bs[be.Addr].Bytes + add.Bytes}
+		}
+	}
+	for cpu, frames := range perCPU {
+		if err := runOnCPU(d.Program(), cpu, frames); err != nil {
+			t.Fatalf("cpu %d: %v", cpu, err)
+		}
+	}
+
+	got, err := d.Counters()
+	if err != nil {
+		t.Fatalf("Counters: %v", err)
+	}
+	ref, err := countersByLookup(d)
+	if err != nil {
+		t.Fatalf("countersByLookup: %v", err)
+	}
+	if len(got.Backends) != len(live) {
+		t.Errorf("backend counters of %d VIPs, want %d", len(got.Backends), len(live))
+	}
+	if got.Stat(StatTxDSR) != uint64(frames) {
+		t.Errorf("tx_dsr = %d, want %d (frames sent)", got.Stat(StatTxDSR), frames)
+	}
+	if got.Stats != ref.Stats {
+		t.Errorf("stats = %s, by lookup %s", formatStats(statsDelta(Counters{}, got)), formatStats(statsDelta(Counters{}, ref)))
+	}
+	for name, w := range map[string]Counters{"the traffic sent": want, "one lookup per key": ref} {
+		if !maps.Equal(got.VIPs, w.VIPs) {
+			for vip, c := range w.VIPs {
+				if got.VIPs[vip] != c {
+					t.Errorf("vip %s: got %+v, want %+v (%s)", vip, got.VIPs[vip], c, name)
+				}
+			}
+			t.Errorf("vip counters of %d VIPs differ from %s (%d VIPs)", len(got.VIPs), name, len(w.VIPs))
+		}
+		for vip, bs := range w.Backends {
+			if !maps.Equal(got.Backends[vip], bs) {
+				t.Errorf("vip %s: backend counters %v, want %v (%s)", vip, got.Backends[vip], bs, name)
+			}
+		}
+	}
+
+	// The per-CPU sums were exercised: some counter has counts on every
+	// CPU the traffic ran on.
+	spread := 0
+	for _, c := range live {
+		var vals []balancerCounter
+		if err := d.objs.VipStats.Lookup(uint32(d.vips[c.VIP].index), &vals); err != nil {
+			t.Fatal(err)
+		}
+		on := 0
+		for _, v := range vals {
+			if v.Packets > 0 {
+				on++
+			}
+		}
+		spread = max(spread, on)
+	}
+	if spread != cpus {
+		t.Errorf("the busiest VIP counted on %d CPUs, want %d: the traffic did not spread", spread, cpus)
+	}
+}
+
+// TestCountersOwnerChangesDuringRead replaces the only VIP while Counters
+// reads without the lock, so that the new VIP reuses the old one's index
+// and backend ids (counters zeroed, then one new frame): the read must
+// report the new VIP's counts under the new VIP, never under the old.
+func TestCountersOwnerChangesDuringRead(t *testing.T) {
+	requireBPF(t)
+	// One VIP index and three backend ids: a replacement must reuse them.
+	d, err := Load(Options{ConntrackEntries: 8192, MaxVIPs: 1, MaxBackends: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	cfg := VIPConfig{Mode: ModeDSR, NoConntrack: true, RingSize: smallRing}
+	oldVIP := VIP{Addr: addr("203.0.113.10"), Port: 53, Proto: UDP}
+	newVIP := VIP{Addr: addr("203.0.113.11"), Port: 53, Proto: UDP}
+	if err := d.AddVIP(oldVIP, cfg, backends4); err != nil {
+		t.Fatal(err)
+	}
+	send := func(t *testing.T, vip VIP, n int) {
+		for range n {
+			p := pkt(client4, vip.Addr.String(), UDP, 7000, 53)
+			if got := sendTo(t, d, p); got != expectBackend(t, backends4, smallRing, p.Src, p.Dst, 7000, 53, UDP, false).Addr {
+				t.Fatalf("%s: frame went to %s", vip, got)
+			}
+		}
+	}
+	send(t, oldVIP, 4)
+	before, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.VIPs[oldVIP].Packets != 4 {
+		t.Fatalf("before: %s counted %+v, want 4 packets", oldVIP, before.VIPs[oldVIP])
+	}
+	// replace swaps the VIP for the other one; the index and ids of the
+	// one removed are the only free ones, so the other takes them.
+	cur := oldVIP
+	replace := func(t *testing.T) {
+		next := newVIP
+		if cur == newVIP {
+			next = oldVIP
+		}
+		if err := d.RemoveVIP(cur); err != nil {
+			t.Error(err)
+		}
+		if err := d.AddVIP(next, cfg, backends4); err != nil {
+			t.Error(err)
+		}
+		cur = next
+		send(t, cur, 1)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		changes int // how many reads see a change
+		hooks   int // how many unlocked reads start
+	}{
+		{"one change: read again", 1, 2},
+		{"a change every read: read under the lock", unlockedCounterReads, unlockedCounterReads},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hooks := 0
+			countersReadHook = func() {
+				hooks++
+				if hooks <= tc.changes {
+					replace(t)
+				}
+			}
+			defer func() { countersReadHook = nil }()
+			c, err := d.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hooks != tc.hooks {
+				t.Errorf("%d unlocked reads, want %d", hooks, tc.hooks)
+			}
+			want := Counter{Packets: 1, Bytes: uint64(len(pkt(client4, cur.Addr.String(), UDP, 7000, 53).Build()))}
+			if len(c.VIPs) != 1 || c.VIPs[cur] != want {
+				t.Errorf("vip counters %v, want only %s: %+v", c.VIPs, cur, want)
+			}
+			var total Counter
+			for _, b := range c.Backends[cur] {
+				total.Packets += b.Packets
+				total.Bytes += b.Bytes
+			}
+			if len(c.Backends) != 1 || total != want {
+				t.Errorf("backend counters %v, want only %s's, %+v in all", c.Backends, cur, want)
+			}
+		})
+	}
+}
+
+// BenchmarkCounters reads the counters of 1000 VIPs × 10 backends with
+// batch lookups (Counters) and, for comparison, with one lookup per key
+// (how Counters read them before, with the lock held throughout); both are
+// checked to agree first. batch-locked times the part of Counters that
+// holds the datapath's lock.
+func BenchmarkCounters(b *testing.B) {
+	d := newTestDatapath(b)
+	setVIPs(b, d, manyVIPs(1000, 10))
+	got, err := d.Counters()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ref, err := countersByLookup(d)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(got.VIPs) != 1000 || !maps.Equal(got.VIPs, ref.VIPs) || !maps.EqualFunc(got.Backends, ref.Backends, maps.Equal) {
+		b.Fatalf("batch and per-key reads differ: %d and %d VIPs", len(got.VIPs), len(ref.VIPs))
+	}
+	for _, r := range []struct {
+		name string
+		read func(*Datapath) (Counters, error)
+	}{
+		{"batch", (*Datapath).Counters},
+		{"per-key", countersByLookup}, // holds the lock throughout
+		// What of "batch" holds the lock: the copy of the owners and their
+		// check after the read.
+		{"batch-locked", func(d *Datapath) (Counters, error) {
+			d.mu.Lock()
+			o := d.counterOwners()
+			d.mu.Unlock()
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if !d.ownersUnchanged(o) {
+				return Counters{}, fmt.Errorf("owners changed with nothing changing them")
+			}
+			return Counters{}, nil
+		}},
+	} {
+		b.Run(r.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := r.read(d); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
