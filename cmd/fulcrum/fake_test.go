@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -237,16 +237,11 @@ func startDaemonAt(t *testing.T, socket string) *testDaemon {
 		t.Fatal(err)
 	}
 	f := newFake()
-	srv := &http.Server{Handler: api.NewServer(f, slog.New(slog.DiscardHandler))}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
+	srv := httptest.NewUnstartedServer(api.NewServer(f, slog.New(slog.DiscardHandler)))
+	srv.Listener.Close() // its TCP one: the API is on the Unix socket
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
 	return &testDaemon{socket: socket, fake: f}
 }
 
