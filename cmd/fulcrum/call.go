@@ -60,10 +60,11 @@ func query[T any](c *cli.Context, ask func(context.Context, *api.Client) (T, err
 // callDaemon makes one call to the daemon at --socket, bounded by
 // --timeout.
 func callDaemon[T any](c *cli.Context, call func(context.Context, *api.Client) (T, error)) (T, error) {
-	ctx, cancel := c.Context, context.CancelFunc(func() {})
+	ctx := c.Context
 	if d := c.Duration("timeout"); d > 0 {
+		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
 	}
-	defer cancel()
 	return call(ctx, api.NewClient(c.String("socket")))
 }

@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	// Tables print local times; the golden files hold them in UTC.
 	time.Local = time.UTC
+	// The help pages show the socket flag's default, which the caller's
+	// environment would change; tests that want it set it themselves.
+	os.Unsetenv("FULCRUM_SOCKET")
 	code := m.Run()
 	removeBinary()
 	os.Exit(code)
