@@ -25,6 +25,12 @@ func TestDaemonUsage(t *testing.T) {
 	runCLI(t, "daemon", "x.yaml").fails(t, exitUsage, `fulcrum: daemon: unexpected argument "x.yaml" (usage: fulcrum daemon)`)
 }
 
+// The daemon starts `fulcrum vrrp-agent` with its control socket on fd 3;
+// run by hand it says so. It is not in the help (help.golden).
+func TestVRRPAgentByHand(t *testing.T) {
+	runBinary(t, "vrrp-agent").fails(t, exitError, "fulcrum vrrp-agent: no control socket on fd 3 (the daemon starts this command)")
+}
+
 // TestDetachRefusedWhileInstanceRuns runs a daemon of instance X, with no
 // api.socket in its config, and asks `detach --instance X` to remove its
 // fast path: detach must find the daemon on X's socket, refuse, and leave
