@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -46,22 +47,13 @@ func apply(c *cli.Context) error {
 	if len(cfg) > api.MaxApplyBody {
 		return fmt.Errorf("config %s is %d bytes, over the API's limit of %d", file, len(cfg), api.MaxApplyBody)
 	}
-	ctx, cancel := apiContext(c)
-	defer cancel()
-	res, err := client(c).Apply(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	if jsonOutput(c) {
-		return printJSON(c.App.Writer, res)
-	}
-	printApplyResult(c.App.Writer, file, res)
-	return nil
+	return query(c, func(ctx context.Context, d *api.Client) (api.ApplyResult, error) { return d.Apply(ctx, cfg) },
+		func(w io.Writer, res api.ApplyResult) error { return printApplyResult(w, file, res) })
 }
 
 // printApplyResult writes a summary line and one line per VIP touched:
 // + added, ~ changed, - removed.
-func printApplyResult(w io.Writer, file string, res api.ApplyResult) {
+func printApplyResult(w io.Writer, file string, res api.ApplyResult) error {
 	if file == "-" {
 		file = "standard input"
 	}
@@ -76,4 +68,5 @@ func printApplyResult(w io.Writer, file string, res api.ApplyResult) {
 	for _, v := range res.Removed {
 		fmt.Fprintf(w, "  - %s\n", v)
 	}
+	return nil
 }

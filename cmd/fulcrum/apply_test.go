@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
@@ -11,49 +12,44 @@ import (
 
 const testConfig = "interfaces:\n  - name: eth0\nvips:\n  - address: 203.0.113.10\n    port: 80\n"
 
+// writeConfig writes testConfig to fulcrum.yaml in a fresh directory,
+// which becomes the working directory, so that outputs naming the file
+// are the same on every run.
 func writeConfig(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "fulcrum.yaml")
-	if err := os.WriteFile(path, []byte(testConfig), 0o644); err != nil {
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile("fulcrum.yaml", []byte(testConfig), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return path
+	return "fulcrum.yaml"
 }
 
 func TestApply(t *testing.T) {
 	d := startDaemon(t)
 	path := writeConfig(t)
-	d.run(t, "apply", "-f", path).expect(t, 0, []string{
-		"applied " + path + ": 1 added, 1 changed, 1 removed, 3 unchanged\n",
-		"  + udp/203.0.113.11:53\n",
-		"  ~ tcp/203.0.113.10:80\n",
-		"  - udp/[2001:db8::1]:53\n",
-	})
-	if string(d.fake.config) != testConfig {
+	d.run(t, "apply", "-f", path).checkGolden(t, "apply.golden")
+	if d.fake.config == nil || string(d.fake.config) != testConfig {
 		t.Errorf("daemon got config %q, want the file's %q", d.fake.config, testConfig)
 	}
-}
-
-func TestApplyJSON(t *testing.T) {
-	d := startDaemon(t)
-	r := d.run(t, "apply", "--file", writeConfig(t), "-o", "json")
-	r.expect(t, 0, nil)
-	var res api.ApplyResult
-	decodeJSON(t, r.stdout, &res)
-	if res.Unchanged != 3 || len(res.Added) != 1 {
-		t.Errorf("decoded %+v", res)
-	}
+	checkJSON(t, d.run(t, "apply", "--file", path, "-o", "json"), newFake().applied)
 }
 
 func TestApplyRefused(t *testing.T) {
 	d := startDaemon(t)
-	d.fake.err = fmt.Errorf("vips[0].backends[0].weight: 70000 is over the maximum 65535 (line 6): %w", api.ErrInvalid)
-	d.run(t, "apply", "-f", writeConfig(t)).expect(t, 1, nil, "fulcrum: vips[0].backends[0].weight: 70000 is over the maximum 65535 (line 6): invalid request")
+	d.fake.update(func(f *fakeController) {
+		f.err = fmt.Errorf("vips[0].backends[0].weight: 70000 is over the maximum 65535 (line 6): %w", api.ErrInvalid)
+	})
+	d.run(t, "apply", "-f", writeConfig(t)).fails(t, exitError, "fulcrum: vips[0].backends[0].weight: 70000 is over the maximum 65535 (line 6): invalid request")
 }
 
 func TestApplyArguments(t *testing.T) {
-	runCLI(t, "apply").expect(t, 2, nil, "fulcrum: apply: missing -f FILE: want the config file to apply (- for standard input)")
-	runCLI(t, "apply", "fulcrum.yaml").expect(t, 2, nil, `fulcrum: apply: unexpected argument "fulcrum.yaml"`)
+	runCLI(t, "apply").fails(t, exitUsage, "fulcrum: apply: missing -f FILE: want the config file to apply (- for standard input)")
+	runCLI(t, "apply", "fulcrum.yaml").fails(t, exitUsage, `fulcrum: apply: unexpected argument "fulcrum.yaml" (usage: fulcrum apply)`)
 	missing := filepath.Join(t.TempDir(), "missing.yaml")
-	runCLI(t, "apply", "-f", missing).expect(t, 1, nil, "fulcrum: read config: open "+missing+": no such file or directory")
+	runCLI(t, "apply", "-f", missing).fails(t, exitError, "fulcrum: read config: open "+missing+": no such file or directory")
+	big := filepath.Join(t.TempDir(), "big.yaml")
+	if err := os.WriteFile(big, []byte(strings.Repeat("#\n", api.MaxApplyBody/2+1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runCLI(t, "apply", "-f", big).fails(t, exitError, fmt.Sprintf("fulcrum: config %s is %d bytes, over the API's limit of %d", big, api.MaxApplyBody+2, api.MaxApplyBody))
 }

@@ -61,9 +61,21 @@ func reorderArgs(app *cli.App, args []string) []string {
 					dst = &flags
 				}
 			}
-			end := min(i+n, len(args))
-			*dst = append(*dst, args[i:end]...)
-			i = end - 1
+			if i+n > len(args) {
+				// A flag that wants a value ends the line: urfave/cli
+				// must see it last, with nothing after it to take as its
+				// value, so that it reports the missing value.
+				*dst = append(*dst, args[i])
+				switch dst {
+				case &globals:
+					return globals
+				case &path:
+					return append(globals, path...)
+				}
+				return append(append(globals, path...), flags...)
+			}
+			*dst = append(*dst, args[i:i+n]...)
+			i += n - 1
 			continue
 		}
 		if !inLeaf {
@@ -163,9 +175,18 @@ func positional(c *cli.Context, required []arg, optional ...arg) ([]string, erro
 	}
 	if len(got) > len(required)+len(optional) {
 		extra := got[len(required)+len(optional)]
-		return nil, usagef("%s: unexpected argument %q (usage: %s %s)", commandPath(c), extra, c.Command.HelpName, c.Command.ArgsUsage)
+		return nil, usagef("%s: unexpected argument %q (usage: %s)", commandPath(c), extra, strings.TrimSpace(c.Command.HelpName+" "+c.Command.ArgsUsage))
 	}
 	return got, nil
+}
+
+// vipArgs checks that the command got one argument, a VIP, and parses it.
+func vipArgs(c *cli.Context) (api.VIPRef, error) {
+	args, err := positional(c, []arg{vipArg})
+	if err != nil {
+		return api.VIPRef{}, err
+	}
+	return parseVIP(c, args[0])
 }
 
 // parseVIP parses a VIP argument.

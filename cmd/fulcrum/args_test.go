@@ -1,8 +1,11 @@
 package main
 
 import (
+	"io"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
@@ -34,6 +37,33 @@ func TestIsFlag(t *testing.T) {
 	for in, want := range map[string]bool{"-o": true, "--mode": true, "--mode=dsr": true, "-1": false, "-": false, "tcp/1.2.3.4:80": false, "-0.5": false} {
 		if got := isFlag(in); got != want {
 			t.Errorf("isFlag(%q) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+func TestReorderArgs(t *testing.T) {
+	app := newApp(io.Discard, io.Discard, time.Now)
+	tests := []struct{ in, want string }{
+		{"vip add tcp/203.0.113.10:80 --mode dsr --no-conntrack --backend 198.18.0.1",
+			"vip add --mode dsr --no-conntrack --backend 198.18.0.1 tcp/203.0.113.10:80"},
+		{"vip list -o json", "-o json vip list"},
+		{"--socket /s vip list --output=json", "--socket /s --output=json vip list"},
+		{"backend weight tcp/203.0.113.10:80 198.18.0.1 -1", "backend weight -- tcp/203.0.113.10:80 198.18.0.1 -1"},
+		{"backend add V A -- --weight", "backend add -- V A --weight"},
+		{"vip add -h", "vip add -h"},
+		{"explain 198.19.1.2 203.0.113.10 tcp --syn", "explain --syn 198.19.1.2 203.0.113.10 tcp"},
+		{"detach --instance edge1 --socket /s", "--socket /s detach --instance edge1"},
+		{"vip frob --x", "vip --x frob"},
+		{"vip list --generate-bash-completion", "vip list --generate-bash-completion"},
+		// A flag that wants a value and ends the line takes no argument
+		// before it as its value.
+		{"vip add tcp/203.0.113.10:80 --mode", "vip add --mode"},
+		{"vip list --socket", "--socket"},
+	}
+	for _, tt := range tests {
+		got := strings.Join(reorderArgs(app, append([]string{"fulcrum"}, strings.Fields(tt.in)...))[1:], " ")
+		if got != tt.want {
+			t.Errorf("reorderArgs(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

@@ -8,42 +8,60 @@ import (
 	"testing"
 )
 
-func TestCompletionScripts(t *testing.T) {
-	runCLI(t, "completion", "bash").expect(t, 0, []string{"complete -o bashdefault -o default -F __fulcrum_complete fulcrum", "--generate-bash-completion"})
-	runCLI(t, "completion", "zsh").expect(t, 0, []string{"#compdef fulcrum", "compdef __fulcrum fulcrum"})
-	runCLI(t, "completion").expect(t, 2, nil, "fulcrum: completion: missing SHELL: want bash or zsh")
-	runCLI(t, "completion", "fish").expect(t, 2, nil, `fulcrum: completion: shell "fish": want bash or zsh`)
+func TestCompletionArguments(t *testing.T) {
+	runCLI(t, "completion").fails(t, exitUsage, "fulcrum: completion: missing SHELL: want bash or zsh")
+	runCLI(t, "completion", "fish").fails(t, exitUsage, `fulcrum: completion: shell "fish": want bash or zsh`)
+	for _, shell := range []string{"bash", "zsh"} {
+		runCLI(t, "completion", shell).check(t, 0, completionScripts[shell], "")
+	}
 }
 
-func TestCompletionBashSyntax(t *testing.T) {
+// TestShellCompletionWords: what the scripts ask the binary, the line so
+// far plus --generate-bash-completion, and the words it answers.
+func TestShellCompletionWords(t *testing.T) {
+	for _, tt := range []struct {
+		line []string
+		want string
+	}{
+		{nil, "daemon\ndetach\napply\nvip\nbackend\nstatus\nstats\nexplain\ndecap\nvrrp\nversion\ncompletion\nhelp\n"},
+		{[]string{"backend"}, "add\nremove\ndrain\nweight\nlist\nhelp\n"},
+		{[]string{"vip", "add", "--no"}, "--no-conntrack\n"},
+		{[]string{"--o"}, "--output\n"},
+		{[]string{"vip", "add", "--ring"}, "--ring-size\n"},
+		{[]string{"status"}, "help\n"}, // urfave/cli gives every command a help subcommand
+	} {
+		runCLI(t, append(tt.line, "--generate-bash-completion")...).check(t, 0, tt.want, "")
+	}
+}
+
+// TestBashCompletion loads the bash script into bash and completes lines
+// with the built binary, as a user's shell would.
+func TestBashCompletion(t *testing.T) {
 	bash, err := exec.LookPath("bash")
 	if err != nil {
-		t.Skip("no bash to check the script's syntax")
+		t.Skip("skipped: needs bash")
 	}
-	path := filepath.Join(t.TempDir(), "fulcrum.bash")
-	if err := os.WriteFile(path, []byte(completionScripts["bash"]), 0o644); err != nil {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "fulcrum.bash")
+	if err := os.WriteFile(script, []byte(completionScripts["bash"]), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(bash, "-n", path).CombinedOutput(); err != nil {
-		t.Errorf("bash -n: %v\n%s", err, out)
-	}
-}
-
-func TestShellCompletionWords(t *testing.T) {
-	// What the scripts run: the line so far plus --generate-bash-completion.
-	r := runCLI(t, "--generate-bash-completion")
-	r.expect(t, 0, []string{"vip\n", "backend\n", "explain\n", "completion\n"})
-	r = runCLI(t, "backend", "--generate-bash-completion")
-	r.expect(t, 0, []string{"drain\n", "weight\n"})
-	if strings.Contains(r.stdout, "vip\n") {
-		t.Errorf("backend's completions include top-level commands:\n%s", r.stdout)
-	}
-	r = runCLI(t, "vip", "add", "--no", "--generate-bash-completion")
-	if r.code != 0 || r.stdout != "--no-conntrack\n" {
-		t.Errorf("completing vip add --no: exit %d, %q; want --no-conntrack", r.code, r.stdout)
-	}
-	r = runCLI(t, "--o", "--generate-bash-completion")
-	if r.stdout != "--output\n" {
-		t.Errorf("completing --o: %q, want --output", r.stdout)
+	bin := fulcrumBinary(t)
+	for _, tt := range []struct {
+		words string // COMP_WORDS; the last is the word being completed
+		want  string
+	}{
+		{`fulcrum vip ""`, "add remove list help"},
+		{`fulcrum backend d`, "drain"},
+		{`fulcrum vip add tcp/203.0.113.10:80 --no`, "--no-conntrack"},
+		{`fulcrum -o json s`, "status stats"},
+	} {
+		cmd := exec.Command(bash, "--norc", "--noprofile", "-c",
+			`source "$1"; COMP_WORDS=(`+tt.words+`); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); COMP_WORDS[0]="$2"; __fulcrum_complete; echo "${COMPREPLY[*]}"`,
+			"bash", script, bin)
+		out, err := cmd.CombinedOutput()
+		if got := strings.TrimSpace(string(out)); err != nil || got != tt.want {
+			t.Errorf("completing %s: %q (%v), want %q", tt.words, got, err, tt.want)
+		}
 	}
 }

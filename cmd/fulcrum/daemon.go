@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -27,14 +30,21 @@ func daemonCommands() []*cli.Command {
 				"pinned, so traffic keeps flowing; a restarted daemon adopts them. 'fulcrum detach' removes them. " +
 				"SIGHUP reloads the configuration file.",
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (YAML)", Required: true},
+				// Not Required: urfave/cli would print the help with the error.
+				&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "configuration `FILE` (YAML), required"},
 			},
 			Action: func(c *cli.Context) error {
+				if _, err := positional(c, nil); err != nil {
+					return err
+				}
+				if c.String("config") == "" {
+					return usagef("%s: missing --config FILE: want the configuration file, e.g. --config /etc/fulcrum/fulcrum.yaml", commandPath(c))
+				}
 				if os.Geteuid() != 0 {
-					return cli.Exit("fulcrum daemon: must run as root (it loads BPF programs and attaches XDP)", 1)
+					return cli.Exit("fulcrum daemon: must run as root (it loads BPF programs and attaches XDP)", exitError)
 				}
 				if err := daemon.Run(c.Context, daemon.Options{ConfigPath: c.String("config"), LogOutput: c.App.ErrWriter}); err != nil {
-					return cli.Exit("fulcrum daemon: "+err.Error(), 1)
+					return cli.Exit("fulcrum daemon: "+err.Error(), exitError)
 				}
 				return nil
 			},
@@ -46,7 +56,7 @@ func daemonCommands() []*cli.Command {
 			Usage:  "run the VRRP protocol for the daemon that started it",
 			Action: func(c *cli.Context) error {
 				if err := vrrpagent.Serve(c.Context); err != nil {
-					return cli.Exit("fulcrum "+vrrpagent.Command+": "+err.Error(), 1)
+					return cli.Exit("fulcrum "+vrrpagent.Command+": "+err.Error(), exitError)
 				}
 				return nil
 			},
@@ -54,43 +64,78 @@ func daemonCommands() []*cli.Command {
 		{
 			Name:  "detach",
 			Usage: "remove the fast path of a stopped daemon: detach XDP and delete the pinned maps (connection table included)",
+			Description: "Refuses while the instance's daemon answers on its API socket: the one in --config, else\n" +
+				"/run/fulcrum/INSTANCE.sock, and --socket if given.",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "read instance, bpffs and api socket from `FILE`"},
-				&cli.StringFlag{Name: "instance", Value: "default", Usage: "instance `NAME`"},
+				&cli.StringFlag{Name: "instance", Value: config.DefaultInstance, Usage: "instance `NAME`"},
 				&cli.StringFlag{Name: "bpffs", Value: datapath.DefaultBPFFS, Usage: "bpffs mount `DIR` holding the pins"},
 			},
-			Action: func(c *cli.Context) error {
-				instance, bpffs, socket := c.String("instance"), c.String("bpffs"), c.String("socket")
-				if path := c.String("config"); path != "" {
-					cfg, err := config.Load(path)
-					if err != nil {
-						return cli.Exit("fulcrum detach: "+err.Error(), 2)
-					}
-					instance, bpffs, socket = cfg.Instance, cfg.BPFFS, cfg.API.Socket
-				}
-				if socket != "" {
-					ctx, cancel := context.WithTimeout(c.Context, time.Second)
-					_, err := api.NewClient(socket).Status(ctx)
-					cancel()
-					if err == nil {
-						return cli.Exit(fmt.Sprintf("fulcrum detach: a daemon is running on %s; stop it first (it would keep the program attached)", socket), 1)
-					}
-				}
-				if !datapath.IsBPFFS(bpffs) {
-					fmt.Fprintf(c.App.Writer, "nothing to detach: no bpffs at %s\n", bpffs)
-					return nil
-				}
-				dir := datapath.PinDir(bpffs, instance)
-				if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-					fmt.Fprintf(c.App.Writer, "nothing to detach: no pins in %s\n", dir)
-					return nil
-				}
-				if err := datapath.RemovePins(dir); err != nil {
-					return cli.Exit("fulcrum detach: "+err.Error(), 1)
-				}
-				fmt.Fprintf(c.App.Writer, "detached: removed %s\n", dir)
-				return nil
-			},
+			Action: detach,
 		},
 	}
+}
+
+func detach(c *cli.Context) error {
+	if _, err := positional(c, nil); err != nil {
+		return err
+	}
+	// The daemon of an instance listens where its config says, by default
+	// on the instance's own socket: that, not --socket's default, is where
+	// a running daemon of this instance answers.
+	instance, bpffs := c.String("instance"), c.String("bpffs")
+	socket := config.DefaultSocket(instance)
+	if path := c.String("config"); path != "" {
+		cfg, err := config.Load(path)
+		if err != nil {
+			return cli.Exit("fulcrum detach: "+err.Error(), exitUsage)
+		}
+		instance, bpffs, socket = cfg.Instance, cfg.BPFFS, cfg.API.Socket
+	} else if instance == "" || instance != filepath.Base(instance) || instance == ".." {
+		// The instance names a directory under bpffs that is removed
+		// whole: it must not reach outside.
+		return usagef("%s: --instance %q: want an instance name, e.g. %s", commandPath(c), instance, config.DefaultInstance)
+	}
+	sockets := []string{socket}
+	if c.IsSet("socket") && c.String("socket") != socket {
+		sockets = append(sockets, c.String("socket"))
+	}
+	for i, s := range sockets {
+		// A daemon on the instance's own socket is in the way whatever it
+		// calls itself; on --socket, only if it is this instance's.
+		if err := daemonAt(c.Context, s, instance, i == 0); err != nil {
+			return cli.Exit("fulcrum detach: "+err.Error(), exitError)
+		}
+	}
+
+	if !datapath.IsBPFFS(bpffs) {
+		fmt.Fprintf(c.App.Writer, "nothing to detach: no bpffs at %s\n", bpffs)
+		return nil
+	}
+	dir := datapath.PinDir(bpffs, instance)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(c.App.Writer, "nothing to detach: no pins in %s\n", dir)
+		return nil
+	}
+	if err := datapath.RemovePins(dir); err != nil {
+		return cli.Exit("fulcrum detach: "+err.Error(), exitError)
+	}
+	fmt.Fprintf(c.App.Writer, "detached: removed %s\n", dir)
+	return nil
+}
+
+// daemonAt returns an error if a daemon of instance (or any daemon, with
+// anyInstance) answers on socket, or if it cannot tell: only a socket that
+// is missing or that nothing listens on lets detach go ahead.
+func daemonAt(ctx context.Context, socket, instance string, anyInstance bool) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st, err := api.NewClient(socket).Status(ctx)
+	switch {
+	case err == nil && (anyInstance || st.Instance == instance):
+		return fmt.Errorf("a daemon is running on %s; stop it first (it would keep the program attached)", socket)
+	case err == nil, errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
+		return nil
+	}
+	return fmt.Errorf("cannot tell whether a daemon is running on %s (%v); stop it first", socket, err)
 }

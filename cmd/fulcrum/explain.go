@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -71,18 +73,11 @@ func explain(c *cli.Context) error {
 		return usagef("%s: --syn applies to tcp only", commandPath(c))
 	}
 	req := api.ExplainRequest{Src: src, Dst: dst, Protocol: proto, Sport: sport, Dport: dport, SYN: c.Bool("syn")}
-
-	ctx, cancel := apiContext(c)
-	defer cancel()
-	ex, err := client(c).Explain(ctx, req)
-	if err != nil {
-		return err
-	}
-	if jsonOutput(c) {
-		return printJSON(c.App.Writer, ex)
-	}
-	fmt.Fprintln(c.App.Writer, explanation(req, ex))
-	return nil
+	return query(c, func(ctx context.Context, d *api.Client) (api.Explanation, error) { return d.Explain(ctx, req) },
+		func(w io.Writer, ex api.Explanation) error {
+			_, err := fmt.Fprintln(w, explanation(req, ex))
+			return err
+		})
 }
 
 // explanation is one line, e.g. "tcp 198.19.1.2:40000 -> 203.0.113.10:80

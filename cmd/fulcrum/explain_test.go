@@ -9,29 +9,20 @@ import (
 
 func TestExplain(t *testing.T) {
 	d := startDaemon(t)
-	d.run(t, "explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80").expect(t, 0, []string{
-		"tcp 198.19.1.2:40000 -> 203.0.113.10:80 reaches 198.18.0.12 by connection entry (ring slot 1234 of 65537 → 198.18.0.12)\n",
-	})
+	d.run(t, "explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80").check(t, 0,
+		"tcp 198.19.1.2:40000 -> 203.0.113.10:80 reaches 198.18.0.12 by connection entry (ring slot 1234 of 65537 → 198.18.0.12)\n", "")
 	if got, want := d.fake.lastCall(), "Explain tcp 198.19.1.2:40000 -> 203.0.113.10:80 syn=false"; got != want {
 		t.Errorf("daemon call %q, want %q", got, want)
 	}
 
 	// Ports in the addresses, --syn after the arguments, upper-case PROTO.
-	d.run(t, "explain", "198.19.1.2:40001", "203.0.113.10:80", "TCP", "--syn").expect(t, 0, []string{"reaches 198.18.0.12"})
+	d.run(t, "explain", "198.19.1.2:40001", "203.0.113.10:80", "TCP", "--syn").check(t, 0,
+		"tcp 198.19.1.2:40001 -> 203.0.113.10:80 reaches 198.18.0.12 by connection entry (ring slot 1234 of 65537 → 198.18.0.12)\n", "")
 	if got, want := d.fake.lastCall(), "Explain tcp 198.19.1.2:40001 -> 203.0.113.10:80 syn=true"; got != want {
 		t.Errorf("daemon call %q, want %q", got, want)
 	}
-}
 
-func TestExplainJSON(t *testing.T) {
-	d := startDaemon(t)
-	r := d.run(t, "-o", "json", "explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80")
-	r.expect(t, 0, nil)
-	var ex api.Explanation
-	decodeJSON(t, r.stdout, &ex)
-	if ex.Slot != 1234 || ex.Reason != "connection entry" || ex.Backend != netip.MustParseAddr("198.18.0.12") {
-		t.Errorf("decoded %+v", ex)
-	}
+	checkJSON(t, d.run(t, "-o", "json", "explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80"), newFake().explain)
 }
 
 func TestExplanationText(t *testing.T) {
@@ -60,20 +51,20 @@ func TestExplainArguments(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"198.19.1.2"}, "fulcrum: explain: missing DST: want the packet's destination address"},
+		{[]string{"198.19.1.2"}, "fulcrum: explain: missing DST: want the packet's destination address (a VIP), e.g. 203.0.113.10"},
 		{[]string{"198.19.1.2", "203.0.113.10"}, "fulcrum: explain: missing PROTO: want tcp or udp"},
-		{[]string{"198.19.1.2", "203.0.113.10", "tcp", "40000"}, "missing DPORT: give both SPORT and DPORT, or neither"},
-		{[]string{"198.19.1.2", "203.0.113.10", "icmp"}, `PROTO "icmp": want tcp or udp`},
-		{[]string{"198.19.1", "203.0.113.10", "tcp"}, `SRC "198.19.1" is not an IP address: want ADDRESS or ADDRESS:PORT`},
-		{[]string{"198.19.1.2", "203.0.113.10", "tcp", "40000", "http"}, `DPORT "http": want a port, 0 to 65535`},
-		{[]string{"198.19.1.2", "203.0.113.10", "tcp", "70000", "80"}, `SPORT "70000"`},
-		{[]string{"2001:db8::2", "203.0.113.10", "tcp"}, "different IP families"},
-		{[]string{"198.19.1.2", "203.0.113.10", "udp", "--syn"}, "--syn applies to tcp only"},
-		{[]string{"198.19.1.2", "203.0.113.10", "tcp", "1", "2", "3"}, `unexpected argument "3"`},
+		{[]string{"198.19.1.2", "203.0.113.10", "tcp", "40000"}, "fulcrum: explain: missing DPORT: give both SPORT and DPORT, or neither"},
+		{[]string{"198.19.1.2", "203.0.113.10", "icmp"}, `fulcrum: explain: PROTO "icmp": want tcp or udp`},
+		{[]string{"198.19.1", "203.0.113.10", "tcp"}, `fulcrum: explain: SRC "198.19.1" is not an IP address: want ADDRESS or ADDRESS:PORT, e.g. 198.19.1.2`},
+		{[]string{"198.19.1.2", "203.0.113.10:x", "tcp"}, `fulcrum: explain: DST "203.0.113.10:x" is not an IP address: want ADDRESS or ADDRESS:PORT, e.g. 203.0.113.10`},
+		{[]string{"198.19.1.2", "203.0.113.10", "tcp", "40000", "http"}, `fulcrum: explain: DPORT "http": want a port, 0 to 65535`},
+		{[]string{"198.19.1.2", "203.0.113.10", "tcp", "70000", "80"}, `fulcrum: explain: SPORT "70000": want a port, 0 to 65535`},
+		{[]string{"2001:db8::2", "203.0.113.10", "tcp"}, "fulcrum: explain: SRC 2001:db8::2 and DST 203.0.113.10 are of different IP families"},
+		{[]string{"198.19.1.2", "203.0.113.10", "udp", "--syn"}, "fulcrum: explain: --syn applies to tcp only"},
+		{[]string{"198.19.1.2", "203.0.113.10", "tcp", "1", "2", "3"}, `fulcrum: explain: unexpected argument "3" (usage: fulcrum explain SRC DST PROTO [SPORT DPORT])`},
 	}
 	for _, tt := range tests {
 		// No daemon: argument errors come first.
-		r := runCLI(t, append([]string{"--socket", "/nonexistent/api.sock", "explain"}, tt.args...)...)
-		r.expect(t, 2, nil, tt.want)
+		runCLI(t, append([]string{"--socket", "/nonexistent/api.sock", "explain"}, tt.args...)...).fails(t, exitUsage, tt.want)
 	}
 }

@@ -3,23 +3,38 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
+	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/apiserver"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
+// testNow is the clock of every test run of the CLI: the fake's times are
+// fixed relative to it, so that "3h0m ago" is in the golden files.
+var testNow = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+
 // fakeController is an in-memory apiserver.Controller behind the test daemon.
+// Its answers are fields, so tests can compare what the CLI printed with
+// what the daemon said; change them with update.
 type fakeController struct {
 	mu      sync.Mutex
 	vips    []api.VIP
 	calls   []string // every call, e.g. "SetWeight tcp/203.0.113.10:80 198.18.0.12 0"
 	config  []byte   // the last Apply's config
 	err     error    // returned by every call when set
+	status  api.Status
 	stats   api.Stats
 	explain api.Explanation
+	applied api.ApplyResult
+	vrrp    api.VRRP
 }
 
 func ref(s string) api.VIPRef {
@@ -37,25 +52,35 @@ func newFake() *fakeController {
 			{
 				VIPRef: ref("tcp/203.0.113.10:80"), Name: "web", Mode: "dsr", Scheduler: "maglev", RingSize: 65537,
 				Backends: []api.Backend{
-					{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up"},
+					{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up", HealthSince: testNow.Add(-time.Hour)},
 					{Address: netip.MustParseAddr("198.18.0.12"), Weight: 0, Health: "up", MAC: "02:00:5e:00:53:12"},
-					{Address: netip.MustParseAddr("198.18.0.13"), Weight: 2, Health: "down"},
+					{Address: netip.MustParseAddr("198.18.0.13"), Weight: 2, Health: "down", HealthSince: testNow.Add(-90 * time.Second),
+						HealthError: "dial tcp 198.18.0.13:80: connect: connection refused"},
 				},
 			},
 			{
-				VIPRef: ref("udp/[2001:db8::1]:53"), Mode: "dsr", Scheduler: "source-hash", RingSize: 251, Conntrack: &off, Fragments: "pass",
+				VIPRef: ref("udp/[2001:db8::1]:53"), Mode: "ipip", Scheduler: "source-hash", RingSize: 251, Conntrack: &off, Fragments: "pass",
 				Backends: []api.Backend{{Address: netip.MustParseAddr("2001:db8:1::2"), Weight: 1}},
 			},
+			{VIPRef: ref("tcp/203.0.113.10:0"), Mode: "dsr", Backends: []api.Backend{}},
+		},
+		status: api.Status{
+			Version: "v1.0.0", Instance: "default", ConfigFile: "/etc/fulcrum/fulcrum.yaml",
+			Started:    testNow.Add(-3 * time.Hour),
+			Interfaces: []api.Interface{{Name: "eth0", Ifindex: 2, XDPMode: "native"}, {Name: "eth1", Ifindex: 3, XDPMode: "generic"}},
+			VIPs:       3, Backends: 4, VRRP: "master", LastApply: testNow.Add(-150 * time.Second),
+			Reconcile: 1500 * time.Microsecond, Adopted: true,
 		},
 		stats: api.Stats{
-			Time:     time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
+			Time:     testNow,
 			Interval: time.Second,
-			Verdicts: map[string]uint64{"tx_dsr": 1234567, "drop_malformed": 3, "pass": 42},
+			Verdicts: map[string]uint64{"tx_dsr": 1234567, "drop_malformed": 3, "pass_no_vip": 42},
 			VIPs: []api.VIPStats{{
 				VIP:     ref("tcp/203.0.113.10:80"),
 				Counter: api.Counter{Packets: 1234567, Bytes: 987654321, PacketRate: 1234, ByteRate: 3.4e6},
 				Backends: []api.BackendStats{
 					{Address: netip.MustParseAddr("198.18.0.11"), Counter: api.Counter{Packets: 999, Bytes: 12345, PacketRate: 0.5, ByteRate: 950}},
+					{Address: netip.MustParseAddr("198.18.0.12"), Counter: api.Counter{Packets: 1233568, Bytes: 987641976, PacketRate: 1233.5, ByteRate: 3.399e6}},
 				},
 			}},
 		},
@@ -63,14 +88,38 @@ func newFake() *fakeController {
 			VIP: ref("tcp/203.0.113.10:80"), Backend: netip.MustParseAddr("198.18.0.12"), Reason: "connection entry",
 			Hash: 0xdeadbeef, Slot: 1234, RingSize: 65537, RingBackend: netip.MustParseAddr("198.18.0.12"),
 		},
+		applied: api.ApplyResult{Added: []string{"udp/203.0.113.11:53"}, Changed: []string{"tcp/203.0.113.10:80"}, Removed: []string{"udp/[2001:db8::1]:53"}, Unchanged: 3},
+		vrrp: api.VRRP{Enabled: true, State: "master", Priority: 200, Master: netip.MustParseAddr("198.18.0.2"),
+			AdvertsSent: 42, AdvertsReceived: 7, Transitions: 2, LastTransition: testNow.Add(-20 * time.Minute),
+			Dropped:        map[string]uint64{"bad_ttl": 2, "auth": 0, "vrid": 1},
+			WorstSendDelay: 1500 * time.Microsecond, WorstSendCall: 12 * time.Millisecond, LateSends: 3,
+			WorstAdvertGap: 35 * time.Millisecond, LateAdverts: 1},
 	}
 }
 
-func (f *fakeController) record(call string) error {
+// update changes the fake's answers.
+func (f *fakeController) update(change func(*fakeController)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change(f)
+}
+
+// answer records a call and returns the answer and the error the fake
+// gives to every call.
+func answer[T any](f *fakeController, call string, v *T) (T, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, call)
-	return f.err
+	if f.err != nil {
+		var zero T
+		return zero, f.err
+	}
+	return *v, nil
+}
+
+func (f *fakeController) record(call string) error {
+	_, err := answer(f, call, &struct{}{})
+	return err
 }
 
 // lastCall returns the last call, or "" if none.
@@ -84,24 +133,12 @@ func (f *fakeController) lastCall() string {
 }
 
 func (f *fakeController) Status(ctx context.Context) (api.Status, error) {
-	if err := f.record("Status"); err != nil {
-		return api.Status{}, err
-	}
-	return api.Status{
-		Version: "v1.0.0", Instance: "default", ConfigFile: "/etc/fulcrum/fulcrum.yaml",
-		Started:    time.Now().Add(-3 * time.Hour),
-		Interfaces: []api.Interface{{Name: "eth0", Ifindex: 2, XDPMode: "native"}},
-		VIPs:       2, Backends: 4, VRRP: "master", Reconcile: 1500 * time.Microsecond, Adopted: true,
-	}, nil
+	return answer(f, "Status", &f.status)
 }
 
 func (f *fakeController) ListVIPs(ctx context.Context) ([]api.VIP, error) {
-	if err := f.record("ListVIPs"); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.vips), nil
+	vips, err := answer(f, "ListVIPs", &f.vips)
+	return slices.Clone(vips), err
 }
 
 func (f *fakeController) AddVIP(ctx context.Context, v api.VIP) error {
@@ -150,35 +187,23 @@ func (f *fakeController) SetWeight(ctx context.Context, r api.VIPRef, addr netip
 }
 
 func (f *fakeController) Stats(ctx context.Context) (api.Stats, error) {
-	if err := f.record("Stats"); err != nil {
-		return api.Stats{}, err
-	}
-	return f.stats, nil
+	return answer(f, "Stats", &f.stats)
 }
 
 func (f *fakeController) Explain(ctx context.Context, req api.ExplainRequest) (api.Explanation, error) {
-	if err := f.record(fmt.Sprintf("Explain %s %s:%d -> %s:%d syn=%v", req.Protocol, req.Src, req.Sport, req.Dst, req.Dport, req.SYN)); err != nil {
-		return api.Explanation{}, err
-	}
-	return f.explain, nil
+	return answer(f, fmt.Sprintf("Explain %s %s:%d -> %s:%d syn=%v", req.Protocol, req.Src, req.Sport, req.Dst, req.Dport, req.SYN), &f.explain)
 }
 
 func (f *fakeController) Apply(ctx context.Context, config []byte) (api.ApplyResult, error) {
-	if err := f.record("Apply"); err != nil {
-		return api.ApplyResult{}, err
+	res, err := answer(f, "Apply", &f.applied)
+	if err == nil {
+		f.update(func(f *fakeController) { f.config = slices.Clone(config) })
 	}
-	f.mu.Lock()
-	f.config = slices.Clone(config)
-	f.mu.Unlock()
-	return api.ApplyResult{Added: []string{"udp/203.0.113.11:53"}, Changed: []string{"tcp/203.0.113.10:80"}, Removed: []string{"udp/[2001:db8::1]:53"}, Unchanged: 3}, nil
+	return res, err
 }
 
 func (f *fakeController) VRRP(ctx context.Context) (api.VRRP, error) {
-	if err := f.record("VRRP"); err != nil {
-		return api.VRRP{}, err
-	}
-	return api.VRRP{Enabled: true, State: "master", Priority: 200, Master: netip.MustParseAddr("198.18.0.2"), AdvertsSent: 42,
-		WorstSendDelay: 1500 * time.Microsecond, WorstSendCall: 12 * time.Millisecond, LateSends: 3}, nil
+	return answer(f, "VRRP", &f.vrrp)
 }
 
 func (f *fakeController) VRRPHandover(ctx context.Context, resume bool) error {
@@ -186,4 +211,43 @@ func (f *fakeController) VRRPHandover(ctx context.Context, resume bool) error {
 		return f.record("VRRPResume")
 	}
 	return f.record("VRRPHandover")
+}
+
+// testDaemon is the API server over a Unix socket, backed by a fake.
+type testDaemon struct {
+	socket string
+	fake   *fakeController
+}
+
+// startDaemon serves a fake on a fresh socket.
+func startDaemon(t *testing.T) *testDaemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "fcli") // short: socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return startDaemonAt(t, filepath.Join(dir, "api.sock"))
+}
+
+// startDaemonAt serves a fake on socket until the test ends.
+func startDaemonAt(t *testing.T, socket string) *testDaemon {
+	t.Helper()
+	l, err := apiserver.Listen(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFake()
+	srv := httptest.NewUnstartedServer(apiserver.New(f, slog.New(slog.DiscardHandler)))
+	srv.Listener.Close() // its TCP one: the API is on the Unix socket
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return &testDaemon{socket: socket, fake: f}
+}
+
+// run runs the CLI against the daemon.
+func (d *testDaemon) run(t *testing.T, args ...string) result {
+	t.Helper()
+	return runCLI(t, append([]string{"--socket", d.socket}, args...)...)
 }

@@ -1,10 +1,11 @@
 // Command fulcrum is the Fulcrum load balancer: the daemon that owns the
 // XDP fast path, and the CLI that controls it through the daemon's API.
 //
-// Commands that only read state (status, stats, explain, vip list,
-// backend list, version) are in files of their own, apart from those that
-// change it (apply, vip add and remove, backend add, remove, drain and
-// weight); docs/cli.md describes them all.
+// One file per noun: vip.go, backend.go, status.go, stats.go, explain.go,
+// apply.go, vrrp.go, daemon.go (daemon, detach, vrrp-agent), decap.go,
+// version.go, completion.go. Every command that talks to the daemon has
+// the shape written once in call.go; args.go parses command lines and
+// output.go formats answers. docs/cli.md describes the commands.
 package main
 
 import (
@@ -25,7 +26,16 @@ func main() {
 	os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
 }
 
-// Exit statuses.
+// Exit statuses. report maps every error to one of them:
+//
+//   - exitUsage: a usageError: an argument or flag the command cannot
+//     use, or one urfave/cli could not parse (onUsageError);
+//   - exitError: everything else that fails, and so every answer of the
+//     daemon that is not a success (api.ErrInvalid, api.ErrNotFound,
+//     api.ErrConflict or any other), a daemon that cannot be reached or
+//     does not answer within --timeout, and local failures (a file that
+//     cannot be read, BPF); commands that run without a daemon (daemon,
+//     detach, decap, vrrp-agent) pick theirs with cli.Exit.
 const (
 	exitOK    = 0
 	exitError = 1 // the command failed, e.g. the daemon refused it
@@ -35,7 +45,13 @@ const (
 // run runs the CLI on args (args[0] is the program name), writing output
 // to stdout and errors to stderr, and returns the exit status. It never
 // panics and never exits the process.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runAt(ctx, args, stdout, stderr, time.Now)
+}
+
+// runAt is run with the clock that "3h0m ago" is measured against, so that
+// tests can fix it.
+func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now func() time.Time) (code int) {
 	defer func() {
 		if v := recover(); v != nil {
 			fmt.Fprintf(stderr, "fulcrum: internal error: %v\n", v)
@@ -48,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	if len(args) == 0 {
 		args = []string{"fulcrum"}
 	}
-	app := newApp(stdout, stderr)
+	app := newApp(stdout, stderr, now)
 	setCompleter(app, args)
 	err := app.RunContext(ctx, reorderArgs(app, args))
 	return report(stderr, err)
@@ -72,11 +88,6 @@ func report(stderr io.Writer, err error) int {
 		}
 		return exit.ExitCode()
 	}
-	if msg := err.Error(); strings.HasPrefix(msg, "Required flag") {
-		// urfave/cli's check of flags declared Required.
-		fmt.Fprintf(stderr, "fulcrum: %s\n", msg)
-		return exitUsage
-	}
 	fmt.Fprintf(stderr, "fulcrum: %s\n", strings.TrimSpace(err.Error()))
 	return exitError
 }
@@ -92,17 +103,17 @@ func usagef(format string, a ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, a...)}
 }
 
-func newApp(stdout, stderr io.Writer) *cli.App {
+func newApp(stdout, stderr io.Writer, now func() time.Time) *cli.App {
 	commands := daemonCommands()
 	commands = append(commands,
 		applyCommand(),
 		vipCommand(),
 		backendCommand(),
-		statusCommand(),
+		statusCommand(now),
 		statsCommand(),
 		explainCommand(),
 		decapCommand(),
-		vrrpCommand(),
+		vrrpCommand(now),
 		versionCommand(),
 		completionCommand(),
 	)
@@ -165,10 +176,19 @@ func setDefaults(c *cli.Command) {
 	if len(c.Subcommands) > 0 && c.Action == nil {
 		c.Action = groupAction
 	}
+	if len(c.Subcommands) > 0 {
+		// urfave/cli renders `fulcrum help GROUP` before it has sorted the
+		// group's subcommands into categories, and its template stops
+		// at COMMANDS; there are no categories here, so list them plainly.
+		c.CustomHelpTemplate = groupHelpTemplate
+	}
 	for _, sub := range c.Subcommands {
 		setDefaults(sub)
 	}
 }
+
+var groupHelpTemplate = strings.Replace(cli.SubcommandHelpTemplate,
+	`{{template "visibleCommandCategoryTemplate" .}}`, `{{template "visibleCommandTemplate" .}}`, 1)
 
 // onUsageError turns a flag parsing error into a one-line usage error.
 func onUsageError(c *cli.Context, err error, _ bool) error {
@@ -263,19 +283,6 @@ func groupAction(c *cli.Context) error {
 		}
 	}
 	return usagef("%sunknown command %q, want one of: %s", where(c), c.Args().First(), strings.Join(names, ", "))
-}
-
-// client returns an API client for the --socket the user chose.
-func client(c *cli.Context) *api.Client {
-	return api.NewClient(c.String("socket"))
-}
-
-// apiContext bounds a call to the daemon by --timeout.
-func apiContext(c *cli.Context) (context.Context, context.CancelFunc) {
-	if d := c.Duration("timeout"); d > 0 {
-		return context.WithTimeout(c.Context, d)
-	}
-	return context.WithCancel(c.Context)
 }
 
 // jsonOutput reports whether -o json was asked for.

@@ -5,137 +5,140 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
-	"net/http"
+	"flag"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
-	"github.com/fulcrum-lb/fulcrum/internal/apiserver"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // The CLI tests do not run in parallel: urfave/cli/v2 keeps its help
 // command and flag in package variables that every App shares.
 
+var update = flag.Bool("update", false, "rewrite the golden files under testdata with the outputs of this run")
+
+// testdata is the absolute path of the golden files: some tests change
+// the working directory.
+var testdata = func() string {
+	dir, err := filepath.Abs("testdata")
+	if err != nil {
+		panic(err)
+	}
+	return dir
+}()
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	// Tables print local times; the golden files hold them in UTC.
+	time.Local = time.UTC
+	// The help pages show the socket flag's default, which the caller's
+	// environment would change; tests that want it set it themselves.
+	os.Unsetenv("FULCRUM_SOCKET")
+	code := m.Run()
+	removeBinary()
+	os.Exit(code)
+}
+
 // result is what one run of the CLI did.
 type result struct {
+	args           []string
 	code           int
 	stdout, stderr string
 }
 
-// runCLI runs the CLI with args (without the program name).
+// runCLI runs the CLI with args (without the program name) and the clock
+// at testNow.
 func runCLI(t *testing.T, args ...string) result {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), append([]string{"fulcrum"}, args...), &stdout, &stderr)
-	return result{code, stdout.String(), stderr.String()}
+	code := runAt(context.Background(), append([]string{"fulcrum"}, args...), &stdout, &stderr, func() time.Time { return testNow })
+	return result{args, code, stdout.String(), stderr.String()}
 }
 
-// daemon is a test API server over a Unix socket, backed by a fake.
-type testDaemon struct {
-	socket string
-	fake   *fakeController
-}
-
-func startDaemon(t *testing.T) *testDaemon {
+// check compares the run with the exit code and the whole of stdout and
+// stderr it should have produced.
+func (r result) check(t *testing.T, code int, stdout, stderr string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "fcli") // short: socket paths are limited
+	if r.code != code || r.stdout != stdout || r.stderr != stderr {
+		t.Errorf("fulcrum %s:\ngot  exit %d, stdout %q, stderr %q\nwant exit %d, stdout %q, stderr %q",
+			strings.Join(r.args, " "), r.code, r.stdout, r.stderr, code, stdout, stderr)
+	}
+}
+
+// fails checks that the run failed with code and the one-line message
+// msg on stderr, and printed nothing on stdout.
+func (r result) fails(t *testing.T, code int, msg string) {
+	t.Helper()
+	r.check(t, code, "", msg+"\n")
+}
+
+// checkGolden checks that the run succeeded, printed nothing on stderr,
+// and printed on stdout exactly testdata/name.
+func (r result) checkGolden(t *testing.T, name string) {
+	t.Helper()
+	if r.code != 0 || r.stderr != "" {
+		t.Errorf("fulcrum %s: exit %d, stderr %q; want 0 and none", strings.Join(r.args, " "), r.code, r.stderr)
+	}
+	golden(t, name, r.stdout)
+}
+
+// golden compares got with the file testdata/name; with -update it writes
+// got there instead.
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join(testdata, name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v (run go test -update to write it)", err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	socket := filepath.Join(dir, "api.sock")
-	l, err := apiserver.Listen(socket)
-	if err != nil {
-		t.Fatal(err)
+	if got != string(want) {
+		t.Errorf("output differs from %s (go test -update rewrites it): %s\ngot:\n%s\nwant:\n%s", path, firstDiff(got, string(want)), got, want)
 	}
-	f := newFake()
-	srv := &http.Server{Handler: apiserver.New(f, slog.New(slog.DiscardHandler))}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
-	return &testDaemon{socket: socket, fake: f}
 }
 
-// run runs the CLI against the daemon.
-func (d *testDaemon) run(t *testing.T, args ...string) result {
-	t.Helper()
-	return runCLI(t, append([]string{"--socket", d.socket}, args...)...)
-}
-
-// expect checks a result's exit code and that its stdout and stderr
-// contain the given lines or fragments.
-func (r result) expect(t *testing.T, code int, stdout []string, stderr ...string) {
-	t.Helper()
-	if r.code != code {
-		t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
-	}
-	for _, want := range stdout {
-		if !strings.Contains(r.stdout, want) {
-			t.Errorf("stdout does not contain %q:\n%s", want, r.stdout)
+// firstDiff names the first line where got and want differ.
+func firstDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := range min(len(g), len(w)) {
+		if g[i] != w[i] {
+			return fmt.Sprintf("line %d: got %q, want %q", i+1, g[i], w[i])
 		}
 	}
-	for _, want := range stderr {
-		if !strings.Contains(r.stderr, want) {
-			t.Errorf("stderr does not contain %q:\n%s", want, r.stderr)
-		}
-	}
-	if code == 0 && r.stderr != "" {
-		t.Errorf("stderr of a success: %q", r.stderr)
-	}
-	if code != 0 && strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
-		t.Errorf("error is not one line: %q", r.stderr)
-	}
+	return fmt.Sprintf("got %d lines, want %d", len(g), len(w))
 }
 
-// decodeJSON decodes stdout strictly into v.
-func decodeJSON(t *testing.T, stdout string, v any) {
+// checkJSON checks that the run succeeded and printed one JSON document
+// that decodes, with no field unknown to T, into exactly want.
+func checkJSON[T any](t *testing.T, r result, want T) {
 	t.Helper()
-	dec := json.NewDecoder(strings.NewReader(stdout))
+	if r.code != 0 || r.stderr != "" {
+		t.Errorf("fulcrum %s: exit %d, stderr %q; want 0 and none", strings.Join(r.args, " "), r.code, r.stderr)
+	}
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		t.Fatalf("stdout is not the expected JSON: %v\n%s", err, stdout)
+	var got T
+	if err := dec.Decode(&got); err != nil {
+		t.Fatalf("fulcrum %s: stdout is not the JSON of a %T: %v\n%s", strings.Join(r.args, " "), got, err, r.stdout)
 	}
-}
-
-func TestNoDaemon(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "none.sock")
-	for _, args := range [][]string{
-		{"status"}, {"stats"}, {"vip", "list"}, {"backend", "list"},
-		{"vip", "remove", "tcp/203.0.113.10:80"},
-		{"explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80"},
-	} {
-		r := runCLI(t, append([]string{"--socket", socket}, args...)...)
-		r.expect(t, 1, nil, "fulcrum: cannot reach the fulcrum daemon at "+socket+": is it running? (fulcrum daemon --config FILE)")
-		if r.stdout != "" {
-			t.Errorf("%v: stdout %q, want none", args, r.stdout)
-		}
+	if dec.More() {
+		t.Errorf("fulcrum %s: more than one JSON document:\n%s", strings.Join(r.args, " "), r.stdout)
 	}
-}
-
-func TestSocketFromEnvironment(t *testing.T) {
-	d := startDaemon(t)
-	t.Setenv("FULCRUM_SOCKET", d.socket)
-	runCLI(t, "status").expect(t, 0, []string{"instance default"})
-	t.Setenv("FULCRUM_SOCKET", filepath.Join(t.TempDir(), "other.sock"))
-	runCLI(t, "--socket", d.socket, "status").expect(t, 0, nil) // the flag wins
-}
-
-func TestDaemonErrorsExit1(t *testing.T) {
-	d := startDaemon(t)
-	d.fake.err = errors.New("update map vips: operation not permitted")
-	d.run(t, "vip", "list").expect(t, 1, nil, "fulcrum: update map vips: operation not permitted")
-	d.fake.err = nil
-	d.run(t, "vip", "remove", "tcp/203.0.113.99:80").expect(t, 1, nil, "fulcrum: vip tcp/203.0.113.99:80: not found")
-	d.run(t, "vip", "add", "tcp/203.0.113.10:80").expect(t, 1, nil, "already exists")
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("fulcrum %s: decoded\n%+v\nwant\n%+v", strings.Join(r.args, " "), got, want)
+	}
 }
 
 func TestUsageErrors(t *testing.T) {
@@ -143,41 +146,42 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"frob"}, `fulcrum: unknown command "frob", want one of: `},
-		{[]string{"vip", "frob"}, `fulcrum: vip: unknown command "frob", want one of: add, remove, list`},
+		{[]string{"frob"}, `fulcrum: unknown command "frob", want one of: daemon, detach, apply, vip, backend, status, stats, explain, decap, vrrp, version, completion`},
 		{[]string{"--bogus", "status"}, "fulcrum: unknown flag --bogus (see 'fulcrum --help')"},
 		{[]string{"-o", "yaml", "status"}, `fulcrum: --output "yaml": want table or json`},
-		{[]string{"status", "extra"}, `fulcrum: status: unexpected argument "extra"`},
-		{[]string{"vip", "add", "--mode"}, "fulcrum: vip add: flag --mode needs a value"},
-		{[]string{"--timeout", "soon", "status"}, `invalid value "soon" for flag --timeout: want a duration`},
-		{[]string{"daemon"}, `Required flag "config" not set`},
+		{[]string{"--timeout", "soon", "status"}, `fulcrum: invalid value "soon" for flag --timeout: want a duration such as 500ms or 30s (see 'fulcrum --help')`},
+		{[]string{"status", "extra"}, `fulcrum: status: unexpected argument "extra" (usage: fulcrum status)`},
+		{[]string{"stats", "extra"}, `fulcrum: stats: unexpected argument "extra" (usage: fulcrum stats)`},
+		{[]string{"vrrp", "handover", "now"}, `fulcrum: vrrp handover: unexpected argument "now" (usage: fulcrum vrrp handover)`},
+		{[]string{"vrrp", "frob"}, `fulcrum: vrrp: unknown command "frob", want one of: handover, resume`},
+		{[]string{"vip", "list", "--socket"}, "fulcrum: flag --socket needs a value (see 'fulcrum --help')"},
+		{[]string{"backend", "add", "tcp/203.0.113.10:80", "198.18.0.1", "--weight"}, "fulcrum: backend add: flag --weight needs a value (see 'fulcrum backend add --help')"},
 	}
 	for _, tt := range tests {
-		r := runCLI(t, tt.args...)
-		r.expect(t, 2, nil, tt.want)
-		if t.Failed() {
-			t.Fatalf("args %q", tt.args)
-		}
+		// No daemon: usage errors come first.
+		runCLI(t, append([]string{"--socket", "/nonexistent/api.sock"}, tt.args...)...).fails(t, exitUsage, tt.want)
 	}
 }
 
+// TestHelp runs the binary: urfave/cli keeps help state in package
+// variables, so in one process a help page depends on the runs before it.
 func TestHelp(t *testing.T) {
-	r := runCLI(t)
-	r.expect(t, 0, []string{"USAGE:", "vip", "backend", "explain", "--socket", "--output"})
-	runCLI(t, "--help").expect(t, 0, []string{"COMMANDS:"})
-	runCLI(t, "vip").expect(t, 0, []string{"add", "remove", "list"})
-	runCLI(t, "vip", "add", "--help").expect(t, 0, []string{"--backend", "--ring-size", "--no-conntrack"})
-	runCLI(t, "help", "backend").expect(t, 0, []string{"drain", "weight"})
-}
-
-func TestGlobalFlagsAfterCommand(t *testing.T) {
-	d := startDaemon(t)
-	r := runCLI(t, "vip", "list", "-o", "json", "--socket", d.socket)
-	r.expect(t, 0, nil)
-	var vips []api.VIP
-	decodeJSON(t, r.stdout, &vips)
-	if len(vips) != 2 {
-		t.Errorf("got %d VIPs, want 2", len(vips))
+	for _, tt := range []struct {
+		args   []string
+		golden string
+	}{
+		{nil, "help.golden"},
+		{[]string{"--help"}, "help.golden"},
+		{[]string{"vip"}, "help_vip.golden"},
+		{[]string{"help", "vip"}, "help_vip.golden"},
+		{[]string{"vip", "add", "--help"}, "help_vip_add.golden"},
+		{[]string{"backend"}, "help_backend.golden"},
+		{[]string{"help", "backend"}, "help_backend.golden"},
+		{[]string{"vrrp", "--help"}, "help_vrrp.golden"},
+		{[]string{"help", "vrrp"}, "help_vrrp.golden"},
+		{[]string{"detach", "-h"}, "help_detach.golden"},
+	} {
+		runBinary(t, tt.args...).checkGolden(t, tt.golden)
 	}
 }
 
@@ -189,43 +193,91 @@ func (panicWriter) Write([]byte) (int, error) { panic("writer exploded") }
 func TestPanicIsReported(t *testing.T) {
 	var stderr bytes.Buffer
 	code := run(context.Background(), []string{"fulcrum", "version"}, panicWriter{}, &stderr)
-	if code != 1 || stderr.String() != "fulcrum: internal error: writer exploded\n" {
+	if code != exitError || stderr.String() != "fulcrum: internal error: writer exploded\n" {
 		t.Errorf("exit %d, stderr %q; want 1 and the internal error", code, stderr.String())
 	}
 }
 
-func TestReorderArgs(t *testing.T) {
-	app := newApp(&bytes.Buffer{}, &bytes.Buffer{})
-	tests := []struct{ in, want string }{
-		{"vip add tcp/203.0.113.10:80 --mode dsr --no-conntrack --backend 198.18.0.1",
-			"vip add --mode dsr --no-conntrack --backend 198.18.0.1 tcp/203.0.113.10:80"},
-		{"vip list -o json", "-o json vip list"},
-		{"--socket /s vip list --output=json", "--socket /s --output=json vip list"},
-		{"backend weight tcp/203.0.113.10:80 198.18.0.1 -1", "backend weight -- tcp/203.0.113.10:80 198.18.0.1 -1"},
-		{"backend add V A -- --weight", "backend add -- V A --weight"},
-		{"vip add -h", "vip add -h"},
-		{"explain 198.19.1.2 203.0.113.10 tcp --syn", "explain --syn 198.19.1.2 203.0.113.10 tcp"},
-		{"vip frob --x", "vip --x frob"},
-		{"vip list --generate-bash-completion", "vip list --generate-bash-completion"},
-	}
-	for _, tt := range tests {
-		got := strings.Join(reorderArgs(app, append([]string{"fulcrum"}, strings.Fields(tt.in)...))[1:], " ")
-		if got != tt.want {
-			t.Errorf("reorderArgs(%q) = %q, want %q", tt.in, got, tt.want)
+func TestReportCodes(t *testing.T) {
+	for _, tt := range []struct {
+		err    error
+		code   int
+		stderr string
+	}{
+		{nil, exitOK, ""},
+		{usagef("vip add: bad"), exitUsage, "fulcrum: vip add: bad\n"},
+		{errors.New("boom"), exitError, "fulcrum: boom\n"},
+		{api.ErrNotFound, exitError, "fulcrum: not found\n"},
+		{&api.StatusError{Code: 400, Message: "ring_size: 4 is not a prime"}, exitError, "fulcrum: ring_size: 4 is not a prime\n"},
+	} {
+		var buf bytes.Buffer
+		if got := report(&buf, tt.err); got != tt.code || buf.String() != tt.stderr {
+			t.Errorf("report(%v) = %d, %q; want %d, %q", tt.err, got, buf.String(), tt.code, tt.stderr)
 		}
 	}
 }
 
-func TestReportCodes(t *testing.T) {
-	var buf bytes.Buffer
-	if got := report(&buf, nil); got != 0 || buf.Len() != 0 {
-		t.Errorf("report(nil) = %d, %q", got, buf.String())
+// The fulcrum binary, built once as a release is: version and commit set
+// by the linker. Tests that need a process of their own (a daemon, a
+// shell) or the link flags themselves run it.
+const (
+	buildVersion = "v9.8.7-test"
+	buildCommit  = "0123456789ab"
+)
+
+var binary struct {
+	once      sync.Once
+	dir       string
+	path      string
+	goVersion string // of the toolchain that built it
+	err       error
+}
+
+// fulcrumBinary returns the path of the built binary.
+func fulcrumBinary(t *testing.T) string {
+	t.Helper()
+	binary.once.Do(func() {
+		binary.dir, binary.err = os.MkdirTemp("", "fulcrum-bin")
+		if binary.err != nil {
+			return
+		}
+		binary.path = filepath.Join(binary.dir, "fulcrum")
+		const pkg = "github.com/fulcrum-lb/fulcrum/internal/version"
+		build := exec.Command("go", "build", "-o", binary.path,
+			"-ldflags", "-X "+pkg+".Version="+buildVersion+" -X "+pkg+".Commit="+buildCommit, ".")
+		if out, err := build.CombinedOutput(); err != nil {
+			binary.err = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		out, err := exec.Command("go", "env", "GOVERSION").Output()
+		if err != nil {
+			binary.err = fmt.Errorf("go env GOVERSION: %v", err)
+			return
+		}
+		binary.goVersion = strings.TrimSpace(string(out))
+	})
+	if binary.err != nil {
+		t.Fatal(binary.err)
 	}
-	if got := report(&buf, usagef("vip add: bad")); got != 2 || buf.String() != "fulcrum: vip add: bad\n" {
-		t.Errorf("report(usage) = %d, %q", got, buf.String())
+	return binary.path
+}
+
+func removeBinary() {
+	if binary.dir != "" {
+		os.RemoveAll(binary.dir)
 	}
-	buf.Reset()
-	if got := report(&buf, errors.New("boom")); got != 1 || buf.String() != "fulcrum: boom\n" {
-		t.Errorf("report(error) = %d, %q", got, buf.String())
+}
+
+// runBinary runs the built binary with args and returns what it did.
+func runBinary(t *testing.T, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(fulcrumBinary(t), args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatal(err)
 	}
+	return result{args, cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()}
 }

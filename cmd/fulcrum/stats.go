@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
@@ -12,30 +14,18 @@ import (
 // statsCommand shows the fast path's counters and rates. It only reads.
 func statsCommand() *cli.Command {
 	return &cli.Command{
-		Name:   "stats",
-		Usage:  "show packet and byte counts and rates per VIP and backend, and verdict counts",
-		Action: stats,
+		Name:  "stats",
+		Usage: "show packet and byte counts and rates per VIP and backend, and verdict counts",
+		Action: func(c *cli.Context) error {
+			if _, err := positional(c, nil); err != nil {
+				return err
+			}
+			return query(c, func(ctx context.Context, d *api.Client) (api.Stats, error) { return d.Stats(ctx) }, printStats)
+		},
 	}
 }
 
-func stats(c *cli.Context) error {
-	if _, err := positional(c, nil); err != nil {
-		return err
-	}
-	ctx, cancel := apiContext(c)
-	defer cancel()
-	st, err := client(c).Stats(ctx)
-	if err != nil {
-		return err
-	}
-	if jsonOutput(c) {
-		return printJSON(c.App.Writer, st)
-	}
-	printStats(c.App.Writer, st)
-	return nil
-}
-
-func printStats(w io.Writer, st api.Stats) {
+func printStats(w io.Writer, st api.Stats) error {
 	if st.Interval > 0 {
 		fmt.Fprintf(w, "rates over %s", humanDuration(st.Interval))
 		if !st.Time.IsZero() {
@@ -58,21 +48,15 @@ func printStats(w io.Writer, st api.Stats) {
 	if len(st.VIPs) == 0 {
 		row(t, "(no VIPs)")
 	}
-	t.Flush()
+	if err := t.Flush(); err != nil || len(st.Verdicts) == 0 {
+		return err
+	}
 
-	if len(st.Verdicts) == 0 {
-		return
-	}
-	names := make([]string, 0, len(st.Verdicts))
-	for name := range st.Verdicts {
-		names = append(names, name)
-	}
-	sort.Strings(names)
 	fmt.Fprintln(w)
 	t = newTable(w)
 	row(t, "VERDICT", "PACKETS")
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(st.Verdicts)) {
 		row(t, name, humanCount(float64(st.Verdicts[name])))
 	}
-	t.Flush()
+	return t.Flush()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -10,33 +11,23 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// statusCommand shows the daemon's overall state. It only reads.
-func statusCommand() *cli.Command {
+// statusCommand shows the daemon's overall state. It only reads; now is
+// the clock the start and the last apply are measured against.
+func statusCommand(now func() time.Time) *cli.Command {
 	return &cli.Command{
-		Name:   "status",
-		Usage:  "show the daemon's state: interfaces, VIPs, VRRP role, last apply",
-		Action: status,
+		Name:  "status",
+		Usage: "show the daemon's state: interfaces, VIPs, VRRP role, last apply",
+		Action: func(c *cli.Context) error {
+			if _, err := positional(c, nil); err != nil {
+				return err
+			}
+			return query(c, func(ctx context.Context, d *api.Client) (api.Status, error) { return d.Status(ctx) },
+				func(w io.Writer, st api.Status) error { return printStatus(w, st, now()) })
+		},
 	}
 }
 
-func status(c *cli.Context) error {
-	if _, err := positional(c, nil); err != nil {
-		return err
-	}
-	ctx, cancel := apiContext(c)
-	defer cancel()
-	st, err := client(c).Status(ctx)
-	if err != nil {
-		return err
-	}
-	if jsonOutput(c) {
-		return printJSON(c.App.Writer, st)
-	}
-	printStatus(c.App.Writer, st, time.Now())
-	return nil
-}
-
-func printStatus(w io.Writer, st api.Status, now time.Time) {
+func printStatus(w io.Writer, st api.Status, now time.Time) error {
 	t := newTable(w)
 	row(t, "daemon:", fmt.Sprintf("fulcrum %s, instance %s", orDash(st.Version), orDash(st.Instance)))
 	row(t, "started:", humanTime(st.Started, now))
@@ -58,5 +49,5 @@ func printStatus(w io.Writer, st api.Status, now time.Time) {
 		adopted = "yes: took over the pinned fast path at start"
 	}
 	row(t, "adopted:", adopted)
-	t.Flush()
+	return t.Flush()
 }

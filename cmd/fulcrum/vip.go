@@ -1,17 +1,186 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
 
-// vipCommand groups the VIP commands: list reads (vip_list.go), add and
-// remove change state (vip_add.go, vip_remove.go).
+	"github.com/fulcrum-lb/fulcrum/internal/config"
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
+	"github.com/urfave/cli/v2"
+)
+
+// vipCommand groups the VIP commands: list reads; add and remove change
+// state.
 func vipCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "vip",
 		Usage: "list, add and remove VIPs",
 		Subcommands: []*cli.Command{
-			vipAddCommand(),
-			vipRemoveCommand(),
-			vipListCommand(),
+			{
+				Name:      "add",
+				Usage:     "add a VIP, with its backends",
+				ArgsUsage: "PROTO/ADDRESS:PORT",
+				Description: "Port 0 means every port. Example:\n\n" +
+					"  fulcrum vip add tcp/203.0.113.10:80 --mode dsr \\\n" +
+					"      --backend 198.18.0.11 --backend 198.18.0.12,weight=2,mac=02:00:5e:00:53:12",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "mode", Value: config.Modes[0], Usage: "forwarding `MODE`: " + strings.Join(config.Modes, " or ")},
+					&cli.StringFlag{Name: "name", Usage: "a `NAME` for people (shown in listings)"},
+					&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.Schedulers, " or "), DefaultText: "maglev"},
+					&cli.UintFlag{Name: "ring-size", Usage: "Maglev ring size `N`, a prime", DefaultText: fmt.Sprint(maglev.DefaultSize)},
+					&cli.BoolFlag{Name: "no-conntrack", Usage: "do not track connections (stateless services)"},
+					&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for IP fragments and malformed packets to the VIP's address: " + strings.Join(config.FragmentPolicies, " or "), DefaultText: "drop"},
+					&cli.StringSliceFlag{Name: "backend", Usage: "a backend `SPEC`, ADDRESS[,weight=N][,mac=MAC] (weight default 1); repeat for more"},
+				},
+				Action: changeAction(vipAdd),
+			},
+			{
+				Name:      "remove",
+				Aliases:   []string{"rm"},
+				Usage:     "remove a VIP: its traffic is no longer balanced (the host sees it again)",
+				ArgsUsage: "PROTO/ADDRESS:PORT",
+				Action:    changeAction(vipRemove),
+			},
+			{
+				Name:    "list",
+				Aliases: []string{"ls"},
+				Usage:   "list the VIPs with their settings",
+				Action:  vipList,
+			},
 		},
 	}
+}
+
+func vipAdd(c *cli.Context) (change, error) {
+	ref, err := vipArgs(c)
+	if err != nil {
+		return change{}, err
+	}
+	v := api.VIP{VIPRef: ref, Name: c.String("name"), Backends: []api.Backend{}}
+	if v.Mode, err = oneOf(c, "mode", config.Modes); err != nil {
+		return change{}, err
+	}
+	if v.Mode == "" {
+		return change{}, usagef("%s: --mode is empty: want %s", commandPath(c), strings.Join(config.Modes, " or "))
+	}
+	if v.Scheduler, err = oneOf(c, "scheduler", config.Schedulers); err != nil {
+		return change{}, err
+	}
+	if v.Fragments, err = oneOf(c, "fragments", config.FragmentPolicies); err != nil {
+		return change{}, err
+	}
+	ring := c.Uint("ring-size")
+	if ring > 1<<32-1 {
+		return change{}, usagef("%s: --ring-size %d: want a prime below 2^32, e.g. 65537", commandPath(c), ring)
+	}
+	v.RingSize = uint32(ring)
+	if c.Bool("no-conntrack") {
+		off := false
+		v.Conntrack = &off
+	}
+	seen := map[string]bool{}
+	for _, spec := range c.StringSlice("backend") {
+		b, err := parseBackendSpec(spec)
+		if err != nil {
+			return change{}, usagef("%s: %v", commandPath(c), err)
+		}
+		if seen[b.Address.String()] {
+			return change{}, usagef("%s: --backend %s is given twice", commandPath(c), b.Address)
+		}
+		seen[b.Address.String()] = true
+		v.Backends = append(v.Backends, b)
+	}
+	return change{
+		send:    func(ctx context.Context, d *api.Client) error { return d.AddVIP(ctx, v) },
+		confirm: fmt.Sprintf("added vip %s (%s, %s)", ref, v.Mode, plural(len(v.Backends), "backend")),
+	}, nil
+}
+
+func vipRemove(c *cli.Context) (change, error) {
+	ref, err := vipArgs(c)
+	if err != nil {
+		return change{}, err
+	}
+	return change{
+		send:    func(ctx context.Context, d *api.Client) error { return d.RemoveVIP(ctx, ref) },
+		confirm: fmt.Sprintf("removed vip %s", ref),
+	}, nil
+}
+
+func vipList(c *cli.Context) error {
+	if _, err := positional(c, nil); err != nil {
+		return err
+	}
+	return query(c, listVIPs, printVIPs)
+}
+
+// listVIPs asks for the VIPs; no VIPs is an empty list, which prints as
+// [] rather than null.
+func listVIPs(ctx context.Context, d *api.Client) ([]api.VIP, error) {
+	vips, err := d.ListVIPs(ctx)
+	if vips == nil {
+		vips = []api.VIP{}
+	}
+	return vips, err
+}
+
+func printVIPs(w io.Writer, vips []api.VIP) error {
+	if len(vips) == 0 {
+		_, err := fmt.Fprintln(w, "no VIPs (add one with 'fulcrum vip add' or 'fulcrum apply -f FILE')")
+		return err
+	}
+	t := newTable(w)
+	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS")
+	for _, v := range vips {
+		row(t, v.VIPRef, orDash(v.Name), orDash(v.Mode), orDefault(v.Scheduler, "maglev"),
+			ringSize(v.RingSize), conntrack(v.Conntrack), orDefault(v.Fragments, "drop"), backendSummary(v.Backends))
+	}
+	return t.Flush()
+}
+
+// orDefault shows the default an empty optional field stands for.
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func ringSize(n uint32) string {
+	if n == 0 {
+		n = maglev.DefaultSize
+	}
+	return fmt.Sprint(n)
+}
+
+func conntrack(on *bool) string {
+	if on != nil && !*on {
+		return "off"
+	}
+	return "on"
+}
+
+// backendSummary is e.g. "3 (2 up, 1 down, 1 draining)"; states no
+// backend is in are left out, so unchecked backends read "3".
+func backendSummary(bs []api.Backend) string {
+	counts := map[string]int{}
+	for _, b := range bs {
+		counts[b.Health]++
+		if b.Weight == 0 {
+			counts["draining"]++
+		}
+	}
+	var parts []string
+	for _, state := range []string{"up", "down", "draining"} {
+		if counts[state] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[state], state))
+		}
+	}
+	if len(parts) == 0 {
+		return fmt.Sprint(len(bs))
+	}
+	return fmt.Sprintf("%d (%s)", len(bs), strings.Join(parts, ", "))
 }
