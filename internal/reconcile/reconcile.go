@@ -355,11 +355,14 @@ func (r *Reconciler) targetOf(ctx context.Context, v config.VIP) (target, error)
 			}
 			weight = 0
 		}
-		mac := b.MAC
-		if mode == datapath.ModeDSR && len(mac) == 0 {
-			mac, err = r.resolve(ctx, b.Address)
-			if err != nil {
-				return target{}, fmt.Errorf("backends[%d] (%s): %w", j, b.Address, err)
+		// Only dsr uses a MAC. Another mode's backend gets none, as the
+		// datapath reads it back after a restart, so that the two compare.
+		var mac net.HardwareAddr
+		if mode == datapath.ModeDSR {
+			if mac = b.MAC; len(mac) == 0 {
+				if mac, err = r.resolve(ctx, b.Address); err != nil {
+					return target{}, fmt.Errorf("backends[%d] (%s): %w", j, b.Address, err)
+				}
 			}
 		}
 		t.backends = append(t.backends, datapath.Backend{Addr: b.Address, MAC: mac, Weight: weight})
