@@ -207,12 +207,12 @@ func (r *Resolver) Reresolve(addr netip.Addr) error {
 
 // Watch follows the kernel's neighbour table until ctx ends. When the
 // entry of a followed address takes another MAC, the resolver keeps the
-// new one and calls changed with the address and that MAC (from Watch's
-// goroutine, one call at a time). The subscription starts with a dump of
+// new one and calls changed with ctx, the address and that MAC (from
+// Watch's goroutine, one call at a time). The subscription starts with a dump of
 // the table, so a change made before it is caught too; if the subscription
 // is lost (its socket overran), Watch subscribes again, dump included. It
 // returns an error if it cannot subscribe.
-func (r *Resolver) Watch(ctx context.Context, changed func(netip.Addr, net.HardwareAddr)) error {
+func (r *Resolver) Watch(ctx context.Context, changed func(context.Context, netip.Addr, net.HardwareAddr)) error {
 	for {
 		if err := r.follow(ctx, changed); err != nil {
 			return err
@@ -227,7 +227,7 @@ func (r *Resolver) Watch(ctx context.Context, changed func(netip.Addr, net.Hardw
 
 // follow runs one subscription until ctx ends or the subscription is lost
 // (both nil: Watch decides); the error is a failure to subscribe.
-func (r *Resolver) follow(ctx context.Context, changed func(netip.Addr, net.HardwareAddr)) error {
+func (r *Resolver) follow(ctx context.Context, changed func(context.Context, netip.Addr, net.HardwareAddr)) error {
 	ch := make(chan netlink.NeighUpdate, 256)
 	done := make(chan struct{})
 	err := netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{
@@ -256,7 +256,7 @@ func (r *Resolver) follow(ctx context.Context, changed func(netip.Addr, net.Hard
 				return nil
 			}
 			if u.Type == unix.RTM_NEWNEIGH {
-				r.update(u.Neigh, changed)
+				r.update(ctx, u.Neigh, changed)
 			}
 		}
 	}
@@ -264,7 +264,7 @@ func (r *Resolver) follow(ctx context.Context, changed func(netip.Addr, net.Hard
 
 // update takes one neighbour entry: a followed address whose MAC differs
 // gets the new one, and changed is told if it had one before.
-func (r *Resolver) update(n netlink.Neigh, changed func(netip.Addr, net.HardwareAddr)) {
+func (r *Resolver) update(ctx context.Context, n netlink.Neigh, changed func(context.Context, netip.Addr, net.HardwareAddr)) {
 	a, mac, ok := macOf(n)
 	if !ok {
 		return
@@ -279,6 +279,6 @@ func (r *Resolver) update(n netlink.Neigh, changed func(netip.Addr, net.Hardware
 	r.macs[a] = mac
 	r.mu.Unlock()
 	if old != nil {
-		changed(a, mac)
+		changed(ctx, a, mac)
 	}
 }

@@ -90,7 +90,7 @@ func TestFollowMACChange(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	watched := make(chan error, 1)
 	go func() {
-		watched <- r.Watch(ctx, func(a netip.Addr, mac net.HardwareAddr) { changes <- change{a, mac.String()} })
+		watched <- r.Watch(ctx, func(_ context.Context, a netip.Addr, mac net.HardwareAddr) { changes <- change{a, mac.String()} })
 	}()
 	defer func() {
 		cancel()
