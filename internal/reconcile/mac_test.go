@@ -75,15 +75,26 @@ func (f *followingResolver) change(a netip.Addr, mac net.HardwareAddr) {
 	f.network[a], f.cache[a] = mac, mac
 }
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+// newFollowingRec returns a reconciler with vips desired, over a fake
+// datapath, whose resolver finds and follows b3 at 02:00:00:00:00:13.
+func newFollowingRec(t *testing.T, vips ...config.VIP) (*Reconciler, *fakeDataplane, *followingResolver) {
+	t.Helper()
+	f := newFake()
+	res := newFollowing(map[netip.Addr]net.HardwareAddr{b3.Address: mac("02:00:00:00:00:13")})
+	r := New(f, res, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if _, err := r.Replace(context.Background(), vips); err != nil {
+		t.Fatal(err)
+	}
+	return r, f, res
+}
 
 // TestResolveOutsideLock: while one change waits for a backend's MAC,
 // readers and other changes go ahead; the waiting change then lands on the
 // state as they left it.
 func TestResolveOutsideLock(t *testing.T) {
 	ctx := context.Background()
-	f := newFake()
-	res := newFollowing(map[netip.Addr]net.HardwareAddr{b3.Address: mac("02:00:00:00:00:13")})
+	web := vip("203.0.113.10", 80, b1, b2)
+	r, f, res := newFollowingRec(t, web)
 	res.hold = b3.Address
 	t.Cleanup(func() {
 		select {
@@ -92,11 +103,6 @@ func TestResolveOutsideLock(t *testing.T) {
 			close(res.release)
 		}
 	})
-	r := New(f, res, quiet(), nil)
-	web := vip("203.0.113.10", 80, b1, b2)
-	if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
-		t.Fatal(err)
-	}
 	added := make(chan error, 1)
 	go func() { added <- r.AddBackend(ctx, Key(web), b3) }()
 	select {
@@ -136,13 +142,8 @@ func TestResolveOutsideLock(t *testing.T) {
 // written with the new MAC, the others are left alone.
 func TestMACChanged(t *testing.T) {
 	ctx := context.Background()
-	f := newFake()
-	res := newFollowing(map[netip.Addr]net.HardwareAddr{b3.Address: mac("02:00:00:00:00:13")})
-	r := New(f, res, quiet(), nil)
 	web, api := vip("203.0.113.10", 80, b1, b3), vip("203.0.113.11", 443, b1, b2)
-	if _, err := r.Replace(ctx, []config.VIP{web, api}); err != nil {
-		t.Fatal(err)
-	}
+	r, f, res := newFollowingRec(t, web, api)
 	f.writes = nil
 	res.change(b3.Address, mac("02:00:00:00:01:13"))
 	r.MACChanged(ctx, b3.Address, mac("02:00:00:00:01:13"))
@@ -161,17 +162,12 @@ func TestMACChanged(t *testing.T) {
 // again (it may be a replaced host); one coming up does not.
 func TestDownReresolves(t *testing.T) {
 	ctx := context.Background()
-	f := newFake()
-	res := newFollowing(map[netip.Addr]net.HardwareAddr{b3.Address: mac("02:00:00:00:00:13")})
-	r := New(f, res, quiet(), nil)
 	web := vip("203.0.113.10", 80, b1, b3)
 	web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: "drain"}
 	for i := range web.Backends {
 		web.Backends[i].HealthCheck = web.HealthCheck
 	}
-	if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
-		t.Fatal(err)
-	}
+	r, _, res := newFollowingRec(t, web)
 	for _, h := range []Health{Up, Down, Down, Up} {
 		if err := r.SetHealth(ctx, Key(web), b3.Address, h); err != nil {
 			t.Fatal(err)
