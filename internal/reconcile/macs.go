@@ -113,6 +113,9 @@ func (r *Reconciler) resolve(addr netip.Addr) (net.HardwareAddr, error) {
 	if res, ok := r.resolved[addr]; ok {
 		return res.mac, res.err
 	}
+	if r.missing == nil { // a plan outside update: it fails, without a panic
+		r.missing = make(map[netip.Addr]bool)
+	}
 	r.missing[addr] = true
 	return nil, errUnresolved
 }

@@ -242,7 +242,9 @@ type target struct {
 }
 
 // commit plans desired, applies the plan and, if that worked, makes
-// desired the new desired state. r.mu is held; update calls it.
+// desired the new desired state. r.mu is held. Only update calls it: a
+// plan reads only MACs resolved already, and update resolves the others
+// with r.mu released.
 func (r *Reconciler) commit(desired []config.VIP) (Result, error) {
 	plan, err := r.plan(desired)
 	if err != nil {
