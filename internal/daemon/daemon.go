@@ -172,6 +172,15 @@ func (d *Daemon) run(ctx context.Context) error {
 	defer cancel()
 	errc := make(chan error, 8) // one per sender at most: none blocks
 
+	// The reconciler re-plans when a resolved MAC changes.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := res.Watch(ctx, d.rec.MACChanged); err != nil {
+			errc <- err
+		}
+	}()
+
 	if cfg.VRRP != nil {
 		if err := d.startVRRP(ctx, &wg, errc, cfg.VRRP); err != nil {
 			return err

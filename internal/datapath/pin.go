@@ -166,7 +166,13 @@ func (d *Datapath) adopt() error {
 			if b.Family == 2 {
 				addr = netip.AddrFrom4(le4(b.Addr[0]))
 			}
-			be := &backendEntry{Backend: Backend{Addr: addr, MAC: net.HardwareAddr(append([]byte(nil), b.Mac[:]...)), Weight: uint32(b.Weight)}, id: id, gen: b.Gen}
+			// Only dsr uses a MAC; the zeros the map holds for the other
+			// modes read back as none, as they were written.
+			var mac net.HardwareAddr
+			if e.cfg.Mode == ModeDSR {
+				mac = net.HardwareAddr(append([]byte(nil), b.Mac[:]...))
+			}
+			be := &backendEntry{Backend: Backend{Addr: addr, MAC: mac, Weight: uint32(b.Weight)}, id: id, gen: b.Gen}
 			e.backends[addr] = be
 			e.byID[id] = be
 			used[id] = true

@@ -32,12 +32,6 @@ type Dataplane interface {
 	Capacity() (vips, backends int)
 }
 
-// MACResolver finds the hardware address of a dsr backend whose MAC the
-// configuration leaves out.
-type MACResolver interface {
-	Resolve(ctx context.Context, addr netip.Addr) (net.HardwareAddr, error)
-}
-
 // Health is a backend's observed state, as internal/health reports it.
 type Health = health.State
 
@@ -48,9 +42,6 @@ const (
 	Up      = health.Up
 	Down    = health.Down
 )
-
-// ResolveTimeout bounds the resolution of one backend's MAC.
-var ResolveTimeout = 2 * time.Second
 
 // Result says what a reconcile did.
 type Result struct {
@@ -69,7 +60,10 @@ type Reconciler struct {
 
 	desired []config.VIP
 	health  map[datapath.VIP]map[netip.Addr]Health
-	macMemo map[netip.Addr]net.HardwareAddr
+	// While update plans, the MACs it resolved with r.mu released, and
+	// the addresses the plan found neither there nor followed (macs.go).
+	resolved map[netip.Addr]resolution
+	missing  map[netip.Addr]bool
 }
 
 // New returns a reconciler over dp. observe, if not nil, receives the
@@ -77,8 +71,7 @@ type Reconciler struct {
 func New(dp Dataplane, macs MACResolver, log *slog.Logger, observe func(time.Duration)) *Reconciler {
 	return &Reconciler{
 		dp: dp, macs: macs, log: log, observe: observe,
-		health:  make(map[datapath.VIP]map[netip.Addr]Health),
-		macMemo: make(map[netip.Addr]net.HardwareAddr),
+		health: make(map[datapath.VIP]map[netip.Addr]Health),
 	}
 }
 
@@ -97,31 +90,30 @@ func (r *Reconciler) Desired() []config.VIP {
 
 // Replace makes vips the whole desired state (a config load or reload).
 func (r *Reconciler) Replace(ctx context.Context, vips []config.VIP) (Result, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.commit(ctx, slices.Clone(vips))
+	vips = slices.Clone(vips)
+	return r.update(ctx, func() ([]config.VIP, error) { return vips, nil })
 }
 
 // AddVIP adds one VIP to the desired state.
 func (r *Reconciler) AddVIP(ctx context.Context, v config.VIP) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.find(Key(v)) >= 0 {
-		return fmt.Errorf("vip %s %w", Key(v), ErrExists)
-	}
-	_, err := r.commit(ctx, append(slices.Clone(r.desired), v))
+	_, err := r.update(ctx, func() ([]config.VIP, error) {
+		if r.find(Key(v)) >= 0 {
+			return nil, fmt.Errorf("vip %s %w", Key(v), ErrExists)
+		}
+		return append(slices.Clone(r.desired), v), nil
+	})
 	return err
 }
 
 // RemoveVIP removes one VIP from the desired state.
 func (r *Reconciler) RemoveVIP(ctx context.Context, key datapath.VIP) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	i := r.find(key)
-	if i < 0 {
-		return fmt.Errorf("vip %s: %w", key, ErrNotFound)
-	}
-	_, err := r.commit(ctx, slices.Delete(slices.Clone(r.desired), i, i+1))
+	_, err := r.update(ctx, func() ([]config.VIP, error) {
+		i := r.find(key)
+		if i < 0 {
+			return nil, fmt.Errorf("vip %s: %w", key, ErrNotFound)
+		}
+		return slices.Delete(slices.Clone(r.desired), i, i+1), nil
+	})
 	return err
 }
 
@@ -166,20 +158,26 @@ func (r *Reconciler) SetWeight(ctx context.Context, key datapath.VIP, addr netip
 	})
 }
 
-// SetHealth records a backend's observed health and reconciles its VIP.
+// SetHealth records a backend's observed health and reconciles its VIP. A
+// backend gone down has its MAC resolved again: it may be down because it
+// was replaced by a host with another MAC.
 func (r *Reconciler) SetHealth(ctx context.Context, key datapath.VIP, addr netip.Addr, h Health) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	m := r.health[key]
 	if m == nil {
 		m = make(map[netip.Addr]Health)
 		r.health[key] = m
 	}
 	if m[addr] == h {
+		r.mu.Unlock()
 		return nil
 	}
 	m[addr] = h
-	_, err := r.commit(ctx, r.desired)
+	r.mu.Unlock()
+	if h == Down {
+		r.reresolve(addr)
+	}
+	_, err := r.update(ctx, func() ([]config.VIP, error) { return r.desired, nil })
 	return err
 }
 
@@ -223,17 +221,17 @@ func (r *Reconciler) find(key datapath.VIP) int {
 }
 
 func (r *Reconciler) editVIP(ctx context.Context, key datapath.VIP, edit func(*config.VIP) error) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	i := r.find(key)
-	if i < 0 {
-		return fmt.Errorf("vip %s: %w", key, ErrNotFound)
-	}
-	next := slices.Clone(r.desired)
-	if err := edit(&next[i]); err != nil {
-		return err
-	}
-	_, err := r.commit(ctx, next)
+	_, err := r.update(ctx, func() ([]config.VIP, error) {
+		i := r.find(key)
+		if i < 0 {
+			return nil, fmt.Errorf("vip %s: %w", key, ErrNotFound)
+		}
+		next := slices.Clone(r.desired)
+		if err := edit(&next[i]); err != nil {
+			return nil, err
+		}
+		return next, nil
+	})
 	return err
 }
 
@@ -244,9 +242,11 @@ type target struct {
 }
 
 // commit plans desired, applies the plan and, if that worked, makes
-// desired the new desired state. r.mu is held.
-func (r *Reconciler) commit(ctx context.Context, desired []config.VIP) (Result, error) {
-	plan, err := r.plan(ctx, desired)
+// desired the new desired state. r.mu is held. Only update calls it: a
+// plan reads only MACs resolved already, and update resolves the others
+// with r.mu released.
+func (r *Reconciler) commit(desired []config.VIP) (Result, error) {
+	plan, err := r.plan(desired)
 	if err != nil {
 		return Result{}, err
 	}
@@ -285,7 +285,7 @@ func (r *Reconciler) pruneHealth() {
 
 // plan converts the desired VIPs into datapath targets and checks them
 // all; it writes nothing.
-func (r *Reconciler) plan(ctx context.Context, desired []config.VIP) (map[datapath.VIP]target, error) {
+func (r *Reconciler) plan(desired []config.VIP) (map[datapath.VIP]target, error) {
 	maxVIPs, maxBackends := r.dp.Capacity()
 	if len(desired) > maxVIPs {
 		return nil, fmt.Errorf("%d vips: too many, the maximum is %d", len(desired), maxVIPs)
@@ -299,7 +299,7 @@ func (r *Reconciler) plan(ctx context.Context, desired []config.VIP) (map[datapa
 			errs = append(errs, fmt.Errorf("vips[%d]: vip %s appears twice", i, key))
 			continue
 		}
-		t, err := r.targetOf(ctx, v)
+		t, err := r.targetOf(v)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("vips[%d] (%s): %w", i, key, err))
 			continue
@@ -316,7 +316,7 @@ func (r *Reconciler) plan(ctx context.Context, desired []config.VIP) (map[datapa
 	return plan, nil
 }
 
-func (r *Reconciler) targetOf(ctx context.Context, v config.VIP) (target, error) {
+func (r *Reconciler) targetOf(v config.VIP) (target, error) {
 	key := Key(v)
 	mode, err := datapath.ParseMode(v.Mode)
 	if err != nil {
@@ -355,11 +355,14 @@ func (r *Reconciler) targetOf(ctx context.Context, v config.VIP) (target, error)
 			}
 			weight = 0
 		}
-		mac := b.MAC
-		if mode == datapath.ModeDSR && len(mac) == 0 {
-			mac, err = r.resolve(ctx, b.Address)
-			if err != nil {
-				return target{}, fmt.Errorf("backends[%d] (%s): %w", j, b.Address, err)
+		// Only dsr uses a MAC. Another mode's backend gets none, as the
+		// datapath reads it back after a restart, so that the two compare.
+		var mac net.HardwareAddr
+		if mode == datapath.ModeDSR {
+			if mac = b.MAC; len(mac) == 0 {
+				if mac, err = r.resolve(b.Address); err != nil {
+					return target{}, fmt.Errorf("backends[%d] (%s): %w", j, b.Address, err)
+				}
 			}
 		}
 		t.backends = append(t.backends, datapath.Backend{Addr: b.Address, MAC: mac, Weight: weight})
@@ -368,23 +371,6 @@ func (r *Reconciler) targetOf(ctx context.Context, v config.VIP) (target, error)
 		return target{}, err
 	}
 	return t, nil
-}
-
-func (r *Reconciler) resolve(ctx context.Context, addr netip.Addr) (net.HardwareAddr, error) {
-	if mac, ok := r.macMemo[addr]; ok {
-		return mac, nil
-	}
-	if r.macs == nil {
-		return nil, fmt.Errorf("no mac given and none can be resolved: set the backend's mac")
-	}
-	ctx, cancel := context.WithTimeout(ctx, ResolveTimeout)
-	defer cancel()
-	mac, err := r.macs.Resolve(ctx, addr)
-	if err != nil {
-		return nil, err
-	}
-	r.macMemo[addr] = mac
-	return mac, nil
 }
 
 // apply writes the plan: VIPs that differ from the datapath are set, VIPs
