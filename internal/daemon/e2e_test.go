@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
@@ -66,9 +67,9 @@ func buildBinaries(t *testing.T, dir string) (fulcrum, backend string) {
 }
 
 func newHarness(t *testing.T, opts ...func(*testenv.Options)) *harness {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: the daemon end-to-end test needs root (BPF, namespaces)")
-	}
+	require.BPF(t)
+	require.Netns(t)
+	require.Tool(t, "ip") // the daemon and backends run through `ip netns exec`
 	o := testenv.Options{Backends: 3, VIPs: []netip.Addr{vip4, vip6}}
 	for _, f := range opts {
 		f(&o)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -31,6 +32,7 @@ type portBlock struct {
 }
 
 func newPortBlock(t *testing.T, b *testenv.Host) *portBlock {
+	require.Tool(t, "nft")
 	p := &portBlock{t: t, host: b, rule: fmt.Sprintf("ip daddr %s tcp dport 9000 reject with tcp reset", b.IPv4)}
 	p.nft("add table inet fchealth")
 	p.nft("add chain inet fchealth in { type filter hook input priority 0 ; }")

@@ -7,6 +7,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath/testprogs"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 )
@@ -15,7 +16,7 @@ import (
 // balancer's own parser) on the shared vectors and compares it with the
 // vectors' hashes, which pkg/flowhash is checked against too.
 func TestFlowHashMatchesGo(t *testing.T) {
-	requireBPF(t)
+	require.BPF(t)
 	var objs testprogs.TestprogsObjects
 	if err := testprogs.LoadTestprogsObjects(&objs, nil); err != nil {
 		t.Fatalf("load test programs: %v", err)

@@ -4,19 +4,17 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
 // TestResolve resolves a backend's MAC from the LB's namespace, v4 and v6,
 // and gives up on an address nobody answers for.
 func TestResolve(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: network namespaces need root")
-	}
+	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
 	b := topo.Backends[0]
 	err := topo.LB1.Do(func() error {
