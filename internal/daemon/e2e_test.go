@@ -70,6 +70,7 @@ func newHarness(t testing.TB, opts ...func(*testenv.Options)) *harness {
 	require.BPF(t)
 	require.Netns(t)
 	require.Tool(t, "ip") // the daemon and backends run through `ip netns exec`
+	require.Tool(t, "ss") // startServer waits for fcbackend's listener
 	o := testenv.Options{Backends: 3, VIPs: []netip.Addr{vip4, vip6}}
 	for _, f := range opts {
 		f(&o)

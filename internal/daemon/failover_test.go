@@ -99,6 +99,7 @@ func withInterval(cfg string, cs int) string {
 // entry: the client sees the VRRP failover time.
 func noUnknownUnicastFlood(t testing.TB, topo *testenv.Topology) {
 	t.Helper()
+	require.Tool(t, "bridge")
 	for _, h := range topo.Hosts() {
 		port := topo.SwitchPort(h)
 		if port == "" {

@@ -86,11 +86,13 @@ func Netns(tb testing.TB) {
 // tests run.
 var packages = map[string]string{
 	"bash":       "bash",
+	"bridge":     "iproute2",
 	"ethtool":    "ethtool",
 	"haproxy":    "haproxy",
 	"ip":         "iproute2",
 	"keepalived": "keepalived",
 	"nft":        "nftables",
+	"ss":         "iproute2",
 	"stdbuf":     "coreutils",
 	"tc":         "iproute2",
 }
