@@ -7,6 +7,7 @@
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -75,45 +76,6 @@ int bench_tail(struct xdp_md *ctx)
 {
 	bpf_tail_call(ctx, &bench_target, 0);
 	return XDP_ABORTED;
-}
-
-#include "parse.h"
-#include "flowhash.h"
-
-/* test_flowhash parses the packet as the balancer does and writes the
- * flow hash (and the source-only hash) over the first 8 bytes of the
- * frame, so that tests can compare the C hash with the Go one. */
-SEC("xdp")
-int test_flowhash(struct xdp_md *ctx)
-{
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct flow f = {};
-	__u32 l3off = 0, h, hs;
-	__be16 proto = parse_eth(data, end, &l3off);
-	enum parse_result r;
-	__u32 *out = data;
-
-	if (l3off > 64 || (void *)(out + 2) > end)
-		return XDP_ABORTED;
-	if (proto == bpf_htons(ETH_P_IP)) {
-		r = parse_ipv4(data + l3off, end, &f);
-		if (r != PARSE_OK)
-			return XDP_DROP;
-		h = flow_hash(f.src.v4, f.dst.v4, f.ports, f.proto);
-		hs = flow_hash(f.src.v4, 0, 0, f.proto);
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		r = parse_ipv6(data + l3off, end, &f);
-		if (r != PARSE_OK)
-			return XDP_DROP;
-		h = flow_hash(fold6(f.src.v6), fold6(f.dst.v6), f.ports, f.proto);
-		hs = flow_hash(fold6(f.src.v6), 0, 0, f.proto);
-	} else {
-		return XDP_DROP;
-	}
-	out[0] = h;
-	out[1] = hs;
-	return XDP_PASS;
 }
 
 /* bench_ipip undoes the previous repeat's IPv4-in-IPv4 encapsulation

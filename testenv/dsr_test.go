@@ -11,6 +11,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 // macRewriteProgram is a minimal DSR fast path: every IPv4 and IPv6 frame
@@ -51,7 +53,8 @@ func macRewriteProgram(dst, src net.HardwareAddr) (*ebpf.Program, error) {
 // reply straight to the client. It depends on the pass-through program on
 // the bridge ports and on TX checksum offload being off on the client.
 func TestDSRSmoke(t *testing.T) {
-	requireNetns(t)
+	require.Netns(t)
+	require.Tool(t, "ip") // commands run in a namespace through `ip netns exec`
 	topo := NewCanonical(t, Options{Backends: 2, VIPs: []netip.Addr{vip4, vip6}})
 	lb, be := topo.LB1, topo.Backends[0]
 

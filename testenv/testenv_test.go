@@ -19,17 +19,9 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-func requireNetns(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("testenv needs root to create network namespaces")
-	}
-	if _, err := os.Stat("/proc/self/ns/net"); err != nil {
-		t.Skipf("no network namespace support: %v", err)
-	}
-}
+	"github.com/fulcrum-lb/fulcrum/internal/require"
+)
 
 var (
 	vip4 = netip.MustParseAddr("203.0.113.10")
@@ -37,7 +29,8 @@ var (
 )
 
 func TestCanonical(t *testing.T) {
-	requireNetns(t)
+	require.Netns(t)
+	require.Tool(t, "ip") // commands run in a namespace through `ip netns exec`
 	topo := NewCanonical(t, Options{VIPs: []netip.Addr{vip4, vip6}})
 	ctx := context.Background()
 
@@ -286,14 +279,12 @@ func TestCanonical(t *testing.T) {
 			}
 		}
 		// Cross-check with ethtool itself, through `ip netns exec`.
-		if _, err := os.Stat("/usr/sbin/ethtool"); err == nil {
-			out, err := topo.Client.Run(ctx, "/usr/sbin/ethtool", "-k", MainIface)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(out, "tx-checksumming: off") {
-				t.Errorf("ethtool -k eth0 in client:\n%s", out)
-			}
+		out, err := topo.Client.Run(ctx, require.Tool(t, "ethtool"), "-k", MainIface)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "tx-checksumming: off") {
+			t.Errorf("ethtool -k eth0 in client:\n%s", out)
 		}
 	})
 
@@ -358,7 +349,8 @@ func TestCanonical(t *testing.T) {
 // TestClose builds a topology, starts a process in it, and checks that Close
 // kills the process and removes every namespace, and that it is idempotent.
 func TestClose(t *testing.T) {
-	requireNetns(t)
+	require.Netns(t)
+	require.Tool(t, "ip") // commands run in a namespace through `ip netns exec`
 	topo := NewCanonical(t, Options{Backends: 1, SecondLB: true, VIPs: []netip.Addr{vip4}})
 	if topo.LB2 == nil || topo.LB2.IPv4 != LB2IPv4 {
 		t.Fatalf("LB2 = %+v", topo.LB2)
@@ -431,7 +423,7 @@ func ipNetnsList(t *testing.T) (string, error) {
 
 // TestParallel builds two topologies at once: their prefixes keep them apart.
 func TestParallel(t *testing.T) {
-	requireNetns(t)
+	require.Netns(t)
 	for i := range 2 {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			t.Parallel()
@@ -445,7 +437,7 @@ func TestParallel(t *testing.T) {
 
 // TestBuilder uses the lower-level pieces directly: two hosts and one veth.
 func TestBuilder(t *testing.T) {
-	requireNetns(t)
+	require.Netns(t)
 	env := NewEnv(t)
 	a, err := env.NewNamespace("gen")
 	if err != nil {
@@ -503,7 +495,7 @@ func TestVIPNextHop(t *testing.T) {
 			t.Errorf("checkNextHops(%+v) accepted it", bad)
 		}
 	}
-	requireNetns(t)
+	require.Netns(t)
 	topo := NewCanonical(t, Options{Backends: 1, SecondLB: true, VIPNextHop: nh4, VIPNextHop6: nh6})
 	for _, c := range []struct{ dst, gw netip.Addr }{
 		{vip4, nh4}, {vip6, nh6},
@@ -555,7 +547,7 @@ func TestCheckVIPs(t *testing.T) {
 // IP-in-IP packets whose outer source is in the encapsulation source
 // prefixes, and that the backends are set up for DSR as on the LB's segment.
 func TestRemoteBackends(t *testing.T) {
-	requireNetns(t)
+	require.Netns(t)
 	topo := NewCanonical(t, Options{Backends: 2, SecondLB: true, RemoteBackends: true, VIPs: []netip.Addr{vip4, vip6}})
 	ctx := context.Background()
 	ipOf := func(a netip.Addr) net.IP { return net.IP(a.AsSlice()) }

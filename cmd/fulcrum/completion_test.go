@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 func TestCompletionArguments(t *testing.T) {
@@ -37,10 +39,7 @@ func TestShellCompletionWords(t *testing.T) {
 // TestBashCompletion loads the bash script into bash and completes lines
 // with the built binary, as a user's shell would.
 func TestBashCompletion(t *testing.T) {
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("skipped: needs bash")
-	}
+	bash := require.Tool(t, "bash")
 	dir := t.TempDir()
 	script := filepath.Join(dir, "fulcrum.bash")
 	if err := os.WriteFile(script, []byte(completionScripts["bash"]), 0o644); err != nil {

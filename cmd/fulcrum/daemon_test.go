@@ -15,6 +15,7 @@ import (
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -37,9 +38,8 @@ func TestVRRPAgentByHand(t *testing.T) {
 // the pins and the attached program alone. Once the daemon is stopped the
 // same command removes them.
 func TestDetachRefusedWhileInstanceRuns(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root to run a daemon (BPF, XDP, namespaces)")
-	}
+	require.BPF(t)
+	require.Netns(t)
 	bin := fulcrumBinary(t)
 	env := testenv.NewEnv(t)
 	lb, err := env.NewNamespace("lb")

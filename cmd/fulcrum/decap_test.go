@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fulcrum-lb/fulcrum/internal/decap"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
@@ -40,9 +40,7 @@ func TestDecapUsageErrors(t *testing.T) {
 }
 
 func TestDecapNoSuchInterface(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: decap checks for root before it looks the interface up")
-	}
+	require.Root(t) // decap checks for root before it looks the interface up
 	runCLI(t, "decap", "-i", "fcnosuch0", "--vip", "203.0.113.10").fails(t, exitError, "fulcrum decap: interface fcnosuch0: route ip+net: no such network interface")
 }
 
@@ -50,9 +48,8 @@ func TestDecapNoSuchInterface(t *testing.T) {
 // context ends: it attaches to the interface, logs one line, and on the way
 // out detaches and prints its counters.
 func TestDecapRuns(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: decap loads a BPF program and makes namespaces, which needs root")
-	}
+	require.BPF(t)
+	require.Netns(t)
 	for _, format := range []string{"table", "json"} {
 		t.Run(format, func(t *testing.T) {
 			env := testenv.NewEnv(t)

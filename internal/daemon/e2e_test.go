@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
@@ -31,7 +32,7 @@ import (
 // harness is a topology with fcbackend on every backend and a fulcrum
 // daemon (a real process) on lb1.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	topo    *testenv.Topology
 	lb      *testenv.Host // where the daemon runs
 	dir     string        // bpffs mount (pins only: bpffs holds no files)
@@ -52,7 +53,7 @@ var (
 	vip6 = netip.MustParseAddr("2001:db8:ffff::10")
 )
 
-func buildBinaries(t *testing.T, dir string) (fulcrum, backend string) {
+func buildBinaries(t testing.TB, dir string) (fulcrum, backend string) {
 	t.Helper()
 	fulcrum, backend = filepath.Join(dir, "fulcrum"), filepath.Join(dir, "fcbackend")
 	for out, pkg := range map[string]string{fulcrum: "./cmd/fulcrum", backend: "./testenv/cmd/fcbackend"} {
@@ -65,10 +66,11 @@ func buildBinaries(t *testing.T, dir string) (fulcrum, backend string) {
 	return fulcrum, backend
 }
 
-func newHarness(t *testing.T, opts ...func(*testenv.Options)) *harness {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: the daemon end-to-end test needs root (BPF, namespaces)")
-	}
+func newHarness(t testing.TB, opts ...func(*testenv.Options)) *harness {
+	require.BPF(t)
+	require.Netns(t)
+	require.Tool(t, "ip") // the daemon and backends run through `ip netns exec`
+	require.Tool(t, "ss") // startServer waits for fcbackend's listener
 	o := testenv.Options{Backends: 3, VIPs: []netip.Addr{vip4, vip6}}
 	for _, f := range opts {
 		f(&o)
@@ -364,7 +366,7 @@ func TestDaemon(t *testing.T) {
 		t.Fatalf("restart with the same config rewrote VIPs:\n%s", h.log())
 	}
 	h.checkConns(conns, "", "daemon restarted")
-	time.Sleep(300 * time.Millisecond) // traffic through the new program too
+	stream.waitEchoes(time.Now(), 100) // traffic through the new program too
 	sent, lost := stream.stopCounts()
 	t.Logf("UDP stream through kill -9 and restart: %d datagrams sent, %d lost", sent, lost)
 	if sent < 100 || lost != 0 {
@@ -488,7 +490,9 @@ type probe struct {
 	conn     net.Conn
 	interval time.Duration
 	done     chan struct{}
+	sending  chan struct{} // closed when the sender has sent its last datagram
 	wg       sync.WaitGroup
+	t        testing.TB
 
 	mu    sync.Mutex
 	sent  []time.Time // by sequence number
@@ -504,10 +508,11 @@ func (h *harness) startProbe(vip netip.Addr, interval time.Duration) *probe {
 	}); err != nil {
 		h.t.Fatal(err)
 	}
-	p := &probe{conn: c, interval: interval, done: make(chan struct{})}
+	p := &probe{conn: c, interval: interval, done: make(chan struct{}), sending: make(chan struct{}), t: h.t}
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
+		defer close(p.sending)
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for i := 0; ; i++ {
@@ -554,9 +559,41 @@ func (p *probe) stop() {
 	default:
 	}
 	close(p.done)
-	time.Sleep(200 * time.Millisecond) // the last echoes
+	<-p.sending
+	// The last echoes: a flow's datagrams take one path and come back in
+	// order, so once the newest is back, every echo still to come is in.
+	// If it never comes it was lost; a second is far beyond a round trip
+	// here.
+	_, _ = require.Poll(time.Second, func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if n := len(p.reply); n > 0 && p.reply[n-1].IsZero() {
+			return fmt.Errorf("no echo of datagram %d yet", n-1)
+		}
+		return nil
+	})
 	p.conn.Close()
 	p.wg.Wait()
+}
+
+// waitEchoes waits until n echoes have arrived since from: the stream
+// flows (again), and any silence that began before from is over.
+func (p *probe) waitEchoes(from time.Time, n int) {
+	p.t.Helper()
+	require.Eventually(p.t, 5*time.Second, func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		got := 0
+		for _, r := range p.reply {
+			if !r.Before(from) {
+				got++
+			}
+		}
+		if got < n {
+			return fmt.Errorf("%d echoes since %s, want %d", got, from.Format("15:04:05.000"), n)
+		}
+		return nil
+	})
 }
 
 // stopCounts stops the probe and returns how many datagrams it sent and

@@ -37,7 +37,7 @@ type capturedAdvert struct {
 
 // captureAdverts starts capturing on iface in host's namespace until the
 // test ends (or stop).
-func captureAdverts(t *testing.T, host *testenv.Host, iface string) *advertCapture {
+func captureAdverts(t testing.TB, host *testenv.Host, iface string) *advertCapture {
 	t.Helper()
 	c := &advertCapture{where: host.Role() + "/" + iface, fd: -1, done: make(chan struct{})}
 	err := host.Do(func() error {

@@ -2,12 +2,16 @@ package daemon_test
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
@@ -168,4 +172,45 @@ func (w *stealWatch) total() []time.Duration {
 	a, b := w.at[0], w.at[len(w.at)-1]
 	w.mu.Unlock()
 	return w.within(a, b)
+}
+
+// netnsObjects is how many network namespaces the kernel holds, live or
+// still being torn down: the net_namespace slab's objects in use
+// (/proc/slabinfo, readable by root).
+func netnsObjects() (int, error) {
+	b, err := os.ReadFile("/proc/slabinfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "net_namespace" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no net_namespace line in /proc/slabinfo")
+}
+
+// waitNetnsTeardown waits until the kernel has destroyed the namespaces of
+// the tests before: until the count of namespaces has not fallen for
+// netnsSettle. Namespaces made meanwhile (by other processes) may raise
+// it; only a fall means a teardown is under way.
+func waitNetnsTeardown(t testing.TB) {
+	t.Helper()
+	const netnsSettle = 300 * time.Millisecond
+	last, since := -1, time.Now()
+	took := require.Eventually(t, 30*time.Second, func() error {
+		n, err := netnsObjects()
+		if err != nil {
+			return err
+		}
+		if last < 0 || n < last {
+			since = time.Now()
+		}
+		last = n
+		if quiet := time.Since(since); quiet < netnsSettle {
+			return fmt.Errorf("%d network namespaces, the last fall %s ago", n, quiet.Round(time.Millisecond))
+		}
+		return nil
+	})
+	t.Logf("namespace teardown of earlier tests done after %s (%d namespaces left)", took.Round(time.Millisecond), last)
 }

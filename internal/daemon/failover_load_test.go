@@ -115,7 +115,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	// worker, after they return. On this PREEMPT_NONE kernel that worker
 	// held a CPU from lb1's protocol thread for 54 ms once (a run with
 	// another test beside it); let it finish before VRRP starts.
-	time.Sleep(3 * time.Second)
+	waitNetnsTeardown(t)
 	h := newHarness(t, func(o *testenv.Options) { o.SecondLB = true; o.VIPNextHop = virtualAddr })
 	lb1, lb2 := h, h.node(h.topo.LB2)
 	loadVIP := fmt.Sprintf("  - address: %s\n    port: %d\n    protocol: udp\n    backends:\n", vip4, loadPort)

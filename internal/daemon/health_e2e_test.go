@@ -10,14 +10,24 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
+// The timing of healthConfig's checks, from which TestHealthChecks
+// derives its bounds.
+const (
+	healthInterval = 200 * time.Millisecond
+	healthTimeout  = 150 * time.Millisecond
+	healthRise     = 2
+	healthFall     = 2
+)
+
 // healthConfig is the harness config with health checks: tcp on the echo
 // VIP, udp (payload and expected reply) on the DNS VIP.
 func (h *harness) healthConfig() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "instance: e2e\nbpffs: %s\ninterfaces:\n  - name: eth0\napi:\n  socket: %s\nmetrics:\n  address: 127.0.0.1:9542\nvips:\n", h.dir, h.socket)
+	timing := fmt.Sprintf("interval: %s, timeout: %s, rise: %d, fall: %d", healthInterval, healthTimeout, healthRise, healthFall)
 	checks := map[string]string{
-		"tcp": "{type: tcp, interval: 200ms, timeout: 150ms, rise: 2, fall: 2}",
-		"udp": "{type: udp, interval: 200ms, timeout: 150ms, rise: 2, fall: 2, payload: hc, expect: hc}",
+		"tcp": "{type: tcp, " + timing + "}",
+		"udp": "{type: udp, " + timing + ", payload: hc, expect: hc}",
 	}
 	for _, v := range []struct {
 		port  int
@@ -63,10 +73,25 @@ func (h *harness) waitHealth(ref api.VIPRef, name, state string, limit time.Dura
 	}
 }
 
+// checkBound is how long after its server stops (or starts) a backend may
+// take to go down (up) after n probes in a row at interval, each of which
+// ends within timeout:
+//   - the next probe starts within one interval, the n-th (n-1) intervals
+//     later, and ends within the timeout: n × interval + timeout;
+//   - waitHealth sees the state within its 20 ms poll, the second of two
+//     waits within two;
+//   - and one interval for a probe timer that a loaded 2-core machine runs
+//     late.
+//
+// For healthConfig's checks and n = 2: 400 + 150 + 40 + 200 = 790 ms.
+func checkBound(n int, interval, timeout time.Duration) time.Duration {
+	return time.Duration(n)*interval + timeout + 2*20*time.Millisecond + interval
+}
+
 // TestHealthChecks stops a backend's servers under live traffic: its
-// backend goes down within interval × fall + one interval (plus slack for
-// this busy machine), new flows avoid it, the other backends' connections
-// see no reset; restarted, it comes back; the UDP check follows too.
+// backend goes down within checkBound(fall), new flows avoid it, the other
+// backends' connections see no reset; restarted, it comes back within
+// checkBound(rise); the UDP check follows too.
 func TestHealthChecks(t *testing.T) {
 	h := newHarness(t)
 	h.writeConfig(h.healthConfig())
@@ -80,12 +105,19 @@ func TestHealthChecks(t *testing.T) {
 	}
 	conns := h.openConns(40, vip4)
 
+	stopped := time.Now()
 	h.stopServer(1) // backend2
-	// interval × fall + one interval = 600 ms; the bound has slack for a
-	// loaded 2-core machine, the measured figure is logged.
-	took := h.waitHealth(web, "backend2", "down", 3*time.Second)
-	tookUDP := h.waitHealth(dns, "backend2", "down", 3*time.Second)
-	t.Logf("backend2 marked down after %s (tcp check), %s (udp check); bound 600 ms + slack", took.Round(time.Millisecond), tookUDP.Round(time.Millisecond))
+	// Both measured from the stop: the udp figure is at most the later
+	// of the two, and each must be within the bound.
+	bound := checkBound(healthFall, healthInterval, healthTimeout)
+	h.waitHealth(web, "backend2", "down", 3*time.Second)
+	took := time.Since(stopped)
+	h.waitHealth(dns, "backend2", "down", 3*time.Second)
+	tookUDP := time.Since(stopped)
+	t.Logf("backend2 marked down after %s (tcp check), %s (udp check); bound %s", took.Round(time.Millisecond), tookUDP.Round(time.Millisecond), bound)
+	if took > bound || tookUDP > bound {
+		t.Errorf("backend2 marked down after %s (tcp), %s (udp); want within %s", took, tookUDP, bound)
+	}
 	if b := h.backendHealth(web)["backend2"]; b.HealthError == "" || b.HealthSince.IsZero() {
 		t.Errorf("down backend shows no error or transition time: %+v", b)
 	}
@@ -107,10 +139,17 @@ func TestHealthChecks(t *testing.T) {
 		t.Fatal("metrics lack the health-check latency histogram")
 	}
 
-	h.startServer(1)
-	took = h.waitHealth(web, "backend2", "up", 3*time.Second)
+	h.startServer(1) // returns once it listens
+	started := time.Now()
+	bound = checkBound(healthRise, healthInterval, healthTimeout)
+	h.waitHealth(web, "backend2", "up", 3*time.Second)
+	took = time.Since(started)
 	h.waitHealth(dns, "backend2", "up", 3*time.Second)
-	t.Logf("backend2 back up after %s (rise 2 × 200 ms)", took.Round(time.Millisecond))
+	tookUDP = time.Since(started)
+	t.Logf("backend2 back up after %s (tcp check), %s (udp check); bound %s", took.Round(time.Millisecond), tookUDP.Round(time.Millisecond), bound)
+	if took > bound || tookUDP > bound {
+		t.Errorf("backend2 back up after %s (tcp), %s (udp); want within %s", took, tookUDP, bound)
+	}
 	h.checkConns(conns, "backend2", "after backend2 came back")
 	back := 0
 	for _, c := range h.openConns(30, vip4) {

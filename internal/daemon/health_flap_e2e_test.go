@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -20,6 +21,7 @@ const (
 	flapInterval = 200 * time.Millisecond
 	flapN        = 4
 	flapPhase    = 250 * time.Millisecond
+	flapTimeout  = 150 * time.Millisecond
 )
 
 // portBlock toggles a reject rule for TCP port 9000 to a backend's own
@@ -31,6 +33,7 @@ type portBlock struct {
 }
 
 func newPortBlock(t *testing.T, b *testenv.Host) *portBlock {
+	require.Tool(t, "nft")
 	p := &portBlock{t: t, host: b, rule: fmt.Sprintf("ip daddr %s tcp dport 9000 reject with tcp reset", b.IPv4)}
 	p.nft("add table inet fchealth")
 	p.nft("add chain inet fchealth in { type filter hook input priority 0 ; }")
@@ -61,6 +64,8 @@ func (p *portBlock) flap(d time.Duration, endOpen bool) time.Duration {
 	last := time.Now()
 	p.set(on)
 	for end := last.Add(d); time.Now().Before(end); {
+		// Pacing the flap is the test: each phase must be shorter than
+		// rise or fall probes.
 		time.Sleep(time.Until(last.Add(flapPhase)))
 		on = !on
 		p.set(on)
@@ -102,8 +107,8 @@ func TestHealthFlapping(t *testing.T) {
 	h := newHarness(t)
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "instance: e2e\nbpffs: %s\ninterfaces:\n  - name: eth0\napi:\n  socket: %s\nmetrics:\n  address: 127.0.0.1:9542\nvips:\n", h.dir, h.socket)
-	fmt.Fprintf(&sb, "  - address: %s\n    port: 9000\n    protocol: tcp\n    health_check: {type: tcp, interval: %s, timeout: 150ms, rise: %d, fall: %d}\n    backends:\n",
-		vip4, flapInterval, flapN, flapN)
+	fmt.Fprintf(&sb, "  - address: %s\n    port: 9000\n    protocol: tcp\n    health_check: {type: tcp, interval: %s, timeout: %s, rise: %d, fall: %d}\n    backends:\n",
+		vip4, flapInterval, flapTimeout, flapN, flapN)
 	for _, b := range h.topo.Backends {
 		fmt.Fprintf(&sb, "      - address: %s\n", b.IPv4)
 	}
@@ -114,14 +119,28 @@ func TestHealthFlapping(t *testing.T) {
 		h.waitHealth(web, name, "up", 5*time.Second)
 	}
 	block := newPortBlock(t, h.topo.Backends[1])
-	// Failed tcp probes so far; the series appears with the first one.
-	fails := func() float64 {
+	// tcp probes so far with a result (ok or fail); a series appears with
+	// its first probe.
+	probes := func(result string) float64 {
 		body := h.scrape()
-		series := `fulcrum_health_check_duration_seconds_count{kind="tcp",result="fail"}`
+		series := `fulcrum_health_check_duration_seconds_count{kind="tcp",result="` + result + `"}`
 		if !strings.Contains(body, series+" ") {
 			return 0
 		}
 		return metricValue(t, body, series)
+	}
+	fails := func() float64 { return probes("fail") }
+	// probed waits until the three backends, probed at the same interval,
+	// have had n more probes each: n chances for backend2's state to move.
+	probed := func(n int) {
+		t.Helper()
+		from := probes("ok") + probes("fail")
+		require.Eventually(t, 5*time.Second, func() error {
+			if got := probes("ok") + probes("fail") - from; got < float64(3*n) {
+				return fmt.Errorf("%v probes of the 3 backends, want %d", got, 3*n)
+			}
+			return nil
+		})
 	}
 	state := func(want string) {
 		t.Helper()
@@ -144,7 +163,7 @@ func TestHealthFlapping(t *testing.T) {
 	if longest > (flapN-2)*flapInterval {
 		t.Fatalf("a phase lasted %s: the machine is too slow to toggle the port faster than fall (%d × %s) allows", longest, flapN, flapInterval)
 	}
-	time.Sleep(2 * flapInterval)
+	probed(2)
 	state("up")
 	if f := fails() - failsBefore; f < 4 {
 		t.Fatalf("%v failed probes while flapping, want at least 4: the port did not flap", f)
@@ -165,6 +184,9 @@ func TestHealthFlapping(t *testing.T) {
 	if min := (flapN - 1) * flapInterval; took < min-50*time.Millisecond {
 		t.Errorf("down %s after the port closed, faster than fall = %d probes %s apart allow (%s)", took, flapN, flapInterval, min)
 	}
+	if max := checkBound(flapN, flapInterval, flapTimeout); took > max {
+		t.Errorf("down %s after the port closed, want within %s (checkBound)", took, max)
+	}
 	state("down")
 	t.Logf("held closed: down after %s (fall %d × %s)", took.Round(time.Millisecond), flapN, flapInterval)
 
@@ -174,7 +196,7 @@ func TestHealthFlapping(t *testing.T) {
 	if longest > (flapN-2)*flapInterval {
 		t.Fatalf("a phase lasted %s: the machine is too slow to toggle the port faster than rise (%d × %s) allows", longest, flapN, flapInterval)
 	}
-	time.Sleep(2 * flapInterval)
+	probed(2)
 	state("down")
 	if up, down := h.upDownLines(1); up != 1 || down != 1 {
 		t.Fatalf("after flapping while down: backend2 logged %d ups and %d downs, want 1 and 1\n%s", up, down, h.log())
@@ -186,9 +208,12 @@ func TestHealthFlapping(t *testing.T) {
 	if min := (flapN - 1) * flapInterval; took < min-50*time.Millisecond {
 		t.Errorf("up %s after the port opened, faster than rise = %d probes %s apart allow (%s)", took, flapN, flapInterval, min)
 	}
+	if max := checkBound(flapN, flapInterval, flapTimeout); took > max {
+		t.Errorf("up %s after the port opened, want within %s (checkBound)", took, max)
+	}
 	state("up")
 	t.Logf("held open: up after %s (rise %d × %s)", took.Round(time.Millisecond), flapN, flapInterval)
-	time.Sleep(4 * flapInterval)
+	probed(4)
 	if up, down := h.upDownLines(1); up != 2 || down != 1 {
 		t.Errorf("in all: backend2 logged %d ups and %d downs, want exactly 2 and 1 (rise/fall imply no more)\n%s", up, down, h.log())
 	}

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/health"
 	"github.com/fulcrum-lb/fulcrum/internal/healthsteer"
 	"github.com/fulcrum-lb/fulcrum/internal/neighbor"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
@@ -24,9 +24,7 @@ import (
 // VIP held by this host and a VIP routed off the configured interfaces
 // are refused with errors that say so.
 func TestSteeringEntry(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: namespaces need root")
-	}
+	require.Netns(t)
 	env := testenv.NewEnv(t)
 	lb, err := env.NewNamespace("lb")
 	if err != nil {

@@ -69,7 +69,7 @@ func (h *harness) throughConfig(mode string) string {
 }
 
 // setVIPsOnLo adds (on) or removes the VIPs from backend b's lo.
-func setVIPsOnLo(t *testing.T, b *testenv.Host, on bool) {
+func setVIPsOnLo(t testing.TB, b *testenv.Host, on bool) {
 	t.Helper()
 	lo, err := b.Handle().LinkByName("lo")
 	if err != nil {
@@ -184,6 +184,10 @@ func (h *harness) throughDatapath() {
 	}
 	t.Logf("backend2 without the VIPs: every through-datapath check says down after %s", time.Since(start).Round(time.Millisecond))
 	// Give the direct check as long again to (wrongly) change its mind.
+	// This wait is the test, not a stand-in for a condition: the point is
+	// that nothing happens in it. It is at least fall probes long, since
+	// the through-datapath checks, at the same interval and fall, needed
+	// that to go down.
 	time.Sleep(time.Since(start))
 	for _, ref := range all {
 		got := h.backendHealth(ref)

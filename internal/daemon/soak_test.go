@@ -127,11 +127,7 @@ func TestChurnSoak(t *testing.T) {
 		t.Error(msg)
 	}
 	sent, lost := stream.stopCounts()
-	time.Sleep(2500 * time.Millisecond) // one rate interval, so Stats is fresh
-	statsAfter, err := h.client.Stats(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	statsAfter := h.statsAfter(time.Now()) // counters with the stream's last datagram
 	after := procUsage(t, h.daemon.Process.Pid)
 	t.Logf("soak: %d changes in %s; UDP %d sent, %d lost; daemon fds %d -> %d, threads %d -> %d, RSS %d -> %d kB",
 		changes, soakDuration(t), sent, lost, before.fds, after.fds, before.threads, after.threads, before.rssKB, after.rssKB)

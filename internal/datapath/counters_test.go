@@ -11,6 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 // countersByLookup reads the counters the way Counters did before batch
@@ -259,7 +261,7 @@ func TestCountersBatch(t *testing.T) {
 // and backend ids (counters zeroed, then one new frame): the read must
 // report the new VIP's counts under the new VIP, never under the old.
 func TestCountersOwnerChangesDuringRead(t *testing.T) {
-	requireBPF(t)
+	require.BPF(t)
 	// One VIP index and three backend ids: a replacement must reuse them.
 	d, err := Load(Options{ConntrackEntries: 8192, MaxVIPs: 1, MaxBackends: 3})
 	if err != nil {

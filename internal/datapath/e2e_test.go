@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink/nl"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 	"github.com/fulcrum-lb/fulcrum/testenv"
@@ -63,9 +63,8 @@ var (
 // replies bypass the load balancer, that established connections survive
 // the removal of another backend, and that the counters add up.
 func TestEndToEndDSR(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: network namespaces and XDP need root")
-	}
+	require.BPF(t)
+	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 3, VIPs: []netip.Addr{e2eVIP4, e2eVIP6}})
 	e := &e2e{
 		topo:    topo,

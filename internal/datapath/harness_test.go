@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/gopacket/layers"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
@@ -26,14 +27,13 @@ const (
 
 var (
 	verdictNames = testpacket.VerdictNames
-	requireBPF   = testpacket.RequireBPF
 	runProg      = testpacket.Run
 	hexDiff      = testpacket.HexDiff
 )
 
 func newTestDatapath(tb testing.TB) *Datapath {
 	tb.Helper()
-	requireBPF(tb)
+	require.BPF(tb)
 	d, err := Load(Options{ConntrackEntries: 8192})
 	if err != nil {
 		tb.Fatalf("Load: %v", err)

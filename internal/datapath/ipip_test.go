@@ -12,6 +12,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 	"github.com/fulcrum-lb/fulcrum/testenv"
@@ -52,7 +53,8 @@ var (
 )
 
 func newIPIPEnv(t testing.TB) *ipipEnv {
-	requireBPF(t)
+	require.BPF(t)
+	require.Netns(t)
 	env := testenv.NewEnv(t)
 	lb, err := env.NewNamespace("lb")
 	if err != nil {

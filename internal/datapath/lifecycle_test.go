@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 // flowsByBackend opens n TCP flows (one ACK each, so each gets a
@@ -272,7 +274,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 // swap waits for an RCU grace period, about 8 ms here) and checks that the
 // next VIP is refused by name while the full datapath still forwards.
 func TestTooManyVIPs(t *testing.T) {
-	requireBPF(t)
+	require.BPF(t)
 	const limit = 300
 	d, err := Load(Options{ConntrackEntries: 1024, MaxVIPs: limit})
 	if err != nil {

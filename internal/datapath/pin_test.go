@@ -7,12 +7,14 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 // newPinRoot mounts a private bpffs for one test.
 func newPinRoot(t *testing.T) string {
 	t.Helper()
-	requireBPF(t)
+	require.BPF(t)
 	dir := t.TempDir()
 	if err := EnsureBPFFS(dir); err != nil {
 		t.Fatal(err)

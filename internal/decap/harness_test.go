@@ -11,6 +11,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 )
 
@@ -23,7 +24,6 @@ const (
 
 var (
 	verdictNames = testpacket.VerdictNames
-	requireRoot  = testpacket.RequireBPF
 	runProg      = testpacket.Run
 	hexDiff      = testpacket.HexDiff
 )
@@ -31,7 +31,7 @@ var (
 // newTestDecap loads the program with the given VIPs.
 func newTestDecap(tb testing.TB, vips ...netip.Addr) *Decap {
 	tb.Helper()
-	requireRoot(tb)
+	require.BPF(tb)
 	d, err := Load()
 	if err != nil {
 		tb.Fatalf("Load: %v", err)

@@ -3,7 +3,6 @@ package decap
 import (
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -11,23 +10,15 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
-
-// requireNetns skips where network namespaces cannot be made.
-func requireNetns(t *testing.T) {
-	t.Helper()
-	requireRoot(t)
-	if _, err := os.Stat("/proc/self/ns/net"); err != nil {
-		t.Skipf("skipped: no network namespace support: %v", err)
-	}
-}
 
 // lbAndBackend makes two namespaces joined by a veth pair, "eth0" in both:
 // the balancer's side (MAC macLB) and the backend's (MAC macBE).
 func lbAndBackend(t *testing.T) (lb, be *testenv.Host) {
 	t.Helper()
-	requireNetns(t)
+	require.Netns(t)
 	env := testenv.NewEnv(t)
 	lb, err := env.NewNamespace("lb")
 	if err != nil {

@@ -445,6 +445,9 @@ func TestSet(t *testing.T) {
 	waitFor(t, "the new target down", func() bool { return len(rec.of(vipN(4), loopback)) == 1 })
 
 	// A removed target makes no transition, even when its server goes.
+	// Time passing is the test here, not a stand-in for a condition: ten
+	// intervals in which a target still probing would have failed fall
+	// (2) times and gone down.
 	ln2.Close()
 	time.Sleep(10 * fast("tcp", 0, 2, 2).Interval)
 	if trs := rec.of(vipN(2), loopback); len(trs) != 1 {

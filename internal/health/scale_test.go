@@ -220,12 +220,10 @@ func TestScale(t *testing.T) {
 		wall.Round(time.Millisecond), 100*cpu.Seconds()/wall.Seconds(),
 		float64(cpu.Microseconds())/float64(max(total, 1)), others, runtime.NumCPU())
 
-	behind := len(probes) != targets || least < 4 || fails > 0
-	if behind && others > 0.5*float64(runtime.NumCPU()) {
-		t.Skipf("the checker fell behind, but other processes kept %.2f of %d CPUs busy: not a fair measurement",
-			others, runtime.NumCPU())
-	}
-
+	// No excuse for a busy machine: the checker needs about a tenth of a
+	// core, and kept every target at 4..5 probes with three CPU-bound
+	// loops beside it on 2 cores (other processes 1.91 cores of 2). What
+	// the rest of the machine used is logged above, to read a failure by.
 	if fails > 0 {
 		t.Errorf("%d probes failed against listening servers, e.g. %q", fails, errs)
 	}

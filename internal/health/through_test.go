@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 // fakeSteer records the steering the checker asks for.
@@ -240,9 +240,7 @@ func sockMark(t *testing.T, sc syscall.Conn) int {
 
 // TestDialerMarks: the probe sockets of every kind carry the mark.
 func TestDialerMarks(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: SO_MARK needs CAP_NET_ADMIN")
-	}
+	require.Root(t) // SO_MARK needs CAP_NET_ADMIN
 	_, p := listenTCP(t, "127.0.0.1")
 	for _, network := range []string{"tcp", "udp"} {
 		conn, err := dialer(check(network, p), 0x46430007).Dial(network, netip.AddrPortFrom(loopback, p).String())

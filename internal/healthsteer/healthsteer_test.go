@@ -12,6 +12,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 )
 
@@ -62,7 +63,7 @@ func run(tb testing.TB, prog *ebpf.Program, frame []byte, mark uint32) (uint32, 
 
 func load(tb testing.TB, opts Options) *Steerer {
 	tb.Helper()
-	testpacket.RequireBPF(tb)
+	require.BPF(tb)
 	s, err := Load(opts)
 	if err != nil {
 		tb.Fatalf("Load: %v", err)
@@ -320,7 +321,7 @@ func TestSetRefuses(t *testing.T) {
 }
 
 func TestLoadRefuses(t *testing.T) {
-	testpacket.RequireBPF(t)
+	require.BPF(t)
 	for _, o := range []Options{{MarkCount: MaxTargets + 1}, {MarkBase: 0xffffff00, MarkCount: 0x200}} {
 		if s, err := Load(o); err == nil {
 			s.Close()

@@ -13,7 +13,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
@@ -23,7 +23,8 @@ import (
 // router's; after Close the marked one is no longer steered and the
 // interface has no egress program left.
 func TestAttachSteersRealPackets(t *testing.T) {
-	testpacket.RequireBPF(t)
+	require.BPF(t)
+	require.Netns(t)
 	env := testenv.NewEnv(t)
 	lb, err := env.NewNamespace("lb")
 	if err != nil {

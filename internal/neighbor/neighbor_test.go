@@ -5,19 +5,17 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
 // TestResolve resolves a backend's MAC from the LB's namespace, v4 and v6,
 // and gives up on an address nobody answers for.
 func TestResolve(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: network namespaces need root")
-	}
+	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
 	b := topo.Backends[0]
 	err := topo.LB1.Do(func() error {
@@ -56,9 +54,7 @@ func TestResolve(t *testing.T) {
 // kernel keeps the old one until Reresolve, after which Watch must report
 // the new one within a second.
 func TestFollowMACChange(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: network namespaces need root")
-	}
+	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
 	b := topo.Backends[0]
 	var r *Resolver

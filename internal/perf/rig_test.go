@@ -7,21 +7,18 @@ import (
 	"time"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
-
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if err := RequireRoot(); err != nil {
-		tb.Skip("skipped: " + err.Error())
-	}
-}
 
 // TestPacketRig is the quick check of the packet-rate rig: frames of both
 // kinds flow through every configuration, from one CPU and from two, and
 // every backend gets some.
 func TestPacketRig(t *testing.T) {
-	requireRoot(t)
+	require.BPF(t)
+	require.Netns(t)
+	require.Tool(t, "ip")  // commands run in a namespace through `ip netns exec`
+	require.Tool(t, "nft") // the nftables configuration
 	ctx := context.Background()
 	env := testenv.NewEnv(t)
 	const backends = 4

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -147,13 +146,4 @@ func missingTools(tools []string) []string {
 		}
 	}
 	return out
-}
-
-// RequireRoot returns an error unless the process may load BPF programs
-// and create namespaces.
-func RequireRoot() error {
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("the benchmark suite needs root (BPF programs, network namespaces)")
-	}
-	return nil
 }

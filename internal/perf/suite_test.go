@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 var (
@@ -30,9 +32,8 @@ const suiteCommand = "go test -count=1 -timeout 30m -run '^$' -bench '^Benchmark
 // writes results.json and rates.png. It is what `make bench` runs after
 // the fast-path microbenchmarks; see docs/performance.md.
 func BenchmarkSuite(b *testing.B) {
-	if err := RequireRoot(); err != nil {
-		b.Skip("skipped: " + err.Error())
-	}
+	require.BPF(b)
+	require.Netns(b)
 	opts := DefaultOptions()
 	opts.Runs = *flagRuns
 	opts.Sections = strings.Split(*flagSections, ",")

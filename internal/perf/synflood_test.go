@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -24,9 +25,8 @@ import (
 // no connection entry (ct_guard counts them) and every established
 // connection keeps working, during and after the flood.
 func TestSYNFlood(t *testing.T) {
-	if err := RequireRoot(); err != nil {
-		t.Skip(err)
-	}
+	require.BPF(t)
+	require.Netns(t)
 	vip := netip.MustParseAddr("203.0.113.10")
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 3, VIPs: []netip.Addr{vip}})
 

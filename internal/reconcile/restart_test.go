@@ -11,14 +11,14 @@ import (
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
-	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 // TestRestartRewritesNothing: a daemon restarted over its pins, told the
 // state it wrote before, reports every VIP unchanged and writes none, ipip
 // VIPs (whose backends have no MAC) included.
 func TestRestartRewritesNothing(t *testing.T) {
-	testpacket.RequireBPF(t)
+	require.BPF(t)
 	root := t.TempDir()
 	if err := datapath.EnsureBPFFS(root); err != nil {
 		t.Fatal(err)

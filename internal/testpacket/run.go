@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
@@ -23,15 +22,6 @@ const (
 // VerdictNames names the XDP verdicts, for failure messages.
 var VerdictNames = map[uint32]string{
 	XDPAborted: "XDP_ABORTED", XDPDrop: "XDP_DROP", XDPPass: "XDP_PASS", XDPTX: "XDP_TX", XDPRedirect: "XDP_REDIRECT",
-}
-
-// RequireBPF skips on machines where BPF programs cannot be loaded. On the
-// project's machines (root, kernel 6.18) it never skips.
-func RequireBPF(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("skipped: loading BPF programs needs root (CAP_BPF and CAP_NET_ADMIN)")
-	}
 }
 
 // Run pushes one frame through prog with BPF_PROG_RUN and returns the

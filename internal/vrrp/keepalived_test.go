@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
@@ -26,16 +27,8 @@ import (
 
 func keepalivedBinary(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("keepalived"); err == nil {
-		return p
-	}
-	for _, p := range []string{"/usr/sbin/keepalived", "/sbin/keepalived"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Skip("skipped: no keepalived binary (apt-get install keepalived)")
-	return ""
+	require.Tool(t, "ip") // keepalived runs in a namespace through `ip netns exec`
+	return require.Tool(t, "keepalived")
 }
 
 type keepalived struct {
@@ -337,7 +330,7 @@ func checkWire(t *testing.T, who string, pkts [][]byte, src netip.Addr, priority
 // it, and keepalived backs off; when Fulcrum stops keepalived takes over;
 // when Fulcrum comes back it preempts again.
 func TestKeepalivedBackup(t *testing.T) {
-	requireRoot(t)
+	require.Netns(t)
 	keepalivedBinary(t)
 	topo := testenv.NewCanonical(t, testenv.Options{SecondLB: true, Backends: 1})
 	capt := startCapture(t, topo.Router, testenv.MainIface)
@@ -413,7 +406,7 @@ func TestKeepalivedBackup(t *testing.T) {
 // Fulcrum (lb1, 100) its backup; when keepalived stops Fulcrum takes over,
 // and when it comes back it preempts Fulcrum.
 func TestKeepalivedMaster(t *testing.T) {
-	requireRoot(t)
+	require.Netns(t)
 	keepalivedBinary(t)
 	topo := testenv.NewCanonical(t, testenv.Options{SecondLB: true, Backends: 1})
 
@@ -467,7 +460,7 @@ func TestKeepalivedMaster(t *testing.T) {
 // unicast peers instead of the group; each accepts the other's checksum,
 // which covers the peer's address as destination.
 func TestKeepalivedUnicast(t *testing.T) {
-	requireRoot(t)
+	require.Netns(t)
 	keepalivedBinary(t)
 	topo := testenv.NewCanonical(t, testenv.Options{SecondLB: true, Backends: 1})
 	ka := startKeepalived(t, topo.LB2, 200, testenv.LB1IPv4)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/vrrp"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -32,13 +33,6 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces and raw sockets")
-	}
 }
 
 // syncBuffer collects the agent's log lines.
@@ -102,7 +96,7 @@ func waitState(t *testing.T, a *Agent, s vrrp.State, timeout time.Duration) {
 // master, lb2 (100) backup; every request reaches the router; stopping lb1
 // hands over to lb2 at once (priority 0).
 func TestAgent(t *testing.T) {
-	requireRoot(t)
+	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{SecondLB: true, Backends: 1})
 	var log1, log2 syncBuffer
 	a1 := startIn(t, topo.LB1, routerConfig(200), &log1)
@@ -203,7 +197,7 @@ func checkRealtime(t *testing.T, pid int) {
 // TestAgentBadConfig: the router's error comes back from Start, and no
 // process is left.
 func TestAgentBadConfig(t *testing.T) {
-	requireRoot(t)
+	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
 	cfg := routerConfig(100)
 	cfg.Interface = "nosuch0"
@@ -222,7 +216,7 @@ func TestAgentBadConfig(t *testing.T) {
 // stats stay readable. And an agent whose daemon goes away (its end of the
 // socket closes) stops by itself, gracefully.
 func TestAgentDeath(t *testing.T) {
-	requireRoot(t)
+	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
 	var log syncBuffer
 	a := startIn(t, topo.LB1, routerConfig(200), &log)
@@ -268,7 +262,7 @@ func checkCleanStop(t *testing.T, a *Agent, log *syncBuffer) {
 // process in it, the agent too. The agent stops by itself, gracefully, and
 // Run, whose ctx ends at the same time, reports no error.
 func TestAgentSignalledWithDaemon(t *testing.T) {
-	requireRoot(t)
+	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
 	var log syncBuffer
 	a := startIn(t, topo.LB1, routerConfig(200), &log)

@@ -22,7 +22,6 @@ const (
 	TestprogsProgBenchIpip    = "bench_ipip"
 	TestprogsProgBenchNewflow = "bench_newflow"
 	TestprogsProgBenchTail    = "bench_tail"
-	TestprogsProgTestFlowhash = "test_flowhash"
 )
 
 // LoadTestprogs returns the embedded CollectionSpec for Testprogs.
@@ -71,7 +70,6 @@ type TestprogsProgramSpecs struct {
 	BenchIpip    *ebpf.ProgramSpec `ebpf:"bench_ipip"`
 	BenchNewflow *ebpf.ProgramSpec `ebpf:"bench_newflow"`
 	BenchTail    *ebpf.ProgramSpec `ebpf:"bench_tail"`
-	TestFlowhash *ebpf.ProgramSpec `ebpf:"test_flowhash"`
 }
 
 // TestprogsMapSpecs contains maps before they are loaded into the kernel.
@@ -133,7 +131,6 @@ type TestprogsPrograms struct {
 	BenchIpip    *ebpf.Program `ebpf:"bench_ipip"`
 	BenchNewflow *ebpf.Program `ebpf:"bench_newflow"`
 	BenchTail    *ebpf.Program `ebpf:"bench_tail"`
-	TestFlowhash *ebpf.Program `ebpf:"test_flowhash"`
 }
 
 func (p *TestprogsPrograms) Close() error {
@@ -142,7 +139,6 @@ func (p *TestprogsPrograms) Close() error {
 		p.BenchIpip,
 		p.BenchNewflow,
 		p.BenchTail,
-		p.TestFlowhash,
 	)
 }
 

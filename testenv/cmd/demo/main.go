@@ -146,7 +146,9 @@ func run(fulcrumBin, backendBin string, requests int) (err error) {
 		}
 		bars(counts, names)
 	}
-	time.Sleep(2500 * time.Millisecond) // one stats interval, so rates show
+	if err := waitRates(client, time.Now()); err != nil {
+		return err
+	}
 	cli("stats")
 
 	step("draining backend2 of %s:80 while 30 long-lived connections are open", vip4)
@@ -222,6 +224,25 @@ func waitReady(c *api.Client, logPath string) error {
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(logPath)
 			return fmt.Errorf("the daemon did not come up: %v\n%s", err, log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitRates waits until the daemon's counter snapshot was taken after
+// since and its rates cover an interval (it samples every 2 s), so that
+// `fulcrum stats` shows the requests' rates.
+func waitRates(c *api.Client, since time.Time) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := c.Stats(ctx)
+		cancel()
+		if err == nil && st.Time.After(since) && st.Interval > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no counter snapshot with rates after %s: the last from %s (%v)", since.Format("15:04:05.000"), st.Time.Format("15:04:05.000"), err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
