@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -76,19 +75,11 @@ func daemonCommands() []*cli.Command {
 						return cli.Exit(fmt.Sprintf("fulcrum detach: a daemon is running on %s; stop it first (it would keep the program attached)", socket), 1)
 					}
 				}
-				if !datapath.IsBPFFS(bpffs) {
-					fmt.Fprintf(c.App.Writer, "nothing to detach: no bpffs at %s\n", bpffs)
-					return nil
-				}
-				dir := datapath.PinDir(bpffs, instance)
-				if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-					fmt.Fprintf(c.App.Writer, "nothing to detach: no pins in %s\n", dir)
-					return nil
-				}
-				if err := datapath.RemovePins(dir); err != nil {
+				msg, err := datapath.Detach(bpffs, instance)
+				if err != nil {
 					return cli.Exit("fulcrum detach: "+err.Error(), 1)
 				}
-				fmt.Fprintf(c.App.Writer, "detached: removed %s\n", dir)
+				fmt.Fprintln(c.App.Writer, msg)
 				return nil
 			},
 		},
