@@ -26,6 +26,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -236,7 +237,7 @@ func mountedIn(pid int, dev uint64) (bool, error) {
 		return false, err
 	}
 	defer f.Close()
-	mounts, err := parseMountinfo(f)
+	mounts, err := parseMountinfo(f, f.Name())
 	if err != nil {
 		return false, err
 	}
@@ -250,16 +251,15 @@ func mountedIn(pid int, dev uint64) (bool, error) {
 
 // mount is one line of /proc/PID/mountinfo, the fields this file needs.
 type mount struct {
-	dev        uint64
-	mountPoint string
-	fstype     string
+	dev    uint64
+	fstype string
 }
 
 // parseMountinfo reads /proc/PID/mountinfo (proc(5)): "ID PARENT MAJ:MIN
 // ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS".
-func parseMountinfo(f *os.File) ([]mount, error) {
+func parseMountinfo(r io.Reader, name string) ([]mount, error) {
 	var out []mount
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
 		fields := strings.Fields(line)
@@ -271,18 +271,18 @@ func parseMountinfo(f *os.File) ([]mount, error) {
 			}
 		}
 		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
-			return nil, fmt.Errorf("%s: malformed line %q", f.Name(), line)
+			return nil, fmt.Errorf("%s: malformed line %q", name, line)
 		}
 		maj, min, ok := strings.Cut(fields[2], ":")
 		ma, err1 := strconv.ParseUint(maj, 10, 32)
 		mi, err2 := strconv.ParseUint(min, 10, 32)
 		if !ok || err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("%s: bad device %q in %q", f.Name(), fields[2], line)
+			return nil, fmt.Errorf("%s: bad device %q in %q", name, fields[2], line)
 		}
-		out = append(out, mount{dev: unix.Mkdev(uint32(ma), uint32(mi)), mountPoint: fields[4], fstype: fields[sep+1]})
+		out = append(out, mount{dev: unix.Mkdev(uint32(ma), uint32(mi)), fstype: fields[sep+1]})
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
+		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
 	return out, nil
 }
