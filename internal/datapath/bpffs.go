@@ -122,7 +122,11 @@ func MountBPFFS(dir string) (BPFFS, error) {
 			b.Note = fmt.Sprintf("pins outlive this process only if the bpffs at %s is mounted outside this mount namespace too (a host bpffs bound into a container is): as pid 1 of its pid namespace, this process ends its mount namespace when it ends", dir)
 			b.Stop = fmt.Sprintf(stopMaybeF, dir)
 		default:
-			b.Note = fmt.Sprintf("pins outlive this process: the bpffs at %s is in the mount namespace that this process shares with the processes that started it", dir)
+			other, ok := sharer(own)
+			if !ok {
+				return dies(fmt.Sprintf("the bpffs at %s is mounted in a mount namespace that no other process (in sight) shares", dir))
+			}
+			b.Note = fmt.Sprintf("pins outlive this process: the bpffs at %s is in the mount namespace that this process shares with %s", dir, other)
 		}
 		return b, nil
 	}
@@ -149,8 +153,37 @@ func MountBPFFS(dir string) (BPFFS, error) {
 	if pid1 {
 		return dies(fmt.Sprintf("this process is pid 1 of its pid namespace (a container's entrypoint?), and the bpffs it mounted at %s ends with its mount namespace", dir))
 	}
-	b.Note = fmt.Sprintf("pins outlive this process: mounted bpffs at %s in the mount namespace that this process shares with the processes that started it", dir)
+	other, ok := sharer(own)
+	if !ok {
+		// No outer namespace in sight (an ancestor that may not be read)
+		// and nobody else in this one: it ends with this process.
+		return dies(fmt.Sprintf("the bpffs it mounted at %s is in a mount namespace that no other process (in sight) shares", dir))
+	}
+	b.Note = fmt.Sprintf("pins outlive this process: mounted bpffs at %s in the mount namespace that this process shares with %s", dir, other)
 	return b, nil
+}
+
+// sharer finds another process in the mount namespace own, which keeps it
+// (and the mounts in it) after this process ends: the parent if it is one,
+// else any.
+func sharer(own uint64) (process, bool) {
+	pids := []string{strconv.Itoa(os.Getppid())}
+	if entries, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range entries {
+			pids = append(pids, e.Name())
+		}
+	}
+	self := strconv.Itoa(os.Getpid())
+	for _, p := range pids {
+		pid, err := strconv.Atoi(p)
+		if err != nil || p == self || pid <= 0 {
+			continue
+		}
+		if ns, err := mountNamespace(p); err == nil && ns == own {
+			return process{pid: pid, comm: comm(p)}, true
+		}
+	}
+	return process{}, false
 }
 
 // process names a process for messages.

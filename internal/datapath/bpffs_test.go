@@ -214,7 +214,7 @@ func TestMountBPFFS(t *testing.T) {
 	// The namespace of the process that started it: mounted there.
 	dir4 := bpffsDir(t)
 	b = runHelper(t, "mount", dir4)
-	want = fmt.Sprintf("pins outlive this process: mounted bpffs at %s in the mount namespace that this process shares", dir4)
+	want = fmt.Sprintf("pins outlive this process: mounted bpffs at %s in the mount namespace that this process shares with pid %d (", dir4, testPID)
 	if !b.Outlives || !strings.HasPrefix(b.Note, want) {
 		t.Fatalf("shared namespace: got %+v, want a note starting %q", b, want)
 	}
