@@ -3,6 +3,7 @@ package datapath
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -266,17 +267,20 @@ func TestDetachFindsPins(t *testing.T) {
 	// In another process's private namespace: named, not removed.
 	dir2 := bpffsDir(t)
 	hold := helper("hold", dir2, private...)
-	stdin, err := hold.StdinPipe()
+	// It holds its pins until its stdin closes; it says "ready" on stdout.
+	inR, stdin, err1 := os.Pipe()
+	stdout, outW, err2 := os.Pipe()
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	hold.Stdin, hold.Stdout = inR, outW
+	err = hold.Start()
+	inR.Close()
+	outW.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	stdout, err := hold.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
-	}
+	defer stdout.Close()
 	defer func() {
 		stdin.Close()
 		hold.Process.Kill()
