@@ -408,6 +408,11 @@ func moveHere(clone int, dir string) error {
 // other process's mount namespace holds them, the error names it and says
 // how to run the detach there.
 func Detach(root, instance string) (string, error) {
+	// The same path is looked up in other namespaces, from their root.
+	root, err := filepath.Abs(root)
+	if err != nil {
+		return "", err
+	}
 	dir := PinDir(root, instance)
 	if IsBPFFS(root) && exists(dir) {
 		if err := RemovePins(dir); err != nil {
