@@ -108,19 +108,11 @@ func detach(c *cli.Context) error {
 		}
 	}
 
-	if !datapath.IsBPFFS(bpffs) {
-		fmt.Fprintf(c.App.Writer, "nothing to detach: no bpffs at %s\n", bpffs)
-		return nil
-	}
-	dir := datapath.PinDir(bpffs, instance)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintf(c.App.Writer, "nothing to detach: no pins in %s\n", dir)
-		return nil
-	}
-	if err := datapath.RemovePins(dir); err != nil {
+	msg, err := datapath.Detach(bpffs, instance)
+	if err != nil {
 		return cli.Exit("fulcrum detach: "+err.Error(), exitError)
 	}
-	fmt.Fprintf(c.App.Writer, "detached: removed %s\n", dir)
+	fmt.Fprintln(c.App.Writer, msg)
 	return nil
 }
 

@@ -170,14 +170,14 @@ func TestDetachChecksTheSocketsItIsGiven(t *testing.T) {
 	t.Setenv("FULCRUM_SOCKET", d.socket)
 	runCLI(t, "detach", "--instance", instance, "--bpffs", notBPFFS).fails(t, exitError, refused)
 	// ... one of another instance is not.
-	runCLI(t, "detach", "--instance", instance+"x", "--bpffs", notBPFFS).check(t, 0, "nothing to detach: no bpffs at "+notBPFFS+"\n", "")
+	runCLI(t, "detach", "--instance", instance+"x", "--bpffs", notBPFFS).check(t, 0, noBPFFS(notBPFFS, instance+"x"), "")
 }
 
 // TestDetachNothing: without a daemon, detach says what it found.
 func TestDetachNothing(t *testing.T) {
 	instance := fmt.Sprintf("fctest%d", os.Getpid())
 	dir := t.TempDir()
-	runCLI(t, "detach", "--instance", instance, "--bpffs", dir).check(t, 0, "nothing to detach: no bpffs at "+dir+"\n", "")
+	runCLI(t, "detach", "--instance", instance, "--bpffs", dir).check(t, 0, noBPFFS(dir, instance), "")
 	if os.Geteuid() != 0 {
 		return
 	}
@@ -185,7 +185,7 @@ func TestDetachNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Unmount(dir, unix.MNT_DETACH)
-	runCLI(t, "detach", "--instance", instance, "--bpffs", dir).check(t, 0, "nothing to detach: no pins in "+datapath.PinDir(dir, instance)+"\n", "")
+	runCLI(t, "detach", "--instance", instance, "--bpffs", dir).check(t, 0, "nothing to detach: no pins in "+datapath.PinDir(dir, instance)+", nor at that path in any other mount namespace\n", "")
 }
 
 func TestDetachArguments(t *testing.T) {
@@ -227,4 +227,12 @@ func xdpAttached(t *testing.T, h *testenv.Host) bool {
 		t.Fatal(err)
 	}
 	return l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+}
+
+// noBPFFS is what detach says when dir is no bpffs here and no other mount
+// namespace holds the instance's pins at that path.
+func noBPFFS(dir, instance string) string {
+	return "nothing to detach: no bpffs at " + dir + " in this mount namespace, and no pins of instance " + instance +
+		" at that path in any other; a daemon that mounted its own bpffs in a private mount namespace" +
+		" (ip netns exec, a container) took its pins, and the fast path, with it when it ended\n"
 }

@@ -2,7 +2,8 @@
 // adopts the pinned fast path, attaches it, reconciles the VIPs, and serves
 // the control API and the metrics until it is told to stop. Stopping (or
 // being killed) leaves the program attached and the maps pinned, so traffic
-// keeps flowing; `fulcrum detach` removes them.
+// keeps flowing; `fulcrum detach` removes them. That holds when the bpffs
+// outlives the process (datapath.MountBPFFS); the log says whether it does.
 package daemon
 
 import (
@@ -98,8 +99,14 @@ func (d *Daemon) run(ctx context.Context) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	if err := datapath.EnsureBPFFS(cfg.BPFFS); err != nil {
+	bpffs, err := datapath.MountBPFFS(cfg.BPFFS)
+	if err != nil {
 		return err
+	}
+	if bpffs.Outlives {
+		d.log.Info(bpffs.Note)
+	} else {
+		d.log.Warn(bpffs.Note)
 	}
 	pinDir := datapath.PinDir(cfg.BPFFS, cfg.Instance)
 	dp, err := datapath.Load(datapath.Options{ConntrackEntries: cfg.Conntrack.Entries, PinDir: pinDir})
@@ -238,7 +245,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			d.log.Info("stopping; the fast path stays attached", "pins", pinDir)
+			d.log.Info("stopping; "+bpffs.Stop, "pins", pinDir)
 			return nil
 		case err := <-errc:
 			return err

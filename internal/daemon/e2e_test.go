@@ -41,6 +41,7 @@ type harness struct {
 	cfgPath string
 	socket  string
 	daemon  *exec.Cmd
+	wrap    []string // a command the daemon runs under, in lb1 (say, unshare)
 	client  *api.Client
 	names   map[netip.Addr]string // backend address -> name
 	// servers are the fcbackend processes, by backend index.
@@ -176,7 +177,8 @@ func (h *harness) startDaemon() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := h.lb.Command(context.Background(), h.bin, "daemon", "--config", h.cfgPath)
+	argv := append(append([]string{}, h.wrap...), h.bin, "daemon", "--config", h.cfgPath)
+	cmd := h.lb.Command(context.Background(), argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -10,37 +10,12 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 )
-
-// DefaultBPFFS is where bpffs is normally mounted.
-const DefaultBPFFS = "/sys/fs/bpf"
 
 // PinDir returns the directory holding an instance's pinned maps and links
 // under a bpffs root: ROOT/fulcrum/INSTANCE.
 func PinDir(root, instance string) string {
 	return filepath.Join(root, "fulcrum", instance)
-}
-
-// IsBPFFS reports whether dir is the root of a mounted bpf filesystem.
-func IsBPFFS(dir string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC
-}
-
-// EnsureBPFFS mounts a bpf filesystem at dir unless one is there already.
-// A fresh machine (and every `ip netns exec`) has none at /sys/fs/bpf.
-func EnsureBPFFS(dir string) error {
-	if IsBPFFS(dir) {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
-	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
-	}
-	return nil
 }
 
 // RemovePins removes an instance's pinned link and maps. With the pins gone
