@@ -19,12 +19,12 @@ func vipAddCommand() *cli.Command {
 			"  fulcrum vip add tcp/203.0.113.10:80 --mode dsr \\\n" +
 			"      --backend 198.18.0.11 --backend 198.18.0.12,weight=2,mac=02:00:5e:00:53:12",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "mode", Value: config.Modes[0], Usage: "forwarding `MODE`: " + strings.Join(config.Modes, " or ")},
+			&cli.StringFlag{Name: "mode", Value: config.ModeNames()[0], Usage: "forwarding `MODE`: " + strings.Join(config.ModeNames(), " or ")},
 			&cli.StringFlag{Name: "name", Usage: "a `NAME` for people (shown in listings)"},
-			&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.Schedulers, " or "), DefaultText: "maglev"},
+			&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), " or "), DefaultText: "maglev"},
 			&cli.UintFlag{Name: "ring-size", Usage: "Maglev ring size `N`, a prime", DefaultText: "65537"},
 			&cli.BoolFlag{Name: "no-conntrack", Usage: "do not track connections (stateless services)"},
-			&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for non-first IPv4 fragments: " + strings.Join(config.FragmentPolicies, " or "), DefaultText: "drop"},
+			&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for non-first IPv4 fragments: " + strings.Join(config.FragmentPolicyNames(), " or "), DefaultText: "drop"},
 			&cli.StringSliceFlag{Name: "backend", Usage: "a backend `SPEC`, ADDRESS[,weight=N][,mac=MAC] (weight default 1); repeat for more"},
 		},
 		Action: vipAdd,
@@ -41,16 +41,16 @@ func vipAdd(c *cli.Context) error {
 		return err
 	}
 	v := api.VIP{VIPRef: ref, Name: c.String("name"), Backends: []api.Backend{}}
-	if v.Mode, err = oneOf(c, "mode", config.Modes); err != nil {
+	if v.Mode, err = oneOf(c, "mode", config.ModeNames()); err != nil {
 		return err
 	}
 	if v.Mode == "" {
-		return usagef("%s: --mode is empty: want %s", commandPath(c), strings.Join(config.Modes, " or "))
+		return usagef("%s: --mode is empty: want %s", commandPath(c), strings.Join(config.ModeNames(), " or "))
 	}
-	if v.Scheduler, err = oneOf(c, "scheduler", config.Schedulers); err != nil {
+	if v.Scheduler, err = oneOf(c, "scheduler", config.SchedulerNames()); err != nil {
 		return err
 	}
-	if v.Fragments, err = oneOf(c, "fragments", config.FragmentPolicies); err != nil {
+	if v.Fragments, err = oneOf(c, "fragments", config.FragmentPolicyNames()); err != nil {
 		return err
 	}
 	ring := c.Uint("ring-size")

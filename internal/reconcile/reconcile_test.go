@@ -16,11 +16,41 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 )
 
-// fakeDataplane keeps VIPs as the datapath would and records every write.
+// fakeDataplane keeps VIPs as the datapath would and records every write:
+// those of VIPs in writes, those of settings in settings.
 type fakeDataplane struct {
-	vips   map[datapath.VIP]datapath.VIPState
-	writes []string
-	fail   error
+	vips     map[datapath.VIP]datapath.VIPState
+	writes   []string
+	settings []string
+	fail     error
+	encap    datapath.EncapConfig
+	limit    uint32
+}
+
+// SetEncap refuses, as the datapath does, to take away a prefix that a
+// live ipip VIP needs.
+func (f *fakeDataplane) SetEncap(c datapath.EncapConfig) error {
+	for _, s := range f.vips {
+		if s.Config.Mode != datapath.ModeIPIP {
+			continue
+		}
+		for _, b := range s.Backends {
+			if err := encapCovers(c, b.Addr); err != nil {
+				return fmt.Errorf("vip %s: %w", s.VIP, err)
+			}
+		}
+	}
+	f.encap = c
+	f.settings = append(f.settings, fmt.Sprintf("encap %s %s", c.SourceV4, c.SourceV6))
+	return nil
+}
+
+func (f *fakeDataplane) Encap() datapath.EncapConfig { return f.encap }
+
+func (f *fakeDataplane) SetNewFlowLimit(n uint32) error {
+	f.limit = n
+	f.settings = append(f.settings, fmt.Sprintf("limit %d", n))
+	return nil
 }
 
 func newFake() *fakeDataplane { return &fakeDataplane{vips: make(map[datapath.VIP]datapath.VIPState)} }
@@ -92,14 +122,14 @@ var (
 func newRec(t *testing.T) (*Reconciler, *fakeDataplane) {
 	f := newFake()
 	res := fakeResolver{b3.Address: mac("02:00:00:00:00:13")}
-	return New(f, res, slog.New(slog.NewTextHandler(io.Discard, nil)), nil), f
+	return New(f, res, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}), f
 }
 
 func TestReplaceWritesOnlyChanges(t *testing.T) {
 	r, f := newRec(t)
 	ctx := context.Background()
 	web, api := vip("203.0.113.10", 80, b1, b2, b3), vip("203.0.113.11", 443, b1)
-	res, err := r.Replace(ctx, []config.VIP{web, api})
+	res, err := r.Apply(ctx, State{VIPs: []config.VIP{web, api}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +141,7 @@ func TestReplaceWritesOnlyChanges(t *testing.T) {
 	}
 
 	f.writes = nil
-	res, err = r.Replace(ctx, []config.VIP{web, api})
+	res, err = r.Apply(ctx, State{VIPs: []config.VIP{web, api}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +150,7 @@ func TestReplaceWritesOnlyChanges(t *testing.T) {
 	}
 
 	web2 := vip("203.0.113.10", 80, b1, be("198.18.0.12", 5, "02:00:00:00:00:12"), b3)
-	res, err = r.Replace(ctx, []config.VIP{web2, api})
+	res, err = r.Apply(ctx, State{VIPs: []config.VIP{web2, api}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +159,7 @@ func TestReplaceWritesOnlyChanges(t *testing.T) {
 	}
 
 	f.writes = nil
-	res, err = r.Replace(ctx, []config.VIP{web2})
+	res, err = r.Apply(ctx, State{VIPs: []config.VIP{web2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,11 +188,11 @@ func TestBadPlanWritesNothing(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r, f := newRec(t)
-			if _, err := r.Replace(ctx, []config.VIP{good}); err != nil {
+			if _, err := r.Apply(ctx, State{VIPs: []config.VIP{good}}); err != nil {
 				t.Fatal(err)
 			}
 			f.writes = nil
-			_, err := r.Replace(ctx, c.vips)
+			_, err := r.Apply(ctx, State{VIPs: c.vips})
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want one containing %q", err, c.want)
 			}
@@ -180,7 +210,7 @@ func TestEdits(t *testing.T) {
 	ctx := context.Background()
 	r, f := newRec(t)
 	web := vip("203.0.113.10", 80, b1, b2)
-	if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+	if _, err := r.Apply(ctx, State{VIPs: []config.VIP{web}}); err != nil {
 		t.Fatal(err)
 	}
 	k := Key(web)
@@ -220,15 +250,15 @@ func TestEdits(t *testing.T) {
 // (drain), and comes back when up.
 func TestHealth(t *testing.T) {
 	ctx := context.Background()
-	for _, onDown := range []string{"rehash", "drain"} {
-		t.Run(onDown, func(t *testing.T) {
+	for _, onDown := range []config.OnDown{config.OnDownRehash, config.OnDownDrain} {
+		t.Run(string(onDown), func(t *testing.T) {
 			r, f := newRec(t)
 			web := vip("203.0.113.10", 80, b1, b2)
 			web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: onDown}
 			for i := range web.Backends {
 				web.Backends[i].HealthCheck = web.HealthCheck
 			}
-			if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+			if _, err := r.Apply(ctx, State{VIPs: []config.VIP{web}}); err != nil {
 				t.Fatal(err)
 			}
 			k := Key(web)
@@ -260,15 +290,15 @@ func TestHealth(t *testing.T) {
 // all.
 func TestAllDown(t *testing.T) {
 	ctx := context.Background()
-	for _, policy := range []string{"drop", "fail-open"} {
-		t.Run(policy, func(t *testing.T) {
+	for _, policy := range []config.AllDown{config.AllDownDrop, config.AllDownFailOpen} {
+		t.Run(string(policy), func(t *testing.T) {
 			r, f := newRec(t)
 			web := vip("203.0.113.10", 80, b1, b2)
 			web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: "rehash", AllDown: policy}
 			for i := range web.Backends {
 				web.Backends[i].HealthCheck = web.HealthCheck
 			}
-			if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+			if _, err := r.Apply(ctx, State{VIPs: []config.VIP{web}}); err != nil {
 				t.Fatal(err)
 			}
 			k := Key(web)
@@ -296,7 +326,7 @@ func TestHealthForgotten(t *testing.T) {
 	chk := &config.HealthCheck{Type: "tcp", OnDown: "rehash"}
 	checked := func(b config.Backend) config.Backend { b.HealthCheck = chk; return b }
 	web := vip("203.0.113.10", 80, checked(b1), checked(b2))
-	if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+	if _, err := r.Apply(ctx, State{VIPs: []config.VIP{web}}); err != nil {
 		t.Fatal(err)
 	}
 	k := Key(web)
@@ -312,7 +342,7 @@ func TestHealthForgotten(t *testing.T) {
 	}
 	r.SetHealth(ctx, k, b2.Address, Down)
 	unchecked := vip("203.0.113.10", 80, checked(b1), b2)
-	if _, err := r.Replace(ctx, []config.VIP{unchecked}); err != nil {
+	if _, err := r.Apply(ctx, State{VIPs: []config.VIP{unchecked}}); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(f.vips[k].Backends); n != 2 {
