@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
@@ -17,19 +19,36 @@ import (
 )
 
 // fakeDataplane keeps VIPs as the datapath would and records every write:
-// those of VIPs in writes, those of settings in settings.
+// those of VIPs in writes, those of settings in settings, and both in
+// calls, in order. It has no lock of its own: calls that overlap are
+// counted in overlaps (and seen by the race detector).
 type fakeDataplane struct {
 	vips     map[datapath.VIP]datapath.VIPState
 	writes   []string
 	settings []string
+	calls    []string
 	fail     error
 	encap    datapath.EncapConfig
 	limit    uint32
+
+	active, overlaps atomic.Int32
+}
+
+// enter marks a call in progress until the returned func runs, and counts
+// an overlap if another is; it yields meanwhile, so that calls the
+// reconciler does not serialise get the chance to overlap.
+func (f *fakeDataplane) enter() func() {
+	if f.active.Add(1) > 1 {
+		f.overlaps.Add(1)
+	}
+	runtime.Gosched()
+	return func() { f.active.Add(-1) }
 }
 
 // SetEncap refuses, as the datapath does, to take away a prefix that a
 // live ipip VIP needs.
 func (f *fakeDataplane) SetEncap(c datapath.EncapConfig) error {
+	defer f.enter()()
 	for _, s := range f.vips {
 		if s.Config.Mode != datapath.ModeIPIP {
 			continue
@@ -42,20 +61,24 @@ func (f *fakeDataplane) SetEncap(c datapath.EncapConfig) error {
 	}
 	f.encap = c
 	f.settings = append(f.settings, fmt.Sprintf("encap %s %s", c.SourceV4, c.SourceV6))
+	f.calls = append(f.calls, f.settings[len(f.settings)-1])
 	return nil
 }
 
 func (f *fakeDataplane) Encap() datapath.EncapConfig { return f.encap }
 
 func (f *fakeDataplane) SetNewFlowLimit(n uint32) error {
+	defer f.enter()()
 	f.limit = n
 	f.settings = append(f.settings, fmt.Sprintf("limit %d", n))
+	f.calls = append(f.calls, f.settings[len(f.settings)-1])
 	return nil
 }
 
 func newFake() *fakeDataplane { return &fakeDataplane{vips: make(map[datapath.VIP]datapath.VIPState)} }
 
 func (f *fakeDataplane) SetVIPs(changes []datapath.VIPChange) []error {
+	defer f.enter()()
 	errs := make([]error, len(changes))
 	for i, c := range changes {
 		errs[i] = f.setVIP(c.VIP, c.Config, c.Backends)
@@ -70,16 +93,24 @@ func (f *fakeDataplane) setVIP(vip datapath.VIP, cfg datapath.VIPConfig, backend
 	if err := datapath.Validate(vip, cfg, backends); err != nil {
 		return err
 	}
+	for _, b := range backends {
+		if err := encapCovers(f.encap, b.Addr); cfg.Mode == datapath.ModeIPIP && err != nil {
+			return fmt.Errorf("vip %s: %w", vip, err)
+		}
+	}
 	b := slices.Clone(backends)
 	slices.SortFunc(b, func(x, y datapath.Backend) int { return x.Addr.Compare(y.Addr) })
 	f.vips[vip] = datapath.VIPState{VIP: vip, Config: cfg, Backends: b}
 	f.writes = append(f.writes, "set "+vip.String())
+	f.calls = append(f.calls, "set "+vip.String())
 	return nil
 }
 
 func (f *fakeDataplane) RemoveVIP(vip datapath.VIP) error {
+	defer f.enter()()
 	delete(f.vips, vip)
 	f.writes = append(f.writes, "remove "+vip.String())
+	f.calls = append(f.calls, "remove "+vip.String())
 	return nil
 }
 
