@@ -6,6 +6,7 @@ import (
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 	"github.com/urfave/cli/v2"
 )
 
@@ -19,12 +20,12 @@ func vipAddCommand() *cli.Command {
 			"  fulcrum vip add tcp/203.0.113.10:80 --mode dsr \\\n" +
 			"      --backend 198.18.0.11 --backend 198.18.0.12,weight=2,mac=02:00:5e:00:53:12",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "mode", Value: config.ModeNames()[0], Usage: "forwarding `MODE`: " + strings.Join(config.ModeNames(), " or ")},
+			&cli.StringFlag{Name: "mode", Value: config.DefaultMode.String(), Usage: "forwarding `MODE`: " + strings.Join(config.ModeNames(), " or ")},
 			&cli.StringFlag{Name: "name", Usage: "a `NAME` for people (shown in listings)"},
-			&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), " or "), DefaultText: "maglev"},
-			&cli.UintFlag{Name: "ring-size", Usage: "Maglev ring size `N`, a prime", DefaultText: "65537"},
+			&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), " or "), DefaultText: config.DefaultScheduler.String()},
+			&cli.UintFlag{Name: "ring-size", Usage: "Maglev ring size `N`, a prime", DefaultText: fmt.Sprint(maglev.DefaultSize)},
 			&cli.BoolFlag{Name: "no-conntrack", Usage: "do not track connections (stateless services)"},
-			&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for non-first IPv4 fragments: " + strings.Join(config.FragmentPolicyNames(), " or "), DefaultText: "drop"},
+			&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for non-first IPv4 fragments: " + strings.Join(config.FragmentPolicyNames(), " or "), DefaultText: config.DefaultFragments.String()},
 			&cli.StringSliceFlag{Name: "backend", Usage: "a backend `SPEC`, ADDRESS[,weight=N][,mac=MAC] (weight default 1); repeat for more"},
 		},
 		Action: vipAdd,
