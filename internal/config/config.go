@@ -70,9 +70,9 @@ import (
 // Defaults.
 const (
 	DefaultInstance         = "default"
-	DefaultBPFFS            = "/sys/fs/bpf"
+	DefaultBPFFS            = datapath.DefaultBPFFS
 	DefaultMetricsAddress   = "127.0.0.1:9542"
-	DefaultConntrackEntries = 1 << 20
+	DefaultConntrackEntries = datapath.DefaultConntrackEntries
 	MinConntrackEntries     = 1024
 	MaxConntrackEntries     = 1 << 26
 	// MaxWeight is the largest backend weight: the datapath's.
