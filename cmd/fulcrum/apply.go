@@ -6,8 +6,9 @@ import (
 	"io"
 	"os"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // applyCommand replaces the daemon's desired state with a config file.

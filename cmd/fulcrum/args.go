@@ -8,9 +8,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
-	"github.com/urfave/cli/v2"
 )
 
 // reorderArgs lets flags follow positional arguments, as in

@@ -6,9 +6,10 @@ import (
 	"io"
 	"net/netip"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
-	"github.com/urfave/cli/v2"
 )
 
 // backendCommand groups the backend commands: list reads; add, remove,

@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // Every command that talks to the daemon has one of two shapes, written

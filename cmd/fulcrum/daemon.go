@@ -84,7 +84,7 @@ func detach(c *cli.Context) error {
 	// on the instance's own socket: that, not --socket's default, is where
 	// a running daemon of this instance answers.
 	instance, bpffs := c.String("instance"), c.String("bpffs")
-	socket := config.DefaultSocket(instance)
+	socket := api.SocketPath(instance)
 	if path := c.String("config"); path != "" {
 		cfg, err := config.Load(path)
 		if err != nil {

@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
@@ -63,7 +62,7 @@ func TestDetachRefusedWhileInstanceRuns(t *testing.T) {
 		unix.Unmount(bpffs, unix.MNT_DETACH)
 		os.RemoveAll(bpffs)
 	})
-	socket := config.DefaultSocket(instance)
+	socket := api.SocketPath(instance)
 	t.Cleanup(func() { os.Remove(socket) }) // left behind if the daemon is killed
 	cfg := filepath.Join(t.TempDir(), "fulcrum.yaml")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, "instance: %s\nbpffs: %s\ninterfaces:\n  - name: eth0\nmetrics:\n  address: \"off\"\n", instance, bpffs), 0o600); err != nil {

@@ -8,8 +8,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // explainCommand says which backend a packet would reach and why. It

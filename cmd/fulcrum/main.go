@@ -18,8 +18,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 func main() {

@@ -7,8 +7,9 @@ import (
 	"maps"
 	"slices"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // statsCommand shows the fast path's counters and rates. It only reads.

@@ -7,8 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // statusCommand shows the daemon's overall state. It only reads; now is

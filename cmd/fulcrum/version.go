@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"runtime"
 
-	"github.com/fulcrum-lb/fulcrum/internal/version"
 	"github.com/urfave/cli/v2"
+
+	"github.com/fulcrum-lb/fulcrum/internal/version"
 )
 
 // versionCommand prints the build's version. It needs no daemon.

@@ -6,10 +6,11 @@ import (
 	"io"
 	"strings"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
-	"github.com/urfave/cli/v2"
 )
 
 // vipCommand groups the VIP commands: list reads; add and remove change
@@ -27,12 +28,12 @@ func vipCommand() *cli.Command {
 					"  fulcrum vip add tcp/203.0.113.10:80 --mode dsr \\\n" +
 					"      --backend 198.18.0.11 --backend 198.18.0.12,weight=2,mac=02:00:5e:00:53:12",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "mode", Value: config.Modes[0], Usage: "forwarding `MODE`: " + strings.Join(config.Modes, " or ")},
+					&cli.StringFlag{Name: "mode", Value: config.DefaultMode.String(), Usage: "forwarding `MODE`: " + strings.Join(config.ModeNames(), " or ")},
 					&cli.StringFlag{Name: "name", Usage: "a `NAME` for people (shown in listings)"},
-					&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.Schedulers, " or "), DefaultText: "maglev"},
+					&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), " or "), DefaultText: config.DefaultScheduler.String()},
 					&cli.UintFlag{Name: "ring-size", Usage: "Maglev ring size `N`, a prime", DefaultText: fmt.Sprint(maglev.DefaultSize)},
 					&cli.BoolFlag{Name: "no-conntrack", Usage: "do not track connections (stateless services)"},
-					&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for IP fragments and malformed packets to the VIP's address: " + strings.Join(config.FragmentPolicies, " or "), DefaultText: "drop"},
+					&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for IP fragments and malformed packets to the VIP's address: " + strings.Join(config.FragmentPolicyNames(), " or "), DefaultText: config.DefaultFragments.String()},
 					&cli.StringSliceFlag{Name: "backend", Usage: "a backend `SPEC`, ADDRESS[,weight=N][,mac=MAC] (weight default 1); repeat for more"},
 				},
 				Action: changeAction(vipAdd),
@@ -60,16 +61,16 @@ func vipAdd(c *cli.Context) (change, error) {
 		return change{}, err
 	}
 	v := api.VIP{VIPRef: ref, Name: c.String("name"), Backends: []api.Backend{}}
-	if v.Mode, err = oneOf(c, "mode", config.Modes); err != nil {
+	if v.Mode, err = oneOf(c, "mode", config.ModeNames()); err != nil {
 		return change{}, err
 	}
 	if v.Mode == "" {
-		return change{}, usagef("%s: --mode is empty: want %s", commandPath(c), strings.Join(config.Modes, " or "))
+		return change{}, usagef("%s: --mode is empty: want %s", commandPath(c), strings.Join(config.ModeNames(), " or "))
 	}
-	if v.Scheduler, err = oneOf(c, "scheduler", config.Schedulers); err != nil {
+	if v.Scheduler, err = oneOf(c, "scheduler", config.SchedulerNames()); err != nil {
 		return change{}, err
 	}
-	if v.Fragments, err = oneOf(c, "fragments", config.FragmentPolicies); err != nil {
+	if v.Fragments, err = oneOf(c, "fragments", config.FragmentPolicyNames()); err != nil {
 		return change{}, err
 	}
 	ring := c.Uint("ring-size")

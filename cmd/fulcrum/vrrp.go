@@ -8,8 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/urfave/cli/v2"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // vrrpCommand shows the node's VRRP state; its subcommands hand mastership

@@ -63,35 +63,20 @@ import (
 	"os"
 	"strings"
 	"time"
-)
 
-// Modes lists the forwarding modes this build accepts for vip.mode. The
-// first is the default.
-var Modes = []string{"dsr", "ipip"}
-
-// Allowed values of the enumerated fields.
-var (
-	XDPModes         = []string{"native", "generic"}
-	LogLevels        = []string{"debug", "info", "warn", "error"}
-	LogFormats       = []string{"text", "json"}
-	Protocols        = []string{"tcp", "udp"}
-	Schedulers       = []string{"maglev", "source-hash"}
-	FragmentPolicies = []string{"drop", "pass"}
-	HealthCheckTypes = []string{"tcp", "http", "https", "udp", "none"}
-	OnDownActions    = []string{"rehash", "drain"}
-	AllDownActions   = []string{"drop", "fail-open"}
-	VRRPFamilies     = []string{"ipv4", "ipv6"}
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 )
 
 // Defaults.
 const (
 	DefaultInstance         = "default"
-	DefaultBPFFS            = "/sys/fs/bpf"
+	DefaultBPFFS            = datapath.DefaultBPFFS
 	DefaultMetricsAddress   = "127.0.0.1:9542"
-	DefaultConntrackEntries = 1 << 20
+	DefaultConntrackEntries = datapath.DefaultConntrackEntries
 	MinConntrackEntries     = 1024
 	MaxConntrackEntries     = 1 << 26
-	MaxWeight               = 65535
+	// MaxWeight is the largest backend weight: the datapath's.
+	MaxWeight = datapath.MaxWeight
 
 	DefaultHealthInterval = 2 * time.Second
 	DefaultHealthTimeout  = time.Second
@@ -102,12 +87,6 @@ const (
 	DefaultVRRPAdvertInterval = 10 // centiseconds
 	DefaultVRRPGratuitous     = 3
 )
-
-// DefaultSocket returns the API socket path used when api.socket is
-// omitted.
-func DefaultSocket(instance string) string {
-	return "/run/fulcrum/" + instance + ".sock"
-}
 
 // Config is a whole, validated configuration with every default applied.
 type Config struct {
@@ -136,9 +115,8 @@ type Config struct {
 // Interface is a network interface the fast path is attached to.
 type Interface struct {
 	Name string `yaml:"name"`
-	// XDPMode is "native" (the driver runs the program; default) or
-	// "generic" (the kernel's skb path: slower, works on any device).
-	XDPMode string `yaml:"xdp_mode"`
+	// XDPMode is XDPNative (the default) or XDPGeneric.
+	XDPMode XDPMode `yaml:"xdp_mode"`
 }
 
 // Log configures the daemon's log.
@@ -149,7 +127,7 @@ type Log struct {
 
 // API configures the control socket.
 type API struct {
-	// Socket is the Unix socket path. Default /run/fulcrum/<instance>.sock.
+	// Socket is the Unix socket path. Default api.SocketPath(Instance).
 	Socket string `yaml:"socket"`
 }
 
@@ -193,21 +171,21 @@ type VIP struct {
 	// specific port may coexist with a port-0 VIP on the same address.
 	Port     uint16 `yaml:"port"`
 	Protocol string `yaml:"protocol"` // tcp or udp
-	Mode     string `yaml:"mode"`     // one of Modes; default "dsr"
-	// Scheduler is "maglev" (5-tuple hash; default) or "source-hash"
-	// (client address only: all of a client's flows reach one backend).
-	Scheduler string `yaml:"scheduler"`
-	// RingSize is the Maglev table size, a prime; default 65537.
+	Mode     Mode   `yaml:"mode"`     // default ModeDSR
+	// Scheduler is SchedulerMaglev (the default) or SchedulerSourceHash.
+	Scheduler Scheduler `yaml:"scheduler"`
+	// RingSize is the Maglev table size, a prime; default
+	// maglev.DefaultSize.
 	RingSize uint32 `yaml:"ring_size"`
 	// Conntrack is whether new flows are recorded in the connection table
 	// (YAML key "conntrack"; default true). Without it every packet is
 	// hashed afresh, which suits stateless UDP services.
 	Conntrack bool `yaml:"-"`
-	// Fragments is "drop" (default) or "pass": what happens to IP fragments
-	// and unparseable packets for Address. It is a per-address policy (a
+	// Fragments is what happens to IP fragments and unparseable packets
+	// for Address (default FragmentsDrop). It is a per-address policy (a
 	// fragment carries no port), so every VIP on an address must agree.
-	Fragments   string       `yaml:"fragments"`
-	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
+	Fragments   FragmentPolicy `yaml:"fragments"`
+	HealthCheck *HealthCheck   `yaml:"health_check,omitempty"`
 	// Backends may be empty: traffic to the VIP is then dropped and counted.
 	Backends []Backend `yaml:"backends"`
 }
@@ -223,7 +201,8 @@ type Backend struct {
 	// Address is the backend's address; in dsr mode of the VIP's family.
 	Address netip.Addr `yaml:"address"`
 	// Weight is the backend's share of new flows (YAML "weight"; default
-	// 1 when omitted). 0 drains it: no new flows, established ones stay.
+	// 1 when omitted), at most MaxWeight. 0 drains it: no new
+	// flows, established ones stay.
 	Weight uint32 `yaml:"-"`
 	// MAC is the backend's hardware address for dsr when it cannot be
 	// resolved (YAML "mac"); nil = resolved by the daemon.
@@ -256,13 +235,12 @@ type HealthCheck struct {
 	Expect string `yaml:"expect,omitempty"`
 	// Source is the probes' source address; invalid = chosen by the kernel.
 	Source netip.Addr `yaml:"source,omitempty"`
-	// OnDown is what happens to a VIP's ring when a backend goes down:
-	// "rehash" (default: its slots go to the others and its established
-	// flows move) or "drain" (it gets no new flows, established ones stay).
-	OnDown string `yaml:"on_down"`
-	// AllDown is what happens when every backend is down: "drop" (default)
-	// or "fail-open" (use all of them as if they were up).
-	AllDown string `yaml:"all_down"`
+	// OnDown is what happens to a VIP's ring when a backend goes down;
+	// default OnDownRehash.
+	OnDown OnDown `yaml:"on_down"`
+	// AllDown is what happens when every backend is down; default
+	// AllDownDrop.
+	AllDown AllDown `yaml:"all_down"`
 	// ThroughDatapath addresses probes to the VIP and has the fast path
 	// steer them to the backend, so that they test the backend as clients
 	// reach it (VIP on lo included) instead of at its own address.

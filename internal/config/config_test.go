@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
 
 const (
@@ -66,7 +69,7 @@ func TestMinimalExample(t *testing.T) {
 		BPFFS:      "/sys/fs/bpf",
 		Interfaces: []Interface{{Name: "eth0", XDPMode: "native"}},
 		Log:        Log{Level: "info", Format: "text"},
-		API:        API{Socket: "/run/fulcrum/default.sock"},
+		API:        API{Socket: api.DefaultSocket},
 		Metrics:    Metrics{Address: "127.0.0.1:9542"},
 		Conntrack:  Conntrack{Entries: 1048576},
 		VIPs: []VIP{{
@@ -127,7 +130,7 @@ func TestFullExample(t *testing.T) {
 		{"web key", web.Key(), "tcp/203.0.113.10:80"},
 		{"web name", web.Name, "web"},
 		{"web settings", []any{web.Mode, web.Scheduler, web.RingSize, web.Conntrack, web.Fragments},
-			[]any{"dsr", "maglev", uint32(65537), true, "drop"}},
+			[]any{ModeDSR, SchedulerMaglev, maglev.DefaultSize, true, FragmentsDrop}},
 		{"web check", web.HealthCheck, webCheck},
 		{"web backends", web.Backends, []Backend{
 			{Address: addr("198.18.0.11"), Weight: 100, MAC: mac("02:42:c6:12:00:0b"), HealthCheck: webCheck},
@@ -139,7 +142,7 @@ func TestFullExample(t *testing.T) {
 		{"dns check", dns.HealthCheck, dnsCheck},
 		{"dns backend weights", []uint32{dns.Backends[0].Weight, dns.Backends[1].Weight}, []uint32{1, 1}},
 		{"web6 key", web6.Key(), "tcp/[2001:db8::10]:443"},
-		{"web6 scheduler", web6.Scheduler, "source-hash"},
+		{"web6 scheduler", web6.Scheduler, SchedulerSourceHash},
 		{"web6 ring", web6.RingSize, uint32(251)},
 		{"web6 check (merged from the top level)", web6.HealthCheck, web6Check},
 		{"web6 backend check", web6.Backends[1].HealthCheck, web6Check},
@@ -198,7 +201,7 @@ vips:
 		{"vrrp", c.VRRP, &VRRP{Interface: "eth1", VRID: 7, Priority: 100, AdvertInterval: 10, Preempt: true,
 			GratuitousCount: 3, Family: "ipv4", VirtualAddresses: []netip.Prefix{netip.MustParsePrefix("198.18.0.100/24")}}},
 		{"vip defaults", []any{c.VIPs[0].Mode, c.VIPs[0].Scheduler, c.VIPs[0].RingSize, c.VIPs[0].Conntrack, c.VIPs[0].Fragments},
-			[]any{"dsr", "maglev", uint32(65537), true, "drop"}},
+			[]any{ModeDSR, SchedulerMaglev, maglev.DefaultSize, true, FragmentsDrop}},
 		{"inherited check with the VIP's port, timeout capped at the interval", c.VIPs[0].HealthCheck, httpCheck},
 		{"backend inherits", c.VIPs[0].Backends[0].HealthCheck, httpCheck},
 		{"weight default", c.VIPs[0].Backends[0].Weight, uint32(1)},

@@ -363,41 +363,44 @@ func (f *fields) errf(key, format string, args ...any) {
 
 // str returns key as text; any scalar is accepted.
 func (f *fields) str(key, def string) string {
-	n := f.vals[key]
-	if n == nil {
-		return def
-	}
-	if n.Kind != yaml.ScalarNode {
-		f.errf(key, "want text, got %s", describe(n))
-		return def
-	}
-	return n.Value
-}
-
-// enum returns key, which must be one of allowed.
-func (f *fields) enum(key, def string, allowed []string) string {
-	if !f.has(key) {
-		return def
-	}
-	n := f.vals[key]
-	v := f.str(key, def)
-	if n.Kind != yaml.ScalarNode || slices.Contains(allowed, v) {
+	if v, ok := f.text(key); ok {
 		return v
-	}
-	if l := strings.ToLower(v); slices.Contains(allowed, l) {
-		f.errf(key, "%q must be written in lower case: %s", v, l)
-	} else {
-		f.errf(key, "%q is not supported; use %s", v, choices(allowed))
 	}
 	return def
 }
 
-// choices lists allowed values: "a or b", or "one of: a, b, c".
-func choices(allowed []string) string {
-	if len(allowed) == 2 {
-		return allowed[0] + " or " + allowed[1]
+// text returns key as text; ok is false when it is absent or not a
+// scalar (a problem is recorded for that).
+func (f *fields) text(key string) (string, bool) {
+	n := f.vals[key]
+	if n == nil {
+		return "", false
 	}
-	return "one of: " + strings.Join(allowed, ", ")
+	if n.Kind != yaml.ScalarNode {
+		f.errf(key, "want text, got %s", describe(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+// enum returns key, which must be one of allowed.
+func (f *fields) enum(key, def string, allowed []string) string {
+	return enumOf(f, key, def, allowed)
+}
+
+// enumOf returns the value of key, which must name one of allowed; def
+// when key is absent or bad (a problem is recorded for a bad one).
+func enumOf[T ~string](f source, key string, def T, allowed []T) T {
+	s, ok := f.text(key)
+	if !ok {
+		return def
+	}
+	v, err := parseEnum(s, allowed)
+	if err != nil {
+		f.errf(key, "%s", err)
+		return def
+	}
+	return v
 }
 
 // integer returns key as a whole number between lo and hi.
@@ -438,12 +441,8 @@ func (d *decoder) integer(n *yaml.Node, path string, lo, hi int64) (int64, bool)
 			d.add(path, n, "%s is over the maximum %d", n.Value, hi)
 			return 0, false
 		}
-		if v < lo {
-			d.add(path, n, "%d is below the minimum %d", v, lo)
-			return 0, false
-		}
-		if v > hi {
-			d.add(path, n, "%d is over the maximum %d", v, hi)
+		if msg := rangeProblem(v, lo, hi); msg != "" {
+			d.add(path, n, "%s", msg)
 			return 0, false
 		}
 		return v, true
@@ -538,15 +537,34 @@ func (d *decoder) addr(n *yaml.Node, path string) (netip.Addr, bool) {
 		d.add(path, n, "%q is not an IP address; write IPv4 like 203.0.113.10 or IPv6 like 2001:db8::10", n.Value)
 		return netip.Addr{}, false
 	}
-	if a.Zone() != "" {
-		d.add(path, n, "%s has a zone; remove %q", a, "%"+a.Zone())
-		return netip.Addr{}, false
-	}
-	if a.Is4In6() {
-		d.add(path, n, "%s is an IPv4-mapped IPv6 address; write it as IPv4: %s", a, a.Unmap())
+	if msg := addrProblem(a); msg != "" {
+		d.add(path, n, "%s", msg)
 		return netip.Addr{}, false
 	}
 	return a, true
+}
+
+// addrProblem returns "" for an address a file or the API may name, or
+// what is wrong with it.
+func addrProblem(a netip.Addr) string {
+	switch {
+	case a.Zone() != "":
+		return fmt.Sprintf("%s has a zone; remove %q", a, "%"+a.Zone())
+	case a.Is4In6():
+		return fmt.Sprintf("%s is an IPv4-mapped IPv6 address; write it as IPv4: %s", a, a.Unmap())
+	}
+	return ""
+}
+
+// rangeProblem returns "" when lo <= v <= hi, or which bound v breaks.
+func rangeProblem(v, lo, hi int64) string {
+	switch {
+	case v < lo:
+		return fmt.Sprintf("%d is below the minimum %d", v, lo)
+	case v > hi:
+		return fmt.Sprintf("%d is over the maximum %d", v, hi)
+	}
+	return ""
 }
 
 // seq returns key's items, dereferenced. what describes the list in a

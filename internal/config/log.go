@@ -5,7 +5,7 @@ import (
 	"log/slog"
 )
 
-// SlogLevel is Level as a slog.Level. Parse accepts only LogLevels, and
+// SlogLevel is Level as a slog.Level. Parse accepts only logLevels, and
 // an empty Level (a Log not from Parse) is info.
 func (l Log) SlogLevel() slog.Level {
 	var lv slog.Level

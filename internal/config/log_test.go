@@ -9,7 +9,7 @@ import (
 )
 
 func TestLogNewLogger(t *testing.T) {
-	for _, lv := range LogLevels {
+	for _, lv := range logLevels {
 		if got := (Log{Level: lv}).SlogLevel(); !strings.EqualFold(got.String(), lv) {
 			t.Errorf("level %q: %s", lv, got)
 		}

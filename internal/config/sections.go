@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
 
@@ -58,11 +59,11 @@ func (d *decoder) config(root *yaml.Node) *Config {
 	c.Interfaces = d.interfaces(f)
 
 	lf := f.sub("log", "a mapping with level and format", logKeys)
-	c.Log.Level = lf.enum("level", "info", LogLevels)
-	c.Log.Format = lf.enum("format", "text", LogFormats)
+	c.Log.Level = lf.enum("level", "info", logLevels)
+	c.Log.Format = lf.enum("format", "text", logFormats)
 
 	af := f.sub("api", "a mapping with socket", apiKeys)
-	c.API.Socket = af.str("socket", DefaultSocket(c.Instance))
+	c.API.Socket = af.str("socket", api.SocketPath(c.Instance))
 	if af.has("socket") {
 		if msg := checkAbsPath(c.API.Socket); msg != "" {
 			af.errf("socket", "%q %s", c.API.Socket, msg)
@@ -107,7 +108,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 	c.VIPs = d.vips(f, top, topSet)
 	// An ipip VIP needs an outer source prefix for each backend family.
 	for i, v := range c.VIPs {
-		if v.Mode != "ipip" {
+		if v.Mode != ModeIPIP {
 			continue
 		}
 		for j, b := range v.Backends {
@@ -250,7 +251,7 @@ func (d *decoder) interfaces(f *fields) []Interface {
 				seen[ifc.Name] = i
 			}
 		}
-		ifc.XDPMode = fi.enum("xdp_mode", "native", XDPModes)
+		ifc.XDPMode = enumOf(fi, "xdp_mode", DefaultXDPMode, xdpModes)
 		out = append(out, ifc)
 	}
 	return out
@@ -264,8 +265,8 @@ func (d *decoder) healthCheck(f *fields) (hc *HealthCheck, ok bool) {
 		return nil, false
 	}
 	h := &HealthCheck{}
-	if f.require("type", "set "+choices(HealthCheckTypes)) {
-		h.Type = f.enum("type", "", HealthCheckTypes)
+	if f.require("type", "set "+choices(healthCheckTypes)) {
+		h.Type = f.enum("type", "", healthCheckTypes)
 	}
 	if h.Type == "none" {
 		// Nothing else is used. The other fields may stay (only their
@@ -293,8 +294,8 @@ func (d *decoder) healthCheck(f *fields) (hc *HealthCheck, ok bool) {
 			h.Source = a
 		}
 	}
-	h.OnDown = f.enum("on_down", "rehash", OnDownActions)
-	h.AllDown = f.enum("all_down", "drop", AllDownActions)
+	h.OnDown = enumOf(f, "on_down", DefaultOnDown, onDownActions)
+	h.AllDown = enumOf(f, "all_down", DefaultAllDown, allDownActions)
 	h.ThroughDatapath = f.boolean("through_datapath", false)
 
 	if h.Type == "" {
@@ -422,7 +423,7 @@ func (d *decoder) vrrp(f *fields) *VRRP {
 	v.Preempt = f.boolean("preempt", true)
 	v.PreemptDelay = f.duration("preempt_delay", 0, false)
 	v.GratuitousCount = int(f.integer("gratuitous_count", DefaultVRRPGratuitous, 0, 100))
-	v.Family = f.enum("family", "ipv4", VRRPFamilies)
+	v.Family = f.enum("family", "ipv4", vrrpFamilies)
 
 	seen := map[netip.Addr]int{}
 	for i, it := range f.seq("unicast_peers", "a list of addresses, e.g. [198.18.0.3]") {
@@ -487,7 +488,7 @@ func (d *decoder) vips(f *fields, top *HealthCheck, topSet bool) []VIP {
 	byName := map[string]int{}
 	type addrPolicy struct {
 		index  int
-		policy string
+		policy FragmentPolicy
 	}
 	fragments := map[netip.Addr]addrPolicy{}
 	for i, it := range items {
@@ -522,9 +523,10 @@ func (d *decoder) vips(f *fields, top *HealthCheck, topSet bool) []VIP {
 	return out
 }
 
-// vip decodes one VIP; complete reports whether its identity (address,
-// port, protocol) is valid.
-func (d *decoder) vip(f *fields, top *HealthCheck, topSet bool) (v VIP, complete bool) {
+// vip decodes one VIP, from a file's mapping or from ParseVIP's fields;
+// complete reports whether its identity (address, port, protocol) is
+// valid.
+func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete bool) {
 	v.Name = f.str("name", "")
 	if f.has("name") {
 		switch {
@@ -551,13 +553,13 @@ func (d *decoder) vip(f *fields, top *HealthCheck, topSet bool) (v VIP, complete
 	v.Port = uint16(port)
 	protoOK := false
 	if f.require("protocol", "set tcp or udp") {
-		v.Protocol = f.enum("protocol", "", Protocols)
+		v.Protocol = enumOf(f, "protocol", "", protocols)
 		protoOK = v.Protocol != ""
 	}
 	complete = addrOK && portOK && protoOK
 
-	v.Mode = f.enum("mode", Modes[0], Modes)
-	v.Scheduler = f.enum("scheduler", "maglev", Schedulers)
+	v.Mode = enumOf(f, "mode", DefaultMode, modes)
+	v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
 	v.RingSize = maglev.DefaultSize
 	if f.has("ring_size") {
 		if n, ok := f.integerOK("ring_size", 0, math.MinInt64, math.MaxInt64); ok {
@@ -569,7 +571,7 @@ func (d *decoder) vip(f *fields, top *HealthCheck, topSet bool) (v VIP, complete
 		}
 	}
 	v.Conntrack = f.boolean("conntrack", true)
-	v.Fragments = f.enum("fragments", "drop", FragmentPolicies)
+	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
 
 	// The health check that applies to this VIP's backends.
 	var hc *HealthCheck
@@ -577,58 +579,63 @@ func (d *decoder) vip(f *fields, top *HealthCheck, topSet bool) (v VIP, complete
 	inherited := false
 	if f.has("health_check") {
 		var ok bool
-		hc, ok = d.healthCheck(f.sub("health_check", "a health check mapping (type, interval, ...)", healthKeys))
+		hc, ok = f.check("health_check")
 		if !ok {
 			hc = nil // already reported; do not pile up follow-on errors
 		}
 	} else if topSet {
 		hc, inherited = top, true
 	}
-	vipCheck := d.resolveCheck(hc, v.Port, portOK, v.Address, hcPath, f.where("health_check"), inherited)
-	v.HealthCheck = vipCheck
+	v.HealthCheck = d.resolveCheck(hc, v.Port, portOK, v.Address, hcPath, f.where("health_check"), inherited)
 
-	dsr := v.Mode == "dsr"
-	items := f.seq("backends", "a list of backends, e.g. [{address: 198.18.0.11}]")
+	items := f.items("backends", "a list of backends, e.g. [{address: 198.18.0.11}]",
+		"a backend mapping such as {address: 198.18.0.11}", backendKeys)
 	v.Backends = make([]Backend, 0, len(items))
 	seen := map[netip.Addr]int{}
-	for i, it := range items {
-		p := index(f.at("backends"), i)
-		bf := d.mapping(it, p, "a backend mapping such as {address: 198.18.0.11}", backendKeys)
-		var b Backend
-		if bf.require("address", "set the backend's address, e.g. 198.18.0.11") {
-			if a, ok := bf.addr("address"); ok {
-				switch {
-				case checkUnicast(a) != "":
-					bf.errf("address", "%s %s; use the backend's unicast address", a, checkUnicast(a))
-				case addrOK && a == v.Address:
-					bf.errf("address", "%s is the VIP's own address; use the backend's real address", a)
-				case dsr && addrOK && a.Is4() != v.Address.Is4():
-					bf.errf("address", "%s is %s but the vip is %s (dsr needs one family)", a, family(a), family(v.Address))
-				default:
-					if j, dup := seen[a]; dup {
-						bf.errf("address", "%s is already backends[%d]; list each backend once", a, j)
-					} else {
-						seen[a] = i
-					}
-					b.Address = a
-				}
-			}
-		}
-		b.Weight = uint32(bf.integer("weight", 1, 0, MaxWeight))
-		if bf.has("mac") {
-			b.MAC = bf.mac("mac")
-		}
-		if bf.has("health_check") {
-			own, ok := d.healthCheck(bf.sub("health_check", "a health check mapping (type, interval, ...)", healthKeys))
-			if ok {
-				b.HealthCheck = d.resolveCheck(own, v.Port, portOK, b.Address, bf.at("health_check"), bf.where("health_check"), false)
-			}
-		} else {
-			b.HealthCheck = vipCheck.clone()
-		}
-		v.Backends = append(v.Backends, b)
+	for i, bf := range items {
+		v.Backends = append(v.Backends, d.backend(bf, &v, addrOK, portOK, seen, i))
 	}
 	return v, complete
+}
+
+// backend decodes backends[i] of v. vipAddrOK and portOK say whether v's
+// address and port are valid; seen maps the addresses of v's backends so
+// far to their index.
+func (d *decoder) backend(f source, v *VIP, vipAddrOK, portOK bool, seen map[netip.Addr]int, i int) Backend {
+	var b Backend
+	if f.require("address", "set the backend's address, e.g. 198.18.0.11") {
+		if a, ok := f.addr("address"); ok {
+			switch {
+			case checkUnicast(a) != "":
+				f.errf("address", "%s %s; use the backend's unicast address", a, checkUnicast(a))
+			case vipAddrOK && a == v.Address:
+				f.errf("address", "%s is the VIP's own address; use the backend's real address", a)
+			case v.Mode == ModeDSR && vipAddrOK && a.Is4() != v.Address.Is4():
+				f.errf("address", "%s is %s but the vip is %s (dsr needs one family)", a, family(a), family(v.Address))
+			default:
+				if j, dup := seen[a]; dup {
+					f.errf("address", "%s is already backends[%d]; list each backend once", a, j)
+				} else {
+					seen[a] = i
+				}
+				b.Address = a
+			}
+		}
+	}
+	w, _ := f.integerOK("weight", 1, 0, MaxWeight)
+	b.Weight = uint32(w)
+	if f.has("mac") {
+		b.MAC = f.mac("mac")
+	}
+	if f.has("health_check") {
+		own, ok := f.check("health_check")
+		if ok {
+			b.HealthCheck = d.resolveCheck(own, v.Port, portOK, b.Address, f.at("health_check"), f.where("health_check"), false)
+		}
+	} else {
+		b.HealthCheck = v.HealthCheck.clone()
+	}
+	return b
 }
 
 // resolveCheck returns a copy of hc for one VIP or backend with the port
@@ -663,20 +670,28 @@ func (f *fields) mac(key string) net.HardwareAddr {
 		f.errf(key, "want a MAC address such as 02:42:c6:12:00:0b, got %s", describe(n))
 		return nil
 	}
-	hw, err := net.ParseMAC(strings.TrimSpace(n.Value))
+	hw, msg := parseMAC(n.Value)
+	if msg != "" {
+		f.errf(key, "%s", msg)
+	}
+	return hw
+}
+
+// parseMAC returns s as a unicast Ethernet address, or nil and what is
+// wrong with it.
+func parseMAC(s string) (net.HardwareAddr, string) {
+	hw, err := net.ParseMAC(strings.TrimSpace(s))
 	switch {
 	case err != nil:
-		f.errf(key, "%q is not a MAC address; write six hex bytes such as 02:42:c6:12:00:0b", n.Value)
+		return nil, fmt.Sprintf("%q is not a MAC address; write six hex bytes such as 02:42:c6:12:00:0b", s)
 	case len(hw) != 6:
-		f.errf(key, "%q is %d bytes; an Ethernet MAC has 6, such as 02:42:c6:12:00:0b", n.Value, len(hw))
+		return nil, fmt.Sprintf("%q is %d bytes; an Ethernet MAC has 6, such as 02:42:c6:12:00:0b", s, len(hw))
 	case hw[0]&1 != 0:
-		f.errf(key, "%s is a multicast or broadcast MAC; use the backend's unicast MAC", hw)
+		return nil, fmt.Sprintf("%s is a multicast or broadcast MAC; use the backend's unicast MAC", hw)
 	case hw.String() == "00:00:00:00:00:00":
-		f.errf(key, "%s is all zeros; use the backend's MAC, or remove mac to have it resolved", hw)
-	default:
-		return hw
+		return nil, fmt.Sprintf("%s is all zeros; use the backend's MAC, or remove mac to have it resolved", hw)
 	}
-	return nil
+	return hw, ""
 }
 
 // nearPrime returns the valid ring size closest to n (the default when n is

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/fulcrum-lb/fulcrum/internal/apiserver"
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
@@ -82,11 +80,11 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 	out := api.VIP{
 		VIPRef:    api.VIPRef{Protocol: v.Protocol, Address: v.Address, Port: v.Port},
 		Name:      v.Name,
-		Mode:      v.Mode,
-		Scheduler: v.Scheduler,
+		Mode:      v.Mode.String(),
+		Scheduler: v.Scheduler.String(),
 		RingSize:  v.RingSize,
 		Conntrack: &conntrack,
-		Fragments: v.Fragments,
+		Fragments: v.Fragments.String(),
 		Backends:  []api.Backend{},
 	}
 	for _, b := range v.Backends {
@@ -99,71 +97,43 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 	return out
 }
 
-// fromAPI turns an API VIP into a config VIP through the config parser, so
-// the API accepts exactly what a config file accepts, with the same
+// fromAPI turns an API VIP into a config VIP with config.ParseVIP, so the
+// API accepts exactly what a config file accepts for a VIP, with the same
 // defaults and the same error messages.
 func fromAPI(v api.VIP) (config.VIP, error) {
-	m := map[string]any{
-		"address":  v.Address.String(),
-		"port":     v.Port,
-		"protocol": v.Protocol,
+	in := config.VIPFields{
+		Name: v.Name, Address: v.Address, Port: v.Port, Protocol: v.Protocol,
+		Mode: v.Mode, Scheduler: v.Scheduler, RingSize: v.RingSize, Conntrack: v.Conntrack, Fragments: v.Fragments,
 	}
-	setIf := func(k string, val string) {
-		if val != "" {
-			m[k] = val
-		}
-	}
-	setIf("name", v.Name)
-	setIf("mode", v.Mode)
-	setIf("scheduler", v.Scheduler)
-	setIf("fragments", v.Fragments)
-	if v.RingSize != 0 {
-		m["ring_size"] = v.RingSize
-	}
-	if v.Conntrack != nil {
-		m["conntrack"] = *v.Conntrack
-	}
-	var backends []map[string]any
 	for _, b := range v.Backends {
-		bm := map[string]any{"address": b.Address.String(), "weight": b.Weight}
-		if b.MAC != "" {
-			bm["mac"] = b.MAC
-		}
-		backends = append(backends, bm)
+		in.Backends = append(in.Backends, backendFields(b))
 	}
-	m["backends"] = backends
-	doc := map[string]any{"interfaces": []map[string]string{{"name": "lo"}}, "vips": []any{m}}
-	data, err := yaml.Marshal(doc)
+	cv, err := config.ParseVIP(in)
 	if err != nil {
-		return config.VIP{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return config.VIP{}, invalidRequest(err)
 	}
-	cfg, err := config.Parse(data)
-	var verr *config.ValidationError
-	if errors.As(err, &verr) {
-		// The paths name the one synthetic VIP and its lines mean nothing
-		// to an API caller: say each problem as the API sees it.
-		var msgs []string
-		for _, p := range verr.Problems {
-			path := strings.TrimPrefix(strings.TrimPrefix(p.Path, "vips[0]"), ".")
-			if path == "" {
-				path = "vip"
-			}
-			msgs = append(msgs, path+": "+p.Message)
-		}
-		return config.VIP{}, fmt.Errorf("%w: %s", api.ErrInvalid, strings.Join(msgs, "; "))
-	}
-	if err != nil {
-		return config.VIP{}, fmt.Errorf("%w: %v", api.ErrInvalid, err)
-	}
-	return cfg.VIPs[0], nil
+	return cv, nil
 }
 
-func backendFromAPI(ref api.VIPRef, b api.Backend) (config.Backend, error) {
-	v, err := fromAPI(api.VIP{VIPRef: ref, Backends: []api.Backend{b}})
-	if err != nil {
-		return config.Backend{}, err
+// backendFields is an API backend as config.ParseVIP takes it. The API's
+// weight is always given: 0 drains.
+func backendFields(b api.Backend) config.BackendFields {
+	w := b.Weight
+	return config.BackendFields{Address: b.Address, Weight: &w, MAC: b.MAC}
+}
+
+// invalidRequest says a refused VIP or backend as the API does: each
+// problem as "path: message", joined by "; ", as api.ErrInvalid.
+func invalidRequest(err error) error {
+	var verr *config.ValidationError
+	if !errors.As(err, &verr) {
+		return fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
-	return v.Backends[0], nil
+	msgs := make([]string, len(verr.Problems))
+	for i, p := range verr.Problems {
+		msgs[i] = p.Path + ": " + p.Message
+	}
+	return fmt.Errorf("%w: %s", api.ErrInvalid, strings.Join(msgs, "; "))
 }
 
 func keyOf(ref api.VIPRef) (datapath.VIP, error) {
@@ -197,11 +167,7 @@ func (c *controller) AddVIP(ctx context.Context, v api.VIP) error {
 	if err != nil {
 		return err
 	}
-	if err := classify(c.d.rec.AddVIP(ctx, cv)); err != nil {
-		return err
-	}
-	c.d.syncHealth()
-	return nil
+	return classify(c.d.rec.AddVIP(ctx, cv))
 }
 
 func (c *controller) RemoveVIP(ctx context.Context, ref api.VIPRef) error {
@@ -209,11 +175,7 @@ func (c *controller) RemoveVIP(ctx context.Context, ref api.VIPRef) error {
 	if err != nil {
 		return err
 	}
-	if err := classify(c.d.rec.RemoveVIP(ctx, k)); err != nil {
-		return err
-	}
-	c.d.syncHealth()
-	return nil
+	return classify(c.d.rec.RemoveVIP(ctx, k))
 }
 
 func (c *controller) AddBackend(ctx context.Context, ref api.VIPRef, b api.Backend) error {
@@ -221,15 +183,18 @@ func (c *controller) AddBackend(ctx context.Context, ref api.VIPRef, b api.Backe
 	if err != nil {
 		return err
 	}
-	cb, err := backendFromAPI(ref, b)
+	// The backend is checked against its VIP as it is now, as a file
+	// checks it (family, mode, the VIP's health check). Should the VIP
+	// change before AddBackend, the reconciler's plan checks it again.
+	v, err := c.d.rec.VIP(k)
 	if err != nil {
-		return err
+		return classify(err)
 	}
-	if err := classify(c.d.rec.AddBackend(ctx, k, cb)); err != nil {
-		return err
+	cb, err := config.ParseBackend(v, backendFields(b))
+	if err != nil {
+		return invalidRequest(err)
 	}
-	c.d.syncHealth()
-	return nil
+	return classify(c.d.rec.AddBackend(ctx, k, cb))
 }
 
 func (c *controller) RemoveBackend(ctx context.Context, ref api.VIPRef, addr netip.Addr) error {
@@ -237,11 +202,7 @@ func (c *controller) RemoveBackend(ctx context.Context, ref api.VIPRef, addr net
 	if err != nil {
 		return err
 	}
-	if err := classify(c.d.rec.RemoveBackend(ctx, k, addr)); err != nil {
-		return err
-	}
-	c.d.syncHealth()
-	return nil
+	return classify(c.d.rec.RemoveBackend(ctx, k, addr))
 }
 
 func (c *controller) SetWeight(ctx context.Context, ref api.VIPRef, addr netip.Addr, weight uint32) error {

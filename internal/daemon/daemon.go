@@ -18,7 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
-	"strings"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -58,6 +58,10 @@ type Daemon struct {
 	level   *slog.LevelVar
 	started time.Time
 
+	// applyMu takes whole configurations (the initial load, SIGHUP, the
+	// API's apply) one at a time, so that cfg is always the configuration
+	// the reconciler took last.
+	applyMu   sync.Mutex
 	mu        sync.Mutex // guards cfg, lastApply, lastDur
 	cfg       *config.Config
 	lastApply time.Time
@@ -130,13 +134,13 @@ func (d *Daemon) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("interface %s: %w", ifc.Name, err)
 		}
-		if err := dp.Attach(link.Index, ifc.XDPMode == "generic"); err != nil {
+		if err := dp.Attach(link.Index, ifc.XDPMode == config.XDPGeneric); err != nil {
 			return fmt.Errorf("interface %s: %w", ifc.Name, err)
 		}
-		if ifc.XDPMode == "generic" {
+		if ifc.XDPMode == config.XDPGeneric {
 			d.log.Warn("generic XDP: every packet takes the kernel's skb path first; use native mode in production", "interface", ifc.Name)
 		}
-		d.ifaces = append(d.ifaces, api.Interface{Name: ifc.Name, Ifindex: link.Index, XDPMode: ifc.XDPMode})
+		d.ifaces = append(d.ifaces, api.Interface{Name: ifc.Name, Ifindex: link.Index, XDPMode: ifc.XDPMode.String()})
 		d.log.Info("attached", "interface", ifc.Name, "ifindex", link.Index, "mode", ifc.XDPMode)
 	}
 
@@ -145,22 +149,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		return err
 	}
 	defer res.Close()
-	if err := dp.SetEncap(encapOf(cfg.IPIP)); err != nil {
-		return fmt.Errorf("ipip: %w", err)
-	}
-	if err := dp.SetNewFlowLimit(cfg.Conntrack.NewFlowLimit); err != nil {
-		return fmt.Errorf("conntrack.new_flow_limit: %w", err)
-	}
-	if err := d.enableForwarding(cfg); err != nil {
-		return err
-	}
 	d.metrics = metrics.New(d, version.Version, version.Revision())
-	d.rec = reconcile.New(dp, res, d.log, d.metrics.ObserveReconcile)
-	if err := d.reconcile(ctx, cfg); err != nil {
-		return err
-	}
-	d.rates = newRateSampler(dp, 2*time.Second)
-	go d.rates.run(ctx)
 
 	// The steering of through-datapath probes is loaded while a VIP
 	// checks through the data path; it is detached once the checker's
@@ -178,6 +167,25 @@ func (d *Daemon) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 8) // one per sender at most: none blocks
+
+	// Health checks feed the reconciler, and the reconciler gives them
+	// their targets; their goroutines start below and end with ctx.
+	d.chk = health.New(health.Options{
+		Log:      d.log,
+		OnChange: func(tr health.Transition) { d.healthChanged(ctx, tr) },
+		Observe:  d.metrics.ObserveHealthCheck,
+		Steer:    d.steer,
+	})
+	d.rec = reconcile.New(dp, res, reconcile.Options{
+		Log:           d.log,
+		Observe:       d.metrics.ObserveReconcile,
+		HealthTargets: d.setHealthTargets,
+	})
+	if _, err := d.setConfig(ctx, cfg); err != nil {
+		return err
+	}
+	d.rates = newRateSampler(dp, 2*time.Second)
+	go d.rates.run(ctx)
 
 	// The reconciler re-plans when a resolved MAC changes.
 	wg.Add(1)
@@ -199,14 +207,6 @@ func (d *Daemon) run(ctx context.Context) error {
 		}()
 	}
 
-	// Health checks feed the reconciler; their goroutines end with ctx.
-	d.chk = health.New(health.Options{
-		Log:      d.log,
-		OnChange: func(tr health.Transition) { d.healthChanged(ctx, tr) },
-		Observe:  d.metrics.ObserveHealthCheck,
-		Steer:    d.steer,
-	})
-	d.syncHealth()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -280,56 +280,39 @@ func serve(ctx context.Context, wg *sync.WaitGroup, srv *http.Server, ln net.Lis
 	}()
 }
 
-func (d *Daemon) reconcile(ctx context.Context, cfg *config.Config) error {
-	res, err := d.rec.Replace(ctx, cfg.VIPs)
-	if err != nil {
-		return err
-	}
-	d.mu.Lock()
-	d.lastApply, d.lastDur = time.Now(), res.Duration
-	d.mu.Unlock()
-	return nil
-}
-
-// apply takes a new configuration file: it is parsed and checked whole,
-// settings that need a restart must be unchanged, and the VIPs are
-// reconciled. A refused file changes nothing.
+// apply takes a new configuration file (SIGHUP or the API): it is parsed
+// and checked whole, and handed to setConfig. A refused file changes
+// nothing.
 func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, error) {
 	cfg, err := config.Parse(data)
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("%w: %w", api.ErrInvalid, err)
 	}
+	res, err := d.setConfig(ctx, cfg)
+	if err != nil {
+		return res, classify(err)
+	}
+	d.log.Info("configuration applied", "added", len(res.Added), "changed", len(res.Changed), "removed", len(res.Removed), "unchanged", res.Unchanged)
+	return res, nil
+}
+
+// setConfig makes cfg the configuration: the settings that only a restart
+// can change must be unchanged, and the reconciler takes cfg's desired
+// state whole (VIPs, encapsulation, new-flow limit, forwarding; it points
+// the health checks at the new backends itself). It is the one path of a
+// whole configuration: the initial load, SIGHUP and the API's apply.
+func (d *Daemon) setConfig(ctx context.Context, cfg *config.Config) (reconcile.Result, error) {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	d.mu.Lock()
 	old := d.cfg
 	d.mu.Unlock()
 	if err := restartOnly(old, cfg); err != nil {
 		return reconcile.Result{}, fmt.Errorf("%w: %w", api.ErrInvalid, err)
 	}
-	// Encapsulation sources: the union while VIPs change (so neither the
-	// old nor the new VIPs lack a prefix), then exactly the new ones.
-	union := encapOf(cfg.IPIP)
-	if !union.SourceV4.IsValid() {
-		union.SourceV4 = old.IPIP.SourceV4
-	}
-	if !union.SourceV6.IsValid() {
-		union.SourceV6 = old.IPIP.SourceV6
-	}
-	if err := d.dp.SetEncap(union); err != nil {
-		return reconcile.Result{}, fmt.Errorf("%w: ipip: %w", api.ErrInvalid, err)
-	}
-	if err := d.enableForwarding(cfg); err != nil {
-		return reconcile.Result{}, err
-	}
-	res, err := d.rec.Replace(ctx, cfg.VIPs)
+	res, err := d.rec.Apply(ctx, reconcile.StateOf(cfg))
 	if err != nil {
-		d.dp.SetEncap(encapOf(old.IPIP))
-		return res, fmt.Errorf("%w: %w", api.ErrInvalid, err)
-	}
-	if err := d.dp.SetEncap(encapOf(cfg.IPIP)); err != nil {
-		return res, fmt.Errorf("ipip: %w", err)
-	}
-	if err := d.dp.SetNewFlowLimit(cfg.Conntrack.NewFlowLimit); err != nil {
-		return res, fmt.Errorf("conntrack.new_flow_limit: %w", err)
+		return res, err
 	}
 	d.mu.Lock()
 	d.cfg, d.lastApply, d.lastDur = cfg, time.Now(), res.Duration
@@ -338,23 +321,16 @@ func (d *Daemon) apply(ctx context.Context, data []byte) (reconcile.Result, erro
 	if d.vr != nil {
 		d.vr.SetLogLevel(cfg.Log.SlogLevel())
 	}
-	d.syncHealth()
-	d.log.Info("configuration applied", "added", len(res.Added), "changed", len(res.Changed), "removed", len(res.Removed), "unchanged", res.Unchanged)
 	return res, nil
 }
 
-// syncHealth points the health checker at the desired backends, and loads
-// the steering program if a check goes through the data path (or unloads
-// it if none does any more).
-func (d *Daemon) syncHealth() {
-	if d.chk == nil {
-		return
-	}
-	targets := health.Targets(d.rec.Desired())
-	through := false
-	for _, t := range targets {
-		through = through || t.Check.ThroughDatapath
-	}
+// setHealthTargets points the health checker at the backends of vips, and
+// loads the steering program if a check goes through the data path (or
+// unloads it if none does any more). The reconciler calls it after every
+// change of the desired VIPs.
+func (d *Daemon) setHealthTargets(vips []config.VIP) {
+	targets := health.Targets(vips)
+	through := slices.ContainsFunc(targets, func(t health.Target) bool { return t.Check.ThroughDatapath })
 	d.steer.want(through)
 	d.chk.Set(targets)
 }
@@ -366,36 +342,6 @@ func (d *Daemon) healthChanged(ctx context.Context, tr health.Transition) {
 		d.log.Error("apply health change", "vip", tr.VIP.String(), "backend", tr.Backend.String(), "state", tr.To.String(), "err", err)
 	}
 	d.track()
-}
-
-func encapOf(c config.IPIP) datapath.EncapConfig {
-	return datapath.EncapConfig{SourceV4: c.SourceV4, SourceV6: c.SourceV6, GatewayMAC: c.GatewayMAC}
-}
-
-// enableForwarding turns on IP forwarding on the attached interfaces when
-// an ipip VIP exists: bpf_fib_lookup, which finds the next hop of
-// encapsulated packets, answers only for interfaces that forward.
-func (d *Daemon) enableForwarding(cfg *config.Config) error {
-	ipip := false
-	for _, v := range cfg.VIPs {
-		ipip = ipip || v.Mode == "ipip"
-	}
-	if !ipip {
-		return nil
-	}
-	for _, ifc := range cfg.Interfaces {
-		for _, key := range []string{"ipv4/conf/" + ifc.Name + "/forwarding", "ipv6/conf/" + ifc.Name + "/forwarding"} {
-			path := "/proc/sys/net/" + key
-			if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
-				continue
-			}
-			if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-				return fmt.Errorf("ipip needs forwarding on %s: %w", ifc.Name, err)
-			}
-			d.log.Info("enabled forwarding for ipip next-hop lookups", "sysctl", strings.ReplaceAll(key, "/", "."))
-		}
-	}
-	return nil
 }
 
 // restartOnly refuses a reload that changes what only a restart can.

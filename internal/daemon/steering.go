@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/health"
 	"github.com/fulcrum-lb/fulcrum/internal/healthsteer"
 	"github.com/fulcrum-lb/fulcrum/internal/neighbor"
@@ -166,7 +167,7 @@ func (s *steering) entry(ctx context.Context, t health.Target) (healthsteer.Targ
 	}
 	out := healthsteer.Target{Ifindex: br.LinkIndex, SrcMAC: l.Attrs().HardwareAddr}
 	switch t.Mode {
-	case "dsr":
+	case config.ModeDSR:
 		if br.Gw != nil {
 			return none, fmt.Errorf("dsr backend %s is not on an attached network (its route goes via %s)", t.Backend, br.Gw)
 		}
@@ -176,7 +177,7 @@ func (s *steering) entry(ctx context.Context, t health.Target) (healthsteer.Targ
 				return none, fmt.Errorf("mac of backend %s: %w", t.Backend, err)
 			}
 		}
-	case "ipip":
+	case config.ModeIPIP:
 		hop := t.Backend
 		if br.Gw != nil {
 			hop, _ = netip.AddrFromSlice(br.Gw)

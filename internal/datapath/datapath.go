@@ -21,14 +21,11 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/linkset"
 )
 
-// Capacities of the fast path's maps, from bpf/consts.h.
-const (
-	MaxVIPs     = 4096
-	MaxBackends = 262144
-	// DefaultConntrackEntries is the default size of each connection
-	// table (IPv4 and IPv6).
-	DefaultConntrackEntries = 1 << 20
-)
+// DefaultConntrackEntries is the default size of each connection table
+// (IPv4 and IPv6): CT_ENTRIES in bpf/consts.h, which a test holds equal.
+// The VIP and backend capacities are read from the loaded specs instead
+// (see Capacity).
+const DefaultConntrackEntries = 1 << 20
 
 // Options tune Load.
 type Options struct {
@@ -36,8 +33,8 @@ type Options struct {
 	// DefaultConntrackEntries. The LRU splits it evenly between CPUs.
 	ConntrackEntries uint32
 	// MaxVIPs and MaxBackends shrink the VIP and backend maps below their
-	// compiled-in capacity (MaxVIPs, MaxBackends) to save memory; 0 means
-	// the full capacity.
+	// compiled-in capacity (MAX_VIPS and MAX_BACKENDS in bpf/consts.h, as
+	// the specs carry them) to save memory; 0 means the full capacity.
 	MaxVIPs, MaxBackends uint32
 	// PinDir, if set, pins the maps and the XDP link there (see PinDir)
 	// and adopts what an earlier daemon pinned: the connection table, the
@@ -88,13 +85,8 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	spec.Maps[balancerMapCtV4].MaxEntries = ct
 	spec.Maps[balancerMapCtV6].MaxEntries = ct
-	maxVIPs, maxBackends := opts.MaxVIPs, opts.MaxBackends
-	if maxVIPs == 0 || maxVIPs > MaxVIPs {
-		maxVIPs = MaxVIPs
-	}
-	if maxBackends == 0 || maxBackends > MaxBackends {
-		maxBackends = MaxBackends
-	}
+	maxVIPs := shrink(spec.Maps[balancerMapVipsV4].MaxEntries, opts.MaxVIPs)
+	maxBackends := shrink(spec.Maps[balancerMapBackends].MaxEntries, opts.MaxBackends)
 	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState, balancerMapRings,
 		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6} {
 		spec.Maps[name].MaxEntries = maxVIPs
@@ -144,6 +136,14 @@ func Load(opts Options) (*Datapath, error) {
 		}
 	}
 	return d, nil
+}
+
+// shrink returns the capacity a map gets: compiled, or less if asked.
+func shrink(compiled, asked uint32) uint32 {
+	if asked == 0 || asked > compiled {
+		return compiled
+	}
+	return asked
 }
 
 // Adopted reports whether Load took over maps pinned by an earlier daemon.

@@ -245,7 +245,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"remove unknown vip", func() error { return d.RemoveVIP(VIP{Addr: addr("203.0.113.61"), Port: 1, Proto: TCP}) }, "no such vip"},
 		{"remove unknown backend", func() error { return d.RemoveBackend(vipWeb4, addr("198.18.0.99")) }, "no such backend"},
 		{"too many backends", func() error {
-			many := make([]Backend, MaxBackends+1)
+			_, maxBackends := d.Capacity()
+			many := make([]Backend, maxBackends+1)
 			for i := range many {
 				a := netip.AddrFrom4([4]byte{198, 18, byte(i >> 16 & 1), 0}).As4()
 				a[2], a[3] = byte(i>>8), byte(i)

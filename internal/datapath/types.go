@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"unsafe"
 )
 
 // Proto is an IP protocol a VIP serves.
@@ -119,8 +120,9 @@ type Backend struct {
 	Weight uint32
 }
 
-// MaxWeight is the largest backend weight.
-const MaxWeight = 65535
+// MaxWeight is the largest backend weight: what the backend entry's
+// weight field holds (a __u16 in bpf/types.h), so it follows the C struct.
+const MaxWeight = 1<<(8*unsafe.Sizeof(balancerBackend{}.Weight)) - 1
 
 // be32 returns the 4 bytes of an IPv4 address as the C struct holds them.
 func be32(a netip.Addr) uint32 {

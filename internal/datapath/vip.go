@@ -487,9 +487,9 @@ func backendValue(b *backendEntry, vipIndex uint16) balancerBackend {
 		Addr:     be128(b.Addr),
 	}
 	copy(v.Mac[:], b.MAC)
-	v.Family = 2 // AF_INET
+	v.Family = unix.AF_INET
 	if b.Addr.Is6() {
-		v.Family = 10 // AF_INET6
+		v.Family = unix.AF_INET6
 	}
 	return v
 }

@@ -59,11 +59,10 @@ type Target struct {
 	VIP     datapath.VIP
 	Backend netip.Addr
 	Check   config.HealthCheck // resolved: Port set, defaults applied
-	// Mode is the VIP's forwarding mode ("dsr" or "ipip") and MAC the
-	// backend's configured MAC (nil: resolved). Only through-datapath
-	// checks use them: their probes reach the backend as the VIP's
-	// traffic does.
-	Mode string
+	// Mode is the VIP's forwarding mode and MAC the backend's configured
+	// MAC (nil: resolved). Only through-datapath checks use them: their
+	// probes reach the backend as the VIP's traffic does.
+	Mode config.Mode
 	MAC  net.HardwareAddr
 }
 

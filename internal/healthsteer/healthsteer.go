@@ -21,6 +21,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/linkset"
 )
@@ -193,9 +194,9 @@ func value(t Target) (healthsteerSteerTarget, error) {
 		if !b.IsValid() || !src.IsValid() || b.Is4() != src.Is4() {
 			return v, fmt.Errorf("ipip needs a backend and a source address of one family, got %v and %v", t.Backend, t.Source)
 		}
-		v.Family = 10 // AF_INET6
+		v.Family = unix.AF_INET6
 		if b.Is4() {
-			v.Family = 2 // AF_INET
+			v.Family = unix.AF_INET
 		}
 		v.Daddr, v.Saddr = words(b), words(src)
 	}
@@ -224,7 +225,7 @@ func fromWords(family uint8, w [4]uint32) netip.Addr {
 	for i := range w {
 		binary.NativeEndian.PutUint32(b[4*i:], w[i])
 	}
-	if family == 2 {
+	if family == unix.AF_INET {
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}
 	return netip.AddrFrom16(b)

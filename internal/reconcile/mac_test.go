@@ -81,8 +81,8 @@ func newFollowingRec(t *testing.T, vips ...config.VIP) (*Reconciler, *fakeDatapl
 	t.Helper()
 	f := newFake()
 	res := newFollowing(map[netip.Addr]net.HardwareAddr{b3.Address: mac("02:00:00:00:00:13")})
-	r := New(f, res, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if _, err := r.Replace(context.Background(), vips); err != nil {
+	r := New(f, res, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if _, err := r.Apply(context.Background(), State{VIPs: vips}); err != nil {
 		t.Fatal(err)
 	}
 	return r, f, res

@@ -1,8 +1,13 @@
 // Package reconcile turns desired state (the config file plus API changes)
-// and observed state (backend health, later the VRRP role) into datapath
-// writes. It is the only writer of the datapath's maps. Every change is
-// planned whole first, validated and with every MAC resolved, and applied
-// only if the plan holds; VIPs whose target did not change are not touched.
+// and observed state (backend health) into writes. It is the only writer
+// of the datapath's configuration (VIPs, backends and their rings, the
+// encapsulation settings, the new-flow limit) and of the forwarding
+// sysctls ipip needs, and it tells the health checker which backends to
+// probe. Every change, whatever its source (the config at start, a SIGHUP
+// reload, the API's apply or its edits, a health transition), takes one
+// lock, is planned whole first, validated and with every MAC resolved, and
+// is applied only if the plan holds; VIPs whose target did not change are
+// not touched.
 package reconcile
 
 import (
@@ -14,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +36,13 @@ type Dataplane interface {
 	RemoveVIP(vip datapath.VIP) error
 	VIPs() []datapath.VIPState
 	Capacity() (vips, backends int)
+	// SetEncap sets the encapsulation; it refuses to take away a source
+	// prefix that a live ipip VIP needs.
+	SetEncap(c datapath.EncapConfig) error
+	// Encap returns the encapsulation in force (adopted from the pins of
+	// an earlier daemon, at first).
+	Encap() datapath.EncapConfig
+	SetNewFlowLimit(perCPU uint32) error
 }
 
 // Health is a backend's observed state, as internal/health reports it.
@@ -42,6 +55,51 @@ const (
 	Up      = health.Up
 	Down    = health.Down
 )
+
+// State is the whole desired state: what a configuration file sets, and
+// what the API edits (the VIPs).
+type State struct {
+	VIPs []config.VIP
+	// Encap is how ipip VIPs build their outer headers; it must hold a
+	// source prefix for the family of every ipip backend.
+	Encap datapath.EncapConfig
+	// NewFlowLimit bounds the connection entries each CPU creates per
+	// second; 0 = none.
+	NewFlowLimit uint32
+	// Interfaces are the interfaces the fast path is attached to. While an
+	// ipip VIP exists they forward: bpf_fib_lookup, which finds the next
+	// hop of encapsulated packets, answers only for interfaces that do.
+	Interfaces []string
+}
+
+// StateOf returns the desired state that a configuration describes.
+func StateOf(c *config.Config) State {
+	s := State{
+		VIPs:         c.VIPs,
+		Encap:        datapath.EncapConfig{SourceV4: c.IPIP.SourceV4, SourceV6: c.IPIP.SourceV6, GatewayMAC: c.IPIP.GatewayMAC},
+		NewFlowLimit: c.Conntrack.NewFlowLimit,
+	}
+	for _, ifc := range c.Interfaces {
+		s.Interfaces = append(s.Interfaces, ifc.Name)
+	}
+	return s
+}
+
+// Options configure a Reconciler. Every field may be left out.
+type Options struct {
+	Log *slog.Logger
+	// Observe receives the duration of every reconcile that wrote VIPs.
+	Observe func(time.Duration)
+	// HealthTargets receives the desired VIPs after every committed change
+	// of them (not after a health transition, which changes none), so that
+	// the health checker follows them without any caller having to ask.
+	// It is called with the reconciler's lock held, so calls come in the
+	// order of the changes; it must not call the reconciler.
+	HealthTargets func([]config.VIP)
+	// Forwarding turns IPv4 and IPv6 forwarding on for an interface;
+	// nil = write /proc/sys/net (see EnableForwarding).
+	Forwarding func(ifname string) error
+}
 
 // Result says what a reconcile did.
 type Result struct {
@@ -57,22 +115,39 @@ type Reconciler struct {
 	macs    MACResolver
 	log     *slog.Logger
 	observe func(time.Duration)
+	targets func([]config.VIP)
+	forward func(ifname string) error
 
-	desired []config.VIP
-	health  map[datapath.VIP]map[netip.Addr]Health
+	desired State
+	// encap and newFlowLimit are what the datapath holds (limitSet: once
+	// written), which a failed write leaves behind desired.
+	encap        datapath.EncapConfig
+	newFlowLimit uint32
+	limitSet     bool
+
+	health map[datapath.VIP]map[netip.Addr]Health
 	// While update plans, the MACs it resolved with r.mu released, and
 	// the addresses the plan found neither there nor followed (macs.go).
 	resolved map[netip.Addr]resolution
 	missing  map[netip.Addr]bool
 }
 
-// New returns a reconciler over dp. observe, if not nil, receives the
-// duration of every reconcile that wrote something.
-func New(dp Dataplane, macs MACResolver, log *slog.Logger, observe func(time.Duration)) *Reconciler {
-	return &Reconciler{
-		dp: dp, macs: macs, log: log, observe: observe,
+// New returns a reconciler over dp with an empty desired state; the first
+// Apply sets it.
+func New(dp Dataplane, macs MACResolver, opts Options) *Reconciler {
+	r := &Reconciler{
+		dp: dp, macs: macs, log: opts.Log, observe: opts.Observe,
+		targets: opts.HealthTargets, forward: opts.Forwarding,
+		encap:  dp.Encap(),
 		health: make(map[datapath.VIP]map[netip.Addr]Health),
 	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.forward == nil {
+		r.forward = func(ifname string) error { return EnableForwarding(r.log, ifname) }
+	}
+	return r
 }
 
 // Key returns the datapath identity of a configured VIP.
@@ -85,34 +160,58 @@ func Key(v config.VIP) datapath.VIP {
 func (r *Reconciler) Desired() []config.VIP {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return slices.Clone(r.desired)
+	return slices.Clone(r.desired.VIPs)
 }
 
-// Replace makes vips the whole desired state (a config load or reload).
-func (r *Reconciler) Replace(ctx context.Context, vips []config.VIP) (Result, error) {
-	vips = slices.Clone(vips)
-	return r.update(ctx, func() ([]config.VIP, error) { return vips, nil })
+// VIP returns the desired VIP key.
+func (r *Reconciler) VIP(key datapath.VIP) (config.VIP, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := r.find(key)
+	if i < 0 {
+		return config.VIP{}, fmt.Errorf("vip %s: %w", key, ErrNotFound)
+	}
+	return r.desired.VIPs[i], nil
+}
+
+// Apply makes s the whole desired state: the config at start, a reload,
+// the API's apply. A refused state changes nothing.
+func (r *Reconciler) Apply(ctx context.Context, s State) (Result, error) {
+	s.VIPs = slices.Clone(s.VIPs)
+	s.Interfaces = slices.Clone(s.Interfaces)
+	return r.update(ctx, func() (State, bool, error) { return s, true, nil })
+}
+
+// current is an update's next state when nothing but observed state
+// (health, a MAC) changed: the desired state as it is, its VIPs unedited.
+func (r *Reconciler) current() (State, bool, error) { return r.desired, false, nil }
+
+// withVIPs returns the desired state with vips instead of its VIPs.
+func (r *Reconciler) withVIPs(vips []config.VIP) State {
+	s := r.desired
+	s.VIPs = vips
+	return s
 }
 
 // AddVIP adds one VIP to the desired state.
 func (r *Reconciler) AddVIP(ctx context.Context, v config.VIP) error {
-	_, err := r.update(ctx, func() ([]config.VIP, error) {
+	_, err := r.update(ctx, func() (State, bool, error) {
 		if r.find(Key(v)) >= 0 {
-			return nil, fmt.Errorf("vip %s %w", Key(v), ErrExists)
+			return State{}, false, fmt.Errorf("vip %s %w", Key(v), ErrExists)
 		}
-		return append(slices.Clone(r.desired), v), nil
+		return r.withVIPs(append(slices.Clone(r.desired.VIPs), v)), true, nil
 	})
 	return err
 }
 
 // RemoveVIP removes one VIP from the desired state.
 func (r *Reconciler) RemoveVIP(ctx context.Context, key datapath.VIP) error {
-	_, err := r.update(ctx, func() ([]config.VIP, error) {
+	_, err := r.update(ctx, func() (State, bool, error) {
 		i := r.find(key)
 		if i < 0 {
-			return nil, fmt.Errorf("vip %s: %w", key, ErrNotFound)
+			return State{}, false, fmt.Errorf("vip %s: %w", key, ErrNotFound)
 		}
-		return slices.Delete(slices.Clone(r.desired), i, i+1), nil
+		return r.withVIPs(slices.Delete(slices.Clone(r.desired.VIPs), i, i+1)), true, nil
 	})
 	return err
 }
@@ -158,9 +257,7 @@ func (r *Reconciler) SetWeight(ctx context.Context, key datapath.VIP, addr netip
 	})
 }
 
-// SetHealth records a backend's observed health and reconciles its VIP. A
-// backend gone down has its MAC resolved again: it may be down because it
-// was replaced by a host with another MAC.
+// SetHealth records a backend's observed health and reconciles its VIP.
 func (r *Reconciler) SetHealth(ctx context.Context, key datapath.VIP, addr netip.Addr, h Health) error {
 	r.mu.Lock()
 	m := r.health[key]
@@ -177,7 +274,7 @@ func (r *Reconciler) SetHealth(ctx context.Context, key datapath.VIP, addr netip
 	if h == Down {
 		r.reresolve(addr)
 	}
-	_, err := r.update(ctx, func() ([]config.VIP, error) { return r.desired, nil })
+	_, err := r.update(ctx, r.current)
 	return err
 }
 
@@ -186,7 +283,7 @@ func (r *Reconciler) HealthOf() map[datapath.VIP]map[netip.Addr]Health {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make(map[datapath.VIP]map[netip.Addr]Health)
-	for _, v := range r.desired {
+	for _, v := range r.desired.VIPs {
 		k := Key(v)
 		m := make(map[netip.Addr]Health, len(v.Backends))
 		for _, b := range v.Backends {
@@ -217,20 +314,20 @@ func (e invalid) Unwrap() error        { return e.error }
 func (e invalid) Is(target error) bool { return target == ErrInvalid }
 
 func (r *Reconciler) find(key datapath.VIP) int {
-	return slices.IndexFunc(r.desired, func(v config.VIP) bool { return Key(v) == key })
+	return slices.IndexFunc(r.desired.VIPs, func(v config.VIP) bool { return Key(v) == key })
 }
 
 func (r *Reconciler) editVIP(ctx context.Context, key datapath.VIP, edit func(*config.VIP) error) error {
-	_, err := r.update(ctx, func() ([]config.VIP, error) {
+	_, err := r.update(ctx, func() (State, bool, error) {
 		i := r.find(key)
 		if i < 0 {
-			return nil, fmt.Errorf("vip %s: %w", key, ErrNotFound)
+			return State{}, false, fmt.Errorf("vip %s: %w", key, ErrNotFound)
 		}
-		next := slices.Clone(r.desired)
+		next := slices.Clone(r.desired.VIPs)
 		if err := edit(&next[i]); err != nil {
-			return nil, err
+			return State{}, false, err
 		}
-		return next, nil
+		return r.withVIPs(next), true, nil
 	})
 	return err
 }
@@ -241,22 +338,104 @@ type target struct {
 	backends []datapath.Backend
 }
 
-// commit plans desired, applies the plan and, if that worked, makes
-// desired the new desired state. r.mu is held. Only update calls it: a
-// plan reads only MACs resolved already, and update resolves the others
-// with r.mu released.
-func (r *Reconciler) commit(desired []config.VIP) (Result, error) {
-	plan, err := r.plan(desired)
+// commit plans next, writes it and, if the VIPs could be written, makes
+// it the desired state. edited says whether next's VIPs come from a change
+// of them, rather than from a health transition. r.mu is held. Only update
+// calls it: a plan reads only MACs resolved already, and update resolves
+// the others with r.mu released.
+//
+// The encapsulation is the union of the old and the new source prefixes
+// while the VIPs change, then exactly the new ones: neither an old ipip
+// VIP that is still live nor a new one is ever without the prefix of its
+// backends' family.
+func (r *Reconciler) commit(next State, edited bool) (Result, error) {
+	plan, err := r.plan(next)
 	if err != nil {
 		return Result{}, err
 	}
+	old := r.encap
+	union := unionEncap(old, next.Encap)
+	if !sameEncap(union, old) {
+		if err := r.dp.SetEncap(union); err != nil {
+			return Result{}, invalid{fmt.Errorf("ipip: %w", err)}
+		}
+		r.encap = union
+	}
+	if edited {
+		if err := r.forwarding(next); err != nil {
+			r.restoreEncap(old)
+			return Result{}, err
+		}
+	}
 	res, err := r.apply(plan)
 	if err != nil {
+		r.restoreEncap(old)
 		return res, err
 	}
-	r.desired = desired
+	r.desired = next
 	r.pruneHealth()
-	return res, nil
+	if edited && r.targets != nil {
+		r.targets(slices.Clone(next.VIPs))
+	}
+	var errs []error
+	if !sameEncap(r.encap, next.Encap) {
+		if err := r.dp.SetEncap(next.Encap); err != nil {
+			errs = append(errs, fmt.Errorf("ipip: %w", err))
+		} else {
+			r.encap = next.Encap
+		}
+	}
+	if !r.limitSet || r.newFlowLimit != next.NewFlowLimit {
+		if err := r.dp.SetNewFlowLimit(next.NewFlowLimit); err != nil {
+			errs = append(errs, fmt.Errorf("conntrack.new_flow_limit: %w", err))
+		} else {
+			r.newFlowLimit, r.limitSet = next.NewFlowLimit, true
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// restoreEncap goes back to the encapsulation old after a refused change.
+// The datapath refuses it while a VIP that was written needs the newer
+// prefixes; the union then stays, which serves every VIP.
+func (r *Reconciler) restoreEncap(old datapath.EncapConfig) {
+	if sameEncap(r.encap, old) {
+		return
+	}
+	if err := r.dp.SetEncap(old); err != nil {
+		r.log.Warn("ipip: the encapsulation sources stay the union of the old and the refused ones", "err", err)
+		return
+	}
+	r.encap = old
+}
+
+// forwarding turns forwarding on for s's interfaces if s has an ipip VIP.
+func (r *Reconciler) forwarding(s State) error {
+	if !slices.ContainsFunc(s.VIPs, func(v config.VIP) bool { return v.Mode == config.ModeIPIP }) {
+		return nil
+	}
+	for _, ifname := range s.Interfaces {
+		if err := r.forward(ifname); err != nil {
+			return fmt.Errorf("ipip needs forwarding on %s: %w", ifname, err)
+		}
+	}
+	return nil
+}
+
+// unionEncap returns a with the source prefixes that only b has.
+func unionEncap(a, b datapath.EncapConfig) datapath.EncapConfig {
+	u := b
+	if !u.SourceV4.IsValid() {
+		u.SourceV4 = a.SourceV4
+	}
+	if !u.SourceV6.IsValid() {
+		u.SourceV6 = a.SourceV6
+	}
+	return u
+}
+
+func sameEncap(a, b datapath.EncapConfig) bool {
+	return a.SourceV4 == b.SourceV4 && a.SourceV6 == b.SourceV6 && bytes.Equal(a.GatewayMAC, b.GatewayMAC)
 }
 
 // pruneHealth forgets the health of backends that are no longer desired
@@ -264,7 +443,7 @@ func (r *Reconciler) commit(desired []config.VIP) (Result, error) {
 // added again starts unknown.
 func (r *Reconciler) pruneHealth() {
 	checked := make(map[datapath.VIP]map[netip.Addr]bool)
-	for _, v := range r.desired {
+	for _, v := range r.desired.VIPs {
 		m := make(map[netip.Addr]bool)
 		for _, b := range v.Backends {
 			m[b.Address] = b.HealthCheck != nil
@@ -285,7 +464,8 @@ func (r *Reconciler) pruneHealth() {
 
 // plan converts the desired VIPs into datapath targets and checks them
 // all; it writes nothing.
-func (r *Reconciler) plan(desired []config.VIP) (map[datapath.VIP]target, error) {
+func (r *Reconciler) plan(s State) (map[datapath.VIP]target, error) {
+	desired := s.VIPs
 	maxVIPs, maxBackends := r.dp.Capacity()
 	if len(desired) > maxVIPs {
 		return nil, fmt.Errorf("%d vips: too many, the maximum is %d", len(desired), maxVIPs)
@@ -299,7 +479,7 @@ func (r *Reconciler) plan(desired []config.VIP) (map[datapath.VIP]target, error)
 			errs = append(errs, fmt.Errorf("vips[%d]: vip %s appears twice", i, key))
 			continue
 		}
-		t, err := r.targetOf(v)
+		t, err := r.targetOf(v, s.Encap)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("vips[%d] (%s): %w", i, key, err))
 			continue
@@ -316,9 +496,9 @@ func (r *Reconciler) plan(desired []config.VIP) (map[datapath.VIP]target, error)
 	return plan, nil
 }
 
-func (r *Reconciler) targetOf(v config.VIP) (target, error) {
+func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig) (target, error) {
 	key := Key(v)
-	mode, err := datapath.ParseMode(v.Mode)
+	mode, err := modeOf(v.Mode)
 	if err != nil {
 		return target{}, err
 	}
@@ -326,10 +506,10 @@ func (r *Reconciler) targetOf(v config.VIP) (target, error) {
 		Mode:            mode,
 		RingSize:        v.RingSize,
 		NoConntrack:     !v.Conntrack,
-		SourceHash:      v.Scheduler == "source-hash",
-		PassUnparseable: v.Fragments == "pass",
+		SourceHash:      v.Scheduler == config.SchedulerSourceHash,
+		PassUnparseable: v.Fragments == config.FragmentsPass,
 	}}
-	onDown, allDown := "rehash", "drop"
+	onDown, allDown := config.DefaultOnDown, config.DefaultAllDown
 	if v.HealthCheck != nil && v.HealthCheck.OnDown != "" {
 		onDown = v.HealthCheck.OnDown
 	}
@@ -341,16 +521,21 @@ func (r *Reconciler) targetOf(v config.VIP) (target, error) {
 	// An unchecked backend counts as up whatever was observed before.
 	down := func(b config.Backend) bool { return b.HealthCheck != nil && r.health[key][b.Address] == Down }
 	failOpen := false
-	if allDown == "fail-open" && len(v.Backends) > 0 {
+	if allDown == config.AllDownFailOpen && len(v.Backends) > 0 {
 		failOpen = true
 		for _, b := range v.Backends {
 			failOpen = failOpen && down(b)
 		}
 	}
 	for j, b := range v.Backends {
+		if mode == datapath.ModeIPIP {
+			if err := encapCovers(encap, b.Address); err != nil {
+				return target{}, fmt.Errorf("backends[%d] (%s): %w", j, b.Address, err)
+			}
+		}
 		weight := b.Weight
 		if down(b) && !failOpen {
-			if onDown != "drain" {
+			if onDown != config.OnDownDrain {
 				continue // out of the ring; its flows re-hash
 			}
 			weight = 0
@@ -371,6 +556,29 @@ func (r *Reconciler) targetOf(v config.VIP) (target, error) {
 		return target{}, err
 	}
 	return t, nil
+}
+
+// modeOf returns the datapath's forwarding mode for a configured one.
+func modeOf(m config.Mode) (datapath.Mode, error) {
+	switch m {
+	case config.ModeDSR:
+		return datapath.ModeDSR, nil
+	case config.ModeIPIP:
+		return datapath.ModeIPIP, nil
+	}
+	return 0, fmt.Errorf("unknown mode %q: want %s", m, strings.Join(config.ModeNames(), " or "))
+}
+
+// encapCovers says what an ipip backend at addr lacks in encap, if
+// anything: the outer source prefix of its family.
+func encapCovers(encap datapath.EncapConfig, addr netip.Addr) error {
+	switch {
+	case addr.Is4() && !encap.SourceV4.IsValid():
+		return fmt.Errorf("ipip to the IPv4 backend %s needs an outer source prefix: set ipip.source_v4 (e.g. 198.18.1.0/24, routed back to this node)", addr)
+	case addr.Is6() && !encap.SourceV6.IsValid():
+		return fmt.Errorf("ipip to the IPv6 backend %s needs an outer source prefix: set ipip.source_v6 (e.g. 2001:db8:4::/64, routed back to this node)", addr)
+	}
+	return nil
 }
 
 // apply writes the plan: VIPs that differ from the datapath are set, VIPs

@@ -8,24 +8,77 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 )
 
-// fakeDataplane keeps VIPs as the datapath would and records every write.
+// fakeDataplane keeps VIPs as the datapath would and records every write:
+// those of VIPs in writes, those of settings in settings, and both in
+// calls, in order. It has no lock of its own: calls that overlap are
+// counted in overlaps (and seen by the race detector).
 type fakeDataplane struct {
-	vips   map[datapath.VIP]datapath.VIPState
-	writes []string
-	fail   error
+	vips     map[datapath.VIP]datapath.VIPState
+	writes   []string
+	settings []string
+	calls    []string
+	fail     error
+	encap    datapath.EncapConfig
+	limit    uint32
+
+	active, overlaps atomic.Int32
+}
+
+// enter marks a call in progress until the returned func runs, and counts
+// an overlap if another is; it yields meanwhile, so that calls the
+// reconciler does not serialise get the chance to overlap.
+func (f *fakeDataplane) enter() func() {
+	if f.active.Add(1) > 1 {
+		f.overlaps.Add(1)
+	}
+	runtime.Gosched()
+	return func() { f.active.Add(-1) }
+}
+
+// SetEncap refuses, as the datapath does, to take away a prefix that a
+// live ipip VIP needs.
+func (f *fakeDataplane) SetEncap(c datapath.EncapConfig) error {
+	defer f.enter()()
+	for _, s := range f.vips {
+		if s.Config.Mode != datapath.ModeIPIP {
+			continue
+		}
+		for _, b := range s.Backends {
+			if err := encapCovers(c, b.Addr); err != nil {
+				return fmt.Errorf("vip %s: %w", s.VIP, err)
+			}
+		}
+	}
+	f.encap = c
+	f.settings = append(f.settings, fmt.Sprintf("encap %s %s", c.SourceV4, c.SourceV6))
+	f.calls = append(f.calls, f.settings[len(f.settings)-1])
+	return nil
+}
+
+func (f *fakeDataplane) Encap() datapath.EncapConfig { return f.encap }
+
+func (f *fakeDataplane) SetNewFlowLimit(n uint32) error {
+	defer f.enter()()
+	f.limit = n
+	f.settings = append(f.settings, fmt.Sprintf("limit %d", n))
+	f.calls = append(f.calls, f.settings[len(f.settings)-1])
+	return nil
 }
 
 func newFake() *fakeDataplane { return &fakeDataplane{vips: make(map[datapath.VIP]datapath.VIPState)} }
 
 func (f *fakeDataplane) SetVIPs(changes []datapath.VIPChange) []error {
+	defer f.enter()()
 	errs := make([]error, len(changes))
 	for i, c := range changes {
 		errs[i] = f.setVIP(c.VIP, c.Config, c.Backends)
@@ -40,16 +93,24 @@ func (f *fakeDataplane) setVIP(vip datapath.VIP, cfg datapath.VIPConfig, backend
 	if err := datapath.Validate(vip, cfg, backends); err != nil {
 		return err
 	}
+	for _, b := range backends {
+		if err := encapCovers(f.encap, b.Addr); cfg.Mode == datapath.ModeIPIP && err != nil {
+			return fmt.Errorf("vip %s: %w", vip, err)
+		}
+	}
 	b := slices.Clone(backends)
 	slices.SortFunc(b, func(x, y datapath.Backend) int { return x.Addr.Compare(y.Addr) })
 	f.vips[vip] = datapath.VIPState{VIP: vip, Config: cfg, Backends: b}
 	f.writes = append(f.writes, "set "+vip.String())
+	f.calls = append(f.calls, "set "+vip.String())
 	return nil
 }
 
 func (f *fakeDataplane) RemoveVIP(vip datapath.VIP) error {
+	defer f.enter()()
 	delete(f.vips, vip)
 	f.writes = append(f.writes, "remove "+vip.String())
+	f.calls = append(f.calls, "remove "+vip.String())
 	return nil
 }
 
@@ -92,14 +153,14 @@ var (
 func newRec(t *testing.T) (*Reconciler, *fakeDataplane) {
 	f := newFake()
 	res := fakeResolver{b3.Address: mac("02:00:00:00:00:13")}
-	return New(f, res, slog.New(slog.NewTextHandler(io.Discard, nil)), nil), f
+	return New(f, res, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}), f
 }
 
 func TestReplaceWritesOnlyChanges(t *testing.T) {
 	r, f := newRec(t)
 	ctx := context.Background()
 	web, api := vip("203.0.113.10", 80, b1, b2, b3), vip("203.0.113.11", 443, b1)
-	res, err := r.Replace(ctx, []config.VIP{web, api})
+	res, err := r.Apply(ctx, State{VIPs: []config.VIP{web, api}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +172,7 @@ func TestReplaceWritesOnlyChanges(t *testing.T) {
 	}
 
 	f.writes = nil
-	res, err = r.Replace(ctx, []config.VIP{web, api})
+	res, err = r.Apply(ctx, State{VIPs: []config.VIP{web, api}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +181,7 @@ func TestReplaceWritesOnlyChanges(t *testing.T) {
 	}
 
 	web2 := vip("203.0.113.10", 80, b1, be("198.18.0.12", 5, "02:00:00:00:00:12"), b3)
-	res, err = r.Replace(ctx, []config.VIP{web2, api})
+	res, err = r.Apply(ctx, State{VIPs: []config.VIP{web2, api}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +190,7 @@ func TestReplaceWritesOnlyChanges(t *testing.T) {
 	}
 
 	f.writes = nil
-	res, err = r.Replace(ctx, []config.VIP{web2})
+	res, err = r.Apply(ctx, State{VIPs: []config.VIP{web2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,11 +219,11 @@ func TestBadPlanWritesNothing(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r, f := newRec(t)
-			if _, err := r.Replace(ctx, []config.VIP{good}); err != nil {
+			if _, err := r.Apply(ctx, State{VIPs: []config.VIP{good}}); err != nil {
 				t.Fatal(err)
 			}
 			f.writes = nil
-			_, err := r.Replace(ctx, c.vips)
+			_, err := r.Apply(ctx, State{VIPs: c.vips})
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want one containing %q", err, c.want)
 			}
@@ -180,7 +241,7 @@ func TestEdits(t *testing.T) {
 	ctx := context.Background()
 	r, f := newRec(t)
 	web := vip("203.0.113.10", 80, b1, b2)
-	if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+	if _, err := r.Apply(ctx, State{VIPs: []config.VIP{web}}); err != nil {
 		t.Fatal(err)
 	}
 	k := Key(web)
@@ -220,15 +281,15 @@ func TestEdits(t *testing.T) {
 // (drain), and comes back when up.
 func TestHealth(t *testing.T) {
 	ctx := context.Background()
-	for _, onDown := range []string{"rehash", "drain"} {
-		t.Run(onDown, func(t *testing.T) {
+	for _, onDown := range []config.OnDown{config.OnDownRehash, config.OnDownDrain} {
+		t.Run(string(onDown), func(t *testing.T) {
 			r, f := newRec(t)
 			web := vip("203.0.113.10", 80, b1, b2)
 			web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: onDown}
 			for i := range web.Backends {
 				web.Backends[i].HealthCheck = web.HealthCheck
 			}
-			if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+			if _, err := r.Apply(ctx, State{VIPs: []config.VIP{web}}); err != nil {
 				t.Fatal(err)
 			}
 			k := Key(web)
@@ -260,15 +321,15 @@ func TestHealth(t *testing.T) {
 // all.
 func TestAllDown(t *testing.T) {
 	ctx := context.Background()
-	for _, policy := range []string{"drop", "fail-open"} {
-		t.Run(policy, func(t *testing.T) {
+	for _, policy := range []config.AllDown{config.AllDownDrop, config.AllDownFailOpen} {
+		t.Run(string(policy), func(t *testing.T) {
 			r, f := newRec(t)
 			web := vip("203.0.113.10", 80, b1, b2)
 			web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: "rehash", AllDown: policy}
 			for i := range web.Backends {
 				web.Backends[i].HealthCheck = web.HealthCheck
 			}
-			if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+			if _, err := r.Apply(ctx, State{VIPs: []config.VIP{web}}); err != nil {
 				t.Fatal(err)
 			}
 			k := Key(web)
@@ -296,7 +357,7 @@ func TestHealthForgotten(t *testing.T) {
 	chk := &config.HealthCheck{Type: "tcp", OnDown: "rehash"}
 	checked := func(b config.Backend) config.Backend { b.HealthCheck = chk; return b }
 	web := vip("203.0.113.10", 80, checked(b1), checked(b2))
-	if _, err := r.Replace(ctx, []config.VIP{web}); err != nil {
+	if _, err := r.Apply(ctx, State{VIPs: []config.VIP{web}}); err != nil {
 		t.Fatal(err)
 	}
 	k := Key(web)
@@ -312,7 +373,7 @@ func TestHealthForgotten(t *testing.T) {
 	}
 	r.SetHealth(ctx, k, b2.Address, Down)
 	unchecked := vip("203.0.113.10", 80, checked(b1), b2)
-	if _, err := r.Replace(ctx, []config.VIP{unchecked}); err != nil {
+	if _, err := r.Apply(ctx, State{VIPs: []config.VIP{unchecked}}); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(f.vips[k].Backends); n != 2 {

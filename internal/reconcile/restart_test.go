@@ -38,11 +38,7 @@ func TestRestartRewritesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := dp.SetEncap(encap); err != nil {
-			dp.Close()
-			t.Fatal(err)
-		}
-		res, err := New(dp, nil, log, nil).Replace(ctx, vips)
+		res, err := New(dp, nil, Options{Log: log}).Apply(ctx, State{VIPs: vips, Encap: encap})
 		dp.Close()
 		if err != nil {
 			t.Fatalf("run %d: %v", run, err)

@@ -16,8 +16,18 @@ import (
 	"syscall"
 )
 
-// DefaultSocket is where the daemon listens unless told otherwise.
-const DefaultSocket = "/run/fulcrum/default.sock"
+// DefaultSocket is where the daemon of the default instance listens
+// unless its configuration says otherwise.
+const DefaultSocket = socketDir + "/default.sock"
+
+// socketDir holds the API sockets of every instance.
+const socketDir = "/run/fulcrum"
+
+// SocketPath returns where the daemon of instance listens unless its
+// configuration sets api.socket; SocketPath("default") is DefaultSocket.
+func SocketPath(instance string) string {
+	return socketDir + "/" + instance + ".sock"
+}
 
 // Client talks to the daemon's API over its Unix socket, with one method
 // per endpoint (the same methods the daemon implements behind the server).

@@ -1,0 +1,39 @@
+package datapath
+
+import "testing"
+
+// TestSpecCapacities holds the Go side's facts about the maps to the
+// compiled object, which is where they live (bpf/consts.h): the default
+// connection table size, and one capacity for every map Load sizes as a
+// VIP map or as a backend map.
+func TestSpecCapacities(t *testing.T) {
+	spec, err := loadBalancer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{balancerMapCtV4, balancerMapCtV6} {
+		if got := spec.Maps[name].MaxEntries; got != DefaultConntrackEntries {
+			t.Errorf("map %s: max_entries %d, want DefaultConntrackEntries %d", name, got, DefaultConntrackEntries)
+		}
+	}
+	groups := []struct {
+		what  string
+		first string
+		maps  []string
+	}{
+		{"vip", balancerMapVipsV4, []string{balancerMapVipsV6, balancerMapVipState, balancerMapRings,
+			balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6}},
+		{"backend", balancerMapBackends, []string{balancerMapBackendStats, balancerMapHopCache}},
+	}
+	for _, g := range groups {
+		want := spec.Maps[g.first].MaxEntries
+		if want == 0 {
+			t.Errorf("map %s: max_entries 0", g.first)
+		}
+		for _, name := range g.maps {
+			if got := spec.Maps[name].MaxEntries; got != want {
+				t.Errorf("%s map %s: max_entries %d, want %d as %s has", g.what, name, got, want, g.first)
+			}
+		}
+	}
+}
