@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -478,9 +479,14 @@ func TestDaemon(t *testing.T) {
 	if out, err := exec.Command(h.bin, "detach", "--config", h.cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("fulcrum detach: %v\n%s", err, out)
 	}
-	if h.xdpAttached() {
-		t.Fatal("XDP still attached after fulcrum detach")
-	}
+	// The kernel releases the link a few milliseconds after its last pin
+	// goes (measured 4-14 ms here), not within the unlink.
+	require.Eventually(t, time.Second, func() error {
+		if h.xdpAttached() {
+			return errors.New("XDP still attached 1s after fulcrum detach")
+		}
+		return nil
+	})
 	if _, err := os.Stat(datapath.PinDir(h.dir, "e2e")); !os.IsNotExist(err) {
 		t.Fatalf("pins still there after detach: %v", err)
 	}
