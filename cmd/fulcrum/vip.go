@@ -136,8 +136,8 @@ func printVIPs(w io.Writer, vips []api.VIP) error {
 	t := newTable(w)
 	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS")
 	for _, v := range vips {
-		row(t, v.VIPRef, orDash(v.Name), orDash(v.Mode), orDefault(v.Scheduler, "maglev"),
-			ringSize(v.RingSize), conntrack(v.Conntrack), orDefault(v.Fragments, "drop"), backendSummary(v.Backends))
+		row(t, v.VIPRef, orDash(v.Name), orDash(v.Mode), orDefault(v.Scheduler, config.DefaultScheduler.String()),
+			ringSize(v.RingSize), conntrack(v.Conntrack), orDefault(v.Fragments, config.DefaultFragments.String()), backendSummary(v.Backends))
 	}
 	return t.Flush()
 }

@@ -22,10 +22,6 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/linkset"
 )
 
-// MaxVIPs is the capacity of each VIP set (IPv4 and IPv6), from
-// bpf/decap.h.
-const MaxVIPs = 4096
-
 // Decap owns the loaded decapsulation program and its maps; it is their
 // only writer. Its methods are safe for concurrent use.
 type Decap struct {
@@ -35,6 +31,12 @@ type Decap struct {
 	links linkset.Set
 	// vips mirrors the VIP maps, so SetVIPs writes only the difference.
 	vips map[netip.Addr]struct{}
+}
+
+// MaxVIPs is the capacity of each VIP set (IPv4 and IPv6), as the loaded
+// maps have it (bpf/decap.c).
+func (d *Decap) MaxVIPs() int {
+	return int(min(d.objs.DecapVipsV4.MaxEntries(), d.objs.DecapVipsV6.MaxEntries()))
 }
 
 // Load loads the program and its maps into the kernel without attaching
@@ -103,8 +105,8 @@ func (d *Decap) SetVIPs(vips []netip.Addr) error {
 			n6++
 		}
 	}
-	if n4 > MaxVIPs || n6 > MaxVIPs {
-		return fmt.Errorf("set decap vips: %d IPv4 and %d IPv6 VIPs, at most %d of each fit", n4, n6, MaxVIPs)
+	if max := d.MaxVIPs(); n4 > max || n6 > max {
+		return fmt.Errorf("set decap vips: %d IPv4 and %d IPv6 VIPs, at most %d of each fit", n4, n6, max)
 	}
 
 	d.mu.Lock()

@@ -155,18 +155,18 @@ func TestSetVIPsReplaces(t *testing.T) {
 	}
 	check("emptied")
 
-	many := make([]netip.Addr, MaxVIPs+1)
+	many := make([]netip.Addr, d.MaxVIPs()+1)
 	for i := range many {
 		many[i] = netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
 	}
 	if err := d.SetVIPs(many); err == nil || !strings.Contains(err.Error(), "at most 4096") {
 		t.Errorf("SetVIPs with %d IPv4 VIPs: error %v, want one about capacity", len(many), err)
 	}
-	if err := d.SetVIPs(many[:MaxVIPs]); err != nil {
-		t.Errorf("SetVIPs with %d IPv4 VIPs (the capacity): %v", MaxVIPs, err)
+	if err := d.SetVIPs(many[:d.MaxVIPs()]); err != nil {
+		t.Errorf("SetVIPs with %d IPv4 VIPs (the capacity): %v", d.MaxVIPs(), err)
 	}
-	if got := len(mapVIPs(t, d)); got != MaxVIPs {
-		t.Errorf("maps hold %d VIPs, want %d", got, MaxVIPs)
+	if got := len(mapVIPs(t, d)); got != d.MaxVIPs() {
+		t.Errorf("maps hold %d VIPs, want %d", got, d.MaxVIPs())
 	}
 }
 
