@@ -349,15 +349,15 @@ func (s *schedule) run(f *filler) bool {
 	return false
 }
 
-// merge returns the members of the classes of ts, in index order. Many
-// members are merged through a bitmap over the indices, in time linear in
-// their count and index range; a few by sorting.
+// merge returns the members of the classes of ts, in index order. More than
+// a few members are merged through a bitmap over the indices, in time linear
+// in their count and their index range; a few by sorting.
 func (s *schedule) merge(ts []turn) []uint32 {
 	s.merged = s.merged[:0]
 	for _, t := range ts {
 		s.merged = append(s.merged, s.members(t.c)...)
 	}
-	if len(s.merged) < 64 {
+	if len(s.merged) < 16 {
 		slices.Sort(s.merged)
 		return s.merged
 	}
