@@ -105,16 +105,13 @@ func newFiller(table []uint32, active []Backend) *filler {
 // full the first four nearly always hold an empty slot, so the branch is
 // predictable.
 func (f *filler) claim(members []uint32) bool {
+	if f.empty != nil {
+		return f.claimAllTail(members)
+	}
 	m, used, table, walks := f.m, f.used, f.table, f.walks
-	for k, i := range members {
-		if f.empty != nil {
-			for _, i := range members[k:] {
-				if f.claimTail(i) {
-					return true
-				}
-			}
-			return false
-		}
+	// Probing claims at most the slots above the tail.
+	probing := min(len(members), int(f.left-f.tail))
+	for _, i := range members[:probing] {
 		w := &walks[i]
 		c := w.next
 		var off uint32 // the offset in skips of the first empty slot from c
@@ -136,9 +133,21 @@ func (f *filler) claim(members []uint32) bool {
 		used[c>>6%usedWords] |= 1 << (c & 63)
 		table[c] = w.id
 		w.next = step(c, w.skips[1], m)
-		f.left--
-		if f.left == f.tail {
-			f.startTail() // the table fills in the tail, as tail > 0
+	}
+	f.left -= uint32(probing)
+	if f.left > f.tail {
+		return false
+	}
+	f.startTail() // the table fills in the tail, as tail > 0
+	return f.claimAllTail(members[probing:])
+}
+
+// claimAllTail gives each backend of members its turn in the tail, in
+// order, and reports whether the table is full.
+func (f *filler) claimAllTail(members []uint32) bool {
+	for _, i := range members {
+		if f.claimTail(i) {
+			return true
 		}
 	}
 	return false
