@@ -164,7 +164,7 @@ func step(c, s, m uint32) uint32 {
 // startTail lists the empty slots.
 func (f *filler) startTail() {
 	f.empty = make([]uint32, 0, f.left)
-	for w, word := range f.used {
+	for w, word := range f.used[:(f.m+63)/64] {
 		for free := ^word; free != 0; free &= free - 1 {
 			if c := uint32(w)*64 + uint32(bits.TrailingZeros64(free)); c < f.m {
 				f.empty = append(f.empty, c)
