@@ -76,12 +76,19 @@
 //
 // # Cost
 //
-// Backends with the same weight share their virtual times and are scheduled
-// together by a heap over the k distinct weights, so ordering the turns costs
-// about O(log k) per turn; filling the table probes O(m log m) slots in total,
-// as in the paper.
-// Build allocates the table and O(n) scratch space for n backends, nothing
-// per slot.
+// Backends with the same weight share their virtual times and take their
+// turns as a block. The blocks are ordered on a calendar of time buckets up
+// to a bound on the time of the last turn, about one bucket per block turn,
+// so ordering the turns costs O(1) per turn on average instead of a heap's
+// O(log k) for k distinct weights. Filling the table probes O(m log m) slots
+// in total, as in the paper; the probes test a bitmap of the claimed slots,
+// four at a time, and once fewer than about sqrt(m) slots are empty a turn
+// computes the distance to each empty slot on its permutation instead of
+// probing. None of this changes the table: the package tests compare Build
+// with the previous heap-based build and with a plain transcription of the
+// algorithm above on random inputs.
+// Build allocates the table and O(n + m) scratch space for n backends: the
+// bucket heads, the state of each backend and a bitmap of the slots.
 package maglev
 
 import (
@@ -126,19 +133,7 @@ func Build(backends []Backend, m uint32) ([]uint32, error) {
 		return nil, fmt.Errorf("maglev: table size %d is not a prime between %d and %d", m, MinSize, MaxSize)
 	}
 
-	// The order is total (ties on Name, which are errors, are broken by ID
-	// and Weight) so that even the error reported is independent of the
-	// input order.
-	sorted := slices.Clone(backends)
-	slices.SortFunc(sorted, func(a, b Backend) int {
-		if c := strings.Compare(a.Name, b.Name); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.ID, b.ID); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Weight, b.Weight)
-	})
+	sorted := sortBackends(backends)
 	if err := validate(sorted); err != nil {
 		return nil, err
 	}
@@ -152,21 +147,75 @@ func Build(backends []Backend, m uint32) ([]uint32, error) {
 	}
 
 	table := make([]uint32, m)
-	for i := range table {
-		table[i] = Unassigned
-	}
 	if len(active) == 0 {
+		for i := range table {
+			table[i] = Unassigned
+		}
 		return table, nil
 	}
-
-	populate(table, active)
+	if err := populate(table, active); err != nil {
+		return nil, err
+	}
 	return table, nil
+}
+
+// sortBackends returns a copy of backends sorted by Name. The order is total
+// (ties on Name, which are errors, are broken by ID and Weight) so that even
+// the error reported is independent of the input order.
+//
+// The sort compares integer keys made of the first 16 bytes of the names,
+// and only compares whole backends when those are equal: this is the same
+// order, because keys that differ differ at the first byte where the names
+// differ.
+func sortBackends(backends []Backend) []Backend {
+	type keyed struct {
+		k0, k1 uint64
+		i      int
+	}
+	ks := make([]keyed, len(backends))
+	for i, b := range backends {
+		ks[i] = keyed{k0: nameKey(b.Name, 0), k1: nameKey(b.Name, 8), i: i}
+	}
+	slices.SortFunc(ks, func(a, b keyed) int {
+		if c := cmp.Compare(a.k0, b.k0); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.k1, b.k1); c != 0 {
+			return c
+		}
+		x, y := &backends[a.i], &backends[b.i]
+		if c := strings.Compare(x.Name, y.Name); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(x.ID, y.ID); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.Weight, y.Weight)
+	})
+	sorted := make([]Backend, len(backends))
+	for j, k := range ks {
+		sorted[j] = backends[k.i]
+	}
+	return sorted
+}
+
+// nameKey returns bytes from..from+7 of name as a big-endian integer, with
+// zeros past the end of name.
+func nameKey(name string, from int) uint64 {
+	var k uint64
+	for j := from; j < from+8; j++ {
+		k <<= 8
+		if j < len(name) {
+			k |= uint64(name[j])
+		}
+	}
+	return k
 }
 
 // validate checks backends, which must be sorted by Name, and reports the
 // first problem found in that order.
 func validate(sorted []Backend) error {
-	ids := make(map[uint32]string, len(sorted))
+	ids := newIDSet(sorted)
 	for i, b := range sorted {
 		if b.Name == "" {
 			return fmt.Errorf("maglev: backend with ID %d has an empty name", b.ID)
@@ -177,197 +226,49 @@ func validate(sorted []Backend) error {
 		if b.ID == Unassigned {
 			return fmt.Errorf("maglev: backend %q has ID %d, which is reserved for Unassigned", b.Name, b.ID)
 		}
-		if other, ok := ids[b.ID]; ok {
-			return fmt.Errorf("maglev: duplicate backend ID %d (backends %q and %q)", b.ID, other, b.Name)
+		if !ids.add(b.ID) {
+			other := sorted[slices.IndexFunc(sorted, func(o Backend) bool { return o.ID == b.ID })]
+			return fmt.Errorf("maglev: duplicate backend ID %d (backends %q and %q)", b.ID, other.Name, b.Name)
 		}
-		ids[b.ID] = b.Name
 	}
 	return nil
 }
 
-// populate fills table, whose slots must all be Unassigned, with the IDs of
-// active, which must be sorted by Name, be non-empty and have only positive
-// weights.
-//
-// Backends with the same weight have the same virtual times, so they are
-// grouped into one class and the classes are ordered with a min-heap on the
-// virtual time of their next turn. When the earliest class is alone at its
-// time, its members take their turns in index (Name) order; when several
-// classes share the time, their members are merged in index order. With
-// equal weights there is one class and this is the round robin of the paper.
-func populate(table []uint32, active []Backend) {
-	m := uint32(len(table))
-	n := len(active)
-
-	// next[i] is the slot at which backend i resumes walking its permutation,
-	// skip[i] is its step. Walking by addition avoids a multiplication and a
-	// division per probe.
-	next := make([]uint32, n)
-	skip := make([]uint32, n)
-	ids := make([]uint32, n)
-	// byWeight holds the indices into active ordered by weight, then index,
-	// so that each class is a run of it in index order.
-	byWeight := make([]uint32, n)
-	for i, b := range active {
-		h1, h2 := hashes(b.Name)
-		next[i] = uint32(h1 % uint64(m))
-		skip[i] = uint32(h2%uint64(m-1)) + 1
-		ids[i] = b.ID
-		byWeight[i] = uint32(i)
-	}
-	slices.SortFunc(byWeight, func(a, b uint32) int {
-		if c := cmp.Compare(active[a].Weight, active[b].Weight); c != 0 {
-			return c
-		}
-		return cmp.Compare(a, b)
-	})
-
-	var h classHeap
-	for lo := 0; lo < n; {
-		w := active[byWeight[lo]].Weight
-		hi := lo + 1
-		for hi < n && active[byWeight[hi]].Weight == w {
-			hi++
-		}
-		h = append(h, class{n: 1, w: uint64(w), lo: uint32(lo), hi: uint32(hi)})
-		lo = hi
-	}
-	h.init()
-
-	filled := uint32(0)
-	// claim gives backend i its turn: it takes the first empty slot on its
-	// permutation, starting at next[i]. It reports whether the table is full.
-	claim := func(i uint32) bool {
-		c, s := next[i], skip[i]
-		for table[c] != Unassigned {
-			c += s
-			if c >= m {
-				c -= m
-			}
-		}
-		table[c] = ids[i]
-		c += s
-		if c >= m {
-			c -= m
-		}
-		next[i] = c
-		filled++
-		return filled == m
-	}
-
-	fired := make([]class, 0, len(h)) // classes sharing the current virtual time
-	merged := make([]uint32, 0, n)    // their members
-	for {
-		top := h[0]
-		if !(len(h) > 1 && h[1].same(top)) && !(len(h) > 2 && h[2].same(top)) {
-			// Only the root has this time (the heap order puts any tie
-			// among its children).
-			for _, i := range byWeight[top.lo:top.hi] {
-				if claim(i) {
-					return
-				}
-			}
-			h[0].n++
-			h.down(0)
-			continue
-		}
-		fired, merged = fired[:0], merged[:0]
-		for len(h) > 0 && h[0].same(top) {
-			c := h.pop()
-			fired = append(fired, c)
-			merged = append(merged, byWeight[c.lo:c.hi]...)
-		}
-		slices.Sort(merged)
-		for _, i := range merged {
-			if claim(i) {
-				return
-			}
-		}
-		for _, c := range fired {
-			c.n++
-			h.push(c)
-		}
-	}
+// idSet is a set of backend IDs: a bitmap when the IDs are below a few
+// times their count, as the datapath's backend indices are, and a map
+// otherwise.
+type idSet struct {
+	bits []uint64
+	m    map[uint32]struct{}
 }
 
-// class is the backends of one weight w (byWeight[lo:hi]) and the number n
-// (counting from 1) of their next turn, which is taken at virtual time n/w.
-type class struct {
-	n, w   uint64
-	lo, hi uint32
-}
-
-// before reports whether the next turn of a has an earlier virtual time than
-// that of b. Times are compared exactly by cross-multiplication: n is at
-// most MaxSize+1 (< 2^18) and w is below 2^32, so the products fit in 64
-// bits.
-func (a class) before(b class) bool { return a.n*b.w < b.n*a.w }
-
-// same reports whether a and b have the same virtual time.
-func (a class) same(b class) bool { return a.n*b.w == b.n*a.w }
-
-// classHeap is a binary min-heap of classes ordered by before.
-type classHeap []class
-
-// init establishes the heap order.
-func (h classHeap) init() {
-	for i := len(h)/2 - 1; i >= 0; i-- {
-		h.down(i)
+// newIDSet returns an empty set with room for the IDs of backends.
+func newIDSet(backends []Backend) idSet {
+	var top uint32
+	for _, b := range backends {
+		top = max(top, b.ID)
 	}
-}
-
-// down moves the element at i down until the heap order holds.
-func (h classHeap) down(i int) {
-	n := len(h)
-	x := h[i]
-	for {
-		c := 2*i + 1
-		if c >= n {
-			break
-		}
-		if r := c + 1; r < n && h[r].before(h[c]) {
-			c = r
-		}
-		if !h[c].before(x) {
-			break
-		}
-		h[i] = h[c]
-		i = c
+	if uint64(top) < 64*uint64(len(backends))+4096 {
+		return idSet{bits: make([]uint64, top/64+1)}
 	}
-	h[i] = x
+	return idSet{m: make(map[uint32]struct{}, len(backends))}
 }
 
-// up moves the element at i up until the heap order holds.
-func (h classHeap) up(i int) {
-	x := h[i]
-	for i > 0 {
-		p := (i - 1) / 2
-		if !x.before(h[p]) {
-			break
+// add adds id and reports whether it was new.
+func (s idSet) add(id uint32) bool {
+	if s.bits != nil {
+		w, bit := id/64, uint64(1)<<(id%64)
+		if s.bits[w]&bit != 0 {
+			return false
 		}
-		h[i] = h[p]
-		i = p
+		s.bits[w] |= bit
+		return true
 	}
-	h[i] = x
-}
-
-// pop removes and returns the minimum.
-func (h *classHeap) pop() class {
-	old := *h
-	x := old[0]
-	last := len(old) - 1
-	old[0] = old[last]
-	*h = old[:last]
-	if last > 0 {
-		h.down(0)
+	if _, ok := s.m[id]; ok {
+		return false
 	}
-	return x
-}
-
-// push adds c.
-func (h *classHeap) push(c class) {
-	*h = append(*h, c)
-	h.up(len(*h) - 1)
+	s.m[id] = struct{}{}
+	return true
 }
 
 const (
@@ -378,10 +279,22 @@ const (
 	skipSalt   = "fulcrum-maglev-skip:"
 )
 
+// The FNV-1a states after the salts, which are the same for every name.
+var (
+	offsetBasis = fnv1a(fnvOffset64, offsetSalt)
+	skipBasis   = fnv1a(fnvOffset64, skipSalt)
+)
+
 // hashes returns h1 and h2 for name, as documented in the package comment.
+// The two hashes are computed in one loop, so that their multiplications
+// overlap.
 func hashes(name string) (h1, h2 uint64) {
-	return mix64(fnv1a(fnv1a(fnvOffset64, offsetSalt), name)),
-		mix64(fnv1a(fnv1a(fnvOffset64, skipSalt), name))
+	h1, h2 = offsetBasis, skipBasis
+	for i := 0; i < len(name); i++ {
+		h1 = (h1 ^ uint64(name[i])) * fnvPrime64
+		h2 = (h2 ^ uint64(name[i])) * fnvPrime64
+	}
+	return mix64(h1), mix64(h2)
 }
 
 // fnv1a continues a 64-bit FNV-1a hash with state h over the bytes of s.

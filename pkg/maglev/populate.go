@@ -1,0 +1,456 @@
+package maglev
+
+import (
+	"errors"
+	"math"
+	"math/bits"
+	"slices"
+)
+
+// populate fills table with the IDs of active, which must be sorted by Name,
+// be non-empty and have only positive weights. Every slot is written. The
+// error is an internal one that cannot happen if the turn schedule is right.
+//
+// The turns are generated in order by a calendar of time buckets over the
+// weight classes (see schedule), and each turn claims its slot through a
+// filler.
+func populate(table []uint32, active []Backend) error {
+	f := newFiller(table, active)
+	s := newSchedule(active, uint32(len(table)))
+	if s.run(f) {
+		return nil
+	}
+	return errors.New("maglev: internal error: turns ran out before the table was full")
+}
+
+// usedWords is the number of words of a bitmap of MaxSize slots.
+const usedWords = (MaxSize + 63) / 64
+
+// filler claims slots for backends. A backend's turn takes the first empty
+// slot on its permutation, resuming where its previous turn stopped.
+type filler struct {
+	table []uint32
+	m     uint32
+	walks []walk
+	// used marks the claimed slots, one bit each: 8 KiB for 65537 slots,
+	// so the probes stay in the L1 cache instead of the 256 KiB table. It
+	// has room for MaxSize slots so that indexing it by slot>>6 modulo its
+	// length needs no bounds check.
+	used *[usedWords]uint64
+	// left is the number of empty slots.
+	left uint32
+
+	// When few slots are left, most probes of a walk would hit claimed
+	// slots: about m/left per turn. From tail empty slots on, a turn
+	// instead computes, for each empty slot, how many steps away it is on
+	// the backend's permutation and takes the nearest: left operations per
+	// turn. Both give the same slot, since the walk visits every slot
+	// before it returns to its start.
+	tail  uint32
+	empty []uint32 // the empty slots in the tail, in no particular order
+	mu    uint64   // floor(2^64 / m), for Barrett reduction
+}
+
+// walk is a backend's position on its permutation.
+type walk struct {
+	// next is the slot at which the walk resumes.
+	next uint32
+	// skips[k] is k*skip mod m, for k in 0..4: a probe moves by addition,
+	// with no multiplication or division, and four probes at once move by
+	// skips[4].
+	skips [5]uint32
+	id    uint32
+	// inv is the inverse of skip modulo m, 0 until the tail needs it.
+	inv uint32
+}
+
+// newFiller returns a filler for table with every slot empty and each
+// backend of active at the start of its permutation.
+func newFiller(table []uint32, active []Backend) *filler {
+	m := uint32(len(table))
+	f := &filler{
+		table: table,
+		m:     m,
+		walks: make([]walk, len(active)),
+		used:  new([usedWords]uint64),
+		left:  m,
+	}
+	for i, b := range active {
+		h1, h2 := hashes(b.Name)
+		w := &f.walks[i]
+		w.next = uint32(h1 % uint64(m))
+		w.skips[1] = uint32(h2%uint64(m-1)) + 1
+		for k := 2; k < len(w.skips); k++ {
+			w.skips[k] = step(w.skips[k-1], w.skips[1], m)
+		}
+		w.id = b.ID
+	}
+	// Probing costs about m/left probes per turn and the tail left
+	// operations: they meet near sqrt(m). Measured at m = 65537, 128 and
+	// 256 are best, 512 is 15% slower and 16 10% slower.
+	f.tail = 1 << (bits.Len32(m) / 2)
+	f.mu, _ = bits.Div64(1, 0, uint64(m))
+	if f.left <= f.tail {
+		f.startTail()
+	}
+	return f
+}
+
+// claim gives each backend of members its turn, in order, and reports
+// whether the table is full.
+//
+// A turn tests four slots of the walk at once: they are computed from the
+// walk's position independently, so the probes overlap instead of each
+// waiting for the previous one, and while the table is less than about half
+// full the first four nearly always hold an empty slot, so the branch is
+// predictable.
+func (f *filler) claim(members []uint32) bool {
+	if f.empty != nil {
+		return f.claimAllTail(members)
+	}
+	m, used, table, walks := f.m, f.used, f.table, f.walks
+	// Probing claims at most the slots above the tail.
+	probing := min(len(members), int(f.left-f.tail))
+	for _, i := range members[:probing] {
+		w := &walks[i]
+		c := w.next
+		var off uint32 // the offset in skips of the first empty slot from c
+		for {
+			c1 := step(c, w.skips[1], m)
+			c2 := step(c, w.skips[2], m)
+			c3 := step(c, w.skips[3], m)
+			full := used[c>>6%usedWords]>>(c&63)&1 |
+				used[c1>>6%usedWords]>>(c1&63)&1<<1 |
+				used[c2>>6%usedWords]>>(c2&63)&1<<2 |
+				used[c3>>6%usedWords]>>(c3&63)&1<<3
+			if full != 0xf {
+				off = w.skips[bits.TrailingZeros64(^full)%4]
+				break
+			}
+			c = step(c, w.skips[4], m)
+		}
+		c = step(c, off, m)
+		used[c>>6%usedWords] |= 1 << (c & 63)
+		table[c] = w.id
+		w.next = step(c, w.skips[1], m)
+	}
+	f.left -= uint32(probing)
+	if f.left > f.tail {
+		return false
+	}
+	f.startTail() // the table fills in the tail, as tail > 0
+	return f.claimAllTail(members[probing:])
+}
+
+// claimAllTail gives each backend of members its turn in the tail, in
+// order, and reports whether the table is full.
+func (f *filler) claimAllTail(members []uint32) bool {
+	for _, i := range members {
+		if f.claimTail(i) {
+			return true
+		}
+	}
+	return false
+}
+
+// step returns (c + s) mod m for c, s < m < 2^31. It has no branch: whether
+// a walk wraps around is as random as its step, so a branch would be
+// mispredicted on about every other probe.
+func step(c, s, m uint32) uint32 {
+	t := c + s - m
+	return t + m&uint32(int32(t)>>31)
+}
+
+// startTail lists the empty slots.
+func (f *filler) startTail() {
+	f.empty = make([]uint32, 0, f.left)
+	for w, word := range f.used[:(f.m+63)/64] {
+		for free := ^word; free != 0; free &= free - 1 {
+			if c := uint32(w)*64 + uint32(bits.TrailingZeros64(free)); c < f.m {
+				f.empty = append(f.empty, c)
+			}
+		}
+	}
+}
+
+// claimTail gives backend i its turn in the tail and reports whether the
+// table is full. From slot c, the walk reaches slot e after
+// (e - c) * skip^-1 mod m steps.
+func (f *filler) claimTail(i uint32) bool {
+	m := f.m
+	w := &f.walks[i]
+	if w.inv == 0 {
+		w.inv = f.inverse(w.skips[1])
+	}
+	c, inv := w.next, uint64(w.inv)
+	best, bestSteps := 0, uint64(math.MaxUint64)
+	for k, e := range f.empty {
+		// e+m-c < 2m and inv < m, so the product is below 2^35.
+		if d := f.mod(uint64(e+m-c) * inv); d < bestSteps {
+			best, bestSteps = k, d
+		}
+	}
+	e := f.empty[best]
+	last := len(f.empty) - 1
+	f.empty[best] = f.empty[last]
+	f.empty = f.empty[:last]
+	f.used[e>>6%usedWords] |= 1 << (e & 63)
+	f.table[e] = w.id
+	w.next = step(e, w.skips[1], m)
+	f.left--
+	return f.left == 0
+}
+
+// mod returns x mod m for x < 2^35 by Barrett reduction: the estimated
+// quotient is at most one too small, because x*(2^64/m - mu) < 2^64.
+func (f *filler) mod(x uint64) uint64 {
+	q, _ := bits.Mul64(x, f.mu)
+	r := x - q*uint64(f.m)
+	if r >= uint64(f.m) {
+		r -= uint64(f.m)
+	}
+	return r
+}
+
+// inverse returns the inverse of s modulo the prime m, s^(m-2) mod m by
+// Fermat's little theorem.
+func (f *filler) inverse(s uint32) uint32 {
+	r, b := uint64(1), uint64(s)
+	for e := f.m - 2; e > 0; e >>= 1 {
+		if e&1 != 0 {
+			r = f.mod(r * b)
+		}
+		b = f.mod(b * b)
+	}
+	return uint32(r)
+}
+
+// schedule orders the turns. Turn t (counting from 1) of a backend of weight
+// w happens at virtual time t/w; turns are taken by increasing time, and
+// turns at the same time by increasing backend index (which is Name order).
+//
+// Backends of equal weight form a class: they share their times, so a class
+// takes its turns as a block, its members in index order. Classes are
+// ordered on a calendar: the time axis up to a bound on the time of the last
+// turn is cut into buckets, each class waits in the bucket of its next turn,
+// and the buckets are emptied in order. Within a bucket, which holds a few
+// turns on average, the turns are sorted by their exact time; classes that
+// share a time have their members merged in index order. Ordering costs
+// O(1) per turn on average and O(m + n) in all, instead of a heap's
+// O(log k) per turn over k classes.
+type schedule struct {
+	byWeight []uint32 // backend indices by weight, then index
+	classes  []class
+	shift    uint     // a turn with key k is in bucket k >> shift
+	head     []int32  // per bucket, the first waiting class, or -1
+	turns    []turn   // the turns of the current bucket
+	merged   []uint32 // the members of classes that share a time
+	mark     []uint64 // a bitmap over backend indices for merge, zero between merges
+}
+
+// class is the backends byWeight[lo:hi], all of weight w, and their next
+// turn t.
+//
+// A turn's bucket is found from its key, floor(t * 2^keyBits / w), which
+// grows with t/w; key and the remainder rem of that division are advanced
+// by adding q and r, the quotient and remainder of 2^keyBits / w, so no
+// division is needed per turn. Keys only place turns in buckets; the order
+// within a bucket is decided by the exact times.
+type class struct {
+	w, t, key, rem, q, r uint64
+	lo, hi               uint32
+	link                 int32 // the next class waiting in the same bucket, or -1
+}
+
+// turn is turn t of classes[c].
+type turn struct{ c, t uint32 }
+
+// newSchedule returns the schedule of active for a table of m slots.
+func newSchedule(active []Backend, m uint32) *schedule {
+	n := uint64(len(active))
+	s := &schedule{byWeight: sortByWeight(active), mark: make([]uint64, n/64+1)}
+	var total, classTotal uint64 // the sum of the weights of all backends, and of the classes
+	for lo := 0; lo < len(s.byWeight); {
+		w := active[s.byWeight[lo]].Weight
+		hi := lo + 1
+		for hi < len(s.byWeight) && active[s.byWeight[hi]].Weight == w {
+			hi++
+		}
+		s.classes = append(s.classes, class{w: uint64(w), lo: uint32(lo), hi: uint32(hi), link: -1})
+		total += uint64(w) * uint64(hi-lo)
+		classTotal += uint64(w)
+		lo = hi
+	}
+
+	// Bound the time of the last turn: by time T, backend i has taken
+	// floor(T*w_i) > T*w_i - 1 turns, so by T = (m+n)/total at least m
+	// turns have been taken. keyBits leaves keys of times up to T below
+	// 2^62.
+	mn := uint64(m) + n
+	keyBits := 62 - bits.Len64(mn)
+	limit := (mn << keyBits) / total // the key of time (m+n)/total
+	// About T*classTotal class turns happen by time T; aim for one bucket
+	// per class turn. The bucket count only affects speed.
+	want := uint64(math.Ceil(float64(mn) * float64(classTotal) / float64(total)))
+	want = min(max(want, 1), mn)
+	s.shift = uint(bits.Len64(limit / want))
+	s.head = make([]int32, limit>>s.shift+1)
+	for b := range s.head {
+		s.head[b] = -1
+	}
+
+	for c := range s.classes {
+		cl := &s.classes[c]
+		cl.q, cl.r = (1<<keyBits)/cl.w, (1<<keyBits)%cl.w
+		cl.t, cl.key, cl.rem = 1, cl.q, cl.r
+		s.wait(int32(c))
+	}
+	return s
+}
+
+// wait puts class c into the bucket of its next turn, unless that turn is
+// after the last bucket and so never needed.
+func (s *schedule) wait(c int32) {
+	cl := &s.classes[c]
+	if b := cl.key >> s.shift; b < uint64(len(s.head)) {
+		cl.link = s.head[b]
+		s.head[b] = c
+	}
+}
+
+// run gives every turn in order to f until the table is full, which it
+// reports.
+func (s *schedule) run(f *filler) bool {
+	for b := range s.head {
+		s.turns = s.turns[:0]
+		for c := s.head[b]; c >= 0; {
+			cl := &s.classes[c]
+			next := cl.link
+			for cl.key>>s.shift == uint64(b) {
+				s.turns = append(s.turns, turn{c: uint32(c), t: uint32(cl.t)})
+				cl.t++
+				cl.key += cl.q
+				cl.rem += cl.r
+				if cl.rem >= cl.w {
+					cl.rem -= cl.w
+					cl.key++
+				}
+			}
+			s.wait(c)
+			c = next
+		}
+		s.sortTurns()
+		for i := 0; i < len(s.turns); {
+			j := i + 1
+			for j < len(s.turns) && s.cmpTurns(s.turns[i], s.turns[j]) == 0 {
+				j++
+			}
+			members := s.members(s.turns[i].c)
+			if j > i+1 {
+				members = s.merge(s.turns[i:j])
+			}
+			if f.claim(members) {
+				return true
+			}
+			i = j
+		}
+	}
+	return false
+}
+
+// merge returns the members of the classes of ts, in index order. More than
+// a few members are merged through a bitmap over the indices, in time linear
+// in their count and their index range; a few by sorting.
+func (s *schedule) merge(ts []turn) []uint32 {
+	s.merged = s.merged[:0]
+	for _, t := range ts {
+		s.merged = append(s.merged, s.members(t.c)...)
+	}
+	if len(s.merged) < 16 {
+		slices.Sort(s.merged)
+		return s.merged
+	}
+	lo, hi := s.merged[0], s.merged[0]
+	for _, i := range s.merged {
+		s.mark[i/64] |= 1 << (i % 64)
+		lo, hi = min(lo, i), max(hi, i)
+	}
+	s.merged = s.merged[:0]
+	for w := lo / 64; w <= hi/64; w++ {
+		for x := s.mark[w]; x != 0; x &= x - 1 {
+			s.merged = append(s.merged, w*64+uint32(bits.TrailingZeros64(x)))
+		}
+		s.mark[w] = 0
+	}
+	return s.merged
+}
+
+// members returns the backend indices of class c, in index order.
+func (s *schedule) members(c uint32) []uint32 {
+	return s.byWeight[s.classes[c].lo:s.classes[c].hi]
+}
+
+// cmpTurns compares the times of two turns exactly, t/w by
+// cross-multiplication. The last bucket ends before three times the bound
+// on the last turn's time, so t < 3(m+n)+1 < 2^32 and the products, below
+// 2^32 times that, fit in 64 bits for any n a slice can hold.
+func (s *schedule) cmpTurns(a, b turn) int {
+	l := uint64(a.t) * s.classes[b.c].w
+	r := uint64(b.t) * s.classes[a.c].w
+	switch {
+	case l < r:
+		return -1
+	case l > r:
+		return 1
+	}
+	return 0
+}
+
+// sortTurns sorts the turns of the current bucket by time. Buckets hold a
+// few turns on average, for which insertion sort is fastest.
+func (s *schedule) sortTurns() {
+	ts := s.turns
+	if len(ts) > 12 {
+		slices.SortFunc(ts, s.cmpTurns)
+		return
+	}
+	for i := 1; i < len(ts); i++ {
+		for j := i; j > 0 && s.cmpTurns(ts[j], ts[j-1]) < 0; j-- {
+			ts[j], ts[j-1] = ts[j-1], ts[j]
+		}
+	}
+}
+
+// sortByWeight returns the indices of active ordered by weight, then by
+// index: a stable radix sort on the bytes of the weights that differ.
+func sortByWeight(active []Backend) []uint32 {
+	idx := make([]uint32, len(active))
+	for i := range idx {
+		idx[i] = uint32(i)
+	}
+	var or, and uint32 = 0, math.MaxUint32
+	for _, b := range active {
+		or |= b.Weight
+		and &= b.Weight
+	}
+	tmp := make([]uint32, len(active))
+	for shift := 0; shift < 32; shift += 8 {
+		if (or^and)>>shift&0xff == 0 {
+			continue // this byte is the same in every weight
+		}
+		var count [257]int
+		for _, i := range idx {
+			count[active[i].Weight>>shift&0xff+1]++
+		}
+		for d := 1; d < len(count); d++ {
+			count[d] += count[d-1]
+		}
+		for _, i := range idx {
+			d := active[i].Weight >> shift & 0xff
+			tmp[count[d]] = i
+			count[d]++
+		}
+		idx, tmp = tmp, idx
+	}
+	return idx
+}
