@@ -117,6 +117,7 @@ func newApp(stdout, stderr io.Writer, now func() time.Time) *cli.App {
 		vrrpCommand(now),
 		versionCommand(),
 		completionCommand(),
+		manCommand(),
 	)
 	app := &cli.App{
 		Name:  "fulcrum",
