@@ -11,9 +11,21 @@ GENERATED := internal/datapath/balancer_bpfel.go internal/datapath/balancer_bpfe
 	internal/healthsteer/healthsteer_bpfel.go internal/healthsteer/healthsteer_bpfel.o
 BENCH_COUNT ?= 5
 
-.PHONY: all generate build test bench vet check-generated clean demo fuzz-short test-vrrp-load
+.PHONY: all generate build test bench vet check-generated clean demo fuzz-short test-vrrp-load \
+	deps deps-check man package
 
 all: build
+
+# deps installs (as root, through apt) every package the build and the tests
+# need; scripts/deps.sh holds the one list, which .ci/run uses too.
+deps:
+	scripts/deps.sh install
+
+# deps-check, before every test run, takes a moment: as root with apt it
+# installs what is missing; elsewhere it stops and lists every missing tool
+# with the command that installs them.
+deps-check:
+	@scripts/deps.sh check
 
 # generate compiles bpf/*.c with clang-19 and the libbpf-dev headers and
 # writes the Go bindings (bpf2go). The output is committed.
@@ -43,7 +55,7 @@ vet:
 # (internal/require).
 # internal/daemon alone takes about 5 minutes (2 of them VRRP under full packet
 # load), hence the timeout above go test's default 10 minutes.
-test: vet
+test: deps-check vet
 	FULCRUM_TEST_STRICT=1 $(GO) test -count=1 -p 1 -timeout 30m ./...
 	$(MAKE) fuzz-short
 
