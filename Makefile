@@ -35,6 +35,47 @@ generate:
 build:
 	$(GO) build -o bin/fulcrum ./cmd/fulcrum
 
+# The release version: the newest v* tag (v1.2.3 -> 1.2.3), else
+# 0.0.0~git.COMMIT. It is Debian's version of the package, and the binary
+# reports it (internal/version).
+VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$${v\#v}" || echo "0.0.0~git.$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)")
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+VERSION_PKG := github.com/fulcrum-lb/fulcrum/internal/version
+# Where make package and make man write.
+BUILD ?= build
+# nfpm builds the .deb; run through `go run` at a pinned version, so that it
+# needs no install and adds nothing to go.mod.
+NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+
+# man writes fulcrum(8) and a page per command, generated from the CLI's
+# own definitions, into BUILD/man/man8 (man -M build/man fulcrum).
+man:
+	$(GO) run ./cmd/fulcrum man-pages $(BUILD)/man
+
+# package builds BUILD/fulcrum_VERSION_amd64.deb: the static binary (no
+# cgo, version and commit linked in), the systemd unit, the example config
+# as the conffile /etc/fulcrum/fulcrum.yaml, the man pages, bash and zsh
+# completions, the docs and the monitoring files (deploy/nfpm.yaml).
+package:
+	rm -rf $(BUILD)/pkg
+	mkdir -p $(BUILD)/pkg/completion $(BUILD)/pkg/doc/examples $(BUILD)/pkg/doc/monitoring
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath \
+		-ldflags "-s -w -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT)" \
+		-o $(BUILD)/pkg/fulcrum ./cmd/fulcrum
+	$(BUILD)/pkg/fulcrum man-pages $(BUILD)/pkg/man
+	gzip -9n $(BUILD)/pkg/man/man8/*.8
+	$(BUILD)/pkg/fulcrum completion bash > $(BUILD)/pkg/completion/fulcrum.bash
+	$(BUILD)/pkg/fulcrum completion zsh > $(BUILD)/pkg/completion/_fulcrum
+	cp deploy/systemd/fulcrum.service $(BUILD)/pkg/
+	cp docs/examples/fulcrum.yaml $(BUILD)/pkg/
+	cp README.md docs/*.md $(BUILD)/pkg/doc/
+	cp docs/examples/*.yaml $(BUILD)/pkg/doc/examples/
+	cp deploy/grafana/fulcrum.json $(BUILD)/pkg/doc/monitoring/grafana-fulcrum.json
+	cp deploy/prometheus/alerts.yaml $(BUILD)/pkg/doc/monitoring/prometheus-alerts.yaml
+	cd $(BUILD)/pkg && VERSION='$(VERSION)' $(NFPM) package --config $(CURDIR)/deploy/nfpm.yaml \
+		--packager deb --target '$(abspath $(BUILD))/fulcrum_$(VERSION)_amd64.deb'
+	@ls -l '$(BUILD)/fulcrum_$(VERSION)_amd64.deb'
+
 # demo (as root) builds the test topology in namespaces, runs a daemon with
 # a v4 and a v6 VIP over three HTTP backends, shows the traffic spread and a
 # drain, and tears everything down.
@@ -93,4 +134,4 @@ check-generated: generate
 	@git diff --exit-code --stat -- $(GENERATED) || (echo "generated BPF output is stale: run 'make generate' and commit" >&2; exit 1)
 
 clean:
-	rm -rf bin
+	rm -rf bin $(BUILD)

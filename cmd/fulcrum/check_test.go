@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -105,4 +107,28 @@ func TestCheckArguments(t *testing.T) {
 	runCLI(t, "check").fails(t, exitUsage, "fulcrum: check: missing -f FILE: want the config file to check (- for standard input)")
 	runCLI(t, "check", "-f", "x.yaml", "extra").fails(t, exitUsage, `fulcrum: check: unexpected argument "extra" (usage: fulcrum check)`)
 	runCLI(t, "check", "-f", "/nonexistent/fulcrum.yaml").fails(t, exitError, "fulcrum check: config: open /nonexistent/fulcrum.yaml: no such file or directory")
+}
+
+// TestCheckGettingStarted: the configuration docs/getting-started.md has
+// the reader write (step 2, then step 5 appended to it) passes the check.
+func TestCheckGettingStarted(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/getting-started.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile(`(?s)cat >>? /etc/fulcrum/fulcrum.yaml <<'EOF'\n(.*?)\nEOF\n`).FindAllStringSubmatch(string(doc), -1)
+	if len(blocks) != 2 {
+		t.Fatalf("%d config blocks in docs/getting-started.md, want 2 (dsr, then ipip appended)", len(blocks))
+	}
+	dir := t.TempDir()
+	cfg := ""
+	for i, b := range blocks {
+		cfg += b[1] + "\n"
+		path := filepath.Join(dir, fmt.Sprintf("step%d.yaml", i+1))
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("%s: good: 1 interface, %s, %s\n", path, plural(i+1, "VIP"), plural(2*(i+1), "backend"))
+		runCLI(t, "check", "-f", path).check(t, exitOK, want, "")
+	}
 }
