@@ -38,8 +38,8 @@ build:
 # The release version: the newest v* tag (v1.2.3 -> 1.2.3), else
 # 0.0.0~git.COMMIT. It is Debian's version of the package, and the binary
 # reports it (internal/version).
-VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$${v\#v}" || echo "0.0.0~git.$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)")
 COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+VERSION ?= $(or $(shell git describe --tags --match 'v[0-9]*' 2>/dev/null | sed 's/^v//'),0.0.0~git.$(COMMIT))
 VERSION_PKG := github.com/fulcrum-lb/fulcrum/internal/version
 # Where make package and make man write.
 BUILD ?= build
