@@ -84,9 +84,14 @@ report() {
 	echo "install them with:" >&2
 	echo "  sudo apt-get install -y --no-install-recommends $pkgs" >&2
 	echo "or everything at once, as root: make deps" >&2
-	if ! command -v go >/dev/null 2>&1; then
-		echo "and install Go (the version in go.mod)" >&2
-	fi
+	nogo
+}
+
+# nogo says, and returns 0, if Go is missing: apt's Go is older than
+# go.mod's, so it is never installed from here.
+nogo() {
+	command -v go >/dev/null 2>&1 && return 1
+	echo "fulcrum: go is missing too: install Go at the version go.mod names (not from apt: it is older)" >&2
 }
 
 cmd=${1:-check}
@@ -98,7 +103,10 @@ install)
 	;;
 check)
 	miss=$(missing)
-	[ -n "$miss" ] || exit 0
+	if [ -z "$miss" ]; then
+		nogo && exit 1
+		exit 0
+	fi
 	if [ "$(id -u)" != 0 ]; then
 		report "$miss" "not root, so not installing"
 		exit 1
@@ -119,6 +127,7 @@ check)
 		report "$miss" "still missing after apt-get install"
 		exit 1
 	fi
+	nogo && exit 1
 	;;
 *) sed -n '2,12p' "$0" >&2; exit 2 ;;
 esac
