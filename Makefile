@@ -11,9 +11,21 @@ GENERATED := internal/datapath/balancer_bpfel.go internal/datapath/balancer_bpfe
 	internal/healthsteer/healthsteer_bpfel.go internal/healthsteer/healthsteer_bpfel.o
 BENCH_COUNT ?= 5
 
-.PHONY: all generate build test bench vet check-generated clean demo fuzz-short test-vrrp-load
+.PHONY: all generate build test bench vet check-generated clean demo fuzz-short test-vrrp-load \
+	deps deps-check man package
 
 all: build
+
+# deps installs (as root, through apt) every package the build and the tests
+# need; scripts/deps.sh holds the one list, which .ci/run uses too.
+deps:
+	scripts/deps.sh install
+
+# deps-check, before every test run, takes a moment: as root with apt it
+# installs what is missing; elsewhere it stops and lists every missing tool
+# with the command that installs them.
+deps-check:
+	@scripts/deps.sh check
 
 # generate compiles bpf/*.c with clang-19 and the libbpf-dev headers and
 # writes the Go bindings (bpf2go). The output is committed.
@@ -22,6 +34,47 @@ generate:
 
 build:
 	$(GO) build -o bin/fulcrum ./cmd/fulcrum
+
+# The release version: the newest v* tag (v1.2.3 -> 1.2.3), else
+# 0.0.0~git.COMMIT. It is Debian's version of the package, and the binary
+# reports it (internal/version).
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+VERSION ?= $(or $(shell git describe --tags --match 'v[0-9]*' 2>/dev/null | sed 's/^v//'),0.0.0~git.$(COMMIT))
+VERSION_PKG := github.com/fulcrum-lb/fulcrum/internal/version
+# Where make package and make man write.
+BUILD ?= build
+# nfpm builds the .deb; run through `go run` at a pinned version, so that it
+# needs no install and adds nothing to go.mod.
+NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+
+# man writes fulcrum(8) and a page per command, generated from the CLI's
+# own definitions, into BUILD/man/man8 (man -M build/man fulcrum).
+man:
+	$(GO) run ./cmd/fulcrum man-pages $(BUILD)/man
+
+# package builds BUILD/fulcrum_VERSION_amd64.deb: the static binary (no
+# cgo, version and commit linked in), the systemd unit, the example config
+# as the conffile /etc/fulcrum/fulcrum.yaml, the man pages, bash and zsh
+# completions, the docs and the monitoring files (deploy/nfpm.yaml).
+package:
+	rm -rf $(BUILD)/pkg
+	mkdir -p $(BUILD)/pkg/completion $(BUILD)/pkg/doc/examples $(BUILD)/pkg/doc/monitoring
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath \
+		-ldflags "-s -w -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT)" \
+		-o $(BUILD)/pkg/fulcrum ./cmd/fulcrum
+	$(BUILD)/pkg/fulcrum man-pages $(BUILD)/pkg/man
+	gzip -9n $(BUILD)/pkg/man/man8/*.8
+	$(BUILD)/pkg/fulcrum completion bash > $(BUILD)/pkg/completion/fulcrum.bash
+	$(BUILD)/pkg/fulcrum completion zsh > $(BUILD)/pkg/completion/_fulcrum
+	cp deploy/systemd/fulcrum.service $(BUILD)/pkg/
+	cp docs/examples/fulcrum.yaml $(BUILD)/pkg/
+	cp README.md docs/*.md $(BUILD)/pkg/doc/
+	cp docs/examples/*.yaml $(BUILD)/pkg/doc/examples/
+	cp deploy/grafana/fulcrum.json $(BUILD)/pkg/doc/monitoring/grafana-fulcrum.json
+	cp deploy/prometheus/alerts.yaml $(BUILD)/pkg/doc/monitoring/prometheus-alerts.yaml
+	cd $(BUILD)/pkg && VERSION='$(VERSION)' $(NFPM) package --config $(CURDIR)/deploy/nfpm.yaml \
+		--packager deb --target '$(abspath $(BUILD))/fulcrum_$(VERSION)_amd64.deb'
+	@ls -l '$(BUILD)/fulcrum_$(VERSION)_amd64.deb'
 
 # demo (as root) builds the test topology in namespaces, runs a daemon with
 # a v4 and a v6 VIP over three HTTP backends, shows the traffic spread and a
@@ -43,7 +96,7 @@ vet:
 # (internal/require).
 # internal/daemon alone takes about 5 minutes (2 of them VRRP under full packet
 # load), hence the timeout above go test's default 10 minutes.
-test: vet
+test: deps-check vet
 	FULCRUM_TEST_STRICT=1 $(GO) test -count=1 -p 1 -timeout 30m ./...
 	$(MAKE) fuzz-short
 
@@ -81,4 +134,4 @@ check-generated: generate
 	@git diff --exit-code --stat -- $(GENERATED) || (echo "generated BPF output is stale: run 'make generate' and commit" >&2; exit 1)
 
 clean:
-	rm -rf bin
+	rm -rf bin $(BUILD)

@@ -2,7 +2,7 @@
 // XDP fast path, and the CLI that controls it through the daemon's API.
 //
 // One file per noun: vip.go, backend.go, status.go, stats.go, explain.go,
-// apply.go, vrrp.go, daemon.go (daemon, detach, vrrp-agent), decap.go,
+// apply.go, check.go, vrrp.go, daemon.go (daemon, detach, vrrp-agent), decap.go,
 // version.go, completion.go. Every command that talks to the daemon has
 // the shape written once in call.go; args.go parses command lines and
 // output.go formats answers. docs/cli.md describes the commands.
@@ -108,6 +108,7 @@ func newApp(stdout, stderr io.Writer, now func() time.Time) *cli.App {
 	commands := daemonCommands()
 	commands = append(commands,
 		applyCommand(),
+		checkCommand(),
 		vipCommand(),
 		backendCommand(),
 		statusCommand(now),
@@ -117,11 +118,12 @@ func newApp(stdout, stderr io.Writer, now func() time.Time) *cli.App {
 		vrrpCommand(now),
 		versionCommand(),
 		completionCommand(),
+		manCommand(),
 	)
 	app := &cli.App{
 		Name:  "fulcrum",
 		Usage: "XDP layer-4 load balancer: the daemon and its control CLI",
-		Description: "Commands other than daemon, detach, decap, version and completion talk to a running daemon\n" +
+		Description: "Commands other than daemon, detach, check, decap, version and completion talk to a running daemon\n" +
 			"through its root-only API socket. See docs/cli.md.",
 		HideVersion:               true,
 		EnableBashCompletion:      true,

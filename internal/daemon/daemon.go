@@ -33,6 +33,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/metrics"
 	"github.com/fulcrum-lb/fulcrum/internal/neighbor"
 	"github.com/fulcrum-lb/fulcrum/internal/reconcile"
+	"github.com/fulcrum-lb/fulcrum/internal/sdnotify"
 	"github.com/fulcrum-lb/fulcrum/internal/version"
 	"github.com/fulcrum-lb/fulcrum/internal/vrrp"
 	"github.com/fulcrum-lb/fulcrum/internal/vrrpagent"
@@ -238,6 +239,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	if d.opts.Ready != nil {
 		close(d.opts.Ready)
 	}
+	d.notify(sdnotify.Ready) // attached, reconciled, serving
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -245,20 +247,32 @@ func (d *Daemon) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			d.notify(sdnotify.Stopping)
 			d.log.Info("stopping; "+bpffs.Stop, "pins", pinDir)
 			return nil
 		case err := <-errc:
 			return err
 		case <-hup:
+			d.notify(sdnotify.Reloading())
 			data, err := os.ReadFile(d.opts.ConfigPath)
 			if err != nil {
 				d.log.Error("reload: read config", "err", err)
+				d.notify(sdnotify.Ready) // the reload is over, refused
 				continue
 			}
 			if _, err := d.apply(ctx, data); err != nil {
 				d.log.Error("reload refused; the running state is unchanged", "err", err)
 			}
+			d.notify(sdnotify.Ready) // the reload is over, applied or refused
 		}
+	}
+}
+
+// notify tells systemd the daemon's state (Type=notify); outside systemd
+// it does nothing. A failure is logged: the daemon runs on regardless.
+func (d *Daemon) notify(state string) {
+	if err := sdnotify.Notify(state); err != nil {
+		d.log.Warn("systemd notification", "state", state, "err", err)
 	}
 }
 

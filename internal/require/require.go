@@ -85,16 +85,19 @@ func Netns(tb testing.TB) {
 // packages names the Debian/Ubuntu package that installs each tool the
 // tests run.
 var packages = map[string]string{
-	"bash":       "bash",
-	"bridge":     "iproute2",
-	"ethtool":    "ethtool",
-	"haproxy":    "haproxy",
-	"ip":         "iproute2",
-	"keepalived": "keepalived",
-	"nft":        "nftables",
-	"ss":         "iproute2",
-	"stdbuf":     "coreutils",
-	"tc":         "iproute2",
+	"bash":            "bash",
+	"bridge":          "iproute2",
+	"dpkg-deb":        "dpkg",
+	"ethtool":         "ethtool",
+	"haproxy":         "haproxy",
+	"ip":              "iproute2",
+	"keepalived":      "keepalived",
+	"nft":             "nftables",
+	"setpriv":         "util-linux",
+	"ss":              "iproute2",
+	"stdbuf":          "coreutils",
+	"systemd-analyze": "systemd",
+	"tc":              "iproute2",
 }
 
 // sbin is where administration tools live that a non-root PATH may lack.
