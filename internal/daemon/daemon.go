@@ -128,6 +128,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	if dp.Adopted() {
 		d.log.Info("adopted pinned fast path", "pins", pinDir, "vips", len(dp.VIPs()))
 	}
+	d.logPins(dp, pinDir)
 
 	for _, ifc := range cfg.Interfaces {
 		link, err := net.InterfaceByName(ifc.Name)
@@ -182,6 +183,9 @@ func (d *Daemon) run(ctx context.Context) error {
 		HealthTargets: d.setHealthTargets,
 	})
 	if _, err := d.setConfig(ctx, cfg); err != nil {
+		return err
+	}
+	if err := d.completeMigration(dp); err != nil {
 		return err
 	}
 	d.rates = newRateSampler(dp, 2*time.Second)

@@ -38,8 +38,10 @@ type Options struct {
 	MaxVIPs, MaxBackends uint32
 	// PinDir, if set, pins the maps and the XDP link there (see PinDir)
 	// and adopts what an earlier daemon pinned: the connection table, the
-	// counters, the VIPs and backends, and the attached program. The
-	// directory must be on a bpffs (see EnsureBPFFS).
+	// counters, the VIPs and backends, and the attached program. Pins of
+	// an older layout (LayoutVersion), or that do not fit these options,
+	// are migrated instead (see Migrating); pins of a newer layout are
+	// refused. The directory must be on a bpffs (see EnsureBPFFS).
 	PinDir string
 }
 
@@ -52,6 +54,9 @@ type Datapath struct {
 
 	pinDir  string
 	adopted bool
+	// migration is set from Load to CompleteMigration (migrate.go).
+	migration *migration
+	notes     []string // what Load did about an interrupted migration
 
 	vips map[VIP]*vipEntry
 	// lastRing caches the ring Predict last rebuilt (see ringTable).
@@ -105,34 +110,36 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	d.written.policy = make(map[netip.Addr]uint32)
 	var collOpts ebpf.CollectionOptions
-	adopting := false
+	var mode pinMode
 	if opts.PinDir != "" {
 		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory: %w", err)
 		}
-		adopting = hasPins(opts.PinDir)
 		for name, m := range spec.Maps {
 			if !strings.HasPrefix(name, ".") { // not .rodata and friends
 				m.Pinning = ebpf.PinByName
 			}
 		}
-		collOpts.Maps.PinPath = opts.PinDir
+		// Pins of another layout, or that do not fit these options, are
+		// migrated: the new maps are loaded beside them (migrate.go).
+		var err error
+		mode, collOpts.Maps.PinPath, err = d.planPins(spec, opts.PinDir)
+		if err != nil {
+			return nil, err
+		}
 		d.pinDir = opts.PinDir
 	}
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("load balancer: the maps pinned in %s do not fit this version or these options (%w); remove them with 'fulcrum detach' (this drops the connection table)", opts.PinDir, err)
-		}
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			return nil, fmt.Errorf("load balancer: %+v", verr)
 		}
 		return nil, fmt.Errorf("load balancer: %w", err)
 	}
-	if adopting {
-		if err := d.adopt(); err != nil {
+	if opts.PinDir != "" {
+		if err := d.settlePins(mode, opts.PinDir); err != nil {
 			d.objs.Close()
-			return nil, fmt.Errorf("adopt pinned state in %s: %w", opts.PinDir, err)
+			return nil, err
 		}
 	}
 	return d, nil
@@ -166,6 +173,11 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 	defer d.mu.Unlock()
 	if _, ok := d.links[ifindex]; ok {
 		return fmt.Errorf("attach xdp to ifindex %d: already attached", ifindex)
+	}
+	if d.migration != nil {
+		// The old program forwards until the swap (CompleteMigration).
+		d.migration.attach = append(d.migration.attach, pendingAttach{ifindex: ifindex, generic: generic})
+		return nil
 	}
 	if d.pinDir != "" {
 		l, ok, err := d.attachPinned(ifindex)

@@ -1,0 +1,813 @@
+package datapath
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// A migration moves an instance's pins to this build's layout while the
+// old program forwards (docs/upgrade.md has the operator's view):
+//
+//  1. load: the new maps and program are loaded beside the old ones,
+//     pinned in DIR_next (Load);
+//  2. fill: the daemon writes the configuration maps from its desired
+//     state, as on any start (the reconciler's Apply);
+//  3. copy: the connection table is copied with each entry's backend id
+//     translated (old id → VIP and address → new id), and the counters
+//     whose meaning is unchanged with it (CompleteMigration);
+//  4. swap: every pinned XDP link is pointed at the new program, one
+//     atomic update each; entries the old program made since the copy are
+//     copied after it;
+//  5. retire: the link pins move into DIR_next, DIR becomes DIR_old,
+//     DIR_next becomes DIR, and DIR_old is removed.
+//
+// A crash before the swap leaves the old program forwarding from DIR: the
+// next start removes DIR_next (a roll back) and migrates again. A crash
+// from the swap on leaves the new program forwarding from DIR_next's maps:
+// the next start finishes the swap, the late copy and the retirement (a
+// roll forward). recoverPins tells the two apart by which program the
+// links run.
+
+// pinMode is what Load does with an instance's pin directory.
+type pinMode int
+
+const (
+	pinsFresh   pinMode = iota // no pins: load and pin
+	pinsAdopt                  // pins of this layout that fit: take them over
+	pinsMigrate                // pins of an older layout, or that do not fit
+)
+
+// migration is a started migration, until CompleteMigration.
+type migration struct {
+	from, to Layout
+	reason   string
+	dir      string // the instance's pin directory, where the old pins are
+	next     string // where the new ones are loaded
+	attach   []pendingAttach
+}
+
+// pendingAttach is an Attach held back until the swap.
+type pendingAttach struct {
+	ifindex int
+	generic bool
+}
+
+// nextDir and oldDir are siblings of the instance's pin directory. bpffs
+// refuses names with a dot, and an instance name has no '_' (config), so
+// no instance's directory can be one of them.
+func nextDir(dir string) string { return dir + "_next" }
+func oldDir(dir string) string  { return dir + "_old" }
+
+// planPins recovers from an interrupted migration, then decides what Load
+// does with the pins in dir: the mode, the directory to load into, and for
+// a migration its description.
+func (d *Datapath) planPins(spec *ebpf.CollectionSpec, dir string) (pinMode, string, error) {
+	cur := currentLayout()
+	note, err := recoverPins(dir, cur)
+	if err != nil {
+		return 0, "", err
+	}
+	if note != "" {
+		d.notes = append(d.notes, note)
+	}
+	found, ok, err := ReadLayout(dir)
+	if err != nil {
+		return 0, "", err
+	}
+	switch {
+	case !ok:
+		return pinsFresh, dir, nil
+	case found.Version > cur.Version:
+		return 0, "", downgradeError(dir, found, cur)
+	case found.Version < OldestLayout:
+		return 0, "", fmt.Errorf("the pins in %s have %s, older than the oldest this build migrates from (layout %d): upgrade through an earlier release first, or run 'fulcrum detach' for this instance (this drops the connection table)", dir, found, OldestLayout)
+	}
+	misfits, err := misfits(spec, dir)
+	if err != nil {
+		return 0, "", err
+	}
+	if found.Version == cur.Version && len(misfits) == 0 {
+		return pinsAdopt, dir, nil
+	}
+	reason := fmt.Sprintf("layout %d to %d", found.Version, cur.Version)
+	if len(misfits) > 0 {
+		reason += "; " + strings.Join(misfits, "; ")
+	}
+	next := nextDir(dir)
+	if err := os.MkdirAll(next, 0o700); err != nil {
+		return 0, "", fmt.Errorf("create pin directory for the migration: %w", err)
+	}
+	d.migration = &migration{from: found, to: cur, reason: reason, dir: dir, next: next}
+	return pinsMigrate, next, nil
+}
+
+// misfits lists the pinned maps in dir that the spec cannot take over.
+func misfits(spec *ebpf.CollectionSpec, dir string) ([]string, error) {
+	var out []string
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			out = append(out, name+": not pinned")
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		err = ms.Compatible(m)
+		m.Close()
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s: %v", name, err))
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// settlePins finishes Load's work on the pins once the objects are loaded.
+func (d *Datapath) settlePins(mode pinMode, dir string) error {
+	switch mode {
+	case pinsAdopt:
+		if err := d.adopt(); err != nil {
+			return fmt.Errorf("adopt pinned state in %s: %w", dir, err)
+		}
+	case pinsMigrate:
+		dir = d.migration.next
+	}
+	if err := pinProgram(dir, d.objs.FulcrumBalancer); err != nil {
+		return err
+	}
+	if err := writeLayout(dir, currentLayout()); err != nil {
+		return err
+	}
+	if mode == pinsMigrate {
+		killPoint(stepLoad)
+	}
+	return nil
+}
+
+// Migrating reports whether Load started a migration, which the caller
+// completes with CompleteMigration once it has written the desired state;
+// until then Attach only records the interfaces.
+func (d *Datapath) Migrating() (from, to Layout, reason string, ok bool) {
+	if d.migration == nil {
+		return Layout{}, Layout{}, "", false
+	}
+	return d.migration.from, d.migration.to, d.migration.reason, true
+}
+
+// PinNotes returns what Load did about an interrupted migration it found,
+// for the log.
+func (d *Datapath) PinNotes() []string {
+	return d.notes
+}
+
+// MigrationReport says what a migration carried over.
+type MigrationReport struct {
+	From, To Layout
+	// Kept is how many connection entries were copied, Dropped how many
+	// named a backend that is gone or stale (their flows would have been
+	// re-hashed anyway), Late how many the old program made between the
+	// copy and the swap.
+	Kept, Dropped, Late int
+	// Reset names the counters that were not carried over, and why.
+	Reset []string
+}
+
+// CompleteMigration finishes the migration Load started, after the caller
+// wrote the desired state (steps 3 to 5 above): it copies the connection
+// table and the counters, swaps the new program into every pinned XDP link
+// and into the interfaces given to Attach, and retires the old pins.
+func (d *Datapath) CompleteMigration() (MigrationReport, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.migration
+	if m == nil {
+		return MigrationReport{}, errors.New("complete migration: no migration started")
+	}
+	killPoint(stepFill)
+	rep := MigrationReport{From: m.from, To: m.to}
+	old, err := openTables(m.dir)
+	if err != nil {
+		return rep, err
+	}
+	defer old.close()
+	cur := tablesOf(&d.objs)
+	if rep.Kept, rep.Dropped, err = copyConntrack(old, cur, false); err != nil {
+		return rep, err
+	}
+	if rep.Reset, err = copyCounters(old, cur); err != nil {
+		return rep, err
+	}
+	killPoint(stepCopy)
+
+	links, err := updateLinks(d.objs.FulcrumBalancer, m.dir, m.next)
+	if err != nil {
+		return rep, err
+	}
+	for _, a := range m.attach {
+		if l, ok := links[a.ifindex]; ok {
+			d.links[a.ifindex] = l
+			delete(links, a.ifindex)
+			continue
+		}
+		if err := d.attachNew(a.ifindex, a.generic, m.next); err != nil {
+			closeLinks(links)
+			return rep, err
+		}
+	}
+	closeLinks(links) // pinned links of interfaces not configured here
+	killPoint(stepSwap)
+
+	if rep.Late, _, err = copyConntrack(old, cur, true); err != nil {
+		return rep, err
+	}
+	if err := retire(m.dir, m.next); err != nil {
+		return rep, err
+	}
+	d.migration = nil
+	// The links were opened from pins that have moved since: open them
+	// again from where they are, so Detach can unpin them.
+	for ifindex, l := range d.links {
+		nl, err := link.LoadPinnedLink(linkPin(d.pinDir, ifindex), nil)
+		if err != nil {
+			return rep, fmt.Errorf("open migrated xdp link of ifindex %d: %w", ifindex, err)
+		}
+		l.Close()
+		d.links[ifindex] = nl
+	}
+	return rep, nil
+}
+
+// recoverPins finishes or undoes a migration a crash interrupted (see the
+// steps above), and says which it did; "" when there was none.
+func recoverPins(dir string, cur Layout) (string, error) {
+	next, old := nextDir(dir), oldDir(dir)
+	hasDir, hasNext, hasOld := exists(dir), exists(next), exists(old)
+	switch {
+	case hasDir && hasNext:
+		nl, ok, err := ReadLayout(next)
+		if err != nil {
+			return "", err
+		}
+		if ok && nl.Version > cur.Version {
+			return "", downgradeError(next, nl, cur)
+		}
+		swapped, err := swapStarted(dir, next)
+		if err != nil {
+			return "", err
+		}
+		if !swapped {
+			if err := os.RemoveAll(next); err != nil {
+				return "", fmt.Errorf("roll back an interrupted migration: %w", err)
+			}
+			return fmt.Sprintf("rolled back a migration interrupted before its swap: removed %s; the old pins forwarded throughout", next), nil
+		}
+		if err := finishSwap(dir, next); err != nil {
+			return "", fmt.Errorf("complete an interrupted migration: %w", err)
+		}
+		return fmt.Sprintf("completed a migration interrupted after its swap: %s's pins are now %s", next, dir), nil
+	case hasNext && hasOld:
+		if err := os.Rename(next, dir); err != nil {
+			return "", fmt.Errorf("complete an interrupted migration: %w", err)
+		}
+		if err := os.RemoveAll(old); err != nil {
+			return "", fmt.Errorf("complete an interrupted migration: %w", err)
+		}
+		return fmt.Sprintf("completed a migration interrupted while retiring the old pins: renamed %s to %s, removed %s", next, dir, old), nil
+	case hasOld:
+		if err := os.RemoveAll(old); err != nil {
+			return "", fmt.Errorf("complete an interrupted migration: %w", err)
+		}
+		return fmt.Sprintf("completed a migration interrupted while retiring the old pins: removed %s", old), nil
+	case hasNext:
+		// The pins it was to replace are gone (detached meanwhile); it
+		// never ran.
+		if err := os.RemoveAll(next); err != nil {
+			return "", fmt.Errorf("remove an abandoned migration: %w", err)
+		}
+		return fmt.Sprintf("removed %s, a migration whose old pins were removed", next), nil
+	}
+	return "", nil
+}
+
+// swapStarted reports whether a migration from dir to next reached its
+// swap: a link pin moved to next, or a link that runs next's program.
+func swapStarted(dir, next string) (bool, error) {
+	if pins, _ := linkPins(next); len(pins) > 0 {
+		return true, nil
+	}
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(next, programPin), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil // killed before the program was pinned
+	}
+	if err != nil {
+		return false, fmt.Errorf("open the migration's program: %w", err)
+	}
+	defer prog.Close()
+	info, err := prog.Info()
+	if err != nil {
+		return false, err
+	}
+	id, _ := info.ID()
+	pins, err := linkPins(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range pins {
+		l, err := link.LoadPinnedLink(p, nil)
+		if err != nil {
+			continue
+		}
+		li, err := l.Info()
+		l.Close()
+		if err == nil && li.Program == id {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// finishSwap completes a migration from dir to next that a crash
+// interrupted at or after its swap: every link gets next's program, the
+// late entries are copied, and the old pins are retired.
+func finishSwap(dir, next string) error {
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(next, programPin), nil)
+	if err != nil {
+		return fmt.Errorf("open the migration's program: %w", err)
+	}
+	defer prog.Close()
+	links, err := updateLinks(prog, dir, next)
+	if err != nil {
+		return err
+	}
+	closeLinks(links)
+	old, err := openTables(dir)
+	if err != nil {
+		return err
+	}
+	defer old.close()
+	cur, err := openTables(next)
+	if err != nil {
+		return err
+	}
+	defer cur.close()
+	if _, _, err := copyConntrack(old, cur, true); err != nil {
+		return err
+	}
+	return retire(dir, next)
+}
+
+// linkPins lists the XDP link pins in dir.
+func linkPins(dir string) ([]string, error) {
+	out, err := filepath.Glob(filepath.Join(dir, "xdp_link_ifindex_*"))
+	if err != nil {
+		return nil, fmt.Errorf("list link pins in %s: %w", dir, err)
+	}
+	return out, nil
+}
+
+// updateLinks points every live XDP link pinned in dirs at prog (each with
+// one atomic update; a link that runs it already is left alone) and
+// returns them by ifindex. Links of interfaces that are gone are unpinned.
+func updateLinks(prog *ebpf.Program, dirs ...string) (map[int]link.Link, error) {
+	info, err := prog.Info()
+	if err != nil {
+		return nil, err
+	}
+	id, _ := info.ID()
+	out := make(map[int]link.Link)
+	for _, dir := range dirs {
+		pins, err := linkPins(dir)
+		if err != nil {
+			closeLinks(out)
+			return nil, err
+		}
+		for _, p := range pins {
+			l, err := link.LoadPinnedLink(p, nil)
+			if err != nil {
+				closeLinks(out)
+				return nil, fmt.Errorf("load pinned xdp link %s: %w", p, err)
+			}
+			li, err := l.Info()
+			if err != nil || li.XDP() == nil || li.XDP().Ifindex == 0 {
+				l.Unpin() // defunct: its interface went away
+				l.Close()
+				continue
+			}
+			if li.Program != id {
+				if err := l.Update(prog); err != nil {
+					l.Close()
+					closeLinks(out)
+					return nil, fmt.Errorf("update pinned xdp link %s: %w", p, err)
+				}
+			}
+			out[int(li.XDP().Ifindex)] = l
+		}
+	}
+	return out, nil
+}
+
+func closeLinks(links map[int]link.Link) {
+	for _, l := range links {
+		l.Close()
+	}
+}
+
+// attachNew attaches the program to an interface no pinned link serves,
+// pinning the link in dir.
+func (d *Datapath) attachNew(ifindex int, generic bool, dir string) error {
+	flags := link.XDPDriverMode
+	if generic {
+		flags = link.XDPGenericMode
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: d.objs.FulcrumBalancer, Interface: ifindex, Flags: flags})
+	if err != nil {
+		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
+	}
+	if err := l.Pin(linkPin(dir, ifindex)); err != nil {
+		l.Close()
+		return fmt.Errorf("pin xdp link of ifindex %d: %w", ifindex, err)
+	}
+	d.links[ifindex] = l
+	return nil
+}
+
+// retire makes next the instance's pins (step 5): the link pins move into
+// it, dir becomes dir_old, next becomes dir, and dir_old goes. Each rename
+// is atomic, and recoverPins completes the sequence from any point.
+func retire(dir, next string) error {
+	pins, err := linkPins(dir)
+	if err != nil {
+		return err
+	}
+	for _, p := range pins {
+		if err := os.Rename(p, filepath.Join(next, filepath.Base(p))); err != nil {
+			return fmt.Errorf("retire old pins: %w", err)
+		}
+	}
+	killPoint(stepRetireLinks)
+	if err := os.Rename(dir, oldDir(dir)); err != nil {
+		return fmt.Errorf("retire old pins: %w", err)
+	}
+	killPoint(stepRetireOld)
+	if err := os.Rename(next, dir); err != nil {
+		return fmt.Errorf("retire old pins: %w", err)
+	}
+	killPoint(stepRetireNew)
+	if err := os.RemoveAll(oldDir(dir)); err != nil {
+		return fmt.Errorf("retire old pins: %w", err)
+	}
+	return nil
+}
+
+// tables are the maps a migration reads or writes, of one pin set.
+type tables struct {
+	vipsV4, vipsV6, backends, ctV4, ctV6, stats, vipStats, backendStats *ebpf.Map
+	owned                                                               bool
+}
+
+// openTables opens the maps of the pins in dir. Layouts 1 and 2 have the
+// same formats; a layout that changes one reads it here, converted.
+func openTables(dir string) (*tables, error) {
+	t := &tables{owned: true}
+	for _, f := range []struct {
+		m    **ebpf.Map
+		name string
+	}{
+		{&t.vipsV4, balancerMapVipsV4}, {&t.vipsV6, balancerMapVipsV6}, {&t.backends, balancerMapBackends},
+		{&t.ctV4, balancerMapCtV4}, {&t.ctV6, balancerMapCtV6}, {&t.stats, balancerMapStats},
+		{&t.vipStats, balancerMapVipStats}, {&t.backendStats, balancerMapBackendStats},
+	} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, f.name), nil)
+		if err != nil {
+			t.close()
+			return nil, fmt.Errorf("open pinned map %s in %s: %w", f.name, dir, err)
+		}
+		*f.m = m
+	}
+	if err := errors.Join(
+		sameFormat(t.ctV4, balancerMapCtV4, balancerCtKeyV4{}, balancerCtValue{}),
+		sameFormat(t.ctV6, balancerMapCtV6, balancerCtKeyV6{}, balancerCtValue{}),
+		sameFormat(t.backends, balancerMapBackends, uint32(0), balancerBackend{}),
+		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}),
+		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}),
+	); err != nil {
+		t.close()
+		return nil, fmt.Errorf("read the pins in %s: %w", dir, err)
+	}
+	return t, nil
+}
+
+// sameFormat checks that a pinned map's keys and values are the size of
+// the Go types this build reads them as.
+func sameFormat(m *ebpf.Map, name string, key, value any) error {
+	if int(m.KeySize()) != binary.Size(key) || int(m.ValueSize()) != binary.Size(value) {
+		return fmt.Errorf("%s has %d-byte keys and %d-byte values, want %d and %d", name, m.KeySize(), m.ValueSize(), binary.Size(key), binary.Size(value))
+	}
+	return nil
+}
+
+func tablesOf(o *balancerObjects) *tables {
+	return &tables{vipsV4: o.VipsV4, vipsV6: o.VipsV6, backends: o.Backends, ctV4: o.CtV4, ctV6: o.CtV6,
+		stats: o.Stats, vipStats: o.VipStats, backendStats: o.BackendStats}
+}
+
+func (t *tables) close() {
+	if !t.owned {
+		return
+	}
+	for _, m := range []*ebpf.Map{t.vipsV4, t.vipsV6, t.backends, t.ctV4, t.ctV6, t.stats, t.vipStats, t.backendStats} {
+		if m != nil {
+			m.Close()
+		}
+	}
+}
+
+// backendKey names a backend independently of its id: what a connection
+// entry's backend id is translated through.
+type backendKey struct {
+	vip  VIP
+	addr netip.Addr
+}
+
+type backendRef struct {
+	id  uint32
+	gen uint16
+}
+
+// index reads a pin set's live backends: by id, and by VIP and address;
+// and its VIPs by index.
+func (t *tables) index() (byID map[uint32]backendKey, gens map[uint32]uint16, byKey map[backendKey]backendRef, vips map[uint16]VIP, err error) {
+	vips = make(map[uint16]VIP)
+	if err := eachVIP(t.vipsV4, t.vipsV6, func(v VIP, m balancerVipMeta) { vips[m.Index] = v }); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	byID = make(map[uint32]backendKey)
+	gens = make(map[uint32]uint16)
+	byKey = make(map[backendKey]backendRef)
+	err = eachBackend(t.backends, func(id uint32, b balancerBackend) {
+		vip, ok := vips[b.VipIndex]
+		if !ok || b.Flags&uint8(balancerFulcrumBackendFlagsBACKEND_F_LIVE) == 0 {
+			return
+		}
+		k := backendKey{vip: vip, addr: backendAddr(b)}
+		byID[id], gens[id] = k, b.Gen
+		byKey[k] = backendRef{id: id, gen: b.Gen}
+	})
+	return byID, gens, byKey, vips, err
+}
+
+// copyConntrack copies the connection entries of src into dst, each with
+// its backend translated to dst's id for the same VIP and address. Entries
+// of a backend that is stale in src or absent from dst are dropped: the
+// fast path would re-hash their flows anyway. With missingOnly, entries
+// dst has already are left alone (the late copy after the swap, when the
+// new program writes dst).
+func copyConntrack(src, dst *tables, missingOnly bool) (kept, dropped int, err error) {
+	srcByID, srcGen, _, _, err := src.index()
+	if err != nil {
+		return 0, 0, err
+	}
+	_, _, dstByKey, _, err := dst.index()
+	if err != nil {
+		return 0, 0, err
+	}
+	convert := func(v balancerCtValue) (balancerCtValue, bool) {
+		k, ok := srcByID[v.Backend]
+		if !ok || srcGen[v.Backend] != v.BackendGen {
+			return v, false
+		}
+		ref, ok := dstByKey[k]
+		if !ok {
+			return v, false
+		}
+		return balancerCtValue{Backend: ref.id, BackendGen: ref.gen, LastSeen: v.LastSeen}, true
+	}
+	k4, d4, err := copyTable[balancerCtKeyV4](src.ctV4, dst.ctV4, convert, missingOnly)
+	if err != nil {
+		return 0, 0, fmt.Errorf("copy %s: %w", balancerMapCtV4, err)
+	}
+	k6, d6, err := copyTable[balancerCtKeyV6](src.ctV6, dst.ctV6, convert, missingOnly)
+	if err != nil {
+		return 0, 0, fmt.Errorf("copy %s: %w", balancerMapCtV6, err)
+	}
+	return k4 + k6, d4 + d6, nil
+}
+
+// copyTable copies one connection table, converting each value.
+func copyTable[K comparable](src, dst *ebpf.Map, convert func(balancerCtValue) (balancerCtValue, bool), missingOnly bool) (kept, dropped int, err error) {
+	keys, vals, err := readAll[K](src)
+	if err != nil {
+		return 0, 0, err
+	}
+	var have map[K]bool
+	if missingOnly {
+		dk, _, err := readAll[K](dst)
+		if err != nil {
+			return 0, 0, err
+		}
+		have = make(map[K]bool, len(dk))
+		for _, k := range dk {
+			have[k] = true
+		}
+	}
+	type entry struct {
+		k K
+		v balancerCtValue
+	}
+	var out []entry
+	for i, k := range keys {
+		if have[k] {
+			continue
+		}
+		v, ok := convert(vals[i])
+		if !ok {
+			dropped++
+			continue
+		}
+		out = append(out, entry{k, v})
+	}
+	if missingOnly {
+		// Few, and the new program may make the same entries meanwhile:
+		// one at a time, and a newer entry wins.
+		for _, e := range out {
+			if err := dst.Update(e.k, e.v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+				return kept, dropped, err
+			}
+			kept++
+		}
+		return kept, dropped, nil
+	}
+	// Oldest first, so that if dst is smaller its LRU evicts the oldest.
+	// last_seen is in jiffies and wraps: order by age from the newest.
+	var newest uint32
+	for _, e := range out {
+		if int32(e.v.LastSeen-newest) > 0 {
+			newest = e.v.LastSeen
+		}
+	}
+	slices.SortStableFunc(out, func(a, b entry) int { return cmp.Compare(newest-b.v.LastSeen, newest-a.v.LastSeen) })
+	ks := make([]K, len(out))
+	vs := make([]balancerCtValue, len(out))
+	for i, e := range out {
+		ks[i], vs[i] = e.k, e.v
+	}
+	if err := writeSpread(dst, ks, vs); err != nil {
+		return 0, dropped, err
+	}
+	return len(out), dropped, nil
+}
+
+// readAll reads a hash map whole, in batches.
+func readAll[K any](m *ebpf.Map) ([]K, []balancerCtValue, error) {
+	const chunk = 4096
+	var keys []K
+	var vals []balancerCtValue
+	kb := make([]K, chunk)
+	vb := make([]balancerCtValue, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, kb, vb, nil)
+		keys = append(keys, kb[:n]...)
+		vals = append(vals, vb[:n]...)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return keys, vals, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+}
+
+// writeSpread writes entries into an LRU table with a free list per CPU
+// (BPF_F_NO_COMMON_LRU): an insert takes an element from the free list of
+// the CPU it runs on, which holds only max_entries/CPUs, and past that
+// evicts that CPU's own entries. So the entries are dealt out to one
+// thread per CPU this process may run on, each bound to its CPU, as the
+// program's inserts were spread over the CPUs that took the packets.
+func writeSpread[K any](m *ebpf.Map, keys []K, vals []balancerCtValue) error {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return fmt.Errorf("read cpu affinity: %w", err)
+	}
+	var cpus []int
+	for c := 0; c < len(set)*64; c++ {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	if len(cpus) == 0 {
+		cpus = []int{-1}
+	}
+	errs := make([]error, len(cpus))
+	var wg sync.WaitGroup
+	for i, cpu := range cpus {
+		var ks []K
+		var vs []balancerCtValue
+		for j := i; j < len(keys); j += len(cpus) {
+			ks = append(ks, keys[j])
+			vs = append(vs, vals[j])
+		}
+		if len(ks) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if cpu >= 0 {
+				// The thread keeps its affinity: it is never handed back to
+				// the scheduler, and ends with this goroutine.
+				runtime.LockOSThread()
+				var one unix.CPUSet
+				one.Set(cpu)
+				if err := unix.SchedSetaffinity(0, &one); err != nil {
+					errs[i] = fmt.Errorf("bind to cpu %d: %w", cpu, err)
+					return
+				}
+			}
+			const chunk = 4096
+			for len(ks) > 0 {
+				n := min(chunk, len(ks))
+				if _, err := m.BatchUpdate(ks[:n], vs[:n], nil); err != nil {
+					errs[i] = err
+					return
+				}
+				ks, vs = ks[n:], vs[n:]
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// copyCounters carries the per-CPU counters over: the verdict table whole
+// (the same enum in every layout this build reads), a VIP's and a
+// backend's to the index or id they have now. It returns what it reset.
+func copyCounters(src, dst *tables) ([]string, error) {
+	var reset []string
+	if src.stats.ValueSize() == dst.stats.ValueSize() {
+		var v []balancerStatTable
+		if err := src.stats.Lookup(uint32(0), &v); err != nil {
+			return nil, fmt.Errorf("read verdict counters: %w", err)
+		}
+		if err := dst.stats.Put(uint32(0), v); err != nil {
+			return nil, fmt.Errorf("write verdict counters: %w", err)
+		}
+	} else {
+		reset = append(reset, fmt.Sprintf("verdict counters: the old table has %d bytes a CPU, this one %d", src.stats.ValueSize(), dst.stats.ValueSize()))
+	}
+	srcByID, _, _, srcVIPs, err := src.index()
+	if err != nil {
+		return nil, err
+	}
+	_, _, dstByKey, dstVIPs, err := dst.index()
+	if err != nil {
+		return nil, err
+	}
+	dstIndex := make(map[VIP]uint16, len(dstVIPs))
+	for i, v := range dstVIPs {
+		dstIndex[v] = i
+	}
+	var c []balancerCounter
+	for i, v := range srcVIPs {
+		j, ok := dstIndex[v]
+		if !ok {
+			continue
+		}
+		if err := src.vipStats.Lookup(uint32(i), &c); err != nil {
+			return nil, fmt.Errorf("read counters of vip %s: %w", v, err)
+		}
+		if err := dst.vipStats.Put(uint32(j), c); err != nil {
+			return nil, fmt.Errorf("write counters of vip %s: %w", v, err)
+		}
+	}
+	for id, k := range srcByID {
+		ref, ok := dstByKey[k]
+		if !ok {
+			continue
+		}
+		if err := src.backendStats.Lookup(id, &c); err != nil {
+			return nil, fmt.Errorf("read counters of backend %s of vip %s: %w", k.addr, k.vip, err)
+		}
+		if err := dst.backendStats.Put(ref.id, c); err != nil {
+			return nil, fmt.Errorf("write counters of backend %s of vip %s: %w", k.addr, k.vip, err)
+		}
+	}
+	return reset, nil
+}
