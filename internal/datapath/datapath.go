@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 
@@ -112,9 +111,6 @@ func Load(opts Options) (*Datapath, error) {
 	var collOpts ebpf.CollectionOptions
 	var mode pinMode
 	if opts.PinDir != "" {
-		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create pin directory: %w", err)
-		}
 		for name, m := range spec.Maps {
 			if !strings.HasPrefix(name, ".") { // not .rodata and friends
 				m.Pinning = ebpf.PinByName

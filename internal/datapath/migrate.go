@@ -83,6 +83,9 @@ func (d *Datapath) planPins(spec *ebpf.CollectionSpec, dir string) (pinMode, str
 	if note != "" {
 		d.notes = append(d.notes, note)
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, "", fmt.Errorf("create pin directory: %w", err)
+	}
 	found, ok, err := ReadLayout(dir)
 	if err != nil {
 		return 0, "", err
@@ -237,7 +240,7 @@ func (d *Datapath) CompleteMigration() (MigrationReport, error) {
 	if rep.Late, _, err = copyConntrack(old, cur, true); err != nil {
 		return rep, err
 	}
-	if err := retire(m.dir, m.next); err != nil {
+	if err := retire(m.dir, m.next, true); err != nil {
 		return rep, err
 	}
 	d.migration = nil
@@ -258,7 +261,8 @@ func (d *Datapath) CompleteMigration() (MigrationReport, error) {
 // steps above), and says which it did; "" when there was none.
 func recoverPins(dir string, cur Layout) (string, error) {
 	next, old := nextDir(dir), oldDir(dir)
-	hasDir, hasNext, hasOld := exists(dir), exists(next), exists(old)
+	// An empty dir is no pins (an earlier Load may have made it).
+	hasDir, hasNext, hasOld := hasPins(dir), exists(next), exists(old)
 	switch {
 	case hasDir && hasNext:
 		nl, ok, err := ReadLayout(next)
@@ -370,7 +374,7 @@ func finishSwap(dir, next string) error {
 	if _, _, err := copyConntrack(old, cur, true); err != nil {
 		return err
 	}
-	return retire(dir, next)
+	return retire(dir, next, false)
 }
 
 // linkPins lists the XDP link pins in dir.
@@ -450,8 +454,9 @@ func (d *Datapath) attachNew(ifindex int, generic bool, dir string) error {
 
 // retire makes next the instance's pins (step 5): the link pins move into
 // it, dir becomes dir_old, next becomes dir, and dir_old goes. Each rename
-// is atomic, and recoverPins completes the sequence from any point.
-func retire(dir, next string) error {
+// is atomic, and recoverPins completes the sequence from any point. The
+// test hooks stop only a migration, not a recovery (hooks).
+func retire(dir, next string, hooks bool) error {
 	pins, err := linkPins(dir)
 	if err != nil {
 		return err
@@ -461,15 +466,21 @@ func retire(dir, next string) error {
 			return fmt.Errorf("retire old pins: %w", err)
 		}
 	}
-	killPoint(stepRetireLinks)
+	if hooks {
+		killPoint(stepRetireLinks)
+	}
 	if err := os.Rename(dir, oldDir(dir)); err != nil {
 		return fmt.Errorf("retire old pins: %w", err)
 	}
-	killPoint(stepRetireOld)
+	if hooks {
+		killPoint(stepRetireOld)
+	}
 	if err := os.Rename(next, dir); err != nil {
 		return fmt.Errorf("retire old pins: %w", err)
 	}
-	killPoint(stepRetireNew)
+	if hooks {
+		killPoint(stepRetireNew)
+	}
 	if err := os.RemoveAll(oldDir(dir)); err != nil {
 		return fmt.Errorf("retire old pins: %w", err)
 	}
