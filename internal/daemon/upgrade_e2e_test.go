@@ -186,11 +186,12 @@ func (h *harness) requireLayout(v uint32) {
 // this repository's history) under traffic, kills it with -9 and starts
 // this build on its pins: the pins are migrated from layout 1 with not a
 // datagram lost, every connection alive on its backend, and the ones a
-// reweight took off the ring still on theirs.
+// reweight took off the ring still on theirs. Then it rolls back to the
+// previous release the same way.
 func TestUpgradeFromPreviousRelease(t *testing.T) {
 	h := newHarness(t)
-	current := h.bin
-	h.bin = buildRelease(t, previousRelease)
+	current, previous := h.bin, buildRelease(t, previousRelease)
+	h.bin = previous
 	h.writeConfig(h.config())
 	h.startDaemon()
 	tr := h.startUpgradeTraffic()
@@ -208,7 +209,18 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	}
 	h.requireLayout(datapath.LayoutVersion)
 	tr.check(h, "after the upgrade from the previous release", true)
-	tr.finish(h, "through kill -9 of the previous release and the upgrade")
+
+	// Roll back: the previous release reads no marker, and layout 2's maps
+	// are layout 1's, so it adopts them (docs/upgrade.md).
+	h.kill()
+	h.bin = previous
+	h.startDaemon()
+	st, err := h.client.Status(context.Background())
+	if err != nil || !st.Adopted {
+		t.Fatalf("the previous release did not adopt the upgraded pins: %+v, %v\n%s", st, err, h.log())
+	}
+	tr.check(h, "after rolling back to the previous release", true)
+	tr.finish(h, "through kill -9 of the previous release, the upgrade and the rollback")
 }
 
 // TestUpgradeLayoutChange changes the layout in the test itself, twice,
