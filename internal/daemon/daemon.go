@@ -122,7 +122,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	defer dp.Close()
 	// Tracking compares it with what each interface runs; without it
 	// every interface would look detached and the node sick for good.
-	if d.progID, err = programID(dp.Program()); err != nil {
+	if d.progID, err = dp.ProgramID(); err != nil {
 		return err
 	}
 	if dp.Adopted() {

@@ -65,11 +65,14 @@ type upgradeTraffic struct {
 	stream  *probe
 }
 
-// startUpgradeTraffic opens the connections on equal weights, reweights
+// startUpgradeTraffic starts the daemon (h.bin) on equal weights, opens
+// the connections, reweights
 // backend1 to 4 (SIGHUP), so that many flows' ring slots now name it while
 // their entries keep them where they are, and starts the stream.
 func (h *harness) startUpgradeTraffic() *upgradeTraffic {
 	t := h.t
+	h.writeConfig(h.config())
+	h.startDaemon()
 	tr := &upgradeTraffic{conns: append(h.openConns(70, vip4), h.openConns(30, vip6)...)}
 	h.writeConfig(h.config(4, 1, 1))
 	h.daemon.Process.Signal(syscall.SIGHUP)
@@ -163,8 +166,20 @@ func (h *harness) runDaemonToEnd(env ...string) (string, error) {
 	return h.log()[before:], err
 }
 
-// logSince returns the daemon log written after a mark (a length of it).
-func (h *harness) logSince(mark int) string { return h.log()[mark:] }
+// restartMigrating kills the daemon with -9 and starts it again (h.bin,
+// h.wrap and the config file say how): it must migrate the pins, for the
+// reason why, to layout, and the traffic must pass the check.
+func (h *harness) restartMigrating(tr *upgradeTraffic, why string, layout uint32) {
+	h.t.Helper()
+	h.kill()
+	mark := len(h.log())
+	h.startDaemon()
+	if log := h.log()[mark:]; !strings.Contains(log, "migrated the pinned fast path") || !strings.Contains(log, why) {
+		h.t.Fatalf("the start did not migrate the pins (%s):\n%s", why, log)
+	}
+	h.requireLayout(layout)
+	tr.check(h, "after a migration ("+why+")", true)
+}
 
 // requireLayout requires the instance's pins to be of layout version v,
 // with no directory of a migration left.
@@ -192,23 +207,13 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	h := newHarness(t)
 	current, previous := h.bin, buildRelease(t, previousRelease)
 	h.bin = previous
-	h.writeConfig(h.config())
-	h.startDaemon()
 	tr := h.startUpgradeTraffic()
 
-	h.kill()
 	if _, ok, _ := datapath.ReadLayout(datapath.PinDir(h.dir, "e2e")); !ok {
 		t.Fatal("the previous release left no pins")
 	}
-	mark := len(h.log())
 	h.bin = current
-	h.startDaemon()
-	log := h.logSince(mark)
-	if !strings.Contains(log, "migrated the pinned fast path") || !strings.Contains(log, "layout 1 to 2") {
-		t.Fatalf("the upgrade did not migrate layout 1 to 2:\n%s", log)
-	}
-	h.requireLayout(datapath.LayoutVersion)
-	tr.check(h, "after the upgrade from the previous release", true)
+	h.restartMigrating(tr, "layout 1 to 2", datapath.LayoutVersion)
 
 	// Roll back: the previous release reads no marker, and layout 2's maps
 	// are layout 1's, so it adopts them (docs/upgrade.md).
@@ -231,32 +236,16 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 // what to do, while the pinned program goes on forwarding.
 func TestUpgradeLayoutChange(t *testing.T) {
 	h := newHarness(t)
-	h.writeConfig(h.config())
-	h.startDaemon()
 	tr := h.startUpgradeTraffic()
 
 	// A map of another size.
-	h.kill()
 	h.writeConfig(strings.Replace(h.config(4, 1, 1), "entries: 65536", "entries: 131072", 1))
-	mark := len(h.log())
-	h.startDaemon()
-	if log := h.logSince(mark); !strings.Contains(log, "migrated the pinned fast path") || !strings.Contains(log, "MaxEntries: 65536 changed to 131072") {
-		t.Fatalf("a connection table of another size was not migrated:\n%s", log)
-	}
-	h.requireLayout(datapath.LayoutVersion)
-	tr.check(h, "after migrating to a larger connection table", true)
+	h.restartMigrating(tr, "ct_v4: MaxEntries: 65536 changed to 131072", datapath.LayoutVersion)
 
 	// A newer layout version.
 	newer := uint32(datapath.LayoutVersion + 1)
-	h.kill()
 	h.wrap = []string{"env", fmt.Sprintf("%s=%d", datapath.TestLayoutEnv, newer)}
-	mark = len(h.log())
-	h.startDaemon()
-	if log := h.logSince(mark); !strings.Contains(log, "migrated the pinned fast path") || !strings.Contains(log, fmt.Sprintf("layout %d to %d", datapath.LayoutVersion, newer)) {
-		t.Fatalf("layout %d was not migrated to %d:\n%s", datapath.LayoutVersion, newer, log)
-	}
-	h.requireLayout(newer)
-	tr.check(h, fmt.Sprintf("after migrating to layout %d", newer), true)
+	h.restartMigrating(tr, fmt.Sprintf("layout %d to %d", datapath.LayoutVersion, newer), newer)
 
 	// This build on the newer layout: a downgrade.
 	h.kill()
@@ -282,8 +271,6 @@ func TestUpgradeLayoutChange(t *testing.T) {
 // migrates again; forwarding never stops and no connection moves.
 func TestUpgradeInterrupted(t *testing.T) {
 	h := newHarness(t)
-	h.writeConfig(h.config())
-	h.startDaemon()
 	tr := h.startUpgradeTraffic()
 	h.kill()
 
@@ -322,7 +309,7 @@ func TestUpgradeInterrupted(t *testing.T) {
 	h.wrap = []string{"env", fmt.Sprintf("%s=%d", datapath.TestLayoutEnv, layout)}
 	mark := len(h.log())
 	h.startDaemon()
-	if log := h.logSince(mark); !strings.Contains(log, expect) || !strings.Contains(log, "migrated the pinned fast path") {
+	if log := h.log()[mark:]; !strings.Contains(log, expect) || !strings.Contains(log, "migrated the pinned fast path") {
 		t.Fatalf("the last start does not say %q and then migrate:\n%s", expect, log)
 	}
 	h.requireLayout(layout)

@@ -160,6 +160,12 @@ func (d *Datapath) Program() *ebpf.Program {
 	return d.objs.FulcrumBalancer
 }
 
+// ProgramID returns the balancer program's kernel ID, which the links that
+// run it name.
+func (d *Datapath) ProgramID() (ebpf.ProgramID, error) {
+	return programID(d.objs.FulcrumBalancer)
+}
+
 // Attach attaches the balancer to the interface with the given index, in
 // the network namespace of the calling thread. It uses native XDP unless
 // generic is set; generic XDP is slower and meant for testing only. With
@@ -185,6 +191,12 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 			return nil
 		}
 	}
+	return d.attachNew(ifindex, generic, d.pinDir)
+}
+
+// attachNew attaches the program to an interface no pinned link serves,
+// and pins the link in dir unless dir is empty.
+func (d *Datapath) attachNew(ifindex int, generic bool, dir string) error {
 	flags := link.XDPDriverMode
 	if generic {
 		flags = link.XDPGenericMode
@@ -197,8 +209,8 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 	if err != nil {
 		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
 	}
-	if d.pinDir != "" {
-		if err := l.Pin(linkPin(d.pinDir, ifindex)); err != nil {
+	if dir != "" {
+		if err := l.Pin(linkPin(dir, ifindex)); err != nil {
 			l.Close()
 			return fmt.Errorf("pin xdp link of ifindex %d: %w", ifindex, err)
 		}

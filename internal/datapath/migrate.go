@@ -324,11 +324,10 @@ func swapStarted(dir, next string) (bool, error) {
 		return false, fmt.Errorf("open the migration's program: %w", err)
 	}
 	defer prog.Close()
-	info, err := prog.Info()
+	id, err := programID(prog)
 	if err != nil {
 		return false, err
 	}
-	id, _ := info.ID()
 	pins, err := linkPins(dir)
 	if err != nil {
 		return false, err
@@ -390,11 +389,10 @@ func linkPins(dir string) ([]string, error) {
 // one atomic update; a link that runs it already is left alone) and
 // returns them by ifindex. Links of interfaces that are gone are unpinned.
 func updateLinks(prog *ebpf.Program, dirs ...string) (map[int]link.Link, error) {
-	info, err := prog.Info()
+	id, err := programID(prog)
 	if err != nil {
 		return nil, err
 	}
-	id, _ := info.ID()
 	out := make(map[int]link.Link)
 	for _, dir := range dirs {
 		pins, err := linkPins(dir)
@@ -427,29 +425,23 @@ func updateLinks(prog *ebpf.Program, dirs ...string) (map[int]link.Link, error) 
 	return out, nil
 }
 
+// programID is a loaded program's kernel ID, which a link's info names.
+func programID(prog *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := prog.Info()
+	if err != nil {
+		return 0, fmt.Errorf("balancer program info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("balancer program info: the kernel gave no program ID")
+	}
+	return id, nil
+}
+
 func closeLinks(links map[int]link.Link) {
 	for _, l := range links {
 		l.Close()
 	}
-}
-
-// attachNew attaches the program to an interface no pinned link serves,
-// pinning the link in dir.
-func (d *Datapath) attachNew(ifindex int, generic bool, dir string) error {
-	flags := link.XDPDriverMode
-	if generic {
-		flags = link.XDPGenericMode
-	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: d.objs.FulcrumBalancer, Interface: ifindex, Flags: flags})
-	if err != nil {
-		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
-	}
-	if err := l.Pin(linkPin(dir, ifindex)); err != nil {
-		l.Close()
-		return fmt.Errorf("pin xdp link of ifindex %d: %w", ifindex, err)
-	}
-	d.links[ifindex] = l
-	return nil
 }
 
 // retire makes next the instance's pins (step 5): the link pins move into
@@ -658,7 +650,11 @@ func copyTable[K comparable](src, dst *ebpf.Map, convert func(balancerCtValue) (
 		// Few, and the new program may make the same entries meanwhile:
 		// one at a time, and a newer entry wins.
 		for _, e := range out {
-			if err := dst.Update(e.k, e.v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			err := dst.Update(e.k, e.v, ebpf.UpdateNoExist)
+			if errors.Is(err, ebpf.ErrKeyExist) {
+				continue
+			}
+			if err != nil {
 				return kept, dropped, err
 			}
 			kept++

@@ -86,15 +86,7 @@ func TestAdoptPinnedState(t *testing.T) {
 		t.Fatalf("re-applying the same state swapped the ring (map id %d -> %d)", ringBefore, ringAfter)
 	}
 	before, _ := d2.Counters()
-	n := 0
-	for b, ports := range flows {
-		for _, sport := range ports {
-			if got := sendTo(t, d2, pkt(client4, vipWeb4.Addr.String(), TCP, sport, 80)); got != b {
-				t.Fatalf("flow :%d went to %s after the restart, want %s", sport, got, b)
-			}
-			n++
-		}
-	}
+	n := requireFlowsOn(t, d2, flows, "after the restart")
 	after, _ := d2.Counters()
 	if hits := statsDelta(before, after)[StatCtHit]; hits != uint64(n) {
 		t.Fatalf("ct_hit moved by %d after the restart, want %d: the connection table was not kept", hits, n)
@@ -108,13 +100,7 @@ func TestAdoptPinnedState(t *testing.T) {
 	if got := sendTo(t, d2, pkt(client4, newVIP.Addr.String(), TCP, 61000, 80)); got != backends4[2].Addr {
 		t.Fatalf("new vip's flow went to %s, want %s", got, backends4[2].Addr)
 	}
-	for b, ports := range flows {
-		for _, sport := range ports {
-			if got := sendTo(t, d2, pkt(client4, vipWeb4.Addr.String(), TCP, sport, 80)); got != b {
-				t.Fatalf("flow :%d went to %s after adding a vip, want %s", sport, got, b)
-			}
-		}
-	}
+	requireFlowsOn(t, d2, flows, "after adding a vip")
 	if err := RemovePins(dir); err != nil {
 		t.Fatal(err)
 	}
