@@ -171,11 +171,18 @@ func (h *harness) runDaemonToEnd(env ...string) (string, error) {
 // reason why, to layout, and the traffic must pass the check.
 func (h *harness) restartMigrating(tr *upgradeTraffic, why string, layout uint32) {
 	h.t.Helper()
+	// The TCP connections are idle here: their VIP's counter is still
+	// after the restart unless it starts again from zero.
+	const series = `fulcrum_vip_packets_total{vip="tcp/203.0.113.10:9000"}`
+	before := metricValue(h.t, h.scrape(), series)
 	h.kill()
 	mark := len(h.log())
 	h.startDaemon()
 	if log := h.log()[mark:]; !strings.Contains(log, "migrated the pinned fast path") || !strings.Contains(log, why) {
 		h.t.Fatalf("the start did not migrate the pins (%s):\n%s", why, log)
+	}
+	if after := metricValue(h.t, h.scrape(), series); after < before || before == 0 {
+		h.t.Fatalf("%s went from %v to %v through the migration: the counters were not carried over", series, before, after)
 	}
 	h.requireLayout(layout)
 	tr.check(h, "after a migration ("+why+")", true)
