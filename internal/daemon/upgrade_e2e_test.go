@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,8 +98,8 @@ func (h *harness) startUpgradeTraffic() *upgradeTraffic {
 // explainConn asks the daemon where a connection's next packet goes.
 func (h *harness) explainConn(c *conn) api.Explanation {
 	h.t.Helper()
-	local := netip.MustParseAddrPort(c.c.LocalAddr().String())
-	remote := netip.MustParseAddrPort(c.c.RemoteAddr().String())
+	local := c.c.LocalAddr().(*net.TCPAddr).AddrPort()
+	remote := c.c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	exp, err := h.client.Explain(context.Background(), api.ExplainRequest{
 		Src: local.Addr().Unmap(), Dst: remote.Addr().Unmap(), Protocol: "tcp", Sport: local.Port(), Dport: remote.Port()})
 	if err != nil {
