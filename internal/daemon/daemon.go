@@ -123,12 +123,13 @@ func (d *Daemon) run(ctx context.Context) error {
 	defer dp.Close()
 	// Tracking compares it with what each interface runs; without it
 	// every interface would look detached and the node sick for good.
-	if d.progID, err = programID(dp.Program()); err != nil {
+	if d.progID, err = dp.ProgramID(); err != nil {
 		return err
 	}
 	if dp.Adopted() {
 		d.log.Info("adopted pinned fast path", "pins", pinDir, "vips", len(dp.VIPs()))
 	}
+	d.logPins(dp, pinDir)
 
 	for _, ifc := range cfg.Interfaces {
 		link, err := net.InterfaceByName(ifc.Name)
@@ -183,6 +184,9 @@ func (d *Daemon) run(ctx context.Context) error {
 		HealthTargets: d.setHealthTargets,
 	})
 	if _, err := d.setConfig(ctx, cfg); err != nil {
+		return err
+	}
+	if err := d.completeMigration(dp); err != nil {
 		return err
 	}
 	d.rates = newRateSampler(dp, 2*time.Second)

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -86,19 +85,6 @@ func (d *Daemon) Sick() []string {
 	d.trackMu.Lock()
 	defer d.trackMu.Unlock()
 	return slices.Clone(d.sick)
-}
-
-// programID returns the kernel's ID of prog.
-func programID(prog *ebpf.Program) (ebpf.ProgramID, error) {
-	info, err := prog.Info()
-	if err != nil {
-		return 0, fmt.Errorf("balancer program info: %w", err)
-	}
-	id, ok := info.ID()
-	if !ok {
-		return 0, errors.New("balancer program info: the kernel gave no program ID")
-	}
-	return id, nil
 }
 
 // sickReasons returns what is wrong with the node, sorted.
