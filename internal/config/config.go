@@ -108,6 +108,8 @@ type Config struct {
 	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
 	// VRRP is the active/standby failover; nil = none (always active).
 	VRRP *VRRP `yaml:"vrrp,omitempty"`
+	// BGP announces the VIPs to routers (scale-out); nil = none.
+	BGP *BGP `yaml:"-"`
 	// VIPs may be empty: VIPs can also be added through the API.
 	VIPs []VIP `yaml:"vips"`
 }
