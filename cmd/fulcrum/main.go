@@ -115,6 +115,8 @@ func newApp(stdout, stderr io.Writer, now func() time.Time) *cli.App {
 		explainCommand(),
 		decapCommand(),
 		vrrpCommand(now),
+		bgpCommand(now),
+		nodeCommand(),
 		versionCommand(),
 		completionCommand(),
 	)
