@@ -1,0 +1,240 @@
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fulcrum-lb/fulcrum/internal/require"
+	"github.com/fulcrum-lb/fulcrum/testenv"
+)
+
+// The scale-out tests: several active nodes, each with its own BGP session
+// to a real routing daemon on the router, which spreads the VIP's flows
+// over them by ECMP.
+
+const (
+	routerASN = 65000
+	lbASN     = 65010
+	// bgpHold is the hold time the nodes ask for (the least BIRD takes),
+	// so that a dead node leaves the ECMP group within it.
+	bgpHold = 3 * time.Second
+)
+
+// vipSick is a second VIP address whose health check fails on one node
+// only (bgpConfig's sickOn).
+var vipSick = netip.MustParseAddr("203.0.113.11")
+
+// bgpConfig is node n's config: BGP to the router, the echo VIP on vip4,
+// and vipSick, whose check probes a closed port when sick is set, so that
+// every backend is down on this node alone.
+func (h *harness) bgpConfig(n int, sick bool) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "instance: lb%d\nbpffs: %s\ninterfaces:\n  - name: eth0\napi:\n  socket: %s\nmetrics: {address: \"off\"}\n", n, h.dir, h.socket)
+	fmt.Fprintf(&sb, "bgp:\n  asn: %d\n  router_id: %s\n  communities: [\"%d:100\"]\n  peers:\n    - {address: %s, asn: %d, hold_time: %s, keepalive: 1s}\n",
+		lbASN, testenv.LBIPv4(n), lbASN, testenv.RouterIPv4, routerASN, bgpHold)
+	port := 9000
+	if sick {
+		port = 9001 // nothing listens there
+	}
+	sb.WriteString("vips:\n")
+	for _, v := range []struct {
+		addr  netip.Addr
+		check string
+	}{
+		{vip4, ""},
+		{vipSick, fmt.Sprintf("    health_check: {type: tcp, port: %d, interval: 200ms, timeout: 100ms, rise: 1, fall: 1}\n", port)},
+	} {
+		fmt.Fprintf(&sb, "  - address: %s\n    port: 9000\n    protocol: tcp\n%s    backends:\n", v.addr, v.check)
+		for _, b := range h.topo.Backends {
+			fmt.Fprintf(&sb, "      - address: %s\n", b.IPv4)
+		}
+	}
+	return sb.String()
+}
+
+// bgpNode starts a daemon with bgpConfig on host as node n.
+func (h *harness) bgpNode(host *testenv.Host, n int, sick bool) *harness {
+	node := h.node(host)
+	if n == 1 {
+		node = h
+	}
+	node.writeConfig(node.bgpConfig(n, sick))
+	node.startDaemon()
+	return node
+}
+
+// waitNextHops waits until the router's kernel route to addr/32 goes
+// through exactly the given nodes, and returns how long that took.
+func waitNextHops(t *testing.T, topo *testenv.Topology, rd *testenv.RoutingDaemon, addr netip.Addr, limit time.Duration, nodes ...int) time.Duration {
+	t.Helper()
+	want := make([]netip.Addr, len(nodes))
+	for i, n := range nodes {
+		want[i] = testenv.LBIPv4(n)
+	}
+	slices.SortFunc(want, netip.Addr.Compare)
+	took, err := require.Poll(limit, func() error {
+		got, err := topo.NextHops(netip.PrefixFrom(addr, 32))
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("route to %s/32 via %v, want %v", addr, got, want)
+		}
+		return nil
+	})
+	if err != nil {
+		show, _ := rd.Show(context.Background())
+		t.Fatalf("%v\n%s:\n%s", err, rd.Kind, show)
+	}
+	return took
+}
+
+// vipPacketsNow returns the node's packet count over every VIP.
+func (h *harness) vipPacketsNow() uint64 {
+	h.t.Helper()
+	b, err := h.client.BGP(bg())
+	if err != nil {
+		h.t.Fatalf("%s: bgp: %v", h.lb.Role(), err)
+	}
+	return b.VIPPackets
+}
+
+func startRouter(t *testing.T, topo *testenv.Topology, kind string) *testenv.RoutingDaemon {
+	t.Helper()
+	cfg := testenv.RouterBGP{ASN: routerASN}
+	for n := 1; n <= 4; n++ {
+		cfg.Neighbors = append(cfg.Neighbors, testenv.BGPNeighbor{Addr: testenv.LBIPv4(n), ASN: lbASN})
+	}
+	var rd *testenv.RoutingDaemon
+	var err error
+	switch kind {
+	case "bird":
+		rd, err = topo.StartBIRD(bg(), require.Tool(t, "bird"), require.Tool(t, "birdc"), cfg)
+	case "frr":
+		libexec := "/usr/lib/frr"
+		if _, serr := os.Stat(filepath.Join(libexec, "bgpd")); serr != nil {
+			require.Tool(t, "bgpd") // fails (strict) or skips, naming the package
+		}
+		rd, err = topo.StartFRR(bg(), libexec, require.Tool(t, "vtysh"), cfg)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("%s log:\n%s", kind, rd.Log())
+		}
+	})
+	return rd
+}
+
+// TestScaleOutBIRD: three nodes announce the VIP to BIRD, which installs a
+// 3-way ECMP route; 600 connections spread over them, each on the backend
+// explain predicts. A drained node's flows move to the others, a fourth
+// node joins, a node dies: every connection keeps its backend throughout,
+// because every node builds the same Maglev ring. A VIP whose backends are
+// down on one node only is withdrawn by that node alone.
+func TestScaleOutBIRD(t *testing.T) { testScaleOut(t, "bird") }
+
+// TestScaleOutFRR is the announce, drain and join part against FRR.
+func TestScaleOutFRR(t *testing.T) { testScaleOut(t, "frr") }
+
+func testScaleOut(t *testing.T, kind string) {
+	h := newHarness(t, func(o *testenv.Options) { o.SecondLB = true })
+	topo := h.topo
+	lb3host, err := topo.AddLB(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := startRouter(t, topo, kind)
+
+	nodes := []*harness{h.bgpNode(topo.LB1, 1, false), h.bgpNode(topo.LB2, 2, false), h.bgpNode(lb3host, 3, true)}
+	took := waitNextHops(t, topo, rd, vip4, 30*time.Second, 1, 2, 3)
+	t.Logf("%s: 3-way ECMP route to %s installed %s after the nodes started", kind, vip4, took.Round(time.Millisecond))
+
+	// Health: lb3's checks of vipSick fail, so lb3 alone withdraws it.
+	waitNextHops(t, topo, rd, vipSick, 10*time.Second, 1, 2)
+	st, err := nodes[2].client.BGP(bg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Prefixes {
+		want := p.Prefix.Addr() == vip4
+		if p.Announced != want || (!want && p.Reason != "no healthy backend") {
+			t.Errorf("lb3: %s announced %v (%q), want %v", p.Prefix, p.Announced, p.Reason, want)
+		}
+	}
+	if len(st.Peers) != 1 || st.Peers[0].State != "established" || st.Peers[0].Advertised != 1 || st.Announced != 1 {
+		t.Errorf("lb3: bgp %+v, want one established session holding one prefix", st)
+	}
+
+	// Announcement: 600 connections, each on explain's backend, spread
+	// over the three nodes.
+	before := make([]uint64, len(nodes))
+	for i, n := range nodes {
+		before[i] = n.vipPacketsNow()
+	}
+	conns := h.openConns(600, vip4)
+	var total uint64
+	per := make([]uint64, len(nodes))
+	for i, n := range nodes {
+		per[i] = n.vipPacketsNow() - before[i]
+		total += per[i]
+	}
+	for i, p := range per {
+		// A third each is expected; 600 flows hashed over three paths
+		// stay well above a sixth.
+		if p*6 < total {
+			t.Errorf("lb%d forwarded %d of %d packets, under a sixth: the router does not spread the flows (%v)", i+1, p, total, per)
+		}
+	}
+	t.Logf("packets per node over 600 connections: %v", per)
+
+	// Graceful leave: lb1 drains; the router moves its flows to lb2 and
+	// lb3, and every connection keeps its backend.
+	out, err := h.cli("node", "drain", "--quiet", "1s", "--wait", "30s")
+	if err != nil || !strings.Contains(out, "node: traffic stopped") {
+		t.Fatalf("node drain: %v\n%s\n%s", err, out, h.log())
+	}
+	waitNextHops(t, topo, rd, vip4, 10*time.Second, 2, 3)
+	h.checkConns(conns, "", "after lb1 drained")
+
+	// Join: lb4 comes up; the router rehashes over lb2, lb3, lb4.
+	lb4host, err := topo.AddLB(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes = append(nodes, h.bgpNode(lb4host, 4, false))
+	waitNextHops(t, topo, rd, vip4, 30*time.Second, 2, 3, 4)
+	h.checkConns(conns, "", "after lb4 joined")
+	out, err = h.cli("node", "resume")
+	if err != nil {
+		t.Fatalf("node resume: %v\n%s", err, out)
+	}
+	waitNextHops(t, topo, rd, vip4, 10*time.Second, 1, 2, 3, 4)
+	h.checkConns(conns, "", "after lb1 resumed")
+
+	if kind != "bird" {
+		return
+	}
+	// Death: lb2's link goes down and its daemon is killed. The router
+	// notices when the hold timer runs out; until then the flows it
+	// hashes to lb2 are lost. Afterwards every connection answers.
+	setLink(t, topo.LB2, false)
+	syscall.Kill(-nodes[1].daemon.Process.Pid, syscall.SIGKILL)
+	nodes[1].daemon.Wait()
+	outage := waitNextHops(t, topo, rd, vip4, bgpHold+5*time.Second, 1, 3, 4)
+	t.Logf("node death: the router dropped lb2 %s after its link went down (hold time %s)", outage.Round(time.Millisecond), bgpHold)
+	if outage > bgpHold+2*time.Second {
+		t.Errorf("the router took %s to drop a dead node, over the hold time %s plus 2s", outage, bgpHold)
+	}
+	h.checkConns(conns, "", "after lb2 died")
+}
