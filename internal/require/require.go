@@ -86,6 +86,9 @@ func Netns(tb testing.TB) {
 // tests run.
 var packages = map[string]string{
 	"bash":       "bash",
+	"bgpd":       "frr",
+	"bird":       "bird2",
+	"birdc":      "bird2",
 	"bridge":     "iproute2",
 	"ethtool":    "ethtool",
 	"haproxy":    "haproxy",
@@ -95,6 +98,7 @@ var packages = map[string]string{
 	"ss":         "iproute2",
 	"stdbuf":     "coreutils",
 	"tc":         "iproute2",
+	"vtysh":      "frr",
 }
 
 // sbin is where administration tools live that a non-root PATH may lack.
