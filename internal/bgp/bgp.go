@@ -343,7 +343,9 @@ func peerStatus(p *gobgp.Peer, ps *PeerStatus) {
 		}
 	}
 	for _, af := range p.AfiSafis {
-		if af.State != nil {
+		// GoBGP keeps the last session's counts after it ends; a peer
+		// whose session is down holds nothing from us.
+		if af.State != nil && ps.Up() {
 			ps.Advertised += af.State.Advertised
 			ps.Received += af.State.Received
 		}

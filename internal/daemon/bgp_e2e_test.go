@@ -1,13 +1,19 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -237,4 +243,130 @@ func testScaleOut(t *testing.T, kind string) {
 		t.Errorf("the router took %s to drop a dead node, over the hold time %s plus 2s", outage, bgpHold)
 	}
 	h.checkConns(conns, "", "after lb2 died")
+}
+
+// garbagePeer listens for BGP on addr in host and answers each session
+// with an OPEN, a KEEPALIVE and a malformed 4096-byte UPDATE (the largest a
+// BGP message may be, its attributes all 0xff). It counts the sessions it
+// fed until the speaker closed them.
+type garbagePeer struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	closed int // sessions that got the UPDATE and were closed by the speaker
+}
+
+func startGarbagePeer(t *testing.T, host *testenv.Host, addr netip.Addr, asn uint16) *garbagePeer {
+	t.Helper()
+	g := &garbagePeer{}
+	if err := host.Do(func() error {
+		var err error
+		g.ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 179).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.ln.Close() })
+	msg := func(typ byte, body []byte) []byte {
+		m := bytes.Repeat([]byte{0xff}, 16)
+		m = binary.BigEndian.AppendUint16(m, uint16(19+len(body)))
+		return append(append(m, typ), body...)
+	}
+	open := []byte{4}
+	open = binary.BigEndian.AppendUint16(open, asn)
+	open = binary.BigEndian.AppendUint16(open, 9)
+	open = append(open, addr.AsSlice()...)
+	open = append(open, 0)
+	update := []byte{0, 0}
+	update = binary.BigEndian.AppendUint16(update, 4096-19-4)
+	update = append(update, bytes.Repeat([]byte{0xff}, 4096-19-4)...)
+	go func() {
+		for {
+			c, err := g.ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				for _, m := range [][]byte{msg(1, open), msg(4, nil), msg(2, update)} {
+					if _, err := c.Write(m); err != nil {
+						return
+					}
+				}
+				if _, err := io.Copy(io.Discard, c); err == nil { // EOF: the speaker closed it
+					g.mu.Lock()
+					g.closed++
+					g.mu.Unlock()
+				}
+			}()
+		}
+	}()
+	return g
+}
+
+// TestBGPBadPeer: a peer that sends a malformed maximum-size UPDATE gets
+// nothing from it (GoBGP treats it as a withdrawal, RFC 7606) and, silent
+// afterwards, loses its session to the hold timer; nothing else changes:
+// the daemon runs on, its MD5-signed session with BIRD stays up, the VIP
+// stays announced and its connections answer. The garbage peer sits behind
+// the router (multihop).
+func TestBGPBadPeer(t *testing.T) {
+	h := newHarness(t)
+	topo := h.topo
+	cfg := testenv.RouterBGP{ASN: routerASN, Neighbors: []testenv.BGPNeighbor{{Addr: testenv.LBIPv4(1), ASN: lbASN, Password: "s3cret-md5"}}}
+	rd, err := topo.StartBIRD(bg(), require.Tool(t, "bird"), require.Tool(t, "birdc"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := startGarbagePeer(t, topo.Client, testenv.ClientIPv4, 65001)
+
+	key := filepath.Join(t.TempDir(), "bgp.key")
+	if err := os.WriteFile(key, []byte("s3cret-md5\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := h.bgpConfig(1, false)
+	peer := fmt.Sprintf("    - {address: %s, asn: %d, hold_time: %s, keepalive: 1s}\n", testenv.RouterIPv4, routerASN, bgpHold)
+	if !strings.Contains(c, peer) {
+		t.Fatalf("config has no %q", peer)
+	}
+	c = strings.Replace(c, peer, fmt.Sprintf("    - {address: %s, asn: %d, hold_time: %s, keepalive: 1s, password_file: %s}\n    - {address: %s, asn: 65001, multihop: 2}\n",
+		testenv.RouterIPv4, routerASN, bgpHold, key, testenv.ClientIPv4), 1)
+	h.writeConfig(c)
+	h.startDaemon()
+	waitNextHops(t, topo, rd, vip4, 30*time.Second, 1)
+	conns := h.openConns(20, vip4)
+
+	st, err := h.client.BGP(bg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := st.Peers[0]
+	if router.State != "established" || !router.MD5 {
+		t.Fatalf("the session with BIRD: %+v, want established and MD5-signed", router)
+	}
+	require.Eventually(t, 20*time.Second, func() error {
+		garbage.mu.Lock()
+		defer garbage.mu.Unlock()
+		if garbage.closed == 0 {
+			return errors.New("the speaker has not closed a session that sent the malformed UPDATE")
+		}
+		return nil
+	})
+
+	st, err = h.client.BGP(bg())
+	if err != nil {
+		t.Fatalf("the daemon after the malformed UPDATE: %v\n%s", err, h.log())
+	}
+	if p := st.Peers[0]; p.State != "established" || !p.Since.Equal(router.Since) {
+		t.Errorf("the session with BIRD after the malformed UPDATE: %+v, want the same one, established since %s", p, router.Since)
+	}
+	if p := st.Peers[1]; p.State == "established" || p.Received != 0 || p.Advertised != 0 {
+		t.Errorf("the garbage peer: %+v, want its session down and no prefix counted", p)
+	}
+	// GoBGP's word that it parsed the UPDATE and kept nothing of it.
+	if !strings.Contains(h.log(), "the received Update message was treated as withdraw") {
+		t.Errorf("the daemon's log does not show the malformed UPDATE treated as a withdrawal:\n%s", h.log())
+	}
+	waitNextHops(t, topo, rd, vip4, time.Second, 1)
+	h.checkConns(conns, "", "after the malformed UPDATE")
 }
