@@ -79,7 +79,7 @@ func (h *harness) bgpNode(host *testenv.Host, n int, sick bool) *harness {
 
 // waitNextHops waits until the router's kernel route to addr/32 goes
 // through exactly the given nodes, and returns how long that took.
-func waitNextHops(t *testing.T, topo *testenv.Topology, rd *testenv.RoutingDaemon, addr netip.Addr, limit time.Duration, nodes ...int) time.Duration {
+func waitNextHops(t testing.TB, topo *testenv.Topology, rd *testenv.RoutingDaemon, addr netip.Addr, limit time.Duration, nodes ...int) time.Duration {
 	t.Helper()
 	want := make([]netip.Addr, len(nodes))
 	for i, n := range nodes {
@@ -369,4 +369,63 @@ func TestBGPBadPeer(t *testing.T) {
 	}
 	waitNextHops(t, topo, rd, vip4, time.Second, 1)
 	h.checkConns(conns, "", "after the malformed UPDATE")
+}
+
+// BenchmarkBGP measures, against BIRD with two nodes, how long the router
+// takes to change its route: from `node drain` (the API call) until the
+// drained node leaves the ECMP route, and from the moment a VIP's last
+// backend fails until the VIP's route is gone (health check every 200ms,
+// fall 1). Each iteration does both once; the medians are reported:
+//
+//	go test -run '^$' -bench '^BenchmarkBGP$' -benchtime 5x ./internal/daemon/
+func BenchmarkBGP(b *testing.B) {
+	h := newHarness(b, func(o *testenv.Options) { o.SecondLB = true })
+	topo := h.topo
+	cfg := testenv.RouterBGP{ASN: routerASN}
+	for n := 1; n <= 2; n++ {
+		cfg.Neighbors = append(cfg.Neighbors, testenv.BGPNeighbor{Addr: testenv.LBIPv4(n), ASN: lbASN})
+	}
+	rd, err := topo.StartBIRD(bg(), require.Tool(b, "bird"), require.Tool(b, "birdc"), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h.bgpNode(topo.LB1, 1, false)
+	h.bgpNode(topo.LB2, 2, false)
+	wait := func(addr netip.Addr, nodes ...int) { waitNextHops(b, topo, rd, addr, 30*time.Second, nodes...) }
+	wait(vip4, 1, 2)
+	wait(vipSick, 1, 2)
+
+	var drains, withdrawals []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		if err := h.client.NodeDrain(bg(), false); err != nil {
+			b.Fatal(err)
+		}
+		wait(vip4, 2)
+		drains = append(drains, time.Since(start))
+		if err := h.client.NodeDrain(bg(), true); err != nil {
+			b.Fatal(err)
+		}
+		wait(vip4, 1, 2)
+
+		// vipSick's check probes the backends' own addresses on port
+		// 9000: stopping fcbackend everywhere fails its last backend.
+		start = time.Now()
+		for i := range topo.Backends {
+			h.stopServer(i)
+		}
+		wait(vipSick)
+		withdrawals = append(withdrawals, time.Since(start))
+		for i := range topo.Backends {
+			h.startServer(i)
+		}
+		wait(vipSick, 1, 2)
+	}
+	median := func(d []time.Duration) float64 {
+		slices.Sort(d)
+		return float64(d[len(d)/2]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(median(drains), "drain-to-route-ms")
+	b.ReportMetric(median(withdrawals), "backend-fail-to-withdrawal-ms")
+	b.ReportMetric(0, "ns/op") // an iteration's time is mostly waiting for the router
 }
