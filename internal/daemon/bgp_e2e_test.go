@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/fulcrum-lb/fulcrum/internal/require"
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
@@ -44,8 +45,11 @@ var vipSick = netip.MustParseAddr("203.0.113.11")
 func (h *harness) bgpConfig(n int, sick bool) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "instance: lb%d\nbpffs: %s\ninterfaces:\n  - name: eth0\napi:\n  socket: %s\nmetrics: {address: \"off\"}\n", n, h.dir, h.socket)
-	fmt.Fprintf(&sb, "bgp:\n  asn: %d\n  router_id: %s\n  communities: [\"%d:100\"]\n  peers:\n    - {address: %s, asn: %d, hold_time: %s, keepalive: 1s}\n",
-		lbASN, testenv.LBIPv4(n), lbASN, testenv.RouterIPv4, routerASN, bgpHold)
+	fmt.Fprintf(&sb, "bgp:\n  asn: %d\n  router_id: %s\n  communities: [\"%d:100\"]\n  peers:\n", lbASN, testenv.LBIPv4(n), lbASN)
+	// IPv4 VIPs go over the IPv4 session, IPv6 ones over the IPv6 one.
+	for _, a := range []netip.Addr{testenv.RouterIPv4, testenv.RouterIPv6} {
+		fmt.Fprintf(&sb, "    - {address: \"%s\", asn: %d, hold_time: %s, keepalive: 1s}\n", a, routerASN, bgpHold)
+	}
 	port := 9000
 	if sick {
 		port = 9001 // nothing listens there
@@ -56,11 +60,16 @@ func (h *harness) bgpConfig(n int, sick bool) string {
 		check string
 	}{
 		{vip4, ""},
+		{vip6, ""},
 		{vipSick, fmt.Sprintf("    health_check: {type: tcp, port: %d, interval: 200ms, timeout: 100ms, rise: 1, fall: 1}\n", port)},
 	} {
 		fmt.Fprintf(&sb, "  - address: %s\n    port: 9000\n    protocol: tcp\n%s    backends:\n", v.addr, v.check)
 		for _, b := range h.topo.Backends {
-			fmt.Fprintf(&sb, "      - address: %s\n", b.IPv4)
+			a := b.IPv4
+			if v.addr.Is6() {
+				a = b.IPv6
+			}
+			fmt.Fprintf(&sb, "      - address: %s\n", a)
 		}
 	}
 	return sb.String()
@@ -77,22 +86,26 @@ func (h *harness) bgpNode(host *testenv.Host, n int, sick bool) *harness {
 	return node
 }
 
-// waitNextHops waits until the router's kernel route to addr/32 goes
-// through exactly the given nodes, and returns how long that took.
+// waitNextHops waits until the router's kernel route to addr (/32 or
+// /128) goes through exactly the given nodes (their address of addr's
+// family), and returns how long that took.
 func waitNextHops(t testing.TB, topo *testenv.Topology, rd *testenv.RoutingDaemon, addr netip.Addr, limit time.Duration, nodes ...int) time.Duration {
 	t.Helper()
 	want := make([]netip.Addr, len(nodes))
 	for i, n := range nodes {
 		want[i] = testenv.LBIPv4(n)
+		if addr.Is6() {
+			want[i] = testenv.LBIPv6(n)
+		}
 	}
 	slices.SortFunc(want, netip.Addr.Compare)
 	took, err := require.Poll(limit, func() error {
-		got, err := topo.NextHops(netip.PrefixFrom(addr, 32))
+		got, err := topo.NextHops(netip.PrefixFrom(addr, addr.BitLen()))
 		if err != nil {
 			return err
 		}
 		if !slices.Equal(got, want) {
-			return fmt.Errorf("route to %s/32 via %v, want %v", addr, got, want)
+			return fmt.Errorf("route to %s via %v, want %v", addr, got, want)
 		}
 		return nil
 	})
@@ -117,7 +130,8 @@ func startRouter(t *testing.T, topo *testenv.Topology, kind string) *testenv.Rou
 	t.Helper()
 	cfg := testenv.RouterBGP{ASN: routerASN}
 	for n := 1; n <= 4; n++ {
-		cfg.Neighbors = append(cfg.Neighbors, testenv.BGPNeighbor{Addr: testenv.LBIPv4(n), ASN: lbASN})
+		cfg.Neighbors = append(cfg.Neighbors, testenv.BGPNeighbor{Addr: testenv.LBIPv4(n), ASN: lbASN},
+			testenv.BGPNeighbor{Addr: testenv.LBIPv6(n), ASN: lbASN})
 	}
 	var rd *testenv.RoutingDaemon
 	var err error
@@ -162,9 +176,14 @@ func testScaleOut(t *testing.T, kind string) {
 	}
 	rd := startRouter(t, topo, kind)
 
+	// waitVIPs waits for the routes to both echo VIPs, /32 and /128.
+	waitVIPs := func(limit time.Duration, nodes ...int) time.Duration {
+		took := waitNextHops(t, topo, rd, vip4, limit, nodes...)
+		return took + waitNextHops(t, topo, rd, vip6, limit, nodes...)
+	}
 	nodes := []*harness{h.bgpNode(topo.LB1, 1, false), h.bgpNode(topo.LB2, 2, false), h.bgpNode(lb3host, 3, true)}
-	took := waitNextHops(t, topo, rd, vip4, 30*time.Second, 1, 2, 3)
-	t.Logf("%s: 3-way ECMP route to %s installed %s after the nodes started", kind, vip4, took.Round(time.Millisecond))
+	took := waitVIPs(30*time.Second, 1, 2, 3)
+	t.Logf("%s: 3-way ECMP routes to %s and %s installed %s after the nodes started", kind, vip4, vip6, took.Round(time.Millisecond))
 
 	// Health: lb3's checks of vipSick fail, so lb3 alone withdraws it.
 	waitNextHops(t, topo, rd, vipSick, 10*time.Second, 1, 2)
@@ -173,13 +192,18 @@ func testScaleOut(t *testing.T, kind string) {
 		t.Fatal(err)
 	}
 	for _, p := range st.Prefixes {
-		want := p.Prefix.Addr() == vip4
+		want := p.Prefix.Addr() == vip4 || p.Prefix.Addr() == vip6
 		if p.Announced != want || (!want && p.Reason != "no healthy backend") {
 			t.Errorf("lb3: %s announced %v (%q), want %v", p.Prefix, p.Announced, p.Reason, want)
 		}
 	}
-	if len(st.Peers) != 1 || st.Peers[0].State != "established" || st.Peers[0].Advertised != 1 || st.Announced != 1 {
-		t.Errorf("lb3: bgp %+v, want one established session holding one prefix", st)
+	for _, p := range st.Peers {
+		if p.State != "established" || p.Advertised != 1 {
+			t.Errorf("lb3: peer %+v, want established and holding one prefix (its family's echo VIP)", p)
+		}
+	}
+	if len(st.Peers) != 2 || st.Announced != 2 {
+		t.Errorf("lb3: bgp %+v, want two sessions and two prefixes announced", st)
 	}
 
 	// Announcement: 600 connections, each on explain's backend, spread
@@ -188,7 +212,7 @@ func testScaleOut(t *testing.T, kind string) {
 	for i, n := range nodes {
 		before[i] = n.vipPacketsNow()
 	}
-	conns := h.openConns(600, vip4)
+	conns := append(h.openConns(600, vip4), h.openConns(60, vip6)...)
 	var total uint64
 	per := make([]uint64, len(nodes))
 	for i, n := range nodes {
@@ -202,7 +226,7 @@ func testScaleOut(t *testing.T, kind string) {
 			t.Errorf("lb%d forwarded %d of %d packets, under a sixth: the router does not spread the flows (%v)", i+1, p, total, per)
 		}
 	}
-	t.Logf("packets per node over 600 connections: %v", per)
+	t.Logf("packets per node over 660 connections: %v", per)
 
 	// Graceful leave: lb1 drains; the router moves its flows to lb2 and
 	// lb3, and every connection keeps its backend.
@@ -210,7 +234,7 @@ func testScaleOut(t *testing.T, kind string) {
 	if err != nil || !strings.Contains(out, "node: traffic stopped") {
 		t.Fatalf("node drain: %v\n%s\n%s", err, out, h.log())
 	}
-	waitNextHops(t, topo, rd, vip4, 10*time.Second, 2, 3)
+	waitVIPs(10*time.Second, 2, 3)
 	h.checkConns(conns, "", "after lb1 drained")
 
 	// Join: lb4 comes up; the router rehashes over lb2, lb3, lb4.
@@ -219,13 +243,13 @@ func testScaleOut(t *testing.T, kind string) {
 		t.Fatal(err)
 	}
 	nodes = append(nodes, h.bgpNode(lb4host, 4, false))
-	waitNextHops(t, topo, rd, vip4, 30*time.Second, 2, 3, 4)
+	waitVIPs(30*time.Second, 2, 3, 4)
 	h.checkConns(conns, "", "after lb4 joined")
 	out, err = h.cli("node", "resume")
 	if err != nil {
 		t.Fatalf("node resume: %v\n%s", err, out)
 	}
-	waitNextHops(t, topo, rd, vip4, 10*time.Second, 1, 2, 3, 4)
+	waitVIPs(10*time.Second, 1, 2, 3, 4)
 	h.checkConns(conns, "", "after lb1 resumed")
 
 	if kind != "bird" {
@@ -238,6 +262,7 @@ func testScaleOut(t *testing.T, kind string) {
 	syscall.Kill(-nodes[1].daemon.Process.Pid, syscall.SIGKILL)
 	nodes[1].daemon.Wait()
 	outage := waitNextHops(t, topo, rd, vip4, bgpHold+5*time.Second, 1, 3, 4)
+	waitNextHops(t, topo, rd, vip6, 2*time.Second, 1, 3, 4)
 	t.Logf("node death: the router dropped lb2 %s after its link went down (hold time %s)", outage.Round(time.Millisecond), bgpHold)
 	if outage > bgpHold+2*time.Second {
 		t.Errorf("the router took %s to drop a dead node, over the hold time %s plus 2s", outage, bgpHold)
@@ -325,7 +350,7 @@ func TestBGPBadPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := h.bgpConfig(1, false)
-	peer := fmt.Sprintf("    - {address: %s, asn: %d, hold_time: %s, keepalive: 1s}\n", testenv.RouterIPv4, routerASN, bgpHold)
+	peer := fmt.Sprintf("    - {address: \"%s\", asn: %d, hold_time: %s, keepalive: 1s}\n", testenv.RouterIPv4, routerASN, bgpHold)
 	if !strings.Contains(c, peer) {
 		t.Fatalf("config has no %q", peer)
 	}
@@ -360,7 +385,11 @@ func TestBGPBadPeer(t *testing.T) {
 	if p := st.Peers[0]; p.State != "established" || !p.Since.Equal(router.Since) {
 		t.Errorf("the session with BIRD after the malformed UPDATE: %+v, want the same one, established since %s", p, router.Since)
 	}
-	if p := st.Peers[1]; p.State == "established" || p.Received != 0 || p.Advertised != 0 {
+	i := slices.IndexFunc(st.Peers, func(p api.BGPPeer) bool { return p.Address == testenv.ClientIPv4 })
+	if i < 0 {
+		t.Fatalf("no garbage peer in %+v", st.Peers)
+	}
+	if p := st.Peers[i]; p.State == "established" || p.Received != 0 || p.Advertised != 0 {
 		t.Errorf("the garbage peer: %+v, want its session down and no prefix counted", p)
 	}
 	// GoBGP's word that it parsed the UPDATE and kept nothing of it.
