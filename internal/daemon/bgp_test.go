@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
@@ -81,6 +82,33 @@ func TestDesiredRoutes(t *testing.T) {
 			if p.Reason != tc.reason {
 				t.Errorf("drained %v sick %v: %s reason %q, want %q", tc.drained, tc.sick, p.Prefix, p.Reason, tc.reason)
 			}
+		}
+	}
+}
+
+// TestBGPReload: a reload may change the path attributes (they are applied
+// at once), not the speaker's identity or sessions.
+func TestBGPReload(t *testing.T) {
+	base := func() *config.Config {
+		return &config.Config{Interfaces: []config.Interface{{Name: "eth0"}}, BGP: &config.BGP{
+			ASN: 65010, RouterID: netip.MustParseAddr("198.18.0.2"),
+			Peers: []config.BGPPeer{{Address: netip.MustParseAddr("198.18.0.1"), ASN: 65000}},
+		}}
+	}
+	med := uint32(5)
+	attrs := base()
+	attrs.BGP.Communities, attrs.BGP.MED = []config.Community{1}, &med
+	attrs.BGP.VIPs = []config.BGPVIP{{Address: netip.MustParseAddr("203.0.113.10"), MED: &med}}
+	if err := restartOnly(base(), attrs); err != nil {
+		t.Errorf("changing communities, med and vips: %v", err)
+	}
+	asn := base()
+	asn.BGP.ASN = 65011
+	peers := base()
+	peers.BGP.Peers[0].ASN = 65001
+	for name, c := range map[string]*config.Config{"asn": asn, "a peer": peers, "removing bgp": {Interfaces: base().Interfaces}} {
+		if err := restartOnly(base(), c); err == nil || !strings.Contains(err.Error(), "bgp (all but its communities, med and vips) cannot change on reload") {
+			t.Errorf("changing %s: %v", name, err)
 		}
 	}
 }
