@@ -150,7 +150,7 @@ func printDrain(c *cli.Context, rep drainReport, wait, quiet time.Duration) {
 	if len(names) > 0 {
 		list = strings.Join(names, ", ")
 	}
-	fmt.Fprintf(w, "node: drained; %d prefixes withdrawn: %s\n", len(names), list)
+	fmt.Fprintf(w, "node: drained; withdrawn: %s\n", list)
 	switch {
 	case rep.Stopped:
 		fmt.Fprintf(w, "node: traffic stopped %s after the drain (%d VIP packets meanwhile, none for %s since)\n",

@@ -116,6 +116,13 @@ func TestBGPProblems(t *testing.T) {
 	}
 }
 
+func TestBGPWithVRRP(t *testing.T) {
+	doc := bgpDoc + "vrrp: {interface: eth0, vrid: 51, virtual_addresses: [198.18.0.100/24]}\n"
+	if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), "bgp: cannot be combined with vrrp") {
+		t.Errorf("err = %v", err)
+	}
+}
+
 func TestBGPNoPeers(t *testing.T) {
 	for _, peers := range []string{"peers: []", ""} {
 		doc := "interfaces: [{name: eth0}]\nbgp: {asn: 65010, router_id: 198.18.0.2}\n"

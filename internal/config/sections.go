@@ -103,6 +103,9 @@ func (d *decoder) config(root *yaml.Node) *Config {
 
 	if f.has("bgp") {
 		c.BGP = d.bgp(f.sub("bgp", "a mapping (asn, router_id, peers, ...)", bgpKeys))
+		if c.VRRP != nil {
+			f.errf("bgp", "cannot be combined with vrrp: with bgp every node is active and the routers spread the flows, so a VRRP backup would take traffic all the same (docs/scale-out.md); keep one of the two")
+		}
 	}
 
 	if f.has("ipip") {
