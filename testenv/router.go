@@ -192,43 +192,37 @@ type routerTemplate struct {
 	Hold, Keepalive int
 }
 
-func (t *Topology) routerTemplate(cfg RouterBGP, dir string) routerTemplate {
-	hold := int(cfg.HoldTime / time.Second)
-	return routerTemplate{RouterBGP: cfg, RouterID: RouterIPv4, Dir: dir, Hold: hold, Keepalive: max(1, hold/3)}
-}
-
-// newRoutingDir makes the daemon's directory, removed with the topology's
-// Env (Close kills the daemon first, so nothing writes into it after).
-func (t *Topology) newRoutingDir(kind string) (string, error) {
-	dir, err := os.MkdirTemp("", t.Prefix+"-"+kind)
-	if err != nil {
-		return "", err
+// prepareRouter sets the router's multipath hashing and writes the
+// daemon's configuration from tmpl into a fresh directory, removed with
+// the topology's Env (Close kills the daemon first, so nothing writes into
+// it after). It returns the directory and the configuration file.
+func (t *Topology) prepareRouter(kind string, tmpl *template.Template, cfg RouterBGP) (dir, conf string, err error) {
+	if err := t.Router.Sysctls(multipathSysctls); err != nil {
+		return "", "", err
 	}
-	// Every user may traverse it: FRR's daemons drop to the frr user.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return "", err
+	if dir, err = os.MkdirTemp("", t.Prefix+"-"+kind); err != nil {
+		return "", "", err
 	}
 	t.Env.addCleanup(func() error { return os.RemoveAll(dir) })
-	return dir, nil
+	// Every user may read it: FRR's daemons drop to the frr user.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	hold := int(cfg.HoldTime / time.Second)
+	var sb strings.Builder
+	if err := tmpl.Execute(&sb, routerTemplate{RouterBGP: cfg, RouterID: RouterIPv4, Dir: dir, Hold: hold, Keepalive: max(1, hold/3)}); err != nil {
+		return "", "", err
+	}
+	conf = filepath.Join(dir, kind+".conf")
+	return dir, conf, os.WriteFile(conf, []byte(sb.String()), 0o644)
 }
 
 // StartBIRD runs BIRD 2 on the router with a generated configuration
 // (birdConfig) and L4 multipath hashing, and waits until it answers on its
 // control socket. bird is the path of the bird binary, birdc of birdc.
 func (t *Topology) StartBIRD(ctx context.Context, bird, birdc string, cfg RouterBGP) (*RoutingDaemon, error) {
-	if err := t.Router.Sysctls(multipathSysctls); err != nil {
-		return nil, err
-	}
-	dir, err := t.newRoutingDir("bird")
+	dir, conf, err := t.prepareRouter("bird", birdConfig, cfg)
 	if err != nil {
-		return nil, err
-	}
-	var sb strings.Builder
-	if err := birdConfig.Execute(&sb, t.routerTemplate(cfg, dir)); err != nil {
-		return nil, err
-	}
-	conf := filepath.Join(dir, "bird.conf")
-	if err := os.WriteFile(conf, []byte(sb.String()), 0o600); err != nil {
 		return nil, err
 	}
 	ctl := filepath.Join(dir, "bird.ctl")
@@ -252,19 +246,8 @@ func (t *Topology) StartBIRD(ctx context.Context, bird, birdc string, cfg Router
 // They run under their own path space (-N), so that they collide neither
 // with another run nor with a system FRR.
 func (t *Topology) StartFRR(ctx context.Context, libexec, vtysh string, cfg RouterBGP) (*RoutingDaemon, error) {
-	if err := t.Router.Sysctls(multipathSysctls); err != nil {
-		return nil, err
-	}
-	dir, err := t.newRoutingDir("frr")
+	dir, conf, err := t.prepareRouter("frr", frrConfig, cfg)
 	if err != nil {
-		return nil, err
-	}
-	var sb strings.Builder
-	if err := frrConfig.Execute(&sb, t.routerTemplate(cfg, dir)); err != nil {
-		return nil, err
-	}
-	conf := filepath.Join(dir, "frr.conf")
-	if err := os.WriteFile(conf, []byte(sb.String()), 0o644); err != nil {
 		return nil, err
 	}
 	// -N names the path space: the daemons' sockets go to

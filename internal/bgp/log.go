@@ -12,43 +12,25 @@ import (
 // is kept.
 type logger struct{ log *slog.Logger }
 
-func (l *logger) attrs(fields gobgplog.Fields) []any {
-	out := make([]any, 0, 2*len(fields))
+func (l *logger) emit(level slog.Level, msg string, fields gobgplog.Fields) {
+	attrs := make([]any, 0, 2*len(fields))
 	for k, v := range fields {
-		if k == gobgplog.FieldFacility {
-			continue
+		if k != gobgplog.FieldFacility {
+			attrs = append(attrs, k, v)
 		}
-		out = append(out, k, v)
 	}
-	return out
+	l.log.Log(context.Background(), level, "bgp: gobgp: "+msg, attrs...)
 }
 
 // Panic and Fatal are logged as errors and return: GoBGP calls them for
 // its own logic bugs, and a library's bug must not end the daemon (the
 // fast path runs on without the speaker).
-func (l *logger) Panic(msg string, fields gobgplog.Fields) {
-	l.log.Error("bgp: gobgp: "+msg, l.attrs(fields)...)
-}
-
-func (l *logger) Fatal(msg string, fields gobgplog.Fields) {
-	l.log.Error("bgp: gobgp: "+msg, l.attrs(fields)...)
-}
-
-func (l *logger) Error(msg string, fields gobgplog.Fields) {
-	l.log.Error("bgp: gobgp: "+msg, l.attrs(fields)...)
-}
-
-func (l *logger) Warn(msg string, fields gobgplog.Fields) {
-	l.log.Warn("bgp: gobgp: "+msg, l.attrs(fields)...)
-}
-
-func (l *logger) Info(msg string, fields gobgplog.Fields) {
-	l.log.Info("bgp: gobgp: "+msg, l.attrs(fields)...)
-}
-
-func (l *logger) Debug(msg string, fields gobgplog.Fields) {
-	l.log.Debug("bgp: gobgp: "+msg, l.attrs(fields)...)
-}
+func (l *logger) Panic(msg string, f gobgplog.Fields) { l.emit(slog.LevelError, msg, f) }
+func (l *logger) Fatal(msg string, f gobgplog.Fields) { l.emit(slog.LevelError, msg, f) }
+func (l *logger) Error(msg string, f gobgplog.Fields) { l.emit(slog.LevelError, msg, f) }
+func (l *logger) Warn(msg string, f gobgplog.Fields)  { l.emit(slog.LevelWarn, msg, f) }
+func (l *logger) Info(msg string, f gobgplog.Fields)  { l.emit(slog.LevelInfo, msg, f) }
+func (l *logger) Debug(msg string, f gobgplog.Fields) { l.emit(slog.LevelDebug, msg, f) }
 
 // SetLevel is ignored: the daemon's handler filters by its own level.
 func (l *logger) SetLevel(gobgplog.LogLevel) {}

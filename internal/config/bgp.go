@@ -205,16 +205,14 @@ func (d *decoder) bgpPeer(f *fields, localASN uint32, seen map[netip.Addr]int, i
 	var p BGPPeer
 	if f.require("address", "set the router's address, e.g. 198.18.0.1") {
 		if a, ok := f.addr("address"); ok {
+			j, dup := seen[a]
 			switch {
 			case checkUnicast(a) != "":
 				f.errf("address", "%s %s; use the router's unicast address", a, checkUnicast(a))
+			case dup:
+				f.errf("address", "%s is already bgp.peers[%d]; list each peer once", a, j)
 			default:
-				if j, dup := seen[a]; dup {
-					f.errf("address", "%s is already bgp.peers[%d]; list each peer once", a, j)
-				} else {
-					seen[a] = i
-				}
-				p.Address = a
+				seen[a], p.Address = i, a
 			}
 		}
 	}

@@ -28,6 +28,7 @@
 //	conntrack: {entries: 1048576}
 //	health_check: {type: tcp}    # default for every VIP (optional)
 //	vrrp: {interface: eth0, vrid: 51}      # optional
+//	bgp: {asn: 65010, router_id: 198.18.0.2, peers: [{address: 198.18.0.1, asn: 65000}]}  # optional, not with vrrp
 //	vips:
 //	  - address: 203.0.113.10
 //	    port: 80                 # 0 = every port
