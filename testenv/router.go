@@ -366,6 +366,18 @@ func (r *RoutingDaemon) Show(ctx context.Context) (string, error) {
 	}
 }
 
+// Route returns the daemon's description of its routes to prefix, with
+// their attributes (communities, MED): `birdc show route for PREFIX all`
+// or `vtysh -c 'show bgp PREFIX'`.
+func (r *RoutingDaemon) Route(ctx context.Context, prefix netip.Prefix) (string, error) {
+	switch r.Kind {
+	case "bird":
+		return r.router.Run(ctx, r.tools["birdc"], "-s", r.tools["ctl"], "show", "route", "for", prefix.String(), "all")
+	default:
+		return r.router.Run(ctx, r.tools["vtysh"], "-N", r.tools["ns"], "-c", "show bgp "+prefix.String())
+	}
+}
+
 // Log returns the daemon's log file, for failure messages.
 func (r *RoutingDaemon) Log() string {
 	b, _ := os.ReadFile(filepath.Join(r.Dir, r.Kind+".log"))

@@ -62,13 +62,26 @@ func (d *Daemon) startBGP(ctx context.Context, wg *sync.WaitGroup, c *config.BGP
 		defer sp.Stop(context.Background())
 		tick := time.NewTicker(trackInterval)
 		defer tick.Stop()
+		// The node's own checks are cheap and run on every tick; the
+		// VIPs and their health are read again only when they changed
+		// (a kick), the node's state changed, or the last try failed.
+		dirty, lastDrained, lastSick := true, false, []string(nil)
 		for {
-			d.announce(ctx)
+			sick := d.nodeReasons()
+			slices.Sort(sick)
+			a.mu.Lock()
+			drained := a.drained
+			a.mu.Unlock()
+			if dirty || drained != lastDrained || !slices.Equal(sick, lastSick) {
+				dirty = !d.announce(ctx, sick, drained)
+				lastDrained, lastSick = drained, sick
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
 			case <-a.kick:
+				dirty = true
 			}
 		}
 	}()
@@ -87,21 +100,18 @@ func (d *Daemon) bgpKick() {
 	}
 }
 
-// announce computes the prefixes this node should announce and hands them
-// to the speaker.
-func (d *Daemon) announce(ctx context.Context) {
+// announce computes the prefixes this node should announce, given why it
+// is sick (if it is) and whether it is drained, and hands them to the
+// speaker. It reports whether the speaker took them all.
+func (d *Daemon) announce(ctx context.Context, sick []string, drained bool) bool {
 	a := d.bgp
 	d.mu.Lock()
 	c := d.cfg.BGP
 	d.mu.Unlock()
-	sick := d.nodeReasons()
-	slices.Sort(sick)
-	a.mu.Lock()
-	drained := a.drained
-	a.mu.Unlock()
 
 	prefixes, routes := desiredRoutes(d.rec.Desired(), d.rec.HealthOf(), c, drained, len(sick) > 0)
-	if _, err := a.sp.Announce(ctx, routes); err != nil && ctx.Err() == nil {
+	_, err := a.sp.Announce(ctx, routes)
+	if err != nil && ctx.Err() == nil {
 		d.log.Error("bgp: announce", "err", err)
 	}
 	a.mu.Lock()
@@ -114,6 +124,7 @@ func (d *Daemon) announce(ctx context.Context) {
 	}
 	a.sick, a.prefixes = sick, prefixes
 	a.mu.Unlock()
+	return err == nil
 }
 
 // desiredRoutes returns every VIP address with whether it is to be

@@ -334,7 +334,8 @@ func startGarbagePeer(t *testing.T, host *testenv.Host, addr netip.Addr, asn uin
 // afterwards, loses its session to the hold timer; nothing else changes:
 // the daemon runs on, its MD5-signed session with BIRD stays up, the VIP
 // stays announced and its connections answer. The garbage peer sits behind
-// the router (multihop).
+// the router (multihop). Then: the route carries the configured community
+// to BIRD, and a reload that sets a MED changes the route at once.
 func TestBGPBadPeer(t *testing.T) {
 	h := newHarness(t)
 	topo := h.topo
@@ -398,6 +399,24 @@ func TestBGPBadPeer(t *testing.T) {
 	}
 	waitNextHops(t, topo, rd, vip4, time.Second, 1)
 	h.checkConns(conns, "", "after the malformed UPDATE")
+
+	// The path attributes reach the router, and a reload changes them.
+	waitRoute := func(want string) {
+		t.Helper()
+		require.Eventually(t, 10*time.Second, func() error {
+			out, err := rd.Route(bg(), netip.PrefixFrom(vip4, 32))
+			if err != nil || !strings.Contains(out, want) {
+				return fmt.Errorf("BIRD's route to %s lacks %q (%v):\n%s", vip4, want, err, out)
+			}
+			return nil
+		})
+	}
+	waitRoute(fmt.Sprintf("BGP.community: (%d,100)", lbASN))
+	h.writeConfig(strings.Replace(c, "  peers:\n", "  med: 77\n  peers:\n", 1))
+	if err := h.daemon.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitRoute("BGP.med: 77")
 }
 
 // BenchmarkBGP measures, against BIRD with two nodes, how long the router

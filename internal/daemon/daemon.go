@@ -325,6 +325,7 @@ func (d *Daemon) setConfig(ctx context.Context, cfg *config.Config) (reconcile.R
 	d.cfg, d.lastApply, d.lastDur = cfg, time.Now(), res.Duration
 	d.mu.Unlock()
 	d.level.Set(cfg.Log.SlogLevel())
+	d.bgpKick() // the path attributes may have changed
 	if d.vr != nil {
 		d.vr.SetLogLevel(cfg.Log.SlogLevel())
 	}
