@@ -255,3 +255,32 @@ func TestPasswordFile(t *testing.T) {
 		}
 	}
 }
+
+// TestListen: with listen_port set the speaker accepts the router's
+// session (here its own dials go to a closed port, so the session can
+// only come in).
+func TestListen(t *testing.T) {
+	ctx := context.Background()
+	port, closed := freePort(t), freePort(t)
+	r := server.NewBgpServer(server.LoggerOption(&logger{log: testLog(t)}))
+	go r.Serve()
+	t.Cleanup(r.Stop)
+	if err := r.StartBgp(ctx, &gobgp.StartBgpRequest{Global: &gobgp.Global{Asn: 65000, RouterId: "10.255.0.1", ListenPort: -1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddPeer(ctx, &gobgp.AddPeerRequest{Peer: &gobgp.Peer{
+		Conf:      &gobgp.PeerConf{NeighborAddress: "127.0.0.1", PeerAsn: 65010},
+		Transport: &gobgp.Transport{RemotePort: port},
+		Timers:    &gobgp.Timers{Config: &gobgp.TimersConfig{ConnectRetry: 1}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	c := testConfig("")
+	c.ListenPort = int(port)
+	s, err := start(ctx, c, testLog(t), closed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop(ctx)
+	waitEstablished(t, s)
+}
