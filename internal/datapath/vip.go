@@ -2,10 +2,8 @@ package datapath
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 	"slices"
 
@@ -246,11 +244,12 @@ func (d *Datapath) SetVIPs(changes []VIPChange) (errs []error) {
 // setMany is SetVIPs with d.mu held. It validates everything before it
 // writes anything, and writes in an order that keeps every intermediate
 // state consistent for the fast path: new backends, then the rings, then
-// the VIPs, then the retirement of removed backends.
+// the VIPs, then the retirement of removed backends. The backends and
+// rings of the changed VIPs are written in parallel (see fill).
 func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 	errs = make([]error, len(changes))
 	seen := make(map[VIP]bool, len(changes))
-	var pending, swaps []*pendingVIP
+	var pending []*pendingVIP
 	for i, c := range changes {
 		if seen[c.VIP] {
 			errs[i] = fmt.Errorf("vip %s: appears twice in one change", c.VIP)
@@ -267,6 +266,18 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 		}
 		p.at = i
 		pending = append(pending, p)
+	}
+	d.fillAll(pending)
+	var swaps []*pendingVIP
+	for _, p := range pending {
+		if p.err != nil {
+			p.undo(d)
+			errs[p.at] = p.err
+			continue
+		}
+		for _, b := range p.written {
+			d.backendGen[b.id] = b.gen
+		}
 		if p.ring != nil {
 			swaps = append(swaps, p)
 			defer p.ring.Close()
@@ -274,8 +285,11 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 	}
 	d.swapRings(swaps)
 	for _, p := range pending {
+		if p.err != nil {
+			continue
+		}
 		if p.swapErr != nil {
-			p.undo()
+			p.undo(d)
 			errs[p.at] = fmt.Errorf("vip %s: swap ring: %w", p.e.vip, p.swapErr)
 			continue
 		}
@@ -312,19 +326,33 @@ func (d *Datapath) swapRings(swaps []*pendingVIP) {
 	}
 }
 
-// pendingVIP is a VIP change whose backends are written and whose new ring
-// (if the ring changed) is built but not yet swapped in.
+// pendingVIP is a VIP change: prepared (validated, ids allocated), then
+// filled (its backends written and its new ring, if the ring changed,
+// built but not yet swapped in).
 type pendingVIP struct {
-	e, old  *vipEntry
-	ring    *ebpf.Map // nil: the ring is unchanged
-	undo    func()    // frees what prepare allocated, if the swap fails
-	at      int       // the change's index in setMany's argument
-	swapErr error     // the ring could not be swapped in
+	e, old *vipEntry
+	// fresh are the backends with newly allocated ids, written those
+	// whose entry fill writes (fresh or changed).
+	fresh, written []*backendEntry
+	ring           *ebpf.Map // nil: the ring is unchanged
+	at             int       // the change's index in setMany's argument
+	err            error     // fill failed
+	swapErr        error     // the ring could not be swapped in
 }
 
-// prepare validates a VIP change and writes what the fast path cannot see
-// yet: new backends' entries (no ring names them) and the new ring as a
-// map of its own. It returns nil, nil if nothing changed.
+// undo frees the ids prepare allocated, after a failed fill or swap.
+func (p *pendingVIP) undo(d *Datapath) {
+	for _, b := range p.fresh {
+		d.backendID.put(b.id)
+	}
+	if p.old == nil {
+		d.vipIndex.put(uint32(p.e.index))
+	}
+}
+
+// prepare validates a VIP change and allocates its VIP index and the ids
+// of its new backends; fill writes them. It returns nil, nil if nothing
+// changed.
 func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pendingVIP, error) {
 	if err := validate(vip, &cfg, backends); err != nil {
 		return nil, err
@@ -353,72 +381,68 @@ func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pending
 		return nil, nil // nothing changed: nothing is written
 	}
 
-	e := &vipEntry{vip: vip, cfg: cfg, backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
+	e := &vipEntry{vip: vip, cfg: cfg, backends: make(map[netip.Addr]*backendEntry, len(backends)), byID: make(map[uint32]*backendEntry, len(backends))}
+	p := &pendingVIP{e: e, old: old}
 	if old != nil {
 		e.index, e.gen = old.index, old.gen
 	} else {
 		idx, _ := d.vipIndex.get()
 		e.index = uint16(idx)
 		e.gen = nextGen(d.vipGen[e.index])
-		if err := zeroCounter(d.objs.VipStats, idx); err != nil {
-			d.vipIndex.put(idx)
-			return nil, fmt.Errorf("vip %s: reset counters: %w", vip, err)
-		}
 	}
-
-	// Allocate ids for new backends and write their entries; they are
+	// New backends get ids; their entries, written by fill, are
 	// invisible until the ring names them.
-	var fresh []*backendEntry
-	undo := func() {
-		for _, b := range fresh {
-			d.backendID.put(b.id)
-		}
-		if old == nil {
-			d.vipIndex.put(uint32(e.index))
-		}
-	}
 	for _, b := range backends {
 		nb := &backendEntry{Backend: Backend{Addr: b.Addr, MAC: slices.Clone(b.MAC), Weight: b.Weight}}
-		if o := oldBackend(old, b.Addr); o != nil {
+		o := oldBackend(old, b.Addr)
+		if o != nil {
 			nb.id, nb.gen = o.id, o.gen
 		} else {
 			id, _ := d.backendID.get()
 			nb.id, nb.gen = id, nextGen(d.backendGen[id])
-			fresh = append(fresh, nb)
-			if err := zeroCounter(d.objs.BackendStats, id); err != nil {
-				undo()
-				return nil, fmt.Errorf("vip %s: reset counters of backend %s: %w", vip, b.Addr, err)
-			}
+			p.fresh = append(p.fresh, nb)
+		}
+		if o == nil || !bytes.Equal(o.MAC, nb.MAC) || o.Weight != nb.Weight {
+			p.written = append(p.written, nb)
 		}
 		e.backends[b.Addr] = nb
 		e.byID[nb.id] = nb
 	}
-	for _, nb := range e.backends {
-		o := oldBackend(old, nb.Addr)
-		if o != nil && bytes.Equal(o.MAC, nb.MAC) && o.Weight == nb.Weight {
-			continue
-		}
-		if err := d.objs.Backends.Put(nb.id, backendValue(nb, e.index)); err != nil {
-			undo()
-			return nil, fmt.Errorf("vip %s: write backend %s: %w", vip, nb.Addr, err)
-		}
-		d.backendGen[nb.id] = nb.gen
-	}
+	return p, nil
+}
 
+// fill writes what the fast path cannot see yet for a prepared VIP: the
+// reset counters of its new index and ids, its backends' entries, and its
+// new ring as a map of its own, if the ring changed. It touches no Go
+// state of d but p's, so that VIPs fill in parallel.
+func (d *Datapath) fill(p *pendingVIP) error {
+	e, old, vip := p.e, p.old, p.e.vip
+	if old == nil {
+		if err := zeroCounter(d.objs.VipStats, uint32(e.index)); err != nil {
+			return fmt.Errorf("vip %s: reset counters: %w", vip, err)
+		}
+	}
+	for _, b := range p.fresh {
+		if err := zeroCounter(d.objs.BackendStats, b.id); err != nil {
+			return fmt.Errorf("vip %s: reset counters of backend %s: %w", vip, b.Addr, err)
+		}
+	}
+	for _, b := range p.written {
+		if err := d.objs.Backends.Put(b.id, backendValue(b, e.index)); err != nil {
+			return fmt.Errorf("vip %s: write backend %s: %w", vip, b.Addr, err)
+		}
+	}
 	table, err := buildTable(e)
 	if err != nil {
-		undo()
-		return nil, fmt.Errorf("vip %s: %w", vip, err)
+		return fmt.Errorf("vip %s: %w", vip, err)
 	}
 	e.tableSum = tableSum(table)
-	p := &pendingVIP{e: e, old: old, undo: undo}
-	if old == nil || old.tableSum != e.tableSum || old.cfg.RingSize != cfg.RingSize {
+	if old == nil || old.tableSum != e.tableSum || old.cfg.RingSize != e.cfg.RingSize {
 		if p.ring, err = d.newRing(table); err != nil {
-			undo()
-			return nil, fmt.Errorf("vip %s: %w", vip, err)
+			return fmt.Errorf("vip %s: %w", vip, err)
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // commit makes a prepared VIP live once its ring is in place: the VIP's
@@ -525,15 +549,19 @@ func buildTable(e *vipEntry) ([]uint32, error) {
 	return maglev.Build(in, e.cfg.RingSize)
 }
 
-// tableSum is the FNV-1a digest of a ring's slots.
+// tableSum is the FNV-1a (64-bit) digest of a ring's slots, each as 4
+// little-endian bytes; written out rather than through hash/fnv, which
+// costs a call per slot.
 func tableSum(table []uint32) uint64 {
-	h := fnv.New64a()
-	var buf [4]byte
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
 	for _, id := range table {
-		binary.LittleEndian.PutUint32(buf[:], id)
-		h.Write(buf[:])
+		h = (h ^ uint64(id&0xff)) * prime
+		h = (h ^ uint64(id>>8&0xff)) * prime
+		h = (h ^ uint64(id>>16&0xff)) * prime
+		h = (h ^ uint64(id>>24)) * prime
 	}
-	return h.Sum64()
+	return h
 }
 
 // newRing writes table into a new inner map, for one update of rings to
@@ -546,13 +574,9 @@ func (d *Datapath) newRing(table []uint32) (*ebpf.Map, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create ring of %d slots: %w", len(table), err)
 	}
-	keys := make([]uint32, len(table))
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
-	if _, err := ring.BatchUpdate(keys, table, nil); err != nil {
+	if err := writeRing(ring, table); err != nil {
 		ring.Close()
-		return nil, fmt.Errorf("fill ring: %w", err)
+		return nil, err
 	}
 	return ring, nil
 }
