@@ -94,31 +94,61 @@ func (d *Datapath) SetVIP(vip VIP, cfg VIPConfig, backends []Backend) error {
 
 // RemoveVIP removes a VIP, its ring and its backends. Its flows stop at once.
 func (d *Datapath) RemoveVIP(vip VIP) error {
+	return d.RemoveVIPs([]VIP{vip})[0]
+}
+
+// RemoveVIPs is RemoveVIP for many VIPs at once, each one's error at its
+// index. Their rings are deleted with one batched update of the outer map:
+// like a swap, each deletion from a map of maps waits for an RCU grace
+// period, once per call.
+func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, ok := d.vips[vip]
-	if !ok {
-		return fmt.Errorf("remove vip %s: no such vip", vip)
+	errs := make([]error, len(vips))
+	var rings []uint32 // the removed VIPs' indexes
+	var owners []int   // the index in vips of each of rings
+	for i, vip := range vips {
+		e, ok := d.vips[vip]
+		if !ok {
+			errs[i] = fmt.Errorf("remove vip %s: no such vip", vip)
+			continue
+		}
+		if err := d.deleteVIPKey(vip); err != nil {
+			errs[i] = fmt.Errorf("remove vip %s: %w", vip, err)
+			continue
+		}
+		delete(d.vips, vip)
+		idx := uint32(e.index)
+		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{})}
+		for _, b := range e.backends {
+			es = append(es, d.retireBackend(b))
+		}
+		if err := errors.Join(es...); err != nil {
+			errs[i] = fmt.Errorf("remove vip %s: %w", vip, err)
+		}
+		rings, owners = append(rings, idx), append(owners, i)
 	}
-	if err := d.deleteVIPKey(vip); err != nil {
-		return fmt.Errorf("remove vip %s: %w", vip, err)
+	if len(rings) > 0 {
+		n, err := d.objs.Rings.BatchDelete(rings, nil)
+		if err != nil {
+			// What the batch did not delete, one by one, for each VIP's
+			// own error.
+			for k := max(n, 0); k < len(rings); k++ {
+				if err := d.objs.Rings.Delete(rings[k]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					errs[owners[k]] = errors.Join(errs[owners[k]], fmt.Errorf("remove vip %s: delete ring: %w", vips[owners[k]], err))
+				}
+			}
+		}
+		for _, idx := range rings {
+			d.vipIndex.put(idx)
+		}
 	}
-	delete(d.vips, vip)
-	var errs []error
-	idx := uint32(e.index)
-	errs = append(errs, d.objs.VipState.Put(idx, balancerVipMeta{}))
-	for _, b := range e.backends {
-		errs = append(errs, d.retireBackend(b))
+	if err := d.syncGlobals(); err != nil {
+		for _, i := range owners {
+			errs[i] = errors.Join(errs[i], fmt.Errorf("remove vip %s: %w", vips[i], err))
+		}
 	}
-	if err := d.objs.Rings.Delete(idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, err)
-	}
-	d.vipIndex.put(idx)
-	errs = append(errs, d.syncGlobals())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("remove vip %s: %w", vip, err)
-	}
-	return nil
+	return errs
 }
 
 // AddBackend adds one backend to a VIP.

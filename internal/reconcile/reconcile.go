@@ -41,7 +41,9 @@ type Dataplane interface {
 	// SetVIPs sets many VIPs at once (their rings swap in one batch) and
 	// returns each one's error at its index.
 	SetVIPs(changes []datapath.VIPChange) []error
-	RemoveVIP(vip datapath.VIP) error
+	// RemoveVIPs removes many VIPs at once (their rings go in one batch)
+	// and returns each one's error at its index.
+	RemoveVIPs(vips []datapath.VIP) []error
 	VIPs() []datapath.VIPState
 	Capacity() (vips, backends int)
 	// SetEncap sets the encapsulation; it refuses to take away a source
@@ -724,14 +726,17 @@ func (r *Reconciler) apply(p plan) (Result, error) {
 		}
 	}
 	slices.SortFunc(gone, datapath.VIP.Compare)
-	for _, k := range gone {
-		if err := r.dp.RemoveVIP(k); err != nil {
-			errs = append(errs, err)
-			r.failed[k] = true
-			continue
+	if len(gone) > 0 {
+		for i, err := range r.dp.RemoveVIPs(gone) {
+			k := gone[i]
+			if err != nil {
+				errs = append(errs, err)
+				r.failed[k] = true
+				continue
+			}
+			delete(r.written, k)
+			res.Removed = append(res.Removed, k)
 		}
-		delete(r.written, k)
-		res.Removed = append(res.Removed, k)
 	}
 	res.Duration = time.Since(start)
 	if len(res.Added)+len(res.Changed)+len(res.Removed) > 0 {
