@@ -1,7 +1,9 @@
 package datapath
 
 import (
+	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
@@ -19,10 +21,11 @@ func (d *Datapath) fillAll(pending []*pendingVIP) {
 	workers := min(runtime.NumCPU(), len(pending))
 	if workers <= 1 {
 		for _, p := range pending {
-			p.err = d.fill(p)
+			p.err = d.fill(p, nil)
 		}
 		return
 	}
+	sh := &shapes{byKey: make(map[uint64][]*shape)}
 	work := make(chan *pendingVIP)
 	var wg sync.WaitGroup
 	for range workers {
@@ -30,7 +33,7 @@ func (d *Datapath) fillAll(pending []*pendingVIP) {
 		go func() {
 			defer wg.Done()
 			for p := range work {
-				p.err = d.fill(p)
+				p.err = d.fill(p, sh)
 			}
 		}()
 	}
@@ -51,3 +54,108 @@ var slotKeys = sync.OnceValue(func() []uint32 {
 	}
 	return k
 })
+
+// shapes shares Maglev builds between the VIPs of one bulk change whose
+// rings have the same size and whose backends the same addresses and
+// weights: a build depends on nothing else (not on the backend ids, which
+// differ from VIP to VIP), so such VIPs, common when many services share a
+// pool, get one build and a copy with their own ids each. A thousand VIPs
+// of one pool build once instead of a thousand times. At most maxShapes
+// are kept, for the length of one change.
+type shapes struct {
+	mu    sync.Mutex
+	byKey map[uint64][]*shape
+	n     int
+}
+
+// maxShapes bounds the builds shapes keeps: 16 rings of at most
+// maglev.MaxSize slots, 8 MiB.
+const maxShapes = 16
+
+// shape is one shared build.
+type shape struct {
+	size     uint32
+	backends []shapeBackend // by address
+	ready    chan struct{}  // closed when slots and err are set
+	// slots holds each slot's backend as an index into backends, or
+	// maglev.Unassigned.
+	slots []uint32
+	err   error
+}
+
+type shapeBackend struct {
+	addr   netip.Addr
+	weight uint32
+}
+
+// table returns e's ring: the shared build of its shape with e's backend
+// ids, or a build of its own once maxShapes are kept.
+func (s *shapes) table(e *vipEntry) ([]uint32, error) {
+	list := make([]*backendEntry, 0, len(e.backends))
+	for _, b := range e.backends {
+		list = append(list, b)
+	}
+	slices.SortFunc(list, func(a, b *backendEntry) int { return a.Addr.Compare(b.Addr) })
+	key := shapeKey(e.cfg.RingSize, list)
+	s.mu.Lock()
+	var sh *shape
+	for _, c := range s.byKey[key] {
+		if c.is(e.cfg.RingSize, list) {
+			sh = c
+			break
+		}
+	}
+	switch {
+	case sh != nil:
+		s.mu.Unlock()
+		<-sh.ready
+	case s.n >= maxShapes:
+		s.mu.Unlock()
+		return buildTable(e)
+	default:
+		sh = &shape{size: e.cfg.RingSize, ready: make(chan struct{})}
+		for _, b := range list {
+			sh.backends = append(sh.backends, shapeBackend{b.Addr, b.Weight})
+		}
+		s.byKey[key] = append(s.byKey[key], sh)
+		s.n++
+		s.mu.Unlock()
+		in := make([]maglev.Backend, len(list))
+		for i, b := range list {
+			in[i] = maglev.Backend{Name: b.Addr.String(), ID: uint32(i), Weight: b.Weight}
+		}
+		sh.slots, sh.err = maglev.Build(in, sh.size)
+		close(sh.ready)
+	}
+	if sh.err != nil {
+		return nil, sh.err
+	}
+	table := make([]uint32, len(sh.slots))
+	for i, at := range sh.slots {
+		table[i] = at
+		if at != maglev.Unassigned {
+			table[i] = list[at].id
+		}
+	}
+	return table, nil
+}
+
+// is says whether the shape is that of a ring of size slots over list.
+func (sh *shape) is(size uint32, list []*backendEntry) bool {
+	return sh.size == size && slices.EqualFunc(sh.backends, list, func(a shapeBackend, b *backendEntry) bool {
+		return a.addr == b.Addr && a.weight == b.Weight
+	})
+}
+
+// shapeKey is an FNV-1a digest of a shape, to find candidates quickly.
+func shapeKey(size uint32, list []*backendEntry) uint64 {
+	const prime = 1099511628211
+	h := (uint64(14695981039346656037) ^ uint64(size)) * prime
+	for _, b := range list {
+		for _, c := range b.Addr.As16() {
+			h = (h ^ uint64(c)) * prime
+		}
+		h = (h ^ uint64(b.Weight)) * prime
+	}
+	return h
+}

@@ -1,9 +1,9 @@
 package datapath
 
 import (
-	"encoding/binary"
-	"hash/fnv"
 	"math/rand/v2"
+	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -72,15 +72,58 @@ func BenchmarkWriteRing(b *testing.B) {
 	}
 }
 
-// TestTableSum holds tableSum to FNV-1a over the slots' little-endian
-// bytes, the digest that rings written by earlier versions were given.
-func TestTableSum(t *testing.T) {
-	table := []uint32{0, 1, 0xdeadbeef, 65536, 0xffffffff}
-	h := fnv.New64a()
-	for _, id := range table {
-		h.Write(binary.LittleEndian.AppendUint32(nil, id))
+// TestSharedBuilds sets, in one SetVIPs, VIPs that share a shape (the same
+// backend addresses and weights and ring size) and more distinct shapes
+// than are shared: every ring, read from the kernel, is the one a build of
+// its own VIP gives, with its own backend ids.
+func TestSharedBuilds(t *testing.T) {
+	d := newTestDatapath(t)
+	reweighted := slices.Clone(backends4)
+	reweighted[0].Weight = 5
+	var changes []VIPChange
+	for i := range 4 * maxShapes {
+		v := VIP{Addr: netip.AddrFrom4([4]byte{203, 0, 113, byte(10 + i)}), Port: 80, Proto: TCP}
+		c := VIPChange{VIP: v, Config: VIPConfig{Mode: ModeDSR, RingSize: 251}, Backends: backends4}
+		switch i % 4 {
+		case 1:
+			c.Backends = reweighted
+		case 2:
+			c.Config.RingSize = 1021
+		case 3: // a shape of its own
+			c.Backends = slices.Clone(backends4)
+			c.Backends[1].Weight = uint32(2 + i)
+		}
+		changes = append(changes, c)
 	}
-	if got, want := tableSum(table), h.Sum64(); got != want {
-		t.Fatalf("tableSum = %#x, want %#x", got, want)
+	for i, err := range d.SetVIPs(changes) {
+		if err != nil {
+			t.Fatalf("change %d: %v", i, err)
+		}
+	}
+	ids := make(map[uint32]bool)
+	for _, c := range changes {
+		e := d.vips[c.VIP]
+		want, err := buildTable(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ring *ebpf.Map
+		if err := d.objs.Rings.Lookup(uint32(e.index), &ring); err != nil {
+			t.Fatal(err)
+		}
+		got := readRing(t, ring)
+		ring.Close()
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: the ring differs from a build of its own", c.VIP)
+		}
+		if e.tableSum != tableSum(want) {
+			t.Fatalf("%s: digest %#x, want %#x", c.VIP, e.tableSum, tableSum(want))
+		}
+		for id := range e.byID {
+			if ids[id] {
+				t.Fatalf("%s: backend id %d is another VIP's too", c.VIP, id)
+			}
+			ids[id] = true
+		}
 	}
 }
