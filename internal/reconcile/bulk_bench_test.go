@@ -72,3 +72,41 @@ func BenchmarkApplyBulk(b *testing.B) {
 	b.ReportMetric(float64(parse.Milliseconds())/float64(b.N), "parse-ms/op")
 	b.ReportMetric(float64(apply.Milliseconds())/float64(b.N), "apply-ms/op")
 }
+
+// BenchmarkEditAtScale adds a backend to one VIP of 1000 VIPs × 100
+// backends and removes it again, timing each edit until SetVIPs returned
+// (so including the RCU wait of the ring swap, which the fast path does
+// not wait for).
+func BenchmarkEditAtScale(b *testing.B) {
+	for _, vips := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("vips=%d", vips), func(b *testing.B) { benchmarkEdit(b, vips) })
+	}
+}
+
+func benchmarkEdit(b *testing.B, vips int) {
+	require.BPF(b)
+	cfg, err := config.Parse([]byte(bulkConfig(vips, 100)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	dp, err := datapath.Load(datapath.Options{ConntrackEntries: 8192})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dp.Close() })
+	r := New(dp, nil, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx := context.Background()
+	if _, err := r.Apply(ctx, StateOf(cfg)); err != nil {
+		b.Fatal(err)
+	}
+	key := Key(cfg.VIPs[0])
+	extra := config.Backend{Address: netip.MustParseAddr("198.18.15.1"), Weight: 1, MAC: net.HardwareAddr{2, 0xfc, 0x0f, 0, 0, 1}}
+	for b.Loop() {
+		if err := r.AddBackend(ctx, key, extra); err != nil {
+			b.Fatal(err)
+		}
+		if err := r.RemoveBackend(ctx, key, extra.Address); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
