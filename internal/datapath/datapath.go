@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -71,6 +72,8 @@ type Datapath struct {
 		config *balancerLbConfig
 		policy map[netip.Addr]uint32
 	}
+	// spare is a ring made ahead of the change that needs it (ringwrite.go).
+	spare atomic.Pointer[ringWriter]
 }
 
 // Load loads the balancer into the kernel without attaching it.
@@ -239,6 +242,7 @@ func (d *Datapath) Close() error {
 		delete(d.links, ifindex)
 	}
 	d.mu.Unlock()
+	d.closeSpare()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

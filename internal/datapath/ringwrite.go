@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"errors"
 	"fmt"
 	"runtime"
 	"sync/atomic"
@@ -129,24 +128,58 @@ func ringWriterInstructions(ring *ebpf.Map) asm.Instructions {
 // again.
 var writerRefused atomic.Pointer[error]
 
-// writeRing writes table into ring, a new inner map of len(table) slots.
-func writeRing(ring *ebpf.Map, table []uint32) error {
-	whole := len(table) / chunkSlots * chunkSlots
-	if len(table) < minProgramSlots || writerRefusedErr() != nil {
-		whole = 0
-	} else if err := runRingWriter(ring, table[:whole]); err != nil {
-		if !errors.Is(err, errWriterLoad) {
+// ringWriter is a new, empty ring and, for a large one, the program loaded
+// to write it.
+type ringWriter struct {
+	ring *ebpf.Map
+	prog *ebpf.Program // nil: a batched update writes the ring
+}
+
+// newRingWriter creates a ring of size slots and, if it is large enough,
+// loads its writer (a refusal of the kernel leaves it to the batched
+// update, as it does every later ring).
+func (d *Datapath) newRingWriter(size uint32) (*ringWriter, error) {
+	spec := d.ringSpec()
+	spec.MaxEntries = size
+	ring, err := ebpf.NewMap(spec)
+	if err != nil {
+		return nil, fmt.Errorf("create ring of %d slots: %w", size, err)
+	}
+	w := &ringWriter{ring: ring}
+	if size >= minProgramSlots && writerRefusedErr() == nil {
+		w.prog, _ = loadRingWriter(ring)
+	}
+	return w, nil
+}
+
+// write writes table, of the ring's size, into the ring and unloads the
+// writer; the ring stays the caller's.
+func (w *ringWriter) write(table []uint32) error {
+	whole := 0
+	if w.prog != nil {
+		whole = len(table) / chunkSlots * chunkSlots
+		err := runRingWriter(w.prog, table[:whole])
+		w.prog.Close()
+		w.prog = nil
+		if err != nil {
 			return err
 		}
-		whole = 0
 	}
 	if whole == len(table) {
 		return nil
 	}
-	if _, err := ring.BatchUpdate(slotKeys()[whole:len(table)], table[whole:], nil); err != nil {
+	if _, err := w.ring.BatchUpdate(slotKeys()[whole:len(table)], table[whole:], nil); err != nil {
 		return fmt.Errorf("fill ring: %w", err)
 	}
 	return nil
+}
+
+// close releases the ring and the writer.
+func (w *ringWriter) close() {
+	if w.prog != nil {
+		w.prog.Close()
+	}
+	w.ring.Close()
 }
 
 func writerRefusedErr() error {
@@ -156,11 +189,8 @@ func writerRefusedErr() error {
 	return nil
 }
 
-var errWriterLoad = errors.New("load ring writer")
-
-// runRingWriter loads the ring writer for ring and runs it over table,
-// whose length is a multiple of chunkSlots.
-func runRingWriter(ring *ebpf.Map, table []uint32) error {
+// loadRingWriter loads the ring writer for ring.
+func loadRingWriter(ring *ebpf.Map) (*ebpf.Program, error) {
 	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
 		Name:         "fulcrum_ring",
 		Type:         ebpf.Syscall,
@@ -170,9 +200,14 @@ func runRingWriter(ring *ebpf.Map, table []uint32) error {
 	}, ebpf.ProgramOptions{})
 	if err != nil {
 		writerRefused.CompareAndSwap(nil, &err)
-		return fmt.Errorf("%w: %w", errWriterLoad, err)
+		return nil, fmt.Errorf("load ring writer: %w", err)
 	}
-	defer prog.Close()
+	return prog, nil
+}
+
+// runRingWriter runs a ring writer over table, whose length is a multiple
+// of chunkSlots.
+func runRingWriter(prog *ebpf.Program, table []uint32) error {
 	args := fillArgs{Table: uint64(uintptr(unsafe.Pointer(unsafe.SliceData(table)))), Chunks: uint32(len(table) / chunkSlots)}
 	ret, err := prog.Run(&ebpf.RunOptions{Context: args})
 	runtime.KeepAlive(table)
@@ -183,4 +218,42 @@ func runRingWriter(ring *ebpf.Map, table []uint32) error {
 		return fmt.Errorf("fill ring: the writer wrote %d of %d chunks", ret, args.Chunks)
 	}
 	return nil
+}
+
+// A change of one VIP waits for its new ring to be created and its writer
+// loaded (about 1 ms of the few an edit takes) before it can write a slot,
+// though neither depends on the ring's contents. So the datapath keeps one
+// spare, of the size last swapped in, made after the change that used the
+// last one: the next edit of a ring that size starts writing at once. One
+// ring and one small program, whatever the number of VIPs.
+
+// takeSpare returns the spare ring writer if it has size slots.
+func (d *Datapath) takeSpare(size uint32) *ringWriter {
+	w := d.spare.Load()
+	if w == nil || w.ring.MaxEntries() != size || !d.spare.CompareAndSwap(w, nil) {
+		return nil
+	}
+	return w
+}
+
+// keepSpare makes a spare ring writer of size slots, unless one is kept.
+// A failure is left for the next change to meet, without a spare.
+func (d *Datapath) keepSpare(size uint32) {
+	if w := d.spare.Load(); w != nil && w.ring.MaxEntries() == size {
+		return
+	}
+	w, err := d.newRingWriter(size)
+	if err != nil {
+		return
+	}
+	if old := d.spare.Swap(w); old != nil {
+		old.close()
+	}
+}
+
+// closeSpare releases the spare ring writer.
+func (d *Datapath) closeSpare() {
+	if w := d.spare.Swap(nil); w != nil {
+		w.close()
+	}
 }

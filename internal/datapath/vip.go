@@ -332,6 +332,11 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 			}
 		}
 	}
+	if len(swaps) > 0 {
+		// After the swap, which the fast path saw at once: the next
+		// change of a ring this size need not wait to create one.
+		d.keepSpare(swaps[len(swaps)-1].e.cfg.RingSize)
+	}
 	return errs
 }
 
@@ -616,17 +621,18 @@ func tableSum(table []uint32) uint64 {
 // swap in: the fast path sees the old ring or the new one, never a mix.
 // The caller closes it.
 func (d *Datapath) newRing(table []uint32) (*ebpf.Map, error) {
-	spec := d.ringSpec()
-	spec.MaxEntries = uint32(len(table))
-	ring, err := ebpf.NewMap(spec)
-	if err != nil {
-		return nil, fmt.Errorf("create ring of %d slots: %w", len(table), err)
+	w := d.takeSpare(uint32(len(table)))
+	if w == nil {
+		var err error
+		if w, err = d.newRingWriter(uint32(len(table))); err != nil {
+			return nil, err
+		}
 	}
-	if err := writeRing(ring, table); err != nil {
-		ring.Close()
+	if err := w.write(table); err != nil {
+		w.close()
 		return nil, err
 	}
-	return ring, nil
+	return w.ring, nil
 }
 
 // ringSpec returns the spec of an inner ring, matching the template.
