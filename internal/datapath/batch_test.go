@@ -1,11 +1,14 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 )
 
 // TestSetVIPsBatch adds many VIPs with one SetVIPs, then changes some,
@@ -156,6 +159,25 @@ func TestRemoveVIPsBatch(t *testing.T) {
 	}
 	if got := len(d.VIPs()); got != n/2 {
 		t.Fatalf("%d VIPs after removing %d of %d, want %d", got, n/2, n, n/2)
+	}
+	// The removed VIPs' rings are gone from the kernel, not only
+	// unreachable: the memory of each is freed.
+	live := make(map[uint16]bool)
+	for _, s := range d.VIPs() {
+		live[s.Index] = true
+	}
+	var inner *ebpf.Map
+	for idx := range uint32(n) {
+		err := d.objs.Rings.Lookup(idx, &inner)
+		switch {
+		case live[uint16(idx)] && err != nil:
+			t.Fatalf("ring %d of a kept VIP: %v", idx, err)
+		case !live[uint16(idx)] && !errors.Is(err, ebpf.ErrKeyNotExist):
+			t.Fatalf("ring %d of a removed VIP: lookup gave %v, want ErrKeyNotExist", idx, err)
+		}
+		if err == nil {
+			inner.Close()
+		}
 	}
 	for i, c := range add {
 		p := pkt(client4, c.VIP.Addr.String(), TCP, 40000, 80)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -98,9 +99,7 @@ func (d *Datapath) RemoveVIP(vip VIP) error {
 }
 
 // RemoveVIPs is RemoveVIP for many VIPs at once, each one's error at its
-// index. Their rings are deleted with one batched update of the outer map:
-// like a swap, each deletion from a map of maps waits for an RCU grace
-// period, once per call.
+// index. Their rings are deleted together (see deleteRings).
 func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -128,26 +127,48 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		}
 		rings, owners = append(rings, idx), append(owners, i)
 	}
-	if len(rings) > 0 {
-		n, err := d.objs.Rings.BatchDelete(rings, nil)
+	for k, err := range d.deleteRings(rings) {
 		if err != nil {
-			// What the batch did not delete, one by one, for each VIP's
-			// own error.
-			for k := max(n, 0); k < len(rings); k++ {
-				if err := d.objs.Rings.Delete(rings[k]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-					errs[owners[k]] = errors.Join(errs[owners[k]], fmt.Errorf("remove vip %s: delete ring: %w", vips[owners[k]], err))
-				}
-			}
+			errs[owners[k]] = errors.Join(errs[owners[k]], fmt.Errorf("remove vip %s: delete ring: %w", vips[owners[k]], err))
 		}
-		for _, idx := range rings {
-			d.vipIndex.put(idx)
-		}
+	}
+	for _, idx := range rings {
+		d.vipIndex.put(idx)
 	}
 	if err := d.syncGlobals(); err != nil {
 		for _, i := range owners {
 			errs[i] = errors.Join(errs[i], fmt.Errorf("remove vip %s: %w", vips[i], err))
 		}
 	}
+	return errs
+}
+
+// ringDeleters is how many ring deletions deleteRings has in flight.
+const ringDeleters = 64
+
+// deleteRings deletes the rings at the given indexes, each one's error at
+// its index. Like a swap, every deletion from a map of maps waits for an
+// RCU grace period (~9 ms here) before it returns, and a map of maps
+// takes no batched deletion; but the kernel ends one grace period for all
+// the waits that overlap it, so ringDeleters deletions at a time wait
+// about as long as one: a thousand rings go in about sixteen grace
+// periods, not a thousand.
+func (d *Datapath) deleteRings(idxs []uint32) []error {
+	errs := make([]error, len(idxs))
+	sem := make(chan struct{}, ringDeleters)
+	var wg sync.WaitGroup
+	for k, idx := range idxs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := d.objs.Rings.Delete(idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs[k] = err
+			}
+		}()
+	}
+	wg.Wait()
 	return errs
 }
 
