@@ -24,7 +24,7 @@ func (d *Datapath) fillAll(pending []*pendingVIP) {
 	if len(pending) > 1 {
 		sh = &shapes{byKey: make(map[uint64][]*shape)}
 	}
-	parallel(len(pending), func(i int) { pending[i].err = d.fill(pending[i], sh) })
+	parallel(len(pending), runtime.NumCPU(), func(i int) { pending[i].err = d.fill(pending[i], sh) })
 }
 
 // sumRings sets the digest of every VIP's ring, rebuilt: a datapath that
@@ -38,7 +38,7 @@ func (d *Datapath) sumRings() error {
 	}
 	sh := &shapes{byKey: make(map[uint64][]*shape)}
 	errs := make([]error, len(entries))
-	parallel(len(entries), func(i int) {
+	parallel(len(entries), runtime.NumCPU(), func(i int) {
 		e := entries[i]
 		table, err := sh.table(e)
 		if err != nil {
@@ -50,10 +50,10 @@ func (d *Datapath) sumRings() error {
 	return errors.Join(errs...)
 }
 
-// parallel calls f(0) to f(n-1) on up to one goroutine per CPU and returns
+// parallel calls f(0) to f(n-1) on up to workers goroutines and returns
 // when every call has.
-func parallel(n int, f func(i int)) {
-	workers := min(runtime.NumCPU(), n)
+func parallel(n, workers int, f func(i int)) {
+	workers = min(workers, n)
 	if workers <= 1 {
 		for i := range n {
 			f(i)

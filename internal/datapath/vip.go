@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sync"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -155,20 +154,11 @@ const ringDeleters = 64
 // periods, not a thousand.
 func (d *Datapath) deleteRings(idxs []uint32) []error {
 	errs := make([]error, len(idxs))
-	sem := make(chan struct{}, ringDeleters)
-	var wg sync.WaitGroup
-	for k, idx := range idxs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if err := d.objs.Rings.Delete(idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs[k] = err
-			}
-		}()
-	}
-	wg.Wait()
+	parallel(len(idxs), ringDeleters, func(k int) {
+		if err := d.objs.Rings.Delete(idxs[k]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs[k] = err
+		}
+	})
 	return errs
 }
 
