@@ -14,7 +14,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -72,8 +71,9 @@ type Datapath struct {
 		config *balancerLbConfig
 		policy map[netip.Addr]uint32
 	}
-	// spare is a ring made ahead of the change that needs it (ringwrite.go).
-	spare atomic.Pointer[ringWriter]
+	// cache holds rings made or kept ahead of the changes that need them
+	// (recycle.go).
+	cache ringCache
 }
 
 // Load loads the balancer into the kernel without attaching it.
@@ -242,7 +242,7 @@ func (d *Datapath) Close() error {
 		delete(d.links, ifindex)
 	}
 	d.mu.Unlock()
-	d.closeSpare()
+	d.closeRings()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

@@ -229,8 +229,8 @@ func runRingWriter(prog *ebpf.Program, table []uint32) error {
 
 // takeSpare returns the spare ring writer if it has size slots.
 func (d *Datapath) takeSpare(size uint32) *ringWriter {
-	w := d.spare.Load()
-	if w == nil || w.ring.MaxEntries() != size || !d.spare.CompareAndSwap(w, nil) {
+	w := d.cache.spare.Load()
+	if w == nil || w.ring.MaxEntries() != size || !d.cache.spare.CompareAndSwap(w, nil) {
 		return nil
 	}
 	return w
@@ -239,21 +239,21 @@ func (d *Datapath) takeSpare(size uint32) *ringWriter {
 // keepSpare makes a spare ring writer of size slots, unless one is kept.
 // A failure is left for the next change to meet, without a spare.
 func (d *Datapath) keepSpare(size uint32) {
-	if w := d.spare.Load(); w != nil && w.ring.MaxEntries() == size {
+	if w := d.cache.spare.Load(); w != nil && w.ring.MaxEntries() == size {
 		return
 	}
 	w, err := d.newRingWriter(size)
 	if err != nil {
 		return
 	}
-	if old := d.spare.Swap(w); old != nil {
+	if old := d.cache.spare.Swap(w); old != nil {
 		old.close()
 	}
 }
 
 // closeSpare releases the spare ring writer.
 func (d *Datapath) closeSpare() {
-	if w := d.spare.Swap(nil); w != nil {
+	if w := d.cache.spare.Swap(nil); w != nil {
 		w.close()
 	}
 }

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -22,7 +23,7 @@ func TestWriteRing(t *testing.T) {
 			table[i] = rng.Uint32N(1 << 20)
 		}
 		start := time.Now()
-		ring, err := d.newRing(table)
+		ring, err := d.newRing(VIP{}, table)
 		if err != nil {
 			t.Fatalf("M=%d: %v", m, err)
 		}
@@ -64,7 +65,7 @@ func BenchmarkWriteRing(b *testing.B) {
 		table[i] = uint32(i % 100)
 	}
 	for b.Loop() {
-		ring, err := d.newRing(table)
+		ring, err := d.newRing(VIP{}, table)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -125,5 +126,82 @@ func TestSharedBuilds(t *testing.T) {
 			}
 			ids[id] = true
 		}
+	}
+}
+
+// TestRecycledRings changes one VIP many times (backends added, removed,
+// reweighted, and back), so that its changes rewrite retired rings in
+// place, with another VIP's changes and a bulk change between some: after
+// each, the live ring read from the kernel is the one a build gives, and
+// so is the other VIP's.
+func TestRecycledRings(t *testing.T) {
+	d := newTestDatapath(t)
+	web := VIP{Addr: netip.MustParseAddr("203.0.113.50"), Port: 80, Proto: TCP}
+	other := VIP{Addr: netip.MustParseAddr("203.0.113.51"), Port: 80, Proto: TCP}
+	cfg := VIPConfig{Mode: ModeDSR, RingSize: 4099}
+	check := func(step string) {
+		t.Helper()
+		for _, v := range []VIP{web, other} {
+			e := d.vips[v]
+			if e == nil {
+				continue
+			}
+			want, err := buildTable(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ring *ebpf.Map
+			if err := d.objs.Rings.Lookup(uint32(e.index), &ring); err != nil {
+				t.Fatal(err)
+			}
+			got := readRing(t, ring)
+			ring.Close()
+			if !slices.Equal(got, want) {
+				t.Fatalf("%s: the live ring of %s differs from its build", step, v)
+			}
+		}
+	}
+	set := func(step string, cs ...VIPChange) {
+		t.Helper()
+		for i, err := range d.SetVIPs(cs) {
+			if err != nil {
+				t.Fatalf("%s: change %d: %v", step, i, err)
+			}
+		}
+		check(step)
+	}
+	bs := slices.Clone(backends4)
+	set("add", VIPChange{VIP: web, Config: cfg, Backends: bs})
+	set("add other", VIPChange{VIP: other, Config: cfg, Backends: bs})
+	rewritten := 0
+	for step := range 12 {
+		next := slices.Clone(bs)
+		switch step % 4 {
+		case 0:
+			next = next[:len(next)-1]
+		case 1:
+			next[0].Weight = uint32(2 + step)
+		case 2:
+			next = append(next[:0:0], bs...)
+		case 3:
+			set(fmt.Sprintf("step %d: other", step), VIPChange{VIP: other, Config: cfg, Backends: next[1:]})
+		}
+		if step == 6 {
+			set("bulk", VIPChange{VIP: web, Config: cfg, Backends: next}, VIPChange{VIP: other, Config: cfg, Backends: bs})
+			continue
+		}
+		if r := d.cache.recycled.Load(); r != nil && r.vip == web {
+			rewritten++
+		}
+		set(fmt.Sprintf("step %d", step), VIPChange{VIP: web, Config: cfg, Backends: next})
+	}
+	if rewritten == 0 {
+		t.Fatal("no change found a recycled ring of its VIP: the test proves nothing")
+	}
+	if err := d.RemoveVIP(web); err != nil {
+		t.Fatal(err)
+	}
+	if r := d.cache.recycled.Load(); r != nil && r.vip == web {
+		t.Fatal("a removed VIP's recycled ring is kept")
 	}
 }

@@ -116,6 +116,7 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 			continue
 		}
 		delete(d.vips, vip)
+		d.forgetRing(vip)
 		idx := uint32(e.index)
 		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{})}
 		for _, b := range e.backends {
@@ -324,7 +325,9 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 			defer p.ring.Close()
 		}
 	}
+	retired := d.retiring(swaps)
 	d.swapRings(swaps)
+	d.swapped(swaps, retired)
 	for _, p := range pending {
 		if p.err != nil {
 			continue
@@ -381,9 +384,12 @@ type pendingVIP struct {
 	// whose entry fill writes (fresh or changed).
 	fresh, written []*backendEntry
 	ring           *ebpf.Map // nil: the ring is unchanged
-	at             int       // the change's index in setMany's argument
-	err            error     // fill failed
-	swapErr        error     // the ring could not be swapped in
+	// table is the new ring's contents, kept if the change is of this VIP
+	// alone (see ringCache.last); nil otherwise.
+	table   []uint32
+	at      int   // the change's index in setMany's argument
+	err     error // fill failed
+	swapErr error // the ring could not be swapped in
 }
 
 // undo frees the ids prepare allocated, after a failed fill or swap.
@@ -503,8 +509,11 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 	}
 	e.tableSum = tableSum(table)
 	if old == nil || old.tableSum != e.tableSum || old.cfg.RingSize != e.cfg.RingSize {
-		if p.ring, err = d.newRing(table); err != nil {
+		if p.ring, err = d.newRing(vip, table); err != nil {
 			return fmt.Errorf("vip %s: %w", vip, err)
+		}
+		if sh == nil {
+			p.table = table
 		}
 	}
 	return nil
@@ -631,7 +640,17 @@ func tableSum(table []uint32) uint64 {
 // newRing writes table into a new inner map, for one update of rings to
 // swap in: the fast path sees the old ring or the new one, never a mix.
 // The caller closes it.
-func (d *Datapath) newRing(table []uint32) (*ebpf.Map, error) {
+func (d *Datapath) newRing(vip VIP, table []uint32) (*ebpf.Map, error) {
+	if r := d.takeRecycled(vip, len(table)); r != nil {
+		ok, err := r.rewrite(table)
+		if ok {
+			return r.ring, nil
+		}
+		r.ring.Close()
+		if err != nil {
+			return nil, fmt.Errorf("rewrite ring: %w", err)
+		}
+	}
 	w := d.takeSpare(uint32(len(table)))
 	if w == nil {
 		var err error
