@@ -2,8 +2,11 @@ package perf
 
 import (
 	"bytes"
+	"os"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestKeyedLines: the table ends with one `control KEY ms=N` line per keyed
@@ -37,5 +40,31 @@ func TestKeyedLines(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if last := lines[len(lines)-1]; last != want[len(want)-1] {
 		t.Fatalf("the table ends with %q, want the control lines last", last)
+	}
+}
+
+// TestProcCPU: this process's CPU time, by /proc/self/stat, grows while it
+// spins, and by no more than the wall time it spun on its CPUs.
+func TestProcCPU(t *testing.T) {
+	before, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var used time.Duration
+	for used < 50*time.Millisecond {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("after 20 s of spinning, %v of CPU by /proc/self/stat, want 50 ms or more", used)
+		}
+		for deadline := time.Now().Add(10 * time.Millisecond); time.Now().Before(deadline); {
+		}
+		after, err := procCPU(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		used = after - before
+	}
+	if wall := time.Since(start); used > wall*time.Duration(runtime.NumCPU())+20*time.Millisecond {
+		t.Fatalf("%v of CPU in %v of wall time on %d CPUs", used, wall, runtime.NumCPU())
 	}
 }
