@@ -41,7 +41,8 @@ type Dataplane interface {
 	// SetVIPs sets many VIPs at once (their rings swap in one batch) and
 	// returns each one's error at its index.
 	SetVIPs(changes []datapath.VIPChange) []error
-	// RemoveVIPs removes many VIPs at once (their rings go in one batch)
+	// RemoveVIPs removes many VIPs at once (their rings go together, the
+	// grace periods their deletions wait for overlapping)
 	// and returns each one's error at its index.
 	RemoveVIPs(vips []datapath.VIP) []error
 	VIPs() []datapath.VIPState
