@@ -41,6 +41,26 @@ func TestWriteRing(t *testing.T) {
 	}
 }
 
+// checkLiveRing fails the test unless the VIP's live ring, read from the
+// kernel, is the one a build of the VIP gives; it returns that build.
+func checkLiveRing(tb testing.TB, d *Datapath, e *vipEntry, step string) []uint32 {
+	tb.Helper()
+	want, err := buildTable(e)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var ring *ebpf.Map
+	if err := d.objs.Rings.Lookup(uint32(e.index), &ring); err != nil {
+		tb.Fatalf("%s: ring of %s: %v", step, e.vip, err)
+	}
+	got := readRing(tb, ring)
+	ring.Close()
+	if !slices.Equal(got, want) {
+		tb.Fatalf("%s: the live ring of %s differs from a build of the vip", step, e.vip)
+	}
+	return want
+}
+
 func readRing(tb testing.TB, ring *ebpf.Map) []uint32 {
 	tb.Helper()
 	n := int(ring.MaxEntries())
@@ -104,19 +124,7 @@ func TestSharedBuilds(t *testing.T) {
 	ids := make(map[uint32]bool)
 	for _, c := range changes {
 		e := d.vips[c.VIP]
-		want, err := buildTable(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ring *ebpf.Map
-		if err := d.objs.Rings.Lookup(uint32(e.index), &ring); err != nil {
-			t.Fatal(err)
-		}
-		got := readRing(t, ring)
-		ring.Close()
-		if !slices.Equal(got, want) {
-			t.Fatalf("%s: the ring differs from a build of its own", c.VIP)
-		}
+		want := checkLiveRing(t, d, e, "shared builds")
 		if e.tableSum != tableSum(want) {
 			t.Fatalf("%s: digest %#x, want %#x", c.VIP, e.tableSum, tableSum(want))
 		}
@@ -142,22 +150,8 @@ func TestRecycledRings(t *testing.T) {
 	check := func(step string) {
 		t.Helper()
 		for _, v := range []VIP{web, other} {
-			e := d.vips[v]
-			if e == nil {
-				continue
-			}
-			want, err := buildTable(e)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var ring *ebpf.Map
-			if err := d.objs.Rings.Lookup(uint32(e.index), &ring); err != nil {
-				t.Fatal(err)
-			}
-			got := readRing(t, ring)
-			ring.Close()
-			if !slices.Equal(got, want) {
-				t.Fatalf("%s: the live ring of %s differs from its build", step, v)
+			if e := d.vips[v]; e != nil {
+				checkLiveRing(t, d, e, step)
 			}
 		}
 	}
