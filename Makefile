@@ -121,8 +121,10 @@ fuzz-short:
 # root, a few minutes; see docs/performance.md) measures packet rates through
 # veth against a ceiling and nftables, connection rates against HAProxy, the
 # control plane and the fast path at full scale; it prints one table ending
-# in one line per configuration, `e2e CONFIG mpps=N x_ceiling=R`, and writes
-# bench/out/results.json and bench/out/rates.png.
+# in one line per configuration, `e2e CONFIG mpps=N x_ceiling=R`, and one per
+# control-plane figure, `control FIGURE ms=N` (api-live-1vip, api-live-1000vip,
+# apply-1000vip, startup-1000vip; pkg/maglev's benchmark prints the maglev-*
+# ones), and writes bench/out/results.json and bench/out/rates.png.
 bench:
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./pkg/maglev/
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFastpath$$' -benchtime 1x ./internal/datapath/ -fastpath.rounds $(BENCH_COUNT)

@@ -1,11 +1,14 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 )
 
 // TestSetVIPsBatch adds many VIPs with one SetVIPs, then changes some,
@@ -117,4 +120,82 @@ func ringName(i int) string {
 		return "reweighted"
 	}
 	return fmt.Sprintf("unchanged (vip %d)", i)
+}
+
+// TestRemoveVIPsBatch removes half of many VIPs, and one that does not
+// exist, with one RemoveVIPs: the unknown one fails at its index, the
+// removed ones pass to the host and are gone from VIPs, and the rest still
+// forward where their rings say. A VIP added afterwards reuses a freed
+// index with a ring of its own.
+func TestRemoveVIPsBatch(t *testing.T) {
+	d := newTestDatapath(t)
+	const n = 20
+	var add []VIPChange
+	for i := range n {
+		v := VIP{Addr: netip.AddrFrom4([4]byte{203, 0, 113, byte(100 + i)}), Port: 80, Proto: TCP}
+		add = append(add, VIPChange{VIP: v, Config: VIPConfig{Mode: ModeDSR, RingSize: 251}, Backends: backends4})
+	}
+	for i, err := range d.SetVIPs(add) {
+		if err != nil {
+			t.Fatalf("SetVIPs: change %d: %v", i, err)
+		}
+	}
+	unknown := VIP{Addr: netip.AddrFrom4([4]byte{203, 0, 113, 99}), Port: 80, Proto: TCP}
+	var remove []VIP
+	for i := 0; i < n; i += 2 {
+		remove = append(remove, add[i].VIP)
+	}
+	remove = append(remove, unknown)
+	errs := d.RemoveVIPs(remove)
+	for i, err := range errs {
+		switch {
+		case remove[i] == unknown:
+			if err == nil || !strings.Contains(err.Error(), "no such vip") {
+				t.Errorf("remove %s: err = %v, want 'no such vip'", unknown, err)
+			}
+		case err != nil:
+			t.Errorf("remove %s: %v", remove[i], err)
+		}
+	}
+	if got := len(d.VIPs()); got != n/2 {
+		t.Fatalf("%d VIPs after removing %d of %d, want %d", got, n/2, n, n/2)
+	}
+	// The removed VIPs' rings are gone from the kernel, not only
+	// unreachable: the memory of each is freed.
+	live := make(map[uint16]bool)
+	for _, s := range d.VIPs() {
+		live[s.Index] = true
+	}
+	var inner *ebpf.Map
+	for idx := range uint32(n) {
+		err := d.objs.Rings.Lookup(idx, &inner)
+		switch {
+		case live[uint16(idx)] && err != nil:
+			t.Fatalf("ring %d of a kept VIP: %v", idx, err)
+		case !live[uint16(idx)] && !errors.Is(err, ebpf.ErrKeyNotExist):
+			t.Fatalf("ring %d of a removed VIP: lookup gave %v, want ErrKeyNotExist", idx, err)
+		}
+		if err == nil {
+			inner.Close()
+		}
+	}
+	for i, c := range add {
+		p := pkt(client4, c.VIP.Addr.String(), TCP, 40000, 80)
+		if i%2 == 0 {
+			if verdict, _ := runProg(t, d.Program(), p.Build()); verdict != xdpPass {
+				t.Fatalf("%s (removed): verdict %s, want XDP_PASS", c.VIP, verdictNames[verdict])
+			}
+			continue
+		}
+		want := expectBackend(t, backends4, 251, p.Src, p.Dst, p.Sport, p.Dport, TCP, false).Addr
+		if got := sendTo(t, d, p); got != want {
+			t.Fatalf("%s (kept): packet went to %s, want %s", c.VIP, got, want)
+		}
+	}
+	if err := d.AddVIP(add[0].VIP, VIPConfig{Mode: ModeDSR, RingSize: 251}, backends4[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if got := sendTo(t, d, pkt(client4, add[0].VIP.Addr.String(), TCP, 40001, 80)); got != backends4[0].Addr {
+		t.Fatalf("re-added %s with one backend: packet went to %s, want %s", add[0].VIP, got, backends4[0].Addr)
+	}
 }

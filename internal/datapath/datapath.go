@@ -75,6 +75,9 @@ type Datapath struct {
 		config *balancerLbConfig
 		policy map[netip.Addr]uint32
 	}
+	// cache holds rings made or kept ahead of the changes that need them
+	// (recycle.go).
+	cache ringCache
 }
 
 // Load loads the balancer into the kernel without attaching it.
@@ -259,6 +262,7 @@ func (d *Datapath) Close() error {
 		delete(d.links, ifindex)
 	}
 	d.mu.Unlock()
+	d.closeRings()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

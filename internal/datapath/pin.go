@@ -148,12 +148,8 @@ func (d *Datapath) adopt() error {
 			return fmt.Errorf("retire orphaned backend %d: %w", id, err)
 		}
 	}
-	for _, e := range d.vips {
-		table, err := buildTable(e)
-		if err != nil {
-			return fmt.Errorf("rebuild ring of vip %s: %w", e.vip, err)
-		}
-		e.tableSum = tableSum(table)
+	if err := d.sumRings(); err != nil {
+		return err
 	}
 
 	// What the global maps hold.

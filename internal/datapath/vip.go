@@ -2,10 +2,8 @@ package datapath
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 	"slices"
 
@@ -96,31 +94,73 @@ func (d *Datapath) SetVIP(vip VIP, cfg VIPConfig, backends []Backend) error {
 
 // RemoveVIP removes a VIP, its ring and its backends. Its flows stop at once.
 func (d *Datapath) RemoveVIP(vip VIP) error {
+	return d.RemoveVIPs([]VIP{vip})[0]
+}
+
+// RemoveVIPs is RemoveVIP for many VIPs at once, each one's error at its
+// index. Their rings are deleted together (see deleteRings).
+func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, ok := d.vips[vip]
-	if !ok {
-		return fmt.Errorf("remove vip %s: no such vip", vip)
+	errs := make([]error, len(vips))
+	var rings []uint32 // the removed VIPs' indexes
+	var owners []int   // the index in vips of each of rings
+	for i, vip := range vips {
+		e, ok := d.vips[vip]
+		if !ok {
+			errs[i] = fmt.Errorf("remove vip %s: no such vip", vip)
+			continue
+		}
+		if err := d.deleteVIPKey(vip); err != nil {
+			errs[i] = fmt.Errorf("remove vip %s: %w", vip, err)
+			continue
+		}
+		delete(d.vips, vip)
+		d.forgetRing(vip)
+		idx := uint32(e.index)
+		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{})}
+		for _, b := range e.backends {
+			es = append(es, d.retireBackend(b))
+		}
+		if err := errors.Join(es...); err != nil {
+			errs[i] = fmt.Errorf("remove vip %s: %w", vip, err)
+		}
+		rings, owners = append(rings, idx), append(owners, i)
 	}
-	if err := d.deleteVIPKey(vip); err != nil {
-		return fmt.Errorf("remove vip %s: %w", vip, err)
+	for k, err := range d.deleteRings(rings) {
+		if err != nil {
+			errs[owners[k]] = errors.Join(errs[owners[k]], fmt.Errorf("remove vip %s: delete ring: %w", vips[owners[k]], err))
+		}
 	}
-	delete(d.vips, vip)
-	var errs []error
-	idx := uint32(e.index)
-	errs = append(errs, d.objs.VipState.Put(idx, balancerVipMeta{}))
-	for _, b := range e.backends {
-		errs = append(errs, d.retireBackend(b))
+	for _, idx := range rings {
+		d.vipIndex.put(idx)
 	}
-	if err := d.objs.Rings.Delete(idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, err)
+	if err := d.syncGlobals(); err != nil {
+		for _, i := range owners {
+			errs[i] = errors.Join(errs[i], fmt.Errorf("remove vip %s: %w", vips[i], err))
+		}
 	}
-	d.vipIndex.put(idx)
-	errs = append(errs, d.syncGlobals())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("remove vip %s: %w", vip, err)
-	}
-	return nil
+	return errs
+}
+
+// ringDeleters is how many ring deletions deleteRings has in flight.
+const ringDeleters = 64
+
+// deleteRings deletes the rings at the given indexes, each one's error at
+// its index. Like a swap, every deletion from a map of maps waits for an
+// RCU grace period (~9 ms here) before it returns, and a map of maps
+// takes no batched deletion; but the kernel ends one grace period for all
+// the waits that overlap it, so ringDeleters deletions at a time wait
+// about as long as one: a thousand rings go in about sixteen grace
+// periods, not a thousand.
+func (d *Datapath) deleteRings(idxs []uint32) []error {
+	errs := make([]error, len(idxs))
+	parallel(len(idxs), ringDeleters, func(k int) {
+		if err := d.objs.Rings.Delete(idxs[k]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs[k] = err
+		}
+	})
+	return errs
 }
 
 // AddBackend adds one backend to a VIP.
@@ -246,11 +286,12 @@ func (d *Datapath) SetVIPs(changes []VIPChange) (errs []error) {
 // setMany is SetVIPs with d.mu held. It validates everything before it
 // writes anything, and writes in an order that keeps every intermediate
 // state consistent for the fast path: new backends, then the rings, then
-// the VIPs, then the retirement of removed backends.
+// the VIPs, then the retirement of removed backends. The backends and
+// rings of the changed VIPs are written in parallel (see fill).
 func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 	errs = make([]error, len(changes))
 	seen := make(map[VIP]bool, len(changes))
-	var pending, swaps []*pendingVIP
+	var pending []*pendingVIP
 	for i, c := range changes {
 		if seen[c.VIP] {
 			errs[i] = fmt.Errorf("vip %s: appears twice in one change", c.VIP)
@@ -267,15 +308,32 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 		}
 		p.at = i
 		pending = append(pending, p)
+	}
+	d.fillAll(pending)
+	var swaps []*pendingVIP
+	for _, p := range pending {
+		if p.err != nil {
+			p.undo(d)
+			errs[p.at] = p.err
+			continue
+		}
+		for _, b := range p.written {
+			d.backendGen[b.id] = b.gen
+		}
 		if p.ring != nil {
 			swaps = append(swaps, p)
 			defer p.ring.Close()
 		}
 	}
+	retired := d.retiring(swaps)
 	d.swapRings(swaps)
+	d.swapped(swaps, retired)
 	for _, p := range pending {
+		if p.err != nil {
+			continue
+		}
 		if p.swapErr != nil {
-			p.undo()
+			p.undo(d)
 			errs[p.at] = fmt.Errorf("vip %s: swap ring: %w", p.e.vip, p.swapErr)
 			continue
 		}
@@ -287,6 +345,11 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 				errs[i] = err
 			}
 		}
+	}
+	if len(swaps) > 0 {
+		// After the swap, which the fast path saw at once: the next
+		// change of a ring this size need not wait to create one.
+		d.keepSpare(swaps[len(swaps)-1].e.cfg.RingSize)
 	}
 	return errs
 }
@@ -312,19 +375,36 @@ func (d *Datapath) swapRings(swaps []*pendingVIP) {
 	}
 }
 
-// pendingVIP is a VIP change whose backends are written and whose new ring
-// (if the ring changed) is built but not yet swapped in.
+// pendingVIP is a VIP change: prepared (validated, ids allocated), then
+// filled (its backends written and its new ring, if the ring changed,
+// built but not yet swapped in).
 type pendingVIP struct {
-	e, old  *vipEntry
-	ring    *ebpf.Map // nil: the ring is unchanged
-	undo    func()    // frees what prepare allocated, if the swap fails
-	at      int       // the change's index in setMany's argument
-	swapErr error     // the ring could not be swapped in
+	e, old *vipEntry
+	// fresh are the backends with newly allocated ids, written those
+	// whose entry fill writes (fresh or changed).
+	fresh, written []*backendEntry
+	ring           *ebpf.Map // nil: the ring is unchanged
+	// table is the new ring's contents, kept if the change is of this VIP
+	// alone (see ringCache.last); nil otherwise.
+	table   []uint32
+	at      int   // the change's index in setMany's argument
+	err     error // fill failed
+	swapErr error // the ring could not be swapped in
 }
 
-// prepare validates a VIP change and writes what the fast path cannot see
-// yet: new backends' entries (no ring names them) and the new ring as a
-// map of its own. It returns nil, nil if nothing changed.
+// undo frees the ids prepare allocated, after a failed fill or swap.
+func (p *pendingVIP) undo(d *Datapath) {
+	for _, b := range p.fresh {
+		d.backendID.put(b.id)
+	}
+	if p.old == nil {
+		d.vipIndex.put(uint32(p.e.index))
+	}
+}
+
+// prepare validates a VIP change and allocates its VIP index and the ids
+// of its new backends; fill writes them. It returns nil, nil if nothing
+// changed.
 func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pendingVIP, error) {
 	if err := validate(vip, &cfg, backends); err != nil {
 		return nil, err
@@ -353,72 +433,90 @@ func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pending
 		return nil, nil // nothing changed: nothing is written
 	}
 
-	e := &vipEntry{vip: vip, cfg: cfg, backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
+	e := &vipEntry{vip: vip, cfg: cfg, backends: make(map[netip.Addr]*backendEntry, len(backends)), byID: make(map[uint32]*backendEntry, len(backends))}
+	p := &pendingVIP{e: e, old: old}
 	if old != nil {
 		e.index, e.gen = old.index, old.gen
 	} else {
 		idx, _ := d.vipIndex.get()
 		e.index = uint16(idx)
 		e.gen = nextGen(d.vipGen[e.index])
-		if err := zeroCounter(d.objs.VipStats, idx); err != nil {
-			d.vipIndex.put(idx)
-			return nil, fmt.Errorf("vip %s: reset counters: %w", vip, err)
-		}
 	}
-
-	// Allocate ids for new backends and write their entries; they are
+	// New backends get ids; their entries, written by fill, are
 	// invisible until the ring names them.
-	var fresh []*backendEntry
-	undo := func() {
-		for _, b := range fresh {
-			d.backendID.put(b.id)
-		}
-		if old == nil {
-			d.vipIndex.put(uint32(e.index))
-		}
-	}
 	for _, b := range backends {
 		nb := &backendEntry{Backend: Backend{Addr: b.Addr, MAC: slices.Clone(b.MAC), Weight: b.Weight}}
-		if o := oldBackend(old, b.Addr); o != nil {
+		o := oldBackend(old, b.Addr)
+		if o != nil {
 			nb.id, nb.gen = o.id, o.gen
 		} else {
 			id, _ := d.backendID.get()
 			nb.id, nb.gen = id, nextGen(d.backendGen[id])
-			fresh = append(fresh, nb)
-			if err := zeroCounter(d.objs.BackendStats, id); err != nil {
-				undo()
-				return nil, fmt.Errorf("vip %s: reset counters of backend %s: %w", vip, b.Addr, err)
-			}
+			p.fresh = append(p.fresh, nb)
+		}
+		if o == nil || !bytes.Equal(o.MAC, nb.MAC) || o.Weight != nb.Weight {
+			p.written = append(p.written, nb)
 		}
 		e.backends[b.Addr] = nb
 		e.byID[nb.id] = nb
 	}
-	for _, nb := range e.backends {
-		o := oldBackend(old, nb.Addr)
-		if o != nil && bytes.Equal(o.MAC, nb.MAC) && o.Weight == nb.Weight {
-			continue
-		}
-		if err := d.objs.Backends.Put(nb.id, backendValue(nb, e.index)); err != nil {
-			undo()
-			return nil, fmt.Errorf("vip %s: write backend %s: %w", vip, nb.Addr, err)
-		}
-		d.backendGen[nb.id] = nb.gen
-	}
+	return p, nil
+}
 
-	table, err := buildTable(e)
+// fill writes what the fast path cannot see yet for a prepared VIP: the
+// reset counters of its new index and ids, its backends' entries, and its
+// new ring as a map of its own, if the ring changed. It touches no Go
+// state of d but p's, so that VIPs fill in parallel; sh, if not nil,
+// shares the builds of VIPs of the same shape.
+func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
+	e, old, vip := p.e, p.old, p.e.vip
+	if old == nil {
+		if err := zeroCounter(d.objs.VipStats, uint32(e.index)); err != nil {
+			return fmt.Errorf("vip %s: reset counters: %w", vip, err)
+		}
+	}
+	// One batched update each, not a syscall per backend: a hundred
+	// backends a VIP are two hundred syscalls otherwise.
+	if len(p.fresh) > 0 {
+		ids := make([]uint32, len(p.fresh))
+		for i, b := range p.fresh {
+			ids[i] = b.id
+		}
+		zeros := make([]balancerCounter, len(ids)*ebpf.MustPossibleCPU())
+		if _, err := d.objs.BackendStats.BatchUpdate(ids, zeros, nil); err != nil {
+			return fmt.Errorf("vip %s: reset counters of %d new backends: %w", vip, len(ids), err)
+		}
+	}
+	if len(p.written) > 0 {
+		ids := make([]uint32, len(p.written))
+		values := make([]balancerBackend, len(p.written))
+		for i, b := range p.written {
+			ids[i], values[i] = b.id, backendValue(b, e.index)
+		}
+		if _, err := d.objs.Backends.BatchUpdate(ids, values, nil); err != nil {
+			return fmt.Errorf("vip %s: write %d backends: %w", vip, len(ids), err)
+		}
+	}
+	var table []uint32
+	var err error
+	if sh != nil {
+		table, err = sh.table(e)
+	} else {
+		table, err = buildTable(e)
+	}
 	if err != nil {
-		undo()
-		return nil, fmt.Errorf("vip %s: %w", vip, err)
+		return fmt.Errorf("vip %s: %w", vip, err)
 	}
 	e.tableSum = tableSum(table)
-	p := &pendingVIP{e: e, old: old, undo: undo}
-	if old == nil || old.tableSum != e.tableSum || old.cfg.RingSize != cfg.RingSize {
-		if p.ring, err = d.newRing(table); err != nil {
-			undo()
-			return nil, fmt.Errorf("vip %s: %w", vip, err)
+	if old == nil || old.tableSum != e.tableSum || old.cfg.RingSize != e.cfg.RingSize {
+		if p.ring, err = d.newRing(vip, table); err != nil {
+			return fmt.Errorf("vip %s: %w", vip, err)
+		}
+		if sh == nil {
+			p.table = table
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // commit makes a prepared VIP live once its ring is in place: the VIP's
@@ -525,36 +623,46 @@ func buildTable(e *vipEntry) ([]uint32, error) {
 	return maglev.Build(in, e.cfg.RingSize)
 }
 
-// tableSum is the FNV-1a digest of a ring's slots.
+// tableSum is a digest of a ring's slots, to tell whether a rebuilt ring
+// differs from the one written: FNV-1a's multiply and xor, over each slot
+// as a whole word rather than byte by byte (four times fewer multiplies).
+// It is never stored: each process computes it for the rings it builds or
+// adopts.
 func tableSum(table []uint32) uint64 {
-	h := fnv.New64a()
-	var buf [4]byte
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
 	for _, id := range table {
-		binary.LittleEndian.PutUint32(buf[:], id)
-		h.Write(buf[:])
+		h = (h ^ uint64(id)) * prime
 	}
-	return h.Sum64()
+	return h
 }
 
 // newRing writes table into a new inner map, for one update of rings to
 // swap in: the fast path sees the old ring or the new one, never a mix.
 // The caller closes it.
-func (d *Datapath) newRing(table []uint32) (*ebpf.Map, error) {
-	spec := d.ringSpec()
-	spec.MaxEntries = uint32(len(table))
-	ring, err := ebpf.NewMap(spec)
-	if err != nil {
-		return nil, fmt.Errorf("create ring of %d slots: %w", len(table), err)
+func (d *Datapath) newRing(vip VIP, table []uint32) (*ebpf.Map, error) {
+	if r := d.takeRecycled(vip, len(table)); r != nil {
+		ok, err := r.rewrite(table)
+		if ok {
+			return r.ring, nil
+		}
+		r.ring.Close()
+		if err != nil {
+			return nil, fmt.Errorf("rewrite ring: %w", err)
+		}
 	}
-	keys := make([]uint32, len(table))
-	for i := range keys {
-		keys[i] = uint32(i)
+	w := d.takeSpare(uint32(len(table)))
+	if w == nil {
+		var err error
+		if w, err = d.newRingWriter(uint32(len(table))); err != nil {
+			return nil, err
+		}
 	}
-	if _, err := ring.BatchUpdate(keys, table, nil); err != nil {
-		ring.Close()
-		return nil, fmt.Errorf("fill ring: %w", err)
+	if err := w.write(table); err != nil {
+		w.close()
+		return nil, err
 	}
-	return ring, nil
+	return w.ring, nil
 }
 
 // ringSpec returns the spec of an inner ring, matching the template.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -169,7 +170,9 @@ func buildCommand(ctx context.Context, dir, pkg string) (string, error) {
 // first with one VIP of opts.Backends backends, then, through the API's
 // apply, with opts.VIPs of them. It measures start-up and apply times, the
 // time from an API call to the change being live in the fast path (with 1
-// VIP and with all), the daemon's memory and the memory of its maps.
+// VIP and with all), the daemon's memory and the memory of its maps. Last,
+// daemons started afresh from a file of opts.VIPs VIPs measure the start-up
+// of a large configuration.
 func measureDaemon(ctx context.Context, opts ControlOptions, res *Results) (err error) {
 	tmp, err := os.MkdirTemp("", "fcbench-daemon-")
 	if err != nil {
@@ -214,57 +217,17 @@ func measureDaemon(ctx context.Context, opts ControlOptions, res *Results) (err 
 		unix.Unmount(bpffs, unix.MNT_DETACH)
 		os.Remove(bpffs)
 	}()
-	socket := filepath.Join(tmp, "fulcrum.sock")
-	cfgPath := filepath.Join(tmp, "fulcrum.yaml")
-	if err := os.WriteFile(cfgPath, []byte(daemonConfig(bpffs, socket, 1, opts.Backends)), 0o600); err != nil {
+	d := benchDaemon{host: cp, bin: bin, tmp: tmp, bpffs: bpffs}
+	if err := d.writeConfig(1, opts.Backends); err != nil {
 		return err
 	}
-	logPath := filepath.Join(tmp, "daemon.log")
-
-	started := time.Now()
-	cmd, err := cp.Start(ctx, "sh", "-c", fmt.Sprintf("exec %s daemon --config %s >%s 2>&1", bin, cfgPath, logPath))
+	ready, err := d.start(ctx, 1)
 	if err != nil {
 		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
-	logTail := func() string {
-		b, _ := os.ReadFile(logPath)
-		if len(b) > 2000 {
-			b = b[len(b)-2000:]
-		}
-		return string(b)
-	}
-	client := api.NewClient(socket)
-	for {
-		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		st, err := client.Status(sctx)
-		cancel()
-		if err == nil && st.VIPs == 1 {
-			break
-		}
-		select {
-		case e := <-exited:
-			return fmt.Errorf("daemon exited: %v\n%s", e, logTail())
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Since(started) > time.Minute {
-			return fmt.Errorf("daemon not ready after a minute\n%s", logTail())
-		}
-	}
+	defer d.stop()
 	small := fmt.Sprintf("1 VIP × %d backends", opts.Backends)
-	f := newFigure(SectionControl, "daemon start-up to API ready, "+small, "s", []float64{time.Since(started).Seconds()})
+	f := newFigure(SectionControl, "daemon start-up to API ready, "+small, "s", []float64{ready.Seconds()})
 	f.Note = "process start, BPF load and attach, the ring built and swapped in"
 	res.add(f)
 
@@ -273,34 +236,28 @@ func measureDaemon(ctx context.Context, opts ControlOptions, res *Results) (err 
 		return err
 	}
 	defer prog.Close()
-	latency := func(label string) error {
-		add, remove, err := measureAPILatency(ctx, client, prog, opts)
+	latency := func(label, key string) error {
+		add, remove, err := measureAPILatency(ctx, d.client, prog, opts)
 		if err != nil {
 			return fmt.Errorf("%s: %w", label, err)
 		}
 		f := newFigure(SectionControl, "API add backend → live ring, daemon with "+label, "ms", add)
+		f.Key = key
 		f.Note = fmt.Sprintf("from the API request until a BPF_PROG_RUN of a packet shows the new backend; M=%d", maglev.DefaultSize)
 		res.add(f)
 		res.add(newFigure(SectionControl, "API remove backend → live ring, daemon with "+label, "ms", remove))
 		return nil
 	}
-	if err := latency(small); err != nil {
+	if err := latency(small, "api-live-1vip"); err != nil {
 		return err
 	}
 
 	big := fmt.Sprintf("%d VIPs × %d backends", opts.VIPs, opts.Backends)
-	actx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	start := time.Now()
-	ar, err := client.Apply(actx, []byte(daemonConfig(bpffs, socket, opts.VIPs, opts.Backends)))
-	if err != nil {
-		return fmt.Errorf("apply %s: %w\n%s", big, err, logTail())
+	if err := measureApply(ctx, &d, opts, res); err != nil {
+		return err
 	}
-	f = newFigure(SectionControl, "API apply of "+big, "s", []float64{time.Since(start).Seconds()})
-	f.Note = fmt.Sprintf("%d VIPs added, each ring built (M=%d) and swapped in", len(ar.Added), maglev.DefaultSize)
-	res.add(f)
 
-	pid := cmd.Process.Pid
+	pid := d.cmd.Process.Pid
 	rss, err := procStatus(pid, "VmRSS")
 	if err != nil {
 		return err
@@ -317,7 +274,197 @@ func measureDaemon(ctx context.Context, opts ControlOptions, res *Results) (err 
 	f = newFigure(SectionControl, "BPF map memory, "+big, "MiB", []float64{mib(mm.Total)})
 	f.Note = fmt.Sprintf("default connection table (%d entries), default rings (M=%d); %s", datapath.DefaultConntrackEntries, maglev.DefaultSize, mm.summary(4))
 	res.add(f)
-	return latency(big)
+	if err := latency(big, "api-live-"+vipsKey(opts.VIPs)); err != nil {
+		return err
+	}
+	prog.Close()
+	return measureStartup(ctx, &d, pins, opts, res)
+}
+
+// applyRuns bounds the runs of the large apply.
+const applyRuns = 3
+
+// measureApply applies, through the API, the file of opts.VIPs VIPs to the
+// daemon, which has one of them, and then the file of one VIP again, a few
+// times: the first adds opts.VIPs-1 VIPs, the second removes them. It
+// leaves the daemon with opts.VIPs VIPs.
+func measureApply(ctx context.Context, d *benchDaemon, opts ControlOptions, res *Results) error {
+	big := fmt.Sprintf("%d VIPs × %d backends", opts.VIPs, opts.Backends)
+	var cpu []float64 // the daemon's, of each large apply
+	apply := func(vips int) (api.ApplyResult, float64, error) {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		cpu0, err := procCPU(d.cmd.Process.Pid)
+		if err != nil {
+			return api.ApplyResult{}, 0, err
+		}
+		start := time.Now()
+		ar, err := d.client.Apply(actx, []byte(daemonConfig(d.bpffs, d.socket(), vips, opts.Backends)))
+		if err != nil {
+			return ar, 0, fmt.Errorf("apply %d VIPs × %d backends: %w\n%s", vips, opts.Backends, err, d.logTail())
+		}
+		wall := time.Since(start).Seconds()
+		cpu1, err := procCPU(d.cmd.Process.Pid)
+		if err != nil {
+			return ar, 0, err
+		}
+		if vips == opts.VIPs {
+			cpu = append(cpu, (cpu1 - cpu0).Seconds())
+		}
+		return ar, wall, nil
+	}
+	var added, removed []float64
+	var last api.ApplyResult
+	runs := min(opts.Runs, applyRuns)
+	for run := range runs {
+		ar, s, err := apply(opts.VIPs)
+		if err != nil {
+			return err
+		}
+		added, last = append(added, s), ar
+		if run == runs-1 {
+			break
+		}
+		if _, s, err = apply(1); err != nil {
+			return err
+		}
+		removed = append(removed, s)
+	}
+	f := newFigure(SectionControl, "API apply of "+big, "s", added)
+	f.Key = "apply-" + vipsKey(opts.VIPs)
+	f.Note = fmt.Sprintf("%d VIPs added, each ring built (M=%d) and swapped in; the daemon's CPU time (user+system) %.2f s, median of %v",
+		len(last.Added), maglev.DefaultSize, median(cpu), roundAll(cpu))
+	res.add(f)
+	if len(removed) > 0 {
+		f = newFigure(SectionControl, fmt.Sprintf("API apply of 1 VIP × %d backends to the daemon with %s", opts.Backends, big), "s", removed)
+		f.Note = fmt.Sprintf("%d VIPs removed", opts.VIPs-1)
+		res.add(f)
+	}
+	return nil
+}
+
+// roundAll rounds each of xs to 2 decimals, for a note.
+func roundAll(xs []float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = math.Round(x*100) / 100
+	}
+	return out
+}
+
+// vipsKey names a VIP count in a figure's key: "1000vip".
+func vipsKey(n int) string { return fmt.Sprintf("%dvip", n) }
+
+// startupRuns bounds the runs of the large start-up: each one stops a
+// daemon and removes its pins.
+const startupRuns = 3
+
+// measureStartup stops d and starts daemons from a file of opts.VIPs VIPs
+// on a fresh pin directory each time (a first start, which builds and
+// writes every ring, not a restart that adopts them), timing each until its
+// API reports every VIP.
+func measureStartup(ctx context.Context, d *benchDaemon, pins string, opts ControlOptions, res *Results) error {
+	if err := d.writeConfig(opts.VIPs, opts.Backends); err != nil {
+		return err
+	}
+	var runs, cpu []float64
+	for range min(opts.Runs, startupRuns) {
+		d.stop()
+		if err := datapath.RemovePins(pins); err != nil {
+			return err
+		}
+		ready, err := d.start(ctx, opts.VIPs)
+		if err != nil {
+			return err
+		}
+		runs = append(runs, ready.Seconds())
+		c, err := procCPU(d.cmd.Process.Pid)
+		if err != nil {
+			return err
+		}
+		cpu = append(cpu, c.Seconds())
+	}
+	f := newFigure(SectionControl, fmt.Sprintf("daemon start-up to API ready, %d VIPs × %d backends", opts.VIPs, opts.Backends), "s", runs)
+	f.Key = "startup-" + vipsKey(opts.VIPs)
+	f.Note = fmt.Sprintf("from the config file, on fresh pins: process start, config parse, BPF load and attach, every ring built and swapped in; the daemon's CPU time (user+system) until ready %.2f s, median of %v",
+		median(cpu), roundAll(cpu))
+	res.add(f)
+	return nil
+}
+
+// benchDaemon is a fulcrum daemon process that the control-plane figures
+// run in a namespace, with its config file, log and API socket in tmp.
+type benchDaemon struct {
+	host            *testenv.Host
+	bin, tmp, bpffs string
+	cmd             *exec.Cmd
+	exited          chan error
+	client          *api.Client
+}
+
+func (d *benchDaemon) socket() string  { return filepath.Join(d.tmp, "fulcrum.sock") }
+func (d *benchDaemon) config() string  { return filepath.Join(d.tmp, "fulcrum.yaml") }
+func (d *benchDaemon) logPath() string { return filepath.Join(d.tmp, "daemon.log") }
+
+// writeConfig writes a config file of vips × backends.
+func (d *benchDaemon) writeConfig(vips, backends int) error {
+	return os.WriteFile(d.config(), []byte(daemonConfig(d.bpffs, d.socket(), vips, backends)), 0o600)
+}
+
+// start starts the daemon and returns how long it took until its API
+// reported vips VIPs.
+func (d *benchDaemon) start(ctx context.Context, vips int) (time.Duration, error) {
+	started := time.Now()
+	cmd, err := d.host.Start(ctx, "sh", "-c", fmt.Sprintf("exec %s daemon --config %s >%s 2>&1", d.bin, d.config(), d.logPath()))
+	if err != nil {
+		return 0, err
+	}
+	d.cmd, d.exited = cmd, make(chan error, 1)
+	go func() { d.exited <- cmd.Wait() }()
+	d.client = api.NewClient(d.socket())
+	for {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := d.client.Status(sctx)
+		cancel()
+		if err == nil && st.VIPs == vips {
+			return time.Since(started), nil
+		}
+		select {
+		case e := <-d.exited:
+			d.cmd = nil
+			return 0, fmt.Errorf("daemon exited: %v\n%s", e, d.logTail())
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Since(started) > time.Minute {
+			return 0, fmt.Errorf("daemon not ready after a minute (last status: %+v, %v)\n%s", st, err, d.logTail())
+		}
+	}
+}
+
+// stop ends the daemon, if it runs: SIGTERM, then SIGKILL after 5 s.
+func (d *benchDaemon) stop() {
+	if d.cmd == nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(5 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+	}
+	d.cmd = nil
+}
+
+// logTail returns the end of the daemon's log.
+func (d *benchDaemon) logTail() string {
+	b, _ := os.ReadFile(d.logPath())
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
 }
 
 // pinnedProgram returns the program behind the daemon's pinned XDP link.

@@ -42,6 +42,9 @@ type Figure struct {
 	Command string `json:"command"`
 	// Note says what else was seen: losses, breakdowns.
 	Note string `json:"note,omitempty"`
+	// Key names a control-plane figure that scripts read: PrintTable
+	// ends with a line `control KEY ms=N` for it.
+	Key string `json:"key,omitempty"`
 	// Spread is how a packet-rate figure's frames were shared out among
 	// the backends, over all its runs.
 	Spread *Spread `json:"spread,omitempty"`
@@ -262,6 +265,7 @@ func (r *Results) PrintTable(w io.Writer) {
 		}
 		fmt.Fprintf(w, "e2e %s mpps=%.2f x_ceiling=%.2f\n", c, f.Median, f.Ratio)
 	}
+	printKeyed(w, r.Figures)
 }
 
 // kernelRelease returns uname -r.

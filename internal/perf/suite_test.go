@@ -23,6 +23,7 @@ var (
 	flagConnDuration = flag.Duration("perf.conn-duration", 2*time.Second, "length of one connection-rate run")
 	flagCtlVIPs      = flag.Int("perf.control-vips", 1000, "VIPs of the large control-plane daemon")
 	flagCtlBackends  = flag.Int("perf.control-backends", 100, "backends per VIP of the control-plane daemons")
+	flagFulcrum      = flag.String("perf.fulcrum", "", "fulcrum binary the control-plane figures run (default: built from the module)")
 )
 
 // suiteCommand is how `make bench` runs the suite.
@@ -40,6 +41,7 @@ func BenchmarkSuite(b *testing.B) {
 	opts.Packets.Duration = *flagDuration
 	opts.Conns.Duration = *flagConnDuration
 	opts.Control.VIPs, opts.Control.Backends = *flagCtlVIPs, *flagCtlBackends
+	opts.Control.Fulcrum = *flagFulcrum
 	opts.Command = fmt.Sprintf("%s -perf.runs %d -perf.sections %s", suiteCommand, opts.Runs, *flagSections)
 	opts.Log = os.Stderr
 	out := *flagOut

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/fulcrum-lb/fulcrum/internal/config"
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 )
 
 // MACResolver finds and follows the hardware address of a dsr backend whose
@@ -38,14 +42,14 @@ type resolution struct {
 // resolves it and plans again.
 var errUnresolved = errors.New("mac not resolved yet")
 
-// update makes next() the desired state (edited: its VIPs changed): it plans it, applies the plan and
-// keeps it if that worked. next runs under r.mu, on the state as it is
-// then, and may run more than once: the MACs a plan lacks are resolved
+// update makes next() the desired state: it plans it (only the VIPs it
+// touched, if it says), applies the plan and keeps it if that worked. next
+// runs under r.mu, on the state as it is then, and may run more than once: the MACs a plan lacks are resolved
 // with r.mu released (in parallel, each for up to resolveTimeout) and the
 // plan is made again, so that a slow or absent backend holds up no other
 // change, health transition or reader. Each address is resolved at most
 // once per update, so the loop ends.
-func (r *Reconciler) update(ctx context.Context, next func() (State, bool, error)) (Result, error) {
+func (r *Reconciler) update(ctx context.Context, next func() (change, error)) (Result, error) {
 	resolved := make(map[netip.Addr]resolution)
 	for {
 		res, missing, err := r.tryCommit(next, resolved)
@@ -58,16 +62,16 @@ func (r *Reconciler) update(ctx context.Context, next func() (State, bool, error
 
 // tryCommit commits next() under r.mu. If the plan lacked MACs, it wrote
 // nothing and returns their addresses.
-func (r *Reconciler) tryCommit(next func() (State, bool, error), resolved map[netip.Addr]resolution) (Result, []netip.Addr, error) {
+func (r *Reconciler) tryCommit(next func() (change, error), resolved map[netip.Addr]resolution) (Result, []netip.Addr, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	desired, edited, err := next()
+	c, err := next()
 	if err != nil {
 		return Result{}, nil, err
 	}
 	r.resolved, r.missing = resolved, make(map[netip.Addr]bool)
 	defer func() { r.resolved, r.missing = nil, nil }()
-	res, err := r.commit(desired, edited)
+	res, err := r.commit(c)
 	var missing []netip.Addr
 	for a := range r.missing {
 		missing = append(missing, a)
@@ -124,10 +128,22 @@ func (r *Reconciler) resolve(addr netip.Addr) (net.HardwareAddr, error) {
 // others are left alone.
 func (r *Reconciler) MACChanged(ctx context.Context, addr netip.Addr, mac net.HardwareAddr) {
 	r.log.Info("neighbour's mac changed", "addr", addr.String(), "mac", mac.String())
-	_, err := r.update(ctx, r.current)
+	_, err := r.update(ctx, r.observed(func() []datapath.VIP { return r.resolvedAt(addr) }))
 	if err != nil && ctx.Err() == nil {
 		r.log.Error("apply a changed mac", "addr", addr.String(), "mac", mac.String(), "err", err)
 	}
+}
+
+// resolvedAt returns the desired VIPs with a backend at addr whose MAC is
+// not configured: those a change of addr's MAC can rewrite (the dsr ones).
+func (r *Reconciler) resolvedAt(addr netip.Addr) []datapath.VIP {
+	var keys []datapath.VIP
+	for _, v := range r.desired.VIPs {
+		if slices.ContainsFunc(v.Backends, func(b config.Backend) bool { return b.Address == addr && len(b.MAC) == 0 }) {
+			keys = append(keys, Key(v))
+		}
+	}
+	return keys
 }
 
 // reresolve asks the resolver for addr's MAC again, if it follows addr.

@@ -5,9 +5,16 @@
 // sysctls ipip needs, and it tells the health checker which backends to
 // probe. Every change, whatever its source (the config at start, a SIGHUP
 // reload, the API's apply or its edits, a health transition), takes one
-// lock, is planned whole first, validated and with every MAC resolved, and
-// is applied only if the plan holds; VIPs whose target did not change are
-// not touched.
+// lock, is planned first, validated and with every MAC resolved, and is
+// applied only if the plan holds; VIPs whose target did not change are not
+// touched.
+//
+// A whole state (the config, a reload, apply) is planned whole; an edit of
+// one VIP, a health transition or a changed MAC plans only the VIPs it can
+// change. Either compares its plan with the reconciler's own record of
+// what it wrote, not with the datapath read back: with a thousand VIPs of
+// a hundred backends, reading the datapath's state takes longer than
+// building and writing the one ring an edit changes.
 package reconcile
 
 import (
@@ -26,6 +33,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/internal/health"
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
 
 // Dataplane is what the reconciler needs of the datapath.
@@ -33,7 +41,10 @@ type Dataplane interface {
 	// SetVIPs sets many VIPs at once (their rings swap in one batch) and
 	// returns each one's error at its index.
 	SetVIPs(changes []datapath.VIPChange) []error
-	RemoveVIP(vip datapath.VIP) error
+	// RemoveVIPs removes many VIPs at once (their rings go together, the
+	// grace periods their deletions wait for overlapping)
+	// and returns each one's error at its index.
+	RemoveVIPs(vips []datapath.VIP) []error
 	VIPs() []datapath.VIPState
 	Capacity() (vips, backends int)
 	// SetEncap sets the encapsulation; it refuses to take away a source
@@ -125,6 +136,18 @@ type Reconciler struct {
 	newFlowLimit uint32
 	limitSet     bool
 
+	// written is what the datapath holds for each VIP, as the reconciler
+	// wrote it: read from the datapath once (New, which adopts what an
+	// earlier daemon wrote), then kept with every write, and read back
+	// whole only after a write failed (see apply).
+	written map[datapath.VIP]datapath.VIPState
+	// pairs is each desired VIP's planned backend count, so that a plan
+	// of some VIPs checks the capacity of all.
+	pairs map[datapath.VIP]int
+	// failed are the VIPs whose last write failed: every plan covers them
+	// until one writes them.
+	failed map[datapath.VIP]bool
+
 	health map[datapath.VIP]map[netip.Addr]Health
 	// While update plans, the MACs it resolved with r.mu released, and
 	// the addresses the plan found neither there nor followed (macs.go).
@@ -139,8 +162,11 @@ func New(dp Dataplane, macs MACResolver, opts Options) *Reconciler {
 		dp: dp, macs: macs, log: opts.Log, observe: opts.Observe,
 		targets: opts.HealthTargets, forward: opts.Forwarding,
 		encap:  dp.Encap(),
+		pairs:  make(map[datapath.VIP]int),
+		failed: make(map[datapath.VIP]bool),
 		health: make(map[datapath.VIP]map[netip.Addr]Health),
 	}
+	r.readWritten()
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -179,39 +205,55 @@ func (r *Reconciler) VIP(key datapath.VIP) (config.VIP, error) {
 func (r *Reconciler) Apply(ctx context.Context, s State) (Result, error) {
 	s.VIPs = slices.Clone(s.VIPs)
 	s.Interfaces = slices.Clone(s.Interfaces)
-	return r.update(ctx, func() (State, bool, error) { return s, true, nil })
+	return r.update(ctx, func() (change, error) { return change{next: s, edited: true}, nil })
 }
 
-// current is an update's next state when nothing but observed state
-// (health, a MAC) changed: the desired state as it is, its VIPs unedited.
-func (r *Reconciler) current() (State, bool, error) { return r.desired, false, nil }
+// change is what an update makes of the desired state.
+type change struct {
+	next State
+	// edited says whether next's VIPs come from a change of them, rather
+	// than from observed state (health, a MAC).
+	edited bool
+	// touched are the only VIPs whose target can differ from the desired
+	// state's: the plan covers them (and those whose last write failed)
+	// and no others. nil: every VIP.
+	touched []datapath.VIP
+}
 
-// withVIPs returns the desired state with vips instead of its VIPs.
-func (r *Reconciler) withVIPs(vips []config.VIP) State {
+// observed is an update's change when nothing but observed state changed,
+// and only for the VIPs keys: the desired state as it is, its VIPs
+// unedited.
+func (r *Reconciler) observed(keys func() []datapath.VIP) func() (change, error) {
+	return func() (change, error) { return change{next: r.desired, touched: keys()}, nil }
+}
+
+// edit is the change of the desired state to vips, which differ from its
+// VIPs in key only.
+func (r *Reconciler) edit(vips []config.VIP, key datapath.VIP) change {
 	s := r.desired
 	s.VIPs = vips
-	return s
+	return change{next: s, edited: true, touched: []datapath.VIP{key}}
 }
 
 // AddVIP adds one VIP to the desired state.
 func (r *Reconciler) AddVIP(ctx context.Context, v config.VIP) error {
-	_, err := r.update(ctx, func() (State, bool, error) {
+	_, err := r.update(ctx, func() (change, error) {
 		if r.find(Key(v)) >= 0 {
-			return State{}, false, fmt.Errorf("vip %s %w", Key(v), ErrExists)
+			return change{}, fmt.Errorf("vip %s %w", Key(v), ErrExists)
 		}
-		return r.withVIPs(append(slices.Clone(r.desired.VIPs), v)), true, nil
+		return r.edit(append(slices.Clone(r.desired.VIPs), v), Key(v)), nil
 	})
 	return err
 }
 
 // RemoveVIP removes one VIP from the desired state.
 func (r *Reconciler) RemoveVIP(ctx context.Context, key datapath.VIP) error {
-	_, err := r.update(ctx, func() (State, bool, error) {
+	_, err := r.update(ctx, func() (change, error) {
 		i := r.find(key)
 		if i < 0 {
-			return State{}, false, fmt.Errorf("vip %s: %w", key, ErrNotFound)
+			return change{}, fmt.Errorf("vip %s: %w", key, ErrNotFound)
 		}
-		return r.withVIPs(slices.Delete(slices.Clone(r.desired.VIPs), i, i+1)), true, nil
+		return r.edit(slices.Delete(slices.Clone(r.desired.VIPs), i, i+1), key), nil
 	})
 	return err
 }
@@ -274,7 +316,7 @@ func (r *Reconciler) SetHealth(ctx context.Context, key datapath.VIP, addr netip
 	if h == Down {
 		r.reresolve(addr)
 	}
-	_, err := r.update(ctx, r.current)
+	_, err := r.update(ctx, r.observed(func() []datapath.VIP { return []datapath.VIP{key} }))
 	return err
 }
 
@@ -318,16 +360,16 @@ func (r *Reconciler) find(key datapath.VIP) int {
 }
 
 func (r *Reconciler) editVIP(ctx context.Context, key datapath.VIP, edit func(*config.VIP) error) error {
-	_, err := r.update(ctx, func() (State, bool, error) {
+	_, err := r.update(ctx, func() (change, error) {
 		i := r.find(key)
 		if i < 0 {
-			return State{}, false, fmt.Errorf("vip %s: %w", key, ErrNotFound)
+			return change{}, fmt.Errorf("vip %s: %w", key, ErrNotFound)
 		}
 		next := slices.Clone(r.desired.VIPs)
 		if err := edit(&next[i]); err != nil {
-			return State{}, false, err
+			return change{}, err
 		}
-		return r.withVIPs(next), true, nil
+		return r.edit(next, key), nil
 	})
 	return err
 }
@@ -338,18 +380,18 @@ type target struct {
 	backends []datapath.Backend
 }
 
-// commit plans next, writes it and, if the VIPs could be written, makes
-// it the desired state. edited says whether next's VIPs come from a change
-// of them, rather than from a health transition. r.mu is held. Only update
-// calls it: a plan reads only MACs resolved already, and update resolves
-// the others with r.mu released.
+// commit plans c.next (the VIPs c touched, or all), writes it and, if the
+// VIPs could be written, makes it the desired state. r.mu is held. Only
+// update calls it: a plan reads only MACs resolved already, and update
+// resolves the others with r.mu released.
 //
 // The encapsulation is the union of the old and the new source prefixes
 // while the VIPs change, then exactly the new ones: neither an old ipip
 // VIP that is still live nor a new one is ever without the prefix of its
 // backends' family.
-func (r *Reconciler) commit(next State, edited bool) (Result, error) {
-	plan, err := r.plan(next)
+func (r *Reconciler) commit(c change) (Result, error) {
+	next, edited := c.next, c.edited
+	plan, err := r.plan(next, c.touched)
 	if err != nil {
 		return Result{}, err
 	}
@@ -373,7 +415,8 @@ func (r *Reconciler) commit(next State, edited bool) (Result, error) {
 		return res, err
 	}
 	r.desired = next
-	r.pruneHealth()
+	r.keepPairs(plan)
+	r.pruneHealth(plan)
 	if edited && r.targets != nil {
 		r.targets(slices.Clone(next.VIPs))
 	}
@@ -438,21 +481,25 @@ func sameEncap(a, b datapath.EncapConfig) bool {
 	return a.SourceV4 == b.SourceV4 && a.SourceV6 == b.SourceV6 && bytes.Equal(a.GatewayMAC, b.GatewayMAC)
 }
 
-// pruneHealth forgets the health of backends that are no longer desired
-// or no longer checked: an unchecked backend counts as up, and a backend
-// added again starts unknown.
-func (r *Reconciler) pruneHealth() {
-	checked := make(map[datapath.VIP]map[netip.Addr]bool)
-	for _, v := range r.desired.VIPs {
-		m := make(map[netip.Addr]bool)
-		for _, b := range v.Backends {
-			m[b.Address] = b.HealthCheck != nil
-		}
-		checked[Key(v)] = m
-	}
+// pruneHealth forgets the health of the planned VIPs' backends that are no
+// longer desired or no longer checked: an unchecked backend counts as up,
+// and a backend added again starts unknown. The other VIPs did not change.
+func (r *Reconciler) pruneHealth(p plan) {
 	for k, m := range r.health {
+		if p.covered != nil && !p.covered[k] {
+			continue
+		}
+		v, ok := p.vips[k]
+		if !ok {
+			delete(r.health, k)
+			continue
+		}
+		checked := make(map[netip.Addr]bool, len(v.Backends))
+		for _, b := range v.Backends {
+			checked[b.Address] = b.HealthCheck != nil
+		}
 		for a := range m {
-			if !checked[k][a] {
+			if !checked[a] {
 				delete(m, a)
 			}
 		}
@@ -462,20 +509,62 @@ func (r *Reconciler) pruneHealth() {
 	}
 }
 
-// plan converts the desired VIPs into datapath targets and checks them
-// all; it writes nothing.
-func (r *Reconciler) plan(s State) (map[datapath.VIP]target, error) {
+// keepPairs records the backend counts of a plan that was written.
+func (r *Reconciler) keepPairs(p plan) {
+	if p.covered == nil {
+		clear(r.pairs)
+	}
+	for k := range p.covered {
+		delete(r.pairs, k)
+	}
+	for k, t := range p.targets {
+		r.pairs[k] = len(t.backends)
+	}
+}
+
+// plan is what one reconcile decides: the targets of the VIPs it covers.
+type plan struct {
+	targets map[datapath.VIP]target
+	// vips are the planned VIPs' desired configurations.
+	vips map[datapath.VIP]config.VIP
+	// covered are the VIPs the plan decides on, a covered VIP without a
+	// target being removed; nil: every VIP, and every VIP without a
+	// target is removed.
+	covered map[datapath.VIP]bool
+	// others counts the desired VIPs the plan leaves as they are.
+	others int
+}
+
+// plan converts the desired VIPs into datapath targets and checks them:
+// those touched and those whose last write failed, or all if touched is
+// nil. The capacity check counts every VIP, the others as last planned.
+// It writes nothing.
+func (r *Reconciler) plan(s State, touched []datapath.VIP) (plan, error) {
 	desired := s.VIPs
 	maxVIPs, maxBackends := r.dp.Capacity()
 	if len(desired) > maxVIPs {
-		return nil, fmt.Errorf("%d vips: too many, the maximum is %d", len(desired), maxVIPs)
+		return plan{}, fmt.Errorf("%d vips: too many, the maximum is %d", len(desired), maxVIPs)
 	}
-	plan := make(map[datapath.VIP]target, len(desired))
+	p := plan{targets: make(map[datapath.VIP]target), vips: make(map[datapath.VIP]config.VIP)}
+	if touched != nil {
+		p.covered = make(map[datapath.VIP]bool, len(touched)+len(r.failed))
+		for _, k := range touched {
+			p.covered[k] = true
+		}
+		for k := range r.failed {
+			p.covered[k] = true
+		}
+	}
 	var errs []error
 	pairs := 0
 	for i, v := range desired {
 		key := Key(v)
-		if _, dup := plan[key]; dup {
+		if p.covered != nil && !p.covered[key] {
+			pairs += r.pairs[key]
+			p.others++
+			continue
+		}
+		if _, dup := p.targets[key]; dup {
 			errs = append(errs, fmt.Errorf("vips[%d]: vip %s appears twice", i, key))
 			continue
 		}
@@ -485,15 +574,16 @@ func (r *Reconciler) plan(s State) (map[datapath.VIP]target, error) {
 			continue
 		}
 		pairs += len(t.backends)
-		plan[key] = t
+		p.targets[key] = t
+		p.vips[key] = v
 	}
 	if pairs > maxBackends {
 		errs = append(errs, fmt.Errorf("%d backends in all vips: too many, the maximum is %d", pairs, maxBackends))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, invalid{err}
+		return plan{}, invalid{err}
 	}
-	return plan, nil
+	return p, nil
 }
 
 func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig) (target, error) {
@@ -581,26 +671,26 @@ func encapCovers(encap datapath.EncapConfig, addr netip.Addr) error {
 	return nil
 }
 
-// apply writes the plan: VIPs that differ from the datapath are set, VIPs
-// the plan lacks are removed, the rest is left alone.
-func (r *Reconciler) apply(plan map[datapath.VIP]target) (Result, error) {
+// apply writes the plan: planned VIPs that differ from what was written
+// are set, covered VIPs without a target are removed, the rest is left
+// alone. The record of what was written follows every write; after a
+// failed one it is read back from the datapath, which a failure can leave
+// half-way.
+func (r *Reconciler) apply(p plan) (Result, error) {
 	start := time.Now()
-	var res Result
-	current := make(map[datapath.VIP]datapath.VIPState)
-	for _, s := range r.dp.VIPs() {
-		current[s.VIP] = s
-	}
+	res := Result{Unchanged: p.others}
 	var errs []error
-	keys := make([]datapath.VIP, 0, len(plan))
-	for k := range plan {
+	keys := make([]datapath.VIP, 0, len(p.targets))
+	for k := range p.targets {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, datapath.VIP.Compare)
 	var changes []datapath.VIPChange
 	for _, k := range keys {
-		t := plan[k]
-		if cur, exists := current[k]; exists && same(cur, t) {
+		t := p.targets[k]
+		if cur, exists := r.written[k]; exists && same(cur, t) {
 			res.Unchanged++
+			delete(r.failed, k)
 			continue
 		}
 		changes = append(changes, datapath.VIPChange{VIP: k, Config: t.cfg, Backends: t.backends})
@@ -609,28 +699,46 @@ func (r *Reconciler) apply(plan map[datapath.VIP]target) (Result, error) {
 	// batched map update (one RCU wait instead of one per VIP).
 	if len(changes) > 0 {
 		for i, err := range r.dp.SetVIPs(changes) {
-			k := changes[i].VIP
-			switch _, exists := current[k]; {
+			c := changes[i]
+			_, exists := r.written[c.VIP]
+			switch {
 			case err != nil:
 				errs = append(errs, err)
+				r.failed[c.VIP] = true
+				continue
 			case exists:
-				res.Changed = append(res.Changed, k)
+				res.Changed = append(res.Changed, c.VIP)
 			default:
-				res.Added = append(res.Added, k)
+				res.Added = append(res.Added, c.VIP)
 			}
+			r.written[c.VIP] = writtenState(c)
+			delete(r.failed, c.VIP)
 		}
 	}
-	for k := range current {
-		if _, ok := plan[k]; ok {
-			continue
+	var gone []datapath.VIP
+	for k := range r.written {
+		if _, ok := p.targets[k]; !ok && (p.covered == nil || p.covered[k]) {
+			gone = append(gone, k)
 		}
-		if err := r.dp.RemoveVIP(k); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		res.Removed = append(res.Removed, k)
 	}
-	slices.SortFunc(res.Removed, datapath.VIP.Compare)
+	for k := range p.covered {
+		if _, ok := p.targets[k]; !ok {
+			delete(r.failed, k) // not desired; its removal is retried below if it was written
+		}
+	}
+	slices.SortFunc(gone, datapath.VIP.Compare)
+	if len(gone) > 0 {
+		for i, err := range r.dp.RemoveVIPs(gone) {
+			k := gone[i]
+			if err != nil {
+				errs = append(errs, err)
+				r.failed[k] = true
+				continue
+			}
+			delete(r.written, k)
+			res.Removed = append(res.Removed, k)
+		}
+	}
 	res.Duration = time.Since(start)
 	if len(res.Added)+len(res.Changed)+len(res.Removed) > 0 {
 		if r.observe != nil {
@@ -640,9 +748,29 @@ func (r *Reconciler) apply(plan map[datapath.VIP]target) (Result, error) {
 			"removed", len(res.Removed), "unchanged", res.Unchanged, "duration", res.Duration)
 	}
 	if err := errors.Join(errs...); err != nil {
+		r.readWritten()
 		return res, fmt.Errorf("write datapath: %w", err)
 	}
 	return res, nil
+}
+
+// readWritten reads the record of what was written from the datapath.
+func (r *Reconciler) readWritten() {
+	r.written = make(map[datapath.VIP]datapath.VIPState)
+	for _, s := range r.dp.VIPs() {
+		r.written[s.VIP] = s
+	}
+}
+
+// writtenState is what the datapath holds after c was written, as VIPs
+// would return it: the default ring size filled in, backends by address.
+func writtenState(c datapath.VIPChange) datapath.VIPState {
+	s := datapath.VIPState{VIP: c.VIP, Config: c.Config, Backends: slices.Clone(c.Backends)}
+	if s.Config.RingSize == 0 {
+		s.Config.RingSize = maglev.DefaultSize
+	}
+	slices.SortFunc(s.Backends, func(a, b datapath.Backend) int { return a.Addr.Compare(b.Addr) })
+	return s
 }
 
 func same(cur datapath.VIPState, t target) bool {

@@ -106,12 +106,14 @@ func (f *fakeDataplane) setVIP(vip datapath.VIP, cfg datapath.VIPConfig, backend
 	return nil
 }
 
-func (f *fakeDataplane) RemoveVIP(vip datapath.VIP) error {
+func (f *fakeDataplane) RemoveVIPs(vips []datapath.VIP) []error {
 	defer f.enter()()
-	delete(f.vips, vip)
-	f.writes = append(f.writes, "remove "+vip.String())
-	f.calls = append(f.calls, "remove "+vip.String())
-	return nil
+	for _, vip := range vips {
+		delete(f.vips, vip)
+		f.writes = append(f.writes, "remove "+vip.String())
+		f.calls = append(f.calls, "remove "+vip.String())
+	}
+	return make([]error, len(vips))
 }
 
 func (f *fakeDataplane) VIPs() []datapath.VIPState {
