@@ -69,6 +69,30 @@ enum fulcrum_config_flags {
 	CONFIG_F_GW_MAC = 1 << 2,
 };
 
+/* Client-side TCP state of a connection entry (ct_value.state): the balancer
+ * sees only client -> server in dsr and ipip, so the state is what the
+ * client's segments say. A SYN makes CT_SYN; the first segment without SYN
+ * CT_ESTABLISHED; a FIN CT_FIN; an RST CT_CLOSED. States only move forward
+ * (SYN < ESTABLISHED < FIN < CLOSED); a new SYN starts over. Established is 0
+ * so that an entry written before states existed (the byte was padding,
+ * always 0) reads as established. UDP entries stay 0. */
+enum fulcrum_ct_state {
+	CT_ESTABLISHED = 0,
+	CT_SYN = 1,
+	CT_FIN = 2,
+	CT_CLOSED = 3,
+};
+
+/* Idle timeouts of connection entries, in seconds, per protocol and TCP
+ * state: IPVS's defaults. An entry idle for longer is a miss. */
+enum fulcrum_ct_timeout {
+	CT_TIMEOUT_TCP_ESTABLISHED = 900,
+	CT_TIMEOUT_TCP_SYN = 60,
+	CT_TIMEOUT_TCP_FIN = 120,
+	CT_TIMEOUT_TCP_CLOSED = 10,
+	CT_TIMEOUT_UDP = 300,
+};
+
 /* Counters of the stats map: one verdict per packet (STAT_PASS_*,
  * STAT_DROP_*, STAT_TX_*), plus events: the connection table's (STAT_CT_*)
  * and STAT_FIB_GATEWAY. */
@@ -93,8 +117,9 @@ enum fulcrum_stat {
 	STAT_TX_IPIP,               /* forwarded encapsulated in IP (XDP_TX, or a
 	                             * redirect to another port) */
 	STAT_CT_HIT,                /* connection entry used */
-	STAT_CT_MISS,               /* no entry: ring lookup and insert (counted
-	                             * even if the insert fails) */
+	STAT_CT_MISS,               /* no entry, or an expired one: ring lookup
+	                             * and insert (counted even if the insert
+	                             * fails) */
 	STAT_CT_SYN,                /* TCP SYN: ring lookup and insert */
 	STAT_CT_STALE,              /* entry for a removed backend or VIP: re-hashed */
 	STAT_CT_INSERT_FAILED,      /* map update failed */

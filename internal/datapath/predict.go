@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -30,16 +31,32 @@ type Prediction struct {
 	RingBackend netip.Addr
 	// Conntrack is set when a live connection entry decides the backend.
 	Conntrack bool
+	// Entry describes the flow's connection entry, if it has one that
+	// names a backend of this VIP, live or expired.
+	Entry *ConnEntry
 	// RingSize is the VIP's ring size M.
 	RingSize uint32
+}
+
+// ConnEntry is a connection entry as Predict found it.
+type ConnEntry struct {
+	Backend netip.Addr
+	State   ConnState
+	// Idle is how long ago the entry last saw a packet (jiffies
+	// resolution); Timeout is how long it may stay idle in its state.
+	Idle, Timeout time.Duration
+	// Expired entries are misses: the packet takes the ring.
+	Expired bool
 }
 
 // ErrNoVIP is returned by Predict for a flow that matches no VIP.
 var ErrNoVIP = errors.New("no vip matches the flow")
 
 // Predict returns the backend a packet of flow reaches, computed the way
-// the fast path computes it: connection entry first (unless the packet is a
-// TCP SYN, which always takes the ring), then the VIP's Maglev ring.
+// the fast path computes it: the VIP, then its connection entry (unless the
+// packet is a TCP SYN, which always takes the ring, or the VIP has no
+// table) if the entry names a live backend of this VIP and has not been
+// idle past its state's timeout, else the VIP's Maglev ring.
 func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -75,7 +92,18 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	if ct == nil {
 		return p, nil
 	}
-	if b := e.byID[ct.Backend]; b != nil && b.gen == ct.BackendGen {
+	b := e.byID[ct.Backend]
+	if b == nil || b.gen != ct.BackendGen {
+		return p, nil // stale: the ring decides
+	}
+	clk, err := d.clock()
+	if err != nil {
+		return p, err
+	}
+	state := ConnState(ct.State)
+	p.Entry = &ConnEntry{Backend: b.Addr, State: state, Idle: clk.idle(ct.LastSeen),
+		Timeout: ConnTimeout(f.Proto, state), Expired: clk.expired(f.Proto, ct)}
+	if !p.Entry.Expired {
 		p.Backend, p.Conntrack = b.Addr, true
 	}
 	return p, nil
