@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //go:build ignore
 
-/* The Fulcrum XDP balancer. Per packet, for either IP family: parse, VIP,
- * connection table, Maglev ring, forward by the VIP's mode, count. Anything
- * that is not for a VIP goes to the host stack untouched (XDP_PASS) before
- * the connection table is consulted. One header per concern: parse.h,
- * flowhash.h, conntrack.h, forward.h (with encap.h), stats.h. */
+/* The Fulcrum XDP balancer. Per packet, for either IP family: parse,
+ * connection table, VIP, Maglev ring, forward by the VIP's mode, count.
+ * Anything that is not for a VIP goes to the host stack untouched
+ * (XDP_PASS). One header per concern: parse.h, flowhash.h, conntrack.h,
+ * forward.h (with encap.h), stats.h. */
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -42,10 +42,13 @@ static __always_inline int unparseable(struct stat_table *st, const struct flow 
 {
 	__u32 *policy;
 
-	if (f->family == 4)
+	if (f->family == 4) {
 		policy = bpf_map_lookup_elem(&vip_addrs_v4, &f->dst.v4);
-	else
+		call_site_end("vip_addrs_v4");
+	} else {
 		policy = bpf_map_lookup_elem(&vip_addrs_v6, f->dst.v6);
+		call_site_end("vip_addrs_v6");
+	}
 	if (!policy)
 		return verdict(st, STAT_PASS_NO_VIP, XDP_PASS);
 	if (*policy & VIP_F_PASS_UNPARSEABLE)
@@ -142,15 +145,54 @@ static __always_inline int over_flow_limit(const struct lb_config *cfg)
 	return ++g->count > cfg->new_flow_limit;
 }
 
-/* balance is the whole pipeline for a parsed packet of either family. */
+/* ct_wanted reports whether some VIP of the flow's protocol uses the
+ * connection table: if none does, the lookup is skipped. */
+static __always_inline int ct_wanted(const struct lb_config *cfg, __u8 proto)
+{
+	if (proto == IPPROTO_TCP)
+		return cfg->flags & CONFIG_F_CT_TCP;
+	return cfg->flags & CONFIG_F_CT_UDP;
+}
+
+/* ct_vip returns the VIP of a connection entry if the entry still decides
+ * the flow's backend: its backend is live with the entry's generation, its
+ * VIP is live and tracks connections, and it has not been idle past its
+ * state's timeout. *stale is set when the entry names a removed backend or
+ * VIP (an expired entry is a plain miss). */
+static __always_inline struct vip_meta *ct_vip(const struct ct_value *ct, const struct flow *f,
+					       __u32 now, const struct backend **be, int *stale)
+{
+	struct vip_meta *vip;
+	__u32 idx;
+
+	*be = live_backend(ct->backend);
+	if (!*be || (*be)->gen != ct->backend_gen)
+		goto stale;
+	idx = (*be)->vip_index;
+	vip = bpf_map_lookup_elem(&vip_state, &idx);
+	if (!vip || vip->gen == 0 || (vip->flags & VIP_F_NO_CONNTRACK))
+		goto stale;
+	if (ct_expired(ct, f->proto, now))
+		return 0;
+	return vip;
+stale:
+	*stale = 1;
+	return 0;
+}
+
+/* balance is the whole pipeline for a parsed packet of either family. The
+ * connection table comes before the VIP: an established flow costs one
+ * hash lookup and array lookups. The VIP lookup first would keep traffic to
+ * the host out of the table, but cost every VIP packet a second hash
+ * lookup; docs/datapath.md has the figures. */
 static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 				   const struct lb_config *cfg, struct flow *f, enum parse_result r)
 {
-	enum fulcrum_stat event = STAT_CT_BYPASS;
+	enum fulcrum_stat event = STAT_CT_MISS;
 	const struct backend *be;
 	struct vip_meta *vip;
 	union ct_key key = {};
-	__u32 id, hash, now = 0;
+	__u32 id, hash, now;
 
 	switch (r) {
 	case PARSE_OK:
@@ -163,37 +205,30 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		return unparseable(st, f, r);
 	}
 
-	/* The VIP first: traffic to the host itself never touches the
-	 * connection table. */
-	vip = vip_lookup(f);
-	if (!vip)
-		return verdict(st, STAT_PASS_NO_VIP, XDP_PASS);
-
-	if (!(vip->flags & VIP_F_NO_CONNTRACK)) {
-		ct_key_build(f, &key);
-		now = ct_now();
+	ct_key_build(f, &key);
+	now = ct_now();
+	if (f->syn) {
 		event = STAT_CT_SYN; /* a SYN always takes the ring */
-		if (!f->syn) {
-			struct ct_value *ct = ct_lookup(f, &key);
+	} else if (ct_wanted(cfg, f->proto)) {
+		struct ct_value *ct = ct_lookup(f, &key);
+		int stale = 0;
 
-			event = STAT_CT_MISS;
-			if (ct) {
-				/* The entry holds while its backend is live, of
-				 * the same generation, serves this VIP, and the
-				 * entry is not idle past its state's timeout. */
-				be = live_backend(ct->backend);
-				if (!be || be->gen != ct->backend_gen || be->vip_index != vip->index) {
-					event = STAT_CT_STALE;
-				} else if (!ct_expired(ct, f->proto, now)) {
-					id = ct->backend;
-					ct_touch(ct, f, now);
-					st->count[STAT_CT_HIT]++;
-					goto forward;
-				}
+		if (ct) {
+			vip = ct_vip(ct, f, now, &be, &stale);
+			if (vip) {
+				id = ct->backend;
+				ct_touch(ct, f, now);
+				st->count[STAT_CT_HIT]++;
+				goto forward;
 			}
+			if (stale)
+				event = STAT_CT_STALE;
 		}
 	}
 
+	vip = vip_lookup(f);
+	if (!vip)
+		return verdict(st, STAT_PASS_NO_VIP, XDP_PASS);
 	hash = flow_hash_of(f, vip->flags & VIP_F_SOURCE_HASH);
 	id = pick(vip, hash);
 	if (id == UNASSIGNED)
@@ -202,20 +237,20 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	if (!be)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
 
-	if (event != STAT_CT_BYPASS) {
-		if (over_flow_limit(cfg)) {
-			event = STAT_CT_GUARD;
-		} else {
-			struct ct_value ct = {
-				.backend = id,
-				.backend_gen = be->gen,
-				.state = ct_state_new(f),
-				.last_seen = now,
-			};
+	if (vip->flags & VIP_F_NO_CONNTRACK) {
+		event = STAT_CT_BYPASS;
+	} else if (over_flow_limit(cfg)) {
+		event = STAT_CT_GUARD;
+	} else {
+		struct ct_value ct = {
+			.backend = id,
+			.backend_gen = be->gen,
+			.state = ct_state_new(f),
+			.last_seen = now,
+		};
 
-			if (ct_insert(f, &key, &ct))
-				st->count[STAT_CT_INSERT_FAILED]++;
-		}
+		if (ct_insert(f, &key, &ct))
+			st->count[STAT_CT_INSERT_FAILED]++;
 	}
 	st->count[event]++;
 

@@ -49,14 +49,6 @@ static __always_inline void ct_key_build(const struct flow *f, union ct_key *k)
 	}
 }
 
-/* call_site_end ends a branch with an empty statement the compiler may not
- * merge with another branch's (the strings differ). Without it, clang turns
- * "v4 ? lookup(ct_v4) : lookup(ct_v6)" into one call on a selected map;
- * the verifier then no longer knows the call's map and goes through the
- * map's ops (an indirect call) instead of calling the hash table's lookup
- * directly. */
-#define call_site_end(tag) asm volatile("/* " tag " */")
-
 /* ct_lookup returns the flow's entry, or 0. */
 static __always_inline struct ct_value *ct_lookup(const struct flow *f, const union ct_key *k)
 {

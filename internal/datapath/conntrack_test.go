@@ -323,30 +323,32 @@ func TestSynOnClosedTupleTakesRing(t *testing.T) {
 	}
 }
 
-// TestHostTrafficSkipsTable: a packet to an address of the host is passed
-// before the table is read, even if the table holds an entry for its exact
-// 5-tuple naming a live backend (which the old order, table first, would
-// have forwarded).
-func TestHostTrafficSkipsTable(t *testing.T) {
+// TestEntryOutlivesShadowingVIP: the table is read before the VIP, so a
+// flow that an every-port VIP placed keeps its backend when a VIP for its
+// exact port appears; its next SYN goes to the new VIP. Predict agrees.
+func TestEntryOutlivesShadowingVIP(t *testing.T) {
 	d := newCTDatapath(t)
-	host := Flow{Src: addr(client4), Dst: addr("192.0.2.1"), Sport: 46000, Dport: 22, Proto: TCP}
-	be := d.vips[vipWeb4].backends[backends4[0].Addr]
-	m, k := ctKey(d, host)
-	clk, err := d.clock()
+	f := Flow{Src: addr(client4), Dst: vipAll4.Addr, Sport: 47000, Dport: 8080, Proto: TCP}
+	first := sendTo(t, d, pkt(client4, vipAll4.Addr.String(), TCP, f.Sport, f.Dport))
+	exact := VIP{Addr: vipAll4.Addr, Port: 8080, Proto: TCP}
+	other := []Backend{{Addr: addr("198.18.0.99"), MAC: mustMAC("02:00:00:00:0b:99"), Weight: 1}}
+	if err := d.AddVIP(exact, VIPConfig{Mode: ModeDSR, RingSize: smallRing}, other); err != nil {
+		t.Fatal(err)
+	}
+	pred, err := d.Predict(f, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Put(k, balancerCtValue{Backend: be.id, BackendGen: be.gen, LastSeen: clk.jiffies}); err != nil {
-		t.Fatal(err)
+	if pred.VIP != exact || pred.Backend != first || !pred.Conntrack {
+		t.Errorf("Predict: vip %s backend %s conntrack %v; want vip %s, the entry's %s", pred.VIP, pred.Backend, pred.Conntrack, exact, first)
 	}
-	in := pkt(client4, "192.0.2.1", TCP, 46000, 22).Build()
-	before, _ := d.Counters()
-	v, out := runProg(t, d.Program(), bytes.Clone(in))
-	after, _ := d.Counters()
-	if v != xdpPass || !bytes.Equal(out, in) {
-		t.Fatalf("verdict %s, frame changed %v: want XDP_PASS, untouched", verdictNames[v], !bytes.Equal(out, in))
+	if to, ev := send(t, d, pkt(client4, vipAll4.Addr.String(), TCP, f.Sport, f.Dport)); to != first || ev != StatCtHit {
+		t.Errorf("established packet reached %s (%s), want %s (ct_hit)", to, ev, first)
 	}
-	if got := formatStats(statsDelta(before, after)); got != "{pass_no_vip=1}" {
-		t.Errorf("counters moved %s, want {pass_no_vip=1}", got)
+	syn := pkt(client4, vipAll4.Addr.String(), TCP, f.Sport, f.Dport)
+	syn.SYN = true
+	verdict, out := runProg(t, d.Program(), syn.Build())
+	if verdict != xdpTX || !bytes.Equal(out[0:6], other[0].MAC) {
+		t.Errorf("syn: verdict %s to MAC %x, want XDP_TX to the new VIP's backend %s", verdictNames[verdict], out[0:6], other[0].MAC)
 	}
 }

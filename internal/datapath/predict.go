@@ -32,7 +32,7 @@ type Prediction struct {
 	// Conntrack is set when a live connection entry decides the backend.
 	Conntrack bool
 	// Entry describes the flow's connection entry, if it has one that
-	// names a backend of this VIP, live or expired.
+	// names a live backend, expired or not.
 	Entry *ConnEntry
 	// RingSize is the VIP's ring size M.
 	RingSize uint32
@@ -53,10 +53,11 @@ type ConnEntry struct {
 var ErrNoVIP = errors.New("no vip matches the flow")
 
 // Predict returns the backend a packet of flow reaches, computed the way
-// the fast path computes it: the VIP, then its connection entry (unless the
-// packet is a TCP SYN, which always takes the ring, or the VIP has no
-// table) if the entry names a live backend of this VIP and has not been
-// idle past its state's timeout, else the VIP's Maglev ring.
+// the fast path computes it: the flow's connection entry first (unless the
+// packet is a TCP SYN, which always takes the ring), if its backend is live
+// with the entry's generation, its VIP tracks connections, and it has not
+// been idle past its state's timeout; else the Maglev ring of the flow's
+// VIP.
 func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -82,7 +83,7 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 		p.RingBackend = e.byID[id].Addr
 	}
 	p.Backend = p.RingBackend
-	if syn || e.cfg.NoConntrack {
+	if syn {
 		return p, nil
 	}
 	ct, err := d.lookupConntrack(f)
@@ -92,8 +93,12 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	if ct == nil {
 		return p, nil
 	}
-	b := e.byID[ct.Backend]
-	if b == nil || b.gen != ct.BackendGen {
+	// The entry's backend is found by id, whatever VIP it serves: the fast
+	// path reads the entry before it knows the packet's VIP (an entry made
+	// by an every-port VIP keeps its flow when a VIP for the exact port
+	// appears).
+	owner, b := d.backendByID(ct.Backend)
+	if b == nil || b.gen != ct.BackendGen || owner.cfg.NoConntrack {
 		return p, nil // stale: the ring decides
 	}
 	clk, err := d.clock()
@@ -107,6 +112,16 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 		p.Backend, p.Conntrack = b.Addr, true
 	}
 	return p, nil
+}
+
+// backendByID returns the live backend with id and its VIP, or nils.
+func (d *Datapath) backendByID(id uint32) (*vipEntry, *backendEntry) {
+	for _, e := range d.vips {
+		if b := e.byID[id]; b != nil {
+			return e, b
+		}
+	}
+	return nil, nil
 }
 
 // lookupConntrack returns the flow's connection entry, or nil.
