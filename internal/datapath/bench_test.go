@@ -280,8 +280,13 @@ func newFullDatapath(b *testing.B) *Datapath {
 	const chunk = 1 << 16
 	keys := make([]balancerCtKeyV4, chunk)
 	vals := make([]balancerCtValue, chunk)
+	clk, err := d.clock()
+	if err != nil {
+		b.Fatal(err)
+	}
 	for i := range vals {
-		vals[i] = balancerCtValue{Backend: be.id, BackendGen: be.gen}
+		// Stamped now, the entries are live for the benchmark's run.
+		vals[i] = balancerCtValue{Backend: be.id, BackendGen: be.gen, LastSeen: clk.jiffies}
 	}
 	next := 0
 	for cpu := range cpus {
