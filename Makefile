@@ -127,6 +127,7 @@ bench:
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./pkg/maglev/
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFastpath$$' -benchtime 1x ./internal/datapath/ -fastpath.rounds $(BENCH_COUNT)
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x ./internal/perf/ -perf.runs $(BENCH_COUNT) -perf.out $(CURDIR)/bench/out
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkBGP$$' -benchtime 5x ./internal/daemon/
 
 # check-generated fails if the committed bpf2go output differs from a
 # fresh `make generate`.

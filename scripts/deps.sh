@@ -9,7 +9,7 @@
 #                             that installs it, and exits 1
 #   scripts/deps.sh packages  print the Debian package list
 #
-# Each line: the tool (a command, or a header file under /usr/include), the
+# Each line: the tool (a command, an absolute path for a daemon outside PATH, or a header file under /usr/include), the
 # Debian package that has it, and who needs it. Keep it exact: a tool here
 # that nothing uses costs every fresh machine a download.
 set -eu
@@ -36,6 +36,11 @@ ethtool                  ethtool         testenv and internal/perf: offloads and
 nft                      nftables        internal/daemon (health flapping), internal/perf (the nftables rig)
 keepalived               keepalived      internal/vrrp: interoperability with keepalived
 haproxy                  haproxy         internal/perf: make bench compares connection rates with HAProxy
+bird                     bird2           internal/daemon: the scale-out tests run BIRD as the ECMP router
+birdc                    bird2           internal/daemon: reads the sessions and routes of BIRD
+/usr/lib/frr/bgpd        frr             internal/daemon: the scale-out tests run FRR as the ECMP router
+vtysh                    frr             internal/daemon: reads the sessions and routes of FRR
+tar                      tar             internal/daemon: the upgrade test unpacks the previous release (git archive)
 setpriv                  util-linux      internal/daemon: runs the daemon with the systemd unit capabilities
 unshare                  util-linux      internal/daemon, internal/datapath: private mount and pid namespaces
 nsenter                  util-linux      internal/datapath: enters mount namespaces
@@ -63,6 +68,7 @@ missing() {
 			# in /usr/include itself.
 			[ -e "/usr/include/$tool" ] || echo "$tool $pkg"
 			;;
+		/*) [ -x "$tool" ] || echo "$tool $pkg" ;; # a daemon outside PATH
 		*) command -v "$tool" >/dev/null 2>&1 || echo "$tool $pkg" ;;
 		esac
 	done

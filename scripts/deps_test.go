@@ -187,7 +187,7 @@ func TestPackageList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "bash ca-certificates clang-19 dpkg ethtool git haproxy iproute2 keepalived libbpf-dev linux-libc-dev llvm-19 make nftables systemd util-linux\n"
+	want := "bash bird2 ca-certificates clang-19 dpkg ethtool frr git haproxy iproute2 keepalived libbpf-dev linux-libc-dev llvm-19 make nftables systemd tar util-linux\n"
 	if string(out) != want {
 		t.Errorf("deps.sh packages = %q, want %q", out, want)
 	}

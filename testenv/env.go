@@ -31,6 +31,9 @@ type Env struct {
 	hosts  []*Host
 	procs  []*exec.Cmd
 	pass   *ebpf.Program // pass-through XDP program, loaded on first use
+	// cleanups run after the processes are killed: files and
+	// directories they used (addCleanup).
+	cleanups []func() error
 }
 
 var prefixRE = regexp.MustCompile(`^fc[0-9a-f]{6}$`)
@@ -100,13 +103,18 @@ func (e *Env) Close() error {
 		return nil
 	}
 	e.closed = true
-	procs, hosts, names, pass := e.procs, e.hosts, e.names, e.pass
-	e.procs, e.hosts, e.pass = nil, nil, nil
+	procs, hosts, names, pass, cleanups := e.procs, e.hosts, e.names, e.pass, e.cleanups
+	e.procs, e.hosts, e.pass, e.cleanups = nil, nil, nil, nil
 	e.mu.Unlock()
 
 	var errs []error
 	for _, cmd := range procs {
 		if err := killProcess(cmd); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, f := range cleanups {
+		if err := f(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -126,6 +134,20 @@ func (e *Env) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// addCleanup registers f to run when the Env closes, after its processes
+// are killed.
+func (e *Env) addCleanup(f func() error) {
+	e.mu.Lock()
+	closed := e.closed
+	if !closed {
+		e.cleanups = append(e.cleanups, f)
+	}
+	e.mu.Unlock()
+	if closed {
+		_ = f()
+	}
 }
 
 func (e *Env) addProc(cmd *exec.Cmd) error {

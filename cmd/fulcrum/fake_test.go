@@ -35,6 +35,10 @@ type fakeController struct {
 	explain api.Explanation
 	applied api.ApplyResult
 	vrrp    api.VRRP
+	bgp     api.BGP
+	// bgpPackets are the VIP packet counts successive BGP calls report
+	// (the last one repeats), so that node drain sees traffic stop.
+	bgpPackets []uint64
 }
 
 func ref(s string) api.VIPRef {
@@ -211,6 +215,25 @@ func (f *fakeController) VRRPHandover(ctx context.Context, resume bool) error {
 		return f.record("VRRPResume")
 	}
 	return f.record("VRRPHandover")
+}
+
+func (f *fakeController) BGP(ctx context.Context) (api.BGP, error) {
+	f.mu.Lock()
+	if len(f.bgpPackets) > 0 {
+		f.bgp.VIPPackets = f.bgpPackets[0]
+		if len(f.bgpPackets) > 1 {
+			f.bgpPackets = f.bgpPackets[1:]
+		}
+	}
+	f.mu.Unlock()
+	return answer(f, "BGP", &f.bgp)
+}
+
+func (f *fakeController) NodeDrain(ctx context.Context, resume bool) error {
+	f.mu.Lock()
+	f.bgp.Drained = !resume
+	f.mu.Unlock()
+	return f.record(fmt.Sprintf("NodeDrain resume=%t", resume))
 }
 
 // testDaemon is the API server over a Unix socket, backed by a fake.

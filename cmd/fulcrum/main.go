@@ -116,6 +116,8 @@ func newApp(stdout, stderr io.Writer, now func() time.Time) *cli.App {
 		explainCommand(),
 		decapCommand(),
 		vrrpCommand(now),
+		bgpCommand(now),
+		nodeCommand(),
 		versionCommand(),
 		completionCommand(),
 		manCommand(),

@@ -146,7 +146,7 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"frob"}, `fulcrum: unknown command "frob", want one of: daemon, detach, apply, check, vip, backend, status, stats, explain, decap, vrrp, version, completion`},
+		{[]string{"frob"}, `fulcrum: unknown command "frob", want one of: daemon, detach, apply, check, vip, backend, status, stats, explain, decap, vrrp, bgp, node, version, completion`},
 		{[]string{"--bogus", "status"}, "fulcrum: unknown flag --bogus (see 'fulcrum --help')"},
 		{[]string{"-o", "yaml", "status"}, `fulcrum: --output "yaml": want table or json`},
 		{[]string{"--timeout", "soon", "status"}, `fulcrum: invalid value "soon" for flag --timeout: want a duration such as 500ms or 30s (see 'fulcrum --help')`},
@@ -154,6 +154,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"stats", "extra"}, `fulcrum: stats: unexpected argument "extra" (usage: fulcrum stats)`},
 		{[]string{"vrrp", "handover", "now"}, `fulcrum: vrrp handover: unexpected argument "now" (usage: fulcrum vrrp handover)`},
 		{[]string{"vrrp", "frob"}, `fulcrum: vrrp: unknown command "frob", want one of: handover, resume`},
+		{[]string{"node", "frob"}, `fulcrum: node: unknown command "frob", want one of: drain, resume`},
+		{[]string{"node", "drain", "now"}, `fulcrum: node drain: unexpected argument "now" (usage: fulcrum node drain)`},
 		{[]string{"vip", "list", "--socket"}, "fulcrum: flag --socket needs a value (see 'fulcrum --help')"},
 		{[]string{"backend", "add", "tcp/203.0.113.10:80", "198.18.0.1", "--weight"}, "fulcrum: backend add: flag --weight needs a value (see 'fulcrum backend add --help')"},
 	}

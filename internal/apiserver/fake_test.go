@@ -204,3 +204,14 @@ func (f *fakeController) VRRP(ctx context.Context) (api.VRRP, error) {
 func (f *fakeController) VRRPHandover(ctx context.Context, resume bool) error {
 	return f.mutating("VRRPHandover", func() error { return nil })
 }
+
+func (f *fakeController) BGP(ctx context.Context) (api.BGP, error) {
+	if err := f.enter("BGP"); err != nil {
+		return api.BGP{}, err
+	}
+	return api.BGP{Enabled: true, ASN: 65010}, nil
+}
+
+func (f *fakeController) NodeDrain(ctx context.Context, resume bool) error {
+	return f.mutating(fmt.Sprintf("NodeDrain resume=%t", resume), func() error { return nil })
+}

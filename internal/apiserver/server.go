@@ -44,6 +44,11 @@ type Controller interface {
 	// VRRPHandover hands mastership over gracefully (priority 0) and holds
 	// off preemption; with resume set it lifts the hold.
 	VRRPHandover(ctx context.Context, resume bool) error
+	// BGP returns the BGP speaker's sessions and announcements.
+	BGP(ctx context.Context) (api.BGP, error)
+	// NodeDrain withdraws every VIP from BGP; with resume set it lets
+	// them be announced again.
+	NodeDrain(ctx context.Context, resume bool) error
 }
 
 // server adapts a Controller to HTTP.
@@ -75,6 +80,9 @@ var routes = []route{
 	{"GET", "/v1/vrrp", (*server).vrrp},
 	{"POST", "/v1/vrrp/handover", (*server).vrrpHandover},
 	{"POST", "/v1/vrrp/resume", (*server).vrrpResume},
+	{"GET", "/v1/bgp", (*server).bgp},
+	{"POST", "/v1/node/drain", (*server).nodeDrain},
+	{"POST", "/v1/node/resume", (*server).nodeResume},
 }
 
 // New returns the HTTP handler of the control API, backed by c.

@@ -28,6 +28,7 @@
 //	conntrack: {entries: 1048576}
 //	health_check: {type: tcp}    # default for every VIP (optional)
 //	vrrp: {interface: eth0, vrid: 51}      # optional
+//	bgp: {asn: 65010, router_id: 198.18.0.2, peers: [{address: 198.18.0.1, asn: 65000}]}  # optional, not with vrrp
 //	vips:
 //	  - address: 203.0.113.10
 //	    port: 80                 # 0 = every port
@@ -108,6 +109,8 @@ type Config struct {
 	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
 	// VRRP is the active/standby failover; nil = none (always active).
 	VRRP *VRRP `yaml:"vrrp,omitempty"`
+	// BGP announces the VIPs to routers (scale-out); nil = none.
+	BGP *BGP `yaml:"-"`
 	// VIPs may be empty: VIPs can also be added through the API.
 	VIPs []VIP `yaml:"vips"`
 }

@@ -38,6 +38,9 @@ func (c *Config) Marshal() ([]byte, error) {
 		}
 		doc["vrrp"] = vd
 	}
+	if c.BGP != nil {
+		doc["bgp"] = c.BGP.doc()
+	}
 	return yaml.Marshal(doc)
 }
 

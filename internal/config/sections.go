@@ -19,7 +19,7 @@ import (
 
 // The keys allowed in each mapping, in the order of the documentation.
 var (
-	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "vrrp", "vips"}
+	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "vrrp", "bgp", "vips"}
 	ipipKeys      = []string{"source_v4", "source_v6", "gateway_mac"}
 	interfaceKeys = []string{"name", "xdp_mode"}
 	logKeys       = []string{"level", "format"}
@@ -99,6 +99,13 @@ func (d *decoder) config(root *yaml.Node) *Config {
 
 	if f.has("vrrp") {
 		c.VRRP = d.vrrp(f.sub("vrrp", "a mapping (interface, vrid, ...)", vrrpKeys))
+	}
+
+	if f.has("bgp") {
+		c.BGP = d.bgp(f.sub("bgp", "a mapping (asn, router_id, peers, ...)", bgpKeys))
+		if c.VRRP != nil {
+			f.errf("bgp", "cannot be combined with vrrp: with bgp every node is active and the routers spread the flows, so a VRRP backup would take traffic all the same (docs/scale-out.md); keep one of the two")
+		}
 	}
 
 	if f.has("ipip") {

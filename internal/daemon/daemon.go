@@ -73,6 +73,7 @@ type Daemon struct {
 	chk     *health.Checker
 	steer   *steering        // through-datapath probes
 	vr      *vrrpagent.Agent // nil without a vrrp section
+	bgp     *announcer       // nil without a bgp section (bgp.go)
 	metrics *metrics.Metrics
 	rates   *rateSampler
 	ifaces  []api.Interface
@@ -123,12 +124,13 @@ func (d *Daemon) run(ctx context.Context) error {
 	defer dp.Close()
 	// Tracking compares it with what each interface runs; without it
 	// every interface would look detached and the node sick for good.
-	if d.progID, err = programID(dp.Program()); err != nil {
+	if d.progID, err = dp.ProgramID(); err != nil {
 		return err
 	}
 	if dp.Adopted() {
 		d.log.Info("adopted pinned fast path", "pins", pinDir, "vips", len(dp.VIPs()))
 	}
+	d.logPins(dp, pinDir)
 
 	for _, ifc := range cfg.Interfaces {
 		link, err := net.InterfaceByName(ifc.Name)
@@ -185,6 +187,9 @@ func (d *Daemon) run(ctx context.Context) error {
 	if _, err := d.setConfig(ctx, cfg); err != nil {
 		return err
 	}
+	if err := d.completeMigration(dp); err != nil {
+		return err
+	}
 	d.rates = newRateSampler(dp, 2*time.Second)
 	go d.rates.run(ctx)
 
@@ -206,6 +211,12 @@ func (d *Daemon) run(ctx context.Context) error {
 			defer wg.Done()
 			d.trackNode(ctx)
 		}()
+	}
+
+	if cfg.BGP != nil {
+		if err := d.startBGP(ctx, &wg, cfg.BGP); err != nil {
+			return err
+		}
 	}
 
 	wg.Add(1)
@@ -332,6 +343,7 @@ func (d *Daemon) setConfig(ctx context.Context, cfg *config.Config) (reconcile.R
 	d.cfg, d.lastApply, d.lastDur = cfg, time.Now(), res.Duration
 	d.mu.Unlock()
 	d.level.Set(cfg.Log.SlogLevel())
+	d.bgpKick() // the path attributes may have changed
 	if d.vr != nil {
 		d.vr.SetLogLevel(cfg.Log.SlogLevel())
 	}
@@ -347,6 +359,7 @@ func (d *Daemon) setHealthTargets(vips []config.VIP) {
 	through := slices.ContainsFunc(targets, func(t health.Target) bool { return t.Check.ThroughDatapath })
 	d.steer.want(through)
 	d.chk.Set(targets)
+	d.bgpKick()
 }
 
 // healthChanged hands a backend's new state to the reconciler, which takes
@@ -356,6 +369,7 @@ func (d *Daemon) healthChanged(ctx context.Context, tr health.Transition) {
 		d.log.Error("apply health change", "vip", tr.VIP.String(), "backend", tr.Backend.String(), "state", tr.To.String(), "err", err)
 	}
 	d.track()
+	d.bgpKick()
 }
 
 // restartOnly refuses a reload that changes what only a restart can.
@@ -373,6 +387,7 @@ func restartOnly(old, cur *config.Config) error {
 	check("conntrack.entries", old.Conntrack.Entries == cur.Conntrack.Entries)
 	check("log.format", old.Log.Format == cur.Log.Format)
 	check("vrrp", reflect.DeepEqual(old.VRRP, cur.VRRP))
+	check("bgp (all but its communities, med and vips)", reflect.DeepEqual(old.BGP.Restartable(), cur.BGP.Restartable()))
 	same := len(old.Interfaces) == len(cur.Interfaces)
 	for i := 0; same && i < len(old.Interfaces); i++ {
 		same = old.Interfaces[i] == cur.Interfaces[i]

@@ -642,7 +642,7 @@ func (h *harness) scrape() string {
 }
 
 // metricValue returns the value of one sample in a scrape.
-func metricValue(t *testing.T, body, series string) float64 {
+func metricValue(t testing.TB, body, series string) float64 {
 	t.Helper()
 	for _, line := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {

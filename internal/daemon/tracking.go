@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -88,21 +87,27 @@ func (d *Daemon) Sick() []string {
 	return slices.Clone(d.sick)
 }
 
-// programID returns the kernel's ID of prog.
-func programID(prog *ebpf.Program) (ebpf.ProgramID, error) {
-	info, err := prog.Info()
-	if err != nil {
-		return 0, fmt.Errorf("balancer program info: %w", err)
-	}
-	id, ok := info.ID()
-	if !ok {
-		return 0, errors.New("balancer program info: the kernel gave no program ID")
-	}
-	return id, nil
-}
-
 // sickReasons returns what is wrong with the node, sorted.
 func (d *Daemon) sickReasons() []string {
+	out := d.nodeReasons()
+	for vip, m := range d.rec.HealthOf() {
+		all := len(m) > 0
+		for _, h := range m {
+			all = all && h == reconcile.Down
+		}
+		if all {
+			out = append(out, fmt.Sprintf("every backend of %s is down", vip))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// nodeReasons returns what is wrong with the node as a whole, whatever
+// the VIPs: an interface down, the balancer detached from one. BGP
+// withdraws every VIP for these, but only a VIP's own address when its
+// backends are down (bgp.go).
+func (d *Daemon) nodeReasons() []string {
 	var out []string
 	for _, ifc := range d.ifaces {
 		l, err := netlink.LinkByIndex(ifc.Ifindex)
@@ -120,15 +125,5 @@ func (d *Daemon) sickReasons() []string {
 			out = append(out, fmt.Sprintf("the balancer is not attached to %s", ifc.Name))
 		}
 	}
-	for vip, m := range d.rec.HealthOf() {
-		all := len(m) > 0
-		for _, h := range m {
-			all = all && h == reconcile.Down
-		}
-		if all {
-			out = append(out, fmt.Sprintf("every backend of %s is down", vip))
-		}
-	}
-	slices.Sort(out)
 	return out
 }

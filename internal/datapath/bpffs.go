@@ -414,7 +414,7 @@ func Detach(root, instance string) (string, error) {
 		return "", err
 	}
 	dir := PinDir(root, instance)
-	if IsBPFFS(root) && exists(dir) {
+	if IsBPFFS(root) && pinsExist(dir) {
 		if err := RemovePins(dir); err != nil {
 			return "", err
 		}
@@ -430,7 +430,7 @@ func Detach(root, instance string) (string, error) {
 			seen[ns] = true
 		}
 		there := filepath.Join(fmt.Sprintf("/proc/%d/root", outer.pid), root)
-		if IsBPFFS(there) && exists(PinDir(there, instance)) {
+		if IsBPFFS(there) && pinsExist(PinDir(there, instance)) {
 			if err := RemovePins(PinDir(there, instance)); err != nil {
 				return "", err
 			}
@@ -465,7 +465,7 @@ func pinsElsewhere(root, instance string, skip map[uint64]bool) (process, bool) 
 		}
 		skip[ns] = true
 		there := filepath.Join("/proc", e.Name(), "root", root)
-		if IsBPFFS(there) && exists(PinDir(there, instance)) {
+		if IsBPFFS(there) && pinsExist(PinDir(there, instance)) {
 			return process{pid: pid, comm: comm(e.Name())}, true
 		}
 	}

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 
@@ -38,8 +37,10 @@ type Options struct {
 	MaxVIPs, MaxBackends uint32
 	// PinDir, if set, pins the maps and the XDP link there (see PinDir)
 	// and adopts what an earlier daemon pinned: the connection table, the
-	// counters, the VIPs and backends, and the attached program. The
-	// directory must be on a bpffs (see EnsureBPFFS).
+	// counters, the VIPs and backends, and the attached program. Pins of
+	// an older layout (LayoutVersion), or that do not fit these options,
+	// are migrated instead (see Migrating); pins of a newer layout are
+	// refused. The directory must be on a bpffs (see EnsureBPFFS).
 	PinDir string
 }
 
@@ -52,6 +53,9 @@ type Datapath struct {
 
 	pinDir  string
 	adopted bool
+	// migration is set from Load to CompleteMigration (migrate.go).
+	migration *migration
+	notes     []string // what Load did about an interrupted migration
 
 	vips map[VIP]*vipEntry
 	// lastRing caches the ring Predict last rebuilt (see ringTable).
@@ -105,34 +109,33 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	d.written.policy = make(map[netip.Addr]uint32)
 	var collOpts ebpf.CollectionOptions
-	adopting := false
+	var mode pinMode
 	if opts.PinDir != "" {
-		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create pin directory: %w", err)
-		}
-		adopting = hasPins(opts.PinDir)
 		for name, m := range spec.Maps {
 			if !strings.HasPrefix(name, ".") { // not .rodata and friends
 				m.Pinning = ebpf.PinByName
 			}
 		}
-		collOpts.Maps.PinPath = opts.PinDir
+		// Pins of another layout, or that do not fit these options, are
+		// migrated: the new maps are loaded beside them (migrate.go).
+		var err error
+		mode, collOpts.Maps.PinPath, err = d.planPins(spec, opts.PinDir)
+		if err != nil {
+			return nil, err
+		}
 		d.pinDir = opts.PinDir
 	}
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("load balancer: the maps pinned in %s do not fit this version or these options (%w); remove them with 'fulcrum detach' (this drops the connection table)", opts.PinDir, err)
-		}
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			return nil, fmt.Errorf("load balancer: %+v", verr)
 		}
 		return nil, fmt.Errorf("load balancer: %w", err)
 	}
-	if adopting {
-		if err := d.adopt(); err != nil {
+	if opts.PinDir != "" {
+		if err := d.settlePins(mode, opts.PinDir); err != nil {
 			d.objs.Close()
-			return nil, fmt.Errorf("adopt pinned state in %s: %w", opts.PinDir, err)
+			return nil, err
 		}
 	}
 	return d, nil
@@ -157,6 +160,12 @@ func (d *Datapath) Program() *ebpf.Program {
 	return d.objs.FulcrumBalancer
 }
 
+// ProgramID returns the balancer program's kernel ID, which the links that
+// run it name.
+func (d *Datapath) ProgramID() (ebpf.ProgramID, error) {
+	return programID(d.objs.FulcrumBalancer)
+}
+
 // Attach attaches the balancer to the interface with the given index, in
 // the network namespace of the calling thread. It uses native XDP unless
 // generic is set; generic XDP is slower and meant for testing only. With
@@ -166,6 +175,11 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 	defer d.mu.Unlock()
 	if _, ok := d.links[ifindex]; ok {
 		return fmt.Errorf("attach xdp to ifindex %d: already attached", ifindex)
+	}
+	if d.migration != nil {
+		// The old program forwards until the swap (CompleteMigration).
+		d.migration.attach = append(d.migration.attach, pendingAttach{ifindex: ifindex, generic: generic})
+		return nil
 	}
 	if d.pinDir != "" {
 		l, ok, err := d.attachPinned(ifindex)
@@ -177,6 +191,12 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 			return nil
 		}
 	}
+	return d.attachNew(ifindex, generic, d.pinDir)
+}
+
+// attachNew attaches the program to an interface no pinned link serves,
+// and pins the link in dir unless dir is empty.
+func (d *Datapath) attachNew(ifindex int, generic bool, dir string) error {
 	flags := link.XDPDriverMode
 	if generic {
 		flags = link.XDPGenericMode
@@ -189,8 +209,8 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 	if err != nil {
 		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
 	}
-	if d.pinDir != "" {
-		if err := l.Pin(linkPin(d.pinDir, ifindex)); err != nil {
+	if dir != "" {
+		if err := l.Pin(linkPin(dir, ifindex)); err != nil {
 			l.Close()
 			return fmt.Errorf("pin xdp link of ifindex %d: %w", ifindex, err)
 		}

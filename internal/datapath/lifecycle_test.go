@@ -25,6 +25,34 @@ func flowsByBackend(t *testing.T, d *Datapath, vip VIP, client string, n int) ma
 	return out
 }
 
+// requireFlowsOn requires each flow of flowsByBackend (its next ACK) to
+// reach its backend, and returns how many there are.
+func requireFlowsOn(t *testing.T, d *Datapath, flows map[netip.Addr][]uint16, when string) int {
+	t.Helper()
+	n := 0
+	for b, ports := range flows {
+		for _, sport := range ports {
+			if got := sendTo(t, d, pkt(client4, vipWeb4.Addr.String(), TCP, sport, 80)); got != b {
+				t.Fatalf("flow :%d went to %s %s, want %s", sport, got, when, b)
+			}
+			n++
+		}
+	}
+	return n
+}
+
+// reweightWeb4 reweights vipWeb4's backends so that many ring slots change
+// owner, and returns them as set.
+func reweightWeb4(t *testing.T, d *Datapath) []Backend {
+	t.Helper()
+	changed := slices.Clone(backends4)
+	changed[0].Weight, changed[2].Weight = 10, 1
+	if err := d.SetVIP(vipWeb4, VIPConfig{Mode: ModeDSR}, changed); err != nil {
+		t.Fatal(err)
+	}
+	return changed
+}
+
 // TestEstablishedFlowsNeverMove changes the ring under open flows: their
 // packets keep their backend (connection entries), while SYNs follow the
 // new ring.
@@ -33,12 +61,7 @@ func TestEstablishedFlowsNeverMove(t *testing.T) {
 	provision(t, d)
 	before := flowsByBackend(t, d, vipWeb4, client4, 300)
 
-	// Reweight so that many ring slots change owner.
-	changed := slices.Clone(backends4)
-	changed[0].Weight, changed[2].Weight = 10, 1
-	if err := d.SetVIP(vipWeb4, VIPConfig{Mode: ModeDSR}, changed); err != nil {
-		t.Fatal(err)
-	}
+	changed := reweightWeb4(t, d)
 	moved := 0
 	for b, ports := range before {
 		for _, sport := range ports {

@@ -18,14 +18,23 @@ func PinDir(root, instance string) string {
 	return filepath.Join(root, "fulcrum", instance)
 }
 
-// RemovePins removes an instance's pinned link and maps. With the pins gone
-// and no process holding them, the kernel detaches the program and frees the
+// RemovePins removes an instance's pinned link and maps, and those of a
+// migration a crash interrupted (DIR_next, DIR_old). With the pins gone and
+// no process holding them, the kernel detaches the program and frees the
 // maps. Removing pins that do not exist is not an error.
 func RemovePins(dir string) error {
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove pins in %s: %w", dir, err)
+	for _, d := range []string{dir, nextDir(dir), oldDir(dir)} {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("remove pins in %s: %w", d, err)
+		}
 	}
 	return nil
+}
+
+// pinsExist reports whether an instance has pins in dir, or in the
+// directories of an interrupted migration.
+func pinsExist(dir string) bool {
+	return exists(dir) || exists(nextDir(dir)) || exists(oldDir(dir))
 }
 
 // hasPins reports whether dir holds pinned balancer maps.
@@ -82,22 +91,8 @@ func (d *Datapath) adopt() error {
 		metas[m.Index] = vip
 		d.vipGen[m.Index] = m.Gen
 	}
-	var k4 balancerVipKeyV4
-	var k6 balancerVipKeyV6
-	var m balancerVipMeta
-	it := d.objs.VipsV4.Iterate()
-	for it.Next(&k4, &m) {
-		add(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)}, m)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read vips_v4: %w", err)
-	}
-	it = d.objs.VipsV6.Iterate()
-	for it.Next(&k6, &m) {
-		add(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)}, m)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read vips_v6: %w", err)
+	if err := eachVIP(d.objs.VipsV4, d.objs.VipsV6, add); err != nil {
+		return err
 	}
 
 	// VIP indexes: the live ones are used, the rest of those ever handed
@@ -117,47 +112,33 @@ func (d *Datapath) adopt() error {
 	// Backends, read in batches.
 	var orphans []uint32
 	used := make(map[uint32]bool)
-	const chunk = 4096
-	keys := make([]uint32, chunk)
-	vals := make([]balancerBackend, chunk)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := d.objs.Backends.BatchLookup(&cursor, keys, vals, nil)
-		for i := 0; i < n; i++ {
-			id, b := keys[i], vals[i]
-			if b.Gen != 0 {
-				d.backendGen[id] = b.Gen
-			}
-			if b.Flags&uint8(balancerFulcrumBackendFlagsBACKEND_F_LIVE) == 0 {
-				continue
-			}
-			vip, ok := metas[b.VipIndex]
-			if !ok {
-				orphans = append(orphans, id)
-				continue
-			}
-			e := d.vips[vip]
-			addr := netip.AddrFrom16(le16(b.Addr))
-			if b.Family == 2 {
-				addr = netip.AddrFrom4(le4(b.Addr[0]))
-			}
-			// Only dsr uses a MAC; the zeros the map holds for the other
-			// modes read back as none, as they were written.
-			var mac net.HardwareAddr
-			if e.cfg.Mode == ModeDSR {
-				mac = net.HardwareAddr(append([]byte(nil), b.Mac[:]...))
-			}
-			be := &backendEntry{Backend: Backend{Addr: addr, MAC: mac, Weight: uint32(b.Weight)}, id: id, gen: b.Gen}
-			e.backends[addr] = be
-			e.byID[id] = be
-			used[id] = true
+	err := eachBackend(d.objs.Backends, func(id uint32, b balancerBackend) {
+		if b.Gen != 0 {
+			d.backendGen[id] = b.Gen
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
+		if b.Flags&uint8(balancerFulcrumBackendFlagsBACKEND_F_LIVE) == 0 {
+			return
 		}
-		if err != nil {
-			return fmt.Errorf("read backends: %w", err)
+		vip, ok := metas[b.VipIndex]
+		if !ok {
+			orphans = append(orphans, id)
+			return
 		}
+		e := d.vips[vip]
+		addr := backendAddr(b)
+		// Only dsr uses a MAC; the zeros the map holds for the other
+		// modes read back as none, as they were written.
+		var mac net.HardwareAddr
+		if e.cfg.Mode == ModeDSR {
+			mac = net.HardwareAddr(append([]byte(nil), b.Mac[:]...))
+		}
+		be := &backendEntry{Backend: Backend{Addr: addr, MAC: mac, Weight: uint32(b.Weight)}, id: id, gen: b.Gen}
+		e.backends[addr] = be
+		e.byID[id] = be
+		used[id] = true
+	})
+	if err != nil {
+		return err
 	}
 	d.backendID = adoptAllocator(d.backendID.limit, func(i uint32) bool { return used[i] },
 		func(i uint32) bool { return d.backendGen[i] != 0 })
@@ -186,7 +167,7 @@ func (d *Datapath) adopt() error {
 	var a4 uint32
 	var a6 [16]byte
 	var p uint32
-	it = d.objs.VipAddrsV4.Iterate()
+	it := d.objs.VipAddrsV4.Iterate()
 	for it.Next(&a4, &p) {
 		d.written.policy[netip.AddrFrom4(le4(a4))] = p
 	}
@@ -229,4 +210,55 @@ func le16(w [4]uint32) [16]byte {
 		copy(out[i*4:], b[:])
 	}
 	return out
+}
+
+// eachVIP calls fn with every VIP of the VIP maps v4 and v6 and its meta.
+func eachVIP(v4, v6 *ebpf.Map, fn func(VIP, balancerVipMeta)) error {
+	var k4 balancerVipKeyV4
+	var k6 balancerVipKeyV6
+	var m balancerVipMeta
+	it := v4.Iterate()
+	for it.Next(&k4, &m) {
+		fn(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)}, m)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read vips_v4: %w", err)
+	}
+	it = v6.Iterate()
+	for it.Next(&k6, &m) {
+		fn(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)}, m)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read vips_v6: %w", err)
+	}
+	return nil
+}
+
+// eachBackend calls fn with every entry of the backends map, read in
+// batches.
+func eachBackend(m *ebpf.Map, fn func(id uint32, b balancerBackend)) error {
+	const chunk = 4096
+	keys := make([]uint32, chunk)
+	vals := make([]balancerBackend, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read backends: %w", err)
+		}
+	}
+}
+
+// backendAddr is a backend entry's address.
+func backendAddr(b balancerBackend) netip.Addr {
+	if b.Family == 2 { // AF_INET
+		return netip.AddrFrom4(le4(b.Addr[0]))
+	}
+	return netip.AddrFrom16(le16(b.Addr))
 }

@@ -3,7 +3,6 @@ package datapath
 import (
 	"os"
 	"reflect"
-	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -87,15 +86,7 @@ func TestAdoptPinnedState(t *testing.T) {
 		t.Fatalf("re-applying the same state swapped the ring (map id %d -> %d)", ringBefore, ringAfter)
 	}
 	before, _ := d2.Counters()
-	n := 0
-	for b, ports := range flows {
-		for _, sport := range ports {
-			if got := sendTo(t, d2, pkt(client4, vipWeb4.Addr.String(), TCP, sport, 80)); got != b {
-				t.Fatalf("flow :%d went to %s after the restart, want %s", sport, got, b)
-			}
-			n++
-		}
-	}
+	n := requireFlowsOn(t, d2, flows, "after the restart")
 	after, _ := d2.Counters()
 	if hits := statsDelta(before, after)[StatCtHit]; hits != uint64(n) {
 		t.Fatalf("ct_hit moved by %d after the restart, want %d: the connection table was not kept", hits, n)
@@ -109,35 +100,11 @@ func TestAdoptPinnedState(t *testing.T) {
 	if got := sendTo(t, d2, pkt(client4, newVIP.Addr.String(), TCP, 61000, 80)); got != backends4[2].Addr {
 		t.Fatalf("new vip's flow went to %s, want %s", got, backends4[2].Addr)
 	}
-	for b, ports := range flows {
-		for _, sport := range ports {
-			if got := sendTo(t, d2, pkt(client4, vipWeb4.Addr.String(), TCP, sport, 80)); got != b {
-				t.Fatalf("flow :%d went to %s after adding a vip, want %s", sport, got, b)
-			}
-		}
-	}
+	requireFlowsOn(t, d2, flows, "after adding a vip")
 	if err := RemovePins(dir); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("pin directory still there after RemovePins: %v", err)
-	}
-}
-
-// TestPinnedMapsIncompatible changes a map's size between loads: the
-// second load must refuse with a message that says how to recover.
-func TestPinnedMapsIncompatible(t *testing.T) {
-	dir := PinDir(newPinRoot(t), "test")
-	d1, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d1.Close()
-	_, err = Load(Options{ConntrackEntries: 16384, PinDir: dir})
-	if err == nil {
-		t.Fatal("loading with another connection-table size over existing pins succeeded")
-	}
-	if want := "fulcrum detach"; !strings.Contains(err.Error(), want) {
-		t.Fatalf("err = %v, want a hint mentioning %q", err, want)
 	}
 }

@@ -110,6 +110,9 @@ func New(src Source, version, commit string) *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	if b, ok := src.(BGPSource); ok {
+		m.reg.MustRegister(newBGPCollector(b))
+	}
 	return m
 }
 

@@ -86,6 +86,9 @@ func Netns(tb testing.TB) {
 // tests run.
 var packages = map[string]string{
 	"bash":            "bash",
+	"bgpd":            "frr",
+	"bird":            "bird2",
+	"birdc":           "bird2",
 	"bridge":          "iproute2",
 	"dpkg-deb":        "dpkg",
 	"ethtool":         "ethtool",
@@ -98,6 +101,7 @@ var packages = map[string]string{
 	"stdbuf":          "coreutils",
 	"systemd-analyze": "systemd",
 	"tc":              "iproute2",
+	"vtysh":           "frr",
 }
 
 // sbin is where administration tools live that a non-root PATH may lack.

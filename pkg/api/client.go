@@ -245,3 +245,19 @@ func (c *Client) connError(ctx context.Context, err error) error {
 	}
 	return &connError{msg: fmt.Sprintf("fulcrum daemon at %s: %v", c.socket, err), err: err}
 }
+
+// BGP returns the state of the BGP speaker.
+func (c *Client) BGP(ctx context.Context) (BGP, error) {
+	var b BGP
+	err := c.do(ctx, http.MethodGet, "/v1/bgp", nil, "", &b)
+	return b, err
+}
+
+// NodeDrain withdraws every VIP from BGP until NodeDrain with resume set.
+func (c *Client) NodeDrain(ctx context.Context, resume bool) error {
+	path := "/v1/node/drain"
+	if resume {
+		path = "/v1/node/resume"
+	}
+	return c.do(ctx, http.MethodPost, path, nil, "", nil)
+}

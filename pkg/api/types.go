@@ -233,3 +233,56 @@ func escapeSegment(s string) string {
 	}
 	return b.String()
 }
+
+// BGP is the state of the node's BGP speaker (GET /v1/bgp): its sessions,
+// and each VIP address with whether it is announced and, if not, why.
+type BGP struct {
+	Enabled    bool       `json:"enabled"`
+	ASN        uint32     `json:"asn,omitempty"`
+	RouterID   netip.Addr `json:"router_id,omitzero"`
+	ListenPort int        `json:"listen_port,omitempty"` // 0 = not listening
+	// Drained is set by `fulcrum node drain` (POST /v1/node/drain): every
+	// VIP is withdrawn until `fulcrum node resume`.
+	Drained bool `json:"drained"`
+	// Sick says why the node withdraws every VIP: an interface down, the
+	// balancer detached. Empty when the node is well.
+	Sick     []string    `json:"sick,omitempty"`
+	Peers    []BGPPeer   `json:"peers"`
+	Prefixes []BGPPrefix `json:"prefixes"`
+	// Announced is how many prefixes are announced.
+	Announced int `json:"announced"`
+	// VIPPackets is the sum of every VIP's packet counter on this node:
+	// `fulcrum node drain` watches it stop growing.
+	VIPPackets uint64 `json:"vip_packets"`
+}
+
+// BGPPeer is one BGP session.
+type BGPPeer struct {
+	Address netip.Addr `json:"address"`
+	ASN     uint32     `json:"asn"`
+	// State is idle, connect, active, opensent, openconfirm or
+	// established.
+	State    string        `json:"state"`
+	Since    time.Time     `json:"since,omitzero"` // when it was established
+	HoldTime time.Duration `json:"hold_time_ns"`   // negotiated; 0 unless established
+	// Advertised is how many prefixes the peer holds from this node;
+	// Received how many it sent (all refused: the node learns nothing).
+	Advertised      uint64 `json:"advertised"`
+	Received        uint64 `json:"received"`
+	UpdatesSent     uint64 `json:"updates_sent"`
+	UpdatesReceived uint64 `json:"updates_received"`
+	MD5             bool   `json:"md5"`
+	Multihop        int    `json:"multihop,omitempty"`
+}
+
+// BGPPrefix is one VIP address's route.
+type BGPPrefix struct {
+	Prefix    netip.Prefix `json:"prefix"`
+	Announced bool         `json:"announced"`
+	// Reason says why a prefix is withdrawn: "drained", "node sick", "no
+	// healthy backend".
+	Reason      string   `json:"reason,omitempty"`
+	VIPs        []string `json:"vips"` // the VIPs on the address, e.g. tcp/203.0.113.10:80
+	Communities []string `json:"communities,omitempty"`
+	MED         *uint32  `json:"med,omitempty"`
+}

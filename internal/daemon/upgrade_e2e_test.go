@@ -1,0 +1,325 @@
+package daemon_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
+)
+
+// previousRelease is the commit of the release this one must upgrade from
+// under traffic (the support window, docs/upgrade.md): the last one before
+// layout versions, whose pins are layout 1. Each release that changes the
+// layout sets it to the release before it.
+const previousRelease = "ba1a568d5bdef28b0bc6d3e75ffdb06a29789ab9"
+
+// buildRelease builds the fulcrum binary of an earlier commit from this
+// repository's history. Its BPF objects are committed, so only Go is
+// needed.
+func buildRelease(t *testing.T, commit string) string {
+	t.Helper()
+	require.Tool(t, "git")
+	require.Tool(t, "tar")
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("git", "-C", root, "cat-file", "-e", commit+"^{commit}").CombinedOutput(); err != nil {
+		shallow, _ := exec.Command("git", "-C", root, "rev-parse", "--is-shallow-repository").Output()
+		t.Fatalf("the previous release (commit %s) is not in this clone (git cat-file: %v %s; shallow clone: %s): the upgrade test builds it from the repository's history, so fetch it (git fetch --unshallow; in CI, check out with fetch-depth: 0)",
+			commit, err, strings.TrimSpace(string(out)), strings.TrimSpace(string(shallow)))
+	}
+	src := t.TempDir()
+	// git archive rather than git worktree: nothing is registered in the
+	// repository, so nothing is left there if the test dies.
+	archive := exec.Command("sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", root, commit, src)
+	if out, err := archive.CombinedOutput(); err != nil {
+		t.Fatalf("extract commit %s: %v\n%s", commit, err, out)
+	}
+	bin := filepath.Join(t.TempDir(), "fulcrum-"+commit[:12])
+	build := exec.Command("go", "build", "-buildvcs=false", "-o", bin, "./cmd/fulcrum")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the previous release (commit %s): %v\n%s", commit, err, out)
+	}
+	return bin
+}
+
+// upgradeTraffic is what must survive an upgrade: 100 TCP connections,
+// some of them kept off the ring by their connection entries after a
+// reweight, and a UDP stream.
+type upgradeTraffic struct {
+	conns   []*conn
+	offRing []int // indexes into conns
+	stream  *probe
+}
+
+// startUpgradeTraffic starts the daemon (h.bin) on equal weights, opens
+// the connections, reweights
+// backend1 to 4 (SIGHUP), so that many flows' ring slots now name it while
+// their entries keep them where they are, and starts the stream.
+func (h *harness) startUpgradeTraffic() *upgradeTraffic {
+	t := h.t
+	h.writeConfig(h.config())
+	h.startDaemon()
+	tr := &upgradeTraffic{conns: append(h.openConns(70, vip4), h.openConns(30, vip6)...)}
+	h.writeConfig(h.config(4, 1, 1))
+	h.daemon.Process.Signal(syscall.SIGHUP)
+	require.Eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(h.log(), "configuration applied") {
+			return errors.New("the reweight (SIGHUP) is not applied")
+		}
+		return nil
+	})
+	for i := range tr.conns {
+		if exp := h.explainConn(tr.conns[i]); exp.RingBackend != exp.Backend {
+			tr.offRing = append(tr.offRing, i)
+		}
+	}
+	if len(tr.offRing) < 10 {
+		t.Fatalf("the reweight took %d of 100 connections off the ring, want at least 10 for the test to mean something", len(tr.offRing))
+	}
+	t.Logf("%d of 100 connections are off the ring after the reweight", len(tr.offRing))
+	tr.stream = h.startProbe(vip4, 2*time.Millisecond)
+	return tr
+}
+
+// explainConn asks the daemon where a connection's next packet goes.
+func (h *harness) explainConn(c *conn) api.Explanation {
+	h.t.Helper()
+	local := c.c.LocalAddr().(*net.TCPAddr).AddrPort()
+	remote := c.c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	exp, err := h.client.Explain(context.Background(), api.ExplainRequest{
+		Src: local.Addr().Unmap(), Dst: remote.Addr().Unmap(), Protocol: "tcp", Sport: local.Port(), Dport: remote.Port()})
+	if err != nil {
+		h.t.Fatalf("explain %s -> %s: %v", local, remote, err)
+	}
+	return exp
+}
+
+// check requires every connection to answer from its backend (the echo
+// names it), and the stream to flow. With a daemon running, it also asks
+// it for each off-ring connection: still off the ring, held by its entry.
+func (tr *upgradeTraffic) check(h *harness, when string, daemon bool) {
+	h.t.Helper()
+	h.checkConns(tr.conns, "", when)
+	tr.stream.waitEchoes(time.Now(), 50)
+	if !daemon {
+		return
+	}
+	for _, i := range tr.offRing {
+		c := tr.conns[i]
+		exp := h.explainConn(c)
+		if h.names[exp.Backend] != c.backend || exp.RingBackend == exp.Backend || exp.Reason != "connection entry" {
+			h.t.Fatalf("%s: off-ring connection %d (on %s): explain says %+v, want its connection entry to %s", when, i, c.backend, exp, c.backend)
+		}
+	}
+}
+
+// finish stops the stream and requires that not a datagram was lost.
+func (tr *upgradeTraffic) finish(h *harness, when string) {
+	h.t.Helper()
+	sent, lost := tr.stream.stopCounts()
+	h.t.Logf("UDP stream %s: %d datagrams sent, %d lost", when, sent, lost)
+	if sent < 100 || lost != 0 {
+		h.t.Fatalf("UDP stream %s: %d sent, %d lost; want no loss", when, sent, lost)
+	}
+}
+
+// kill kills the daemon with SIGKILL.
+func (h *harness) kill() {
+	h.daemon.Process.Signal(syscall.SIGKILL)
+	h.daemon.Wait()
+}
+
+// runDaemonToEnd starts the daemon with extra environment and waits for it
+// to end by itself (refused, or killed by a test hook), returning how it
+// ended and what it logged.
+func (h *harness) runDaemonToEnd(env ...string) (string, error) {
+	h.t.Helper()
+	before := len(h.log())
+	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer logf.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	argv := append(append([]string{"env"}, env...), h.bin, "daemon", "--config", h.cfgPath)
+	cmd := h.lb.Command(ctx, argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		h.t.Fatalf("daemon with %v did not end within 20s\n%s", env, h.log()[before:])
+	}
+	return h.log()[before:], err
+}
+
+// restartMigrating kills the daemon with -9 and starts it again (h.bin,
+// h.wrap and the config file say how): it must migrate the pins, for the
+// reason why, to layout, and the traffic must pass the check.
+func (h *harness) restartMigrating(tr *upgradeTraffic, why string, layout uint32) {
+	h.t.Helper()
+	// The TCP connections are idle here: their VIP's counter is still
+	// after the restart unless it starts again from zero.
+	const series = `fulcrum_vip_packets_total{vip="tcp/203.0.113.10:9000"}`
+	before := metricValue(h.t, h.scrape(), series)
+	h.kill()
+	mark := len(h.log())
+	h.startDaemon()
+	if log := h.log()[mark:]; !strings.Contains(log, "migrated the pinned fast path") || !strings.Contains(log, why) {
+		h.t.Fatalf("the start did not migrate the pins (%s):\n%s", why, log)
+	}
+	if after := metricValue(h.t, h.scrape(), series); after < before || before == 0 {
+		h.t.Fatalf("%s went from %v to %v through the migration: the counters were not carried over", series, before, after)
+	}
+	h.requireLayout(layout)
+	tr.check(h, "after a migration ("+why+")", true)
+}
+
+// requireLayout requires the instance's pins to be of layout version v,
+// with no directory of a migration left.
+func (h *harness) requireLayout(v uint32) {
+	h.t.Helper()
+	dir := datapath.PinDir(h.dir, "e2e")
+	l, ok, err := datapath.ReadLayout(dir)
+	if err != nil || !ok || l.Version != v {
+		h.t.Fatalf("pins in %s: layout %v (found %v, err %v), want layout %d", dir, l, ok, err, v)
+	}
+	for _, leftover := range []string{dir + "_next", dir + "_old"} {
+		if _, err := os.Stat(leftover); !errors.Is(err, os.ErrNotExist) {
+			h.t.Fatalf("%s is left after the migration: %v", leftover, err)
+		}
+	}
+}
+
+// TestUpgradeFromPreviousRelease runs the previous release (built from
+// this repository's history) under traffic, kills it with -9 and starts
+// this build on its pins: the pins are migrated from layout 1 with not a
+// datagram lost, every connection alive on its backend, and the ones a
+// reweight took off the ring still on theirs. Then it rolls back to the
+// previous release the same way.
+func TestUpgradeFromPreviousRelease(t *testing.T) {
+	h := newHarness(t)
+	current, previous := h.bin, buildRelease(t, previousRelease)
+	h.bin = previous
+	tr := h.startUpgradeTraffic()
+
+	if _, ok, _ := datapath.ReadLayout(datapath.PinDir(h.dir, "e2e")); !ok {
+		t.Fatal("the previous release left no pins")
+	}
+	h.bin = current
+	h.restartMigrating(tr, "layout 1 to 2", datapath.LayoutVersion)
+
+	// Roll back: the previous release reads no marker, and layout 2's maps
+	// are layout 1's, so it adopts them (docs/upgrade.md).
+	h.kill()
+	h.bin = previous
+	h.startDaemon()
+	st, err := h.client.Status(context.Background())
+	if err != nil || !st.Adopted {
+		t.Fatalf("the previous release did not adopt the upgraded pins: %+v, %v\n%s", st, err, h.log())
+	}
+	tr.check(h, "after rolling back to the previous release", true)
+	tr.finish(h, "through kill -9 of the previous release, the upgrade and the rollback")
+}
+
+// TestUpgradeLayoutChange changes the layout in the test itself, twice,
+// under traffic: a connection table of another size (conntrack.entries),
+// then a layout version one above this build's (the test hook
+// FULCRUM_TEST_LAYOUT); both migrate like an upgrade. Then this build
+// meets the newer layout: a downgrade, refused with a message that says
+// what to do, while the pinned program goes on forwarding.
+func TestUpgradeLayoutChange(t *testing.T) {
+	h := newHarness(t)
+	tr := h.startUpgradeTraffic()
+
+	// A map of another size.
+	h.writeConfig(strings.Replace(h.config(4, 1, 1), "entries: 65536", "entries: 131072", 1))
+	h.restartMigrating(tr, "ct_v4: MaxEntries: 65536 changed to 131072", datapath.LayoutVersion)
+
+	// A newer layout version.
+	newer := uint32(datapath.LayoutVersion + 1)
+	h.wrap = []string{"env", fmt.Sprintf("%s=%d", datapath.TestLayoutEnv, newer)}
+	h.restartMigrating(tr, fmt.Sprintf("layout %d to %d", datapath.LayoutVersion, newer), newer)
+
+	// This build on the newer layout: a downgrade.
+	h.kill()
+	h.wrap = nil
+	log, err := h.runDaemonToEnd()
+	if err == nil {
+		t.Fatalf("the daemon started on pins of a newer layout:\n%s", log)
+	}
+	for _, want := range []string{fmt.Sprintf("have layout %d", newer), "downgrade", "Nothing was changed: the pinned program goes on forwarding", "start the release that wrote the pins", "fulcrum detach", "docs/upgrade.md"} {
+		if !strings.Contains(log, want) {
+			t.Fatalf("the refusal does not say %q:\n%s", want, log)
+		}
+	}
+	h.requireLayout(newer)
+	tr.check(h, "after a refused downgrade", false)
+	tr.finish(h, "through two migrations and a refused downgrade")
+}
+
+// TestUpgradeInterrupted kills a migration with -9 after each of its steps
+// (the test hook FULCRUM_TEST_MIGRATE_KILL_AFTER), each time under
+// traffic. Every next start rolls the interrupted one back (before the
+// swap) or completes it (from the swap on), as docs/upgrade.md says, then
+// migrates again; forwarding never stops and no connection moves.
+func TestUpgradeInterrupted(t *testing.T) {
+	h := newHarness(t)
+	tr := h.startUpgradeTraffic()
+	h.kill()
+
+	// What the start after a kill at each step says it did.
+	recovery := map[string]string{
+		"load":         "rolled back a migration interrupted before its swap",
+		"fill":         "rolled back a migration interrupted before its swap",
+		"copy":         "rolled back a migration interrupted before its swap",
+		"swap":         "completed a migration interrupted after its swap",
+		"retire-links": "completed a migration interrupted after its swap",
+		"retire-old":   "completed a migration interrupted while retiring the old pins: renamed",
+		"retire-new":   "completed a migration interrupted while retiring the old pins: removed",
+	}
+	layout := uint32(datapath.LayoutVersion)
+	var expect string
+	for _, step := range datapath.MigrationSteps {
+		layout++ // each start migrates to a layout of its own
+		log, err := h.runDaemonToEnd(fmt.Sprintf("%s=%d", datapath.TestLayoutEnv, layout), datapath.TestKillEnv+"="+step)
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("killed after step %s: the daemon ended with %v, want SIGKILL\n%s", step, err, log)
+		}
+		if expect != "" && !strings.Contains(log, expect) {
+			t.Fatalf("the start after a kill: does not say %q\n%s", expect, log)
+		}
+		expect = recovery[step]
+		if expect == "" {
+			t.Fatalf("no expected recovery for step %s", step)
+		}
+		if !h.xdpAttached() {
+			t.Fatalf("XDP detached after a kill at step %s", step)
+		}
+		tr.check(h, "after a kill at step "+step, false)
+	}
+	layout++
+	h.wrap = []string{"env", fmt.Sprintf("%s=%d", datapath.TestLayoutEnv, layout)}
+	mark := len(h.log())
+	h.startDaemon()
+	if log := h.log()[mark:]; !strings.Contains(log, expect) || !strings.Contains(log, "migrated the pinned fast path") {
+		t.Fatalf("the last start does not say %q and then migrate:\n%s", expect, log)
+	}
+	h.requireLayout(layout)
+	tr.check(h, "after the interrupted migrations", true)
+	tr.finish(h, fmt.Sprintf("through %d interrupted migrations", len(datapath.MigrationSteps)))
+}

@@ -1,0 +1,155 @@
+package datapath
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/fulcrum-lb/fulcrum/internal/version"
+)
+
+// LayoutVersion numbers the layout of the pinned state: which maps there
+// are, the format of their keys and values, and what their entries mean.
+// A release that changes any of these raises it, and migrates the pins of
+// the layouts from OldestLayout on (migrate.go). Sizes are not part of it:
+// a map of another size (say a new conntrack.entries) migrates within the
+// same layout.
+//
+//   - 1: the pins of every release before layout versions (commit ba1a568
+//     and earlier): the balancer's maps and the XDP links, no marker.
+//   - 2: layout 1's maps with the same formats, plus the marker
+//     (layoutPin) and the balancer program pinned (programPin).
+const LayoutVersion = 2
+
+// OldestLayout is the oldest layout this release migrates from: the
+// support window is at least the previous release.
+const OldestLayout = 1
+
+// The names of the pins beside the maps (which are pinned by map name).
+const (
+	layoutPin  = "layout"
+	programPin = "program"
+)
+
+// Layout identifies the layout of an instance's pins and the release that
+// wrote them.
+type Layout struct {
+	Version uint32
+	// Release is the version string of the build that wrote the pins;
+	// empty for layout 1, which recorded none.
+	Release string
+}
+
+func (l Layout) String() string {
+	if l.Release == "" {
+		return fmt.Sprintf("layout %d", l.Version)
+	}
+	return fmt.Sprintf("layout %d (written by %s)", l.Version, l.Release)
+}
+
+// layoutRecord is the marker map's one value. The marker is a Go-only map
+// (the program never reads it), so this is its only definition.
+type layoutRecord struct {
+	Version uint32
+	Release [124]byte
+}
+
+var layoutSpec = ebpf.MapSpec{
+	Name:       "fulcrum_layout",
+	Type:       ebpf.Array,
+	KeySize:    4,
+	ValueSize:  128,
+	MaxEntries: 1,
+}
+
+// currentLayout is the layout this build writes: LayoutVersion, unless a
+// test asks for another (FULCRUM_TEST_LAYOUT, testhooks.go).
+func currentLayout() Layout {
+	v := uint32(LayoutVersion)
+	if n, err := strconv.ParseUint(os.Getenv(TestLayoutEnv), 10, 32); err == nil && n > 0 {
+		v = uint32(n)
+	}
+	return Layout{Version: v, Release: version.String()}
+}
+
+// ReadLayout returns the layout of the pins in dir; ok is false when dir
+// holds no balancer maps.
+func ReadLayout(dir string) (l Layout, ok bool, err error) {
+	if !hasPins(dir) {
+		return Layout{}, false, nil
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, layoutPin), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return Layout{Version: 1}, true, nil
+	}
+	if err != nil {
+		return Layout{}, false, fmt.Errorf("read layout marker in %s: %w", dir, err)
+	}
+	defer m.Close()
+	if err := layoutSpec.Compatible(m); err != nil {
+		return Layout{}, false, fmt.Errorf("read layout marker in %s: %w", dir, err)
+	}
+	var rec layoutRecord
+	if err := m.Lookup(uint32(0), &rec); err != nil {
+		return Layout{}, false, fmt.Errorf("read layout marker in %s: %w", dir, err)
+	}
+	release, _, _ := bytes.Cut(rec.Release[:], []byte{0})
+	return Layout{Version: rec.Version, Release: string(release)}, true, nil
+}
+
+// writeLayout records l as the layout of the pins in dir.
+func writeLayout(dir string, l Layout) error {
+	path := filepath.Join(dir, layoutPin)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		spec := layoutSpec
+		m, err = ebpf.NewMap(&spec)
+		if err == nil {
+			if err = m.Pin(path); err != nil {
+				m.Close()
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("write layout marker in %s: %w", dir, err)
+	}
+	defer m.Close()
+	rec := layoutRecord{Version: l.Version}
+	copy(rec.Release[:len(rec.Release)-1], l.Release)
+	if err := m.Put(uint32(0), rec); err != nil {
+		return fmt.Errorf("write layout marker in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// pinProgram pins prog in dir, replacing an earlier pin: recovery tells
+// from it whether the XDP links already run a migration's new program.
+func pinProgram(dir string, prog *ebpf.Program) error {
+	path := filepath.Join(dir, programPin)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replace pinned program %s: %w", path, err)
+	}
+	// Pin sets the program's pin path; a clone keeps d.objs' unpinned.
+	c, err := prog.Clone()
+	if err != nil {
+		return fmt.Errorf("pin program in %s: %w", dir, err)
+	}
+	defer c.Close()
+	if err := c.Pin(path); err != nil {
+		return fmt.Errorf("pin program in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// downgradeError is the refusal of pins newer than this build.
+func downgradeError(dir string, found, cur Layout) error {
+	return fmt.Errorf("the pins in %s have %s, newer than this build's layout %d (%s): this is a downgrade, and this build cannot read that layout. "+
+		"Nothing was changed: the pinned program goes on forwarding. To go on, start the release that wrote the pins or a newer one; "+
+		"to downgrade anyway, run 'fulcrum detach' for this instance first, which drops the connection table (on a VRRP pair, do that on the standby and hand over, see docs/upgrade.md)",
+		dir, found, cur.Version, cur.Release)
+}
