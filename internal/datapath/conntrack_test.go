@@ -352,3 +352,45 @@ func TestEntryOutlivesShadowingVIP(t *testing.T) {
 		t.Errorf("syn: verdict %s to MAC %x, want XDP_TX to the new VIP's backend %s", verdictNames[verdict], out[0:6], other[0].MAC)
 	}
 }
+
+// TestMigrationKeepsConnState: a migration copies each entry's TCP state
+// and last-seen time with its translated backend, so a closing connection
+// keeps its short timeout and every entry its idle age.
+func TestMigrationKeepsConnState(t *testing.T) {
+	dir := PinDir(newPinRoot(t), "test")
+	d1 := loadProvisioned(t, dir)
+	c := ctCases()[0]
+	want := make(map[Flow]balancerCtValue)
+	for i, s := range []ConnState{ConnSYN, ConnEstablished, ConnFIN, ConnClosed} {
+		f := c.flow(uint16(48000 + i))
+		ring, _ := c.ring(t, f)
+		setEntry(t, d1, c.vip, f, ring, s, time.Duration(i+1)*time.Second)
+		v, _ := entry(t, d1, f)
+		want[f] = v
+	}
+	d1.Close()
+
+	d2, err := Load(Options{ConntrackEntries: 16384, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	// Another VIP first, so that the fixture's backend ids change.
+	if err := d2.AddVIP(VIP{Addr: addr("203.0.113.99"), Port: 80, Proto: TCP}, VIPConfig{Mode: ModeDSR, RingSize: smallRing}, backends4); err != nil {
+		t.Fatal(err)
+	}
+	provision(t, d2)
+	if _, err := d2.CompleteMigration(); err != nil {
+		t.Fatal(err)
+	}
+	for f, old := range want {
+		v, ok := entry(t, d2, f)
+		if !ok {
+			t.Fatalf("%v: entry lost", f)
+		}
+		if v.State != old.State || v.LastSeen != old.LastSeen || v.Backend == old.Backend {
+			t.Errorf("%v: entry %+v after the migration, want state %d and last_seen %d of %+v with a translated backend id",
+				f, v, old.State, old.LastSeen, old)
+		}
+	}
+}

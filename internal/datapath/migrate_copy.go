@@ -139,7 +139,10 @@ func copyConntrack(src, dst *tables, missingOnly bool) (kept, dropped int, err e
 		if !ok {
 			return v, false
 		}
-		return balancerCtValue{Backend: ref.id, BackendGen: ref.gen, LastSeen: v.LastSeen}, true
+		// Everything but the backend carries over: the state and the
+		// last-seen time, so an entry keeps its timeout and idle age.
+		v.Backend, v.BackendGen = ref.id, ref.gen
+		return v, true
 	}
 	k4, d4, err := copyTable[balancerCtKeyV4](src.ctV4, dst.ctV4, convert, missingOnly)
 	if err != nil {
