@@ -157,27 +157,27 @@ static __always_inline int ct_wanted(const struct lb_config *cfg, __u8 proto)
 /* ct_vip returns the VIP of a connection entry if the entry still decides
  * the flow's backend: its backend is live with the entry's generation, its
  * VIP is live and tracks connections, and it has not been idle past its
- * state's timeout. *stale is set when the entry names a removed backend or
- * VIP (an expired entry is a plain miss). */
-static __always_inline struct vip_meta *ct_vip(const struct ct_value *ct, const struct flow *f,
-					       __u32 now, const struct backend **be, int *stale)
+ * VIP's timeout for its state. Otherwise *event says why not: STAT_CT_STALE
+ * for a removed backend or VIP, STAT_CT_EXPIRED for an idle entry. */
+static __always_inline struct vip_meta *ct_vip(const struct ct_value *ct, __u32 now,
+					       const struct backend **be, enum fulcrum_stat *event)
 {
 	struct vip_meta *vip;
 	__u32 idx;
 
+	*event = STAT_CT_STALE;
 	*be = live_backend(ct->backend);
 	if (!*be || (*be)->gen != ct->backend_gen)
-		goto stale;
+		return 0;
 	idx = (*be)->vip_index;
 	vip = bpf_map_lookup_elem(&vip_state, &idx);
 	if (!vip || vip->gen == 0 || (vip->flags & VIP_F_NO_CONNTRACK))
-		goto stale;
-	if (ct_expired(ct, f->proto, now))
 		return 0;
+	if (ct_expired(ct, vip, now)) {
+		*event = STAT_CT_EXPIRED;
+		return 0;
+	}
 	return vip;
-stale:
-	*stale = 1;
-	return 0;
 }
 
 /* balance is the whole pipeline for a parsed packet of either family. The
@@ -211,18 +211,15 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		event = STAT_CT_SYN; /* a SYN always takes the ring */
 	} else if (ct_wanted(cfg, f->proto)) {
 		struct ct_value *ct = ct_lookup(f, &key);
-		int stale = 0;
 
 		if (ct) {
-			vip = ct_vip(ct, f, now, &be, &stale);
+			vip = ct_vip(ct, now, &be, &event);
 			if (vip) {
 				id = ct->backend;
 				ct_touch(ct, f, now);
 				st->count[STAT_CT_HIT]++;
 				goto forward;
 			}
-			if (stale)
-				event = STAT_CT_STALE;
 		}
 	}
 

@@ -13,7 +13,8 @@
 #include "parse.h"
 
 /* The kernel's tick rate, from its configuration (loaded with the program):
- * connection entries are stamped in jiffies, timeouts are in seconds. */
+ * connection entries are stamped in jiffies, and fulcrum_clock tells Go the
+ * rate, to convert the configured timeouts. */
 extern const unsigned int CONFIG_HZ __kconfig;
 
 #define TCP_FLAG_FIN 0x01
@@ -104,35 +105,11 @@ static __always_inline __u8 ct_state_new(const struct flow *f)
 	return ct_state_after(CT_ESTABLISHED, f->tcp_flags);
 }
 
-/* ct_timeout returns how long, in jiffies, an entry of proto in state s may
- * stay idle. */
-static __always_inline __u32 ct_timeout(__u8 proto, __u8 s)
+/* ct_expired reports whether an entry has been idle longer than its VIP's
+ * timeout for its state: then it is a miss, and the packet takes the ring. */
+static __always_inline int ct_expired(const struct ct_value *ct, const struct vip_meta *vip, __u32 now)
 {
-	__u32 secs = CT_TIMEOUT_UDP;
-
-	if (proto == IPPROTO_TCP) {
-		switch (s) {
-		case CT_SYN:
-			secs = CT_TIMEOUT_TCP_SYN;
-			break;
-		case CT_FIN:
-			secs = CT_TIMEOUT_TCP_FIN;
-			break;
-		case CT_CLOSED:
-			secs = CT_TIMEOUT_TCP_CLOSED;
-			break;
-		default:
-			secs = CT_TIMEOUT_TCP_ESTABLISHED;
-		}
-	}
-	return secs * CONFIG_HZ;
-}
-
-/* ct_expired reports whether an entry has been idle longer than its
- * timeout: then it is a miss, and the packet takes the ring. */
-static __always_inline int ct_expired(const struct ct_value *ct, __u8 proto, __u32 now)
-{
-	return now - ct->last_seen > ct_timeout(proto, ct->state);
+	return now - ct->last_seen > vip->ct_timeout[ct->state & 3];
 }
 
 /* ct_touch records a packet of a live entry: the new state and the time,

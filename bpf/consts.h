@@ -83,8 +83,10 @@ enum fulcrum_ct_state {
 	CT_CLOSED = 3,
 };
 
-/* Idle timeouts of connection entries, in seconds, per protocol and TCP
- * state: IPVS's defaults. An entry idle for longer is a miss. */
+/* The default idle timeouts of connection entries, in seconds, per
+ * protocol and TCP state: IPVS's. Go writes each VIP's (these, or the
+ * configured ones) into vip_meta.ct_timeout in jiffies; an entry idle for
+ * longer is expired. */
 enum fulcrum_ct_timeout {
 	CT_TIMEOUT_TCP_ESTABLISHED = 900,
 	CT_TIMEOUT_TCP_SYN = 60,
@@ -117,15 +119,18 @@ enum fulcrum_stat {
 	STAT_TX_IPIP,               /* forwarded encapsulated in IP (XDP_TX, or a
 	                             * redirect to another port) */
 	STAT_CT_HIT,                /* connection entry used */
-	STAT_CT_MISS,               /* no entry, or an expired one: ring lookup
-	                             * and insert (counted even if the insert
-	                             * fails) */
+	STAT_CT_MISS,               /* no entry: ring lookup and insert (counted
+	                             * even if the insert fails) */
 	STAT_CT_SYN,                /* TCP SYN: ring lookup and insert */
 	STAT_CT_STALE,              /* entry for a removed backend or VIP: re-hashed */
 	STAT_CT_INSERT_FAILED,      /* map update failed */
 	STAT_CT_BYPASS,             /* VIP without connection table */
 	STAT_FIB_GATEWAY,           /* no neighbour for the next hop: gw_mac used */
 	STAT_CT_GUARD,              /* new flow over the rate limit: no entry made */
+	STAT_CT_EXPIRED,            /* entry idle past its timeout: ring lookup
+	                             * and insert, as a miss (new counters go at
+	                             * the end: a migration keeps the others by
+	                             * index) */
 	STAT_MAX,
 };
 

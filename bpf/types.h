@@ -32,6 +32,10 @@ struct vip_meta {
 	__u8 mode;       /* enum fulcrum_mode */
 	__u8 pad;
 	__u32 ring_size; /* prime M of rings[index] */
+	/* How long the VIP's connection entries may stay idle, in jiffies,
+	 * by enum fulcrum_ct_state (a UDP VIP's four are its one timeout).
+	 * Go converts the configured seconds with the kernel's HZ. */
+	__u32 ct_timeout[4];
 };
 
 /* backends[id]. An id names one backend of one VIP, so removing a backend

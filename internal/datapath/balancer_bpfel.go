@@ -140,7 +140,8 @@ const (
 	balancerFulcrumStatSTAT_CT_BYPASS        balancerFulcrumStat = 19
 	balancerFulcrumStatSTAT_FIB_GATEWAY      balancerFulcrumStat = 20
 	balancerFulcrumStatSTAT_CT_GUARD         balancerFulcrumStat = 21
-	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 22
+	balancerFulcrumStatSTAT_CT_EXPIRED       balancerFulcrumStat = 22
+	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 23
 )
 
 type balancerFulcrumVipFlags uint32
@@ -185,7 +186,7 @@ type balancerLbConfig struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [22]uint64
+	Count [23]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -205,13 +206,14 @@ type balancerVipKeyV6 struct {
 }
 
 type balancerVipMeta struct {
-	_        structs.HostLayout
-	Index    uint16
-	Gen      uint16
-	Flags    uint16
-	Mode     uint8
-	Pad      uint8
-	RingSize uint32
+	_         structs.HostLayout
+	Index     uint16
+	Gen       uint16
+	Flags     uint16
+	Mode      uint8
+	Pad       uint8
+	RingSize  uint32
+	CtTimeout [4]uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -227,7 +228,7 @@ func TestConnTimeouts(t *testing.T) {
 			states = []ConnState{ConnEstablished}
 		}
 		for _, s := range states {
-			timeout := ConnTimeout(c.vip.Proto, s)
+			timeout := DefaultConnTimeouts.Normal(c.vip.Proto).of(c.vip.Proto, s)
 			for _, idle := range []time.Duration{timeout - eps, timeout + eps} {
 				sport++
 				live := idle < timeout
@@ -240,7 +241,7 @@ func TestConnTimeouts(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					want, wantEvent := ring, StatCtMiss
+					want, wantEvent := ring, StatCtExpired
 					if live {
 						want, wantEvent = pinned, StatCtHit
 					}
@@ -269,7 +270,7 @@ func TestFinAndRstShortenLife(t *testing.T) {
 		for j, end := range []struct {
 			flags string
 			idle  time.Duration // past the end state's timeout, within established's
-		}{{"F", ConnTimeout(TCP, ConnFIN) + time.Second}, {"R", ConnTimeout(TCP, ConnClosed) + time.Second}} {
+		}{{"F", DefaultConnTimeouts.FIN + time.Second}, {"R", DefaultConnTimeouts.Closed + time.Second}} {
 			sport := uint16(44000 + 10*i + j)
 			t.Run(fmt.Sprintf("%s/%s", c.name, end.flags), func(t *testing.T) {
 				f := c.flow(sport)
@@ -289,8 +290,8 @@ func TestFinAndRstShortenLife(t *testing.T) {
 				}
 				v, _ := entry(t, d, f)
 				setEntry(t, d, c.vip, f, pinned, ConnState(v.State), end.idle)
-				if to, ev := send(t, d, c.packet(sport, "")); to != ring || ev != StatCtMiss {
-					t.Fatalf("after %s, idle %v: reached %s (%s), want the ring's %s (ct_miss)", end.flags, end.idle, to, ev, ring)
+				if to, ev := send(t, d, c.packet(sport, "")); to != ring || ev != StatCtExpired {
+					t.Fatalf("after %s, idle %v: reached %s (%s), want the ring's %s (ct_expired)", end.flags, end.idle, to, ev, ring)
 				}
 			})
 		}
@@ -393,4 +394,88 @@ func TestMigrationKeepsConnState(t *testing.T) {
 				f, v, old.State, old.LastSeen, old)
 		}
 	}
+}
+
+// TestVIPTimeouts: a VIP's own timeouts decide its entries' life, each at
+// its edge, as Predict says; a restarted datapath reads them back from the
+// maps; bad ones are refused by name and change nothing.
+func TestVIPTimeouts(t *testing.T) {
+	dir := PinDir(newPinRoot(t), "test")
+	d, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { d.Close() }()
+	web := ConnTimeouts{Established: 30 * time.Second, Closed: 2 * time.Second}
+	dns := ConnTimeouts{UDP: 5 * time.Second}
+	cases := []ctCase{
+		{"v4 tcp", vipWeb4, client4, backends4, smallRing},
+		{"v6 udp", vipDNS6, client6, backends6, smallRing},
+	}
+	if err := d.AddVIP(vipWeb4, VIPConfig{Mode: ModeDSR, RingSize: smallRing, Timeouts: web}, backends4); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AddVIP(vipDNS6, VIPConfig{Mode: ModeDSR, RingSize: smallRing, Timeouts: dns}, backends6); err != nil {
+		t.Fatal(err)
+	}
+	edges := []struct {
+		c       ctCase
+		state   ConnState
+		timeout time.Duration
+	}{
+		{cases[0], ConnEstablished, 30 * time.Second}, {cases[0], ConnClosed, 2 * time.Second},
+		{cases[0], ConnFIN, DefaultConnTimeouts.FIN}, {cases[1], ConnEstablished, 5 * time.Second},
+	}
+	check := func(t *testing.T, d *Datapath) {
+		sport := uint16(49000)
+		for _, e := range edges {
+			for _, idle := range []time.Duration{e.timeout - time.Second, e.timeout + time.Second} {
+				sport++
+				f := e.c.flow(sport)
+				ring, pinned := e.c.ring(t, f)
+				setEntry(t, d, e.c.vip, f, pinned, e.state, idle)
+				want, wantEvent := pinned, StatCtHit
+				if idle > e.timeout {
+					want, wantEvent = ring, StatCtExpired
+				}
+				pred, err := d.Predict(f, false)
+				if err != nil || pred.Backend != want || pred.Entry == nil || pred.Entry.Timeout != e.timeout {
+					t.Errorf("%s %s idle %v: Predict %s (entry %+v, %v), want %s with timeout %v", e.c.name, e.state, idle, pred.Backend, pred.Entry, err, want, e.timeout)
+				}
+				if to, ev := send(t, d, e.c.packet(sport, "")); to != want || ev != wantEvent {
+					t.Errorf("%s %s idle %v: reached %s (%s), want %s (%s)", e.c.name, e.state, idle, to, ev, want, wantEvent)
+				}
+			}
+		}
+	}
+	check(t, d)
+
+	// Refused by name; the VIP keeps its timeouts.
+	for _, bad := range []struct {
+		t    ConnTimeouts
+		name string
+	}{{ConnTimeouts{FIN: 1500 * time.Millisecond}, "timeout fin"}, {ConnTimeouts{Established: 200 * time.Hour}, "timeout established"}} {
+		err := d.SetVIP(vipWeb4, VIPConfig{Mode: ModeDSR, RingSize: smallRing, Timeouts: bad.t}, backends4)
+		if err == nil || !strings.Contains(err.Error(), bad.name) {
+			t.Errorf("SetVIP with %+v: err %v, want it to name %q", bad.t, err, bad.name)
+		}
+	}
+	check(t, d)
+
+	// A restart reads them back: the same configuration writes nothing.
+	d.Close()
+	d, err = Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.vips[vipWeb4].cfg.Timeouts; got != web.Normal(TCP) {
+		t.Errorf("adopted timeouts of %s: %+v, want %+v", vipWeb4, got, web.Normal(TCP))
+	}
+	if got := d.vips[vipDNS6].cfg.Timeouts; got != dns.Normal(UDP) {
+		t.Errorf("adopted timeouts of %s: %+v, want %+v", vipDNS6, got, dns.Normal(UDP))
+	}
+	if p, err := d.prepare(vipWeb4, VIPConfig{Mode: ModeDSR, RingSize: smallRing, Timeouts: web}, backends4); err != nil || p != nil {
+		t.Errorf("the same configuration after a restart: prepare = %v, %v; want nothing to write", p, err)
+	}
+	check(t, d)
 }

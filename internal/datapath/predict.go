@@ -106,8 +106,9 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 		return p, err
 	}
 	state := ConnState(ct.State)
+	timeout := owner.cfg.Timeouts.of(owner.vip.Proto, state)
 	p.Entry = &ConnEntry{Backend: b.Addr, State: state, Idle: clk.idle(ct.LastSeen),
-		Timeout: ConnTimeout(f.Proto, state), Expired: clk.expired(f.Proto, ct)}
+		Timeout: timeout, Expired: clk.expired(ct, timeout)}
 	if !p.Entry.Expired {
 		p.Backend, p.Conntrack = b.Addr, true
 	}
