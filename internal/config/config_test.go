@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
@@ -71,7 +72,7 @@ func TestMinimalExample(t *testing.T) {
 		Log:        Log{Level: "info", Format: "text"},
 		API:        API{Socket: api.DefaultSocket},
 		Metrics:    Metrics{Address: "127.0.0.1:9542"},
-		Conntrack:  Conntrack{Entries: 1048576},
+		Conntrack:  Conntrack{Entries: 1048576, Timeouts: datapath.DefaultConnTimeouts},
 		VIPs: []VIP{{
 			Address:   addr("203.0.113.10"),
 			Port:      80,
@@ -122,7 +123,7 @@ func TestFullExample(t *testing.T) {
 		{"log", c.Log, Log{"info", "text"}},
 		{"api", c.API, API{"/run/fulcrum/edge1.sock"}},
 		{"metrics", c.Metrics, Metrics{"127.0.0.1:9542"}},
-		{"conntrack", c.Conntrack, Conntrack{Entries: 1048576}},
+		{"conntrack", c.Conntrack, Conntrack{Entries: 1048576, Timeouts: datapath.DefaultConnTimeouts}},
 		{"health_check", c.HealthCheck, topCheck},
 		{"vrrp", c.VRRP, &VRRP{Interface: "eth0", VRID: 51, Priority: 100, AdvertInterval: 10, Preempt: true,
 			UnicastPeers: []netip.Addr{addr("198.18.0.3")}, GratuitousCount: 3, Family: "ipv4",
