@@ -256,12 +256,9 @@ func eachVIP(v4, v6 *ebpf.Map, fn func(VIP, balancerVipMeta)) error {
 
 // vipMetaV2 is vip_meta of layouts 1 and 2, before ct_timeout.
 type vipMetaV2 struct {
-	Index    uint16
-	Gen      uint16
-	Flags    uint16
-	Mode     uint8
-	Pad      uint8
-	RingSize uint32
+	Index, Gen, Flags uint16
+	Mode, Pad         uint8
+	RingSize          uint32
 }
 
 // eachBackend calls fn with every entry of the backends map, read in
