@@ -69,6 +69,32 @@ enum fulcrum_config_flags {
 	CONFIG_F_GW_MAC = 1 << 2,
 };
 
+/* Client-side TCP state of a connection entry (ct_value.state): the balancer
+ * sees only client -> server in dsr and ipip, so the state is what the
+ * client's segments say. A SYN makes CT_SYN; the first segment without SYN
+ * CT_ESTABLISHED; a FIN CT_FIN; an RST CT_CLOSED. States only move forward
+ * (SYN < ESTABLISHED < FIN < CLOSED); a new SYN starts over. Established is 0
+ * so that an entry written before states existed (the byte was padding,
+ * always 0) reads as established. UDP entries stay 0. */
+enum fulcrum_ct_state {
+	CT_ESTABLISHED = 0,
+	CT_SYN = 1,
+	CT_FIN = 2,
+	CT_CLOSED = 3,
+};
+
+/* The default idle timeouts of connection entries, in seconds, per
+ * protocol and TCP state: IPVS's. Go writes each VIP's (these, or the
+ * configured ones) into vip_meta.ct_timeout in jiffies; an entry idle for
+ * longer is expired. */
+enum fulcrum_ct_timeout {
+	CT_TIMEOUT_TCP_ESTABLISHED = 900,
+	CT_TIMEOUT_TCP_SYN = 60,
+	CT_TIMEOUT_TCP_FIN = 120,
+	CT_TIMEOUT_TCP_CLOSED = 10,
+	CT_TIMEOUT_UDP = 300,
+};
+
 /* Counters of the stats map: one verdict per packet (STAT_PASS_*,
  * STAT_DROP_*, STAT_TX_*), plus events: the connection table's (STAT_CT_*)
  * and STAT_FIB_GATEWAY. */
@@ -101,6 +127,10 @@ enum fulcrum_stat {
 	STAT_CT_BYPASS,             /* VIP without connection table */
 	STAT_FIB_GATEWAY,           /* no neighbour for the next hop: gw_mac used */
 	STAT_CT_GUARD,              /* new flow over the rate limit: no entry made */
+	STAT_CT_EXPIRED,            /* entry idle past its timeout: ring lookup
+	                             * and insert, as a miss (new counters go at
+	                             * the end: a migration keeps the others by
+	                             * index) */
 	STAT_MAX,
 };
 

@@ -36,8 +36,10 @@ struct flow {
 	__u32 ports;    /* source and destination port as loaded (sport low) */
 	__u8 proto;
 	__u8 syn;       /* TCP SYN without ACK */
+	__u8 tcp_flags; /* TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 for UDP */
 	__u8 tos;       /* IPv4 TOS or IPv6 traffic class */
 	__u8 family;    /* 4 or 6 */
+	__u8 pad[3];
 	__u16 l3off;    /* bytes of L2 header before the IP header */
 	__u16 l3len;    /* the IP packet's length by its header */
 };
@@ -82,6 +84,7 @@ static __always_inline enum parse_result parse_l4(void *l4, void *end, __u32 l4l
 		if (tcp->doff < 5 || tcp->doff * 4 > l4len)
 			return PARSE_MALFORMED;
 		f->ports = *(__u32 *)tcp;
+		f->tcp_flags = ((__u8 *)tcp)[13];
 		f->syn = tcp->syn && !tcp->ack;
 		return PARSE_OK;
 	}
@@ -96,6 +99,7 @@ static __always_inline enum parse_result parse_l4(void *l4, void *end, __u32 l4l
 			return PARSE_MALFORMED;
 		f->ports = *(__u32 *)udp;
 		f->syn = 0;
+		f->tcp_flags = 0;
 		return PARSE_OK;
 	}
 	return PARSE_NOT_L4;

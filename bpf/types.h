@@ -32,6 +32,10 @@ struct vip_meta {
 	__u8 mode;       /* enum fulcrum_mode */
 	__u8 pad;
 	__u32 ring_size; /* prime M of rings[index] */
+	/* How long the VIP's connection entries may stay idle, in jiffies,
+	 * by enum fulcrum_ct_state (a UDP VIP's four are its one timeout).
+	 * Go converts the configured seconds with the kernel's HZ. */
+	__u32 ct_timeout[4];
 };
 
 /* backends[id]. An id names one backend of one VIP, so removing a backend
@@ -68,12 +72,23 @@ struct ct_key_v6 {
 };
 
 /* ct_value: where the flow goes. The entry is valid while backends[backend]
- * is live with the same gen. last_seen is in jiffies (coarse, cheap). */
+ * is live with the same gen, serves the packet's VIP, and has not been idle
+ * longer than its state's timeout. last_seen is in jiffies (coarse, cheap).
+ * state took the place of a 16-bit pad without moving anything. */
 struct ct_value {
 	__u32 backend;
 	__u16 backend_gen;
-	__u16 pad;
+	__u8 state;       /* enum fulcrum_ct_state */
+	__u8 pad;
 	__u32 last_seen;
+};
+
+/* ct_clock is the context of fulcrum_clock: the clock connection entries
+ * are stamped with, for Go (Predict, tests). */
+struct ct_clock {
+	__u64 jiffies;
+	__u32 hz;
+	__u32 pad;
 };
 
 /* counter is a packet and byte count, per CPU. */

@@ -150,6 +150,10 @@ type Conntrack struct {
 	// second; over it new flows are balanced by the ring without an entry,
 	// so a SYN flood cannot evict established flows. 0 (default) = none.
 	NewFlowLimit uint32 `yaml:"new_flow_limit"`
+	// Timeouts are how long entries may stay idle, by protocol and TCP
+	// state (docs/datapath.md); every field is set (defaults filled in).
+	// A VIP may set its own (VIP.Timeouts).
+	Timeouts datapath.ConnTimeouts `yaml:"-"`
 }
 
 // IPIP configures encapsulation for VIPs in ipip mode.
@@ -184,6 +188,10 @@ type VIP struct {
 	// (YAML key "conntrack"; default true). Without it every packet is
 	// hashed afresh, which suits stateless UDP services.
 	Conntrack bool `yaml:"-"`
+	// Timeouts are the VIP's own idle timeouts (YAML: conntrack:
+	// {timeouts: {...}}, only its protocol's keys); zero fields take
+	// Conntrack.Timeouts (see TimeoutsOf).
+	Timeouts datapath.ConnTimeouts `yaml:"-"`
 	// Fragments is what happens to IP fragments and unparseable packets
 	// for Address (default FragmentsDrop). It is a per-address policy (a
 	// fragment carries no port), so every VIP on an address must agree.
@@ -371,4 +379,19 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return c, nil
+}
+
+// TimeoutsOf returns the idle timeouts of v's connection entries: the
+// VIP's own where set, the global ones otherwise.
+func (c *Conntrack) TimeoutsOf(v *VIP) datapath.ConnTimeouts {
+	t := c.Timeouts
+	for _, f := range []struct{ own, out *time.Duration }{
+		{&v.Timeouts.SYN, &t.SYN}, {&v.Timeouts.Established, &t.Established}, {&v.Timeouts.FIN, &t.FIN},
+		{&v.Timeouts.Closed, &t.Closed}, {&v.Timeouts.UDP, &t.UDP},
+	} {
+		if *f.own != 0 {
+			*f.out = *f.own
+		}
+	}
+	return t
 }

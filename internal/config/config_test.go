@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
@@ -71,7 +72,7 @@ func TestMinimalExample(t *testing.T) {
 		Log:        Log{Level: "info", Format: "text"},
 		API:        API{Socket: api.DefaultSocket},
 		Metrics:    Metrics{Address: "127.0.0.1:9542"},
-		Conntrack:  Conntrack{Entries: 1048576},
+		Conntrack:  Conntrack{Entries: 1048576, Timeouts: datapath.DefaultConnTimeouts},
 		VIPs: []VIP{{
 			Address:   addr("203.0.113.10"),
 			Port:      80,
@@ -122,7 +123,7 @@ func TestFullExample(t *testing.T) {
 		{"log", c.Log, Log{"info", "text"}},
 		{"api", c.API, API{"/run/fulcrum/edge1.sock"}},
 		{"metrics", c.Metrics, Metrics{"127.0.0.1:9542"}},
-		{"conntrack", c.Conntrack, Conntrack{Entries: 1048576}},
+		{"conntrack", c.Conntrack, Conntrack{Entries: 1048576, Timeouts: datapath.DefaultConnTimeouts}},
 		{"health_check", c.HealthCheck, topCheck},
 		{"vrrp", c.VRRP, &VRRP{Interface: "eth0", VRID: 51, Priority: 100, AdvertInterval: 10, Preempt: true,
 			UnicastPeers: []netip.Addr{addr("198.18.0.3")}, GratuitousCount: 3, Family: "ipv4",
@@ -297,6 +298,18 @@ func TestProblems(t *testing.T) {
 		{"log format case", base + "log: {format: JSON}", "log.format", "lower case: json"},
 		{"conntrack small", base + "conntrack: {entries: 100}", "conntrack.entries", "100 is below the minimum 1024"},
 		{"conntrack big", base + "conntrack: {entries: 67108865}", "conntrack.entries", "67108865 is over the maximum 67108864"},
+		{"timeout zero", base + "conntrack: {timeouts: {tcp_fin: 0s}}", "conntrack.timeouts.tcp_fin", "must be above zero"},
+		{"timeout negative", base + "conntrack: {timeouts: {udp: -5s}}", "conntrack.timeouts.udp", "-5s must be above zero"},
+		{"timeout no unit", base + "conntrack: {timeouts: {udp: 30}}", "conntrack.timeouts.udp", "has no unit"},
+		{"timeout fraction", base + "conntrack: {timeouts: {tcp_syn: 1500ms}}", "conntrack.timeouts.tcp_syn", "not a whole number of seconds"},
+		{"timeout too long", base + "conntrack: {timeouts: {tcp_established: 200h}}", "conntrack.timeouts.tcp_established", "from 1s to 168h0m0s"},
+		{"timeout unknown state", base + "conntrack: {timeouts: {tcp_time_wait: 5s}}", "conntrack.timeouts.tcp_time_wait", "unknown"},
+		{"timeouts not a mapping", base + "conntrack: {timeouts: 5s}", "conntrack.timeouts", "want a mapping of idle timeouts"},
+		{"vip timeout, other protocol", vip(", conntrack: {timeouts: {udp: 5s}}"), "vips[0].conntrack.timeouts.udp", "a tcp VIP's entries have no udp timeout"},
+		{"udp vip timeout, tcp state", base + "vips:\n  - {address: 203.0.113.1, port: 53, protocol: udp, conntrack: {timeouts: {tcp_fin: 5s}}}\n",
+			"vips[0].conntrack.timeouts.tcp_fin", "a udp VIP's entries have no tcp_fin timeout: set udp"},
+		{"vip timeout zero", vip(", conntrack: {timeouts: {tcp_closed: 0s}}"), "vips[0].conntrack.timeouts.tcp_closed", "must be above zero"},
+		{"vip timeout unknown key", vip(", conntrack: {timeout: {tcp_closed: 1s}}"), "vips[0].conntrack.timeout", "unknown"},
 		{"root is a list", "- a", "config", "want a mapping of settings"},
 		{"section not a mapping", base + "log: info", "log", "want a mapping with level and format"},
 

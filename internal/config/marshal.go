@@ -2,8 +2,11 @@ package config
 
 import (
 	"net/netip"
+	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 )
 
 // Marshal renders the configuration as YAML that Parse reads back to an
@@ -17,8 +20,9 @@ func (c *Config) Marshal() ([]byte, error) {
 		"log":        c.Log,
 		"api":        c.API,
 		"metrics":    map[string]any{"address": orOff(c.Metrics.Address)},
-		"conntrack":  c.Conntrack,
-		"vips":       vipsDoc(c.VIPs),
+		"conntrack": map[string]any{"entries": c.Conntrack.Entries, "new_flow_limit": c.Conntrack.NewFlowLimit,
+			"timeouts": timeoutsDoc(c.Conntrack.Timeouts)},
+		"vips": vipsDoc(c.VIPs),
 	}
 	if ip := ipipDoc(c.IPIP); len(ip) > 0 {
 		doc["ipip"] = ip
@@ -71,6 +75,9 @@ func vipsDoc(vips []VIP) []map[string]any {
 		m := map[string]any{
 			"address": v.Address.String(), "port": v.Port, "protocol": v.Protocol, "mode": v.Mode,
 			"scheduler": v.Scheduler, "ring_size": v.RingSize, "conntrack": v.Conntrack, "fragments": v.Fragments,
+		}
+		if t := timeoutsDoc(v.Timeouts); v.Conntrack && len(t) > 0 {
+			m["conntrack"] = map[string]any{"timeouts": t}
 		}
 		if v.Name != "" {
 			m["name"] = v.Name
@@ -144,4 +151,18 @@ func addrStrings(as []netip.Addr) []string {
 		out[i] = a.String()
 	}
 	return out
+}
+
+// timeoutsDoc writes the timeouts that are set, as durations.
+func timeoutsDoc(t datapath.ConnTimeouts) map[string]any {
+	m := map[string]any{}
+	for _, f := range []struct {
+		key string
+		v   time.Duration
+	}{{"tcp_syn", t.SYN}, {"tcp_established", t.Established}, {"tcp_fin", t.FIN}, {"tcp_closed", t.Closed}, {"udp", t.UDP}} {
+		if f.v != 0 {
+			m[f.key] = f.v.String()
+		}
+	}
+	return m
 }

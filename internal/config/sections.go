@@ -9,10 +9,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
@@ -25,7 +27,8 @@ var (
 	logKeys       = []string{"level", "format"}
 	apiKeys       = []string{"socket"}
 	metricsKeys   = []string{"address"}
-	conntrackKeys = []string{"entries", "new_flow_limit"}
+	conntrackKeys = []string{"entries", "new_flow_limit", "timeouts"}
+	timeoutKeys   = []string{"tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "udp"}
 	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "conntrack", "fragments", "health_check", "backends"}
 	backendKeys   = []string{"address", "weight", "mac", "health_check"}
 	healthKeys    = []string{"type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "host", "skip_verify", "payload", "expect", "source", "on_down", "all_down", "through_datapath"}
@@ -85,6 +88,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 	cf := f.sub("conntrack", "a mapping with entries", conntrackKeys)
 	c.Conntrack.Entries = uint32(cf.integer("entries", DefaultConntrackEntries, MinConntrackEntries, MaxConntrackEntries))
 	c.Conntrack.NewFlowLimit = uint32(cf.integer("new_flow_limit", 0, 0, 100_000_000))
+	c.Conntrack.Timeouts = timeoutsOf(cf.sub("timeouts", timeoutsWhat, timeoutKeys), "", datapath.DefaultConnTimeouts)
 
 	var top *HealthCheck
 	topSet := f.has("health_check")
@@ -577,7 +581,7 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 			}
 		}
 	}
-	v.Conntrack = f.boolean("conntrack", true)
+	v.Conntrack, v.Timeouts = vipConntrack(f, v.Protocol)
 	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
 
 	// The health check that applies to this VIP's backends.
@@ -714,4 +718,50 @@ func nearPrime(n int64) uint32 {
 			}
 		}
 	}
+}
+
+const timeoutsWhat = "a mapping of idle timeouts such as {tcp_established: 900s, udp: 300s}"
+
+// timeoutsOf reads a timeouts mapping over base: each key present
+// replaces its field. For a VIP, proto names its protocol and the other
+// protocol's keys are refused; "" (the global mapping) takes every key.
+func timeoutsOf(f *fields, proto string, base datapath.ConnTimeouts) datapath.ConnTimeouts {
+	t := base
+	for _, k := range []struct {
+		key   string
+		proto string
+		field *time.Duration
+	}{
+		{"tcp_syn", "tcp", &t.SYN}, {"tcp_established", "tcp", &t.Established}, {"tcp_fin", "tcp", &t.FIN},
+		{"tcp_closed", "tcp", &t.Closed}, {"udp", "udp", &t.UDP},
+	} {
+		if !f.has(k.key) {
+			continue
+		}
+		if proto != "" && proto != k.proto {
+			f.errf(k.key, "a %s VIP's entries have no %s timeout: set %s", proto, k.key, map[string]string{"tcp": "tcp_syn, tcp_established, tcp_fin or tcp_closed", "udp": "udp"}[proto])
+			continue
+		}
+		d := f.duration(k.key, 0, true)
+		switch {
+		case d == 0: // reported by duration
+		case d%time.Second != 0 || d > datapath.MaxConnTimeout:
+			f.errf(k.key, "%v is not a whole number of seconds from 1s to %v", d, datapath.MaxConnTimeout)
+		default:
+			*k.field = d
+		}
+	}
+	return t
+}
+
+// vipConntrack reads a VIP's conntrack key: true or false, or a mapping
+// {timeouts: {...}} that turns the table on with timeouts of the VIP's own
+// (zero fields inherit conntrack.timeouts).
+func vipConntrack(f source, proto string) (bool, datapath.ConnTimeouts) {
+	ff, ok := f.(*fields)
+	if !ok || ff.vals["conntrack"] == nil || ff.vals["conntrack"].Kind != yaml.MappingNode {
+		return f.boolean("conntrack", true), datapath.ConnTimeouts{}
+	}
+	cf := ff.sub("conntrack", "true, false, or a mapping with timeouts", []string{"timeouts"})
+	return true, timeoutsOf(cf.sub("timeouts", timeoutsWhat, timeoutKeys), proto, datapath.ConnTimeouts{})
 }

@@ -412,6 +412,12 @@ func TestDaemon(t *testing.T) {
 		t.Fatalf("apply of a bad file: err %v, output %q; want a refusal naming the weight", err, out)
 	}
 	h.checkConns(conns, "backend3", "after a refused apply")
+	os.WriteFile(bad, []byte(strings.Replace(h.config(), "entries: 65536", "entries: 65536\n  timeouts: {tcp_fin: 1500ms}", 1)), 0o600)
+	out, err = h.cli("apply", "-f", bad)
+	if err == nil || !strings.Contains(out, "conntrack.timeouts.tcp_fin: 1.5s is not a whole number of seconds") {
+		t.Fatalf("apply of a bad timeout: err %v, output %q; want a refusal naming conntrack.timeouts.tcp_fin", err, out)
+	}
+	h.checkConns(conns, "backend3", "after a refused timeout")
 
 	// SIGHUP with a bad file: refused, logged, traffic unaffected.
 	h.writeConfig(strings.Replace(h.config(), "protocol: udp", "protocol: sctp", 1))

@@ -19,10 +19,10 @@ import (
 )
 
 // previousRelease is the commit of the release this one must upgrade from
-// under traffic (the support window, docs/upgrade.md): the last one before
-// layout versions, whose pins are layout 1. Each release that changes the
+// under traffic (the support window, docs/upgrade.md): the last one of
+// layout 2, before the connection timeouts. Each release that changes the
 // layout sets it to the release before it.
-const previousRelease = "ba1a568d5bdef28b0bc6d3e75ffdb06a29789ab9"
+const previousRelease = "0864769ec4b2249b240ae800d3f3996308a4734f"
 
 // buildRelease builds the fulcrum binary of an earlier commit from this
 // repository's history. Its BPF objects are committed, so only Go is
@@ -206,10 +206,11 @@ func (h *harness) requireLayout(v uint32) {
 
 // TestUpgradeFromPreviousRelease runs the previous release (built from
 // this repository's history) under traffic, kills it with -9 and starts
-// this build on its pins: the pins are migrated from layout 1 with not a
+// this build on its pins: the pins are migrated from layout 2 with not a
 // datagram lost, every connection alive on its backend, and the ones a
-// reweight took off the ring still on theirs. Then it rolls back to the
-// previous release the same way.
+// reweight took off the ring still on theirs. Then the previous release is
+// started again: it cannot read layout 3, so it refuses, says what to do
+// and changes nothing, while this build's program goes on forwarding.
 func TestUpgradeFromPreviousRelease(t *testing.T) {
 	h := newHarness(t)
 	current, previous := h.bin, buildRelease(t, previousRelease)
@@ -220,19 +221,24 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 		t.Fatal("the previous release left no pins")
 	}
 	h.bin = current
-	h.restartMigrating(tr, "layout 1 to 2", datapath.LayoutVersion)
+	h.restartMigrating(tr, "layout 2 to 3", datapath.LayoutVersion)
 
-	// Roll back: the previous release reads no marker, and layout 2's maps
-	// are layout 1's, so it adopts them (docs/upgrade.md).
+	// Back to the previous release: a downgrade across a layout change,
+	// which needs 'fulcrum detach' first (docs/upgrade.md).
 	h.kill()
 	h.bin = previous
-	h.startDaemon()
-	st, err := h.client.Status(context.Background())
-	if err != nil || !st.Adopted {
-		t.Fatalf("the previous release did not adopt the upgraded pins: %+v, %v\n%s", st, err, h.log())
+	log, err := h.runDaemonToEnd()
+	if err == nil {
+		t.Fatalf("the previous release started on layout-%d pins:\n%s", datapath.LayoutVersion, log)
 	}
-	tr.check(h, "after rolling back to the previous release", true)
-	tr.finish(h, "through kill -9 of the previous release, the upgrade and the rollback")
+	for _, want := range []string{fmt.Sprintf("have layout %d", datapath.LayoutVersion), "downgrade", "Nothing was changed", "fulcrum detach"} {
+		if !strings.Contains(log, want) {
+			t.Fatalf("the previous release's refusal does not say %q:\n%s", want, log)
+		}
+	}
+	h.requireLayout(datapath.LayoutVersion)
+	tr.check(h, "after the previous release refused the upgraded pins", false)
+	tr.finish(h, "through kill -9 of the previous release, the upgrade and a refused downgrade")
 }
 
 // TestUpgradeLayoutChange changes the layout in the test itself, twice,

@@ -31,6 +31,13 @@ type balancerCounter struct {
 	Bytes   uint64
 }
 
+type balancerCtClock struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	Hz      uint32
+	Pad     uint32
+}
+
 type balancerCtKeyV4 struct {
 	_     structs.HostLayout
 	Src   uint32
@@ -55,7 +62,8 @@ type balancerCtValue struct {
 	_          structs.HostLayout
 	Backend    uint32
 	BackendGen uint16
-	Pad        uint16
+	State      uint8
+	Pad        uint8
 	LastSeen   uint32
 }
 
@@ -78,6 +86,25 @@ const (
 	balancerFulcrumConfigFlagsCONFIG_F_CT_TCP balancerFulcrumConfigFlags = 1
 	balancerFulcrumConfigFlagsCONFIG_F_CT_UDP balancerFulcrumConfigFlags = 2
 	balancerFulcrumConfigFlagsCONFIG_F_GW_MAC balancerFulcrumConfigFlags = 4
+)
+
+type balancerFulcrumCtState uint32
+
+const (
+	balancerFulcrumCtStateCT_ESTABLISHED balancerFulcrumCtState = 0
+	balancerFulcrumCtStateCT_SYN         balancerFulcrumCtState = 1
+	balancerFulcrumCtStateCT_FIN         balancerFulcrumCtState = 2
+	balancerFulcrumCtStateCT_CLOSED      balancerFulcrumCtState = 3
+)
+
+type balancerFulcrumCtTimeout uint32
+
+const (
+	balancerFulcrumCtTimeoutCT_TIMEOUT_TCP_ESTABLISHED balancerFulcrumCtTimeout = 900
+	balancerFulcrumCtTimeoutCT_TIMEOUT_TCP_SYN         balancerFulcrumCtTimeout = 60
+	balancerFulcrumCtTimeoutCT_TIMEOUT_TCP_FIN         balancerFulcrumCtTimeout = 120
+	balancerFulcrumCtTimeoutCT_TIMEOUT_TCP_CLOSED      balancerFulcrumCtTimeout = 10
+	balancerFulcrumCtTimeoutCT_TIMEOUT_UDP             balancerFulcrumCtTimeout = 300
 )
 
 type balancerFulcrumMode uint32
@@ -113,7 +140,8 @@ const (
 	balancerFulcrumStatSTAT_CT_BYPASS        balancerFulcrumStat = 19
 	balancerFulcrumStatSTAT_FIB_GATEWAY      balancerFulcrumStat = 20
 	balancerFulcrumStatSTAT_CT_GUARD         balancerFulcrumStat = 21
-	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 22
+	balancerFulcrumStatSTAT_CT_EXPIRED       balancerFulcrumStat = 22
+	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 23
 )
 
 type balancerFulcrumVipFlags uint32
@@ -158,7 +186,7 @@ type balancerLbConfig struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [22]uint64
+	Count [23]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -178,13 +206,14 @@ type balancerVipKeyV6 struct {
 }
 
 type balancerVipMeta struct {
-	_        structs.HostLayout
-	Index    uint16
-	Gen      uint16
-	Flags    uint16
-	Mode     uint8
-	Pad      uint8
-	RingSize uint32
+	_         structs.HostLayout
+	Index     uint16
+	Gen       uint16
+	Flags     uint16
+	Mode      uint8
+	Pad       uint8
+	RingSize  uint32
+	CtTimeout [4]uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -207,8 +236,11 @@ const (
 	balancerMapVipsV4           = "vips_v4"
 	balancerMapVipsV6           = "vips_v6"
 	balancerProgFulcrumBalancer = "fulcrum_balancer"
+	balancerProgFulcrumClock    = "fulcrum_clock"
 	balancerVarBackendFlags     = "_backend_flags"
 	balancerVarConfigFlags      = "_config_flags"
+	balancerVarCtState          = "_ct_state"
+	balancerVarCtTimeout        = "_ct_timeout"
 	balancerVarMode             = "_mode"
 	balancerVarStat             = "_stat"
 	balancerVarVipFlags         = "_vip_flags"
@@ -257,6 +289,7 @@ type balancerSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type balancerProgramSpecs struct {
 	FulcrumBalancer *ebpf.ProgramSpec `ebpf:"fulcrum_balancer"`
+	FulcrumClock    *ebpf.ProgramSpec `ebpf:"fulcrum_clock"`
 }
 
 // balancerMapSpecs contains maps before they are loaded into the kernel.
@@ -286,6 +319,8 @@ type balancerMapSpecs struct {
 type balancerVariableSpecs struct {
 	BackendFlags *ebpf.VariableSpec `ebpf:"_backend_flags"`
 	ConfigFlags  *ebpf.VariableSpec `ebpf:"_config_flags"`
+	CtState      *ebpf.VariableSpec `ebpf:"_ct_state"`
+	CtTimeout    *ebpf.VariableSpec `ebpf:"_ct_timeout"`
 	Mode         *ebpf.VariableSpec `ebpf:"_mode"`
 	Stat         *ebpf.VariableSpec `ebpf:"_stat"`
 	VipFlags     *ebpf.VariableSpec `ebpf:"_vip_flags"`
@@ -354,6 +389,8 @@ func (m *balancerMaps) Close() error {
 type balancerVariables struct {
 	BackendFlags *ebpf.Variable `ebpf:"_backend_flags"`
 	ConfigFlags  *ebpf.Variable `ebpf:"_config_flags"`
+	CtState      *ebpf.Variable `ebpf:"_ct_state"`
+	CtTimeout    *ebpf.Variable `ebpf:"_ct_timeout"`
 	Mode         *ebpf.Variable `ebpf:"_mode"`
 	Stat         *ebpf.Variable `ebpf:"_stat"`
 	VipFlags     *ebpf.Variable `ebpf:"_vip_flags"`
@@ -364,11 +401,13 @@ type balancerVariables struct {
 // It can be passed to loadBalancerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type balancerPrograms struct {
 	FulcrumBalancer *ebpf.Program `ebpf:"fulcrum_balancer"`
+	FulcrumClock    *ebpf.Program `ebpf:"fulcrum_clock"`
 }
 
 func (p *balancerPrograms) Close() error {
 	return _BalancerClose(
 		p.FulcrumBalancer,
+		p.FulcrumClock,
 	)
 }
 

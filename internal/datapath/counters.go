@@ -35,6 +35,7 @@ const (
 	StatCtBypass        = Stat(balancerFulcrumStatSTAT_CT_BYPASS)
 	StatFibGateway      = Stat(balancerFulcrumStatSTAT_FIB_GATEWAY)
 	StatCtGuard         = Stat(balancerFulcrumStatSTAT_CT_GUARD)
+	StatCtExpired       = Stat(balancerFulcrumStatSTAT_CT_EXPIRED)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -61,6 +62,7 @@ var statNames = [...]string{
 	StatCtBypass:        "ct_bypass",
 	StatFibGateway:      "fib_gateway",
 	StatCtGuard:         "ct_guard",
+	StatCtExpired:       "ct_expired",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

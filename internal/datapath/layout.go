@@ -24,7 +24,11 @@ import (
 //     and earlier): the balancer's maps and the XDP links, no marker.
 //   - 2: layout 1's maps with the same formats, plus the marker
 //     (layoutPin) and the balancer program pinned (programPin).
-const LayoutVersion = 2
+//   - 3: vip_meta (vips_*, vip_state) carries the VIP's connection
+//     timeouts in jiffies; the verdict table ends with ct_expired; a
+//     connection entry's spare byte is its TCP state (0, established, in
+//     entries of older layouts).
+const LayoutVersion = 3
 
 // OldestLayout is the oldest layout this release migrates from: the
 // support window is at least the previous release.

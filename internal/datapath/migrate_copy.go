@@ -25,7 +25,9 @@ type tables struct {
 }
 
 // openTables opens the maps of the pins in dir. Layouts 1 and 2 have the
-// same formats; a layout that changes one reads it here, converted.
+// same formats; layout 3 added the timeouts to vip_meta (eachVIP reads
+// either) and a counter to the end of the verdict table (copyCounters
+// carries the old ones over).
 func openTables(dir string) (*tables, error) {
 	t := &tables{owned: true}
 	for _, f := range []struct {
@@ -47,8 +49,8 @@ func openTables(dir string) (*tables, error) {
 		sameFormat(t.ctV4, balancerMapCtV4, balancerCtKeyV4{}, balancerCtValue{}),
 		sameFormat(t.ctV6, balancerMapCtV6, balancerCtKeyV6{}, balancerCtValue{}),
 		sameFormat(t.backends, balancerMapBackends, uint32(0), balancerBackend{}),
-		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}),
-		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}),
+		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}, vipMetaV2{}),
+		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}, vipMetaV2{}),
 	); err != nil {
 		t.close()
 		return nil, fmt.Errorf("read the pins in %s: %w", dir, err)
@@ -57,12 +59,17 @@ func openTables(dir string) (*tables, error) {
 }
 
 // sameFormat checks that a pinned map's keys and values are the size of
-// the Go types this build reads them as.
-func sameFormat(m *ebpf.Map, name string, key, value any) error {
-	if int(m.KeySize()) != binary.Size(key) || int(m.ValueSize()) != binary.Size(value) {
-		return fmt.Errorf("%s has %d-byte keys and %d-byte values, want %d and %d", name, m.KeySize(), m.ValueSize(), binary.Size(key), binary.Size(value))
+// the Go types this build reads them as: value, or an older layout's
+// (olderValues) that the reader converts.
+func sameFormat(m *ebpf.Map, name string, key, value any, olderValues ...any) error {
+	if int(m.KeySize()) == binary.Size(key) {
+		for _, v := range append([]any{value}, olderValues...) {
+			if int(m.ValueSize()) == binary.Size(v) {
+				return nil
+			}
+		}
 	}
-	return nil
+	return fmt.Errorf("%s has %d-byte keys and %d-byte values, want %d and %d", name, m.KeySize(), m.ValueSize(), binary.Size(key), binary.Size(value))
 }
 
 func tablesOf(o *balancerObjects) *tables {
@@ -139,7 +146,10 @@ func copyConntrack(src, dst *tables, missingOnly bool) (kept, dropped int, err e
 		if !ok {
 			return v, false
 		}
-		return balancerCtValue{Backend: ref.id, BackendGen: ref.gen, LastSeen: v.LastSeen}, true
+		// Everything but the backend carries over: the state and the
+		// last-seen time, so an entry keeps its timeout and idle age.
+		v.Backend, v.BackendGen = ref.id, ref.gen
+		return v, true
 	}
 	k4, d4, err := copyTable[balancerCtKeyV4](src.ctV4, dst.ctV4, convert, missingOnly)
 	if err != nil {
@@ -302,12 +312,19 @@ func writeSpread[K any](m *ebpf.Map, keys []K, vals []balancerCtValue) error {
 	return errors.Join(errs...)
 }
 
+// statTableV2 is the verdict table of layouts 1 and 2: the counters up to
+// ct_guard.
+type statTableV2 struct {
+	Count [balancerFulcrumStatSTAT_CT_GUARD + 1]uint64
+}
+
 // copyCounters carries the per-CPU counters over: the verdict table whole
 // (the same enum in every layout this build reads), a VIP's and a
 // backend's to the index or id they have now. It returns what it reset.
 func copyCounters(src, dst *tables) ([]string, error) {
 	var reset []string
-	if src.stats.ValueSize() == dst.stats.ValueSize() {
+	switch src.stats.ValueSize() {
+	case dst.stats.ValueSize():
 		var v []balancerStatTable
 		if err := src.stats.Lookup(uint32(0), &v); err != nil {
 			return nil, fmt.Errorf("read verdict counters: %w", err)
@@ -315,7 +332,21 @@ func copyCounters(src, dst *tables) ([]string, error) {
 		if err := dst.stats.Put(uint32(0), v); err != nil {
 			return nil, fmt.Errorf("write verdict counters: %w", err)
 		}
-	} else {
+	case uint32(binary.Size(statTableV2{})):
+		// Counters are only ever added at the end of the enum: the old
+		// table's are the same counters by index.
+		var old []statTableV2
+		if err := src.stats.Lookup(uint32(0), &old); err != nil {
+			return nil, fmt.Errorf("read verdict counters: %w", err)
+		}
+		v := make([]balancerStatTable, len(old))
+		for cpu := range old {
+			copy(v[cpu].Count[:], old[cpu].Count[:])
+		}
+		if err := dst.stats.Put(uint32(0), v); err != nil {
+			return nil, fmt.Errorf("write verdict counters: %w", err)
+		}
+	default:
 		reset = append(reset, fmt.Sprintf("verdict counters: the old table has %d bytes a CPU, this one %d", src.stats.ValueSize(), dst.stats.ValueSize()))
 	}
 	srcByID, _, _, srcVIPs, err := src.index()

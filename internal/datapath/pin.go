@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -77,6 +78,10 @@ func (d *Datapath) attachPinned(ifindex int) (link.Link, bool, error) {
 // maps, so a restarted daemon continues where the last one stopped and its
 // reconcile touches only what changed.
 func (d *Datapath) adopt() error {
+	hz, err := d.hz()
+	if err != nil {
+		return err
+	}
 	metas := make(map[uint16]VIP)
 	add := func(vip VIP, m balancerVipMeta) {
 		cfg := VIPConfig{
@@ -85,6 +90,7 @@ func (d *Datapath) adopt() error {
 			NoConntrack:     m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_NO_CONNTRACK) != 0,
 			SourceHash:      m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_HASH) != 0,
 			PassUnparseable: m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE) != 0,
+			Timeouts:        connTimeoutsOf(vip.Proto, m.CtTimeout, hz),
 		}
 		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen,
 			backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
@@ -112,7 +118,7 @@ func (d *Datapath) adopt() error {
 	// Backends, read in batches.
 	var orphans []uint32
 	used := make(map[uint32]bool)
-	err := eachBackend(d.objs.Backends, func(id uint32, b balancerBackend) {
+	err = eachBackend(d.objs.Backends, func(id uint32, b balancerBackend) {
 		if b.Gen != 0 {
 			d.backendGen[id] = b.Gen
 		}
@@ -213,21 +219,42 @@ func eachVIP(v4, v6 *ebpf.Map, fn func(VIP, balancerVipMeta)) error {
 	var k4 balancerVipKeyV4
 	var k6 balancerVipKeyV6
 	var m balancerVipMeta
+	var old vipMetaV2
+	// Layouts 1 and 2 had no timeouts in vip_meta: a migration reads their
+	// VIPs by the old format (the timeouts read as zero: the new
+	// configuration writes its own).
+	val := any(&m)
+	if v4.ValueSize() == uint32(binary.Size(old)) {
+		val = &old
+	}
+	meta := func() balancerVipMeta {
+		if val == &old {
+			return balancerVipMeta{Index: old.Index, Gen: old.Gen, Flags: old.Flags, Mode: old.Mode, RingSize: old.RingSize}
+		}
+		return m
+	}
 	it := v4.Iterate()
-	for it.Next(&k4, &m) {
-		fn(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)}, m)
+	for it.Next(&k4, val) {
+		fn(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)}, meta())
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read vips_v4: %w", err)
 	}
 	it = v6.Iterate()
-	for it.Next(&k6, &m) {
-		fn(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)}, m)
+	for it.Next(&k6, val) {
+		fn(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)}, meta())
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read vips_v6: %w", err)
 	}
 	return nil
+}
+
+// vipMetaV2 is vip_meta of layouts 1 and 2, before ct_timeout.
+type vipMetaV2 struct {
+	Index, Gen, Flags uint16
+	Mode, Pad         uint8
+	RingSize          uint32
 }
 
 // eachBackend calls fn with every entry of the backends map, read in

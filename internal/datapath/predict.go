@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -30,16 +31,33 @@ type Prediction struct {
 	RingBackend netip.Addr
 	// Conntrack is set when a live connection entry decides the backend.
 	Conntrack bool
+	// Entry describes the flow's connection entry, if it has one that
+	// names a live backend, expired or not.
+	Entry *ConnEntry
 	// RingSize is the VIP's ring size M.
 	RingSize uint32
+}
+
+// ConnEntry is a connection entry as Predict found it.
+type ConnEntry struct {
+	Backend netip.Addr
+	State   ConnState
+	// Idle is how long ago the entry last saw a packet (jiffies
+	// resolution); Timeout is how long it may stay idle in its state.
+	Idle, Timeout time.Duration
+	// Expired entries are misses: the packet takes the ring.
+	Expired bool
 }
 
 // ErrNoVIP is returned by Predict for a flow that matches no VIP.
 var ErrNoVIP = errors.New("no vip matches the flow")
 
 // Predict returns the backend a packet of flow reaches, computed the way
-// the fast path computes it: connection entry first (unless the packet is a
-// TCP SYN, which always takes the ring), then the VIP's Maglev ring.
+// the fast path computes it: the flow's connection entry first (unless the
+// packet is a TCP SYN, which always takes the ring), if its backend is live
+// with the entry's generation, its VIP tracks connections, and it has not
+// been idle past its state's timeout; else the Maglev ring of the flow's
+// VIP.
 func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -65,7 +83,7 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 		p.RingBackend = e.byID[id].Addr
 	}
 	p.Backend = p.RingBackend
-	if syn || e.cfg.NoConntrack {
+	if syn {
 		return p, nil
 	}
 	ct, err := d.lookupConntrack(f)
@@ -75,10 +93,36 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	if ct == nil {
 		return p, nil
 	}
-	if b := e.byID[ct.Backend]; b != nil && b.gen == ct.BackendGen {
+	// The entry's backend is found by id, whatever VIP it serves: the fast
+	// path reads the entry before it knows the packet's VIP (an entry made
+	// by an every-port VIP keeps its flow when a VIP for the exact port
+	// appears).
+	owner, b := d.backendByID(ct.Backend)
+	if b == nil || b.gen != ct.BackendGen || owner.cfg.NoConntrack {
+		return p, nil // stale: the ring decides
+	}
+	clk, err := d.clock()
+	if err != nil {
+		return p, err
+	}
+	state := ConnState(ct.State)
+	timeout := owner.cfg.Timeouts.of(owner.vip.Proto, state)
+	p.Entry = &ConnEntry{Backend: b.Addr, State: state, Idle: clk.idle(ct.LastSeen),
+		Timeout: timeout, Expired: clk.expired(ct, timeout)}
+	if !p.Entry.Expired {
 		p.Backend, p.Conntrack = b.Addr, true
 	}
 	return p, nil
+}
+
+// backendByID returns the live backend with id and its VIP, or nils.
+func (d *Datapath) backendByID(id uint32) (*vipEntry, *backendEntry) {
+	for _, e := range d.vips {
+		if b := e.byID[id]; b != nil {
+			return e, b
+		}
+	}
+	return nil, nil
 }
 
 // lookupConntrack returns the flow's connection entry, or nil.

@@ -108,6 +108,9 @@ type VIPConfig struct {
 	// ports, so the policy is per address: any VIP on the address that
 	// drops makes the address drop.
 	PassUnparseable bool
+	// Timeouts are how long the VIP's connection entries may stay idle;
+	// zero fields take DefaultConnTimeouts.
+	Timeouts ConnTimeouts
 }
 
 // Backend is one server behind a VIP.

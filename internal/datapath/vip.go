@@ -234,6 +234,10 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 	if cfg.RingSize < maglev.MinSize || cfg.RingSize > maglev.MaxSize || !maglev.IsPrime(cfg.RingSize) {
 		return fmt.Errorf("vip %s: ring size %d is not a prime between %d and %d", vip, cfg.RingSize, maglev.MinSize, maglev.MaxSize)
 	}
+	if err := cfg.Timeouts.Check(); err != nil {
+		return fmt.Errorf("vip %s: connection %w", vip, err)
+	}
+	cfg.Timeouts = cfg.Timeouts.Normal(vip.Proto)
 	seen := make(map[netip.Addr]bool, len(backends))
 	for i, b := range backends {
 		if !b.Addr.IsValid() || b.Addr.IsUnspecified() || b.Addr.Is4In6() || b.Addr.Zone() != "" {
@@ -523,7 +527,11 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 // state and key, then the retirement of the backends it lost.
 func (d *Datapath) commit(p *pendingVIP) error {
 	e, vip := p.e, p.e.vip
-	meta := vipMeta(e)
+	hz, err := d.hz()
+	if err != nil {
+		return fmt.Errorf("vip %s: %w", vip, err)
+	}
+	meta := vipMeta(e, hz)
 	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
 		return fmt.Errorf("vip %s: write vip state: %w", vip, err)
 	}
@@ -592,7 +600,8 @@ func backendValue(b *backendEntry, vipIndex uint16) balancerBackend {
 	return v
 }
 
-func vipMeta(e *vipEntry) balancerVipMeta {
+// vipMeta is the VIP's vip_meta; hz converts its timeouts to jiffies.
+func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	var flags uint16
 	if e.cfg.NoConntrack {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_NO_CONNTRACK)
@@ -604,11 +613,12 @@ func vipMeta(e *vipEntry) balancerVipMeta {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE)
 	}
 	return balancerVipMeta{
-		Index:    e.index,
-		Gen:      e.gen,
-		Flags:    flags,
-		Mode:     uint8(e.cfg.Mode),
-		RingSize: e.cfg.RingSize,
+		Index:     e.index,
+		Gen:       e.gen,
+		Flags:     flags,
+		Mode:      uint8(e.cfg.Mode),
+		RingSize:  e.cfg.RingSize,
+		CtTimeout: e.cfg.Timeouts.jiffies(e.vip.Proto, hz),
 	}
 }
 

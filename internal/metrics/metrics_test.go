@@ -170,6 +170,7 @@ fulcrum_conntrack_events_total{event="syn"} 161
 fulcrum_conntrack_events_total{event="stale"} 171
 fulcrum_conntrack_events_total{event="insert_failed"} 181
 fulcrum_conntrack_events_total{event="bypass"} 191
+fulcrum_conntrack_events_total{event="expired"} 221
 fulcrum_conntrack_events_total{event="guard"} 211
 # HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.
 # TYPE fulcrum_datapath_events_total counter

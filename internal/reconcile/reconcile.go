@@ -77,6 +77,9 @@ type State struct {
 	// NewFlowLimit bounds the connection entries each CPU creates per
 	// second; 0 = none.
 	NewFlowLimit uint32
+	// Conntrack holds the global idle timeouts of connection entries,
+	// which a VIP's own override (config.Conntrack.TimeoutsOf).
+	Conntrack config.Conntrack
 	// Interfaces are the interfaces the fast path is attached to. While an
 	// ipip VIP exists they forward: bpf_fib_lookup, which finds the next
 	// hop of encapsulated packets, answers only for interfaces that do.
@@ -89,6 +92,7 @@ func StateOf(c *config.Config) State {
 		VIPs:         c.VIPs,
 		Encap:        datapath.EncapConfig{SourceV4: c.IPIP.SourceV4, SourceV6: c.IPIP.SourceV6, GatewayMAC: c.IPIP.GatewayMAC},
 		NewFlowLimit: c.Conntrack.NewFlowLimit,
+		Conntrack:    c.Conntrack,
 	}
 	for _, ifc := range c.Interfaces {
 		s.Interfaces = append(s.Interfaces, ifc.Name)
@@ -568,7 +572,7 @@ func (r *Reconciler) plan(s State, touched []datapath.VIP) (plan, error) {
 			errs = append(errs, fmt.Errorf("vips[%d]: vip %s appears twice", i, key))
 			continue
 		}
-		t, err := r.targetOf(v, s.Encap)
+		t, err := r.targetOf(v, s.Encap, s.Conntrack.TimeoutsOf(&v))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("vips[%d] (%s): %w", i, key, err))
 			continue
@@ -586,7 +590,7 @@ func (r *Reconciler) plan(s State, touched []datapath.VIP) (plan, error) {
 	return p, nil
 }
 
-func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig) (target, error) {
+func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts datapath.ConnTimeouts) (target, error) {
 	key := Key(v)
 	mode, err := modeOf(v.Mode)
 	if err != nil {
@@ -598,6 +602,7 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig) (target,
 		NoConntrack:     !v.Conntrack,
 		SourceHash:      v.Scheduler == config.SchedulerSourceHash,
 		PassUnparseable: v.Fragments == config.FragmentsPass,
+		Timeouts:        timeouts.Normal(key.Proto),
 	}}
 	onDown, allDown := config.DefaultOnDown, config.DefaultAllDown
 	if v.HealthCheck != nil && v.HealthCheck.OnDown != "" {
