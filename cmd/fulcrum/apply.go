@@ -18,10 +18,14 @@ func applyCommand() *cli.Command {
 		Name:  "apply",
 		Usage: "make a config file the desired state: VIPs and backends are added, changed and removed to match",
 		Description: "The file is checked whole by the daemon; a bad file changes nothing.\n" +
-			"Changes made since through 'vip' and 'backend' commands are replaced.\n\n" +
-			"Example: fulcrum apply -f /etc/fulcrum/fulcrum.yaml",
+			"Changes made since through 'vip' and 'backend' commands are replaced.\n" +
+			"With --dry-run the daemon says what it would change and changes nothing: the VIPs\n" +
+			"added, removed and changed; for each changed VIP its backends (weight and ring slots\n" +
+			"now -> after) and the share of ring slots that move; the settings that need a restart.\n\n" +
+			"Example: fulcrum apply --dry-run -f /etc/fulcrum/fulcrum.yaml",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the YAML config `FILE`, - for standard input"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print what applying the file would change, and change nothing"},
 		},
 		Action: apply,
 	}
@@ -48,6 +52,10 @@ func apply(c *cli.Context) error {
 	if len(cfg) > api.MaxApplyBody {
 		return fmt.Errorf("config %s is %d bytes, over the API's limit of %d", file, len(cfg), api.MaxApplyBody)
 	}
+	if c.Bool("dry-run") {
+		return query(c, func(ctx context.Context, d *api.Client) (api.Plan, error) { return d.Plan(ctx, cfg) },
+			func(w io.Writer, p api.Plan) error { return printPlan(w, file, p) })
+	}
 	return query(c, func(ctx context.Context, d *api.Client) (api.ApplyResult, error) { return d.Apply(ctx, cfg) },
 		func(w io.Writer, res api.ApplyResult) error { return printApplyResult(w, file, res) })
 }
@@ -68,6 +76,55 @@ func printApplyResult(w io.Writer, file string, res api.ApplyResult) error {
 	}
 	for _, v := range res.Removed {
 		fmt.Fprintf(w, "  - %s\n", v)
+	}
+	return nil
+}
+
+// printPlan writes what applying the file would do: a summary line, the
+// VIPs (+ added, ~ changed, - removed), for each changed VIP its settings,
+// the share of ring slots that move and its backends, then the settings
+// that only a restart can change.
+func printPlan(w io.Writer, file string, p api.Plan) error {
+	if file == "-" {
+		file = "standard input"
+	}
+	fmt.Fprintf(w, "dry run of %s (nothing changed): %d added, %d changed, %d removed, %d unchanged\n",
+		file, len(p.Added), len(p.Changed), len(p.Removed), p.Unchanged)
+	for _, v := range p.Added {
+		fmt.Fprintf(w, "  + %s\n", v)
+	}
+	for _, v := range p.Changed {
+		fmt.Fprintf(w, "  ~ %s: %d of %d ring slots move (%.2f%%)\n", v.VIP, v.MovedSlots, v.RingSize, 100*v.MovedShare)
+		for _, s := range v.Settings {
+			fmt.Fprintf(w, "      %s\n", s)
+		}
+		if len(v.Backends) == 0 {
+			continue
+		}
+		t := newTable(w)
+		row(t, "      BACKEND", "CHANGE", "WEIGHT", "SLOTS")
+		for _, b := range v.Backends {
+			change := b.Change
+			if change == "" {
+				change = "-"
+			}
+			row(t, "      "+b.Address.String(), change, fmt.Sprintf("%d -> %d", b.OldWeight, b.NewWeight), fmt.Sprintf("%d -> %d", b.OldSlots, b.NewSlots))
+		}
+		if err := t.Flush(); err != nil {
+			return err
+		}
+	}
+	for _, v := range p.Removed {
+		fmt.Fprintf(w, "  - %s\n", v)
+	}
+	for _, s := range p.Global {
+		fmt.Fprintf(w, "  setting %s\n", s)
+	}
+	if len(p.Restart) > 0 {
+		fmt.Fprintln(w, "apply would refuse this file; a restart is needed:")
+		for _, s := range p.Restart {
+			fmt.Fprintf(w, "  ! %s\n", s)
+		}
 	}
 	return nil
 }

@@ -9,13 +9,16 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
 
 // ReadRings reads the Maglev ring of every VIP from the maps pinned in
 // dir, as the fast path sees them: for each VIP, the address of the
 // backend in each slot. Backend ids are left out, so that rings written by
 // different daemons (which may number their backends differently) compare
-// equal when they send each slot to the same backend. It reads the pins
+// equal when they send each slot to the same backend. A slot of a ring
+// without active backends reads as the invalid Addr. It reads the pins
 // only: no daemon need run, and a running one is not disturbed.
 func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 	open := func(name string) (*ebpf.Map, error) {
@@ -76,6 +79,9 @@ func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 		}
 		r := make([]netip.Addr, len(slots))
 		for i, bid := range slots {
+			if bid == maglev.Unassigned {
+				continue // no backend has weight: the slot drops
+			}
 			a, ok := addrs[bid]
 			if !ok {
 				return nil, fmt.Errorf("read ring of vip %s: slot %d names backend %d, which is not live", v, i, bid)
