@@ -63,21 +63,33 @@ func apply(c *cli.Context) error {
 // printApplyResult writes a summary line and one line per VIP touched:
 // + added, ~ changed, - removed.
 func printApplyResult(w io.Writer, file string, res api.ApplyResult) error {
+	printVIPChanges(w, "applied "+fileName(file), res.Added, res.Changed, res.Removed, res.Unchanged, func(string) { fmt.Fprintln(w) })
+	return nil
+}
+
+// fileName names a config file in output.
+func fileName(file string) string {
 	if file == "-" {
-		file = "standard input"
+		return "standard input"
 	}
-	fmt.Fprintf(w, "applied %s: %d added, %d changed, %d removed, %d unchanged\n",
-		file, len(res.Added), len(res.Changed), len(res.Removed), res.Unchanged)
-	for _, v := range res.Added {
+	return file
+}
+
+// printVIPChanges writes the summary line of an apply or a dry run, led by
+// head, then the VIPs: + added, ~ changed (each followed by what detail
+// writes about it, ending the line), - removed.
+func printVIPChanges(w io.Writer, head string, added, changed, removed []string, unchanged int, detail func(vip string)) {
+	fmt.Fprintf(w, "%s: %d added, %d changed, %d removed, %d unchanged\n", head, len(added), len(changed), len(removed), unchanged)
+	for _, v := range added {
 		fmt.Fprintf(w, "  + %s\n", v)
 	}
-	for _, v := range res.Changed {
-		fmt.Fprintf(w, "  ~ %s\n", v)
+	for _, v := range changed {
+		fmt.Fprintf(w, "  ~ %s", v)
+		detail(v)
 	}
-	for _, v := range res.Removed {
+	for _, v := range removed {
 		fmt.Fprintf(w, "  - %s\n", v)
 	}
-	return nil
 }
 
 // printPlan writes what applying the file would do: a summary line, the
@@ -85,21 +97,20 @@ func printApplyResult(w io.Writer, file string, res api.ApplyResult) error {
 // the share of ring slots that move and its backends, then the settings
 // that only a restart can change.
 func printPlan(w io.Writer, file string, p api.Plan) error {
-	if file == "-" {
-		file = "standard input"
+	changed := make([]string, len(p.Changed))
+	byVIP := make(map[string]api.VIPPlan, len(p.Changed))
+	for i, v := range p.Changed {
+		changed[i], byVIP[v.VIP] = v.VIP, v
 	}
-	fmt.Fprintf(w, "dry run of %s (nothing changed): %d added, %d changed, %d removed, %d unchanged\n",
-		file, len(p.Added), len(p.Changed), len(p.Removed), p.Unchanged)
-	for _, v := range p.Added {
-		fmt.Fprintf(w, "  + %s\n", v)
-	}
-	for _, v := range p.Changed {
-		fmt.Fprintf(w, "  ~ %s: %d of %d ring slots move (%.2f%%)\n", v.VIP, v.MovedSlots, v.RingSize, 100*v.MovedShare)
+	var err error
+	printVIPChanges(w, "dry run of "+fileName(file)+" (nothing changed)", p.Added, changed, p.Removed, p.Unchanged, func(vip string) {
+		v := byVIP[vip]
+		fmt.Fprintf(w, ": %d of %d ring slots move (%.2f%%)\n", v.MovedSlots, v.RingSize, 100*v.MovedShare)
 		for _, s := range v.Settings {
 			fmt.Fprintf(w, "      %s\n", s)
 		}
 		if len(v.Backends) == 0 {
-			continue
+			return
 		}
 		t := newTable(w)
 		row(t, "      BACKEND", "CHANGE", "WEIGHT", "SLOTS")
@@ -110,12 +121,10 @@ func printPlan(w io.Writer, file string, p api.Plan) error {
 			}
 			row(t, "      "+b.Address.String(), change, fmt.Sprintf("%d -> %d", b.OldWeight, b.NewWeight), fmt.Sprintf("%d -> %d", b.OldSlots, b.NewSlots))
 		}
-		if err := t.Flush(); err != nil {
-			return err
-		}
-	}
-	for _, v := range p.Removed {
-		fmt.Fprintf(w, "  - %s\n", v)
+		err = t.Flush()
+	})
+	if err != nil {
+		return err
 	}
 	for _, s := range p.Global {
 		fmt.Fprintf(w, "  setting %s\n", s)

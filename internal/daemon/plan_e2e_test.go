@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -9,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
-	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // TestApplyDryRunReweight asks the daemon for the plan of a reweight
@@ -103,10 +101,6 @@ func TestApplyDryRunReweight(t *testing.T) {
 		if len(vp.Backends) != len(h.topo.Backends) {
 			t.Errorf("vip %s: plan lists %d backends, want %d", vp.VIP, len(vp.Backends), len(h.topo.Backends))
 		}
-		t.Logf("vip %s: %s", vp.VIP, describe(vp))
+		t.Logf("vip %s: %d of %d slots moved (%.1f%%), as planned", vp.VIP, vp.MovedSlots, vp.RingSize, 100*vp.MovedShare)
 	}
-}
-
-func describe(vp api.VIPPlan) string {
-	return fmt.Sprintf("%d of %d slots moved (%.1f%%), as planned", vp.MovedSlots, vp.RingSize, 100*vp.MovedShare)
 }
