@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,4 +53,37 @@ func TestApplyArguments(t *testing.T) {
 		t.Fatal(err)
 	}
 	runCLI(t, "apply", "-f", big).fails(t, exitError, fmt.Sprintf("fulcrum: config %s is %d bytes, over the API's limit of %d", big, api.MaxApplyBody+2, api.MaxApplyBody))
+}
+
+// TestApplyDryRun prints the daemon's plan of the file and asks for no
+// change: the daemon sees Plan, never Apply.
+func TestApplyDryRun(t *testing.T) {
+	d := startDaemon(t)
+	path := writeConfig(t)
+	a := netip.MustParseAddr
+	plan := api.Plan{
+		Added: []string{"udp/203.0.113.11:53"}, Removed: []string{"udp/[2001:db8::1]:53"}, Unchanged: 2,
+		Changed: []api.VIPPlan{{
+			VIP: "tcp/203.0.113.10:80", Settings: []string{"ring_size: 65537 -> 251"}, RingSize: 251, MovedSlots: 251, MovedShare: 1,
+		}, {
+			VIP: "tcp/203.0.113.10:0", RingSize: 65537, MovedSlots: 16384, MovedShare: 16384.0 / 65537,
+			Backends: []api.BackendPlan{
+				{Address: a("198.18.0.11"), Change: "weight", OldWeight: 1, NewWeight: 3, OldSlots: 32769, NewSlots: 49153},
+				{Address: a("198.18.0.12"), OldWeight: 1, NewWeight: 1, OldSlots: 32768, NewSlots: 16384},
+			},
+		}},
+		Global:  []string{"log.level: info -> debug"},
+		Restart: []string{"conntrack.entries cannot change on reload; restart the daemon to change it"},
+	}
+	d.fake.update(func(f *fakeController) { f.plan = plan })
+	d.run(t, "apply", "--dry-run", "-f", path).checkGolden(t, "apply_dry_run.golden")
+	if got := d.fake.lastCall(); got != "Plan" || string(d.fake.config) != testConfig {
+		t.Errorf("daemon call %q with %q; want Plan with the file", got, d.fake.config)
+	}
+	checkJSON(t, d.run(t, "apply", "--dry-run", "-f", path, "-o", "json"), plan)
+	for _, c := range d.fake.calls {
+		if c == "Apply" {
+			t.Errorf("a dry run called Apply (calls: %q)", d.fake.calls)
+		}
+	}
 }

@@ -82,6 +82,7 @@ func backendAdd(c *cli.Context) (change, error) {
 	return change{
 		send:    func(ctx context.Context, d *api.Client) error { return d.AddBackend(ctx, ref, b) },
 		confirm: fmt.Sprintf("added backend %s to %s (weight %d)", addr, ref, b.Weight),
+		unsaved: true,
 	}, nil
 }
 
@@ -93,6 +94,7 @@ func backendRemove(c *cli.Context) (change, error) {
 	return change{
 		send:    func(ctx context.Context, d *api.Client) error { return d.RemoveBackend(ctx, ref, addr) },
 		confirm: fmt.Sprintf("removed backend %s from %s", addr, ref),
+		unsaved: true,
 	}, nil
 }
 
@@ -104,6 +106,7 @@ func backendDrain(c *cli.Context) (change, error) {
 	return change{
 		send:    setWeight(ref, addr, 0),
 		confirm: fmt.Sprintf("draining backend %s of %s: no new flows, established flows stay", addr, ref),
+		unsaved: true,
 	}, nil
 }
 
@@ -121,6 +124,7 @@ func backendWeight(c *cli.Context) (change, error) {
 	return change{
 		send:    setWeight(ref, addr, weight),
 		confirm: fmt.Sprintf("set weight of backend %s of %s to %d", addr, ref, weight),
+		unsaved: true,
 	}, nil
 }
 

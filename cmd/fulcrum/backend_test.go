@@ -64,11 +64,11 @@ func TestBackendChanges(t *testing.T) {
 	}
 	for _, tt := range tests {
 		args := append([]string{"backend"}, tt.args...)
-		d.run(t, args...).check(t, 0, tt.stdout, "")
+		d.run(t, args...).check(t, 0, tt.stdout, unsavedNotice+"\n")
 		if got := d.fake.lastCall(); got != tt.call {
 			t.Errorf("fulcrum %v: daemon call %q, want %q", args, got, tt.call)
 		}
-		d.run(t, append([]string{"-o", "json"}, args...)...).check(t, 0, "", "")
+		d.run(t, append([]string{"-o", "json"}, args...)...).check(t, 0, "", unsavedNotice+"\n")
 		if got := d.fake.lastCall(); got != tt.call {
 			t.Errorf("fulcrum -o json %v: daemon call %q, want %q", args, got, tt.call)
 		}

@@ -22,6 +22,9 @@ import (
 type change struct {
 	send    func(context.Context, *api.Client) error
 	confirm string
+	// unsaved: the change edits the desired VIPs, which a restart or a
+	// reload replaces with the config file's (see noteUnsaved).
+	unsaved bool
 }
 
 // changeAction returns the action of a command that changes state: parse
@@ -40,6 +43,9 @@ func changeAction(parse func(*cli.Context) (change, error)) cli.ActionFunc {
 		}
 		if !jsonOutput(c) {
 			_, err = fmt.Fprintln(c.App.Writer, ch.confirm)
+		}
+		if ch.unsaved {
+			noteUnsaved(c)
 		}
 		return err
 	}

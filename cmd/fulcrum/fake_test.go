@@ -34,6 +34,8 @@ type fakeController struct {
 	stats   api.Stats
 	explain api.Explanation
 	applied api.ApplyResult
+	plan    api.Plan
+	running api.RunningConfig
 	vrrp    api.VRRP
 	bgp     api.BGP
 	// bgpPackets are the VIP packet counts successive BGP calls report
@@ -204,6 +206,18 @@ func (f *fakeController) Apply(ctx context.Context, config []byte) (api.ApplyRes
 		f.update(func(f *fakeController) { f.config = slices.Clone(config) })
 	}
 	return res, err
+}
+
+func (f *fakeController) Plan(ctx context.Context, config []byte) (api.Plan, error) {
+	res, err := answer(f, "Plan", &f.plan)
+	if err == nil {
+		f.update(func(f *fakeController) { f.config = slices.Clone(config) })
+	}
+	return res, err
+}
+
+func (f *fakeController) Config(ctx context.Context) (api.RunningConfig, error) {
+	return answer(f, "Config", &f.running)
 }
 
 func (f *fakeController) VRRP(ctx context.Context) (api.VRRP, error) {

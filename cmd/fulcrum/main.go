@@ -109,6 +109,7 @@ func newApp(stdout, stderr io.Writer, now func() time.Time) *cli.App {
 	commands = append(commands,
 		applyCommand(),
 		checkCommand(),
+		configCommand(),
 		vipCommand(),
 		backendCommand(),
 		statusCommand(now),

@@ -97,6 +97,7 @@ func vipAdd(c *cli.Context) (change, error) {
 	return change{
 		send:    func(ctx context.Context, d *api.Client) error { return d.AddVIP(ctx, v) },
 		confirm: fmt.Sprintf("added vip %s (%s, %s)", ref, v.Mode, plural(len(v.Backends), "backend")),
+		unsaved: true,
 	}, nil
 }
 
@@ -108,6 +109,7 @@ func vipRemove(c *cli.Context) (change, error) {
 	return change{
 		send:    func(ctx context.Context, d *api.Client) error { return d.RemoveVIP(ctx, ref) },
 		confirm: fmt.Sprintf("removed vip %s", ref),
+		unsaved: true,
 	}, nil
 }
 

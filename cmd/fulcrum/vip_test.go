@@ -45,13 +45,13 @@ func TestVIPAdd(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		d.run(t, append([]string{"vip", "add"}, tt.args...)...).check(t, 0, tt.stdout, "")
+		d.run(t, append([]string{"vip", "add"}, tt.args...)...).check(t, 0, tt.stdout, unsavedNotice+"\n")
 		if got := d.fake.lastCall(); got != tt.call {
 			t.Errorf("daemon call\n got %q\nwant %q", got, tt.call)
 		}
 	}
 	// With -o json a change prints nothing: the exit status says it.
-	d.run(t, "-o", "json", "vip", "add", "tcp/203.0.113.21:80").check(t, 0, "", "")
+	d.run(t, "-o", "json", "vip", "add", "tcp/203.0.113.21:80").check(t, 0, "", unsavedNotice+"\n")
 	d.run(t, "vip", "add", "tcp/203.0.113.10:80").fails(t, exitError, "fulcrum: vip tcp/203.0.113.10:80 already exists: conflict")
 }
 
@@ -87,7 +87,7 @@ func TestVIPAddArguments(t *testing.T) {
 
 func TestVIPRemove(t *testing.T) {
 	d := startDaemon(t)
-	d.run(t, "vip", "remove", "udp/[2001:db8::1]:53").check(t, 0, "removed vip udp/[2001:db8::1]:53\n", "")
+	d.run(t, "vip", "remove", "udp/[2001:db8::1]:53").check(t, 0, "removed vip udp/[2001:db8::1]:53\n", unsavedNotice+"\n")
 	if got, want := d.fake.lastCall(), "RemoveVIP udp/[2001:db8::1]:53"; got != want {
 		t.Errorf("daemon call %q, want %q", got, want)
 	}

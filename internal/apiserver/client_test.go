@@ -122,6 +122,23 @@ func TestClientRoundTrip(t *testing.T) {
 	if !slices.Equal(res.Added, []string{"udp/203.0.113.11:53"}) || string(f.cfg) != "vips: []\n" {
 		t.Errorf("Apply() = %+v, controller got %q", res, f.cfg)
 	}
+	mutations := f.mutations.Load()
+	plan, err := c.Plan(ctx, []byte("vips: [] # plan\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.last != "Plan" || string(f.cfg) != "vips: [] # plan\n" || len(plan.Changed) != 1 || plan.Changed[0].MovedSlots != 100 ||
+		plan.Added == nil || plan.Changed[0].Backends == nil || f.mutations.Load() != mutations {
+		t.Errorf("Plan() = %+v (last call %q, body %q, %d mutations); want the fake's plan, lists not null, no mutation",
+			plan, f.last, f.cfg, f.mutations.Load()-mutations)
+	}
+	rc, err := c.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.last != "Config" || rc.YAML != "interfaces:\n  - name: eth0\n" {
+		t.Errorf("Config() = %+v (last call %q), want the fake's", rc, f.last)
+	}
 }
 
 func TestClientErrorsMatchSentinels(t *testing.T) {

@@ -215,3 +215,20 @@ func (f *fakeController) BGP(ctx context.Context) (api.BGP, error) {
 func (f *fakeController) NodeDrain(ctx context.Context, resume bool) error {
 	return f.mutating(fmt.Sprintf("NodeDrain resume=%t", resume), func() error { return nil })
 }
+
+func (f *fakeController) Plan(ctx context.Context, config []byte) (api.Plan, error) {
+	if err := f.enter("Plan"); err != nil {
+		return api.Plan{}, err
+	}
+	f.mu.Lock()
+	f.cfg = slices.Clone(config)
+	f.mu.Unlock()
+	return api.Plan{Changed: []api.VIPPlan{{VIP: "tcp/203.0.113.10:80", RingSize: 65537, MovedSlots: 100, MovedShare: 100.0 / 65537}}, Unchanged: 1}, nil
+}
+
+func (f *fakeController) Config(ctx context.Context) (api.RunningConfig, error) {
+	if err := f.enter("Config"); err != nil {
+		return api.RunningConfig{}, err
+	}
+	return api.RunningConfig{YAML: "interfaces:\n  - name: eth0\n"}, nil
+}

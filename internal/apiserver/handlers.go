@@ -233,6 +233,10 @@ func (s *server) apply(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, "request body is empty: want the config file as YAML")
 		return
 	}
+	if r.URL.Query().Has("dry_run") {
+		s.plan(w, r, body)
+		return
+	}
 	var res api.ApplyResult
 	err = s.mutate(func() error {
 		var err error

@@ -39,6 +39,10 @@ type Controller interface {
 	// Apply replaces the desired state with a config file's contents
 	// (YAML). A bad file is rejected whole.
 	Apply(ctx context.Context, config []byte) (api.ApplyResult, error)
+	// Plan says what Apply would do with a config file, changing nothing.
+	Plan(ctx context.Context, config []byte) (api.Plan, error)
+	// Config returns the desired state as a config file.
+	Config(ctx context.Context) (api.RunningConfig, error)
 	// VRRP returns the failover state.
 	VRRP(ctx context.Context) (api.VRRP, error)
 	// VRRPHandover hands mastership over gracefully (priority 0) and holds
@@ -76,7 +80,8 @@ var routes = []route{
 	{"PUT", "/v1/vips/{vip}/backends/{address}/weight", (*server).setWeight},
 	{"GET", "/v1/stats", (*server).stats},
 	{"POST", "/v1/explain", (*server).explain},
-	{"POST", "/v1/apply", (*server).apply},
+	{"POST", "/v1/apply", (*server).apply}, // ?dry_run=1: plan.go
+	{"GET", "/v1/config", (*server).config},
 	{"GET", "/v1/vrrp", (*server).vrrp},
 	{"POST", "/v1/vrrp/handover", (*server).vrrpHandover},
 	{"POST", "/v1/vrrp/resume", (*server).vrrpResume},

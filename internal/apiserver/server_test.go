@@ -64,6 +64,10 @@ func TestRoutes(t *testing.T) {
 		{"POST", "/v1/explain", `{"src":"198.19.1.2","dst":"203.0.113.10","protocol":"tcp","sport":40000,"dport":80,"syn":true}`,
 			200, "Explain tcp 198.19.1.2:40000 -> 203.0.113.10:80 syn=true", `"reason":"ring slot"`},
 		{"POST", "/v1/apply", "vips: []\n", 200, "Apply", `"added":["udp/203.0.113.11:53"]`},
+		{"POST", "/v1/apply?dry_run=1", "vips: []\n", 200, "Plan", `"moved_slots":100`},
+		{"POST", "/v1/apply?dry_run=true", "vips: []\n", 200, "Plan", `"restart":[]`},
+		{"POST", "/v1/apply?dry_run=0", "vips: []\n", 400, "", `dry_run=\"0\": want dry_run=1 (or true), or leave it out to apply`},
+		{"GET", "/v1/config", "", 200, "Config", `"yaml":"interfaces:\n  - name: eth0\n"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {

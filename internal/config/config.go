@@ -21,7 +21,7 @@
 //	instance: default            # names the pin directory and the API socket
 //	bpffs: /sys/fs/bpf           # where bpffs is (or gets) mounted
 //	interfaces:                  # at least one
-//	  - {name: eth0, xdp_mode: native}
+//	  - {name: eth0, xdp_mode: auto}   # auto (default), native or generic
 //	log: {level: info, format: text}
 //	api: {socket: /run/fulcrum/default.sock}
 //	metrics: {address: "127.0.0.1:9542"}   # "off" disables
@@ -118,7 +118,7 @@ type Config struct {
 // Interface is a network interface the fast path is attached to.
 type Interface struct {
 	Name string `yaml:"name"`
-	// XDPMode is XDPNative (the default) or XDPGeneric.
+	// XDPMode is XDPAuto (the default), XDPNative or XDPGeneric.
 	XDPMode XDPMode `yaml:"xdp_mode"`
 }
 

@@ -68,7 +68,7 @@ func TestMinimalExample(t *testing.T) {
 	want := &Config{
 		Instance:   "default",
 		BPFFS:      "/sys/fs/bpf",
-		Interfaces: []Interface{{Name: "eth0", XDPMode: "native"}},
+		Interfaces: []Interface{{Name: "eth0", XDPMode: "auto"}},
 		Log:        Log{Level: "info", Format: "text"},
 		API:        API{Socket: api.DefaultSocket},
 		Metrics:    Metrics{Address: "127.0.0.1:9542"},
@@ -119,7 +119,7 @@ func TestFullExample(t *testing.T) {
 	}{
 		{"instance", c.Instance, "edge1"},
 		{"bpffs", c.BPFFS, "/sys/fs/bpf"},
-		{"interfaces", c.Interfaces, []Interface{{"eth0", "native"}, {"eth1", "generic"}}},
+		{"interfaces", c.Interfaces, []Interface{{"eth0", "auto"}, {"eth1", "generic"}}},
 		{"log", c.Log, Log{"info", "text"}},
 		{"api", c.API, API{"/run/fulcrum/edge1.sock"}},
 		{"metrics", c.Metrics, Metrics{"127.0.0.1:9542"}},
@@ -319,7 +319,7 @@ func TestProblems(t *testing.T) {
 		{"interface name slash", "interfaces: [{name: a/b}]", "interfaces[0].name", "'/'"},
 		{"interface name space", "interfaces: [{name: \"a b\"}]", "interfaces[0].name", "whitespace"},
 		{"interface duplicate", "interfaces: [{name: eth0}, {name: eth1}, {name: eth0}]", "interfaces[2].name", `"eth0" is already interfaces[0]`},
-		{"xdp mode", "interfaces: [{name: eth0, xdp_mode: offload}]", "interfaces[0].xdp_mode", "use native or generic"},
+		{"xdp mode", "interfaces: [{name: eth0, xdp_mode: offload}]", "interfaces[0].xdp_mode", "use one of: auto, native, generic"},
 		{"interface as string", "interfaces: [eth0]", "interfaces[0]", "want a mapping such as {name: eth0}"},
 
 		// VIPs.

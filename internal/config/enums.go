@@ -77,7 +77,12 @@ type XDPMode string
 
 // The XDP attach modes.
 const (
-	// XDPNative has the driver run the program.
+	// XDPAuto (the default) attaches in native mode and, if the driver
+	// refuses it, in generic mode with a warning in the log; `fulcrum
+	// status` shows the mode each interface got.
+	XDPAuto XDPMode = "auto"
+	// XDPNative has the driver run the program; the daemon does not start
+	// if the driver refuses.
 	XDPNative XDPMode = "native"
 	// XDPGeneric runs it on the kernel's skb path: slower, works on any
 	// device.
@@ -92,7 +97,7 @@ var (
 	fragmentPolicies = []FragmentPolicy{FragmentsDrop, FragmentsPass}
 	onDownActions    = []OnDown{OnDownRehash, OnDownDrain}
 	allDownActions   = []AllDown{AllDownDrop, AllDownFailOpen}
-	xdpModes         = []XDPMode{XDPNative, XDPGeneric}
+	xdpModes         = []XDPMode{XDPAuto, XDPNative, XDPGeneric}
 
 	logLevels        = []string{"debug", "info", "warn", "error"}
 	logFormats       = []string{"text", "json"}
@@ -108,7 +113,7 @@ const (
 	DefaultFragments = FragmentsDrop
 	DefaultOnDown    = OnDownRehash
 	DefaultAllDown   = AllDownDrop
-	DefaultXDPMode   = XDPNative
+	DefaultXDPMode   = XDPAuto
 )
 
 func (m Mode) String() string           { return string(m) }

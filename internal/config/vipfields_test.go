@@ -203,7 +203,7 @@ func TestParseEnums(t *testing.T) {
 		v, err := ParseAllDown(s)
 		check("all_down "+s, v.String(), err, s)
 	}
-	for _, s := range []string{"native", "generic"} {
+	for _, s := range []string{"auto", "native", "generic"} {
 		v, err := ParseXDPMode(s)
 		check("xdp_mode "+s, v.String(), err, s)
 	}

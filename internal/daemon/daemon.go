@@ -137,14 +137,15 @@ func (d *Daemon) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("interface %s: %w", ifc.Name, err)
 		}
-		if err := dp.Attach(link.Index, ifc.XDPMode == config.XDPGeneric); err != nil {
+		mode, err := attachMode(ifc.XDPMode)
+		if err != nil {
 			return fmt.Errorf("interface %s: %w", ifc.Name, err)
 		}
-		if ifc.XDPMode == config.XDPGeneric {
-			d.log.Warn("generic XDP: every packet takes the kernel's skb path first; use native mode in production", "interface", ifc.Name)
+		if err := dp.Attach(link.Index, mode); err != nil {
+			return fmt.Errorf("interface %s: %w", ifc.Name, err)
 		}
-		d.ifaces = append(d.ifaces, api.Interface{Name: ifc.Name, Ifindex: link.Index, XDPMode: ifc.XDPMode.String()})
-		d.log.Info("attached", "interface", ifc.Name, "ifindex", link.Index, "mode", ifc.XDPMode)
+		// noteAttached sets the mode the kernel reports.
+		d.ifaces = append(d.ifaces, api.Interface{Name: ifc.Name, Ifindex: link.Index})
 	}
 
 	res, err := neighbor.New()
@@ -190,6 +191,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	if err := d.completeMigration(dp); err != nil {
 		return err
 	}
+	d.noteAttached(dp)
 	d.rates = newRateSampler(dp, 2*time.Second)
 	go d.rates.run(ctx)
 

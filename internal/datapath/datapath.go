@@ -15,7 +15,6 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/fulcrum-lb/fulcrum/internal/linkset"
 )
@@ -78,6 +77,9 @@ type Datapath struct {
 	// cache holds rings made or kept ahead of the changes that need them
 	// (recycle.go).
 	cache ringCache
+	// refused holds, by ifindex, why the driver refused native XDP where
+	// AttachAuto fell back to generic (attach.go).
+	refused map[int]error
 }
 
 // Load loads the balancer into the kernel without attaching it.
@@ -109,6 +111,7 @@ func Load(opts Options) (*Datapath, error) {
 		backendID:  newIndexAllocator(maxBackends),
 		backendGen: make(map[uint32]uint16),
 		vipGen:     make(map[uint16]uint16),
+		refused:    make(map[int]error),
 	}
 	d.written.policy = make(map[netip.Addr]uint32)
 	var collOpts ebpf.CollectionOptions
@@ -170,10 +173,10 @@ func (d *Datapath) ProgramID() (ebpf.ProgramID, error) {
 }
 
 // Attach attaches the balancer to the interface with the given index, in
-// the network namespace of the calling thread. It uses native XDP unless
-// generic is set; generic XDP is slower and meant for testing only. With
-// pins, a live pinned link for the interface is taken over instead.
-func (d *Datapath) Attach(ifindex int, generic bool) error {
+// the network namespace of the calling thread, in the given mode (see
+// AttachMode). With pins, a live pinned link for the interface is taken
+// over instead, in the mode it has.
+func (d *Datapath) Attach(ifindex int, mode AttachMode) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, ok := d.links[ifindex]; ok {
@@ -181,7 +184,7 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 	}
 	if d.migration != nil {
 		// The old program forwards until the swap (CompleteMigration).
-		d.migration.attach = append(d.migration.attach, pendingAttach{ifindex: ifindex, generic: generic})
+		d.migration.attach = append(d.migration.attach, pendingAttach{ifindex: ifindex, mode: mode})
 		return nil
 	}
 	if d.pinDir != "" {
@@ -194,23 +197,15 @@ func (d *Datapath) Attach(ifindex int, generic bool) error {
 			return nil
 		}
 	}
-	return d.attachNew(ifindex, generic, d.pinDir)
+	return d.attachNew(ifindex, mode, d.pinDir)
 }
 
 // attachNew attaches the program to an interface no pinned link serves,
 // and pins the link in dir unless dir is empty.
-func (d *Datapath) attachNew(ifindex int, generic bool, dir string) error {
-	flags := link.XDPDriverMode
-	if generic {
-		flags = link.XDPGenericMode
-	}
-	l, err := link.AttachXDP(link.XDPOptions{
-		Program:   d.objs.FulcrumBalancer,
-		Interface: ifindex,
-		Flags:     flags,
-	})
+func (d *Datapath) attachNew(ifindex int, mode AttachMode, dir string) error {
+	l, err := d.attachXDP(ifindex, mode)
 	if err != nil {
-		return fmt.Errorf("attach xdp to ifindex %d: %w", ifindex, err)
+		return err
 	}
 	if dir != "" {
 		if err := l.Pin(linkPin(dir, ifindex)); err != nil {

@@ -66,7 +66,7 @@ func TestEndToEndIPIP(t *testing.T) {
 		if err := d.SetEncap(datapath.EncapConfig{SourceV4: testenv.EncapSourceV4, SourceV6: testenv.EncapSourceV6}); err != nil {
 			return err
 		}
-		return d.Attach(lb.Ifindex, false)
+		return d.Attach(lb.Ifindex, datapath.AttachNative)
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -93,7 +93,7 @@ func TestEndToEndDSR(t *testing.T) {
 			return err
 		}
 		e.d = d
-		return d.Attach(lb.Ifindex, false)
+		return d.Attach(lb.Ifindex, datapath.AttachNative)
 	}); err != nil {
 		t.Fatalf("load and attach the balancer in %s: %v", lb, err)
 	}

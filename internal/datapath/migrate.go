@@ -56,7 +56,7 @@ type migration struct {
 // pendingAttach is an Attach held back until the swap.
 type pendingAttach struct {
 	ifindex int
-	generic bool
+	mode    AttachMode
 }
 
 // nextDir and oldDir are siblings of the instance's pin directory. bpffs
@@ -223,7 +223,7 @@ func (d *Datapath) CompleteMigration() (MigrationReport, error) {
 			delete(links, a.ifindex)
 			continue
 		}
-		if err := d.attachNew(a.ifindex, a.generic, m.next); err != nil {
+		if err := d.attachNew(a.ifindex, a.mode, m.next); err != nil {
 			closeLinks(links)
 			return rep, err
 		}

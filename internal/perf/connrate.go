@@ -197,7 +197,7 @@ func (r *connRig) selectPath(p string) error {
 		return nil
 	}
 	if want {
-		if err := r.topo.LB1.Do(func() error { return r.dp.Attach(r.topo.LB1.Ifindex, false) }); err != nil {
+		if err := r.topo.LB1.Do(func() error { return r.dp.Attach(r.topo.LB1.Ifindex, datapath.AttachNative) }); err != nil {
 			return fmt.Errorf("attach fulcrum: %w", err)
 		}
 	} else if err := r.dp.Detach(); err != nil {

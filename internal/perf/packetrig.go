@@ -413,7 +413,7 @@ func (r *packetRig) selectConfig(name string) error {
 	}
 	attachFulcrum := func(d *datapath.Datapath) error {
 		return r.lb.Do(func() error {
-			if err := d.Attach(r.inIfindex, false); err != nil {
+			if err := d.Attach(r.inIfindex, datapath.AttachNative); err != nil {
 				return err
 			}
 			r.detach = d.Detach

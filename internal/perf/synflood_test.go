@@ -65,7 +65,7 @@ func TestSYNFlood(t *testing.T) {
 		if d, err = datapath.Load(datapath.Options{ConntrackEntries: 65536}); err != nil {
 			return err
 		}
-		return d.Attach(topo.LB1.Ifindex, false)
+		return d.Attach(topo.LB1.Ifindex, datapath.AttachNative)
 	}); err != nil {
 		t.Fatal(err)
 	}

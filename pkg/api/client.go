@@ -138,6 +138,21 @@ func (c *Client) Apply(ctx context.Context, config []byte) (ApplyResult, error) 
 	return res, err
 }
 
+// Config returns the daemon's desired state as a config file.
+func (c *Client) Config(ctx context.Context) (RunningConfig, error) {
+	var rc RunningConfig
+	err := c.do(ctx, http.MethodGet, "/v1/config", nil, "", &rc)
+	return rc, err
+}
+
+// Plan asks what applying a config file (YAML) would change, without
+// changing anything.
+func (c *Client) Plan(ctx context.Context, config []byte) (Plan, error) {
+	var p Plan
+	err := c.do(ctx, http.MethodPost, "/v1/apply?dry_run=1", config, "application/yaml", &p)
+	return p, err
+}
+
 // VRRP returns the failover state.
 func (c *Client) VRRP(ctx context.Context) (VRRP, error) {
 	var v VRRP

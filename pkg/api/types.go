@@ -153,6 +153,59 @@ type ApplyResult struct {
 	Unchanged int      `json:"unchanged"` // VIPs not touched
 }
 
+// RunningConfig is the daemon's desired state as a config file
+// (GET /v1/config): the file it started with or last applied, with every
+// change made through the API since (VIPs and backends added, removed,
+// reweighted). Saved and passed to --config or apply, it gives the same
+// state back.
+type RunningConfig struct {
+	YAML string `json:"yaml"`
+}
+
+// Plan is what applying a config file would do, computed and not applied
+// (POST /v1/apply?dry_run=1). Lists are sorted by VIP.
+type Plan struct {
+	Added     []string  `json:"added"`   // VIPs, text form
+	Removed   []string  `json:"removed"` // VIPs
+	Changed   []VIPPlan `json:"changed"`
+	Unchanged int       `json:"unchanged"` // VIPs the file leaves as they are
+	// Restart names the settings that differ but only a restart can
+	// change; a file with any is refused by apply.
+	Restart []string `json:"restart"`
+	// Global names the other settings that differ (ipip, the new-flow
+	// guard, the log level), which apply changes in place.
+	Global []string `json:"global"`
+}
+
+// VIPPlan is how a VIP would change.
+type VIPPlan struct {
+	VIP string `json:"vip"`
+	// Settings are the VIP's own fields that change, "field: old -> new".
+	Settings []string `json:"settings"`
+	// Backends are the backends before and after, sorted by address.
+	Backends []BackendPlan `json:"backends"`
+	// RingSize is the size of the new ring; MovedSlots of its slots name
+	// another backend than they do now (all of them if the size changes),
+	// MovedShare = MovedSlots / RingSize. Connection entries keep
+	// established flows on their backend; new flows follow the ring.
+	RingSize   uint32  `json:"ring_size"`
+	MovedSlots uint32  `json:"moved_slots"`
+	MovedShare float64 `json:"moved_share"`
+}
+
+// BackendPlan is one backend of a changed VIP: its weight and ring slots
+// now (Old*) and after the change (New*). A backend being added has no
+// old slots, one being removed no new ones. The slots are those of the
+// desired backends, whatever their health now.
+type BackendPlan struct {
+	Address   netip.Addr `json:"address"`
+	Change    string     `json:"change"` // "added", "removed", "weight", "mac", "health check", "" (unchanged)
+	OldWeight uint32     `json:"old_weight"`
+	NewWeight uint32     `json:"new_weight"`
+	OldSlots  uint32     `json:"old_slots"`
+	NewSlots  uint32     `json:"new_slots"`
+}
+
 // VRRP is the failover state of the node.
 type VRRP struct {
 	Enabled         bool              `json:"enabled"`
