@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -77,8 +78,24 @@ func explain(c *cli.Context) error {
 	return query(c, func(ctx context.Context, d *api.Client) (api.Explanation, error) { return d.Explain(ctx, req) },
 		func(w io.Writer, ex api.Explanation) error {
 			_, err := fmt.Fprintln(w, explanation(req, ex))
+			if err == nil && ex.Entry != nil {
+				_, err = fmt.Fprint(w, entryLines(ex.Entry))
+			}
 			return err
 		})
+}
+
+// entryLines describes the flow's connection entry, e.g. "entry state:
+// established\nidle: 3s of 15m0s\n". An expired entry names its backend:
+// that is where the flow was before the ring took it back.
+func entryLines(e *api.ConnEntry) string {
+	// Idle has jiffies resolution; tenths of a second are enough to
+	// compare it with a timeout of whole seconds.
+	idle := fmt.Sprintf("idle: %s of %s", e.Idle.Round(100*time.Millisecond), e.Timeout)
+	if e.Expired {
+		idle += fmt.Sprintf(", expired: the ring decides (the entry names %s)", e.Backend)
+	}
+	return fmt.Sprintf("entry state: %s\n%s\n", orDash(e.State), idle)
 }
 
 // explanation is one line, e.g. "tcp 198.19.1.2:40000 -> 203.0.113.10:80

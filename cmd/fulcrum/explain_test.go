@@ -3,6 +3,7 @@ package main
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
@@ -10,14 +11,16 @@ import (
 func TestExplain(t *testing.T) {
 	d := startDaemon(t)
 	d.run(t, "explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80").check(t, 0,
-		"tcp 198.19.1.2:40000 -> 203.0.113.10:80 reaches 198.18.0.12 by connection entry (ring slot 1234 of 65537 → 198.18.0.12)\n", "")
+		"tcp 198.19.1.2:40000 -> 203.0.113.10:80 reaches 198.18.0.12 by connection entry (ring slot 1234 of 65537 → 198.18.0.12)\n"+
+			"entry state: established\nidle: 3s of 15m0s\n", "")
 	if got, want := d.fake.lastCall(), "Explain tcp 198.19.1.2:40000 -> 203.0.113.10:80 syn=false"; got != want {
 		t.Errorf("daemon call %q, want %q", got, want)
 	}
 
 	// Ports in the addresses, --syn after the arguments, upper-case PROTO.
 	d.run(t, "explain", "198.19.1.2:40001", "203.0.113.10:80", "TCP", "--syn").check(t, 0,
-		"tcp 198.19.1.2:40001 -> 203.0.113.10:80 reaches 198.18.0.12 by connection entry (ring slot 1234 of 65537 → 198.18.0.12)\n", "")
+		"tcp 198.19.1.2:40001 -> 203.0.113.10:80 reaches 198.18.0.12 by connection entry (ring slot 1234 of 65537 → 198.18.0.12)\n"+
+			"entry state: established\nidle: 3s of 15m0s\n", "")
 	if got, want := d.fake.lastCall(), "Explain tcp 198.19.1.2:40001 -> 203.0.113.10:80 syn=true"; got != want {
 		t.Errorf("daemon call %q, want %q", got, want)
 	}
@@ -41,6 +44,25 @@ func TestExplanationText(t *testing.T) {
 	}
 	for _, tt := range tests {
 		if got := explanation(req, tt.ex); got != tt.want {
+			t.Errorf("got  %q\nwant %q", got, tt.want)
+		}
+	}
+}
+
+func TestEntryLines(t *testing.T) {
+	b := netip.MustParseAddr("2001:db8:1::2")
+	tests := []struct {
+		e    api.ConnEntry
+		want string
+	}{
+		{api.ConnEntry{Backend: b, State: "fin", Idle: 1250 * time.Millisecond, Timeout: 2 * time.Minute},
+			"entry state: fin\nidle: 1.3s of 2m0s\n"},
+		{api.ConnEntry{Backend: b, State: "established", Idle: 301 * time.Second, Timeout: 5 * time.Minute, Expired: true},
+			"entry state: established\nidle: 5m1s of 5m0s, expired: the ring decides (the entry names 2001:db8:1::2)\n"},
+		{api.ConnEntry{Backend: b}, "entry state: -\nidle: 0s of 0s\n"},
+	}
+	for _, tt := range tests {
+		if got := entryLines(&tt.e); got != tt.want {
 			t.Errorf("got  %q\nwant %q", got, tt.want)
 		}
 	}

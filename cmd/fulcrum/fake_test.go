@@ -93,6 +93,8 @@ func newFake() *fakeController {
 		explain: api.Explanation{
 			VIP: ref("tcp/203.0.113.10:80"), Backend: netip.MustParseAddr("198.18.0.12"), Reason: "connection entry",
 			Hash: 0xdeadbeef, Slot: 1234, RingSize: 65537, RingBackend: netip.MustParseAddr("198.18.0.12"),
+			Entry: &api.ConnEntry{Backend: netip.MustParseAddr("198.18.0.12"), State: "established",
+				Idle: 3*time.Second + 4*time.Millisecond, Timeout: 15 * time.Minute},
 		},
 		applied: api.ApplyResult{Added: []string{"udp/203.0.113.11:53"}, Changed: []string{"tcp/203.0.113.10:80"}, Removed: []string{"udp/[2001:db8::1]:53"}, Unchanged: 3},
 		vrrp: api.VRRP{Enabled: true, State: "master", Priority: 200, Master: netip.MustParseAddr("198.18.0.2"),

@@ -278,6 +278,9 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 	if pred.Conntrack {
 		e.Reason = "connection entry"
 	}
+	if ce := pred.Entry; ce != nil {
+		e.Entry = &api.ConnEntry{Backend: ce.Backend, State: ce.State.String(), Idle: ce.Idle, Timeout: ce.Timeout, Expired: ce.Expired}
+	}
 	return e, nil
 }
 

@@ -124,6 +124,11 @@ func (tr *upgradeTraffic) check(h *harness, when string, daemon bool) {
 		if h.names[exp.Backend] != c.backend || exp.RingBackend == exp.Backend || exp.Reason != "connection entry" {
 			h.t.Fatalf("%s: off-ring connection %d (on %s): explain says %+v, want its connection entry to %s", when, i, c.backend, exp, c.backend)
 		}
+		// checkConns has just sent data on it: the entry is established
+		// and fresh, whatever the migration carried over.
+		if e := exp.Entry; e == nil || e.State != "established" || e.Expired || e.Backend != exp.Backend || e.Idle >= e.Timeout {
+			h.t.Fatalf("%s: off-ring connection %d (on %s): explain's entry is %+v, want an established, unexpired one to %s", when, i, c.backend, exp.Entry, exp.Backend)
+		}
 	}
 }
 

@@ -143,6 +143,24 @@ type Explanation struct {
 	Slot        uint32     `json:"slot"`
 	RingSize    uint32     `json:"ring_size"`
 	RingBackend netip.Addr `json:"ring_backend"`
+	// Entry is the flow's connection entry, when it has one naming a live
+	// backend (never for a SYN, which always takes the ring). An expired
+	// entry is shown too: it explains why a flow left its backend.
+	Entry *ConnEntry `json:"entry,omitempty"`
+}
+
+// ConnEntry is a connection entry as explain found it.
+type ConnEntry struct {
+	Backend netip.Addr `json:"backend"`
+	// State is the TCP state the client's segments show: "syn",
+	// "established", "fin" or "closed"; UDP entries are "established".
+	State string `json:"state"`
+	// Idle is how long ago the entry last saw a packet (jiffies
+	// resolution); Timeout is how long it may stay idle in its state.
+	Idle    time.Duration `json:"idle_ns"`
+	Timeout time.Duration `json:"timeout_ns"`
+	// Expired entries no longer decide: the packet takes the ring.
+	Expired bool `json:"expired,omitempty"`
 }
 
 // ApplyResult summarises a reload.
