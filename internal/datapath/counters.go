@@ -123,12 +123,17 @@ func (c *Counters) Stat(s Stat) uint64 {
 //
 // The lookups run without d.mu, so that a scrape or the rate sampler never
 // holds up a change of the VIPs. Which index belongs to which VIP and
-// backend is copied under the lock before the read and checked under it
+// backend is taken under the lock before the read and checked under it
 // after: an index freed and reused in between (its counter zeroed for its
 // new owner) would otherwise report the new owner's count under the old
 // name. If the VIPs changed during the read, it is read again; after
 // unlockedCounterReads such attempts the last read holds the lock, so a
 // stream of changes cannot starve it.
+//
+// Both locked steps are O(1) while the VIPs do not change (see
+// ownerChanges): the owners are copied once per change, not per call, and
+// the check compares one counter. Only after a change do they cost
+// O(VIPs + backends).
 func (d *Datapath) Counters() (Counters, error) {
 	for range unlockedCounterReads {
 		d.mu.Lock()
@@ -167,19 +172,25 @@ var countersReadHook func()
 const counterBatch = 4096
 
 // counterOwners says which VIP owns each VIP index and which backend each
-// backend id, as the datapath held them at one moment.
+// backend id, as the datapath held them at one moment. It is never changed
+// once made, so that the readers of one moment share it (d.owners).
 type counterOwners struct {
-	vips []vipOwner
+	// changes is d.ownerChanges when the owners were copied.
+	changes uint64
+	vips    []vipOwner
+	// backends holds the backends of every VIP, those of vips[i] at
+	// [vips[i].first, vips[i].end): two allocations, not one per VIP.
+	backends []backendOwner
 	// vipEnd and backendEnd are one past the highest index and id in use:
 	// the allocators hand out the low ones first, so the read stops there.
 	vipEnd, backendEnd uint32
 }
 
 type vipOwner struct {
-	vip      VIP
-	index    uint16
-	gen      uint16
-	backends []backendOwner
+	vip        VIP
+	index      uint16
+	gen        uint16
+	first, end uint32
 }
 
 type backendOwner struct {
@@ -188,18 +199,28 @@ type backendOwner struct {
 	gen  uint16
 }
 
-// counterOwners copies the owners of the counters; d.mu must be held.
-func (d *Datapath) counterOwners() counterOwners {
-	o := counterOwners{vips: make([]vipOwner, 0, len(d.vips))}
+// counterOwners returns the owners of the counters now; d.mu must be held.
+// They are copied only if the VIPs changed since the last copy.
+func (d *Datapath) counterOwners() *counterOwners {
+	if o := d.owners; o != nil && o.changes == d.ownerChanges {
+		return o
+	}
+	n := 0
 	for _, e := range d.vips {
-		v := vipOwner{vip: e.vip, index: e.index, gen: e.gen, backends: make([]backendOwner, 0, len(e.backends))}
+		n += len(e.backends)
+	}
+	o := &counterOwners{changes: d.ownerChanges, vips: make([]vipOwner, 0, len(d.vips)), backends: make([]backendOwner, 0, n)}
+	for _, e := range d.vips {
+		v := vipOwner{vip: e.vip, index: e.index, gen: e.gen, first: uint32(len(o.backends))}
 		o.vipEnd = max(o.vipEnd, uint32(e.index)+1)
 		for _, b := range e.backends {
-			v.backends = append(v.backends, backendOwner{addr: b.Addr, id: b.id, gen: b.gen})
+			o.backends = append(o.backends, backendOwner{addr: b.Addr, id: b.id, gen: b.gen})
 			o.backendEnd = max(o.backendEnd, b.id+1)
 		}
+		v.end = uint32(len(o.backends))
 		o.vips = append(o.vips, v)
 	}
+	d.owners = o
 	return o
 }
 
@@ -208,13 +229,20 @@ func (d *Datapath) counterOwners() counterOwners {
 // always gets a new generation, so an unchanged one means the counter read
 // belonged to its owner all along. VIPs added since o are not in the read
 // and need not be: the read is then the state of the moment o was taken.
-func (d *Datapath) ownersUnchanged(o counterOwners) bool {
+//
+// If no owner changed at all since o (ownerChanges), that is the answer
+// without looking at each; a change elsewhere (a weight, another VIP)
+// costs the comparison of each, not a read again.
+func (d *Datapath) ownersUnchanged(o *counterOwners) bool {
+	if o.changes == d.ownerChanges {
+		return true
+	}
 	for _, v := range o.vips {
 		e := d.vips[v.vip]
 		if e == nil || e.index != v.index || e.gen != v.gen {
 			return false
 		}
-		for _, b := range v.backends {
+		for _, b := range o.backends[v.first:v.end] {
 			now := e.backends[b.addr]
 			if now == nil || now.id != b.id || now.gen != b.gen {
 				return false
@@ -225,7 +253,7 @@ func (d *Datapath) ownersUnchanged(o counterOwners) bool {
 }
 
 // readCounters reads the counters and names them by o.
-func (d *Datapath) readCounters(o counterOwners) (Counters, error) {
+func (d *Datapath) readCounters(o *counterOwners) (Counters, error) {
 	c := Counters{VIPs: make(map[VIP]Counter, len(o.vips)), Backends: make(map[VIP]map[netip.Addr]Counter, len(o.vips))}
 	var perCPU []balancerStatTable
 	if err := d.objs.Stats.Lookup(uint32(0), &perCPU); err != nil {
@@ -246,8 +274,8 @@ func (d *Datapath) readCounters(o counterOwners) (Counters, error) {
 	}
 	for _, v := range o.vips {
 		c.VIPs[v.vip] = vips[v.index]
-		bs := make(map[netip.Addr]Counter, len(v.backends))
-		for _, b := range v.backends {
+		bs := make(map[netip.Addr]Counter, v.end-v.first)
+		for _, b := range o.backends[v.first:v.end] {
 			bs[b.addr] = backends[b.id]
 		}
 		c.Backends[v.vip] = bs

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -259,7 +260,9 @@ func TestCountersBatch(t *testing.T) {
 // TestCountersOwnerChangesDuringRead replaces the only VIP while Counters
 // reads without the lock, so that the new VIP reuses the old one's index
 // and backend ids (counters zeroed, then one new frame): the read must
-// report the new VIP's counts under the new VIP, never under the old.
+// report the new VIP's counts under the new VIP, never under the old. A
+// change that keeps every index and id (a weight) must not cost a read
+// again.
 func TestCountersOwnerChangesDuringRead(t *testing.T) {
 	require.BPF(t)
 	// One VIP index and three backend ids: a replacement must reuse them.
@@ -274,15 +277,23 @@ func TestCountersOwnerChangesDuringRead(t *testing.T) {
 	if err := d.AddVIP(oldVIP, cfg, backends4); err != nil {
 		t.Fatal(err)
 	}
-	send := func(t *testing.T, vip VIP, n int) {
+	// cur is the VIP, with its backends now and what each counted.
+	cur, curBackends := oldVIP, slices.Clone(backends4)
+	counted := map[netip.Addr]Counter{}
+	for _, b := range backends4 {
+		counted[b.Addr] = Counter{}
+	}
+	send := func(t *testing.T, n int) {
 		for range n {
-			p := pkt(client4, vip.Addr.String(), UDP, 7000, 53)
-			if got := sendTo(t, d, p); got != expectBackend(t, backends4, smallRing, p.Src, p.Dst, 7000, 53, UDP, false).Addr {
-				t.Fatalf("%s: frame went to %s", vip, got)
+			p := pkt(client4, cur.Addr.String(), UDP, 7000, 53)
+			be := expectBackend(t, curBackends, smallRing, p.Src, p.Dst, 7000, 53, UDP, false).Addr
+			if got := sendTo(t, d, p); got != be {
+				t.Fatalf("%s: frame went to %s, want %s", cur, got, be)
 			}
+			counted[be] = Counter{Packets: counted[be].Packets + 1, Bytes: counted[be].Bytes + uint64(len(p.Build()))}
 		}
 	}
-	send(t, oldVIP, 4)
+	send(t, 4)
 	before, err := d.Counters()
 	if err != nil {
 		t.Fatal(err)
@@ -292,7 +303,6 @@ func TestCountersOwnerChangesDuringRead(t *testing.T) {
 	}
 	// replace swaps the VIP for the other one; the index and ids of the
 	// one removed are the only free ones, so the other takes them.
-	cur := oldVIP
 	replace := func(t *testing.T) {
 		next := newVIP
 		if cur == newVIP {
@@ -304,24 +314,65 @@ func TestCountersOwnerChangesDuringRead(t *testing.T) {
 		if err := d.AddVIP(next, cfg, backends4); err != nil {
 			t.Error(err)
 		}
-		cur = next
-		send(t, cur, 1)
+		cur, curBackends = next, slices.Clone(backends4)
+		clear(counted)
+		for _, b := range backends4 {
+			counted[b.Addr] = Counter{}
+		}
+		send(t, 1)
+	}
+	// swapBackend replaces the VIP's first backend with another address,
+	// which takes the freed id (the only free one): the VIP stays, one
+	// backend id changes owner.
+	swapBackend := func(t *testing.T) {
+		old := curBackends[0]
+		nb := Backend{Addr: addr("198.18.0.99"), MAC: mustMAC("02:00:00:00:0b:99"), Weight: old.Weight}
+		if err := d.RemoveBackend(cur, old.Addr); err != nil {
+			t.Error(err)
+		}
+		if err := d.AddBackend(cur, nb); err != nil {
+			t.Error(err)
+		}
+		curBackends[0] = nb
+		delete(counted, old.Addr)
+		counted[nb.Addr] = Counter{}
+		send(t, 1)
+	}
+	// reweigh changes the VIP but none of its index and ids.
+	reweigh := func(t *testing.T) {
+		curBackends[1].Weight++
+		if err := d.SetWeight(cur, curBackends[1].Addr, curBackends[1].Weight); err != nil {
+			t.Error(err)
+		}
+	}
+
+	// remove removes the VIP: nothing is left to count.
+	remove := func(t *testing.T) {
+		if err := d.RemoveVIP(cur); err != nil {
+			t.Error(err)
+		}
+		cur = VIP{}
+		clear(counted)
 	}
 
 	for _, tc := range []struct {
 		name    string
+		change  func(*testing.T)
 		changes int // how many reads see a change
 		hooks   int // how many unlocked reads start
 	}{
-		{"one change: read again", 1, 2},
-		{"a change every read: read under the lock", unlockedCounterReads, unlockedCounterReads},
+		{"a change that keeps the owners: no read again", reweigh, 1, 1},
+		{"a backend replaced: read again", swapBackend, 1, 2},
+		{"one change: read again", replace, 1, 2},
+		{"a change every read: read under the lock", replace, unlockedCounterReads, unlockedCounterReads},
+		{"the VIP removed: read again", remove, 1, 2}, // last: no VIP is left
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hooks := 0
 			countersReadHook = func() {
 				hooks++
 				if hooks <= tc.changes {
-					replace(t)
+					tc.change(t)
 				}
 			}
 			defer func() { countersReadHook = nil }()
@@ -332,30 +383,45 @@ func TestCountersOwnerChangesDuringRead(t *testing.T) {
 			if hooks != tc.hooks {
 				t.Errorf("%d unlocked reads, want %d", hooks, tc.hooks)
 			}
-			want := Counter{Packets: 1, Bytes: uint64(len(pkt(client4, cur.Addr.String(), UDP, 7000, 53).Build()))}
-			if len(c.VIPs) != 1 || c.VIPs[cur] != want {
-				t.Errorf("vip counters %v, want only %s: %+v", c.VIPs, cur, want)
+			if cur == (VIP{}) {
+				if len(c.VIPs) != 0 || len(c.Backends) != 0 {
+					t.Errorf("counters %v and %v of a removed VIP", c.VIPs, c.Backends)
+				}
+				return
 			}
 			var total Counter
-			for _, b := range c.Backends[cur] {
+			for _, b := range counted {
 				total.Packets += b.Packets
 				total.Bytes += b.Bytes
 			}
-			if len(c.Backends) != 1 || total != want {
-				t.Errorf("backend counters %v, want only %s's, %+v in all", c.Backends, cur, want)
+			if total.Packets == 0 {
+				t.Fatal("no traffic counted: the test checks nothing")
+			}
+			if len(c.VIPs) != 1 || c.VIPs[cur].Packets < total.Packets {
+				t.Errorf("vip counters %v, want only %s, at least %+v", c.VIPs, cur, total)
+			}
+			if len(c.Backends) != 1 || !maps.Equal(c.Backends[cur], counted) {
+				t.Errorf("backend counters %v, want only %s's: %v", c.Backends, cur, counted)
 			}
 		})
 	}
 }
 
-// BenchmarkCounters reads the counters of 1000 VIPs × 10 backends with
-// batch lookups (Counters) and, for comparison, with one lookup per key
-// (how Counters read them before, with the lock held throughout); both are
-// checked to agree first. batch-locked times the part of Counters that
-// holds the datapath's lock.
+// BenchmarkCounters reads the counters of 1000 VIPs × 10 and × 100
+// backends with batch lookups (Counters) and, for comparison, with one
+// lookup per key (how Counters read them before, with the lock held
+// throughout); both are checked to agree first. batch-locked and
+// batch-locked-changed time the part of Counters that holds the datapath's
+// lock.
 func BenchmarkCounters(b *testing.B) {
+	for _, m := range []int{10, 100} {
+		b.Run(fmt.Sprintf("1000x%d", m), func(b *testing.B) { benchmarkCounters(b, 1000, m) })
+	}
+}
+
+func benchmarkCounters(b *testing.B, n, m int) {
 	d := newTestDatapath(b)
-	setVIPs(b, d, manyVIPs(1000, 10))
+	setVIPs(b, d, manyVIPs(n, m))
 	got, err := d.Counters()
 	if err != nil {
 		b.Fatal(err)
@@ -364,7 +430,7 @@ func BenchmarkCounters(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if len(got.VIPs) != 1000 || !maps.Equal(got.VIPs, ref.VIPs) || !maps.EqualFunc(got.Backends, ref.Backends, maps.Equal) {
+	if len(got.VIPs) != n || !maps.Equal(got.VIPs, ref.VIPs) || !maps.EqualFunc(got.Backends, ref.Backends, maps.Equal) {
 		b.Fatalf("batch and per-key reads differ: %d and %d VIPs", len(got.VIPs), len(ref.VIPs))
 	}
 	for _, r := range []struct {
@@ -373,19 +439,13 @@ func BenchmarkCounters(b *testing.B) {
 	}{
 		{"batch", (*Datapath).Counters},
 		{"per-key", countersByLookup}, // holds the lock throughout
-		// What of "batch" holds the lock: the copy of the owners and their
-		// check after the read.
-		{"batch-locked", func(d *Datapath) (Counters, error) {
-			d.mu.Lock()
-			o := d.counterOwners()
-			d.mu.Unlock()
-			d.mu.Lock()
-			defer d.mu.Unlock()
-			if !d.ownersUnchanged(o) {
-				return Counters{}, fmt.Errorf("owners changed with nothing changing them")
-			}
-			return Counters{}, nil
-		}},
+		// What of "batch" holds the lock: the owners and their check after
+		// the read, with the VIPs unchanged (the copy of the last call and
+		// one comparison) ...
+		{"batch-locked", func(d *Datapath) (Counters, error) { return Counters{}, lockedPart(d, false) }},
+		// ... and after a change that moved no owner (a weight, say) before
+		// and during the read: a new copy and the comparison of each owner.
+		{"batch-locked-changed", func(d *Datapath) (Counters, error) { return Counters{}, lockedPart(d, true) }},
 	} {
 		b.Run(r.name, func(b *testing.B) {
 			for b.Loop() {
@@ -395,4 +455,24 @@ func BenchmarkCounters(b *testing.B) {
 			}
 		})
 	}
+}
+
+// lockedPart does what Counters does under the lock, without the read;
+// changed makes it look as if the VIPs changed before and during the read.
+func lockedPart(d *Datapath, changed bool) error {
+	d.mu.Lock()
+	if changed {
+		d.ownerChanges++
+	}
+	o := d.counterOwners()
+	d.mu.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if changed {
+		d.ownerChanges++
+	}
+	if !d.ownersUnchanged(o) {
+		return fmt.Errorf("owners changed with nothing changing them")
+	}
+	return nil
 }

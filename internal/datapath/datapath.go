@@ -57,6 +57,16 @@ type Datapath struct {
 	notes     []string // what Load did about an interrupted migration
 
 	vips map[VIP]*vipEntry
+	// ownerChanges counts the changes of d.vips: a VIP added, replaced
+	// (commit) or removed. Every change of which VIP owns a VIP index or
+	// which backend a backend id, and every free of one, happens in one
+	// of them, so an unchanged count means the owners did not change
+	// (Counters relies on it). adopt fills d.vips before anyone reads it.
+	// Both fields are guarded by mu.
+	ownerChanges uint64
+	// owners is the last copy of the counters' owners (Counters); it is
+	// current while its changes equals ownerChanges.
+	owners *counterOwners
 	// lastRing caches the ring Predict last rebuilt (see ringTable).
 	lastRing struct {
 		e     *vipEntry

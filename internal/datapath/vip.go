@@ -116,6 +116,7 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 			continue
 		}
 		delete(d.vips, vip)
+		d.ownerChanges++
 		d.forgetRing(vip)
 		idx := uint32(e.index)
 		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{})}
@@ -539,6 +540,7 @@ func (d *Datapath) commit(p *pendingVIP) error {
 		return fmt.Errorf("vip %s: write vip: %w", vip, err)
 	}
 	d.vips[vip] = e
+	d.ownerChanges++ // before the backends it lost retire (free their ids)
 	d.vipGen[e.index] = e.gen
 
 	var errs []error
