@@ -88,19 +88,15 @@ func TestDetachRefusedWhileInstanceRuns(t *testing.T) {
 	})
 
 	// The daemon answers on X's socket.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	require.Eventually(t, 15*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		st, err := api.NewClient(socket).Status(ctx)
 		cancel()
-		if err == nil && st.Instance == instance {
-			break
+		if err != nil || st.Instance != instance {
+			return fmt.Errorf("daemon of instance %s not answering on %s after 15s (last: %+v, %v)\ndaemon log:\n%s", instance, socket, st, err, daemonLog())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon of instance %s not answering on %s after 15s (last: %+v, %v)\ndaemon log:\n%s", instance, socket, st, err, daemonLog())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	pins := datapath.PinDir(bpffs, instance)
 	before := dirNames(t, pins)
 	if len(before) == 0 {
@@ -140,11 +136,12 @@ func TestDetachRefusedWhileInstanceRuns(t *testing.T) {
 		t.Errorf("pins still in %s after detach: %v", pins, err)
 	}
 	// The kernel detaches the program when the last pin of its link goes.
-	for deadline := time.Now().Add(5 * time.Second); xdpAttached(t, lb); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("XDP program still attached to eth0 5s after detach")
+	require.Eventually(t, 5*time.Second, func() error {
+		if xdpAttached(t, lb) {
+			return errors.New("XDP program still attached to eth0 5s after detach")
 		}
-	}
+		return nil
+	})
 }
 
 // TestDetachChecksTheSocketsItIsGiven: --config names the socket, and

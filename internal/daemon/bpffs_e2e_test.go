@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 // Where the daemon's bpffs is, and whether what it says at start and stop
@@ -38,25 +39,23 @@ func ownBPFFS(t *testing.T, h *harness) {
 // waitLog waits until the daemon's log, from offset from, holds want.
 func (h *harness) waitLog(from int, want string) {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(h.log()[from:], want) {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("the daemon did not log %q; its log:\n%s", want, h.log()[from:])
+	require.Eventually(h.t, 5*time.Second, func() error {
+		if !strings.Contains(h.log()[from:], want) {
+			return fmt.Errorf("the daemon did not log %q; its log:\n%s", want, h.log()[from:])
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // waitDetached waits until lb1's eth0 has no XDP program.
 func (h *harness) waitDetached(when string) {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for h.xdpAttached() {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%s: XDP still attached 5s after the daemon ended, though it said the fast path detaches with it\n%s", when, h.log())
+	require.Eventually(h.t, 5*time.Second, func() error {
+		if h.xdpAttached() {
+			return fmt.Errorf("%s: XDP still attached 5s after the daemon ended, though it said the fast path detaches with it\n%s", when, h.log())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // restartHitless starts the daemon (its start-up log must hold start),
@@ -83,7 +82,7 @@ func (h *harness) restartHitless(start, adopted string) {
 	if err != nil || !st.Adopted {
 		t.Fatalf("restarted daemon did not adopt the pins: %+v, %v\n%s", st, err, h.log()[from:])
 	}
-	time.Sleep(300 * time.Millisecond) // traffic through the new program too
+	stream.waitEchoes(time.Now(), 100) // traffic through the new program too
 	sent, lost := stream.stopCounts()
 	t.Logf("UDP stream through kill -9 and restart: %d datagrams sent, %d lost", sent, lost)
 	if sent < 100 || lost != 0 {
@@ -143,9 +142,7 @@ func TestRestartPremountedSharedBPFFS(t *testing.T) {
 // says so at stop, and that is what happens on SIGTERM and on kill -9;
 // `fulcrum detach` then finds nothing and says why.
 func TestRestartPrivateBPFFSDetaches(t *testing.T) {
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("skipped: unshare (util-linux) is not installed")
-	}
+	require.Tool(t, "unshare")
 	h := newHarness(t)
 	ownBPFFS(t, h)
 	// --kill-child: kill -9 of unshare kills the daemon too.

@@ -2,12 +2,14 @@ package daemon_test
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -86,14 +88,12 @@ func TestMACChangeFollowed(t *testing.T) {
 		}
 		return after, lost
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if n, _ := sentAfter(); n >= 50 {
-			break
+	require.Eventually(t, 5*time.Second, func() error {
+		if n, _ := sentAfter(); n < 50 {
+			return fmt.Errorf("the UDP stream sent %d datagrams after the bound in 5s, want 50", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the UDP stream sent fewer than 50 datagrams in 5s")
-		}
-	}
+		return nil
+	})
 	stream.stop()
 	if after, lost := sentAfter(); lost != 0 {
 		t.Fatalf("UDP stream: %d datagrams sent from 1s after the change, %d of them lost; want none lost", after, lost)

@@ -14,6 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
 // The tests here run the test binary again as a helper process, in a mount
@@ -130,14 +132,9 @@ func runHelper(t *testing.T, action, dir string, wrap ...string) BPFFS {
 // there.
 func bpffsDir(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: mounting bpffs and entering mount namespaces needs root")
-	}
-	for _, tool := range []string{"unshare", "nsenter"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s (util-linux) is not installed", tool)
-		}
-	}
+	require.Root(t) // mounting bpffs and entering mount namespaces
+	require.Tool(t, "unshare")
+	require.Tool(t, "nsenter")
 	dir := filepath.Join(t.TempDir(), "parent", "bpffs")
 	t.Cleanup(func() {
 		for i := 0; i < 8 && IsBPFFS(dir); i++ {
