@@ -192,7 +192,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	const struct backend *be;
 	struct vip_meta *vip;
 	union ct_key key = {};
-	__u32 id, hash, now;
+	__u32 id, hash = 0, now;
+	int tuple_hash = 0; /* hash is the 5-tuple hash already */
 
 	switch (r) {
 	case PARSE_OK:
@@ -226,7 +227,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	vip = vip_lookup(f);
 	if (!vip)
 		return verdict(st, STAT_PASS_NO_VIP, XDP_PASS);
-	hash = flow_hash_of(f, vip->flags & VIP_F_SOURCE_HASH);
+	tuple_hash = !(vip->flags & VIP_F_SOURCE_HASH);
+	hash = flow_hash_of(f, !tuple_hash);
 	id = pick(vip, hash);
 	if (id == UNASSIGNED)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
@@ -253,8 +255,10 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 
 forward:
 	/* ipip's outer header spreads by the 5-tuple, whatever the ring
-	 * hashed on; dsr does not use the hash. */
-	hash = vip->mode == MODE_IPIP ? flow_hash_of(f, 0) : 0;
+	 * hashed on (a new flow's ring hash is reused when it is that);
+	 * dsr does not use the hash. */
+	if (vip->mode == MODE_IPIP && !tuple_hash)
+		hash = flow_hash_of(f, 0);
 	return forward(ctx, st, cfg, vip, id, be, f, hash);
 }
 
