@@ -23,16 +23,15 @@ package datapath
 // with it. docs/operations.md has the recipes.
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -265,59 +264,22 @@ func superblock(dir string) (uint64, error) {
 // mountedIn reports whether the bpffs with device number dev is mounted
 // anywhere in the mount namespace of pid.
 func mountedIn(pid int, dev uint64) (bool, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	mounts, err := parseMountinfo(f, f.Name())
+	mounts, err := procfs.GetProcMounts(pid)
 	if err != nil {
 		return false, err
 	}
 	for _, m := range mounts {
-		if m.dev == dev && m.fstype == "bpf" {
+		maj, min, _ := strings.Cut(m.MajorMinorVer, ":")
+		ma, err1 := strconv.ParseUint(maj, 10, 32)
+		mi, err2 := strconv.ParseUint(min, 10, 32)
+		if err1 != nil || err2 != nil {
+			return false, fmt.Errorf("/proc/%d/mountinfo: bad device %q", pid, m.MajorMinorVer)
+		}
+		if m.FSType == "bpf" && unix.Mkdev(uint32(ma), uint32(mi)) == dev {
 			return true, nil
 		}
 	}
 	return false, nil
-}
-
-// mount is one line of /proc/PID/mountinfo, the fields this file needs.
-type mount struct {
-	dev    uint64
-	fstype string
-}
-
-// parseMountinfo reads /proc/PID/mountinfo (proc(5)): "ID PARENT MAJ:MIN
-// ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS".
-func parseMountinfo(r io.Reader, name string) ([]mount, error) {
-	var out []mount
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		line := sc.Text()
-		fields := strings.Fields(line)
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
-			return nil, fmt.Errorf("%s: malformed line %q", name, line)
-		}
-		maj, min, ok := strings.Cut(fields[2], ":")
-		ma, err1 := strconv.ParseUint(maj, 10, 32)
-		mi, err2 := strconv.ParseUint(min, 10, 32)
-		if !ok || err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("%s: bad device %q in %q", name, fields[2], line)
-		}
-		out = append(out, mount{dev: unix.Mkdev(uint32(ma), uint32(mi)), fstype: fields[sep+1]})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	return out, nil
 }
 
 // inMountNamespaceOf runs fn on a thread that has joined the mount

@@ -297,27 +297,3 @@ func TestDetachFindsPins(t *testing.T) {
 		t.Fatalf("hold helper: %v", err)
 	}
 }
-
-func TestParseMountinfo(t *testing.T) {
-	in := `22 27 0:21 / /proc rw,relatime - proc proc rw
-55 27 0:41 / /run/fulcrum rw,relatime shared:5 master:1 - bpf bpf rw,mode=700
-60 27 0:42 / /mnt/with\040space rw - bpf none rw
-`
-	got, err := parseMountinfo(strings.NewReader(in), "mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []mount{
-		{dev: unix.Mkdev(0, 21), fstype: "proc"},
-		{dev: unix.Mkdev(0, 41), fstype: "bpf"},
-		{dev: unix.Mkdev(0, 42), fstype: "bpf"},
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("got %+v, want %+v", got, want)
-	}
-	for _, bad := range []string{"22 27 0:21 / /proc rw,relatime proc proc rw\n", "22 27 021 / /proc rw - proc proc rw\n", "22 27 0:21 / /proc rw -\n"} {
-		if _, err := parseMountinfo(strings.NewReader(bad), "mountinfo"); err == nil || !strings.Contains(err.Error(), "mountinfo: ") {
-			t.Fatalf("%q: got %v, want an error naming the file", bad, err)
-		}
-	}
-}
