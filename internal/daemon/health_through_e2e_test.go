@@ -129,6 +129,16 @@ func TestHealthThroughDatapath(t *testing.T) {
 // 6in4 http).
 func TestHealthThroughDatapathIPIP(t *testing.T) {
 	h := newHarness(t, func(o *testenv.Options) { o.RemoteBackends = true })
+	h.startDecap()
+	h.writeConfig(h.throughConfig("ipip"))
+	h.startDaemon()
+	h.throughDatapath()
+}
+
+// startDecap runs `fulcrum decap` for both VIPs on every backend's eth0
+// (ipip mode) and waits until each has attached.
+func (h *harness) startDecap() {
+	t := h.t
 	for _, b := range h.topo.Backends {
 		if _, err := b.Start(context.Background(), h.bin, "decap", "-i", "eth0", "--vip", vip4.String(), "--vip", vip6.String()); err != nil {
 			t.Fatal(err)
@@ -147,9 +157,6 @@ func TestHealthThroughDatapathIPIP(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	h.writeConfig(h.throughConfig("ipip"))
-	h.startDaemon()
-	h.throughDatapath()
 }
 
 // throughDatapath is the body of the through-datapath tests, on a running
