@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -145,17 +146,13 @@ func (h *harness) startDecap() {
 		}
 	}
 	for _, b := range h.topo.Backends {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		require.Eventually(t, 5*time.Second, func() error {
 			out, _ := b.Run(context.Background(), "ip", "link", "show", "eth0")
-			if strings.Contains(out, "xdp") {
-				break
+			if !strings.Contains(out, "xdp") {
+				return fmt.Errorf("fulcrum decap did not attach on %s:\n%s", b.Name, out)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("fulcrum decap did not attach on %s:\n%s", b.Name, out)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 }
 
