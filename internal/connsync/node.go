@@ -29,6 +29,8 @@ const (
 	// sends to one peer at most: 1 M entries in 5 s, some 3600 datagrams/s,
 	// which a peer's socket buffer and installer keep up with.
 	DefaultResyncRate = 200_000
+
+	recvBuffer = 4 << 20
 )
 
 // Installer installs received entries into the local connection table.
@@ -176,6 +178,10 @@ func New(cfg Config, src Source, inst Installer) (*Node, error) {
 			return nil, fmt.Errorf("connsync: listen on %s: %w", cfg.Listen, err)
 		}
 		n.conn = c
+		// A resync arrives in bursts of thousands of datagrams; ask for a
+		// receive buffer that holds a second's worth (the kernel caps it
+		// at net.core.rmem_max).
+		_ = c.SetReadBuffer(recvBuffer)
 	}
 	return n, nil
 }
@@ -486,3 +492,7 @@ func (n *Node) Stats() Stats {
 	n.mu.Unlock()
 	return s
 }
+
+// Close releases the socket of a Node whose Run was never called (Run
+// closes it itself).
+func (n *Node) Close() error { return n.conn.Close() }
