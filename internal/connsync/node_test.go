@@ -378,7 +378,6 @@ func TestReappear(t *testing.T) {
 	}
 }
 
-
 // TestReceiveBounded: a flood of garbage, from a peer's address and from
 // strangers, allocates nothing per datagram and grows no state.
 func TestReceiveBounded(t *testing.T) {
