@@ -37,8 +37,10 @@ type Stats struct {
 	// entries they carried.
 	Resyncs       uint64 `json:"resyncs"`
 	ResyncEntries uint64 `json:"resync_entries"`
-	// SendLag is each sent entry's time from Offer to its datagram's
-	// send (the batching delay plus the queue's).
+	// SendLag is the time from Offer to its datagram's send (the
+	// batching delay plus the queue's) of one offered entry in 16 (a
+	// sample: reading the clock for each would cost more than the rest
+	// of Offer). Resyncs are not in it.
 	SendLag Lag `json:"send_lag"`
 	// ReceiveAge is each accepted datagram's age at receipt, from the
 	// sender's timestamp: meaningful as far as the nodes' clocks agree
