@@ -523,3 +523,23 @@ func TestNewRejects(t *testing.T) {
 		}
 	}
 }
+
+// TestDualStack: a node bound to [::] (the daemon's default) exchanges
+// with an IPv4 peer, whose datagrams arrive from IPv4-mapped addresses.
+func TestDualStack(t *testing.T) {
+	ca := listen(t)
+	tb := newTable()
+	b, err := New(Config{Listen: netip.MustParseAddrPort("[::]:0"), Peers: []netip.AddrPort{addrOf(ca)}, Key: testKey, Logger: quiet}, tb, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startNode(t, b)
+	ta := newTable()
+	a, _ := start(t, Config{Conn: ca, Peers: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), b.Addr().Port())}}, ta)
+	es := testEntries(100)
+	for _, e := range es {
+		a.Offer(e)
+	}
+	require.Eventually(t, 10*time.Second, func() error { return tb.holds(es) })
+	noDrops(t, "b", b.Stats())
+}
