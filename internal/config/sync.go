@@ -77,12 +77,7 @@ func (d *decoder) sync(f *fields) *Sync {
 		}
 	}
 	if f.require("key_file", syncKeyFileHint) {
-		s.KeyFile = f.str("key_file", "")
-		if msg := checkAbsPath(s.KeyFile); msg != "" {
-			f.errf("key_file", "%q %s", s.KeyFile, msg)
-		} else {
-			s.KeyFile = filepath.Clean(s.KeyFile)
-		}
+		s.KeyFile = f.absPath("key_file")
 	}
 	s.Interval = f.duration("interval", DefaultSyncInterval, true)
 	if s.Interval < MinSyncInterval || s.Interval > MaxSyncInterval {
@@ -166,4 +161,15 @@ func (s *Sync) doc() map[string]any {
 		m["address"] = s.Address.String()
 	}
 	return m
+}
+
+// absPath returns key as a clean absolute path; "" (with a problem
+// recorded) when it is not one.
+func (f *fields) absPath(key string) string {
+	p := f.str(key, "")
+	if msg := checkAbsPath(p); msg != "" {
+		f.errf(key, "%q %s", p, msg)
+		return ""
+	}
+	return filepath.Clean(p)
 }

@@ -40,8 +40,8 @@ func BenchmarkSync(b *testing.B) {
 		}
 	}
 	inst := &counter{}
-	a, _ := benchNode(b, Config{Conn: ca, Peers: []netip.AddrPort{addrOf(cb)}}, &counter{})
-	benchNode(b, Config{Conn: cb, Peers: []netip.AddrPort{addrOf(ca)}}, inst)
+	a, _ := start(b, Config{Conn: ca, Peers: []netip.AddrPort{addrOf(cb)}}, &counter{})
+	start(b, Config{Conn: cb, Peers: []netip.AddrPort{addrOf(ca)}}, inst)
 	es := testEntries(benchEntries)
 
 	var installed, lost int64
@@ -84,16 +84,6 @@ func BenchmarkSync(b *testing.B) {
 	s := a.Stats()
 	b.Logf("sender: %d datagrams, %d entries, send lag mean %s max %s (the producer outruns the batcher, so the lag is the full queue's)",
 		s.SentDatagrams, s.SentEntries, s.SendLag.Mean(), s.SendLag.Max)
-}
-
-func benchNode(b *testing.B, cfg Config, c *counter) (*Node, func()) {
-	cfg.Key = testKey
-	cfg.Logger = quiet
-	n, err := New(cfg, c, c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return startNode(b, n)
 }
 
 // TestMain prints, after the tests and benchmarks ran, the line scripts

@@ -21,16 +21,11 @@ const (
 	StateClosed      State = 3
 )
 
+var stateNames = [...]string{StateEstablished: "established", StateSYN: "syn", StateFIN: "fin", StateClosed: "closed"}
+
 func (s State) String() string {
-	switch s {
-	case StateEstablished:
-		return "established"
-	case StateSYN:
-		return "syn"
-	case StateFIN:
-		return "fin"
-	case StateClosed:
-		return "closed"
+	if int(s) < len(stateNames) {
+		return stateNames[s]
 	}
 	return fmt.Sprintf("state(%d)", uint8(s))
 }

@@ -100,7 +100,10 @@ func listen(t testing.TB) *net.UDPConn {
 func addrOf(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
 
 // start runs a Node on conn until the test ends; stop ends it early.
-func start(t testing.TB, cfg Config, tab *table) (n *Node, stop func()) {
+func start(t testing.TB, cfg Config, tab interface {
+	Source
+	Installer
+}) (n *Node, stop func()) {
 	t.Helper()
 	if cfg.Key == nil {
 		cfg.Key = testKey
@@ -474,23 +477,26 @@ func TestQueueOverflow(t *testing.T) {
 	}
 	defer n.Close()
 	// Not running: nothing drains the queue.
-	done := make(chan int)
+	var queued atomic.Int64
+	done := make(chan struct{})
 	go func() {
-		queued := 0
+		defer close(done)
 		for _, e := range testEntries(25) {
 			if n.Offer(e) {
-				queued++
+				queued.Add(1)
 			}
 		}
-		done <- queued
 	}()
-	select {
-	case queued := <-done:
-		if queued != 10 {
-			t.Fatalf("%d offers queued, want 10 (the queue's size)", queued)
+	require.Eventually(t, 5*time.Second, func() error {
+		select {
+		case <-done:
+			return nil
+		default:
+			return fmt.Errorf("Offer blocked on a full queue after %d entries queued", queued.Load())
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Offer blocked on a full queue")
+	})
+	if queued.Load() != 10 {
+		t.Fatalf("%d offers queued, want 10 (the queue's size)", queued.Load())
 	}
 	bad := testEntries(1)[0]
 	bad.Proto = 1

@@ -222,13 +222,11 @@ func (d *datagram) seal(m *mac, typ msgType, flags uint16, sender, seq uint64, n
 	return m.appendSum(d.buf, d.buf)
 }
 
+// appendAddr appends a's 4 (IPv4) or 16 bytes; entries have no zone
+// (Entry.check), so AppendBinary adds nothing else and cannot fail.
 func appendAddr(b []byte, a netip.Addr) []byte {
-	if a.Is4() {
-		v := a.As4()
-		return append(b, v[:]...)
-	}
-	v := a.As16()
-	return append(b, v[:]...)
+	b, _ = a.AppendBinary(b)
+	return b
 }
 
 // decode parses and authenticates a datagram. Entries are decoded into
