@@ -74,8 +74,9 @@ type Config struct {
 	// Key is the shared HMAC key (LoadKey). Required: there is no
 	// unauthenticated mode.
 	Key []byte
-	// FlushInterval, HelloInterval, PeerTimeout, QueueSize and
-	// ResyncRate default to the Default* constants when zero.
+	// FlushInterval, HelloInterval, QueueSize and ResyncRate default to
+	// the Default* constants when zero, PeerTimeout to three
+	// HelloIntervals.
 	FlushInterval time.Duration
 	HelloInterval time.Duration
 	PeerTimeout   time.Duration
@@ -230,7 +231,7 @@ func (n *Node) Offer(e Entry) bool {
 
 // Run sends hellos, batches offered entries, receives and installs peers'
 // entries and sends full resyncs, until ctx ends; then it closes the
-// socket and returns once every goroutine it started has.
+// socket and returns once every goroutine it started has. Call it once.
 func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

@@ -2,9 +2,10 @@ package connsync
 
 // windowBits is the replay window: how far behind the highest sequence
 // number seen a datagram may arrive (reordered) and still be accepted
-// once. IPsec's default is 32 or 64 (RFC 4303 §3.4.3); sync datagrams
-// from one sender are sent by two goroutines (the batcher and a resync),
-// which can reorder a few hundred under load, so the window is wider.
+// once. IPsec's default is 32 or 64 (RFC 4303 §3.4.3). A sender numbers
+// and sends under one lock, so only the network reorders; but a resync
+// sends thousands of datagrams a second, and 128 bytes a peer buys a
+// window that a reordering path or a multi-queue NIC will not outrun.
 const windowBits = 1024
 
 // window is an anti-replay sliding window (RFC 4303 appendix A): the
