@@ -549,3 +549,75 @@ func TestDualStack(t *testing.T) {
 	require.Eventually(t, 10*time.Second, func() error { return tb.holds(es) })
 	noDrops(t, "b", b.Stats())
 }
+
+// TestResyncAfterSilence: a peer heard again after more than PeerTimeout
+// of silence (a partition healed; same epoch) is sent a full resync, over
+// the real socket; one heard within the timeout is not.
+func TestResyncAfterSilence(t *testing.T) {
+	peer, ca := listen(t), listen(t)
+	existing := testEntries(120)
+	a, _ := start(t, Config{Conn: ca, Peers: []netip.AddrPort{addrOf(peer)},
+		HelloInterval: 20 * time.Millisecond, PeerTimeout: 200 * time.Millisecond}, newTable(existing...))
+	m := newMAC(testKey)
+	seq := uint64(0)
+	hello := func() {
+		t.Helper()
+		seq++
+		if _, err := peer.WriteToUDP(newDatagram().seal(m, typeHello, 0, 77, seq, time.Now()), net.UDPAddrFromAddrPort(addrOf(ca))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resyncs := func(want uint64) {
+		t.Helper()
+		require.Eventually(t, 5*time.Second, func() error {
+			if s := a.Stats(); s.Resyncs != want || s.ResyncEntries != want*uint64(len(existing)) {
+				return fmt.Errorf("%d resyncs of %d entries in all, want %d of %d each", s.Resyncs, s.ResyncEntries, want, len(existing))
+			}
+			return nil
+		})
+	}
+	hello()
+	resyncs(1) // first heard
+	hello()
+	hello()
+	require.Eventually(t, 5*time.Second, func() error {
+		if s := a.Stats(); s.ReceivedDatagrams != 3 {
+			return fmt.Errorf("a accepted %d hellos, want 3", s.ReceivedDatagrams)
+		}
+		return nil
+	})
+	if s := a.Stats(); s.Resyncs != 1 {
+		t.Fatalf("%d resyncs after hellos within the timeout, want still 1", s.Resyncs)
+	}
+	// Silence until a counts the peer as gone, then a hello again.
+	require.Eventually(t, 5*time.Second, func() error {
+		if p := a.Stats().Peers[0]; p.Up {
+			return fmt.Errorf("peer still up, last heard %s ago", time.Since(p.LastHeard))
+		}
+		return nil
+	})
+	hello()
+	resyncs(2)
+	// What the peer received: every entry, twice, in resync datagrams.
+	got := map[tuple]int{}
+	buf := make([]byte, MaxDatagram+1)
+	ents := make([]Entry, 0, MaxEntries)
+	rm := newMAC(testKey)
+	for len(got) < len(existing) || slices.ContainsFunc(existing, func(e Entry) bool { return got[keyOf(e)] < 2 }) {
+		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		nb, _, err := peer.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("peer received %d distinct entries of %d: %v", len(got), len(existing), err)
+		}
+		h, es, r := decode(buf[:nb], rm, ents)
+		if r != reasonNone {
+			t.Fatalf("peer dropped a datagram from a: %s", r)
+		}
+		if h.typ == typeEntries && h.flags&flagResync == 0 {
+			t.Fatalf("an entries datagram without the resync flag: %+v", h)
+		}
+		for _, e := range es {
+			got[keyOf(e)]++
+		}
+	}
+}
