@@ -29,6 +29,7 @@
 //	health_check: {type: tcp}    # default for every VIP (optional)
 //	vrrp: {interface: eth0, vrid: 51}      # optional
 //	bgp: {asn: 65010, router_id: 198.18.0.2, peers: [{address: 198.18.0.1, asn: 65000}]}  # optional, not with vrrp
+//	sync: {peers: [198.18.0.3], key_file: /etc/fulcrum/sync.key}   # optional
 //	vips:
 //	  - address: 203.0.113.10
 //	    port: 80                 # 0 = every port
@@ -111,6 +112,8 @@ type Config struct {
 	VRRP *VRRP `yaml:"vrrp,omitempty"`
 	// BGP announces the VIPs to routers (scale-out); nil = none.
 	BGP *BGP `yaml:"-"`
+	// Sync shares the connection table with peer LB nodes; nil = off.
+	Sync *Sync `yaml:"-"`
 	// VIPs may be empty: VIPs can also be added through the API.
 	VIPs []VIP `yaml:"vips"`
 }

@@ -45,6 +45,9 @@ func (c *Config) Marshal() ([]byte, error) {
 	if c.BGP != nil {
 		doc["bgp"] = c.BGP.doc()
 	}
+	if c.Sync != nil {
+		doc["sync"] = c.Sync.doc()
+	}
 	return yaml.Marshal(doc)
 }
 

@@ -21,7 +21,7 @@ import (
 
 // The keys allowed in each mapping, in the order of the documentation.
 var (
-	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "vrrp", "bgp", "vips"}
+	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "vrrp", "bgp", "sync", "vips"}
 	ipipKeys      = []string{"source_v4", "source_v6", "gateway_mac"}
 	interfaceKeys = []string{"name", "xdp_mode"}
 	logKeys       = []string{"level", "format"}
@@ -110,6 +110,10 @@ func (d *decoder) config(root *yaml.Node) *Config {
 		if c.VRRP != nil {
 			f.errf("bgp", "cannot be combined with vrrp: with bgp every node is active and the routers spread the flows, so a VRRP backup would take traffic all the same (docs/scale-out.md); keep one of the two")
 		}
+	}
+
+	if f.has("sync") {
+		c.Sync = d.sync(f.sub("sync", "a mapping (peers, port, key_file, ...)", syncKeys))
 	}
 
 	if f.has("ipip") {
