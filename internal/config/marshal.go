@@ -30,6 +30,14 @@ func (c *Config) Marshal() ([]byte, error) {
 	if c.HealthCheck != nil {
 		doc["health_check"] = checkDoc(c.HealthCheck)
 	}
+	// The root's ring size only matters to VIPs added to the file later:
+	// written when it is not the default.
+	if c.RingSizeAuto || (c.RingSize != 0 && c.RingSize != defaultRing.size) {
+		doc["ring_size"] = ringSizeDoc(c.RingSize, c.RingSizeAuto)
+	}
+	if c.RingSizeMax != 0 && c.RingSizeMax != defaultRing.max {
+		doc["ring_size_max"] = c.RingSizeMax
+	}
 	if v := c.VRRP; v != nil {
 		vd := map[string]any{
 			"interface": v.Interface, "vrid": v.VRID, "priority": v.Priority,
@@ -74,7 +82,10 @@ func vipsDoc(vips []VIP) []map[string]any {
 	for _, v := range vips {
 		m := map[string]any{
 			"address": v.Address.String(), "port": v.Port, "protocol": v.Protocol, "mode": v.Mode,
-			"scheduler": v.Scheduler, "ring_size": v.RingSize, "conntrack": v.Conntrack, "fragments": v.Fragments,
+			"scheduler": v.Scheduler, "ring_size": ringSizeDoc(v.RingSize, v.RingSizeAuto), "conntrack": v.Conntrack, "fragments": v.Fragments,
+		}
+		if v.RingSizeAuto {
+			m["ring_size_max"] = v.RingSizeMax
 		}
 		if t := timeoutsDoc(v.Timeouts); v.Conntrack && len(t) > 0 {
 			m["conntrack"] = map[string]any{"timeouts": t}
@@ -105,6 +116,14 @@ func vipsDoc(vips []VIP) []map[string]any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// ringSizeDoc is a ring size as a file writes it: a number, or auto.
+func ringSizeDoc(size uint32, auto bool) any {
+	if auto {
+		return "auto"
+	}
+	return size
 }
 
 func checkDoc(h *HealthCheck) map[string]any {
