@@ -23,8 +23,8 @@ type VIPFields struct {
 	RingSizeAuto bool
 	RingSizeMax  uint32
 	Conntrack    *bool
-	Fragments string
-	Backends  []BackendFields
+	Fragments    string
+	Backends     []BackendFields
 }
 
 // BackendFields are a backend's settings as a program gives them.

@@ -213,7 +213,6 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-
 // BenchmarkChoose prints the chooser's time for the shapes the docs
 // quote: control FIGURE ms=N lines.
 func BenchmarkChoose(b *testing.B) {
