@@ -237,3 +237,33 @@ func BenchmarkChoose(b *testing.B) {
 		})
 	}
 }
+
+// TestChooserCache: the cached choice is the uncached one, for a shape
+// seen before, one changed by a weight, and after the cache started over.
+func TestChooserCache(t *testing.T) {
+	var c Chooser
+	check := func(bs []Backend, max uint32) {
+		t.Helper()
+		want, _ := Choose(bs, max)
+		for range 2 {
+			got, err := c.Choose(bs, max)
+			if err != nil || got != want {
+				t.Fatalf("cached %+v, %v; want %+v", got, err, want)
+			}
+		}
+	}
+	bs := backends(100, equal)
+	check(bs, 65537)
+	check(bs, 4093)
+	heavier := slices.Clone(bs)
+	heavier[3].Weight = 50
+	check(heavier, 65537)
+	// Fill past maxHeld: the cache starts over and still answers right.
+	for i := range maxHeld/1000 + 2 {
+		check(backends(1000, func(j int) uint32 { return uint32(1 + (i+j)%7) }), 65537)
+	}
+	if c.held > maxHeld {
+		t.Errorf("the cache holds %d backends, over %d", c.held, maxHeld)
+	}
+	check(bs, 65537)
+}
