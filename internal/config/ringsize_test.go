@@ -69,3 +69,26 @@ func TestParseVIPRingSizeBoth(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// TestMarshalNoted: the chosen size is a comment on ring_size: auto, and
+// only there; the rest is Marshal's output, and it parses back the same.
+func TestMarshalNoted(t *testing.T) {
+	c := mustParse(t, base+"vips:\n  - {address: 203.0.113.1, port: 80, protocol: tcp, ring_size: auto}\n"+
+		"  - {address: 203.0.113.1, port: 81, protocol: tcp, ring_size: 251}\n  - {address: 203.0.113.1, port: 82, protocol: tcp, ring_size: auto}\n")
+	plain, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noted, err := c.MarshalNoted(func(i int) uint32 { return []uint32{11579, 251, 0}[i] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Replace(string(plain), "ring_size: auto\n", "ring_size: auto # chosen: 11579 slots\n", 1)
+	if string(noted) != want || want == string(plain) {
+		t.Errorf("MarshalNoted:\n%s\nwant:\n%s", noted, want)
+	}
+	again, err := Parse(noted)
+	if err != nil || !reflect.DeepEqual(again, c) {
+		t.Errorf("the noted config parses to %+v, %v; want %+v", again, err, c)
+	}
+}
