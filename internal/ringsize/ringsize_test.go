@@ -2,6 +2,7 @@ package ringsize
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -266,4 +267,82 @@ func TestChooserCache(t *testing.T) {
 		t.Errorf("the cache holds %d backends, over %d", c.held, maxHeld)
 	}
 	check(bs, 65537)
+}
+
+// chooseByBuild is Choose done the plain way, one maglev.Build per
+// candidate, for BenchmarkChoose to compare.
+func chooseByBuild(tb testing.TB, bs []Backend, max uint32) uint32 {
+	for _, m := range Candidates(max) {
+		if within(bs, buildCounts(tb, bs, m), m) {
+			return m
+		}
+	}
+	return max
+}
+
+// BenchmarkChooseByBuild is the search with a build per candidate that
+// Counts avoids: the cost Choose would have without it.
+func BenchmarkChooseByBuild(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		bs   []Backend
+	}{
+		{"100-equal", backends(100, equal)},
+		{"100-random", backends(100, random(1, 1, 100))},
+		{"1000-equal", backends(1000, equal)},
+		{"1000-random", backends(1000, random(1, 1, 100))},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			want, _ := Choose(c.bs, maglev.DefaultSize)
+			var got uint32
+			start := time.Now()
+			for b.Loop() {
+				got = chooseByBuild(b, c.bs, maglev.DefaultSize)
+			}
+			if got != want.Size {
+				b.Fatalf("by build %d, Choose %d", got, want.Size)
+			}
+			per := time.Since(start) / time.Duration(b.N)
+			b.Logf("control ringsize-bybuild-%s ms=%.4f size=%d", c.name, float64(per.Nanoseconds())/1e6, got)
+		})
+	}
+}
+
+// BenchmarkFleet chooses for 1000 VIPs of 100 backends, each VIP with its
+// own weights, and logs the sizes chosen and the ring memory they take
+// (the kernel charges an array map of m 4-byte values 8·m + 312 bytes:
+// values are stored in 8-byte cells), against rings of 65537.
+func BenchmarkFleet(b *testing.B) {
+	for _, kind := range []struct {
+		name   string
+		lo, hi uint32
+	}{{"equal", 1, 1}, {"random-1-100", 1, 100}, {"random-50-100", 50, 100}} {
+		b.Run(kind.name, func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				sizes := map[uint32]int{}
+				met := 0
+				var bytes uint64
+				for v := range 1000 {
+					c, err := Choose(backends(100, random(uint64(v), kind.lo, kind.hi)), maglev.DefaultSize)
+					if err != nil {
+						b.Fatal(err)
+					}
+					sizes[c.Size]++
+					if c.Met {
+						met++
+					}
+					bytes += 8*uint64(c.Size) + 312
+				}
+				if i > 0 {
+					continue
+				}
+				var hist []string
+				for _, s := range slices.Sorted(maps.Keys(sizes)) {
+					hist = append(hist, fmt.Sprintf("%d×%d", s, sizes[s]))
+				}
+				b.Logf("1000 VIPs × 100 backends, weights %s: within 1%% for %d; rings %.1f MiB (65537: %.1f MiB); sizes %s",
+					kind.name, met, float64(bytes)/(1<<20), float64(1000*(8*65537+312))/(1<<20), strings.Join(hist, " "))
+			}
+		})
+	}
 }
