@@ -27,12 +27,14 @@
 //	metrics: {address: "127.0.0.1:9542"}   # "off" disables
 //	conntrack: {entries: 1048576}
 //	health_check: {type: tcp}    # default for every VIP (optional)
+//	ring_size: auto              # default for every VIP: a prime, or auto (optional)
 //	vrrp: {interface: eth0, vrid: 51}      # optional
 //	bgp: {asn: 65010, router_id: 198.18.0.2, peers: [{address: 198.18.0.1, asn: 65000}]}  # optional, not with vrrp
 //	vips:
 //	  - address: 203.0.113.10
 //	    port: 80                 # 0 = every port
 //	    protocol: tcp
+//	    ring_size: auto          # chosen up to ring_size_max (default 65537)
 //	    backends:
 //	      - address: 198.18.0.11
 //

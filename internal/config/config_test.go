@@ -151,6 +151,7 @@ func TestFullExample(t *testing.T) {
 		{"web6 backend check", web6.Backends[1].HealthCheck, web6Check},
 		{"web6 weights", []uint32{web6.Backends[0].Weight, web6.Backends[1].Weight}, []uint32{1, 2}},
 		{"all-ports key", all.Key(), "tcp/203.0.113.20:0"},
+		{"all-ports ring", []any{all.RingSize, all.RingSizeAuto, all.RingSizeMax}, []any{uint32(0), true, uint32(131071)}},
 		{"all-ports check", all.HealthCheck, allCheck},
 	}
 	for _, tt := range tests {
