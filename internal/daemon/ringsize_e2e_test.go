@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -44,23 +45,14 @@ func TestRingSizeAuto(t *testing.T) {
 	sizes := func() map[string]uint32 {
 		var out map[string]uint32
 		require.Eventually(t, 10*time.Second, func() error {
-			vips, err := h.client.ListVIPs(bg())
-			if err != nil {
-				return err
-			}
-			rings, err := datapath.ReadRings(datapath.PinDir(h.dir, "e2e"))
+			vips, rings, err := h.listedRings()
 			if err != nil {
 				return err
 			}
 			out = make(map[string]uint32)
 			for _, v := range vips {
 				want := expect(v)
-				ring := -1
-				for k, r := range rings {
-					if k.Addr == v.Address && k.Port == v.Port && k.Proto.String() == v.Protocol {
-						ring = len(r)
-					}
-				}
+				ring := len(ringOf(rings, v))
 				if !v.RingSizeAuto || v.RingSizeMax != maglev.DefaultSize || v.RingSize != want || ring != int(want) {
 					return fmt.Errorf("vip %s: listed auto=%v max %d size %d, pinned ring of %d slots; want auto up to %d, %d slots",
 						v.VIPRef, v.RingSizeAuto, v.RingSizeMax, v.RingSize, ring, maglev.DefaultSize, want)
@@ -97,4 +89,25 @@ func TestRingSizeAuto(t *testing.T) {
 		t.Errorf("after the reweight %s has %d slots, before %d; want more", web, after[web], before[web])
 	}
 	t.Logf("%s: %d slots with equal weights, %d with weights 1000, 1, 1", web, before[web], after[web])
+}
+
+// listedRings returns the VIPs the API lists and the rings pinned, read
+// in that order.
+func (h *harness) listedRings() ([]api.VIP, map[datapath.VIP][]netip.Addr, error) {
+	vips, err := h.client.ListVIPs(bg())
+	if err != nil {
+		return nil, nil, err
+	}
+	rings, err := datapath.ReadRings(datapath.PinDir(h.dir, "e2e"))
+	return vips, rings, err
+}
+
+// ringOf returns the pinned ring of the listed VIP v, nil if none.
+func ringOf(rings map[datapath.VIP][]netip.Addr, v api.VIP) []netip.Addr {
+	for k, r := range rings {
+		if k.Addr == v.Address && k.Port == v.Port && k.Proto.String() == v.Protocol {
+			return r
+		}
+	}
+	return nil
 }

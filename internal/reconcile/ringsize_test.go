@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
-	"github.com/fulcrum-lb/fulcrum/internal/ringsize"
 )
 
 // roomyDataplane is the fake with room for VIPs of many backends.
@@ -29,18 +28,15 @@ func autoVIP(addr string, n int, max uint32) config.VIP {
 	return v
 }
 
-// chosen is the size ringsize chooses for v's configured backends.
-func chosen(t *testing.T, v config.VIP) uint32 {
+// chosen is the size r chooses for v: autoSize, which the literal sizes
+// below (from ringsize's own tests) anchor.
+func chosen(t *testing.T, r *Reconciler, v config.VIP) uint32 {
 	t.Helper()
-	bs := make([]ringsize.Backend, len(v.Backends))
-	for i, b := range v.Backends {
-		bs[i] = ringsize.Backend{Name: b.Address.String(), Weight: b.Weight}
-	}
-	c, err := ringsize.Choose(bs, v.RingSizeMax)
+	size, err := r.autoSize(v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c.Size
+	return size
 }
 
 // TestRingSizeAuto: a VIP with ring_size: auto is written with the size
@@ -57,8 +53,8 @@ func TestRingSizeAuto(t *testing.T) {
 		t.Fatal(err)
 	}
 	size := func() uint32 { return f.vips[key].Config.RingSize }
-	if got := size(); got != 11579 || got != chosen(t, web) {
-		t.Fatalf("100 equal backends: ring of %d slots, want 11579 (the chooser's %d)", got, chosen(t, web))
+	if got := size(); got != 11579 || got != chosen(t, r, web) {
+		t.Fatalf("100 equal backends: ring of %d slots, want 11579 (the chooser's %d)", got, chosen(t, r, web))
 	}
 	if got := f.vips[Key(fixed)].Config.RingSize; got != 251 {
 		t.Errorf("fixed vip: ring of %d slots, want its 251", got)
@@ -84,7 +80,7 @@ func TestRingSizeAuto(t *testing.T) {
 		t.Fatal(err)
 	}
 	web.Backends[3].Weight = 1000
-	if want := chosen(t, web); size() != want || want == 11579 {
+	if want := chosen(t, r, web); size() != want || want == 11579 {
 		t.Fatalf("after a reweight: ring of %d slots, want the chooser's %d (not 11579)", size(), want)
 	}
 
@@ -113,8 +109,8 @@ func TestRingSizeAuto(t *testing.T) {
 	for _, vp := range p.Changed {
 		if vp.VIP == key {
 			found = true
-			if vp.RingSize != chosen(t, web) {
-				t.Errorf("preview: ring of %d slots, want %d", vp.RingSize, chosen(t, web))
+			if vp.RingSize != chosen(t, r, web) {
+				t.Errorf("preview: ring of %d slots, want %d", vp.RingSize, chosen(t, r, web))
 			}
 		}
 	}

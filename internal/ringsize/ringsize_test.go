@@ -214,18 +214,27 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// BenchmarkChoose prints the chooser's time for the shapes the docs
-// quote: control FIGURE ms=N lines.
-func BenchmarkChoose(b *testing.B) {
-	for _, c := range []struct {
-		name string
-		bs   []Backend
-	}{
+// benchShape is a set of backends the benchmarks choose for.
+type benchShape struct {
+	name string
+	bs   []Backend
+}
+
+// benchShapes are the shapes the docs quote: 100 and 1000 backends, of
+// weight 1 and of random weights 1–100.
+func benchShapes() []benchShape {
+	return []benchShape{
 		{"100-equal", backends(100, equal)},
 		{"100-random", backends(100, random(1, 1, 100))},
 		{"1000-equal", backends(1000, equal)},
 		{"1000-random", backends(1000, random(1, 1, 100))},
-	} {
+	}
+}
+
+// BenchmarkChoose prints the chooser's time for the shapes the docs
+// quote: control FIGURE ms=N lines.
+func BenchmarkChoose(b *testing.B) {
+	for _, c := range benchShapes() {
 		b.Run(c.name, func(b *testing.B) {
 			var got Choice
 			start := time.Now()
@@ -283,15 +292,7 @@ func chooseByBuild(tb testing.TB, bs []Backend, max uint32) uint32 {
 // BenchmarkChooseByBuild is the search with a build per candidate that
 // Counts avoids: the cost Choose would have without it.
 func BenchmarkChooseByBuild(b *testing.B) {
-	for _, c := range []struct {
-		name string
-		bs   []Backend
-	}{
-		{"100-equal", backends(100, equal)},
-		{"100-random", backends(100, random(1, 1, 100))},
-		{"1000-equal", backends(1000, equal)},
-		{"1000-random", backends(1000, random(1, 1, 100))},
-	} {
+	for _, c := range benchShapes() {
 		b.Run(c.name, func(b *testing.B) {
 			want, _ := Choose(c.bs, maglev.DefaultSize)
 			var got uint32
