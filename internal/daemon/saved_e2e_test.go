@@ -23,11 +23,7 @@ func (h *harness) ringDigests() map[string]uint64 {
 	h.t.Helper()
 	var out map[string]uint64
 	require.Eventually(h.t, 10*time.Second, func() error {
-		vips, err := h.client.ListVIPs(bg())
-		if err != nil {
-			return err
-		}
-		rings, err := datapath.ReadRings(datapath.PinDir(h.dir, "e2e"))
+		vips, rings, err := h.listedRings()
 		if err != nil {
 			return err
 		}
@@ -43,12 +39,7 @@ func (h *harness) ringDigests() map[string]uint64 {
 					want = append(want, b.Address)
 				}
 			}
-			var ring []netip.Addr
-			for rk, r := range rings {
-				if rk.Addr == v.Address && rk.Port == v.Port && rk.Proto.String() == v.Protocol {
-					ring = r
-				}
-			}
+			ring := ringOf(rings, v)
 			seen := map[netip.Addr]bool{}
 			for _, a := range ring {
 				seen[a] = true
