@@ -48,6 +48,40 @@ type Figure struct {
 	// Spread is how a packet-rate figure's frames were shared out among
 	// the backends, over all its runs.
 	Spread *Spread `json:"spread,omitempty"`
+	// ConnTable is the connection table of a dsr-1m figure, over all its
+	// runs.
+	ConnTable *ConnTable `json:"conn_table,omitempty"`
+}
+
+// ConnTable is the state of a balancer's IPv4 connection table during a
+// packet-rate figure: how full it was when the runs started, and what
+// their lookups found.
+type ConnTable struct {
+	// Entries is the fewest the table held before a run, of Capacity.
+	Entries  int `json:"entries"`
+	Capacity int `json:"capacity"`
+	// Hits are packets forwarded by their entry; Misses found none live
+	// (evicted, expired or never made) and took the ring.
+	Hits   uint64 `json:"hits"`
+	Misses uint64 `json:"misses"`
+}
+
+// String says whether the table was full and whether it evicted.
+func (t ConnTable) String() string {
+	fill := "full"
+	if t.Entries < t.Capacity {
+		fill = fmt.Sprintf("%.1f%% full", 100*float64(t.Entries)/float64(max(t.Capacity, 1)))
+	}
+	state := "steady, no entry lost"
+	if t.Misses > 0 {
+		state = "evicting or expiring"
+	}
+	hitPct := 0.0
+	if n := t.Hits + t.Misses; n > 0 {
+		hitPct = 100 * float64(t.Hits) / float64(n)
+	}
+	return fmt.Sprintf("connection table %d of %d entries (%s); %.2f%% of lookups hit, %d missed (%s)",
+		t.Entries, t.Capacity, fill, hitPct, t.Misses, state)
 }
 
 // Spread describes how evenly backends received frames.
