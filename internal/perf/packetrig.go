@@ -526,10 +526,15 @@ func (r *packetRig) attachDatapath(d *datapath.Datapath) error {
 // frame returns the generator's template for a frame kind: 64 bytes from
 // the client to the VIP, addressed to in0.
 func (r *packetRig) frame(kind string) []byte {
+	return clientFrame(kind, r.genMAC, r.inMAC, rigClient, rigSportBase)
+}
+
+// clientFrame returns a 64-byte frame of kind from src:sport to the VIP.
+func clientFrame(kind string, srcMAC, dstMAC net.HardwareAddr, src netip.Addr, sport uint16) []byte {
 	p := testpacket.Packet{
-		SrcMAC: r.genMAC, DstMAC: r.inMAC,
-		Src: rigClient, Dst: rigVIP,
-		Sport: rigSportBase, Dport: rigVIPPort,
+		SrcMAC: srcMAC, DstMAC: dstMAC,
+		Src: src, Dst: rigVIP,
+		Sport: sport, Dport: rigVIPPort,
 	}
 	switch kind {
 	case FrameUDP:

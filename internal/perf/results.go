@@ -70,7 +70,7 @@ type ConnTable struct {
 func (t ConnTable) String() string {
 	fill := "full"
 	if t.Entries < t.Capacity {
-		fill = fmt.Sprintf("%.1f%% full", 100*float64(t.Entries)/float64(max(t.Capacity, 1)))
+		fill = fmt.Sprintf("%d free", t.Capacity-t.Entries)
 	}
 	state := "steady, no entry lost"
 	if t.Misses > 0 {
