@@ -21,12 +21,40 @@ type PacketOptions struct {
 	CPUs []int
 	// Frames lists the frame kinds (FrameUDP, FrameTCP).
 	Frames []string
+	// Configs lists the configurations to measure, of PacketConfigs;
+	// empty means all. The ceiling is always measured, since every other
+	// figure is a ratio to it.
+	Configs []string
+}
+
+// configs returns the configurations to measure, in PacketConfigs's order,
+// or an error naming one that does not exist.
+func (o PacketOptions) configs() ([]string, error) {
+	if len(o.Configs) == 0 {
+		return PacketConfigs, nil
+	}
+	for _, c := range o.Configs {
+		if !slices.Contains(PacketConfigs, c) {
+			return nil, fmt.Errorf("unknown packet-rate configuration %q (known: %s)", c, strings.Join(PacketConfigs, ", "))
+		}
+	}
+	var out []string
+	for _, c := range PacketConfigs {
+		if c == ConfigCeiling || slices.Contains(o.Configs, c) {
+			out = append(out, c)
+		}
+	}
+	return out, nil
 }
 
 // measurePackets builds the packet-rate rig and measures every
 // configuration, interleaved round by round so that a noisy moment hits all
 // of them alike.
 func measurePackets(ctx context.Context, opts PacketOptions, res *Results) error {
+	configs, err := opts.configs()
+	if err != nil {
+		return err
+	}
 	env, err := testenv.Open("")
 	if err != nil {
 		return err
@@ -55,7 +83,7 @@ func measurePackets(ctx context.Context, opts PacketOptions, res *Results) error
 		}
 		for _, frame := range opts.Frames {
 			for round := 0; round < opts.Runs; round++ {
-				for _, c := range PacketConfigs {
+				for _, c := range configs {
 					if err := ctx.Err(); err != nil {
 						return err
 					}
@@ -80,7 +108,7 @@ func measurePackets(ctx context.Context, opts PacketOptions, res *Results) error
 	for _, ncpu := range opts.CPUs {
 		for _, frame := range opts.Frames {
 			var ceiling float64
-			for _, c := range PacketConfigs {
+			for _, c := range configs {
 				rs := runs[key{c, frame, ncpu}]
 				if len(rs) == 0 {
 					continue

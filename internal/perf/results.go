@@ -220,14 +220,18 @@ func (r *Results) PrintTable(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %-8s %-26s %6s   %-26s %6s\n", "config", "frames", "1 vCPU", "x", "2 vCPUs", "x")
 		for _, frame := range []string{FrameUDP, FrameTCP} {
 			for _, c := range PacketConfigs {
-				cols := []string{}
+				cols, measured := []string{}, false
 				for _, cpus := range []int{1, 2} {
 					f := r.find(SectionPackets, packetName(c, frame, cpus))
 					if f == nil {
 						cols = append(cols, fmt.Sprintf("%-26s %6s", "-", "-"))
 						continue
 					}
+					measured = true
 					cols = append(cols, fmt.Sprintf("%-26s %6.2f", span(*f, 2), f.Ratio))
+				}
+				if !measured { // a configuration left out (-perf.configs)
+					continue
 				}
 				fmt.Fprintf(w, "  %-10s %-8s %s   %s\n", c, frame, cols[0], cols[1])
 			}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -218,5 +219,24 @@ func TestPacketNote(t *testing.T) {
 	note, spread, table = packetNote(ConfigKfwd, []rigRun{k}, 8)
 	if note != "" || spread != nil || table != nil {
 		t.Errorf("kfwd: note %q, spread %+v, table %+v; want none (one destination, no table)", note, spread, table)
+	}
+}
+
+// TestPacketConfigs checks -perf.configs: the ceiling always comes first,
+// the rest keep PacketConfigs's order, and an unknown name is refused by
+// name.
+func TestPacketConfigs(t *testing.T) {
+	got, err := PacketOptions{Configs: []string{ConfigKfwd, ConfigDSR1M}}.configs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{ConfigCeiling, ConfigDSR1M, ConfigKfwd}; !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got, err := (PacketOptions{}).configs(); err != nil || !slices.Equal(got, PacketConfigs) {
+		t.Errorf("no configurations asked: got %v, %v; want all", got, err)
+	}
+	if _, err := (PacketOptions{Configs: []string{ConfigDSR, "dsr-2m"}}).configs(); err == nil || !strings.Contains(err.Error(), `"dsr-2m"`) {
+		t.Errorf("unknown configuration: got error %v, want one naming \"dsr-2m\"", err)
 	}
 }
