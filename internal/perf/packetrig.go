@@ -725,18 +725,21 @@ func countEntries(m *ebpf.Map) (int, error) {
 		return reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(size), reflect.TypeFor[byte]())), batch, batch).Interface()
 	}
 	keys, values := bytes(m.KeySize()), bytes(m.ValueSize())
-	var cursor ebpf.MapBatchCursor
-	total := 0
-	for {
-		n, err := m.BatchLookup(&cursor, keys, values, nil)
+	var (
+		cursor ebpf.MapBatchCursor
+		total  int
+		err    error
+	)
+	// The last batch, full or not, ends with ErrKeyNotExist.
+	for err == nil {
+		var n int
+		n, err = m.BatchLookup(&cursor, keys, values, nil)
 		total += n
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return total, nil
-		}
-		if err != nil {
-			return total, fmt.Errorf("count the entries of %s: %w", m, err)
-		}
 	}
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return total, fmt.Errorf("count the entries of %s: %w", m, err)
+	}
+	return total, nil
 }
 
 // liveFrames has the generator gen make n frames from the template frame on
