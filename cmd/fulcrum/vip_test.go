@@ -43,6 +43,11 @@ func TestVIPAdd(t *testing.T) {
 			"added vip tcp/[2001:db8::6]:80 (ipip, 1 backend)\n",
 			"AddVIP tcp/[2001:db8::6]:80 mode=ipip sched= ring=0 fragments= name= conntrack=true 198.18.0.21/1/",
 		},
+		{
+			[]string{"tcp/203.0.113.22:80", "--source-range", "198.51.100.0/24", "--source-range", "203.0.113.128/25", "--backend", "198.18.0.21"},
+			"added vip tcp/203.0.113.22:80 (dsr, 1 backend)\n",
+			"AddVIP tcp/203.0.113.22:80 mode=dsr sched= ring=0 fragments= name= conntrack=true sources=198.51.100.0/24,203.0.113.128/25 198.18.0.21/1/",
+		},
 	}
 	for _, tt := range tests {
 		d.run(t, append([]string{"vip", "add"}, tt.args...)...).check(t, 0, tt.stdout, unsavedNotice+"\n")
