@@ -72,6 +72,15 @@ func (r SourceRanges) Prefixes() []netip.Prefix {
 	return out
 }
 
+// without returns the ranges of r that o does not have.
+func (r SourceRanges) without(o SourceRanges) []netip.Prefix {
+	drop := make(map[netip.Prefix]bool)
+	for _, p := range o.Prefixes() {
+		drop[p] = true
+	}
+	return slices.DeleteFunc(r.Prefixes(), func(p netip.Prefix) bool { return drop[p] })
+}
+
 // IsZero reports whether there are no ranges: every client is allowed.
 func (r SourceRanges) IsZero() bool { return r.s == "" }
 
@@ -139,12 +148,8 @@ func prefixOf(k balancerSrcPrefixKey) (netip.Prefix, bool) {
 // VIP's index. It runs before the VIP's new vip_meta is written, so a
 // client allowed before and after is never refused in between.
 func (d *Datapath) addSourceRanges(index uint16, prev, next SourceRanges) error {
-	have := prev.Prefixes()
 	var added []balancerSrcPrefixKey
-	for _, p := range next.Prefixes() {
-		if slices.Contains(have, p) {
-			continue
-		}
+	for _, p := range next.without(prev) {
 		k := srcPrefixKey(index, balancerFulcrumSrcKindSRC_KIND_ALLOW, p)
 		if err := d.objs.SrcPrefixes.Put(k, balancerSrcPrefixValue{}); err != nil {
 			// Take back what this change added: the VIP stays as it was.
@@ -162,12 +167,8 @@ func (d *Datapath) addSourceRanges(index uint16, prev, next SourceRanges) error 
 // after the VIP's new vip_meta is written (for a removed VIP, next is
 // zero).
 func (d *Datapath) removeSourceRanges(index uint16, prev, next SourceRanges) error {
-	keep := next.Prefixes()
 	var errs []error
-	for _, p := range prev.Prefixes() {
-		if slices.Contains(keep, p) {
-			continue
-		}
+	for _, p := range prev.without(next) {
 		err := d.objs.SrcPrefixes.Delete(srcPrefixKey(index, balancerFulcrumSrcKindSRC_KIND_ALLOW, p))
 		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("delete source range %s: %w", p, err))

@@ -1,9 +1,7 @@
 package datapath
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -12,7 +10,6 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/fulcrum-lb/fulcrum/internal/datapath/testprogs"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 )
 
@@ -367,18 +364,9 @@ func TestSourceRangesAdopted(t *testing.T) {
 	}
 }
 
-// BenchmarkSourceRanges measures what source ranges cost: an established
-// flow to a VIP without ranges (the flag test only), the same to a VIP with
-// 256 ranges (one trie lookup more), and a refused client's packet, beside
-// the floor, interleaved over -fastpath.rounds rounds, each printed as
-//
-//	fastpath PATH ns/pkt=N x_floor=R kernel_ns/pkt=K kernel_x_floor=Q
-func BenchmarkSourceRanges(b *testing.B) {
-	d := newTestDatapath(b)
-	if err := d.AddVIP(vipWeb4, VIPConfig{Mode: ModeDSR}, backends4); err != nil {
-		b.Fatal(err)
-	}
-	// 256 /24s of 10.0.0.0/16, and the client's /24.
+// rangesForBench are 256 source ranges for BenchmarkFastpath's
+// established-ranges path: 255 /24s of 10.0.0.0/16 and client4's /24.
+func rangesForBench(b *testing.B) SourceRanges {
 	ps := []netip.Prefix{netip.MustParsePrefix("198.19.1.0/24")}
 	for i := range 255 {
 		ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i), 0}), 24))
@@ -387,53 +375,5 @@ func BenchmarkSourceRanges(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := d.AddVIP(vipAll4, VIPConfig{Mode: ModeDSR, SourceRanges: r}, backends4); err != nil {
-		b.Fatal(err)
-	}
-	var tp testprogs.TestprogsObjects
-	if err := testprogs.LoadTestprogsObjects(&tp, nil); err != nil {
-		b.Fatal(err)
-	}
-	defer tp.Close()
-	open := pkt(client4, vipWeb4.Addr.String(), TCP, 40000, 80).Build()
-	ranged := pkt(client4, vipAll4.Addr.String(), TCP, 40000, 80).Build()
-	refused := pkt("198.19.2.2", vipAll4.Addr.String(), TCP, 40000, 80).Build()
-	for _, f := range [][]byte{open, ranged} {
-		if v, _ := runProg(b, d.Program(), bytes.Clone(f)); v != xdpTX {
-			b.Fatalf("priming packet: verdict %s", verdictNames[v])
-		}
-	}
-	paths := []benchPath{
-		{name: "floor", prog: tp.BenchFloor, frame: open},
-		{name: "established", prog: d.Program(), frame: open, proof: StatCtHit, proven: true},
-		{name: "established-ranges", prog: d.Program(), frame: ranged, proof: StatCtHit, proven: true},
-		{name: "refused", prog: d.Program(), frame: refused, proof: StatDropSourceRange, proven: true, tx: StatDropSourceRange, verdict: xdpDrop},
-	}
-	results := make(map[string][]float64)
-	kernel := make(map[string][]float64)
-	for b.Loop() {
-		for range *benchRounds {
-			for _, p := range paths {
-				p.d = d
-				if p.tx == 0 {
-					p.tx = StatTxDSR
-				}
-				if p.verdict == 0 {
-					p.verdict = xdpTX
-				}
-				ns, kns, err := measure(p, *benchRepeat)
-				if err != nil {
-					b.Fatalf("%s: %v", p.name, err)
-				}
-				results[p.name] = append(results[p.name], ns)
-				kernel[p.name] = append(kernel[p.name], kns)
-			}
-		}
-	}
-	floor, kfloor := median(results["floor"]), median(kernel["floor"])
-	for _, p := range paths {
-		m, k := median(results[p.name]), median(kernel[p.name])
-		fmt.Printf("fastpath %s ns/pkt=%.2f x_floor=%.2f kernel_ns/pkt=%.0f kernel_x_floor=%.2f\n", p.name, m, m/floor, k, k/kfloor)
-		b.ReportMetric(m, p.name+"-ns/pkt")
-	}
+	return r
 }
