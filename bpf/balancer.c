@@ -34,6 +34,7 @@ const enum fulcrum_backend_flags _backend_flags __attribute__((unused));
 const enum fulcrum_config_flags _config_flags __attribute__((unused));
 const enum fulcrum_ct_state _ct_state __attribute__((unused));
 const enum fulcrum_ct_timeout _ct_timeout __attribute__((unused));
+const enum fulcrum_src_kind _src_kind __attribute__((unused));
 
 /* unparseable decides what happens to a fragment or bad packet: the policy
  * of its destination address when that address has a VIP, otherwise the
@@ -84,6 +85,28 @@ static __always_inline struct vip_meta *vip_lookup(const struct flow *f)
 		vip = bpf_map_lookup_elem(&vips_v6, &k);
 	}
 	return vip;
+}
+
+/* source_refused reports whether the VIP has source ranges and the flow's
+ * client is in none of them. */
+static __always_inline int source_refused(const struct vip_meta *vip, const struct flow *f)
+{
+	struct src_prefix_key k = {
+		.prefixlen = SRC_PREFIX_HEAD_BITS + 128,
+		.vip_index = vip->index,
+		.kind = SRC_KIND_ALLOW,
+	};
+
+	if (!(vip->flags & VIP_F_SOURCE_RANGES))
+		return 0;
+	if (f->family == 4) {
+		k.addr[10] = 0xff;
+		k.addr[11] = 0xff;
+		__builtin_memcpy(&k.addr[12], &f->src.v4, 4);
+	} else {
+		__builtin_memcpy(k.addr, f->src.v6, 16);
+	}
+	return !bpf_map_lookup_elem(&src_prefixes, &k);
 }
 
 /* flow_hash_of returns the hash of the flow's 5-tuple, or of its source
@@ -215,6 +238,10 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 
 		if (ct) {
 			vip = ct_vip(ct, now, &be, &event);
+			/* An entry made before the VIP's ranges changed
+			 * does not let a refused client through. */
+			if (vip && source_refused(vip, f))
+				return verdict(st, STAT_DROP_SOURCE_RANGE, XDP_DROP);
 			if (vip) {
 				id = ct->backend;
 				ct_touch(ct, f, now);
@@ -227,6 +254,9 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	vip = vip_lookup(f);
 	if (!vip)
 		return verdict(st, STAT_PASS_NO_VIP, XDP_PASS);
+	/* Before the ring and the table: a refused client gets no entry. */
+	if (source_refused(vip, f))
+		return verdict(st, STAT_DROP_SOURCE_RANGE, XDP_DROP);
 	tuple_hash = !(vip->flags & VIP_F_SOURCE_HASH);
 	hash = flow_hash_of(f, !tuple_hash);
 	id = pick(vip, hash);

@@ -17,6 +17,10 @@
 /* The inner ring template; real rings are created by Go with the VIP's own
  * prime size, which BPF_F_INNER_MAP allows. */
 #define RING_TEMPLATE_SIZE 251
+/* Capacity of src_prefixes, all VIPs and kinds together. The trie is not
+ * preallocated (BPF_F_NO_PREALLOC): an entry costs memory only when Go
+ * writes it. */
+#define SRC_PREFIX_ENTRIES (1 << 20)
 
 /* How many IPv6 extension headers the parser walks; a longer chain (or one
  * over IPV6_MAX_EXT_BYTES, parse.h) is malformed. */
@@ -49,6 +53,18 @@ enum fulcrum_vip_flags {
 	 * sets it for an address when every VIP on that address has it (a
 	 * drop wins); in vip_meta it records the VIP's own setting. */
 	VIP_F_PASS_UNPARSEABLE = 1 << 2,
+	/* The VIP has source ranges (src_prefixes entries of kind
+	 * SRC_KIND_ALLOW under its index): a client outside them is dropped
+	 * (STAT_DROP_SOURCE_RANGE). Without the flag the trie is not looked
+	 * up, so a VIP without ranges pays one flag test. */
+	VIP_F_SOURCE_RANGES = 1 << 3,
+};
+
+/* What a src_prefixes entry is for (src_prefix_key.kind): the key's kind is
+ * matched exactly, so each kind is a trie of its own per VIP. */
+enum fulcrum_src_kind {
+	/* An allowed client prefix of a VIP with VIP_F_SOURCE_RANGES. */
+	SRC_KIND_ALLOW = 1,
 };
 
 /* Backend flags. */
@@ -131,6 +147,7 @@ enum fulcrum_stat {
 	                             * and insert, as a miss (new counters go at
 	                             * the end: a migration keeps the others by
 	                             * index) */
+	STAT_DROP_SOURCE_RANGE,     /* client outside the VIP's source ranges */
 	STAT_MAX,
 };
 

@@ -61,6 +61,17 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } vip_addrs_v6 SEC(".maps");
 
+/* src_prefixes holds client prefixes per VIP (struct src_prefix_key): a
+ * VIP's source ranges (SRC_KIND_ALLOW). Looked up only for a VIP with
+ * VIP_F_SOURCE_RANGES. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct src_prefix_key);
+	__type(value, struct src_prefix_value);
+	__uint(max_entries, SRC_PREFIX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} src_prefixes SEC(".maps");
+
 /* ring_template is the inner map of rings. BPF_F_INNER_MAP lets each VIP's
  * ring have its own prime size. */
 struct ring {

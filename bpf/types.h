@@ -38,6 +38,28 @@ struct vip_meta {
 	__u32 ct_timeout[4];
 };
 
+/* src_prefixes key: an LPM trie key. prefixlen counts the bits after it
+ * that must match: vip_index, kind and pad always (SRC_PREFIX_HEAD_BITS),
+ * then the address's prefix. An IPv4 address is stored v4-mapped
+ * (::ffff:a.b.c.d), so one trie serves both families: a v4 /n is
+ * SRC_PREFIX_HEAD_BITS + 96 + n bits. vip_index and kind are matched
+ * whole, so their byte order is immaterial. */
+struct src_prefix_key {
+	__u32 prefixlen;
+	__u16 vip_index;
+	__u8 kind;        /* enum fulcrum_src_kind */
+	__u8 pad;
+	__u8 addr[16];
+};
+
+#define SRC_PREFIX_HEAD_BITS 32
+
+/* src_prefixes value: nothing for SRC_KIND_ALLOW; room for what a later
+ * kind needs (a source-prefix pool's id). */
+struct src_prefix_value {
+	__u32 pool;
+};
+
 /* backends[id]. An id names one backend of one VIP, so removing a backend
  * from a VIP re-hashes exactly that VIP's flows to it. gen changes when an
  * id is reused, so old connection entries to the id are recognised. */

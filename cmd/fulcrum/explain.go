@@ -103,6 +103,9 @@ func entryLines(e *api.ConnEntry) string {
 // 198.18.0.12)".
 func explanation(req api.ExplainRequest, ex api.Explanation) string {
 	flow := fmt.Sprintf("%s %s -> %s", req.Protocol, netip.AddrPortFrom(req.Src, req.Sport), netip.AddrPortFrom(req.Dst, req.Dport))
+	if ex.Reason == "source range" {
+		return fmt.Sprintf("%s is dropped: the client is outside the source ranges of vip %s (counted as drop_source_range)", flow, ex.VIP)
+	}
 	if !ex.Backend.IsValid() {
 		return fmt.Sprintf("%s reaches no backend (%s)", flow, orDash(ex.Reason))
 	}

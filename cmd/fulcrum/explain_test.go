@@ -39,6 +39,8 @@ func TestExplanationText(t *testing.T) {
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by ring slot 7 of 251 (flow hash 0x0000beef)"},
 		{api.Explanation{Reason: "no VIP"},
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches no backend (no VIP)"},
+		{api.Explanation{VIP: api.VIPRef{Protocol: "udp", Address: netip.MustParseAddr("2001:db8::1"), Port: 53}, Reason: "source range", RingSize: 251, RingBackend: b},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 is dropped: the client is outside the source ranges of vip udp/[2001:db8::1]:53 (counted as drop_source_range)"},
 		{api.Explanation{Backend: b, Reason: "source hash"},
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by source hash"},
 	}

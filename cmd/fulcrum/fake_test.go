@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -66,7 +67,8 @@ func newFake() *fakeController {
 			},
 			{
 				VIPRef: ref("udp/[2001:db8::1]:53"), Mode: "ipip", Scheduler: "source-hash", RingSize: 251, Conntrack: &off, Fragments: "pass",
-				Backends: []api.Backend{{Address: netip.MustParseAddr("2001:db8:1::2"), Weight: 1}},
+				SourceRanges: []string{"2001:db8:2::/48", "2001:db8:3::/48"},
+				Backends:     []api.Backend{{Address: netip.MustParseAddr("2001:db8:1::2"), Weight: 1}},
 			},
 			{VIPRef: ref("tcp/203.0.113.10:0"), Mode: "dsr", RingSize: 251, RingSizeAuto: true, RingSizeMax: 65537, Backends: []api.Backend{}},
 		},
@@ -153,6 +155,9 @@ func (f *fakeController) AddVIP(ctx context.Context, v api.VIP) error {
 	call := fmt.Sprintf("AddVIP %s mode=%s sched=%s ring=%d fragments=%s name=%s conntrack=%v", v.VIPRef, v.Mode, v.Scheduler, v.RingSize, v.Fragments, v.Name, v.Conntrack == nil || *v.Conntrack)
 	if v.RingSizeAuto {
 		call += fmt.Sprintf(" ring=auto max=%d", v.RingSizeMax)
+	}
+	if len(v.SourceRanges) > 0 {
+		call += " sources=" + strings.Join(v.SourceRanges, ",")
 	}
 	for _, b := range v.Backends {
 		call += fmt.Sprintf(" %s/%d/%s", b.Address, b.Weight, b.MAC)

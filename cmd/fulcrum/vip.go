@@ -36,6 +36,7 @@ func vipCommand() *cli.Command {
 					&cli.UintFlag{Name: "ring-size-max", Usage: "with --ring-size auto, the largest size `N` chosen, a prime", DefaultText: fmt.Sprint(maglev.DefaultSize)},
 					&cli.BoolFlag{Name: "no-conntrack", Usage: "do not track connections (stateless services)"},
 					&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for IP fragments and malformed packets to the VIP's address: " + strings.Join(config.FragmentPolicyNames(), " or "), DefaultText: config.DefaultFragments.String()},
+					&cli.StringSliceFlag{Name: "source-range", Usage: "a client `PREFIX` the VIP serves, e.g. 198.51.100.0/24; repeat for more (default: every client)"},
 					&cli.StringSliceFlag{Name: "backend", Usage: "a backend `SPEC`, ADDRESS[,weight=N][,mac=MAC] (weight default 1); repeat for more"},
 				},
 				Action: changeAction(vipAdd),
@@ -82,6 +83,7 @@ func vipAdd(c *cli.Context) (change, error) {
 		off := false
 		v.Conntrack = &off
 	}
+	v.SourceRanges = c.StringSlice("source-range") // checked by the daemon, as a file's
 	seen := map[string]bool{}
 	for _, spec := range c.StringSlice("backend") {
 		b, err := parseBackendSpec(spec)
@@ -162,10 +164,11 @@ func printVIPs(w io.Writer, vips []api.VIP) error {
 		return err
 	}
 	t := newTable(w)
-	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS")
+	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS", "SOURCES")
 	for _, v := range vips {
 		row(t, v.VIPRef, orDash(v.Name), orDash(v.Mode), orDefault(v.Scheduler, config.DefaultScheduler.String()),
-			ringSize(v), conntrack(v.Conntrack), orDefault(v.Fragments, config.DefaultFragments.String()), backendSummary(v.Backends))
+			ringSize(v), conntrack(v.Conntrack), orDefault(v.Fragments, config.DefaultFragments.String()), backendSummary(v.Backends),
+			orDefault(strings.Join(v.SourceRanges, ","), "all"))
 	}
 	return t.Flush()
 }

@@ -53,6 +53,11 @@ func TestVIPAdd(t *testing.T) {
 			"added vip tcp/203.0.113.23:80 (dsr, 0 backends)\n",
 			"AddVIP tcp/203.0.113.23:80 mode=dsr sched= ring=0 fragments= name= conntrack=true ring=auto max=131071",
 		},
+		{
+			[]string{"tcp/203.0.113.24:80", "--source-range", "198.51.100.0/24", "--source-range", "203.0.113.128/25", "--backend", "198.18.0.21"},
+			"added vip tcp/203.0.113.24:80 (dsr, 1 backend)\n",
+			"AddVIP tcp/203.0.113.24:80 mode=dsr sched= ring=0 fragments= name= conntrack=true sources=198.51.100.0/24,203.0.113.128/25 198.18.0.21/1/",
+		},
 	}
 	for _, tt := range tests {
 		d.run(t, append([]string{"vip", "add"}, tt.args...)...).check(t, 0, tt.stdout, unsavedNotice+"\n")

@@ -220,8 +220,12 @@ type VIP struct {
 	// Fragments is what happens to IP fragments and unparseable packets
 	// for Address (default FragmentsDrop). It is a per-address policy (a
 	// fragment carries no port), so every VIP on an address must agree.
-	Fragments   FragmentPolicy `yaml:"fragments"`
-	HealthCheck *HealthCheck   `yaml:"health_check,omitempty"`
+	Fragments FragmentPolicy `yaml:"fragments"`
+	// SourceRanges are the only client prefixes the VIP serves, of its
+	// family; other clients are dropped and counted. Empty = every
+	// client.
+	SourceRanges []netip.Prefix `yaml:"-"`
+	HealthCheck  *HealthCheck   `yaml:"health_check,omitempty"`
 	// Backends may be empty: traffic to the VIP is then dropped and counted.
 	Backends []Backend `yaml:"backends"`
 }

@@ -370,6 +370,22 @@ func TestProblems(t *testing.T) {
 		{"fragments disagree", base + "vips:\n - {address: 203.0.113.1, port: 80, protocol: tcp}\n - {address: 203.0.113.1, port: 53, protocol: udp, fragments: pass}\n",
 			"vips[1].fragments", `conflicts with vips[0]`},
 		{"backends not a list", vip(", backends: {address: 198.18.0.1}"), "vips[0].backends", "want a list of backends"},
+		{"source range bad length", base + "vips:\n - {address: 203.0.113.1, port: 80, protocol: tcp}\n - {address: 203.0.113.2, port: 80, protocol: tcp}\n" +
+			" - {address: 203.0.113.3, port: 80, protocol: tcp, source_ranges: [10.0.0.0/8, 10.0.0.0/33]}\n",
+			"vips[2].source_ranges[1]", `"10.0.0.0/33" is not a prefix; write an address and a length, e.g. 198.51.100.0/24 or 2001:db8::/32`},
+		{"source range bare address", vip(", source_ranges: [198.51.100.7]"), "vips[0].source_ranges[0]", `"198.51.100.7" is not a prefix; for the one address write 198.51.100.7/32`},
+		{"source range word", vip(", source_ranges: [office]"), "vips[0].source_ranges[0]", `"office" is not a prefix`},
+		{"source range host bits", vip(", source_ranges: [198.51.100.7/24]"), "vips[0].source_ranges[0]", `"198.51.100.7/24" has address bits set past its length 24; write 198.51.100.0/24`},
+		{"source range v6 on v4 vip", vip(`, source_ranges: [198.51.100.0/24, "2001:db8::/32"]`), "vips[0].source_ranges[1]",
+			"2001:db8::/32 is IPv6 but the vip is IPv4; a vip's clients are of its own family"},
+		{"source range v4 on v6 vip", base + `vips: [{address: "2001:db8::1", port: 80, protocol: tcp, source_ranges: [198.51.100.0/24]}]`, "vips[0].source_ranges[0]",
+			"198.51.100.0/24 is IPv4 but the vip is IPv6"},
+		{"source range v4-mapped", base + `vips: [{address: "2001:db8::1", port: 80, protocol: tcp, source_ranges: ["::ffff:198.51.100.0/120"]}]`, "vips[0].source_ranges[0]",
+			`"::ffff:198.51.100.0/120" is an IPv4-mapped IPv6 prefix; write it as IPv4, e.g. 198.51.100.0/24`},
+		{"source range duplicate", vip(", source_ranges: [198.51.100.0/24, 10.0.0.0/8, 198.51.100.0/24]"), "vips[0].source_ranges[2]",
+			"198.51.100.0/24 is already source_ranges[0]; list each range once"},
+		{"source ranges not a list", vip(", source_ranges: 198.51.100.0/24"), "vips[0].source_ranges", "want a list of client prefixes"},
+		{"source range not a scalar", vip(", source_ranges: [{prefix: 198.51.100.0/24}]"), "vips[0].source_ranges[0]", "want a prefix such as 198.51.100.0/24"},
 
 		// Backends.
 		{"backend address missing", vip(", backends: [{weight: 1}]"), "vips[0].backends[0].address", "missing"},

@@ -140,6 +140,13 @@ func vipsDoc(vips []VIP) []map[string]any {
 		if v.Name != "" {
 			m["name"] = v.Name
 		}
+		if len(v.SourceRanges) > 0 {
+			rs := make([]string, len(v.SourceRanges))
+			for i, p := range v.SourceRanges {
+				rs[i] = p.String()
+			}
+			m["source_ranges"] = rs
+		}
 		// Each backend carries its resolved check, so the VIP's own block
 		// is written as "none" and the backends' as they are.
 		m["health_check"] = map[string]any{"type": "none"}

@@ -30,7 +30,7 @@ var (
 	metricsKeys   = []string{"address"}
 	conntrackKeys = []string{"entries", "new_flow_limit", "timeouts"}
 	timeoutKeys   = []string{"tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "udp"}
-	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "ring_size_max", "conntrack", "fragments", "health_check", "backends"}
+	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "ring_size_max", "conntrack", "fragments", "source_ranges", "health_check", "backends"}
 	backendKeys   = []string{"address", "weight", "mac", "health_check"}
 	healthKeys    = []string{"type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "host", "skip_verify", "payload", "expect", "source", "on_down", "all_down", "through_datapath"}
 	vrrpKeys      = []string{"interface", "vrid", "priority", "advert_interval", "preempt", "preempt_delay", "unicast_peers", "gratuitous_count", "family", "virtual_addresses"}
@@ -590,6 +590,7 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	v.RingSize, v.RingSizeAuto, v.RingSizeMax = rs.size, rs.auto, rs.max
 	v.Conntrack, v.Timeouts = vipConntrack(f, v.Protocol)
 	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
+	v.SourceRanges = sourceRanges(f, v.Address, addrOK)
 
 	// The health check that applies to this VIP's backends.
 	var hc *HealthCheck

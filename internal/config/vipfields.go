@@ -24,6 +24,9 @@ type VIPFields struct {
 	RingSizeMax  uint32
 	Conntrack    *bool
 	Fragments    string
+	// SourceRanges are client prefixes as text; nil or empty = every
+	// client.
+	SourceRanges []string
 	Backends     []BackendFields
 }
 
@@ -71,6 +74,9 @@ func ParseVIP(in VIPFields) (VIP, error) {
 		f.vals["conntrack"] = *in.Conntrack
 	}
 	f.setText("fragments", in.Fragments)
+	if len(in.SourceRanges) > 0 {
+		f.vals["source_ranges"] = in.SourceRanges
+	}
 	v, _ := d.vip(f, nil, false)
 	if len(d.problems) > 0 {
 		return VIP{}, &ValidationError{Problems: d.problems}
@@ -123,6 +129,8 @@ type source interface {
 	items(key, what, itemWhat string, allowed []string) []source
 	// check returns key's health check block (see decoder.healthCheck).
 	check(key string) (*HealthCheck, bool)
+	// scalars returns key's list of scalars (srcranges.go).
+	scalars(key, what string) []scalar
 }
 
 var _ source = (*fields)(nil)

@@ -94,6 +94,9 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 	if v.RingSizeAuto {
 		out.RingSizeAuto, out.RingSizeMax = true, v.RingSizeMax
 	}
+	for _, p := range v.SourceRanges {
+		out.SourceRanges = append(out.SourceRanges, p.String())
+	}
 	for _, b := range v.Backends {
 		ab := api.Backend{Address: b.Address, Weight: b.Weight, Health: health[b.Address].String()}
 		if len(b.MAC) > 0 {
@@ -111,7 +114,7 @@ func fromAPI(v api.VIP) (config.VIP, error) {
 	in := config.VIPFields{
 		Name: v.Name, Address: v.Address, Port: v.Port, Protocol: v.Protocol,
 		Mode: v.Mode, Scheduler: v.Scheduler, RingSize: v.RingSize, RingSizeAuto: v.RingSizeAuto, RingSizeMax: v.RingSizeMax,
-		Conntrack: v.Conntrack, Fragments: v.Fragments,
+		Conntrack: v.Conntrack, Fragments: v.Fragments, SourceRanges: v.SourceRanges,
 	}
 	for _, b := range v.Backends {
 		in.Backends = append(in.Backends, backendFields(b))
@@ -285,6 +288,9 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 	}
 	if pred.Conntrack {
 		e.Reason = "connection entry"
+	}
+	if pred.Refused {
+		e.Reason = "source range" // Backend is zero: dropped
 	}
 	if ce := pred.Entry; ce != nil {
 		e.Entry = &api.ConnEntry{Backend: ce.Backend, State: ce.State.String(), Idle: ce.Idle, Timeout: ce.Timeout, Expired: ce.Expired}

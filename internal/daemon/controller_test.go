@@ -30,4 +30,18 @@ func TestFromAPI(t *testing.T) {
 	if !errors.Is(err, api.ErrInvalid) || err.Error() != want {
 		t.Fatalf("err = %v, want ErrInvalid %q", err, want)
 	}
+
+	// Source ranges: taken as a file takes them, listed back the same.
+	v, err = fromAPI(api.VIP{VIPRef: ref, Mode: "dsr", SourceRanges: []string{"198.51.100.0/24", "203.0.113.128/25"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := toAPI(v, nil).SourceRanges; len(got) != 2 || got[0] != "198.51.100.0/24" || got[1] != "203.0.113.128/25" {
+		t.Fatalf("source ranges through the API: %v", got)
+	}
+	_, err = fromAPI(api.VIP{VIPRef: ref, Mode: "dsr", SourceRanges: []string{"198.51.100.0/33"}})
+	want = `invalid request: source_ranges[0]: "198.51.100.0/33" is not a prefix; write an address and a length, e.g. 198.51.100.0/24 or 2001:db8::/32`
+	if !errors.Is(err, api.ErrInvalid) || err.Error() != want {
+		t.Fatalf("err = %v, want ErrInvalid %q", err, want)
+	}
 }

@@ -115,33 +115,40 @@ const (
 	balancerFulcrumModeMODE_IPIP balancerFulcrumMode = 2
 )
 
+type balancerFulcrumSrcKind uint32
+
+const (
+	balancerFulcrumSrcKindSRC_KIND_ALLOW balancerFulcrumSrcKind = 1
+)
+
 type balancerFulcrumStat uint32
 
 const (
-	balancerFulcrumStatSTAT_PASS_NOT_IP      balancerFulcrumStat = 0
-	balancerFulcrumStatSTAT_PASS_NO_VIP      balancerFulcrumStat = 1
-	balancerFulcrumStatSTAT_PASS_NOT_L4      balancerFulcrumStat = 2
-	balancerFulcrumStatSTAT_PASS_UNPARSEABLE balancerFulcrumStat = 3
-	balancerFulcrumStatSTAT_PASS_NOT_UNICAST balancerFulcrumStat = 4
-	balancerFulcrumStatSTAT_DROP_FRAGMENT    balancerFulcrumStat = 5
-	balancerFulcrumStatSTAT_DROP_MALFORMED   balancerFulcrumStat = 6
-	balancerFulcrumStatSTAT_DROP_NO_BACKEND  balancerFulcrumStat = 7
-	balancerFulcrumStatSTAT_DROP_BAD_MODE    balancerFulcrumStat = 8
-	balancerFulcrumStatSTAT_DROP_TOO_BIG     balancerFulcrumStat = 9
-	balancerFulcrumStatSTAT_DROP_NO_ROUTE    balancerFulcrumStat = 10
-	balancerFulcrumStatSTAT_DROP_ENCAP       balancerFulcrumStat = 11
-	balancerFulcrumStatSTAT_TX_DSR           balancerFulcrumStat = 12
-	balancerFulcrumStatSTAT_TX_IPIP          balancerFulcrumStat = 13
-	balancerFulcrumStatSTAT_CT_HIT           balancerFulcrumStat = 14
-	balancerFulcrumStatSTAT_CT_MISS          balancerFulcrumStat = 15
-	balancerFulcrumStatSTAT_CT_SYN           balancerFulcrumStat = 16
-	balancerFulcrumStatSTAT_CT_STALE         balancerFulcrumStat = 17
-	balancerFulcrumStatSTAT_CT_INSERT_FAILED balancerFulcrumStat = 18
-	balancerFulcrumStatSTAT_CT_BYPASS        balancerFulcrumStat = 19
-	balancerFulcrumStatSTAT_FIB_GATEWAY      balancerFulcrumStat = 20
-	balancerFulcrumStatSTAT_CT_GUARD         balancerFulcrumStat = 21
-	balancerFulcrumStatSTAT_CT_EXPIRED       balancerFulcrumStat = 22
-	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 23
+	balancerFulcrumStatSTAT_PASS_NOT_IP       balancerFulcrumStat = 0
+	balancerFulcrumStatSTAT_PASS_NO_VIP       balancerFulcrumStat = 1
+	balancerFulcrumStatSTAT_PASS_NOT_L4       balancerFulcrumStat = 2
+	balancerFulcrumStatSTAT_PASS_UNPARSEABLE  balancerFulcrumStat = 3
+	balancerFulcrumStatSTAT_PASS_NOT_UNICAST  balancerFulcrumStat = 4
+	balancerFulcrumStatSTAT_DROP_FRAGMENT     balancerFulcrumStat = 5
+	balancerFulcrumStatSTAT_DROP_MALFORMED    balancerFulcrumStat = 6
+	balancerFulcrumStatSTAT_DROP_NO_BACKEND   balancerFulcrumStat = 7
+	balancerFulcrumStatSTAT_DROP_BAD_MODE     balancerFulcrumStat = 8
+	balancerFulcrumStatSTAT_DROP_TOO_BIG      balancerFulcrumStat = 9
+	balancerFulcrumStatSTAT_DROP_NO_ROUTE     balancerFulcrumStat = 10
+	balancerFulcrumStatSTAT_DROP_ENCAP        balancerFulcrumStat = 11
+	balancerFulcrumStatSTAT_TX_DSR            balancerFulcrumStat = 12
+	balancerFulcrumStatSTAT_TX_IPIP           balancerFulcrumStat = 13
+	balancerFulcrumStatSTAT_CT_HIT            balancerFulcrumStat = 14
+	balancerFulcrumStatSTAT_CT_MISS           balancerFulcrumStat = 15
+	balancerFulcrumStatSTAT_CT_SYN            balancerFulcrumStat = 16
+	balancerFulcrumStatSTAT_CT_STALE          balancerFulcrumStat = 17
+	balancerFulcrumStatSTAT_CT_INSERT_FAILED  balancerFulcrumStat = 18
+	balancerFulcrumStatSTAT_CT_BYPASS         balancerFulcrumStat = 19
+	balancerFulcrumStatSTAT_FIB_GATEWAY       balancerFulcrumStat = 20
+	balancerFulcrumStatSTAT_CT_GUARD          balancerFulcrumStat = 21
+	balancerFulcrumStatSTAT_CT_EXPIRED        balancerFulcrumStat = 22
+	balancerFulcrumStatSTAT_DROP_SOURCE_RANGE balancerFulcrumStat = 23
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 24
 )
 
 type balancerFulcrumVipFlags uint32
@@ -150,6 +157,7 @@ const (
 	balancerFulcrumVipFlagsVIP_F_NO_CONNTRACK     balancerFulcrumVipFlags = 1
 	balancerFulcrumVipFlagsVIP_F_SOURCE_HASH      balancerFulcrumVipFlags = 2
 	balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE balancerFulcrumVipFlags = 4
+	balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES    balancerFulcrumVipFlags = 8
 )
 
 type balancerHopEntry struct {
@@ -184,9 +192,23 @@ type balancerLbConfig struct {
 	Pad2         uint32
 }
 
+type balancerSrcPrefixKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	VipIndex  uint16
+	Kind      uint8
+	Pad       uint8
+	Addr      [16]uint8
+}
+
+type balancerSrcPrefixValue struct {
+	_    structs.HostLayout
+	Pool uint32
+}
+
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [23]uint64
+	Count [24]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -228,6 +250,7 @@ const (
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
 	balancerMapRings            = "rings"
+	balancerMapSrcPrefixes      = "src_prefixes"
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
 	balancerMapVipAddrsV6       = "vip_addrs_v6"
@@ -242,6 +265,7 @@ const (
 	balancerVarCtState          = "_ct_state"
 	balancerVarCtTimeout        = "_ct_timeout"
 	balancerVarMode             = "_mode"
+	balancerVarSrcKind          = "_src_kind"
 	balancerVarStat             = "_stat"
 	balancerVarVipFlags         = "_vip_flags"
 )
@@ -304,6 +328,7 @@ type balancerMapSpecs struct {
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
+	SrcPrefixes  *ebpf.MapSpec `ebpf:"src_prefixes"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
 	VipAddrsV6   *ebpf.MapSpec `ebpf:"vip_addrs_v6"`
@@ -322,6 +347,7 @@ type balancerVariableSpecs struct {
 	CtState      *ebpf.VariableSpec `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.VariableSpec `ebpf:"_ct_timeout"`
 	Mode         *ebpf.VariableSpec `ebpf:"_mode"`
+	SrcKind      *ebpf.VariableSpec `ebpf:"_src_kind"`
 	Stat         *ebpf.VariableSpec `ebpf:"_stat"`
 	VipFlags     *ebpf.VariableSpec `ebpf:"_vip_flags"`
 }
@@ -354,6 +380,7 @@ type balancerMaps struct {
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
 	Rings        *ebpf.Map `ebpf:"rings"`
+	SrcPrefixes  *ebpf.Map `ebpf:"src_prefixes"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
 	VipAddrsV6   *ebpf.Map `ebpf:"vip_addrs_v6"`
@@ -373,6 +400,7 @@ func (m *balancerMaps) Close() error {
 		m.FlowGuard,
 		m.HopCache,
 		m.Rings,
+		m.SrcPrefixes,
 		m.Stats,
 		m.VipAddrsV4,
 		m.VipAddrsV6,
@@ -392,6 +420,7 @@ type balancerVariables struct {
 	CtState      *ebpf.Variable `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.Variable `ebpf:"_ct_timeout"`
 	Mode         *ebpf.Variable `ebpf:"_mode"`
+	SrcKind      *ebpf.Variable `ebpf:"_src_kind"`
 	Stat         *ebpf.Variable `ebpf:"_stat"`
 	VipFlags     *ebpf.Variable `ebpf:"_vip_flags"`
 }

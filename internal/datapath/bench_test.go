@@ -48,7 +48,8 @@ type benchPath struct {
 // BenchmarkFastpath measures ns per packet through BPF_PROG_RUN for the
 // floor (a MAC swap + XDP_TX), an established TCP flow, the bypass (pure
 // Maglev) path, a new flow with insert into a full default-sized table, and
-// a TCP ACK to the host's own address, interleaved over several rounds in one
+// a TCP ACK to the host's own address, an established flow to a VIP with
+// 256 source ranges and a packet of a client outside them, interleaved over several rounds in one
 // process, and prints each median as a ratio to the floor, wall clock first,
 // then the kernel's own per-repeat figure (BPF_PROG_RUN's duration, which
 // leaves out the syscall's fixed cost):
@@ -65,6 +66,9 @@ func BenchmarkFastpath(b *testing.B) {
 	if err := d.AddVIP(vipDNS4, VIPConfig{Mode: ModeDSR, NoConntrack: true}, backends4); err != nil {
 		b.Fatal(err)
 	}
+	if err := d.AddVIP(vipAll4, VIPConfig{Mode: ModeDSR, SourceRanges: rangesForBench(b)}, backends4); err != nil {
+		b.Fatal(err)
+	}
 	var tp testprogs.TestprogsObjects
 	if err := testprogs.LoadTestprogsObjects(&tp, nil); err != nil {
 		b.Fatal(err)
@@ -72,9 +76,15 @@ func BenchmarkFastpath(b *testing.B) {
 	defer tp.Close()
 
 	established := pkt(client4, "203.0.113.10", TCP, 40000, 80).Build()
+	// The same to a VIP with 256 source ranges: one trie lookup more. And
+	// a client outside them, dropped.
+	ranged := pkt(client4, vipAll4.Addr.String(), TCP, 40000, 80).Build()
+	refused := pkt("198.19.2.2", vipAll4.Addr.String(), TCP, 40000, 80).Build()
 	// One packet creates the connection entry the benchmark then hits.
-	if v, _ := runProg(b, d.Program(), bytes.Clone(established)); v != xdpTX {
-		b.Fatalf("priming packet: verdict %s", verdictNames[v])
+	for _, f := range [][]byte{established, ranged} {
+		if v, _ := runProg(b, d.Program(), bytes.Clone(f)); v != xdpTX {
+			b.Fatalf("priming packet: verdict %s", verdictNames[v])
+		}
 	}
 	hash := pkt(client4, "203.0.113.10", UDP, 40000, 53).Build()
 	newflow := pkt(client4, "203.0.113.10", TCP, 40001, 80).Build()
@@ -99,6 +109,8 @@ func BenchmarkFastpath(b *testing.B) {
 	paths := []benchPath{
 		{name: "floor", prog: tp.BenchFloor, frame: established},
 		{name: "established", prog: d.Program(), frame: established, proof: StatCtHit, proven: true},
+		{name: "established-ranges", prog: d.Program(), frame: ranged, proof: StatCtHit, proven: true},
+		{name: "refused", prog: d.Program(), frame: refused, proof: StatDropSourceRange, proven: true, tx: StatDropSourceRange, verdict: xdpDrop},
 		{name: "hash", prog: d.Program(), frame: hash, proof: StatCtBypass, proven: true},
 		// bench_newflow writes a fresh source address into every repeat,
 		// then tail-calls the balancer: each repeat misses and inserts.
@@ -140,7 +152,7 @@ func BenchmarkFastpath(b *testing.B) {
 	fmt.Printf("fastpath: BPF_PROG_RUN, %d repeats per run, median of %d rounds (min-max in brackets); wall clock, then the kernel's duration\n", *benchRepeat, *benchRounds)
 	for _, p := range paths {
 		r, k := results[p.name], kernel[p.name]
-		fmt.Printf("  %-12s %7.2f ns/pkt [%.2f-%.2f]  kernel %4.0f ns/pkt [%.0f-%.0f]\n", p.name, median(r), slices.Min(r), slices.Max(r),
+		fmt.Printf("  %-18s %7.2f ns/pkt [%.2f-%.2f]  kernel %4.0f ns/pkt [%.0f-%.0f]\n", p.name, median(r), slices.Min(r), slices.Max(r),
 			median(k), slices.Min(k), slices.Max(k))
 	}
 	fmt.Printf("  (newflow and ipip include a wrapper: its tail call and packet rewrite; the kernel reports whole ns)\n")

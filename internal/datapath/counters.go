@@ -36,6 +36,7 @@ const (
 	StatFibGateway      = Stat(balancerFulcrumStatSTAT_FIB_GATEWAY)
 	StatCtGuard         = Stat(balancerFulcrumStatSTAT_CT_GUARD)
 	StatCtExpired       = Stat(balancerFulcrumStatSTAT_CT_EXPIRED)
+	StatDropSourceRange = Stat(balancerFulcrumStatSTAT_DROP_SOURCE_RANGE)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -63,6 +64,7 @@ var statNames = [...]string{
 	StatFibGateway:      "fib_gateway",
 	StatCtGuard:         "ct_guard",
 	StatCtExpired:       "ct_expired",
+	StatDropSourceRange: "drop_source_range",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.
@@ -81,9 +83,10 @@ func (s Stat) String() string {
 // IsVerdict reports whether the counter counts packets by their final
 // action (pass, drop, tx), as opposed to an event such as a
 // connection-table hit. Every packet the program sees counts exactly one
-// verdict.
+// verdict. Counters are only added at the end of the enum (a migration
+// keeps them by index), so a verdict added later sits after the events.
 func (s Stat) IsVerdict() bool {
-	return s <= StatTxIPIP
+	return s <= StatTxIPIP || s == StatDropSourceRange
 }
 
 // AllStats lists every counter.

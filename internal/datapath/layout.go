@@ -28,7 +28,10 @@ import (
 //     timeouts in jiffies; the verdict table ends with ct_expired; a
 //     connection entry's spare byte is its TCP state (0, established, in
 //     entries of older layouts).
-const LayoutVersion = 3
+//   - 4: srcranges: the src_prefixes LPM trie (VIPs' source ranges,
+//     VIP_F_SOURCE_RANGES in vip_meta.flags); the verdict table ends with
+//     drop_source_range.
+const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the
 // support window is at least the previous release.

@@ -312,42 +312,16 @@ func writeSpread[K any](m *ebpf.Map, keys []K, vals []balancerCtValue) error {
 	return errors.Join(errs...)
 }
 
-// statTableV2 is the verdict table of layouts 1 and 2: the counters up to
-// ct_guard.
-type statTableV2 struct {
-	Count [balancerFulcrumStatSTAT_CT_GUARD + 1]uint64
-}
-
-// copyCounters carries the per-CPU counters over: the verdict table whole
-// (the same enum in every layout this build reads), a VIP's and a
-// backend's to the index or id they have now. It returns what it reset.
+// copyCounters carries the per-CPU counters over: the verdict table (the
+// same enum in every layout this build reads, only ever grown at the end),
+// a VIP's and a backend's to the index or id they have now. It returns
+// what it reset.
 func copyCounters(src, dst *tables) ([]string, error) {
 	var reset []string
-	switch src.stats.ValueSize() {
-	case dst.stats.ValueSize():
-		var v []balancerStatTable
-		if err := src.stats.Lookup(uint32(0), &v); err != nil {
-			return nil, fmt.Errorf("read verdict counters: %w", err)
-		}
-		if err := dst.stats.Put(uint32(0), v); err != nil {
-			return nil, fmt.Errorf("write verdict counters: %w", err)
-		}
-	case uint32(binary.Size(statTableV2{})):
-		// Counters are only ever added at the end of the enum: the old
-		// table's are the same counters by index.
-		var old []statTableV2
-		if err := src.stats.Lookup(uint32(0), &old); err != nil {
-			return nil, fmt.Errorf("read verdict counters: %w", err)
-		}
-		v := make([]balancerStatTable, len(old))
-		for cpu := range old {
-			copy(v[cpu].Count[:], old[cpu].Count[:])
-		}
-		if err := dst.stats.Put(uint32(0), v); err != nil {
-			return nil, fmt.Errorf("write verdict counters: %w", err)
-		}
-	default:
-		reset = append(reset, fmt.Sprintf("verdict counters: the old table has %d bytes a CPU, this one %d", src.stats.ValueSize(), dst.stats.ValueSize()))
+	if msg, err := copyVerdicts(src.stats, dst.stats); err != nil {
+		return nil, err
+	} else if msg != "" {
+		reset = append(reset, msg)
 	}
 	srcByID, _, _, srcVIPs, err := src.index()
 	if err != nil {
@@ -387,4 +361,33 @@ func copyCounters(src, dst *tables) ([]string, error) {
 		}
 	}
 	return reset, nil
+}
+
+// copyVerdicts copies the verdict table. Counters are only ever added at
+// the end of enum fulcrum_stat (layout 3 added ct_expired, layout 4
+// drop_source_range), so an older, shorter table's counters are the same
+// counters by index, and the new ones start at zero. A table that is
+// longer, or not whole counters, is another enum: it is reset, and the
+// returned message says so.
+func copyVerdicts(src, dst *ebpf.Map) (string, error) {
+	const word = 8 // one __u64 counter
+	have, want := src.ValueSize(), dst.ValueSize()
+	if have > want || have%word != 0 {
+		return fmt.Sprintf("verdict counters: the old table has %d bytes a CPU, this one %d", have, want), nil
+	}
+	old := make([][]uint64, ebpf.MustPossibleCPU())
+	for cpu := range old {
+		old[cpu] = make([]uint64, have/word)
+	}
+	if err := src.Lookup(uint32(0), old); err != nil {
+		return "", fmt.Errorf("read verdict counters: %w", err)
+	}
+	v := make([]balancerStatTable, len(old))
+	for cpu := range old {
+		copy(v[cpu].Count[:], old[cpu])
+	}
+	if err := dst.Put(uint32(0), v); err != nil {
+		return "", fmt.Errorf("write verdict counters: %w", err)
+	}
+	return "", nil
 }

@@ -83,6 +83,7 @@ func (d *Datapath) adopt() error {
 		return err
 	}
 	metas := make(map[uint16]VIP)
+	ranged := make(map[uint16]*vipEntry) // VIPs with VIP_F_SOURCE_RANGES
 	add := func(vip VIP, m balancerVipMeta) {
 		cfg := VIPConfig{
 			Mode:            Mode(m.Mode),
@@ -96,8 +97,14 @@ func (d *Datapath) adopt() error {
 			backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
 		metas[m.Index] = vip
 		d.vipGen[m.Index] = m.Gen
+		if m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES) != 0 {
+			ranged[m.Index] = d.vips[vip]
+		}
 	}
 	if err := eachVIP(d.objs.VipsV4, d.objs.VipsV6, add); err != nil {
+		return err
+	}
+	if err := d.adoptSourceRanges(ranged); err != nil {
 		return err
 	}
 

@@ -36,6 +36,12 @@ type Prediction struct {
 	Entry *ConnEntry
 	// RingSize is the VIP's ring size M.
 	RingSize uint32
+	// Refused is set when the packet is dropped because its client is
+	// outside the source ranges of the VIP that decides (the connection
+	// entry's, for an entry that decides; else the flow's): Backend is
+	// then the zero address, and the drop is counted as
+	// drop_source_range.
+	Refused bool
 }
 
 // ConnEntry is a connection entry as Predict found it.
@@ -57,8 +63,9 @@ var ErrNoVIP = errors.New("no vip matches the flow")
 // packet is a TCP SYN, which always takes the ring), if its backend is live
 // with the entry's generation, its VIP tracks connections, and it has not
 // been idle past its state's timeout; else the Maglev ring of the flow's
-// VIP.
-func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
+// VIP. A client outside the source ranges of the VIP that decides is
+// refused (Prediction.Refused).
+func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	e := d.vips[VIP{Addr: f.Dst, Port: f.Dport, Proto: f.Proto}]
@@ -72,7 +79,7 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 	if err != nil {
 		return Prediction{}, err
 	}
-	p := Prediction{VIP: e.vip, RingSize: uint32(len(table))}
+	p = Prediction{VIP: e.vip, RingSize: uint32(len(table))}
 	if e.cfg.SourceHash {
 		p.Hash = flowhash.Source(f.Src, uint8(f.Proto))
 	} else {
@@ -83,6 +90,14 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 		p.RingBackend = e.byID[id].Addr
 	}
 	p.Backend = p.RingBackend
+	// The VIP whose source ranges apply: the flow's, unless a live entry
+	// decides (the fast path then knows only the entry's VIP).
+	decider := e
+	defer func() {
+		if !decider.cfg.SourceRanges.Allows(f.Src) {
+			p.Refused, p.Backend = true, netip.Addr{}
+		}
+	}()
 	if syn {
 		return p, nil
 	}
@@ -111,6 +126,7 @@ func (d *Datapath) Predict(f Flow, syn bool) (Prediction, error) {
 		Timeout: timeout, Expired: clk.expired(ct, timeout)}
 	if !p.Entry.Expired {
 		p.Backend, p.Conntrack = b.Addr, true
+		decider = owner
 	}
 	return p, nil
 }

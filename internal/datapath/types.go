@@ -111,6 +111,10 @@ type VIPConfig struct {
 	// Timeouts are how long the VIP's connection entries may stay idle;
 	// zero fields take DefaultConnTimeouts.
 	Timeouts ConnTimeouts
+	// SourceRanges, when not zero, are the only client prefixes the VIP
+	// serves (of its family); other clients are dropped and counted
+	// (srcranges.go).
+	SourceRanges SourceRanges
 }
 
 // Backend is one server behind a VIP.

@@ -119,7 +119,7 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		d.ownerChanges++
 		d.forgetRing(vip)
 		idx := uint32(e.index)
-		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{})}
+		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{}), d.removeSourceRanges(e.index, e.cfg.SourceRanges, SourceRanges{})}
 		for _, b := range e.backends {
 			es = append(es, d.retireBackend(b))
 		}
@@ -239,6 +239,9 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 		return fmt.Errorf("vip %s: connection %w", vip, err)
 	}
 	cfg.Timeouts = cfg.Timeouts.Normal(vip.Proto)
+	if err := checkSourceRanges(vip, cfg.SourceRanges); err != nil {
+		return err
+	}
 	seen := make(map[netip.Addr]bool, len(backends))
 	for i, b := range backends {
 		if !b.Addr.IsValid() || b.Addr.IsUnspecified() || b.Addr.Is4In6() || b.Addr.Zone() != "" {
@@ -532,6 +535,16 @@ func (d *Datapath) commit(p *pendingVIP) error {
 	if err != nil {
 		return fmt.Errorf("vip %s: %w", vip, err)
 	}
+	var prev SourceRanges
+	if p.old != nil {
+		prev = p.old.cfg.SourceRanges
+	}
+	// New ranges before the meta that may turn them on, old ones after
+	// the meta that stops using them: a client allowed before and after
+	// the change is never refused during it.
+	if err := d.addSourceRanges(e.index, prev, e.cfg.SourceRanges); err != nil {
+		return fmt.Errorf("vip %s: %w", vip, err)
+	}
 	meta := vipMeta(e, hz)
 	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
 		return fmt.Errorf("vip %s: write vip state: %w", vip, err)
@@ -543,7 +556,7 @@ func (d *Datapath) commit(p *pendingVIP) error {
 	d.ownerChanges++ // before the backends it lost retire (free their ids)
 	d.vipGen[e.index] = e.gen
 
-	var errs []error
+	errs := []error{d.removeSourceRanges(e.index, prev, e.cfg.SourceRanges)}
 	if p.old != nil {
 		for addr, ob := range p.old.backends {
 			if e.backends[addr] == nil {
@@ -613,6 +626,9 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	}
 	if e.cfg.PassUnparseable {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE)
+	}
+	if !e.cfg.SourceRanges.IsZero() {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES)
 	}
 	return balancerVipMeta{
 		Index:     e.index,

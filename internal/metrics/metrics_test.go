@@ -162,6 +162,7 @@ fulcrum_verdict_packets_total{action="drop",reason="no_route"} 101
 fulcrum_verdict_packets_total{action="drop",reason="encap"} 111
 fulcrum_verdict_packets_total{action="tx",reason="dsr"} 121
 fulcrum_verdict_packets_total{action="tx",reason="ipip"} 131
+fulcrum_verdict_packets_total{action="drop",reason="source_range"} 231
 # HELP fulcrum_conntrack_events_total Connection-table events of the fast path.
 # TYPE fulcrum_conntrack_events_total counter
 fulcrum_conntrack_events_total{event="hit"} 141

@@ -134,6 +134,7 @@ func previewVIP(cur datapath.VIPState, t target) (VIPPreview, error) {
 	setting("conntrack", !oc.NoConntrack, !nc.NoConntrack)
 	setting("source_hash", oc.SourceHash, nc.SourceHash)
 	setting("pass_unparseable", oc.PassUnparseable, nc.PassUnparseable)
+	setting("source_ranges", rangesText(oc.SourceRanges), rangesText(nc.SourceRanges))
 
 	before, err := ringOf(cur.Backends, oc.RingSize)
 	if err != nil {
@@ -209,4 +210,12 @@ func ringOf(backends []datapath.Backend, size uint32) ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// rangesText shows source ranges in a change: "all" for none.
+func rangesText(r datapath.SourceRanges) string {
+	if r.IsZero() {
+		return "all"
+	}
+	return r.String()
 }

@@ -613,6 +613,9 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 		PassUnparseable: v.Fragments == config.FragmentsPass,
 		Timeouts:        timeouts.Normal(key.Proto),
 	}}
+	if t.cfg.SourceRanges, err = datapath.NewSourceRanges(v.SourceRanges); err != nil {
+		return target{}, err
+	}
 	onDown, allDown := config.DefaultOnDown, config.DefaultAllDown
 	if v.HealthCheck != nil && v.HealthCheck.OnDown != "" {
 		onDown = v.HealthCheck.OnDown

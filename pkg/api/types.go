@@ -60,6 +60,10 @@ type VIP struct {
 	Conntrack    *bool     `json:"conntrack,omitempty"` // nil = true
 	Fragments    string    `json:"fragments,omitempty"` // "drop" (default) or "pass"
 	Backends     []Backend `json:"backends"`
+	// SourceRanges are the client prefixes the VIP serves, e.g.
+	// "198.51.100.0/24", of its family; empty = every client. Other
+	// clients are dropped (verdict drop_source_range).
+	SourceRanges []string `json:"source_ranges,omitempty"`
 }
 
 // Backend is one backend of a VIP.
@@ -145,7 +149,7 @@ type ExplainRequest struct {
 type Explanation struct {
 	VIP         VIPRef     `json:"vip"`
 	Backend     netip.Addr `json:"backend"`
-	Reason      string     `json:"reason"` // "connection entry" or "ring slot"
+	Reason      string     `json:"reason"` // "connection entry", "ring slot" or "source range" (dropped)
 	Hash        uint32     `json:"hash"`
 	Slot        uint32     `json:"slot"`
 	RingSize    uint32     `json:"ring_size"`
