@@ -31,6 +31,12 @@ type balancerCounter struct {
 	Bytes   uint64
 }
 
+type balancerCtBucket struct {
+	_     structs.HostLayout
+	Ident [4]uint64
+	Meta  [4]uint64
+}
+
 type balancerCtClock struct {
 	_       structs.HostLayout
 	Jiffies uint64
@@ -141,7 +147,8 @@ const (
 	balancerFulcrumStatSTAT_FIB_GATEWAY      balancerFulcrumStat = 20
 	balancerFulcrumStatSTAT_CT_GUARD         balancerFulcrumStat = 21
 	balancerFulcrumStatSTAT_CT_EXPIRED       balancerFulcrumStat = 22
-	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 23
+	balancerFulcrumStatSTAT_CT_EVICTED       balancerFulcrumStat = 23
+	balancerFulcrumStatSTAT_MAX              balancerFulcrumStat = 24
 )
 
 type balancerFulcrumVipFlags uint32
@@ -186,7 +193,7 @@ type balancerLbConfig struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [23]uint64
+	Count [24]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -223,6 +230,8 @@ const (
 	balancerMapBackendStats     = "backend_stats"
 	balancerMapBackends         = "backends"
 	balancerMapConfig           = "config"
+	balancerMapCtKeysV4         = "ct_keys_v4"
+	balancerMapCtKeysV6         = "ct_keys_v6"
 	balancerMapCtV4             = "ct_v4"
 	balancerMapCtV6             = "ct_v6"
 	balancerMapFlowGuard        = "flow_guard"
@@ -241,9 +250,11 @@ const (
 	balancerVarConfigFlags      = "_config_flags"
 	balancerVarCtState          = "_ct_state"
 	balancerVarCtTimeout        = "_ct_timeout"
+	balancerVarCtValue          = "_ct_value"
 	balancerVarMode             = "_mode"
 	balancerVarStat             = "_stat"
 	balancerVarVipFlags         = "_vip_flags"
+	balancerVarCtBuckets        = "ct_buckets"
 )
 
 // loadBalancer returns the embedded CollectionSpec for balancer.
@@ -299,6 +310,8 @@ type balancerMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
+	CtKeysV4     *ebpf.MapSpec `ebpf:"ct_keys_v4"`
+	CtKeysV6     *ebpf.MapSpec `ebpf:"ct_keys_v6"`
 	CtV4         *ebpf.MapSpec `ebpf:"ct_v4"`
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
@@ -321,9 +334,11 @@ type balancerVariableSpecs struct {
 	ConfigFlags  *ebpf.VariableSpec `ebpf:"_config_flags"`
 	CtState      *ebpf.VariableSpec `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.VariableSpec `ebpf:"_ct_timeout"`
+	CtValue      *ebpf.VariableSpec `ebpf:"_ct_value"`
 	Mode         *ebpf.VariableSpec `ebpf:"_mode"`
 	Stat         *ebpf.VariableSpec `ebpf:"_stat"`
 	VipFlags     *ebpf.VariableSpec `ebpf:"_vip_flags"`
+	CtBuckets    *ebpf.VariableSpec `ebpf:"ct_buckets"`
 }
 
 // balancerObjects contains all objects after they have been loaded into the kernel.
@@ -349,6 +364,8 @@ type balancerMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
+	CtKeysV4     *ebpf.Map `ebpf:"ct_keys_v4"`
+	CtKeysV6     *ebpf.Map `ebpf:"ct_keys_v6"`
 	CtV4         *ebpf.Map `ebpf:"ct_v4"`
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
@@ -368,6 +385,8 @@ func (m *balancerMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Config,
+		m.CtKeysV4,
+		m.CtKeysV6,
 		m.CtV4,
 		m.CtV6,
 		m.FlowGuard,
@@ -391,9 +410,11 @@ type balancerVariables struct {
 	ConfigFlags  *ebpf.Variable `ebpf:"_config_flags"`
 	CtState      *ebpf.Variable `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.Variable `ebpf:"_ct_timeout"`
+	CtValue      *ebpf.Variable `ebpf:"_ct_value"`
 	Mode         *ebpf.Variable `ebpf:"_mode"`
 	Stat         *ebpf.Variable `ebpf:"_stat"`
 	VipFlags     *ebpf.Variable `ebpf:"_vip_flags"`
+	CtBuckets    *ebpf.Variable `ebpf:"ct_buckets"`
 }
 
 // balancerPrograms contains all programs after they have been loaded into the kernel.

@@ -479,3 +479,43 @@ func TestVIPTimeouts(t *testing.T) {
 	}
 	check(t, d)
 }
+
+// fillTable fills every way of vip's family's connection table with a live
+// entry (stamped now) of a flow from 10.0.0.0/8 or 2001:db8:ff::/48 to vip
+// on port dport, each to a backend of vip chosen by the flow's index. It
+// returns the flows it wrote with their backend ids.
+func fillTable(d *Datapath, vip VIP, dport uint16) (map[Flow]uint32, error) {
+	e := d.vips[vip]
+	var bes []*backendEntry
+	for _, x := range e.byID {
+		bes = append(bes, x)
+	}
+	clk, err := d.clock()
+	if err != nil {
+		return nil, err
+	}
+	v4 := vip.Addr.Is4()
+	buckets, keys := ctTables(v4, &d.objs)
+	img := newTableImage(buckets.MaxEntries(), v4)
+	want := make(map[Flow]uint32)
+	ways := int(buckets.MaxEntries()) * ctWays
+	// Flows land in buckets at random: offer several times the capacity
+	// and keep those that find a free way.
+	for i := 0; len(want) < ways && i < 8*ways; i++ {
+		var src netip.Addr
+		if v4 {
+			src = netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		} else {
+			src = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 12: byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
+		}
+		f := Flow{Src: src, Dst: vip.Addr, Sport: uint16(1024 + i%50000), Dport: dport, Proto: vip.Proto}
+		be := bes[i%len(bes)]
+		if placed, _ := img.add(f, balancerCtValue{Backend: be.id, BackendGen: be.gen, LastSeen: clk.jiffies}, false); placed {
+			want[f] = be.id
+		}
+	}
+	if len(want) != ways {
+		return nil, fmt.Errorf("filled %d ways of %d", len(want), ways)
+	}
+	return want, img.write(buckets, keys)
+}

@@ -36,6 +36,7 @@ const (
 	StatFibGateway      = Stat(balancerFulcrumStatSTAT_FIB_GATEWAY)
 	StatCtGuard         = Stat(balancerFulcrumStatSTAT_CT_GUARD)
 	StatCtExpired       = Stat(balancerFulcrumStatSTAT_CT_EXPIRED)
+	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -63,6 +64,7 @@ var statNames = [...]string{
 	StatFibGateway:      "fib_gateway",
 	StatCtGuard:         "ct_guard",
 	StatCtExpired:       "ct_expired",
+	StatCtEvicted:       "ct_evicted",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

@@ -102,8 +102,9 @@ func Load(opts Options) (*Datapath, error) {
 	if ct == 0 {
 		ct = DefaultConntrackEntries
 	}
-	spec.Maps[balancerMapCtV4].MaxEntries = ct
-	spec.Maps[balancerMapCtV6].MaxEntries = ct
+	if err := sizeConntrack(spec, ct); err != nil {
+		return nil, err
+	}
 	maxVIPs := shrink(spec.Maps[balancerMapVipsV4].MaxEntries, opts.MaxVIPs)
 	maxBackends := shrink(spec.Maps[balancerMapBackends].MaxEntries, opts.MaxBackends)
 	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState, balancerMapRings,
