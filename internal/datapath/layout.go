@@ -28,7 +28,11 @@ import (
 //     timeouts in jiffies; the verdict table ends with ct_expired; a
 //     connection entry's spare byte is its TCP state (0, established, in
 //     entries of older layouts).
-const LayoutVersion = 3
+//   - 4 (cttable): ct_v4/ct_v6 are arrays of 64-byte buckets of 4 ways
+//     (bpf/types.h ct_bucket) with the tuples beside them in
+//     ct_keys_v4/ct_keys_v6, in place of the LRU hashes; the verdict table
+//     ends with ct_evicted.
+const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the
 // support window is at least the previous release.
