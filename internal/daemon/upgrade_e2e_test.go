@@ -214,7 +214,7 @@ func (h *harness) requireLayout(v uint32) {
 // this build on its pins: the pins are migrated from layout 2 with not a
 // datagram lost, every connection alive on its backend, and the ones a
 // reweight took off the ring still on theirs. Then the previous release is
-// started again: it cannot read layout 3, so it refuses, says what to do
+// started again: it cannot read this layout, so it refuses, says what to do
 // and changes nothing, while this build's program goes on forwarding.
 func TestUpgradeFromPreviousRelease(t *testing.T) {
 	h := newHarness(t)
@@ -226,7 +226,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 		t.Fatal("the previous release left no pins")
 	}
 	h.bin = current
-	h.restartMigrating(tr, "layout 2 to 3", datapath.LayoutVersion)
+	h.restartMigrating(tr, fmt.Sprintf("layout 2 to %d", datapath.LayoutVersion), datapath.LayoutVersion)
 
 	// Back to the previous release: a downgrade across a layout change,
 	// which needs 'fulcrum detach' first (docs/upgrade.md).
