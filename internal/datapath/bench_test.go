@@ -268,22 +268,6 @@ func newFullDatapath(b *testing.B) *Datapath {
 	return d
 }
 
-// onCPU runs f on a thread bound to cpu.
-func onCPU(cpu int, f func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var set, old unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		return err
-	}
-	set.Set(cpu)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return err
-	}
-	defer unix.SchedSetaffinity(0, &old)
-	return f()
-}
-
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)

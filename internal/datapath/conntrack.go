@@ -182,7 +182,7 @@ func (c kernelClock) expired(v *balancerCtValue, timeout time.Duration) bool {
 // constants below are those of bpf/conntrack.h; TestConntrackGoFindsInserts
 // holds Go's placement to the program's.
 const (
-	ctWays          = 4          // CT_WAYS; ctWaysMatch holds it to the bucket type
+	ctWays          = 4          // CT_WAYS; held to the bucket type below
 	ctTagSeed       = 0x5bd1e995 // CT_TAG_SEED
 	ctTagLoMask     = 1<<30 - 1
 	ctBackendShift  = 30
@@ -195,8 +195,8 @@ const (
 	ctFlowHashTagMk = 0x0fffffff // the 5-tuple hash's bits in the tag
 )
 
-// ctWaysMatch does not compile unless a bucket has ctWays ways.
-var ctWaysMatch [ctWays]uint64 = balancerCtBucket{}.Ident
+// This does not compile unless a bucket has ctWays ways.
+var _ [ctWays]uint64 = balancerCtBucket{}.Ident
 
 // sizeConntrack sizes the connection tables of spec for entries per family
 // (rounded up to whole buckets) and tells the program the bucket count.

@@ -69,7 +69,6 @@ type scaleRig struct {
 	d    *datapath.Datapath
 	objs *perfObjects
 	vips int
-	ct   *ebpf.Map // ct_v4
 }
 
 func newScaleRig(objs *perfObjects, opts ScaleOptions, vips int) (*scaleRig, time.Duration, error) {
@@ -93,10 +92,6 @@ func newScaleRig(objs *perfObjects, opts ScaleOptions, vips int) (*scaleRig, tim
 	}
 	loaded := time.Since(start)
 	r := &scaleRig{d: d, objs: objs, vips: vips}
-	if r.ct, err = programMap(d.Program(), "ct_v4"); err != nil {
-		d.Close()
-		return nil, 0, err
-	}
 	if err := objs.WalkTarget.Put(uint32(0), d.Program()); err != nil {
 		r.Close()
 		return nil, 0, fmt.Errorf("walk target: %w", err)
@@ -111,27 +106,7 @@ func (r *scaleRig) Close() error {
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		err = nil
 	}
-	return errors.Join(err, r.ct.Close(), r.d.Close())
-}
-
-// programMap opens the map called name that prog uses.
-func programMap(prog *ebpf.Program, name string) (*ebpf.Map, error) {
-	info, err := prog.Info()
-	if err != nil {
-		return nil, err
-	}
-	ids, _ := info.MapIDs()
-	for _, id := range ids {
-		m, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			return nil, err
-		}
-		if mi, err := m.Info(); err == nil && mi.Name == name {
-			return m, nil
-		}
-		m.Close()
-	}
-	return nil, fmt.Errorf("program %s has no map %s", prog, name)
+	return errors.Join(err, r.d.Close())
 }
 
 // walkFrame is the frame ct_walk rewrites: a bare TCP ACK.
@@ -222,26 +197,17 @@ func onCPU(cpu int, fn func() error) error {
 	return <-errc
 }
 
-// countEntries counts the entries of the IPv4 connection table by walking
-// its keys (one syscall per entry, no values copied).
+// countEntries counts the entries of the connection tables (a walk of
+// their buckets and tuple records, datapath.TableEntries).
 func (r *scaleRig) countEntries() (int, error) {
-	var key, next []byte
 	n := 0
-	for {
-		var prev any
-		if key != nil {
-			prev = key
-		}
-		err := r.ct.NextKey(prev, &next)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, nil
-		}
+	for _, err := range r.d.TableEntries() {
 		if err != nil {
 			return n, err
 		}
 		n++
-		key, next = next, key
 	}
+	return n, nil
 }
 
 // nsPerPacket runs prog on frame repeat times and returns ns per packet,
@@ -388,7 +354,7 @@ func measureScale(ctx context.Context, opts ScaleOptions, res *Results) error {
 			}
 			if vips > 1 {
 				f := newFigure(SectionScale, fmt.Sprintf("insert %d connection entries by running packets", flowsPerCPU*cpus), "s", []float64{took.Seconds()})
-				f.Note = fmt.Sprintf("ct_walk + balancer under BPF_PROG_RUN, %d new flows per CPU, %.0f ns each; %d entries in ct_v4 afterwards",
+				f.Note = fmt.Sprintf("ct_walk + balancer under BPF_PROG_RUN, %d new flows per CPU, %.0f ns each; %d entries in the connection table afterwards",
 					flowsPerCPU, float64(took.Nanoseconds())/float64(flowsPerCPU*cpus), n)
 				res.add(f)
 				mm, err := measureMapMemory(r.d.Program())
