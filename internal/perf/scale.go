@@ -144,8 +144,8 @@ func ebpfPossibleCPUs() int {
 	return n
 }
 
-// fill inserts flowsPerCPU connection entries from each CPU (the table's
-// LRU lists are per CPU) by running ct_walk, and returns how long it took.
+// fill inserts flowsPerCPU connection entries from each CPU by running
+// ct_walk, and returns how long it took.
 func (r *scaleRig) fill(flowsPerCPU, cpus int) (time.Duration, error) {
 	if err := r.plan(flowsPerCPU); err != nil {
 		return 0, err
