@@ -73,7 +73,10 @@ type scaleRig struct {
 
 func newScaleRig(objs *perfObjects, opts ScaleOptions, vips int) (*scaleRig, time.Duration, error) {
 	start := time.Now()
-	d, err := datapath.Load(datapath.Options{})
+	// The connection table is sized at four times the flows, as
+	// docs/datapath.md advises: flows land in its 4-way buckets at random,
+	// and a table no bigger than the flows would evict a fifth of them.
+	d, err := datapath.Load(datapath.Options{ConntrackEntries: uint32(scaleTableFactor * opts.Flows)})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -210,10 +213,19 @@ func (r *scaleRig) countEntries() (int, error) {
 	return n, nil
 }
 
+// scaleTableFactor is the connection table's size over the flows.
+const scaleTableFactor = 4
+
+// walkMissShare bounds the share of a walk's packets that may miss: the
+// flows of a bucket that drew more than its 4 ways (at a load of one flow
+// per bucket, P[Poisson(1) >= 4] = 1.9 % of them) evict each other in turn.
+const walkMissShare = 0.03
+
 // nsPerPacket runs prog on frame repeat times and returns ns per packet,
-// after checking with the balancer's counters that every repeat was a
-// connection-table hit forwarded in dsr mode.
-func (r *scaleRig) nsPerPacket(prog *ebpf.Program, frame []byte, repeat int) (float64, error) {
+// after checking with the balancer's counters that every repeat was
+// forwarded in dsr mode and a connection-table hit, but for a share of at
+// most missShare.
+func (r *scaleRig) nsPerPacket(prog *ebpf.Program, frame []byte, repeat int, missShare float64) (float64, error) {
 	before, err := r.d.Counters()
 	if err != nil {
 		return 0, err
@@ -239,8 +251,9 @@ func (r *scaleRig) nsPerPacket(prog *ebpf.Program, frame []byte, repeat int) (fl
 	}
 	hits := after.Stat(datapath.StatCtHit) - before.Stat(datapath.StatCtHit)
 	tx := after.Stat(datapath.StatTxDSR) - before.Stat(datapath.StatTxDSR)
-	if verdicts < uint64(repeat) || hits != verdicts || tx != verdicts {
-		return 0, fmt.Errorf("%d repeats: %d verdicts, %d ct_hit, %d tx_dsr: not every repeat took the established path (moved: %v)", repeat, verdicts, hits, tx, statsMoved(before, after))
+	if verdicts < uint64(repeat) || float64(verdicts-min(hits, verdicts)) > missShare*float64(verdicts) || tx != verdicts {
+		return 0, fmt.Errorf("%d repeats: %d verdicts, %d ct_hit, %d tx_dsr: not every repeat took the established path, but for %.0f %% of them (moved: %v)",
+			repeat, verdicts, hits, tx, 100*missShare, statsMoved(before, after))
 	}
 	return float64(elapsed.Nanoseconds()) / float64(verdicts), nil
 }
@@ -252,13 +265,13 @@ func (r *scaleRig) established(v, repeat int) (float64, error) {
 	if _, err := r.d.Program().Run(&ebpf.RunOptions{Data: frame}); err != nil {
 		return 0, err
 	}
-	return r.nsPerPacket(r.d.Program(), frame, repeat)
+	return r.nsPerPacket(r.d.Program(), frame, repeat, 0)
 }
 
 // walk measures established flows taken in turn from this CPU's share of
 // the table, through ct_walk.
 func (r *scaleRig) walk(repeat int) (float64, error) {
-	return r.nsPerPacket(r.objs.CtWalk, walkFrame(scaleVIP(0)), repeat)
+	return r.nsPerPacket(r.objs.CtWalk, walkFrame(scaleVIP(0)), repeat, walkMissShare)
 }
 
 func statsMoved(before, after datapath.Counters) map[string]uint64 {
@@ -366,7 +379,7 @@ func measureScale(ctx context.Context, opts ScaleOptions, res *Results) error {
 				res.add(f)
 			}
 			kindFull := fmt.Sprintf("1 flow, %d entries", opts.Flows)
-			kindWalk := fmt.Sprintf("%d flows in turn (ct_walk), %d entries", flowsPerCPU, opts.Flows)
+			kindWalk := fmt.Sprintf("%d flows in turn (ct_walk), %d entries (table of %d, up to %.0f %% misses)", flowsPerCPU, opts.Flows, scaleTableFactor*opts.Flows, 100*walkMissShare)
 			for range opts.Runs {
 				for _, v := range targets {
 					ns, err := r.established(v, opts.Repeat)
