@@ -35,6 +35,8 @@ const enum fulcrum_config_flags _config_flags __attribute__((unused));
 const enum fulcrum_ct_state _ct_state __attribute__((unused));
 const enum fulcrum_ct_timeout _ct_timeout __attribute__((unused));
 const enum fulcrum_src_kind _src_kind __attribute__((unused));
+/* ct_value is the decoded form of a way; Go decodes into the same type. */
+const struct ct_value _ct_value __attribute__((unused));
 
 /* unparseable decides what happens to a fragment or bad packet: the policy
  * of its destination address when that address has a VIP, otherwise the
@@ -203,20 +205,68 @@ static __always_inline struct vip_meta *ct_vip(const struct ct_value *ct, __u32 
 	return vip;
 }
 
+/* ct_victim returns the way of bucket b a new entry takes: an empty way,
+ * else one whose entry is stale or expired (ct_vip refuses it), else the
+ * least recently seen, an eviction, counted. */
+static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, struct stat_table *st)
+{
+	const struct backend *be;
+	enum fulcrum_stat event;
+	struct ct_value v;
+	__u32 w, oldest = 0, age = 0;
+
+#pragma unroll
+	for (w = 0; w < CT_WAYS; w++)
+		if (!b->ident[w])
+			return w;
+	/* A loop, not unrolled: four copies of ct_vip's checks would add
+	 * some 600 instructions for a path only new flows in full buckets
+	 * take. */
+#pragma clang loop unroll(disable)
+	for (w = 0; w < CT_WAYS; w++) {
+		if (!ct_decode(b, w, &v) || !ct_vip(&v, now, &be, &event))
+			return w;
+		if (now - v.last_seen >= age) {
+			age = now - v.last_seen;
+			oldest = w;
+		}
+	}
+	st->count[STAT_CT_EVICTED]++;
+	return oldest;
+}
+
+/* ct_insert writes the flow's entry: in its own way if the bucket has one
+ * (a SYN on a known tuple, a stale or expired entry), else in a victim.
+ * ref is ct_find's: without it (no VIP of the flow's protocol tracks
+ * connections, as Go's config flags say, so no packet would read the
+ * entry) nothing is written. */
+static __always_inline void ct_insert(const struct flow *f, struct ct_ref *ref,
+				      const struct ct_value *v, __u32 now, struct stat_table *st)
+{
+	if (!ref->b)
+		return;
+	if (ref->way >= CT_WAYS)
+		ref->way = ct_victim(ref->b, now, st);
+	ct_write(f, ref, ref->way, v);
+}
+
 /* balance is the whole pipeline for a parsed packet of either family. The
- * connection table comes before the VIP: an established flow costs one
- * hash lookup and array lookups. The VIP lookup first would keep traffic to
- * the host out of the table, but cost every VIP packet a second hash
- * lookup; docs/datapath.md has the figures. */
+ * connection table comes before the VIP: an established flow costs the
+ * flow hash, one bucket (a cache line, no helper call) and array lookups.
+ * The VIP lookup first would keep traffic to the host out of the table, but
+ * cost every VIP packet a hash-map lookup; docs/datapath.md has the
+ * figures. */
 static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 				   const struct lb_config *cfg, struct flow *f, enum parse_result r)
 {
 	enum fulcrum_stat event = STAT_CT_MISS;
 	const struct backend *be;
 	struct vip_meta *vip;
-	union ct_key key = {};
-	__u32 id, hash = 0, now;
+	struct ct_ref ref = {};
+	struct ct_value ct;
+	__u32 id, hash = 0, h5 = 0, now;
 	int tuple_hash = 0; /* hash is the 5-tuple hash already */
+	int have_h5 = 0;
 
 	switch (r) {
 	case PARSE_OK:
@@ -229,27 +279,28 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		return unparseable(st, f, r);
 	}
 
-	ct_key_build(f, &key);
 	now = ct_now();
-	if (f->syn) {
-		event = STAT_CT_SYN; /* a SYN always takes the ring */
-	} else if (ct_wanted(cfg, f->proto)) {
-		struct ct_value *ct = ct_lookup(f, &key);
-
-		if (ct) {
-			vip = ct_vip(ct, now, &be, &event);
+	if (ct_wanted(cfg, f->proto)) {
+		h5 = flow_hash_of(f, 0);
+		have_h5 = 1;
+		/* A SYN always takes the ring; it still finds its way, to
+		 * reuse it rather than hold the tuple twice. */
+		if (ct_find(f, h5, &ref, &ct) && !f->syn) {
+			vip = ct_vip(&ct, now, &be, &event);
 			/* An entry made before the VIP's ranges changed
 			 * does not let a refused client through. */
 			if (vip && source_refused(vip, f))
 				return verdict(st, STAT_DROP_SOURCE_RANGE, XDP_DROP);
 			if (vip) {
-				id = ct->backend;
-				ct_touch(ct, f, now);
+				id = ct.backend;
+				ct_touch(&ref, &ct, f, now);
 				st->count[STAT_CT_HIT]++;
 				goto forward;
 			}
 		}
 	}
+	if (f->syn)
+		event = STAT_CT_SYN;
 
 	vip = vip_lookup(f);
 	if (!vip)
@@ -258,7 +309,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	if (source_refused(vip, f))
 		return verdict(st, STAT_DROP_SOURCE_RANGE, XDP_DROP);
 	tuple_hash = !(vip->flags & VIP_F_SOURCE_HASH);
-	hash = flow_hash_of(f, !tuple_hash);
+	if (!tuple_hash || !have_h5) {
+		h5 = flow_hash_of(f, 0);
+		have_h5 = 1;
+	}
+	hash = tuple_hash ? h5 : flow_hash_of(f, 1);
 	id = pick(vip, hash);
 	if (id == UNASSIGNED)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
@@ -271,15 +326,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	} else if (over_flow_limit(cfg)) {
 		event = STAT_CT_GUARD;
 	} else {
-		struct ct_value ct = {
-			.backend = id,
-			.backend_gen = be->gen,
-			.state = ct_state_new(f),
-			.last_seen = now,
-		};
-
-		if (ct_insert(f, &key, &ct))
-			st->count[STAT_CT_INSERT_FAILED]++;
+		ct.backend = id;
+		ct.backend_gen = be->gen;
+		ct.state = ct_state_new(f);
+		ct.last_seen = now;
+		ct_insert(f, &ref, &ct, now, st);
 	}
 	st->count[event]++;
 
@@ -287,8 +338,8 @@ forward:
 	/* ipip's outer header spreads by the 5-tuple, whatever the ring
 	 * hashed on (a new flow's ring hash is reused when it is that);
 	 * dsr does not use the hash. */
-	if (vip->mode == MODE_IPIP && !tuple_hash)
-		hash = flow_hash_of(f, 0);
+	if (vip->mode == MODE_IPIP)
+		hash = have_h5 ? h5 : flow_hash_of(f, 0);
 	return forward(ctx, st, cfg, vip, id, be, f, hash);
 }
 

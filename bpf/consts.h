@@ -14,6 +14,8 @@
 /* A backend id is one (VIP, backend) pair: 4096 VIPs x 64 backends. */
 #define MAX_BACKENDS 262144
 #define CT_ENTRIES (1 << 20)
+/* Entries per connection-table bucket (one cache line, types.h ct_bucket). */
+#define CT_WAYS 4
 /* The inner ring template; real rings are created by Go with the VIP's own
  * prime size, which BPF_F_INNER_MAP allows. */
 #define RING_TEMPLATE_SIZE 251
@@ -148,6 +150,9 @@ enum fulcrum_stat {
 	                             * the end: a migration keeps the others by
 	                             * index) */
 	STAT_DROP_SOURCE_RANGE,     /* client outside the VIP's source ranges */
+	STAT_CT_EVICTED,            /* a new entry took the way of a live one:
+	                             * its bucket had no free, stale or expired
+	                             * way, so the oldest was evicted */
 	STAT_MAX,
 };
 

@@ -99,25 +99,42 @@ struct {
 	__uint(max_entries, MAX_BACKENDS);
 } backends SEC(".maps");
 
-/* The connection tables are LRU hashes with a free list per CPU
- * (BPF_F_NO_COMMON_LRU): inserts on one CPU never take another CPU's LRU
- * lock, yet one table serves all CPUs, so a flow that RSS moves keeps its
- * backend and `fulcrum explain` finds it with one lookup. */
+/* The connection tables, one per family: arrays of 64-byte buckets
+ * (types.h ct_bucket) addressed by the flow hash, so a lookup is one cache
+ * line and no helper call (the verifier inlines array lookups). One table
+ * serves all CPUs, so a flow that RSS moves keeps its backend and `fulcrum
+ * explain` finds it. Go sizes them (entries / CT_WAYS buckets) and sets
+ * ct_buckets to match. docs/datapath.md has the design search. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct ct_key_v4);
-	__type(value, struct ct_value);
-	__uint(max_entries, CT_ENTRIES);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ct_bucket);
+	__uint(max_entries, CT_ENTRIES / CT_WAYS);
 } ct_v4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct ct_key_v6);
-	__type(value, struct ct_value);
-	__uint(max_entries, CT_ENTRIES);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ct_bucket);
+	__uint(max_entries, CT_ENTRIES / CT_WAYS);
 } ct_v6 SEC(".maps");
+
+/* ct_keys_*[bucket * CT_WAYS + way] is the tuple of that way's entry,
+ * written with the entry and never read by the fast path: it lets Go list
+ * and migrate connections (a bucket holds only hashes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ct_key_v4);
+	__uint(max_entries, CT_ENTRIES);
+} ct_keys_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ct_key_v6);
+	__uint(max_entries, CT_ENTRIES);
+} ct_keys_v6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -105,6 +105,21 @@ struct ct_value {
 	__u32 last_seen;
 };
 
+/* ct_bucket is one 64-byte cache line of the connection table: CT_WAYS
+ * entries ("ways") of flows whose 5-tuple hash picks this bucket. A way is
+ * two 8-byte words, each written with one store:
+ *   ident: tag bits 0-29 | backend id << 30 (18 bits) | backend gen << 48
+ *   meta:  last_seen (jiffies, 32 bits) | state << 32 (2 bits)
+ *          | tag bits 30-59 << 34
+ * The 60-bit tag is a second hash of the whole tuple (conntrack.h ct_tag).
+ * Half of it in each word makes a torn read (another CPU rewriting the way
+ * between our two loads) a miss: the halves of two flows do not match but
+ * by a 2^-30 chance. ident 0 is an empty way (a backend gen is never 0). */
+struct ct_bucket {
+	__u64 ident[CT_WAYS];
+	__u64 meta[CT_WAYS];
+};
+
 /* ct_clock is the context of fulcrum_clock: the clock connection entries
  * are stamped with, for Go (Predict, tests). */
 struct ct_clock {

@@ -158,8 +158,9 @@ type Metrics struct {
 
 // Conntrack sizes the connection table.
 type Conntrack struct {
-	// Entries is the capacity of the connection table (an LRU: when it is
-	// full the least recently seen flows are forgotten). Default 1048576.
+	// Entries is the capacity of each family's connection table, in
+	// buckets of 4 (rounded up): when a flow's bucket is full, its least
+	// recently seen entry is forgotten (docs/datapath.md). Default 1048576.
 	Entries uint32 `yaml:"entries"`
 	// NewFlowLimit bounds the connection entries each CPU creates per
 	// second; over it new flows are balanced by the ring without an entry,

@@ -258,7 +258,7 @@ func TestUpgradeLayoutChange(t *testing.T) {
 
 	// A map of another size.
 	h.writeConfig(strings.Replace(h.config(4, 1, 1), "entries: 65536", "entries: 131072", 1))
-	h.restartMigrating(tr, "ct_v4: MaxEntries: 65536 changed to 131072", datapath.LayoutVersion)
+	h.restartMigrating(tr, "ct_v4: MaxEntries: 16384 changed to 32768", datapath.LayoutVersion)
 
 	// A newer layout version.
 	newer := uint32(datapath.LayoutVersion + 1)

@@ -31,6 +31,12 @@ type balancerCounter struct {
 	Bytes   uint64
 }
 
+type balancerCtBucket struct {
+	_     structs.HostLayout
+	Ident [4]uint64
+	Meta  [4]uint64
+}
+
 type balancerCtClock struct {
 	_       structs.HostLayout
 	Jiffies uint64
@@ -148,7 +154,8 @@ const (
 	balancerFulcrumStatSTAT_CT_GUARD          balancerFulcrumStat = 21
 	balancerFulcrumStatSTAT_CT_EXPIRED        balancerFulcrumStat = 22
 	balancerFulcrumStatSTAT_DROP_SOURCE_RANGE balancerFulcrumStat = 23
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 24
+	balancerFulcrumStatSTAT_CT_EVICTED        balancerFulcrumStat = 24
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 25
 )
 
 type balancerFulcrumVipFlags uint32
@@ -208,7 +215,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [24]uint64
+	Count [25]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -245,6 +252,8 @@ const (
 	balancerMapBackendStats     = "backend_stats"
 	balancerMapBackends         = "backends"
 	balancerMapConfig           = "config"
+	balancerMapCtKeysV4         = "ct_keys_v4"
+	balancerMapCtKeysV6         = "ct_keys_v6"
 	balancerMapCtV4             = "ct_v4"
 	balancerMapCtV6             = "ct_v6"
 	balancerMapFlowGuard        = "flow_guard"
@@ -264,10 +273,12 @@ const (
 	balancerVarConfigFlags      = "_config_flags"
 	balancerVarCtState          = "_ct_state"
 	balancerVarCtTimeout        = "_ct_timeout"
+	balancerVarCtValue          = "_ct_value"
 	balancerVarMode             = "_mode"
 	balancerVarSrcKind          = "_src_kind"
 	balancerVarStat             = "_stat"
 	balancerVarVipFlags         = "_vip_flags"
+	balancerVarCtBuckets        = "ct_buckets"
 )
 
 // loadBalancer returns the embedded CollectionSpec for balancer.
@@ -323,6 +334,8 @@ type balancerMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
+	CtKeysV4     *ebpf.MapSpec `ebpf:"ct_keys_v4"`
+	CtKeysV6     *ebpf.MapSpec `ebpf:"ct_keys_v6"`
 	CtV4         *ebpf.MapSpec `ebpf:"ct_v4"`
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
@@ -346,10 +359,12 @@ type balancerVariableSpecs struct {
 	ConfigFlags  *ebpf.VariableSpec `ebpf:"_config_flags"`
 	CtState      *ebpf.VariableSpec `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.VariableSpec `ebpf:"_ct_timeout"`
+	CtValue      *ebpf.VariableSpec `ebpf:"_ct_value"`
 	Mode         *ebpf.VariableSpec `ebpf:"_mode"`
 	SrcKind      *ebpf.VariableSpec `ebpf:"_src_kind"`
 	Stat         *ebpf.VariableSpec `ebpf:"_stat"`
 	VipFlags     *ebpf.VariableSpec `ebpf:"_vip_flags"`
+	CtBuckets    *ebpf.VariableSpec `ebpf:"ct_buckets"`
 }
 
 // balancerObjects contains all objects after they have been loaded into the kernel.
@@ -375,6 +390,8 @@ type balancerMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
+	CtKeysV4     *ebpf.Map `ebpf:"ct_keys_v4"`
+	CtKeysV6     *ebpf.Map `ebpf:"ct_keys_v6"`
 	CtV4         *ebpf.Map `ebpf:"ct_v4"`
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
@@ -395,6 +412,8 @@ func (m *balancerMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Config,
+		m.CtKeysV4,
+		m.CtKeysV6,
 		m.CtV4,
 		m.CtV6,
 		m.FlowGuard,
@@ -419,10 +438,12 @@ type balancerVariables struct {
 	ConfigFlags  *ebpf.Variable `ebpf:"_config_flags"`
 	CtState      *ebpf.Variable `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.Variable `ebpf:"_ct_timeout"`
+	CtValue      *ebpf.Variable `ebpf:"_ct_value"`
 	Mode         *ebpf.Variable `ebpf:"_mode"`
 	SrcKind      *ebpf.Variable `ebpf:"_src_kind"`
 	Stat         *ebpf.Variable `ebpf:"_stat"`
 	VipFlags     *ebpf.Variable `ebpf:"_vip_flags"`
+	CtBuckets    *ebpf.Variable `ebpf:"ct_buckets"`
 }
 
 // balancerPrograms contains all programs after they have been loaded into the kernel.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/netip"
 	"runtime"
 	"slices"
 	"testing"
@@ -263,10 +262,8 @@ func progRun(prog *ebpf.Program, frame []byte, ctx *xdpMD, repeat int) (uint32, 
 }
 
 // newFullDatapath loads a datapath with the default connection-table size,
-// the fixture VIPs, and an IPv4 table filled with live entries of vipWeb4:
-// each CPU fills its own share of the LRU (BPF_F_NO_COMMON_LRU splits the
-// table between the possible CPUs), so the table is full, not just the
-// share of the CPU the test runs on.
+// the fixture VIPs, and an IPv4 table whose every way holds a live entry of
+// vipWeb4 (fillTable).
 func newFullDatapath(b *testing.B) *Datapath {
 	b.Helper()
 	d, err := Load(Options{})
@@ -277,93 +274,10 @@ func newFullDatapath(b *testing.B) *Datapath {
 	if err := d.AddVIP(vipWeb4, VIPConfig{Mode: ModeDSR}, backends4); err != nil {
 		b.Fatal(err)
 	}
-	e := d.vips[vipWeb4]
-	var be *backendEntry
-	for _, x := range e.byID {
-		be = x
-		break
-	}
-	cpus, err := ebpf.PossibleCPU()
-	if err != nil {
+	if _, err := fillTable(d, vipWeb4, 8080); err != nil {
 		b.Fatal(err)
-	}
-	total := int(d.objs.CtV4.MaxEntries())
-	share := total / cpus
-	const chunk = 1 << 16
-	keys := make([]balancerCtKeyV4, chunk)
-	vals := make([]balancerCtValue, chunk)
-	clk, err := d.clock()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := range vals {
-		// Stamped now, the entries are live for the benchmark's run.
-		vals[i] = balancerCtValue{Backend: be.id, BackendGen: be.gen, LastSeen: clk.jiffies}
-	}
-	next := 0
-	for cpu := range cpus {
-		err := onCPU(cpu, func() error {
-			for left := share; left > 0; {
-				n := min(left, chunk)
-				for i := range n {
-					// Destination port 8080: the benchmark's own flows
-					// (port 80) never collide with them.
-					src := [4]byte{10, byte(next >> 16), byte(next >> 8), byte(next)}
-					keys[i] = balancerCtKeyV4{Src: be32(netip.AddrFrom4(src)), Dst: be32(vipWeb4.Addr),
-						Sport: be16(uint16(1024 + next%50000)), Dport: be16(8080), Proto: uint8(TCP)}
-					next++
-				}
-				if _, err := d.objs.CtV4.BatchUpdate(keys[:n], vals[:n], nil); err != nil {
-					return err
-				}
-				left -= n
-			}
-			return nil
-		})
-		if err != nil {
-			b.Fatalf("fill ct_v4 on cpu %d: %v", cpu, err)
-		}
-	}
-	if n := countEntries(b, d.objs.CtV4); n < total*99/100 {
-		b.Fatalf("ct_v4 holds %d entries after the fill, want about %d", n, total)
 	}
 	return d
-}
-
-// onCPU runs f on a thread bound to cpu.
-func onCPU(cpu int, f func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var set, old unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		return err
-	}
-	set.Set(cpu)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return err
-	}
-	defer unix.SchedSetaffinity(0, &old)
-	return f()
-}
-
-// countEntries counts a connection table's entries in batches.
-func countEntries(b *testing.B, m *ebpf.Map) int {
-	b.Helper()
-	const chunk = 1 << 16
-	keys := make([]balancerCtKeyV4, chunk)
-	vals := make([]balancerCtValue, chunk)
-	var cursor ebpf.MapBatchCursor
-	total := 0
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		total += n
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return total
-		}
-		if err != nil {
-			b.Fatalf("count entries: %v", err)
-		}
-	}
 }
 
 func median(xs []float64) float64 {

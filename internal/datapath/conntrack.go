@@ -1,11 +1,17 @@
 package datapath
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"iter"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 )
 
 // ConnState is a connection entry's TCP state as the client's segments show
@@ -168,4 +174,359 @@ func (c kernelClock) idle(lastSeen uint32) time.Duration {
 // ct_expired, the same comparison in the same unit).
 func (c kernelClock) expired(v *balancerCtValue, timeout time.Duration) bool {
 	return c.jiffies-v.LastSeen > uint32(timeout/time.Second)*c.hz
+}
+
+// The connection table is an array of buckets per family (bpf/types.h
+// ct_bucket): the flow's 5-tuple hash picks a bucket, and a 60-bit tag,
+// split between a way's two words, finds the flow's way among ctWays. The
+// constants below are those of bpf/conntrack.h; TestConntrackGoFindsInserts
+// holds Go's placement to the program's.
+const (
+	ctWays          = 4          // CT_WAYS; held to the bucket type below
+	ctTagSeed       = 0x5bd1e995 // CT_TAG_SEED
+	ctTagLoMask     = 1<<30 - 1
+	ctBackendShift  = 30
+	ctBackendMask   = 1<<18 - 1
+	ctGenShift      = 48
+	ctStateShift    = 32
+	ctTagHiShift    = 34
+	ctTagHiMask     = uint64(1<<30-1) << ctTagHiShift
+	ctLastSeenMask  = 1<<32 - 1
+	ctFlowHashTagMk = 0x0fffffff // the 5-tuple hash's bits in the tag
+)
+
+// This does not compile unless a bucket has ctWays ways.
+var _ [ctWays]uint64 = balancerCtBucket{}.Ident
+
+// sizeConntrack sizes the connection tables of spec for entries per family
+// (rounded up to whole buckets) and tells the program the bucket count.
+func sizeConntrack(spec *ebpf.CollectionSpec, entries uint32) error {
+	buckets := (entries + ctWays - 1) / ctWays
+	spec.Maps[balancerMapCtV4].MaxEntries = buckets
+	spec.Maps[balancerMapCtV6].MaxEntries = buckets
+	spec.Maps[balancerMapCtKeysV4].MaxEntries = buckets * ctWays
+	spec.Maps[balancerMapCtKeysV6].MaxEntries = buckets * ctWays
+	if err := spec.Variables[balancerVarCtBuckets].Set(buckets); err != nil {
+		return fmt.Errorf("size the connection table: %w", err)
+	}
+	return nil
+}
+
+// ctPlace is where a flow's entry lives: its bucket and its tag halves as
+// the way's words hold them (bpf/conntrack.h ct_find).
+type ctPlace struct {
+	bucket uint32
+	lo, hi uint64
+}
+
+// ctTagHash is bpf/conntrack.h ct_tag_hash: a hash of every word of the
+// tuple.
+func ctTagHash(f Flow) uint32 {
+	seed := uint32(ctTagSeed) + uint32(f.Proto)
+	ports := flowhash.Ports(f.Sport, f.Dport)
+	if f.Dst.Is4() {
+		return flowhash.Hash3(be32(f.Src), be32(f.Dst), ports, seed)
+	}
+	s, d := be128(f.Src), be128(f.Dst)
+	seed = flowhash.Hash3(s[0], s[1], s[2], seed)
+	seed = flowhash.Hash3(s[3], d[0], d[1], seed)
+	return flowhash.Hash3(d[2], d[3], ports, seed)
+}
+
+// placeOf returns the flow's place in a table of buckets buckets.
+func placeOf(f Flow, buckets uint32) ctPlace {
+	h5 := flowhash.Flow(f.Src, f.Dst, f.Sport, f.Dport, uint8(f.Proto))
+	h2 := ctTagHash(f)
+	return ctPlace{
+		bucket: flowhash.Slot(h5, buckets),
+		lo:     uint64(h2) & ctTagLoMask,
+		hi:     uint64(h2>>30|(h5&ctFlowHashTagMk)<<2) << ctTagHiShift,
+	}
+}
+
+// holds reports whether way w of b is the flow's.
+func (p ctPlace) holds(b *balancerCtBucket, w int) bool {
+	return b.Ident[w] != 0 && b.Ident[w]&ctTagLoMask == p.lo && b.Meta[w]&ctTagHiMask == p.hi
+}
+
+// encode returns the words of way holding v for the flow.
+func (p ctPlace) encode(v balancerCtValue) (ident, meta uint64) {
+	ident = p.lo | uint64(v.Backend&ctBackendMask)<<ctBackendShift | uint64(v.BackendGen)<<ctGenShift
+	meta = uint64(v.LastSeen) | uint64(v.State&3)<<ctStateShift | p.hi
+	return ident, meta
+}
+
+// decodeWay returns the entry of way w of b (bpf/conntrack.h ct_decode).
+func decodeWay(b *balancerCtBucket, w int) balancerCtValue {
+	return balancerCtValue{
+		Backend:    uint32(b.Ident[w]>>ctBackendShift) & ctBackendMask,
+		BackendGen: uint16(b.Ident[w] >> ctGenShift),
+		State:      uint8(b.Meta[w]>>ctStateShift) & 3,
+		LastSeen:   uint32(b.Meta[w] & ctLastSeenMask),
+	}
+}
+
+// ctTables returns the family's bucket table and tuple record of maps.
+func ctTables(v4 bool, o *balancerObjects) (buckets, keys *ebpf.Map) {
+	if v4 {
+		return o.CtV4, o.CtKeysV4
+	}
+	return o.CtV6, o.CtKeysV6
+}
+
+// lookupConntrack returns the flow's connection entry, or nil: the way of
+// its bucket with its tag, as the fast path finds it.
+func (d *Datapath) lookupConntrack(f Flow) (*balancerCtValue, error) {
+	m, _ := ctTables(f.Dst.Is4(), &d.objs)
+	p := placeOf(f, m.MaxEntries())
+	var b balancerCtBucket
+	if err := m.Lookup(p.bucket, &b); err != nil {
+		return nil, fmt.Errorf("read connection table: %w", err)
+	}
+	for w := range ctWays {
+		if p.holds(&b, w) {
+			v := decodeWay(&b, w)
+			return &v, nil
+		}
+	}
+	return nil, nil
+}
+
+// wayFor returns the way of b the flow's entry goes to, as the program
+// chooses it in an idle table: the flow's own way, else an empty one, else
+// the least recently seen (full is then true: an eviction).
+func wayFor(b *balancerCtBucket, p ctPlace) (way int, full bool) {
+	way, oldest := -1, 0
+	for w := range ctWays {
+		if p.holds(b, w) {
+			return w, false
+		}
+		if way < 0 && b.Ident[w] == 0 {
+			way = w
+		}
+		if int32(uint32(b.Meta[w])-uint32(b.Meta[oldest])) < 0 {
+			oldest = w
+		}
+	}
+	if way < 0 {
+		return oldest, true
+	}
+	return way, false
+}
+
+// putConntrack writes the flow's entry where wayFor says. It reads and
+// writes the whole bucket, so a packet that changes the same bucket
+// meanwhile may be lost: for migration and tests, not beside live traffic
+// at rate. It reports whether it evicted another entry.
+func putConntrack(buckets, keys *ebpf.Map, f Flow, v balancerCtValue) (evicted bool, err error) {
+	p := placeOf(f, buckets.MaxEntries())
+	var b balancerCtBucket
+	if err := buckets.Lookup(p.bucket, &b); err != nil {
+		return false, fmt.Errorf("read connection table bucket %d: %w", p.bucket, err)
+	}
+	way, evicted := wayFor(&b, p)
+	b.Ident[way], b.Meta[way] = p.encode(v)
+	if err := buckets.Update(p.bucket, &b, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("write connection table bucket %d: %w", p.bucket, err)
+	}
+	slot := p.bucket*ctWays + uint32(way)
+	if f.Dst.Is4() {
+		err = keys.Update(slot, keyV4(f), ebpf.UpdateAny)
+	} else {
+		err = keys.Update(slot, keyV6(f), ebpf.UpdateAny)
+	}
+	if err != nil {
+		return false, fmt.Errorf("record the tuple of connection entry %d: %w", slot, err)
+	}
+	return evicted, nil
+}
+
+func keyV4(f Flow) balancerCtKeyV4 {
+	return balancerCtKeyV4{Src: be32(f.Src), Dst: be32(f.Dst), Sport: be16(f.Sport), Dport: be16(f.Dport), Proto: uint8(f.Proto)}
+}
+
+func keyV6(f Flow) balancerCtKeyV6 {
+	return balancerCtKeyV6{Src: be128(f.Src), Dst: be128(f.Dst), Sport: be16(f.Sport), Dport: be16(f.Dport), Proto: uint8(f.Proto)}
+}
+
+// TableEntry is one entry of the connection table as it is stored: the
+// flow, and where it goes. Whether the fast path still uses it (backend
+// live with gen, VIP tracking connections, not idle past its timeout) is
+// for the reader to judge: Predict's rules, kernelClock.expired.
+type TableEntry struct {
+	Flow       Flow
+	Backend    uint32
+	BackendGen uint16
+	State      ConnState
+	LastSeen   uint32 // jiffies, truncated to 32 bits (kernelClock)
+}
+
+// TableEntries walks the entries of both connection tables (IPv4, then
+// IPv6): every occupied way whose recorded tuple hashes to it. A way the
+// program rewrites during the walk may be skipped (its tuple record and its
+// words disagree for a moment); nothing the walk yields names a flow its
+// way does not hold.
+func (d *Datapath) TableEntries() iter.Seq2[TableEntry, error] {
+	return func(yield func(TableEntry, error) bool) {
+		for _, v4 := range []bool{true, false} {
+			buckets, keys := ctTables(v4, &d.objs)
+			if !walkTable(buckets, keys, v4, yield) {
+				return
+			}
+		}
+	}
+}
+
+// walkTable yields the entries of one table, read in batches of buckets
+// with their tuple records; it returns false once yield has asked to stop
+// or an error was yielded.
+func walkTable(buckets, keys *ebpf.Map, v4 bool, yield func(TableEntry, error) bool) bool {
+	const chunk = 1024
+	n := buckets.MaxEntries()
+	bs := make([]balancerCtBucket, chunk)
+	bk := make([]uint32, chunk)
+	kk := make([]uint32, chunk*ctWays)
+	k4 := make([]balancerCtKeyV4, chunk*ctWays)
+	k6 := make([]balancerCtKeyV6, chunk*ctWays)
+	var bc, kc ebpf.MapBatchCursor
+	for start := uint32(0); start < n; start += chunk {
+		c := min(chunk, n-start)
+		if err := readBatch(buckets, &bc, bk[:c], bs[:c]); err != nil {
+			return yield(TableEntry{}, err) && false
+		}
+		var err error
+		if v4 {
+			err = readBatch(keys, &kc, kk[:c*ctWays], k4[:c*ctWays])
+		} else {
+			err = readBatch(keys, &kc, kk[:c*ctWays], k6[:c*ctWays])
+		}
+		if err != nil {
+			return yield(TableEntry{}, err) && false
+		}
+		for i := range c {
+			b := &bs[i]
+			for w := range ctWays {
+				if b.Ident[w] == 0 {
+					continue
+				}
+				var f Flow
+				if v4 {
+					f = flowOfV4(k4[i*ctWays+uint32(w)])
+				} else {
+					f = flowOfV6(k6[i*ctWays+uint32(w)])
+				}
+				if p := placeOf(f, n); p.bucket != bk[i] || !p.holds(b, w) {
+					continue
+				}
+				v := decodeWay(b, w)
+				if !yield(TableEntry{Flow: f, Backend: v.Backend, BackendGen: v.BackendGen, State: ConnState(v.State), LastSeen: v.LastSeen}, nil) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// readBatch reads the next len(keys) elements of an array map: a batch
+// read of an array goes in index order and fills the slices whole, but at
+// the end.
+func readBatch[V any](m *ebpf.Map, cursor *ebpf.MapBatchCursor, keys []uint32, vals []V) error {
+	n, err := m.BatchLookup(cursor, keys, vals, nil)
+	if errors.Is(err, ebpf.ErrKeyNotExist) && n == len(keys) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", m, err)
+	}
+	if n != len(keys) {
+		return fmt.Errorf("read %s: %d elements in a batch of %d", m, n, len(keys))
+	}
+	return nil
+}
+
+// flowOfV4 and flowOfV6 decode a tuple record.
+func flowOfV4(k balancerCtKeyV4) Flow {
+	var s, d [4]byte
+	binary.LittleEndian.PutUint32(s[:], k.Src)
+	binary.LittleEndian.PutUint32(d[:], k.Dst)
+	return Flow{Src: netip.AddrFrom4(s), Dst: netip.AddrFrom4(d), Sport: be16(k.Sport), Dport: be16(k.Dport), Proto: Proto(k.Proto)}
+}
+
+func flowOfV6(k balancerCtKeyV6) Flow {
+	var s, d [16]byte
+	for i := range 4 {
+		binary.LittleEndian.PutUint32(s[4*i:], k.Src[i])
+		binary.LittleEndian.PutUint32(d[4*i:], k.Dst[i])
+	}
+	return Flow{Src: netip.AddrFrom16(s), Dst: netip.AddrFrom16(d), Sport: be16(k.Sport), Dport: be16(k.Dport), Proto: Proto(k.Proto)}
+}
+
+// tableImage is a whole connection table built in memory, written at once:
+// what a migration copies into new pins, and what tests fill.
+type tableImage struct {
+	v4      bool
+	buckets []balancerCtBucket
+	k4      []balancerCtKeyV4
+	k6      []balancerCtKeyV6
+}
+
+func newTableImage(buckets uint32, v4 bool) *tableImage {
+	t := &tableImage{v4: v4, buckets: make([]balancerCtBucket, buckets)}
+	if v4 {
+		t.k4 = make([]balancerCtKeyV4, buckets*ctWays)
+	} else {
+		t.k6 = make([]balancerCtKeyV6, buckets*ctWays)
+	}
+	return t
+}
+
+// add places the flow's entry: in its way, else an empty one; in a full
+// bucket it takes the least recently seen way if evict, else it leaves the
+// bucket alone and reports placed false.
+func (t *tableImage) add(f Flow, v balancerCtValue, evict bool) (placed, evicted bool) {
+	p := placeOf(f, uint32(len(t.buckets)))
+	b := &t.buckets[p.bucket]
+	way, full := wayFor(b, p)
+	if full && !evict {
+		return false, false
+	}
+	b.Ident[way], b.Meta[way] = p.encode(v)
+	slot := p.bucket*ctWays + uint32(way)
+	if t.v4 {
+		t.k4[slot] = keyV4(f)
+	} else {
+		t.k6[slot] = keyV6(f)
+	}
+	return true, full
+}
+
+// write stores the image into a table and its tuple record, in batches.
+func (t *tableImage) write(buckets, keys *ebpf.Map) error {
+	if uint32(len(t.buckets)) != buckets.MaxEntries() {
+		return fmt.Errorf("write %s: %d buckets in memory for %d in the map", buckets, len(t.buckets), buckets.MaxEntries())
+	}
+	if err := writeArray(buckets, t.buckets); err != nil {
+		return err
+	}
+	if t.v4 {
+		return writeArray(keys, t.k4)
+	}
+	return writeArray(keys, t.k6)
+}
+
+// writeArray writes vals to an array map from index 0, in batches.
+func writeArray[V any](m *ebpf.Map, vals []V) error {
+	const chunk = 1 << 14
+	idx := make([]uint32, min(chunk, len(vals)))
+	for start := 0; start < len(vals); start += chunk {
+		n := min(chunk, len(vals)-start)
+		for i := range n {
+			idx[i] = uint32(start + i)
+		}
+		if _, err := m.BatchUpdate(idx[:n], vals[start:start+n], nil); err != nil {
+			return fmt.Errorf("write %s: %w", m, err)
+		}
+	}
+	return nil
 }

@@ -2,15 +2,13 @@ package datapath
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 )
 
@@ -79,26 +77,18 @@ func (c ctCase) packet(sport uint16, flags string) testpacket.Packet {
 	return p
 }
 
-// ctKey returns the flow's key in its family's table.
-func ctKey(d *Datapath, f Flow) (*ebpf.Map, any) {
-	if f.Dst.Is4() {
-		return d.objs.CtV4, balancerCtKeyV4{Src: be32(f.Src), Dst: be32(f.Dst), Sport: be16(f.Sport), Dport: be16(f.Dport), Proto: uint8(f.Proto)}
-	}
-	return d.objs.CtV6, balancerCtKeyV6{Src: be128(f.Src), Dst: be128(f.Dst), Sport: be16(f.Sport), Dport: be16(f.Dport), Proto: uint8(f.Proto)}
-}
-
-// entry returns the flow's connection entry; ok is false if there is none.
+// entry returns the flow's connection entry as the fast path finds it; ok
+// is false if there is none.
 func entry(t *testing.T, d *Datapath, f Flow) (v balancerCtValue, ok bool) {
 	t.Helper()
-	m, k := ctKey(d, f)
-	err := m.Lookup(k, &v)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return v, false
-	}
+	ct, err := d.lookupConntrack(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v, true
+	if ct == nil {
+		return v, false
+	}
+	return *ct, true
 }
 
 // setEntry is the tests' clock and state hook: it writes the flow's entry
@@ -117,8 +107,8 @@ func setEntry(t *testing.T, d *Datapath, vip VIP, f Flow, b netip.Addr, s ConnSt
 	}
 	back := uint32(idle * time.Duration(clk.hz) / time.Second)
 	v := balancerCtValue{Backend: be.id, BackendGen: be.gen, State: uint8(s), LastSeen: clk.jiffies - back}
-	m, k := ctKey(d, f)
-	if err := m.Put(k, v); err != nil {
+	buckets, keys := ctTables(f.Dst.Is4(), &d.objs)
+	if _, err := putConntrack(buckets, keys, f, v); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -478,4 +468,164 @@ func TestVIPTimeouts(t *testing.T) {
 		t.Errorf("the same configuration after a restart: prepare = %v, %v; want nothing to write", p, err)
 	}
 	check(t, d)
+}
+
+// fillTable fills every way of vip's family's connection table with a live
+// entry (stamped now) of a flow from 10.0.0.0/8 or 2001:db8:ff::/48 to vip
+// on port dport, each to a backend of vip chosen by the flow's index. It
+// returns the flows it wrote with their backend ids.
+func fillTable(d *Datapath, vip VIP, dport uint16) (map[Flow]uint32, error) {
+	e := d.vips[vip]
+	var bes []*backendEntry
+	for _, x := range e.byID {
+		bes = append(bes, x)
+	}
+	clk, err := d.clock()
+	if err != nil {
+		return nil, err
+	}
+	v4 := vip.Addr.Is4()
+	buckets, keys := ctTables(v4, &d.objs)
+	img := newTableImage(buckets.MaxEntries(), v4)
+	want := make(map[Flow]uint32)
+	ways := int(buckets.MaxEntries()) * ctWays
+	// Flows land in buckets at random: offer several times the capacity
+	// and keep those that find a free way.
+	for i := 0; len(want) < ways && i < 8*ways; i++ {
+		var src netip.Addr
+		if v4 {
+			src = netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		} else {
+			src = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 12: byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
+		}
+		f := Flow{Src: src, Dst: vip.Addr, Sport: uint16(1024 + i%50000), Dport: dport, Proto: vip.Proto}
+		be := bes[i%len(bes)]
+		if placed, _ := img.add(f, balancerCtValue{Backend: be.id, BackendGen: be.gen, LastSeen: clk.jiffies}, false); placed {
+			want[f] = be.id
+		}
+	}
+	if len(want) != ways {
+		return nil, fmt.Errorf("filled %d ways of %d", len(want), ways)
+	}
+	return want, img.write(buckets, keys)
+}
+
+// TestFullTableKeepsForwarding: with every way of a default-sized (1 M)
+// table holding a live entry, new flows are still forwarded, each
+// evicting one entry (counted as ct_evicted), and every entry the table
+// kept, old or new, still names the backend it was made with. The IPv6
+// table is checked the same way at a smaller size.
+func TestFullTableKeepsForwarding(t *testing.T) {
+	require.BPF(t)
+	for _, c := range []struct {
+		name    string
+		entries uint32
+		vip     VIP
+		client  string
+		set     []Backend
+	}{
+		{"v4 1M", 0, vipWeb4, client4, backends4},
+		{"v6", 8192, vipWeb6, client6, backends6},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, err := Load(Options{ConntrackEntries: c.entries})
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			defer d.Close()
+			if err := d.AddVIP(c.vip, VIPConfig{Mode: ModeDSR}, c.set); err != nil {
+				t.Fatal(err)
+			}
+			want, err := fillTable(d, c.vip, 8080)
+			if err != nil {
+				t.Fatal(err)
+			}
+			capacity := len(want)
+			if c.entries == 0 && capacity != DefaultConntrackEntries {
+				t.Fatalf("the full table holds %d entries, want %d", capacity, DefaultConntrackEntries)
+			}
+			before, err := d.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			const fresh = 500
+			ids := make(map[netip.Addr]uint32)
+			for _, b := range d.vips[c.vip].byID {
+				ids[b.Addr] = b.id
+			}
+			for i := range fresh {
+				// A mid-connection ACK: a miss that makes an entry.
+				p := pkt(c.client, c.vip.Addr.String(), TCP, uint16(20000+i), c.vip.Port)
+				p.ACK = true
+				to := sendTo(t, d, p)
+				want[Flow{Src: addr(c.client), Dst: c.vip.Addr, Sport: uint16(20000 + i), Dport: c.vip.Port, Proto: TCP}] = ids[to]
+			}
+			after, err := d.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			delta := statsDelta(before, after)
+			if delta[StatCtMiss] != fresh || delta[StatCtEvicted] != fresh || delta[StatTxDSR] != fresh {
+				t.Fatalf("%d new flows into a full table: counters moved %s, want %d ct_miss, ct_evicted and tx_dsr",
+					fresh, formatStats(delta), fresh)
+			}
+			seen := 0
+			for e, err := range d.TableEntries() {
+				if err != nil {
+					t.Fatal(err)
+				}
+				id, ok := want[e.Flow]
+				if !ok {
+					t.Fatalf("the table holds an entry for %v, a flow never sent nor written", e.Flow)
+				}
+				if e.Backend != id {
+					t.Fatalf("%v: entry names backend %d, made with %d", e.Flow, e.Backend, id)
+				}
+				seen++
+			}
+			if seen != capacity {
+				t.Fatalf("the table holds %d entries after the new flows, want it still full (%d)", seen, capacity)
+			}
+		})
+	}
+}
+
+// TestConntrackGoFindsInserts: Go's placement (placeOf, lookupConntrack)
+// finds every entry the program made, both families and protocols, and
+// TableEntries lists exactly those.
+func TestConntrackGoFindsInserts(t *testing.T) {
+	d := newTestDatapath(t)
+	provision(t, d)
+	sent := make(map[Flow]netip.Addr)
+	for _, c := range []struct {
+		vip    VIP
+		client string
+	}{{vipWeb4, client4}, {vipWeb6, client6}, {vipDNS6, client6}} {
+		for i := range 50 {
+			f := Flow{Src: addr(c.client), Dst: c.vip.Addr, Sport: uint16(30000 + i), Dport: c.vip.Port, Proto: c.vip.Proto}
+			sent[f] = sendTo(t, d, pkt(c.client, c.vip.Addr.String(), c.vip.Proto, f.Sport, f.Dport))
+		}
+	}
+	for f, to := range sent {
+		v, ok := entry(t, d, f)
+		if !ok {
+			t.Fatalf("%v: Go finds no entry after a packet", f)
+		}
+		if _, b := d.backendByID(v.Backend); b == nil || b.Addr != to {
+			t.Fatalf("%v: Go finds backend id %d, the packet went to %s", f, v.Backend, to)
+		}
+	}
+	n := 0
+	for e, err := range d.TableEntries() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := sent[e.Flow]; !ok {
+			t.Fatalf("TableEntries lists %v, never sent", e.Flow)
+		}
+		n++
+	}
+	if n != len(sent) {
+		t.Fatalf("TableEntries lists %d entries, want %d", n, len(sent))
+	}
 }

@@ -11,10 +11,19 @@ func TestSpecCapacities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{balancerMapCtV4, balancerMapCtV6} {
+	for _, name := range []string{balancerMapCtKeysV4, balancerMapCtKeysV6} {
 		if got := spec.Maps[name].MaxEntries; got != DefaultConntrackEntries {
 			t.Errorf("map %s: max_entries %d, want DefaultConntrackEntries %d", name, got, DefaultConntrackEntries)
 		}
+	}
+	for _, name := range []string{balancerMapCtV4, balancerMapCtV6} {
+		if got := spec.Maps[name].MaxEntries; got != DefaultConntrackEntries/ctWays {
+			t.Errorf("map %s: max_entries %d, want DefaultConntrackEntries/ctWays %d buckets", name, got, DefaultConntrackEntries/ctWays)
+		}
+	}
+	var buckets uint32
+	if err := spec.Variables[balancerVarCtBuckets].Get(&buckets); err != nil || buckets != DefaultConntrackEntries/ctWays {
+		t.Errorf("ct_buckets = %d (%v), want %d", buckets, err, DefaultConntrackEntries/ctWays)
 	}
 	groups := []struct {
 		what  string

@@ -37,6 +37,7 @@ const (
 	StatCtGuard         = Stat(balancerFulcrumStatSTAT_CT_GUARD)
 	StatCtExpired       = Stat(balancerFulcrumStatSTAT_CT_EXPIRED)
 	StatDropSourceRange = Stat(balancerFulcrumStatSTAT_DROP_SOURCE_RANGE)
+	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -65,6 +66,7 @@ var statNames = [...]string{
 	StatCtGuard:         "ct_guard",
 	StatCtExpired:       "ct_expired",
 	StatDropSourceRange: "drop_source_range",
+	StatCtEvicted:       "ct_evicted",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

@@ -28,7 +28,8 @@ const DefaultConntrackEntries = 1 << 20
 // Options tune Load.
 type Options struct {
 	// ConntrackEntries is the capacity of each connection table; 0 means
-	// DefaultConntrackEntries. The LRU splits it evenly between CPUs.
+	// DefaultConntrackEntries. It is rounded up to whole buckets of
+	// ctWays entries.
 	ConntrackEntries uint32
 	// MaxVIPs and MaxBackends shrink the VIP and backend maps below their
 	// compiled-in capacity (MAX_VIPS and MAX_BACKENDS in bpf/consts.h, as
@@ -102,8 +103,9 @@ func Load(opts Options) (*Datapath, error) {
 	if ct == 0 {
 		ct = DefaultConntrackEntries
 	}
-	spec.Maps[balancerMapCtV4].MaxEntries = ct
-	spec.Maps[balancerMapCtV6].MaxEntries = ct
+	if err := sizeConntrack(spec, ct); err != nil {
+		return nil, err
+	}
 	maxVIPs := shrink(spec.Maps[balancerMapVipsV4].MaxEntries, opts.MaxVIPs)
 	maxBackends := shrink(spec.Maps[balancerMapBackends].MaxEntries, opts.MaxBackends)
 	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState, balancerMapRings,

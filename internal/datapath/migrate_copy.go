@@ -10,24 +10,27 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
-	"runtime"
 	"slices"
-	"sync"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // tables are the maps a migration reads or writes, of one pin set.
 type tables struct {
 	vipsV4, vipsV6, backends, ctV4, ctV6, stats, vipStats, backendStats *ebpf.Map
-	owned                                                               bool
+	// ctKeysV4 and ctKeysV6 are the tuple records of the bucketed tables
+	// (layout 4 on); nil in older pins, whose ct_* are LRU hashes keyed by
+	// the tuple.
+	ctKeysV4, ctKeysV6 *ebpf.Map
+	owned              bool
 }
 
 // openTables opens the maps of the pins in dir. Layouts 1 and 2 have the
 // same formats; layout 3 added the timeouts to vip_meta (eachVIP reads
 // either) and a counter to the end of the verdict table (copyCounters
-// carries the old ones over).
+// carries the old ones over); layout 4 made ct_* bucketed arrays with
+// their tuple records ct_keys_* (copyConntrack reads either) and added
+// ct_evicted to the verdict table.
 func openTables(dir string) (*tables, error) {
 	t := &tables{owned: true}
 	for _, f := range []struct {
@@ -45,9 +48,31 @@ func openTables(dir string) (*tables, error) {
 		}
 		*f.m = m
 	}
+	var ctFormat error
+	if t.ctV4.Type() == ebpf.LRUHash {
+		ctFormat = errors.Join(
+			sameFormat(t.ctV4, balancerMapCtV4, balancerCtKeyV4{}, balancerCtValue{}),
+			sameFormat(t.ctV6, balancerMapCtV6, balancerCtKeyV6{}, balancerCtValue{}))
+	} else {
+		for _, f := range []struct {
+			m    **ebpf.Map
+			name string
+		}{{&t.ctKeysV4, balancerMapCtKeysV4}, {&t.ctKeysV6, balancerMapCtKeysV6}} {
+			m, err := ebpf.LoadPinnedMap(filepath.Join(dir, f.name), nil)
+			if err != nil {
+				t.close()
+				return nil, fmt.Errorf("open pinned map %s in %s: %w", f.name, dir, err)
+			}
+			*f.m = m
+		}
+		ctFormat = errors.Join(
+			sameFormat(t.ctV4, balancerMapCtV4, uint32(0), balancerCtBucket{}),
+			sameFormat(t.ctV6, balancerMapCtV6, uint32(0), balancerCtBucket{}),
+			sameFormat(t.ctKeysV4, balancerMapCtKeysV4, uint32(0), balancerCtKeyV4{}),
+			sameFormat(t.ctKeysV6, balancerMapCtKeysV6, uint32(0), balancerCtKeyV6{}))
+	}
 	if err := errors.Join(
-		sameFormat(t.ctV4, balancerMapCtV4, balancerCtKeyV4{}, balancerCtValue{}),
-		sameFormat(t.ctV6, balancerMapCtV6, balancerCtKeyV6{}, balancerCtValue{}),
+		ctFormat,
 		sameFormat(t.backends, balancerMapBackends, uint32(0), balancerBackend{}),
 		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}, vipMetaV2{}),
 		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}, vipMetaV2{}),
@@ -74,14 +99,14 @@ func sameFormat(m *ebpf.Map, name string, key, value any, olderValues ...any) er
 
 func tablesOf(o *balancerObjects) *tables {
 	return &tables{vipsV4: o.VipsV4, vipsV6: o.VipsV6, backends: o.Backends, ctV4: o.CtV4, ctV6: o.CtV6,
-		stats: o.Stats, vipStats: o.VipStats, backendStats: o.BackendStats}
+		ctKeysV4: o.CtKeysV4, ctKeysV6: o.CtKeysV6, stats: o.Stats, vipStats: o.VipStats, backendStats: o.BackendStats}
 }
 
 func (t *tables) close() {
 	if !t.owned {
 		return
 	}
-	for _, m := range []*ebpf.Map{t.vipsV4, t.vipsV6, t.backends, t.ctV4, t.ctV6, t.stats, t.vipStats, t.backendStats} {
+	for _, m := range []*ebpf.Map{t.vipsV4, t.vipsV6, t.backends, t.ctV4, t.ctV6, t.ctKeysV4, t.ctKeysV6, t.stats, t.vipStats, t.backendStats} {
 		if m != nil {
 			m.Close()
 		}
@@ -151,66 +176,105 @@ func copyConntrack(src, dst *tables, missingOnly bool) (kept, dropped int, err e
 		v.Backend, v.BackendGen = ref.id, ref.gen
 		return v, true
 	}
-	k4, d4, err := copyTable[balancerCtKeyV4](src.ctV4, dst.ctV4, convert, missingOnly)
-	if err != nil {
-		return 0, 0, fmt.Errorf("copy %s: %w", balancerMapCtV4, err)
+	for _, v4 := range []bool{true, false} {
+		entries, err := src.connEntries(v4)
+		if err != nil {
+			return kept, dropped, err
+		}
+		k, d, err := copyTable(entries, dst, v4, convert, missingOnly)
+		kept, dropped = kept+k, dropped+d
+		if err != nil {
+			return kept, dropped, err
+		}
 	}
-	k6, d6, err := copyTable[balancerCtKeyV6](src.ctV6, dst.ctV6, convert, missingOnly)
-	if err != nil {
-		return 0, 0, fmt.Errorf("copy %s: %w", balancerMapCtV6, err)
-	}
-	return k4 + k6, d4 + d6, nil
+	return kept, dropped, nil
 }
 
-// copyTable copies one connection table, converting each value.
-func copyTable[K comparable](src, dst *ebpf.Map, convert func(balancerCtValue) (balancerCtValue, bool), missingOnly bool) (kept, dropped int, err error) {
-	keys, vals, err := readAll[K](src)
-	if err != nil {
-		return 0, 0, err
+// connEntry is a connection entry of either table format.
+type connEntry struct {
+	f Flow
+	v balancerCtValue
+}
+
+// connEntries reads one family's connection table whole: an LRU hash of
+// layout 3 and before, or a bucketed table.
+func (t *tables) connEntries(v4 bool) ([]connEntry, error) {
+	m, keys := t.ctV6, t.ctKeysV6
+	if v4 {
+		m, keys = t.ctV4, t.ctKeysV4
 	}
-	var have map[K]bool
+	var out []connEntry
+	if keys != nil {
+		var err error
+		walkTable(m, keys, v4, func(e TableEntry, werr error) bool {
+			if werr != nil {
+				err = werr
+				return false
+			}
+			out = append(out, connEntry{e.Flow, balancerCtValue{Backend: e.Backend, BackendGen: e.BackendGen, State: uint8(e.State), LastSeen: e.LastSeen}})
+			return true
+		})
+		return out, err
+	}
+	if v4 {
+		ks, vs, err := readAll[balancerCtKeyV4](m)
+		for i, k := range ks {
+			out = append(out, connEntry{flowOfV4(k), vs[i]})
+		}
+		return out, err
+	}
+	ks, vs, err := readAll[balancerCtKeyV6](m)
+	for i, k := range ks {
+		out = append(out, connEntry{flowOfV6(k), vs[i]})
+	}
+	return out, err
+}
+
+// copyTable writes one family's converted entries into dst's table. A
+// full copy writes the whole table at once, oldest entry first, so that
+// where dst's buckets are too few the newest entries stay. With
+// missingOnly, the flows dst holds already are left alone and the others
+// written one bucket at a time (the new program writes dst meanwhile).
+func copyTable(entries []connEntry, dst *tables, v4 bool, convert func(balancerCtValue) (balancerCtValue, bool), missingOnly bool) (kept, dropped int, err error) {
+	buckets, keys := dst.ctV6, dst.ctKeysV6
+	if v4 {
+		buckets, keys = dst.ctV4, dst.ctKeysV4
+	}
+	have := make(map[Flow]bool)
 	if missingOnly {
-		dk, _, err := readAll[K](dst)
+		walkTable(buckets, keys, v4, func(e TableEntry, werr error) bool {
+			if werr != nil {
+				err = werr
+				return false
+			}
+			have[e.Flow] = true
+			return true
+		})
 		if err != nil {
 			return 0, 0, err
 		}
-		have = make(map[K]bool, len(dk))
-		for _, k := range dk {
-			have[k] = true
-		}
 	}
-	type entry struct {
-		k K
-		v balancerCtValue
-	}
-	var out []entry
-	for i, k := range keys {
-		if have[k] {
+	var out []connEntry
+	for _, e := range entries {
+		if have[e.f] {
 			continue
 		}
-		v, ok := convert(vals[i])
+		v, ok := convert(e.v)
 		if !ok {
 			dropped++
 			continue
 		}
-		out = append(out, entry{k, v})
+		out = append(out, connEntry{e.f, v})
 	}
 	if missingOnly {
-		// Few, and the new program may make the same entries meanwhile:
-		// one at a time, and a newer entry wins.
 		for _, e := range out {
-			err := dst.Update(e.k, e.v, ebpf.UpdateNoExist)
-			if errors.Is(err, ebpf.ErrKeyExist) {
-				continue
-			}
-			if err != nil {
+			if _, err := putConntrack(buckets, keys, e.f, e.v); err != nil {
 				return kept, dropped, err
 			}
 			kept++
 		}
 		return kept, dropped, nil
 	}
-	// Oldest first, so that if dst is smaller its LRU evicts the oldest.
 	// last_seen is in jiffies and wraps: order by age from the newest.
 	var newest uint32
 	for _, e := range out {
@@ -218,19 +282,19 @@ func copyTable[K comparable](src, dst *ebpf.Map, convert func(balancerCtValue) (
 			newest = e.v.LastSeen
 		}
 	}
-	slices.SortStableFunc(out, func(a, b entry) int { return cmp.Compare(newest-b.v.LastSeen, newest-a.v.LastSeen) })
-	ks := make([]K, len(out))
-	vs := make([]balancerCtValue, len(out))
-	for i, e := range out {
-		ks[i], vs[i] = e.k, e.v
+	slices.SortStableFunc(out, func(a, b connEntry) int { return cmp.Compare(newest-b.v.LastSeen, newest-a.v.LastSeen) })
+	img := newTableImage(buckets.MaxEntries(), v4)
+	for _, e := range out {
+		img.add(e.f, e.v, true)
 	}
-	if err := writeSpread(dst, ks, vs); err != nil {
+	if err := img.write(buckets, keys); err != nil {
 		return 0, dropped, err
 	}
 	return len(out), dropped, nil
 }
 
-// readAll reads a hash map whole, in batches.
+// readAll reads an LRU hash connection table (layout 3 and before) whole,
+// in batches.
 func readAll[K any](m *ebpf.Map) ([]K, []balancerCtValue, error) {
 	const chunk = 4096
 	var keys []K
@@ -251,65 +315,10 @@ func readAll[K any](m *ebpf.Map) ([]K, []balancerCtValue, error) {
 	}
 }
 
-// writeSpread writes entries into an LRU table with a free list per CPU
-// (BPF_F_NO_COMMON_LRU): an insert takes an element from the free list of
-// the CPU it runs on, which holds only max_entries/CPUs, and past that
-// evicts that CPU's own entries. So the entries are dealt out to one
-// thread per CPU this process may run on, each bound to its CPU, as the
-// program's inserts were spread over the CPUs that took the packets.
-func writeSpread[K any](m *ebpf.Map, keys []K, vals []balancerCtValue) error {
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		return fmt.Errorf("read cpu affinity: %w", err)
-	}
-	var cpus []int
-	for c := 0; c < len(set)*64; c++ {
-		if set.IsSet(c) {
-			cpus = append(cpus, c)
-		}
-	}
-	if len(cpus) == 0 {
-		cpus = []int{-1}
-	}
-	errs := make([]error, len(cpus))
-	var wg sync.WaitGroup
-	for i, cpu := range cpus {
-		var ks []K
-		var vs []balancerCtValue
-		for j := i; j < len(keys); j += len(cpus) {
-			ks = append(ks, keys[j])
-			vs = append(vs, vals[j])
-		}
-		if len(ks) == 0 {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if cpu >= 0 {
-				// The thread keeps its affinity: it is never handed back to
-				// the scheduler, and ends with this goroutine.
-				runtime.LockOSThread()
-				var one unix.CPUSet
-				one.Set(cpu)
-				if err := unix.SchedSetaffinity(0, &one); err != nil {
-					errs[i] = fmt.Errorf("bind to cpu %d: %w", cpu, err)
-					return
-				}
-			}
-			const chunk = 4096
-			for len(ks) > 0 {
-				n := min(chunk, len(ks))
-				if _, err := m.BatchUpdate(ks[:n], vs[:n], nil); err != nil {
-					errs[i] = err
-					return
-				}
-				ks, vs = ks[n:], vs[n:]
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+// statTableV3 is the verdict table of layout 3: the counters up to
+// ct_expired.
+type statTableV3 struct {
+	Count [balancerFulcrumStatSTAT_CT_EXPIRED + 1]uint64
 }
 
 // copyCounters carries the per-CPU counters over: the verdict table (the

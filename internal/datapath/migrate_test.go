@@ -42,7 +42,7 @@ func TestMigrateConntrackSize(t *testing.T) {
 	}
 	defer d2.Close()
 	from, to, reason, ok := d2.Migrating()
-	if !ok || from.Version != LayoutVersion || to.Version != LayoutVersion || !strings.Contains(reason, "ct_v4: MaxEntries: 8192 changed to 16384") {
+	if !ok || from.Version != LayoutVersion || to.Version != LayoutVersion || !strings.Contains(reason, "ct_v4: MaxEntries: 2048 changed to 4096") {
 		t.Fatalf("Migrating() = %v, %v, %q, %v; want a migration within layout %d naming ct_v4's size", from, to, reason, ok, LayoutVersion)
 	}
 	// Another order, and a VIP first that takes index 0 and the first ids.

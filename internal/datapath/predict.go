@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
@@ -139,26 +137,6 @@ func (d *Datapath) backendByID(id uint32) (*vipEntry, *backendEntry) {
 		}
 	}
 	return nil, nil
-}
-
-// lookupConntrack returns the flow's connection entry, or nil.
-func (d *Datapath) lookupConntrack(f Flow) (*balancerCtValue, error) {
-	var v balancerCtValue
-	var err error
-	if f.Dst.Is4() {
-		k := balancerCtKeyV4{Src: be32(f.Src), Dst: be32(f.Dst), Sport: be16(f.Sport), Dport: be16(f.Dport), Proto: uint8(f.Proto)}
-		err = d.objs.CtV4.Lookup(k, &v)
-	} else {
-		k := balancerCtKeyV6{Src: be128(f.Src), Dst: be128(f.Dst), Sport: be16(f.Sport), Dport: be16(f.Dport), Proto: uint8(f.Proto)}
-		err = d.objs.CtV6.Lookup(k, &v)
-	}
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read connection table: %w", err)
-	}
-	return &v, nil
 }
 
 // ringTable returns the VIP's ring as written, rebuilt (the datapath keeps

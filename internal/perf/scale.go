@@ -69,12 +69,14 @@ type scaleRig struct {
 	d    *datapath.Datapath
 	objs *perfObjects
 	vips int
-	ct   *ebpf.Map // ct_v4
 }
 
 func newScaleRig(objs *perfObjects, opts ScaleOptions, vips int) (*scaleRig, time.Duration, error) {
 	start := time.Now()
-	d, err := datapath.Load(datapath.Options{})
+	// The connection table is sized at four times the flows, as
+	// docs/datapath.md advises: flows land in its 4-way buckets at random,
+	// and a table no bigger than the flows would evict a fifth of them.
+	d, err := datapath.Load(datapath.Options{ConntrackEntries: uint32(scaleTableFactor * opts.Flows)})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -93,10 +95,6 @@ func newScaleRig(objs *perfObjects, opts ScaleOptions, vips int) (*scaleRig, tim
 	}
 	loaded := time.Since(start)
 	r := &scaleRig{d: d, objs: objs, vips: vips}
-	if r.ct, err = programMap(d.Program(), "ct_v4"); err != nil {
-		d.Close()
-		return nil, 0, err
-	}
 	if err := objs.WalkTarget.Put(uint32(0), d.Program()); err != nil {
 		r.Close()
 		return nil, 0, fmt.Errorf("walk target: %w", err)
@@ -111,27 +109,7 @@ func (r *scaleRig) Close() error {
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		err = nil
 	}
-	return errors.Join(err, r.ct.Close(), r.d.Close())
-}
-
-// programMap opens the map called name that prog uses.
-func programMap(prog *ebpf.Program, name string) (*ebpf.Map, error) {
-	info, err := prog.Info()
-	if err != nil {
-		return nil, err
-	}
-	ids, _ := info.MapIDs()
-	for _, id := range ids {
-		m, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			return nil, err
-		}
-		if mi, err := m.Info(); err == nil && mi.Name == name {
-			return m, nil
-		}
-		m.Close()
-	}
-	return nil, fmt.Errorf("program %s has no map %s", prog, name)
+	return errors.Join(err, r.d.Close())
 }
 
 // walkFrame is the frame ct_walk rewrites: a bare TCP ACK.
@@ -169,8 +147,8 @@ func ebpfPossibleCPUs() int {
 	return n
 }
 
-// fill inserts flowsPerCPU connection entries from each CPU (the table's
-// LRU lists are per CPU) by running ct_walk, and returns how long it took.
+// fill inserts flowsPerCPU connection entries from each CPU by running
+// ct_walk, and returns how long it took.
 func (r *scaleRig) fill(flowsPerCPU, cpus int) (time.Duration, error) {
 	if err := r.plan(flowsPerCPU); err != nil {
 		return 0, err
@@ -222,32 +200,32 @@ func onCPU(cpu int, fn func() error) error {
 	return <-errc
 }
 
-// countEntries counts the entries of the IPv4 connection table by walking
-// its keys (one syscall per entry, no values copied).
+// countEntries counts the entries of the connection tables (a walk of
+// their buckets and tuple records, datapath.TableEntries).
 func (r *scaleRig) countEntries() (int, error) {
-	var key, next []byte
 	n := 0
-	for {
-		var prev any
-		if key != nil {
-			prev = key
-		}
-		err := r.ct.NextKey(prev, &next)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, nil
-		}
+	for _, err := range r.d.TableEntries() {
 		if err != nil {
 			return n, err
 		}
 		n++
-		key, next = next, key
 	}
+	return n, nil
 }
 
+// scaleTableFactor is the connection table's size over the flows.
+const scaleTableFactor = 4
+
+// walkMissShare bounds the share of a walk's packets that may miss: the
+// flows of a bucket that drew more than its 4 ways (at a load of one flow
+// per bucket, P[Poisson(1) >= 4] = 1.9 % of them) evict each other in turn.
+const walkMissShare = 0.03
+
 // nsPerPacket runs prog on frame repeat times and returns ns per packet,
-// after checking with the balancer's counters that every repeat was a
-// connection-table hit forwarded in dsr mode.
-func (r *scaleRig) nsPerPacket(prog *ebpf.Program, frame []byte, repeat int) (float64, error) {
+// after checking with the balancer's counters that every repeat was
+// forwarded in dsr mode and a connection-table hit, but for a share of at
+// most missShare.
+func (r *scaleRig) nsPerPacket(prog *ebpf.Program, frame []byte, repeat int, missShare float64) (float64, error) {
 	before, err := r.d.Counters()
 	if err != nil {
 		return 0, err
@@ -273,8 +251,9 @@ func (r *scaleRig) nsPerPacket(prog *ebpf.Program, frame []byte, repeat int) (fl
 	}
 	hits := after.Stat(datapath.StatCtHit) - before.Stat(datapath.StatCtHit)
 	tx := after.Stat(datapath.StatTxDSR) - before.Stat(datapath.StatTxDSR)
-	if verdicts < uint64(repeat) || hits != verdicts || tx != verdicts {
-		return 0, fmt.Errorf("%d repeats: %d verdicts, %d ct_hit, %d tx_dsr: not every repeat took the established path (moved: %v)", repeat, verdicts, hits, tx, statsMoved(before, after))
+	if verdicts < uint64(repeat) || float64(verdicts-min(hits, verdicts)) > missShare*float64(verdicts) || tx != verdicts {
+		return 0, fmt.Errorf("%d repeats: %d verdicts, %d ct_hit, %d tx_dsr: not every repeat took the established path, but for %.0f %% of them (moved: %v)",
+			repeat, verdicts, hits, tx, 100*missShare, statsMoved(before, after))
 	}
 	return float64(elapsed.Nanoseconds()) / float64(verdicts), nil
 }
@@ -286,13 +265,13 @@ func (r *scaleRig) established(v, repeat int) (float64, error) {
 	if _, err := r.d.Program().Run(&ebpf.RunOptions{Data: frame}); err != nil {
 		return 0, err
 	}
-	return r.nsPerPacket(r.d.Program(), frame, repeat)
+	return r.nsPerPacket(r.d.Program(), frame, repeat, 0)
 }
 
 // walk measures established flows taken in turn from this CPU's share of
 // the table, through ct_walk.
 func (r *scaleRig) walk(repeat int) (float64, error) {
-	return r.nsPerPacket(r.objs.CtWalk, walkFrame(scaleVIP(0)), repeat)
+	return r.nsPerPacket(r.objs.CtWalk, walkFrame(scaleVIP(0)), repeat, walkMissShare)
 }
 
 func statsMoved(before, after datapath.Counters) map[string]uint64 {
@@ -388,7 +367,7 @@ func measureScale(ctx context.Context, opts ScaleOptions, res *Results) error {
 			}
 			if vips > 1 {
 				f := newFigure(SectionScale, fmt.Sprintf("insert %d connection entries by running packets", flowsPerCPU*cpus), "s", []float64{took.Seconds()})
-				f.Note = fmt.Sprintf("ct_walk + balancer under BPF_PROG_RUN, %d new flows per CPU, %.0f ns each; %d entries in ct_v4 afterwards",
+				f.Note = fmt.Sprintf("ct_walk + balancer under BPF_PROG_RUN, %d new flows per CPU, %.0f ns each; %d entries in the connection table afterwards",
 					flowsPerCPU, float64(took.Nanoseconds())/float64(flowsPerCPU*cpus), n)
 				res.add(f)
 				mm, err := measureMapMemory(r.d.Program())
@@ -400,7 +379,7 @@ func measureScale(ctx context.Context, opts ScaleOptions, res *Results) error {
 				res.add(f)
 			}
 			kindFull := fmt.Sprintf("1 flow, %d entries", opts.Flows)
-			kindWalk := fmt.Sprintf("%d flows in turn (ct_walk), %d entries", flowsPerCPU, opts.Flows)
+			kindWalk := fmt.Sprintf("%d flows in turn (ct_walk), %d entries (table of %d, up to %.0f %% misses)", flowsPerCPU, opts.Flows, scaleTableFactor*opts.Flows, 100*walkMissShare)
 			for range opts.Runs {
 				for _, v := range targets {
 					ns, err := r.established(v, opts.Repeat)
