@@ -218,7 +218,9 @@ func (c *controller) BackendConns(ctx context.Context, ref api.VIPRef, addr neti
 	}
 	start := time.Now()
 	for {
-		counts, err := c.d.conns.fresh(drainPoll / 2)
+		// A walk that started after this look: a count from before
+		// would miss a flush or a close made just before the call.
+		counts, err := c.d.conns.fresh(0)
 		if err != nil {
 			return api.BackendConns{}, err
 		}

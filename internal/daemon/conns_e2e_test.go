@@ -100,8 +100,9 @@ func TestConnCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	exited := make(chan struct{})
+	go func() { done <- cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
 	last := byBackend["backend2"][len(byBackend["backend2"])-1]
 	for _, c := range byBackend["backend2"][:len(byBackend["backend2"])-1] {
 		c.c.Close()
