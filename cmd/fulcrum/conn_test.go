@@ -44,7 +44,9 @@ func TestConnList(t *testing.T) {
 
 	d.fake.update(func(f *fakeController) { f.conns = nil })
 	d.run(t, "conn", "list").check(t, 0, "PRO  STATE           IDLE  EXPIRES  CLIENT                 VIRTUAL                BACKEND\n0 entries\n", "")
-	d.fake.update(func(f *fakeController) { f.err = fmt.Errorf("walk connection table ct_v4: %w", errors.New("bad things")) })
+	d.fake.update(func(f *fakeController) {
+		f.err = fmt.Errorf("walk connection table ct_v4: %w", errors.New("bad things"))
+	})
 	d.run(t, "conn", "list").check(t, exitError, "PRO  STATE           IDLE  EXPIRES  CLIENT                 VIRTUAL                BACKEND\n",
 		"fulcrum: walk connection table ct_v4: bad things\n")
 
