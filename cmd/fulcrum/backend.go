@@ -42,9 +42,8 @@ func backendCommand() *cli.Command {
 				Name:      "drain",
 				Usage:     "stop sending new flows to a backend; established flows stay (weight 0)",
 				ArgsUsage: "VIP ADDRESS",
-				Description: "With --wait it then waits until the backend holds no active (established) connection:\n" +
-					"exit status 0 when none is left, 3 when --timeout passes first.\n" +
-					"Undo with 'fulcrum backend weight VIP ADDRESS N'.",
+				Description: "With --wait it then waits until the backend holds no active (established) connection: exit\n" +
+					"status 0 when none is left, 3 when --timeout passes first. Undo with 'fulcrum backend weight'.",
 				Flags: []cli.Flag{
 					&cli.BoolFlag{Name: "wait", Usage: "wait until the backend's active connections have ended"},
 					&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute,

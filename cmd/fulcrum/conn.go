@@ -43,8 +43,7 @@ func connCommand() *cli.Command {
 				Name:      "flush",
 				Usage:     "delete the connection entries of a VIP or of a backend (their flows take the ring again)",
 				ArgsUsage: "[VIP]",
-				Description: "Give a VIP, --backend, or both. It asks for confirmation on a terminal unless --yes;\n" +
-					"without a terminal it refuses to run without --yes.",
+				Description: "Give a VIP, --backend, or both. Asks on a terminal unless --yes; refuses without a terminal and --yes.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "backend", Usage: "the entries of backend `ADDRESS`"},
 					&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "do not ask for confirmation"},

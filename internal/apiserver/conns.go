@@ -76,11 +76,7 @@ func (s *server) flushConns(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) backendConns(w http.ResponseWriter, r *http.Request) {
-	ref, ok := s.vipParam(w, r)
-	if !ok {
-		return
-	}
-	addr, ok := s.addressParam(w, r)
+	ref, addr, ok := s.backendParams(w, r)
 	if !ok {
 		return
 	}
@@ -109,16 +105,9 @@ func (s *server) backendConns(w http.ResponseWriter, r *http.Request) {
 // change lock) for its active connections to end, or for the request's
 // wait to pass.
 func (s *server) drainBackend(w http.ResponseWriter, r *http.Request) {
-	ref, ok := s.vipParam(w, r)
-	if !ok {
-		return
-	}
-	addr, ok := s.addressParam(w, r)
-	if !ok {
-		return
-	}
 	var req api.DrainRequest
-	if !s.decode(w, r, &req) {
+	ref, addr, ok := s.backendRequest(w, r, &req)
+	if !ok {
 		return
 	}
 	if req.Wait < 0 || req.Wait > api.MaxDrainWait {
