@@ -42,6 +42,9 @@ func (s *server) listConns(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	case err != nil:
+		if r.Context().Err() != nil {
+			return // the client went away: nobody reads the rest
+		}
 		s.log.Warn("api: connection list ended early", "err", err)
 		enc.Encode(api.ConnLine{Error: err.Error()})
 	}
