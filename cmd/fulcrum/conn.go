@@ -40,9 +40,9 @@ func connCommand() *cli.Command {
 				Action: connList,
 			},
 			{
-				Name:      "flush",
-				Usage:     "delete the connection entries of a VIP or of a backend (their flows take the ring again)",
-				ArgsUsage: "[VIP]",
+				Name:        "flush",
+				Usage:       "delete the connection entries of a VIP or of a backend (their flows take the ring again)",
+				ArgsUsage:   "[VIP]",
 				Description: "Give a VIP, --backend, or both. Asks on a terminal unless --yes; refuses without a terminal and --yes.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "backend", Usage: "the entries of backend `ADDRESS`"},
