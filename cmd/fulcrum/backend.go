@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -38,11 +39,26 @@ func backendCommand() *cli.Command {
 				Action:    changeAction(backendRemove),
 			},
 			{
-				Name:        "drain",
-				Usage:       "stop sending new flows to a backend; established flows stay (weight 0)",
-				ArgsUsage:   "VIP ADDRESS",
-				Description: "Undo with 'fulcrum backend weight VIP ADDRESS N'.",
-				Action:      changeAction(backendDrain),
+				Name:      "drain",
+				Usage:     "stop sending new flows to a backend; established flows stay (weight 0)",
+				ArgsUsage: "VIP ADDRESS",
+				Description: "With --wait it then waits until the backend holds no active (established) connection: exit\n" +
+					"status 0 when none is left, 3 when --timeout passes first. Undo with 'fulcrum backend weight'.",
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "wait", Usage: "wait until the backend's active connections have ended"},
+					&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute,
+						Usage: "with --wait, give up waiting after `DURATION` (exit status 3); without, give up on the daemon after it"},
+				},
+				Action: func(c *cli.Context) error {
+					if !c.Bool("wait") {
+						return changeAction(backendDrain)(c)
+					}
+					ref, addr, _, err := backendArgs(c)
+					if err != nil {
+						return err
+					}
+					return backendDrainWait(c, ref, addr)
+				},
 			},
 			{
 				Name:      "weight",
@@ -161,7 +177,7 @@ func backendList(c *cli.Context) error {
 
 func printBackends(w io.Writer, vips []api.VIP) error {
 	t := newTable(w)
-	row(t, "VIP", "BACKEND", "WEIGHT", "HEALTH", "SINCE", "MAC", "LAST ERROR")
+	row(t, "VIP", "BACKEND", "WEIGHT", "ACTIVE", "INACTIVE", "HEALTH", "SINCE", "MAC", "LAST ERROR")
 	for _, v := range vips {
 		for _, b := range v.Backends {
 			weight := fmt.Sprint(b.Weight)
@@ -172,10 +188,10 @@ func printBackends(w io.Writer, vips []api.VIP) error {
 			if !b.HealthSince.IsZero() {
 				since = b.HealthSince.Local().Format("15:04:05")
 			}
-			row(t, v.VIPRef, b.Address, weight, orDefault(b.Health, "unknown"), since, orDefault(b.MAC, "(resolved)"), orDefault(b.HealthError, "-"))
+			row(t, v.VIPRef, b.Address, weight, b.Active, b.Inactive, orDefault(b.Health, "unknown"), since, orDefault(b.MAC, "(resolved)"), orDefault(b.HealthError, "-"))
 		}
 		if len(v.Backends) == 0 {
-			row(t, v.VIPRef, "(none)", "-", "-", "-", "-", "-")
+			row(t, v.VIPRef, "(none)", "-", "-", "-", "-", "-", "-", "-")
 		}
 	}
 	if err := t.Flush(); err != nil {

@@ -25,7 +25,7 @@ func TestShellCompletionWords(t *testing.T) {
 		line []string
 		want string
 	}{
-		{nil, "daemon\ndetach\napply\ncheck\nconfig\nvip\nbackend\nstatus\nstats\nexplain\ndecap\nvrrp\nbgp\nnode\nversion\ncompletion\nhelp\n"},
+		{nil, "daemon\ndetach\napply\ncheck\nconfig\nvip\nbackend\nconn\nstatus\nstats\nexplain\ndecap\nvrrp\nbgp\nnode\nversion\ncompletion\nhelp\n"},
 		{[]string{"backend"}, "add\nremove\ndrain\nweight\nlist\nhelp\n"},
 		{[]string{"vip", "add", "--no"}, "--no-conntrack\n"},
 		{[]string{"--o"}, "--output\n"},

@@ -39,6 +39,13 @@ type fakeController struct {
 	running api.RunningConfig
 	vrrp    api.VRRP
 	bgp     api.BGP
+	// conns is the connection table Conns streams (up to the filter's
+	// limit: the filter itself is the daemon's business, and is checked
+	// in the call); flushed is what FlushConns reports deleted;
+	// backendConns is BackendConns's answer.
+	conns        []api.Conn
+	flushed      int
+	backendConns api.BackendConns
 	// bgpPackets are the VIP packet counts successive BGP calls report
 	// (the last one repeats), so that node drain sees traffic stop.
 	bgpPackets []uint64
@@ -59,8 +66,8 @@ func newFake() *fakeController {
 			{
 				VIPRef: ref("tcp/203.0.113.10:80"), Name: "web", Mode: "dsr", Scheduler: "maglev", RingSize: 65537,
 				Backends: []api.Backend{
-					{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up", HealthSince: testNow.Add(-time.Hour)},
-					{Address: netip.MustParseAddr("198.18.0.12"), Weight: 0, Health: "up", MAC: "02:00:5e:00:53:12"},
+					{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up", HealthSince: testNow.Add(-time.Hour), Active: 3, Inactive: 1},
+					{Address: netip.MustParseAddr("198.18.0.12"), Weight: 0, Health: "up", MAC: "02:00:5e:00:53:12", Active: 300},
 					{Address: netip.MustParseAddr("198.18.0.13"), Weight: 2, Health: "down", HealthSince: testNow.Add(-90 * time.Second),
 						HealthError: "dial tcp 198.18.0.13:80: connect: connection refused"},
 				},
@@ -87,8 +94,8 @@ func newFake() *fakeController {
 				VIP:     ref("tcp/203.0.113.10:80"),
 				Counter: api.Counter{Packets: 1234567, Bytes: 987654321, PacketRate: 1234, ByteRate: 3.4e6},
 				Backends: []api.BackendStats{
-					{Address: netip.MustParseAddr("198.18.0.11"), Counter: api.Counter{Packets: 999, Bytes: 12345, PacketRate: 0.5, ByteRate: 950}},
-					{Address: netip.MustParseAddr("198.18.0.12"), Counter: api.Counter{Packets: 1233568, Bytes: 987641976, PacketRate: 1233.5, ByteRate: 3.399e6}},
+					{Address: netip.MustParseAddr("198.18.0.11"), Counter: api.Counter{Packets: 999, Bytes: 12345, PacketRate: 0.5, ByteRate: 950}, Active: 3, Inactive: 1},
+					{Address: netip.MustParseAddr("198.18.0.12"), Counter: api.Counter{Packets: 1233568, Bytes: 987641976, PacketRate: 1233.5, ByteRate: 3.399e6}, Active: 300},
 				},
 			}},
 		},
@@ -97,6 +104,17 @@ func newFake() *fakeController {
 			Hash: 0xdeadbeef, Slot: 1234, RingSize: 65537, RingBackend: netip.MustParseAddr("198.18.0.12"),
 			Entry: &api.ConnEntry{Backend: netip.MustParseAddr("198.18.0.12"), State: "established",
 				Idle: 3*time.Second + 4*time.Millisecond, Timeout: 15 * time.Minute},
+		},
+		conns: []api.Conn{
+			{Protocol: "tcp", Client: netip.MustParseAddrPort("198.19.1.2:40000"), Dst: netip.MustParseAddrPort("203.0.113.10:80"),
+				VIP: ref("tcp/203.0.113.10:80"), Backend: netip.MustParseAddr("198.18.0.11"), State: "established",
+				Idle: 1500 * time.Millisecond, ExpiresIn: 15*time.Minute - 1500*time.Millisecond},
+			{Protocol: "tcp", Client: netip.MustParseAddrPort("198.19.1.3:40001"), Dst: netip.MustParseAddrPort("203.0.113.10:8080"),
+				VIP: ref("tcp/203.0.113.10:0"), Backend: netip.MustParseAddr("198.18.0.13"), State: "fin",
+				Idle: 10 * time.Second, ExpiresIn: 110 * time.Second},
+			{Protocol: "udp", Client: netip.MustParseAddrPort("[2001:db8:9::7]:5353"), Dst: netip.MustParseAddrPort("[2001:db8::1]:53"),
+				VIP: ref("udp/[2001:db8::1]:53"), Backend: netip.MustParseAddr("2001:db8:1::2"), State: "established",
+				Idle: 0, ExpiresIn: 300 * time.Second},
 		},
 		applied: api.ApplyResult{Added: []string{"udp/203.0.113.11:53"}, Changed: []string{"tcp/203.0.113.10:80"}, Removed: []string{"udp/[2001:db8::1]:53"}, Unchanged: 3},
 		vrrp: api.VRRP{Enabled: true, State: "master", Priority: 200, Master: netip.MustParseAddr("198.18.0.2"),
@@ -258,6 +276,30 @@ func (f *fakeController) NodeDrain(ctx context.Context, resume bool) error {
 	f.bgp.Drained = !resume
 	f.mu.Unlock()
 	return f.record(fmt.Sprintf("NodeDrain resume=%t", resume))
+}
+
+func (f *fakeController) Conns(ctx context.Context, flt api.ConnFilter, emit func(api.Conn) error) error {
+	conns, err := answer(f, "Conns "+flt.Query(), &f.conns)
+	if err != nil {
+		return err
+	}
+	for i, c := range conns {
+		if flt.Limit > 0 && i == flt.Limit {
+			break
+		}
+		if err := emit(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *fakeController) FlushConns(ctx context.Context, flt api.ConnFilter) (int, error) {
+	return answer(f, "FlushConns "+flt.Query(), &f.flushed)
+}
+
+func (f *fakeController) BackendConns(ctx context.Context, r api.VIPRef, addr netip.Addr, wait time.Duration) (api.BackendConns, error) {
+	return answer(f, fmt.Sprintf("BackendConns %s %s wait=%v", r, addr, wait), &f.backendConns)
 }
 
 // testDaemon is the API server over a Unix socket, backed by a fake.

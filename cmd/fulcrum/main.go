@@ -36,11 +36,14 @@ func main() {
 //     api.ErrConflict or any other), a daemon that cannot be reached or
 //     does not answer within --timeout, and local failures (a file that
 //     cannot be read, BPF); commands that run without a daemon (daemon,
-//     detach, decap, vrrp-agent) pick theirs with cli.Exit.
+//     detach, decap, vrrp-agent) pick theirs with cli.Exit;
+//   - exitTimeout: `backend drain --wait` drained the backend, but its
+//     active connections did not end within --timeout.
 const (
-	exitOK    = 0
-	exitError = 1 // the command failed, e.g. the daemon refused it
-	exitUsage = 2 // bad command line
+	exitOK      = 0
+	exitError   = 1 // the command failed, e.g. the daemon refused it
+	exitUsage   = 2 // bad command line
+	exitTimeout = 3 // a wait ended before what it waited for
 )
 
 // run runs the CLI on args (args[0] is the program name), writing output
@@ -112,6 +115,7 @@ func newApp(stdout, stderr io.Writer, now func() time.Time) *cli.App {
 		configCommand(),
 		vipCommand(),
 		backendCommand(),
+		connCommand(),
 		statusCommand(now),
 		statsCommand(),
 		explainCommand(),

@@ -146,7 +146,7 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"frob"}, `fulcrum: unknown command "frob", want one of: daemon, detach, apply, check, config, vip, backend, status, stats, explain, decap, vrrp, bgp, node, version, completion`},
+		{[]string{"frob"}, `fulcrum: unknown command "frob", want one of: daemon, detach, apply, check, config, vip, backend, conn, status, stats, explain, decap, vrrp, bgp, node, version, completion`},
 		{[]string{"--bogus", "status"}, "fulcrum: unknown flag --bogus (see 'fulcrum --help')"},
 		{[]string{"-o", "yaml", "status"}, `fulcrum: --output "yaml": want table or json`},
 		{[]string{"--timeout", "soon", "status"}, `fulcrum: invalid value "soon" for flag --timeout: want a duration such as 500ms or 30s (see 'fulcrum --help')`},

@@ -36,14 +36,19 @@ func printStats(w io.Writer, st api.Stats) error {
 		fmt.Fprintln(w)
 	}
 	t := newTable(w)
-	row(t, "VIP / BACKEND", "PACKETS", "BYTES", "PACKET RATE", "BYTE RATE")
-	counter := func(name string, k api.Counter) {
-		row(t, name, humanCount(float64(k.Packets)), humanBytes(float64(k.Bytes)), humanPPS(k.PacketRate), humanBPS(k.ByteRate))
+	row(t, "VIP / BACKEND", "PACKETS", "BYTES", "PACKET RATE", "BYTE RATE", "ACTIVE", "INACTIVE")
+	counter := func(name string, k api.Counter, active, inactive uint64) {
+		row(t, name, humanCount(float64(k.Packets)), humanBytes(float64(k.Bytes)), humanPPS(k.PacketRate), humanBPS(k.ByteRate), active, inactive)
 	}
 	for _, v := range st.VIPs {
-		counter(v.VIP.String(), v.Counter)
+		// A VIP's connections are its backends'.
+		var active, inactive uint64
 		for _, b := range v.Backends {
-			counter("  "+b.Address.String(), b.Counter)
+			active, inactive = active+b.Active, inactive+b.Inactive
+		}
+		counter(v.VIP.String(), v.Counter, active, inactive)
+		for _, b := range v.Backends {
+			counter("  "+b.Address.String(), b.Counter, b.Active, b.Inactive)
 		}
 	}
 	if len(st.VIPs) == 0 {

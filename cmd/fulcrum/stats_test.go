@@ -12,5 +12,5 @@ func TestStats(t *testing.T) {
 	checkJSON(t, d.run(t, "stats", "-o", "json"), newFake().stats)
 
 	d.fake.update(func(f *fakeController) { f.stats = api.Stats{} })
-	d.run(t, "stats").check(t, 0, "VIP / BACKEND  PACKETS  BYTES  PACKET RATE  BYTE RATE\n(no VIPs)\n", "")
+	d.run(t, "stats").check(t, 0, "VIP / BACKEND  PACKETS  BYTES  PACKET RATE  BYTE RATE  ACTIVE  INACTIVE\n(no VIPs)\n", "")
 }

@@ -19,6 +19,10 @@ type fakeController struct {
 	vips []api.VIP
 	last string // last call, e.g. "SetWeight tcp/203.0.113.10:80 198.18.0.12 0"
 	cfg  []byte // last Apply body
+	// conns is the connection table; connErrAfter, when above zero, makes
+	// Conns fail after that many entries.
+	conns        []api.Conn
+	connErrAfter int
 
 	err       error         // returned by every method when set
 	panicMsg  string        // every method panics with it when set
@@ -47,7 +51,7 @@ func newFake() *fakeController {
 			{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up"},
 			{Address: netip.MustParseAddr("198.18.0.12"), Weight: 2, Health: "down"},
 		},
-	}}}
+	}}, conns: fakeConns()}
 }
 
 func (f *fakeController) enter(call string) error {
@@ -231,4 +235,91 @@ func (f *fakeController) Config(ctx context.Context) (api.RunningConfig, error) 
 		return api.RunningConfig{}, err
 	}
 	return api.RunningConfig{YAML: "interfaces:\n  - name: eth0\n"}, nil
+}
+
+// fakeConns are three entries of web: two on .11 (one established), one
+// on .12.
+func fakeConns() []api.Conn {
+	web := mustRef("tcp/203.0.113.10:80")
+	c := func(client, backend, state string) api.Conn {
+		return api.Conn{Protocol: "tcp", Client: netip.MustParseAddrPort(client), Dst: netip.MustParseAddrPort("203.0.113.10:80"),
+			VIP: web, Backend: netip.MustParseAddr(backend), State: state, Idle: time.Second, ExpiresIn: 899 * time.Second}
+	}
+	return []api.Conn{
+		c("198.19.1.2:40000", "198.18.0.11", "established"),
+		c("198.19.1.3:40001", "198.18.0.11", "syn"),
+		c("198.19.1.4:40002", "198.18.0.12", "established"),
+	}
+}
+
+func (f *fakeController) matchConn(flt api.ConnFilter, c api.Conn) bool {
+	active := c.State == "established"
+	return (flt.VIP == nil || *flt.VIP == c.VIP) && (!flt.Backend.IsValid() || flt.Backend == c.Backend) &&
+		(flt.State == "" || flt.State == c.State || flt.State == "active" && active || flt.State == "inactive" && !active)
+}
+
+func (f *fakeController) Conns(ctx context.Context, flt api.ConnFilter, emit func(api.Conn) error) error {
+	if err := f.enter("Conns " + flt.Query()); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	conns := slices.Clone(f.conns)
+	failAfter := f.connErrAfter
+	f.mu.Unlock()
+	n := 0
+	for i, c := range conns {
+		if failAfter > 0 && i == failAfter {
+			return fmt.Errorf("walk connection table ct_v4: bad things")
+		}
+		if !f.matchConn(flt, c) {
+			continue
+		}
+		if err := emit(c); err != nil {
+			return err
+		}
+		if n++; flt.Limit > 0 && n == flt.Limit {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (f *fakeController) FlushConns(ctx context.Context, flt api.ConnFilter) (int, error) {
+	n := 0
+	err := f.mutating("FlushConns "+flt.Query(), func() error {
+		kept := f.conns[:0]
+		for _, c := range f.conns {
+			if f.matchConn(flt, c) {
+				n++
+				continue
+			}
+			kept = append(kept, c)
+		}
+		f.conns = kept
+		return nil
+	})
+	return n, err
+}
+
+func (f *fakeController) BackendConns(ctx context.Context, ref api.VIPRef, addr netip.Addr, wait time.Duration) (api.BackendConns, error) {
+	if err := f.enter(fmt.Sprintf("BackendConns %s %s wait=%v", ref, addr, wait)); err != nil {
+		return api.BackendConns{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out api.BackendConns
+	for _, c := range f.conns {
+		if c.VIP == ref && c.Backend == addr {
+			if c.State == "established" {
+				out.Active++
+			} else {
+				out.Inactive++
+			}
+		}
+	}
+	out.Empty = out.Active == 0
+	if !out.Empty {
+		out.Waited = wait
+	}
+	return out, nil
 }

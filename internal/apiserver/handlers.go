@@ -116,11 +116,7 @@ func (s *server) addBackend(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) removeBackend(w http.ResponseWriter, r *http.Request) {
-	ref, ok := s.vipParam(w, r)
-	if !ok {
-		return
-	}
-	addr, ok := s.addressParam(w, r)
+	ref, addr, ok := s.backendParams(w, r)
 	if !ok {
 		return
 	}
@@ -133,16 +129,9 @@ func (s *server) removeBackend(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) setWeight(w http.ResponseWriter, r *http.Request) {
-	ref, ok := s.vipParam(w, r)
-	if !ok {
-		return
-	}
-	addr, ok := s.addressParam(w, r)
-	if !ok {
-		return
-	}
 	var req api.WeightRequest
-	if !s.decode(w, r, &req) {
+	ref, addr, ok := s.backendRequest(w, r, &req)
+	if !ok {
 		return
 	}
 	if req.Weight == nil {
@@ -264,6 +253,23 @@ func (s *server) vipParam(w http.ResponseWriter, r *http.Request) (api.VIPRef, b
 		return api.VIPRef{}, false
 	}
 	return ref, true
+}
+
+// backendParams parses the {vip} and {address} path segments.
+func (s *server) backendParams(w http.ResponseWriter, r *http.Request) (api.VIPRef, netip.Addr, bool) {
+	ref, ok := s.vipParam(w, r)
+	if !ok {
+		return api.VIPRef{}, netip.Addr{}, false
+	}
+	addr, ok := s.addressParam(w, r)
+	return ref, addr, ok
+}
+
+// backendRequest parses the {vip} and {address} path segments and decodes
+// the body into v.
+func (s *server) backendRequest(w http.ResponseWriter, r *http.Request, v any) (api.VIPRef, netip.Addr, bool) {
+	ref, addr, ok := s.backendParams(w, r)
+	return ref, addr, ok && s.decode(w, r, v)
 }
 
 // addressParam parses the {address} path segment; IPv6 may be bracketed.

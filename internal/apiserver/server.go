@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
@@ -53,6 +54,15 @@ type Controller interface {
 	// NodeDrain withdraws every VIP from BGP; with resume set it lets
 	// them be announced again.
 	NodeDrain(ctx context.Context, resume bool) error
+	// Conns walks the connection table and calls emit with each entry f
+	// selects, as it finds it, up to f.Limit; an error of emit ends the
+	// walk and is returned.
+	Conns(ctx context.Context, f api.ConnFilter, emit func(api.Conn) error) error
+	// FlushConns deletes the entries f selects and says how many.
+	FlushConns(ctx context.Context, f api.ConnFilter) (int, error)
+	// BackendConns counts a backend's connections by a fresh walk; with
+	// wait above zero it waits up to wait for the active count to be 0.
+	BackendConns(ctx context.Context, ref api.VIPRef, addr netip.Addr, wait time.Duration) (api.BackendConns, error)
 }
 
 // server adapts a Controller to HTTP.
@@ -78,6 +88,10 @@ var routes = []route{
 	{"POST", "/v1/vips/{vip}/backends", (*server).addBackend},
 	{"DELETE", "/v1/vips/{vip}/backends/{address}", (*server).removeBackend},
 	{"PUT", "/v1/vips/{vip}/backends/{address}/weight", (*server).setWeight},
+	{"GET", "/v1/vips/{vip}/backends/{address}/connections", (*server).backendConns},
+	{"POST", "/v1/vips/{vip}/backends/{address}/drain", (*server).drainBackend},
+	{"GET", "/v1/conns", (*server).listConns},
+	{"DELETE", "/v1/conns", (*server).flushConns},
 	{"GET", "/v1/stats", (*server).stats},
 	{"POST", "/v1/explain", (*server).explain},
 	{"POST", "/v1/apply", (*server).apply}, // ?dry_run=1: plan.go

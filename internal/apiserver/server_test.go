@@ -249,7 +249,11 @@ func TestControllerErrors(t *testing.T) {
 					"/v1/vips/{vip}/backends/{address}/weight": `{"weight":1}`,
 					"/v1/explain": `{"src":"198.19.1.2","dst":"203.0.113.10","protocol":"tcp"}`,
 					"/v1/apply":   "vips: []",
+					"/v1/vips/{vip}/backends/{address}/drain": `{}`,
 				}[r.path]
+				if r.path == "/v1/conns" {
+					path += "?vip=tcp/203.0.113.10:80" // a flush needs a filter
+				}
 				if r.method == "GET" || r.method == "DELETE" {
 					body = ""
 				}

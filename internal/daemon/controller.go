@@ -58,6 +58,7 @@ func (c *controller) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 		}
 	}
 	sizes := c.d.rec.RingSizes()
+	counts := c.d.connCounts()
 	var out []api.VIP
 	for _, v := range c.d.rec.Desired() {
 		k := reconcile.Key(v)
@@ -68,6 +69,8 @@ func (c *controller) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 		for i := range av.Backends {
 			st := statuses[k][av.Backends[i].Address]
 			av.Backends[i].HealthSince, av.Backends[i].HealthError = st.since, st.err
+			n := counts[k][av.Backends[i].Address]
+			av.Backends[i].Active, av.Backends[i].Inactive = n.Active, n.Inactive
 		}
 		out = append(out, av)
 	}
@@ -249,6 +252,7 @@ func (c *controller) Stats(ctx context.Context) (api.Stats, error) {
 		vips = append(vips, v)
 	}
 	slices.SortFunc(vips, func(a, b datapath.VIP) int { return strings.Compare(a.String(), b.String()) })
+	conns := c.d.connCounts()
 	for _, v := range vips {
 		vs := api.VIPStats{VIP: api.VIPRef{Protocol: v.Proto.String(), Address: v.Addr, Port: v.Port},
 			Counter: counter(last.VIPs[v], prev.VIPs[v])}
@@ -258,7 +262,9 @@ func (c *controller) Stats(ctx context.Context) (api.Stats, error) {
 		}
 		slices.SortFunc(addrs, netip.Addr.Compare)
 		for _, a := range addrs {
-			vs.Backends = append(vs.Backends, api.BackendStats{Address: a, Counter: counter(last.Backends[v][a], prev.Backends[v][a])})
+			n := conns[v][a]
+			vs.Backends = append(vs.Backends, api.BackendStats{Address: a, Counter: counter(last.Backends[v][a], prev.Backends[v][a]),
+				Active: n.Active, Inactive: n.Inactive})
 		}
 		s.VIPs = append(s.VIPs, vs)
 	}

@@ -76,6 +76,7 @@ type Daemon struct {
 	bgp     *announcer       // nil without a bgp section (bgp.go)
 	metrics *metrics.Metrics
 	rates   *rateSampler
+	conns   *connCounter // per-backend connection counts (conns.go)
 	ifaces  []api.Interface
 	progID  ebpf.ProgramID // the balancer program's kernel ID, for tracking
 
@@ -194,6 +195,8 @@ func (d *Daemon) run(ctx context.Context) error {
 	d.noteAttached(dp)
 	d.rates = newRateSampler(dp, 2*time.Second)
 	go d.rates.run(ctx)
+	d.conns = newConnCounter(dp)
+	go d.conns.run(ctx)
 
 	// The reconciler re-plans when a resolved MAC changes.
 	wg.Add(1)

@@ -315,12 +315,6 @@ func readAll[K any](m *ebpf.Map) ([]K, []balancerCtValue, error) {
 	}
 }
 
-// statTableV3 is the verdict table of layout 3: the counters up to
-// ct_expired.
-type statTableV3 struct {
-	Count [balancerFulcrumStatSTAT_CT_EXPIRED + 1]uint64
-}
-
 // copyCounters carries the per-CPU counters over: the verdict table (the
 // same enum in every layout this build reads, only ever grown at the end),
 // a VIP's and a backend's to the index or id they have now. It returns

@@ -113,6 +113,9 @@ func New(src Source, version, commit string) *Metrics {
 	if b, ok := src.(BGPSource); ok {
 		m.reg.MustRegister(newBGPCollector(b))
 	}
+	if cs, ok := src.(ConnSource); ok {
+		m.reg.MustRegister(newConnCollector(cs))
+	}
 	return m
 }
 

@@ -77,6 +77,11 @@ type Backend struct {
 	Health      string    `json:"health,omitempty"`
 	HealthSince time.Time `json:"health_since,omitzero"`
 	HealthError string    `json:"health_error,omitempty"`
+	// Active and Inactive are filled in listings: the backend's connection
+	// entries by the daemon's last count (IPVS's sense: established;
+	// syn, fin and closed), made every 2 s or more (docs/connections.md).
+	Active   uint64 `json:"active"`
+	Inactive uint64 `json:"inactive"`
 }
 
 // WeightRequest is the body of PUT /v1/vips/{vip}/backends/{address}/weight.
@@ -133,6 +138,9 @@ type VIPStats struct {
 type BackendStats struct {
 	Address netip.Addr `json:"address"`
 	Counter Counter    `json:"counter"`
+	// Active and Inactive are its connections, as in Backend.
+	Active   uint64 `json:"active"`
+	Inactive uint64 `json:"inactive"`
 }
 
 // ExplainRequest is a packet to explain.
