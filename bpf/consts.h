@@ -14,9 +14,12 @@
 /* A backend id is one (VIP, backend) pair: 4096 VIPs x 64 backends. */
 #define MAX_BACKENDS 262144
 #define CT_ENTRIES (1 << 20)
-/* The inner ring template; real rings are created by Go with the VIP's own
- * prime size, which BPF_F_INNER_MAP allows. */
-#define RING_TEMPLATE_SIZE 251
+/* The ring arena (maps.h) holds every VIP's Maglev ring, RING_CHUNK_SLOTS
+ * slots to an array element, RING_ARENA_CHUNKS elements as compiled: 64 Mi
+ * slots, 256 MiB, 1024 rings of the default 65537 slots. Go loads it with
+ * the capacity it is given (datapath.Options.RingSlots). */
+#define RING_CHUNK_SLOTS 16
+#define RING_ARENA_CHUNKS (1 << 22)
 
 /* How many IPv6 extension headers the parser walks; a longer chain (or one
  * over IPV6_MAX_EXT_BYTES, parse.h) is malformed. */

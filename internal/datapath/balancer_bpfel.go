@@ -184,6 +184,11 @@ type balancerLbConfig struct {
 	Pad2         uint32
 }
 
+type balancerRingChunk struct {
+	_    structs.HostLayout
+	Slot [16]uint32
+}
+
 type balancerStatTable struct {
 	_     structs.HostLayout
 	Count [23]uint64
@@ -206,14 +211,15 @@ type balancerVipKeyV6 struct {
 }
 
 type balancerVipMeta struct {
-	_         structs.HostLayout
-	Index     uint16
-	Gen       uint16
-	Flags     uint16
-	Mode      uint8
-	Pad       uint8
-	RingSize  uint32
-	CtTimeout [4]uint32
+	_          structs.HostLayout
+	Index      uint16
+	Gen        uint16
+	Flags      uint16
+	Mode       uint8
+	Pad        uint8
+	RingSize   uint32
+	RingOffset uint32
+	CtTimeout  [4]uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -227,7 +233,7 @@ const (
 	balancerMapCtV6             = "ct_v6"
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
-	balancerMapRings            = "rings"
+	balancerMapRingArena        = "ring_arena"
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
 	balancerMapVipAddrsV6       = "vip_addrs_v6"
@@ -303,7 +309,7 @@ type balancerMapSpecs struct {
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
-	Rings        *ebpf.MapSpec `ebpf:"rings"`
+	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
 	VipAddrsV6   *ebpf.MapSpec `ebpf:"vip_addrs_v6"`
@@ -353,7 +359,7 @@ type balancerMaps struct {
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
-	Rings        *ebpf.Map `ebpf:"rings"`
+	RingArena    *ebpf.Map `ebpf:"ring_arena"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
 	VipAddrsV6   *ebpf.Map `ebpf:"vip_addrs_v6"`
@@ -372,7 +378,7 @@ func (m *balancerMaps) Close() error {
 		m.CtV6,
 		m.FlowGuard,
 		m.HopCache,
-		m.Rings,
+		m.RingArena,
 		m.Stats,
 		m.VipAddrsV4,
 		m.VipAddrsV6,

@@ -21,7 +21,7 @@ func TestSpecCapacities(t *testing.T) {
 		first string
 		maps  []string
 	}{
-		{"vip", balancerMapVipsV4, []string{balancerMapVipsV6, balancerMapVipState, balancerMapRings,
+		{"vip", balancerMapVipsV4, []string{balancerMapVipsV6, balancerMapVipState,
 			balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6}},
 		{"backend", balancerMapBackends, []string{balancerMapBackendStats, balancerMapHopCache}},
 	}

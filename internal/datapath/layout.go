@@ -28,7 +28,10 @@ import (
 //     timeouts in jiffies; the verdict table ends with ct_expired; a
 //     connection entry's spare byte is its TCP state (0, established, in
 //     entries of older layouts).
-const LayoutVersion = 3
+//   - 4: the rings are extents of one mmapable array, ring_arena, named by
+//     vip_meta's new ring_offset (after ring_size); the map of maps rings
+//     is gone.
+const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the
 // support window is at least the previous release.

@@ -27,7 +27,8 @@ type tables struct {
 // openTables opens the maps of the pins in dir. Layouts 1 and 2 have the
 // same formats; layout 3 added the timeouts to vip_meta (eachVIP reads
 // either) and a counter to the end of the verdict table (copyCounters
-// carries the old ones over).
+// carries the old ones over); layout 4 the ring offset to vip_meta (the
+// rings themselves are not copied: the new configuration writes its own).
 func openTables(dir string) (*tables, error) {
 	t := &tables{owned: true}
 	for _, f := range []struct {
@@ -49,8 +50,8 @@ func openTables(dir string) (*tables, error) {
 		sameFormat(t.ctV4, balancerMapCtV4, balancerCtKeyV4{}, balancerCtValue{}),
 		sameFormat(t.ctV6, balancerMapCtV6, balancerCtKeyV6{}, balancerCtValue{}),
 		sameFormat(t.backends, balancerMapBackends, uint32(0), balancerBackend{}),
-		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}, vipMetaV2{}),
-		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}, vipMetaV2{}),
+		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}, vipMetaV2{}, vipMetaV3{}),
+		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}, vipMetaV2{}, vipMetaV3{}),
 	); err != nil {
 		t.close()
 		return nil, fmt.Errorf("read the pins in %s: %w", dir, err)
