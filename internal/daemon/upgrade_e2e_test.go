@@ -20,9 +20,9 @@ import (
 
 // previousRelease is the commit of the release this one must upgrade from
 // under traffic (the support window, docs/upgrade.md): the last one of
-// layout 2, before the connection timeouts. Each release that changes the
-// layout sets it to the release before it.
-const previousRelease = "0864769ec4b2249b240ae800d3f3996308a4734f"
+// layout 3, before the ring arena. Each release that changes the layout
+// sets it to the release before it.
+const previousRelease = "552dc2ab1b86c8d5a1da63d30d0b8b5d1579ddbb"
 
 // buildRelease builds the fulcrum binary of an earlier commit from this
 // repository's history. Its BPF objects are committed, so only Go is
@@ -211,10 +211,10 @@ func (h *harness) requireLayout(v uint32) {
 
 // TestUpgradeFromPreviousRelease runs the previous release (built from
 // this repository's history) under traffic, kills it with -9 and starts
-// this build on its pins: the pins are migrated from layout 2 with not a
+// this build on its pins: the pins are migrated from layout 3 with not a
 // datagram lost, every connection alive on its backend, and the ones a
 // reweight took off the ring still on theirs. Then the previous release is
-// started again: it cannot read layout 3, so it refuses, says what to do
+// started again: it cannot read layout 4, so it refuses, says what to do
 // and changes nothing, while this build's program goes on forwarding.
 func TestUpgradeFromPreviousRelease(t *testing.T) {
 	h := newHarness(t)
@@ -226,7 +226,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 		t.Fatal("the previous release left no pins")
 	}
 	h.bin = current
-	h.restartMigrating(tr, "layout 2 to 3", datapath.LayoutVersion)
+	h.restartMigrating(tr, "layout 3 to 4", datapath.LayoutVersion)
 
 	// Back to the previous release: a downgrade across a layout change,
 	// which needs 'fulcrum detach' first (docs/upgrade.md).

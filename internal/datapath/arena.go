@@ -225,17 +225,26 @@ func (a *ringArena) reclaim() error {
 	if len(batch) == 0 {
 		return nil
 	}
-	if err := a.fence.Put(uint32(0), a.fenceInner); err != nil {
+	if err := a.gracePeriod(); err != nil {
 		a.mu.Lock()
 		a.retired = append(a.retired, batch...)
 		a.mu.Unlock()
-		return fmt.Errorf("wait for an rcu grace period: %w", err)
+		return err
 	}
 	a.mu.Lock()
 	for _, e := range batch {
 		a.insertFree(e)
 	}
 	a.mu.Unlock()
+	return nil
+}
+
+// gracePeriod returns after an RCU grace period: every program that was
+// running when it was called has finished.
+func (a *ringArena) gracePeriod() error {
+	if err := a.fence.Put(uint32(0), a.fenceInner); err != nil {
+		return fmt.Errorf("wait for an rcu grace period: %w", err)
+	}
 	return nil
 }
 

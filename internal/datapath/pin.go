@@ -101,12 +101,15 @@ func (d *Datapath) adopt() error {
 		return err
 	}
 	// The extents the VIPs' metas name are taken; the rest of the arena
-	// is free (an extent retired before the last daemon stopped has long
-	// been past its grace period).
+	// is free once a grace period has passed: the last daemon may have
+	// retired extents just before it stopped.
 	for _, e := range d.vips {
 		if err := d.arena.claim(e.ring); err != nil {
 			return fmt.Errorf("adopt ring of vip %s: %w", e.vip, err)
 		}
+	}
+	if err := d.arena.gracePeriod(); err != nil {
+		return err
 	}
 
 	// VIP indexes: the live ones are used, the rest of those ever handed
