@@ -2,15 +2,17 @@ package datapath
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Every VIP's Maglev ring lives in one map, the ring arena (bpf/maps.h): an
-// array mapped into this process, where the VIP's ring is the extent of
+// array that this process maps (BPF_F_MMAPABLE), where the VIP's ring is the extent of
 // slots its meta names (vip_meta.ring_offset, .ring_size). A new ring is
 // written into a free extent with one memory copy and published by the
 // update of the VIP's key, whose new value names it: no map is created, no
@@ -39,9 +41,13 @@ type extent struct {
 
 func (e extent) end() uint32 { return e.off + e.size }
 
-// ringArena owns the arena map's memory and the allocation of its extents.
+// ringArena owns the allocation of the arena map's extents, and writes
+// and reads them through mappings of their pages: a ring's pages are mapped
+// only while it is written or read, so the arena does not count whole in
+// the daemon's resident memory, as one mapping of it would (256 MiB by
+// default), for one mmap and munmap per ring (tens of microseconds).
 type ringArena struct {
-	mem  *ebpf.Memory
+	m    *ebpf.Map
 	size uint32 // slots
 
 	mu      sync.Mutex
@@ -66,10 +72,6 @@ type ringArena struct {
 // newRingArena takes the arena map. Every slot is free; adopt marks the
 // extents pinned VIPs use (take).
 func newRingArena(m *ebpf.Map) (*ringArena, error) {
-	mem, err := m.Memory()
-	if err != nil {
-		return nil, fmt.Errorf("map the ring arena: %w", err)
-	}
 	inner, err := ebpf.NewMap(&ebpf.MapSpec{Name: "fulcrum_fence", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		return nil, fmt.Errorf("create the grace-period fence: %w", err)
@@ -81,7 +83,7 @@ func newRingArena(m *ebpf.Map) (*ringArena, error) {
 		return nil, fmt.Errorf("create the grace-period fence: %w", err)
 	}
 	size := m.MaxEntries() * ringChunkSlots
-	a := &ringArena{mem: mem, size: size, free: []extent{{0, size}}, fence: fence, fenceInner: inner,
+	a := &ringArena{m: m, size: size, free: []extent{{0, size}}, fence: fence, fenceInner: inner,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go a.reclaimer()
 	return a, nil
@@ -253,30 +255,47 @@ func (a *ringArena) write(e extent, table []uint32) error {
 	if uint32(len(table)) != e.size {
 		return fmt.Errorf("write ring: %d slots into an extent of %d", len(table), e.size)
 	}
-	if _, err := a.mem.WriteAt(slotBytes(table), int64(e.off)*4); err != nil {
-		return fmt.Errorf("write ring at slot %d: %w", e.off, err)
-	}
-	return nil
+	return withExtent(a.m, a.size, e, true, func(slots []uint32) { copy(slots, table) })
 }
 
 // read returns a copy of the extent's slots.
 func (a *ringArena) read(e extent) ([]uint32, error) {
-	return readExtent(a.mem, a.size, e)
+	return readExtent(a.m, a.size, e)
 }
 
-// readExtent reads an extent of an arena of size slots mapped at mem.
-func readExtent(mem *ebpf.Memory, size uint32, e extent) ([]uint32, error) {
-	if e.end() > size || e.end() < e.off {
-		return nil, fmt.Errorf("ring at slots %d to %d: outside the arena's %d slots", e.off, int64(e.end())-1, size)
-	}
+// readExtent reads an extent of the arena map m, of size slots.
+func readExtent(m *ebpf.Map, size uint32, e extent) ([]uint32, error) {
 	out := make([]uint32, e.size)
+	err := withExtent(m, size, e, false, func(slots []uint32) { copy(out, slots) })
+	return out, err
+}
+
+// withExtent calls f with the extent's slots, in a mapping of the pages
+// of the arena map m (of size slots) that hold them, writable if asked.
+func withExtent(m *ebpf.Map, size uint32, e extent, writable bool, f func(slots []uint32)) error {
+	if e.end() > size || e.end() < e.off {
+		return fmt.Errorf("ring at slots %d to %d: outside the arena's %d slots", e.off, int64(e.end())-1, size)
+	}
 	if e.size == 0 {
-		return out, nil
+		f(nil)
+		return nil
 	}
-	if _, err := mem.ReadAt(slotBytes(out), int64(e.off)*4); err != nil {
-		return nil, fmt.Errorf("read ring at slot %d: %w", e.off, err)
+	page := uint64(os.Getpagesize())
+	first, end := uint64(e.off)*4, uint64(e.end())*4
+	start := first / page * page
+	prot := unix.PROT_READ
+	if writable {
+		prot |= unix.PROT_WRITE
 	}
-	return out, nil
+	b, err := unix.Mmap(m.FD(), int64(start), int((end+page-1)/page*page-start), prot, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map ring at slot %d: %w", e.off, err)
+	}
+	f(unsafe.Slice((*uint32)(unsafe.Pointer(&b[first-start])), e.size))
+	if err := unix.Munmap(b); err != nil {
+		return fmt.Errorf("unmap ring at slot %d: %w", e.off, err)
+	}
+	return nil
 }
 
 // slotBytes is the memory of slots as bytes, in the host's order, which is

@@ -432,3 +432,61 @@ func loadRingScan(tb testing.TB, d *Datapath) *ebpf.Program {
 	tb.Cleanup(func() { objs.Scan.Close() })
 	return objs.Scan
 }
+
+// TestReadRingsFromPins reads the rings from the pins alone, as `fulcrum`
+// tools and tests do without the daemon: each VIP's ring, slot by slot,
+// is the one the datapath reports, and a VIP without backends reads as a
+// ring of empty slots.
+func TestReadRingsFromPins(t *testing.T) {
+	dir := PinDir(newPinRoot(t), "test")
+	d, err := Load(Options{ConntrackEntries: 8192, PinDir: dir, RingSlots: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	provision(t, d)
+	empty := VIP{Addr: addr("203.0.113.90"), Port: 80, Proto: TCP}
+	if err := d.AddVIP(empty, VIPConfig{Mode: ModeDSR, RingSize: 251}, nil); err != nil {
+		t.Fatal(err)
+	}
+	rings, err := ReadRings(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rings) != len(d.VIPs()) {
+		t.Fatalf("read %d rings, want one for each of %d VIPs", len(rings), len(d.VIPs()))
+	}
+	for _, s := range d.VIPs() {
+		want, err := d.RingDigest(s.VIP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := RingDigest(rings[s.VIP]); got != want || uint32(len(rings[s.VIP])) != s.Config.RingSize {
+			t.Fatalf("%s: read %d slots with digest %#x, want %d with %#x", s.VIP, len(rings[s.VIP]), got, s.Config.RingSize, want)
+		}
+	}
+	for i, a := range rings[empty] {
+		if a.IsValid() {
+			t.Fatalf("%s without backends: slot %d names %s", empty, i, a)
+		}
+	}
+}
+
+// BenchmarkArenaWrite writes a ring of the default size into the arena:
+// a map of its pages, a copy and an unmap.
+func BenchmarkArenaWrite(b *testing.B) {
+	d := newTestDatapath(b)
+	table := make([]uint32, 65537)
+	for i := range table {
+		table[i] = uint32(i % 100)
+	}
+	e, err := d.arena.alloc(uint32(len(table)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := d.arena.write(e, table); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -18,10 +18,13 @@ import (
 // different daemons (which may number their backends differently) compare
 // equal when they send each slot to the same backend. A slot of a ring
 // without active backends reads as the invalid Addr. It reads the pins
-// only: no daemon need run, and a running one is not disturbed.
+// only: no daemon need run, and a running one is not disturbed. The maps
+// are opened read-only but for the ring arena, which the kernel maps into
+// memory only through a writable descriptor; it is mapped read-only.
 func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 	open := func(name string) (*ebpf.Map, error) {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		opts := &ebpf.LoadPinOptions{ReadOnly: name != balancerMapRingArena}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), opts)
 		if err != nil {
 			return nil, fmt.Errorf("read rings: open pinned %s: %w", name, err)
 		}
@@ -52,10 +55,6 @@ func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 		return nil, err
 	}
 	arena := get[balancerMapRingArena]
-	mem, err := arena.Memory()
-	if err != nil {
-		return nil, fmt.Errorf("read rings: %w", err)
-	}
 	size := arena.MaxEntries() * ringChunkSlots
 	rings := make(map[VIP]extent)
 	if err := eachVIP(get[balancerMapVipsV4], get[balancerMapVipsV6], func(v VIP, m balancerVipMeta) {
@@ -65,7 +64,7 @@ func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 	}
 	out := make(map[VIP][]netip.Addr, len(rings))
 	for v, e := range rings {
-		slots, err := readExtent(mem, size, e)
+		slots, err := readExtent(arena, size, e)
 		if err != nil {
 			return nil, fmt.Errorf("read ring of vip %s: %w", v, err)
 		}
