@@ -9,7 +9,8 @@ package testprogs
 
 //go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -target bpfel -cflags "-O2 -g -mcpu=v3 -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" Testprogs ../../../bpf/testprogs.c
 
-// Ringscan is the slowed-down ring reader of TestRingFlipHammer
-// (bpf/ringscan.c). Its object declares the balancer's maps; a test loads
-// only the program, with the datapath's maps in place of the two it reads.
-//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -target bpfel -cflags "-O2 -g -mcpu=v3 -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" Ringscan ../../../bpf/ringscan.c
+// ringscan.o is the slowed-down ring reader of TestRingFlipHammer
+// (bpf/ringscan.c), compiled without Go bindings: its object declares all
+// of the balancer's maps, and the test loads only the program from it, with
+// the datapath's maps in place of the two it reads.
+//go:generate clang-19 -O2 -g -mcpu=v3 -Wall -Werror -target bpfel -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu -c ../../../bpf/ringscan.c -o ringscan.o
