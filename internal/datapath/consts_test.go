@@ -4,8 +4,8 @@ import "testing"
 
 // TestSpecCapacities holds the Go side's facts about the maps to the
 // compiled object, which is where they live (bpf/consts.h): the default
-// connection table size, and one capacity for every map Load sizes as a
-// VIP map or as a backend map.
+// connection table size, the ring arena's default capacity, and one
+// capacity for every map Load sizes as a VIP map or as a backend map.
 func TestSpecCapacities(t *testing.T) {
 	spec, err := loadBalancer()
 	if err != nil {
@@ -15,6 +15,9 @@ func TestSpecCapacities(t *testing.T) {
 		if got := spec.Maps[name].MaxEntries; got != DefaultConntrackEntries {
 			t.Errorf("map %s: max_entries %d, want DefaultConntrackEntries %d", name, got, DefaultConntrackEntries)
 		}
+	}
+	if got := spec.Maps[balancerMapRingArena].MaxEntries * ringChunkSlots; got != DefaultRingSlots {
+		t.Errorf("map %s: %d slots as compiled, want DefaultRingSlots %d", balancerMapRingArena, got, DefaultRingSlots)
 	}
 	groups := []struct {
 		what  string
