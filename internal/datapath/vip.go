@@ -405,9 +405,10 @@ func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pending
 
 // fill writes what the fast path cannot see yet for a prepared VIP: the
 // reset counters of its new index and ids, its backends' entries, and its
-// new ring into a free extent of the arena, if the ring changed. It touches no Go
-// state of d but p's, so that VIPs fill in parallel; sh, if not nil,
-// shares the builds of VIPs of the same shape.
+// new ring into a free extent of the arena, if the ring changed. It
+// touches no Go state of d but p's (the arena has its own lock), so that
+// VIPs fill in parallel; sh, if not nil, shares the builds of VIPs of the
+// same shape.
 func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 	e, old, vip := p.e, p.old, p.e.vip
 	if old == nil {
