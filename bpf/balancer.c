@@ -124,19 +124,11 @@ static __always_inline __u32 flow_hash_of(const struct flow *f, int source_only)
 	return flow_hash(src, dst, f->ports, f->proto);
 }
 
-/* pick returns the ring's backend for hash, or UNASSIGNED. */
+/* pick returns the ring's backend for hash, or UNASSIGNED: slot
+ * ring_slot(hash, M) of the VIP's extent of the ring arena. */
 static __always_inline __u32 pick(const struct vip_meta *vip, __u32 hash)
 {
-	__u32 idx = vip->index;
-	__u32 slot, *id;
-	void *ring;
-
-	ring = bpf_map_lookup_elem(&rings, &idx);
-	if (!ring)
-		return UNASSIGNED;
-	slot = ring_slot(hash, vip->ring_size);
-	id = bpf_map_lookup_elem(ring, &slot);
-	return id ? *id : UNASSIGNED;
+	return ring_read(vip->ring_offset, ring_slot(hash, vip->ring_size));
 }
 
 /* live_backend returns backend id if it may take packets. */

@@ -16,9 +16,12 @@
 #define CT_ENTRIES (1 << 20)
 /* Entries per connection-table bucket (one cache line, types.h ct_bucket). */
 #define CT_WAYS 4
-/* The inner ring template; real rings are created by Go with the VIP's own
- * prime size, which BPF_F_INNER_MAP allows. */
-#define RING_TEMPLATE_SIZE 251
+/* The ring arena (maps.h) holds every VIP's Maglev ring, RING_CHUNK_SLOTS
+ * slots to an array element, RING_ARENA_CHUNKS elements as compiled: 64 Mi
+ * slots, 256 MiB, 1024 rings of the default 65537 slots. Go loads it with
+ * the capacity it is given (datapath.Options.RingSlots). */
+#define RING_CHUNK_SLOTS 16
+#define RING_ARENA_CHUNKS (1 << 22)
 /* Capacity of src_prefixes, all VIPs and kinds together. The trie is not
  * preallocated (BPF_F_NO_PREALLOC): an entry costs memory only when Go
  * writes it. */

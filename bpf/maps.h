@@ -72,25 +72,37 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } src_prefixes SEC(".maps");
 
-/* ring_template is the inner map of rings. BPF_F_INNER_MAP lets each VIP's
- * ring have its own prime size. */
-struct ring {
+/* ring_arena holds the Maglev ring of every VIP, each at its own extent
+ * (vip_meta.ring_offset, .ring_size). Go writes a new ring into a free
+ * extent through an mmap of the map, then publishes it by updating the
+ * VIP's meta; an extent is reused only after an RCU grace period has passed
+ * since no meta named it (docs/datapath.md, "Ring publication"). A plain
+ * array, not a map of maps: the lookup is inlined, and no update waits for
+ * a grace period. */
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, RING_TEMPLATE_SIZE);
-	__uint(map_flags, BPF_F_INNER_MAP);
-};
+	__type(value, struct ring_chunk);
+	__uint(max_entries, RING_ARENA_CHUNKS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+} ring_arena SEC(".maps");
 
-/* rings[vip index] is the VIP's Maglev table. Go builds a new inner map and
- * swaps it in with one update, so a lookup sees the old ring or the new one,
- * never a mix. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__type(key, __u32);
-	__uint(max_entries, MAX_VIPS);
-	__array(values, struct ring);
-} rings SEC(".maps");
+/* ring_read returns slot slot of the ring at offset in the ring arena, or
+ * 0xffffffff (maglev.Unassigned) past the arena's end: the balancer's one
+ * way of reading a ring (pick), shared with the test that proves rings
+ * flip whole (bpf/ringscan.c). The lookup is inlined: the verifier turns
+ * it into a bounds check and an address computation. */
+static __always_inline __u32 ring_read(__u32 offset, __u32 slot)
+{
+	__u32 at = offset + slot;
+	__u32 chunk = at / RING_CHUNK_SLOTS;
+	struct ring_chunk *c;
+
+	c = bpf_map_lookup_elem(&ring_arena, &chunk);
+	if (!c)
+		return 0xffffffff;
+	return c->slot[at % RING_CHUNK_SLOTS];
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -24,14 +24,17 @@ struct vip_key_v6 {
 };
 
 /* vip_meta is the value of the VIP hash maps and of vip_state[index], which
- * a connection entry's backend points back to. gen 0 marks an unused index. */
+ * a connection entry's backend points back to. gen 0 marks an unused index.
+ * The VIP's ring is slots ring_offset to ring_offset + ring_size - 1 of the
+ * ring arena: an update of the VIP's key publishes a new ring. */
 struct vip_meta {
 	__u16 index;
 	__u16 gen;
 	__u16 flags;     /* enum fulcrum_vip_flags */
 	__u8 mode;       /* enum fulcrum_mode */
 	__u8 pad;
-	__u32 ring_size; /* prime M of rings[index] */
+	__u32 ring_size;   /* prime M of the ring */
+	__u32 ring_offset; /* its first slot in the ring arena */
 	/* How long the VIP's connection entries may stay idle, in jiffies,
 	 * by enum fulcrum_ct_state (a UDP VIP's four are its one timeout).
 	 * Go converts the configured seconds with the kernel's HZ. */
@@ -72,6 +75,13 @@ struct backend {
 	__u16 weight;     /* not read by the fast path: lets a restarted */
 	__u16 pad;        /* daemon rebuild its state from the maps */
 	__be32 addr[4];
+};
+
+/* ring_chunk is one element of the ring arena: RING_CHUNK_SLOTS backend
+ * ids, so that a slot takes 4 bytes (an array rounds each element up to 8)
+ * and the arena is one flat array of slots to Go's mmap. */
+struct ring_chunk {
+	__u32 slot[RING_CHUNK_SLOTS];
 };
 
 /* Connection table keys, one map per family so the IPv4 key stays small. */

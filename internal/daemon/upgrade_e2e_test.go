@@ -20,9 +20,10 @@ import (
 
 // previousRelease is the commit of the release this one must upgrade from
 // under traffic (the support window, docs/upgrade.md): the last one of
-// layout 3, before layout 4 (source ranges). Each release that changes the
-// layout sets it to the release before it.
-const previousRelease = "2267929f43db1d7138cb5215b4dda7a895794286"
+// layout 3, before layout 4 (the bucketed connection table, the ring arena,
+// source ranges). Each release that changes the layout sets it to the
+// release before it.
+const previousRelease = "552dc2ab1b86c8d5a1da63d30d0b8b5d1579ddbb"
 
 // buildRelease builds the fulcrum binary of an earlier commit from this
 // repository's history. Its BPF objects are committed, so only Go is

@@ -199,6 +199,11 @@ type balancerLbConfig struct {
 	Pad2         uint32
 }
 
+type balancerRingChunk struct {
+	_    structs.HostLayout
+	Slot [16]uint32
+}
+
 type balancerSrcPrefixKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -235,14 +240,15 @@ type balancerVipKeyV6 struct {
 }
 
 type balancerVipMeta struct {
-	_         structs.HostLayout
-	Index     uint16
-	Gen       uint16
-	Flags     uint16
-	Mode      uint8
-	Pad       uint8
-	RingSize  uint32
-	CtTimeout [4]uint32
+	_          structs.HostLayout
+	Index      uint16
+	Gen        uint16
+	Flags      uint16
+	Mode       uint8
+	Pad        uint8
+	RingSize   uint32
+	RingOffset uint32
+	CtTimeout  [4]uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -258,7 +264,7 @@ const (
 	balancerMapCtV6             = "ct_v6"
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
-	balancerMapRings            = "rings"
+	balancerMapRingArena        = "ring_arena"
 	balancerMapSrcPrefixes      = "src_prefixes"
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
@@ -340,7 +346,7 @@ type balancerMapSpecs struct {
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
-	Rings        *ebpf.MapSpec `ebpf:"rings"`
+	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
 	SrcPrefixes  *ebpf.MapSpec `ebpf:"src_prefixes"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
@@ -396,7 +402,7 @@ type balancerMaps struct {
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
-	Rings        *ebpf.Map `ebpf:"rings"`
+	RingArena    *ebpf.Map `ebpf:"ring_arena"`
 	SrcPrefixes  *ebpf.Map `ebpf:"src_prefixes"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
@@ -418,7 +424,7 @@ func (m *balancerMaps) Close() error {
 		m.CtV6,
 		m.FlowGuard,
 		m.HopCache,
-		m.Rings,
+		m.RingArena,
 		m.SrcPrefixes,
 		m.Stats,
 		m.VipAddrsV4,

@@ -4,8 +4,8 @@ import "testing"
 
 // TestSpecCapacities holds the Go side's facts about the maps to the
 // compiled object, which is where they live (bpf/consts.h): the default
-// connection table size, and one capacity for every map Load sizes as a
-// VIP map or as a backend map.
+// connection table size, the ring arena's default capacity, and one
+// capacity for every map Load sizes as a VIP map or as a backend map.
 func TestSpecCapacities(t *testing.T) {
 	spec, err := loadBalancer()
 	if err != nil {
@@ -25,12 +25,15 @@ func TestSpecCapacities(t *testing.T) {
 	if err := spec.Variables[balancerVarCtBuckets].Get(&buckets); err != nil || buckets != DefaultConntrackEntries/ctWays {
 		t.Errorf("ct_buckets = %d (%v), want %d", buckets, err, DefaultConntrackEntries/ctWays)
 	}
+	if got := spec.Maps[balancerMapRingArena].MaxEntries * ringChunkSlots; got != DefaultRingSlots {
+		t.Errorf("map %s: %d slots as compiled, want DefaultRingSlots %d", balancerMapRingArena, got, DefaultRingSlots)
+	}
 	groups := []struct {
 		what  string
 		first string
 		maps  []string
 	}{
-		{"vip", balancerMapVipsV4, []string{balancerMapVipsV6, balancerMapVipState, balancerMapRings,
+		{"vip", balancerMapVipsV4, []string{balancerMapVipsV6, balancerMapVipState,
 			balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6}},
 		{"backend", balancerMapBackends, []string{balancerMapBackendStats, balancerMapHopCache}},
 	}

@@ -3,8 +3,8 @@
 // methods that write VIPs, backends and Maglev rings into its maps and read
 // its counters. Nothing else writes the maps.
 //
-// Requires Linux 5.18 or later (BPF_F_INNER_MAP, BPF links for XDP,
-// bpf_jiffies64); developed on 6.18.
+// Requires Linux 5.18 or later (BPF links for XDP, bpf_jiffies64, mmapable
+// arrays); developed on 6.18.
 package datapath
 
 import (
@@ -35,6 +35,13 @@ type Options struct {
 	// compiled-in capacity (MAX_VIPS and MAX_BACKENDS in bpf/consts.h, as
 	// the specs carry them) to save memory; 0 means the full capacity.
 	MaxVIPs, MaxBackends uint32
+	// RingSlots is the capacity of the ring arena, which holds every
+	// VIP's Maglev ring (4 bytes a slot, allocated at load): the sum of
+	// the VIPs' ring sizes, plus room for the new rings of a change
+	// before its old ones are freed. 0 means DefaultRingSlots; it is
+	// rounded up to a multiple of 16. A change that finds no room fails
+	// with an error that names this option.
+	RingSlots uint32
 	// PinDir, if set, pins the maps and the XDP link there (see PinDir)
 	// and adopts what an earlier daemon pinned: the connection table, the
 	// counters, the VIPs and backends, and the attached program. Pins of
@@ -85,9 +92,8 @@ type Datapath struct {
 		config *balancerLbConfig
 		policy map[netip.Addr]uint32
 	}
-	// cache holds rings made or kept ahead of the changes that need them
-	// (recycle.go).
-	cache ringCache
+	// arena allocates the extents of the ring arena (arena.go).
+	arena *ringArena
 	// refused holds, by ifindex, why the driver refused native XDP where
 	// AttachAuto fell back to generic (attach.go).
 	refused map[int]error
@@ -108,13 +114,18 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	maxVIPs := shrink(spec.Maps[balancerMapVipsV4].MaxEntries, opts.MaxVIPs)
 	maxBackends := shrink(spec.Maps[balancerMapBackends].MaxEntries, opts.MaxBackends)
-	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState, balancerMapRings,
+	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState,
 		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6} {
 		spec.Maps[name].MaxEntries = maxVIPs
 	}
 	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache} {
 		spec.Maps[name].MaxEntries = maxBackends
 	}
+	slots := opts.RingSlots
+	if slots == 0 {
+		slots = DefaultRingSlots
+	}
+	spec.Maps[balancerMapRingArena].MaxEntries = (slots + ringChunkSlots - 1) / ringChunkSlots
 
 	d := &Datapath{
 		vips:       make(map[VIP]*vipEntry),
@@ -150,8 +161,13 @@ func Load(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load balancer: %w", err)
 	}
+	if d.arena, err = newRingArena(d.objs.RingArena); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
 	if opts.PinDir != "" {
 		if err := d.settlePins(mode, opts.PinDir); err != nil {
+			d.arena.close()
 			d.objs.Close()
 			return nil, err
 		}
@@ -269,7 +285,7 @@ func (d *Datapath) Close() error {
 		delete(d.links, ifindex)
 	}
 	d.mu.Unlock()
-	d.closeRings()
+	d.arena.close()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

@@ -13,12 +13,12 @@ import (
 
 // fillAll fills the prepared VIPs (see fill) on up to one goroutine per
 // CPU, each result in its pendingVIP's err. Filling a VIP is a Maglev build
-// (~1.2 ms at M = 65537, shared among VIPs of one shape), a new map and
-// the writing of its slots (ringwrite.go), and the VIPs are independent: a
+// (~1.2 ms at M = 65537, shared among VIPs of one shape) and a copy of its
+// slots into the ring arena (arena.go), and the VIPs are independent: a
 // bulk change of a thousand VIPs takes about the time of a thousand
 // divided by the CPUs. No table outlives its fill, so the Go memory is
 // that of the goroutines' tables and the shared builds, whatever the count
-// of VIPs; their rings stay in the kernel until swapped in.
+// of VIPs; their rings wait in the arena until published.
 func (d *Datapath) fillAll(pending []*pendingVIP) {
 	var sh *shapes
 	if len(pending) > 1 {
@@ -27,22 +27,20 @@ func (d *Datapath) fillAll(pending []*pendingVIP) {
 	parallel(len(pending), runtime.NumCPU(), func(i int) { pending[i].err = d.fill(pending[i], sh) })
 }
 
-// sumRings sets the digest of every VIP's ring, rebuilt: a datapath that
-// adopted pinned maps has only their backends, and a thousand VIPs would
-// take a thousand builds one after the other. They run on one goroutine
-// per CPU and share the builds of VIPs of one shape, as fillAll's do.
+// sumRings sets the digest of every adopted VIP's ring, as the arena holds
+// it (a ring a build would not give is then rewritten by the next change
+// of its VIP), on one goroutine per CPU.
 func (d *Datapath) sumRings() error {
 	entries := make([]*vipEntry, 0, len(d.vips))
 	for _, e := range d.vips {
 		entries = append(entries, e)
 	}
-	sh := &shapes{byKey: make(map[uint64][]*shape)}
 	errs := make([]error, len(entries))
 	parallel(len(entries), runtime.NumCPU(), func(i int) {
 		e := entries[i]
-		table, err := sh.table(e)
+		table, err := d.arena.read(e.ring)
 		if err != nil {
-			errs[i] = fmt.Errorf("rebuild ring of vip %s: %w", e.vip, err)
+			errs[i] = fmt.Errorf("read ring of vip %s: %w", e.vip, err)
 			return
 		}
 		e.tableSum = tableSum(table)
@@ -77,17 +75,6 @@ func parallel(n, workers int, f func(i int)) {
 	close(work)
 	wg.Wait()
 }
-
-// slotKeys returns the keys of a ring's slots, 0 to maglev.MaxSize-1,
-// shared read-only by every fill; made at the first fill, not by every
-// program that imports the package.
-var slotKeys = sync.OnceValue(func() []uint32 {
-	k := make([]uint32, maglev.MaxSize)
-	for i := range k {
-		k[i] = uint32(i)
-	}
-	return k
-})
 
 // shapes shares Maglev builds between the VIPs of one bulk change whose
 // rings have the same size and whose backends the same addresses and

@@ -30,10 +30,12 @@ import (
 //     entries of older layouts).
 //   - 4: the connection tables ct_v4/ct_v6 are arrays of 64-byte buckets
 //     of 4 ways (bpf/types.h ct_bucket) with the tuples beside them in
-//     ct_keys_v4/ct_keys_v6, in place of the LRU hashes; the src_prefixes
-//     LPM trie holds the VIPs' source ranges (VIP_F_SOURCE_RANGES in
-//     vip_meta.flags); the verdict table ends with drop_source_range and
-//     ct_evicted.
+//     ct_keys_v4/ct_keys_v6, in place of the LRU hashes; the rings are
+//     extents of one mmapable array, ring_arena, named by vip_meta's new
+//     ring_offset (after ring_size), and the map of maps rings is gone; the
+//     src_prefixes LPM trie holds the VIPs' source ranges
+//     (VIP_F_SOURCE_RANGES in vip_meta.flags); the verdict table ends with
+//     drop_source_range and ct_evicted.
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the

@@ -29,8 +29,9 @@ type tables struct {
 // same formats; layout 3 added the timeouts to vip_meta (eachVIP reads
 // either) and a counter to the end of the verdict table (copyCounters
 // carries the old ones over); layout 4 made ct_* bucketed arrays with
-// their tuple records ct_keys_* (copyConntrack reads either) and added
-// ct_evicted to the verdict table.
+// their tuple records ct_keys_* (copyConntrack reads either), added the
+// ring offset to vip_meta (the rings themselves are not copied: the new
+// configuration writes its own) and ct_evicted to the verdict table.
 func openTables(dir string) (*tables, error) {
 	t := &tables{owned: true}
 	for _, f := range []struct {
@@ -74,8 +75,8 @@ func openTables(dir string) (*tables, error) {
 	if err := errors.Join(
 		ctFormat,
 		sameFormat(t.backends, balancerMapBackends, uint32(0), balancerBackend{}),
-		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}, vipMetaV2{}),
-		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}, vipMetaV2{}),
+		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}, vipMetaV2{}, vipMetaV3{}),
+		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}, vipMetaV2{}, vipMetaV3{}),
 	); err != nil {
 		t.close()
 		return nil, fmt.Errorf("read the pins in %s: %w", dir, err)

@@ -93,7 +93,7 @@ func (d *Datapath) adopt() error {
 			PassUnparseable: m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE) != 0,
 			Timeouts:        connTimeoutsOf(vip.Proto, m.CtTimeout, hz),
 		}
-		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen,
+		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen, ring: extent{m.RingOffset, m.RingSize},
 			backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
 		metas[m.Index] = vip
 		d.vipGen[m.Index] = m.Gen
@@ -105,6 +105,17 @@ func (d *Datapath) adopt() error {
 		return err
 	}
 	if err := d.adoptSourceRanges(ranged); err != nil {
+		return err
+	}
+	// The extents the VIPs' metas name are taken; the rest of the arena
+	// is free once a grace period has passed: the last daemon may have
+	// retired extents just before it stopped.
+	for _, e := range d.vips {
+		if err := d.arena.claim(e.ring); err != nil {
+			return fmt.Errorf("adopt ring of vip %s: %w", e.vip, err)
+		}
+	}
+	if err := d.arena.gracePeriod(); err != nil {
 		return err
 	}
 
@@ -226,17 +237,25 @@ func eachVIP(v4, v6 *ebpf.Map, fn func(VIP, balancerVipMeta)) error {
 	var k4 balancerVipKeyV4
 	var k6 balancerVipKeyV6
 	var m balancerVipMeta
-	var old vipMetaV2
-	// Layouts 1 and 2 had no timeouts in vip_meta: a migration reads their
-	// VIPs by the old format (the timeouts read as zero: the new
-	// configuration writes its own).
+	var v2 vipMetaV2
+	var v3 vipMetaV3
+	// Layouts 1 and 2 had no timeouts in vip_meta, and layouts up to 3 no
+	// ring offset: a migration reads their VIPs by the old format (what
+	// is missing reads as zero: the new configuration writes its own, and
+	// its own rings).
 	val := any(&m)
-	if v4.ValueSize() == uint32(binary.Size(old)) {
-		val = &old
+	switch v4.ValueSize() {
+	case uint32(binary.Size(v2)):
+		val = &v2
+	case uint32(binary.Size(v3)):
+		val = &v3
 	}
 	meta := func() balancerVipMeta {
-		if val == &old {
-			return balancerVipMeta{Index: old.Index, Gen: old.Gen, Flags: old.Flags, Mode: old.Mode, RingSize: old.RingSize}
+		switch val {
+		case &v2:
+			return balancerVipMeta{Index: v2.Index, Gen: v2.Gen, Flags: v2.Flags, Mode: v2.Mode, RingSize: v2.RingSize}
+		case &v3:
+			return balancerVipMeta{Index: v3.Index, Gen: v3.Gen, Flags: v3.Flags, Mode: v3.Mode, RingSize: v3.RingSize, CtTimeout: v3.CtTimeout}
 		}
 		return m
 	}
@@ -262,6 +281,13 @@ type vipMetaV2 struct {
 	Index, Gen, Flags uint16
 	Mode, Pad         uint8
 	RingSize          uint32
+}
+
+// vipMetaV3 is vip_meta of layout 3, before ring_offset: the ring was
+// rings[index].
+type vipMetaV3 struct {
+	vipMetaV2
+	CtTimeout [4]uint32
 }
 
 // eachBackend calls fn with every entry of the backends map, read in

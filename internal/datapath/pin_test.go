@@ -74,16 +74,20 @@ func TestAdoptPinnedState(t *testing.T) {
 	if c2.Stat(StatTxDSR) != c1.Stat(StatTxDSR) || c2.VIPs[vipWeb4] != c1.VIPs[vipWeb4] {
 		t.Fatalf("counters not kept: tx_dsr %d -> %d, vip %+v -> %+v", c1.Stat(StatTxDSR), c2.Stat(StatTxDSR), c1.VIPs[vipWeb4], c2.VIPs[vipWeb4])
 	}
-	var ringBefore, ringAfter uint32
-	d2.objs.Rings.Lookup(uint32(d2.vips[vipWeb4].index), &ringBefore)
+	var ringBefore, ringAfter balancerVipMeta
+	if err := d2.objs.VipsV4.Lookup(vipKey4(vipWeb4), &ringBefore); err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range fixtureState() {
 		if err := d2.SetVIP(p.vip, p.cfg, p.backends); err != nil {
 			t.Fatal(err)
 		}
 	}
-	d2.objs.Rings.Lookup(uint32(d2.vips[vipWeb4].index), &ringAfter)
-	if ringBefore == 0 || ringBefore != ringAfter {
-		t.Fatalf("re-applying the same state swapped the ring (map id %d -> %d)", ringBefore, ringAfter)
+	if err := d2.objs.VipsV4.Lookup(vipKey4(vipWeb4), &ringAfter); err != nil {
+		t.Fatal(err)
+	}
+	if ringBefore.RingSize == 0 || ringBefore.RingOffset != ringAfter.RingOffset {
+		t.Fatalf("re-applying the same state published a new ring (offset %d -> %d)", ringBefore.RingOffset, ringAfter.RingOffset)
 	}
 	before, _ := d2.Counters()
 	n := requireFlowsOn(t, d2, flows, "after the restart")

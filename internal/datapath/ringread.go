@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
 
@@ -21,15 +19,10 @@ func (d *Datapath) RingDigest(vip VIP) (uint64, error) {
 	if !ok {
 		return 0, fmt.Errorf("ring of vip %s: no such vip", vip)
 	}
-	var ring *ebpf.Map
-	if err := d.objs.Rings.Lookup(uint32(e.index), &ring); err != nil {
-		return 0, fmt.Errorf("ring of vip %s: %w", vip, err)
+	if e.ring.size != e.cfg.RingSize {
+		return 0, fmt.Errorf("ring of vip %s: %d slots, want %d", vip, e.ring.size, e.cfg.RingSize)
 	}
-	defer ring.Close()
-	if n := ring.MaxEntries(); n != e.cfg.RingSize {
-		return 0, fmt.Errorf("ring of vip %s: %d slots, want %d", vip, n, e.cfg.RingSize)
-	}
-	slots, err := readSlots(ring)
+	slots, err := d.arena.read(e.ring)
 	if err != nil {
 		return 0, fmt.Errorf("ring of vip %s: %w", vip, err)
 	}

@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
@@ -19,10 +18,13 @@ import (
 // different daemons (which may number their backends differently) compare
 // equal when they send each slot to the same backend. A slot of a ring
 // without active backends reads as the invalid Addr. It reads the pins
-// only: no daemon need run, and a running one is not disturbed.
+// only: no daemon need run, and a running one is not disturbed. The maps
+// are opened read-only but for the ring arena, which the kernel maps into
+// memory only through a writable descriptor; it is mapped read-only.
 func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 	open := func(name string) (*ebpf.Map, error) {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		opts := &ebpf.LoadPinOptions{ReadOnly: name != balancerMapRingArena}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), opts)
 		if err != nil {
 			return nil, fmt.Errorf("read rings: open pinned %s: %w", name, err)
 		}
@@ -35,7 +37,7 @@ func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 		}
 	}()
 	get := map[string]*ebpf.Map{}
-	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapBackends, balancerMapRings} {
+	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapBackends, balancerMapRingArena} {
 		m, err := open(name)
 		if err != nil {
 			return nil, err
@@ -52,28 +54,17 @@ func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	indexes := make(map[VIP]uint32)
+	arena := get[balancerMapRingArena]
+	size := arena.MaxEntries() * ringChunkSlots
+	rings := make(map[VIP]extent)
 	if err := eachVIP(get[balancerMapVipsV4], get[balancerMapVipsV6], func(v VIP, m balancerVipMeta) {
-		indexes[v] = uint32(m.Index)
+		rings[v] = extent{m.RingOffset, m.RingSize}
 	}); err != nil {
 		return nil, err
 	}
-	out := make(map[VIP][]netip.Addr, len(indexes))
-	for v, idx := range indexes {
-		var id ebpf.MapID
-		if err := get[balancerMapRings].Lookup(idx, &id); err != nil {
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				out[v] = nil // a VIP without backends has no ring
-				continue
-			}
-			return nil, fmt.Errorf("read ring of vip %s: %w", v, err)
-		}
-		ring, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			return nil, fmt.Errorf("read ring of vip %s: %w", v, err)
-		}
-		slots, err := readSlots(ring)
-		ring.Close()
+	out := make(map[VIP][]netip.Addr, len(rings))
+	for v, e := range rings {
+		slots, err := readExtent(arena, size, e)
 		if err != nil {
 			return nil, fmt.Errorf("read ring of vip %s: %w", v, err)
 		}
@@ -89,26 +80,6 @@ func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 			r[i] = a
 		}
 		out[v] = r
-	}
-	return out, nil
-}
-
-// readSlots reads a whole ring, in slot order.
-func readSlots(ring *ebpf.Map) ([]uint32, error) {
-	n := ring.MaxEntries()
-	keys := make([]uint32, n)
-	vals := make([]uint32, n)
-	var cursor ebpf.MapBatchCursor
-	got, err := ring.BatchLookup(&cursor, keys, vals, nil)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, err
-	}
-	if got != int(n) {
-		return nil, fmt.Errorf("read %d of %d slots", got, n)
-	}
-	out := make([]uint32, n)
-	for i, k := range keys {
-		out[k] = vals[i]
 	}
 	return out, nil
 }

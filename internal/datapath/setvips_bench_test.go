@@ -46,3 +46,19 @@ func BenchmarkSetVIPsBulk(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkSetVIPOne changes one backend's weight of one VIP of 100
+// backends (M = 65537), back and forth: the datapath's share of an API
+// edit (the api-live figures), a build and the ring's publication.
+func BenchmarkSetVIPOne(b *testing.B) {
+	d := newTestDatapath(b)
+	c := bulkChanges(1, 100)[0]
+	if err := d.SetVIP(c.VIP, c.Config, c.Backends); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; b.Loop(); i++ {
+		if err := d.SetWeight(c.VIP, c.Backends[0].Addr, uint32(1+i%2)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

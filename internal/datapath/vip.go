@@ -25,6 +25,8 @@ type vipEntry struct {
 	// 65537 slots it is 256 KiB a VIP, and Predict rebuilds it on demand.
 	tableSum uint64
 	byID     map[uint32]*backendEntry
+	// ring is the VIP's extent of the ring arena, as its meta names it.
+	ring extent
 }
 
 type backendEntry struct {
@@ -85,7 +87,7 @@ func (d *Datapath) AddVIP(vip VIP, cfg VIPConfig, backends []Backend) error {
 
 // SetVIP adds a VIP or replaces its configuration and backend set. Backends
 // that stay keep their connection entries; removed ones lose theirs (their
-// flows are re-hashed); the new ring is swapped in with one map update.
+// flows are re-hashed); the new ring is published with one map update.
 func (d *Datapath) SetVIP(vip VIP, cfg VIPConfig, backends []Backend) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -98,13 +100,12 @@ func (d *Datapath) RemoveVIP(vip VIP) error {
 }
 
 // RemoveVIPs is RemoveVIP for many VIPs at once, each one's error at its
-// index. Their rings are deleted together (see deleteRings).
+// index. Their rings are freed a grace period later, in the background.
 func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	errs := make([]error, len(vips))
-	var rings []uint32 // the removed VIPs' indexes
-	var owners []int   // the index in vips of each of rings
+	var owners []int // the index in vips of each removed VIP
 	for i, vip := range vips {
 		e, ok := d.vips[vip]
 		if !ok {
@@ -117,7 +118,6 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		}
 		delete(d.vips, vip)
 		d.ownerChanges++
-		d.forgetRing(vip)
 		idx := uint32(e.index)
 		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{}), d.removeSourceRanges(e.index, e.cfg.SourceRanges, SourceRanges{})}
 		for _, b := range e.backends {
@@ -126,41 +126,17 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		if err := errors.Join(es...); err != nil {
 			errs[i] = fmt.Errorf("remove vip %s: %w", vip, err)
 		}
-		rings, owners = append(rings, idx), append(owners, i)
-	}
-	for k, err := range d.deleteRings(rings) {
-		if err != nil {
-			errs[owners[k]] = errors.Join(errs[owners[k]], fmt.Errorf("remove vip %s: delete ring: %w", vips[owners[k]], err))
-		}
-	}
-	for _, idx := range rings {
+		// No key names the ring any more (vip_state's copy of the meta
+		// is never used to read a ring): free after a grace period.
+		d.arena.retire(e.ring)
 		d.vipIndex.put(idx)
+		owners = append(owners, i)
 	}
 	if err := d.syncGlobals(); err != nil {
 		for _, i := range owners {
 			errs[i] = errors.Join(errs[i], fmt.Errorf("remove vip %s: %w", vips[i], err))
 		}
 	}
-	return errs
-}
-
-// ringDeleters is how many ring deletions deleteRings has in flight.
-const ringDeleters = 64
-
-// deleteRings deletes the rings at the given indexes, each one's error at
-// its index. Like a swap, every deletion from a map of maps waits for an
-// RCU grace period (~9 ms here) before it returns, and a map of maps
-// takes no batched deletion; but the kernel ends one grace period for all
-// the waits that overlap it, so ringDeleters deletions at a time wait
-// about as long as one: a thousand rings go in about sixteen grace
-// periods, not a thousand.
-func (d *Datapath) deleteRings(idxs []uint32) []error {
-	errs := make([]error, len(idxs))
-	parallel(len(idxs), ringDeleters, func(k int) {
-		if err := d.objs.Rings.Delete(idxs[k]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs[k] = err
-		}
-	})
 	return errs
 }
 
@@ -279,12 +255,9 @@ type VIPChange struct {
 }
 
 // SetVIPs is SetVIP for many VIPs at once, with the same guarantees per
-// VIP. The new rings are swapped in with one batched update of the outer
-// map: after every update of a map of maps the kernel waits for an RCU
-// grace period (~9 ms here), once per call, so a thousand single swaps wait
-// nine seconds and a batch of them waits once. A VIP that cannot be set is
-// left as it was and its error returned, at its index in errs; the others
-// are set. Each VIP may appear once.
+// VIP: every new ring is written before any VIP's is published. A VIP that
+// cannot be set is left as it was and its error returned, at its index in
+// errs; the others are set. Each VIP may appear once.
 func (d *Datapath) SetVIPs(changes []VIPChange) (errs []error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -294,8 +267,9 @@ func (d *Datapath) SetVIPs(changes []VIPChange) (errs []error) {
 // setMany is SetVIPs with d.mu held. It validates everything before it
 // writes anything, and writes in an order that keeps every intermediate
 // state consistent for the fast path: new backends, then the rings, then
-// the VIPs, then the retirement of removed backends. The backends and
-// rings of the changed VIPs are written in parallel (see fill).
+// the VIPs (which publishes the rings), then the retirement of removed
+// backends and of the old rings. The backends and rings of the changed VIPs
+// are written in parallel (see fill).
 func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 	errs = make([]error, len(changes))
 	seen := make(map[VIP]bool, len(changes))
@@ -318,7 +292,6 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 		pending = append(pending, p)
 	}
 	d.fillAll(pending)
-	var swaps []*pendingVIP
 	for _, p := range pending {
 		if p.err != nil {
 			p.undo(d)
@@ -328,24 +301,11 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 		for _, b := range p.written {
 			d.backendGen[b.id] = b.gen
 		}
-		if p.ring != nil {
-			swaps = append(swaps, p)
-			defer p.ring.Close()
-		}
 	}
-	retired := d.retiring(swaps)
-	d.swapRings(swaps)
-	d.swapped(swaps, retired)
 	for _, p := range pending {
-		if p.err != nil {
-			continue
+		if p.err == nil {
+			errs[p.at] = d.commit(p)
 		}
-		if p.swapErr != nil {
-			p.undo(d)
-			errs[p.at] = fmt.Errorf("vip %s: swap ring: %w", p.e.vip, p.swapErr)
-			continue
-		}
-		errs[p.at] = d.commit(p)
 	}
 	if err := d.syncGlobals(); err != nil {
 		for i := range errs {
@@ -354,59 +314,34 @@ func (d *Datapath) setMany(changes []VIPChange) (errs []error) {
 			}
 		}
 	}
-	if len(swaps) > 0 {
-		// After the swap, which the fast path saw at once: the next
-		// change of a ring this size need not wait to create one.
-		d.keepSpare(swaps[len(swaps)-1].e.cfg.RingSize)
-	}
 	return errs
-}
-
-// swapRings puts each prepared ring into rings with one batched update;
-// whatever the batch did not write is retried one by one, so that each VIP
-// gets its own error (in swapErr).
-func (d *Datapath) swapRings(swaps []*pendingVIP) {
-	if len(swaps) == 0 {
-		return
-	}
-	keys := make([]uint32, len(swaps))
-	fds := make([]uint32, len(swaps)) // a map of maps takes inner maps by fd
-	for i, p := range swaps {
-		keys[i], fds[i] = uint32(p.e.index), uint32(p.ring.FD())
-	}
-	n, err := d.objs.Rings.BatchUpdate(keys, fds, nil)
-	if err == nil {
-		return
-	}
-	for _, p := range swaps[max(n, 0):] {
-		p.swapErr = d.objs.Rings.Put(uint32(p.e.index), p.ring)
-	}
 }
 
 // pendingVIP is a VIP change: prepared (validated, ids allocated), then
 // filled (its backends written and its new ring, if the ring changed,
-// built but not yet swapped in).
+// written to a free extent but not yet published).
 type pendingVIP struct {
 	e, old *vipEntry
 	// fresh are the backends with newly allocated ids, written those
 	// whose entry fill writes (fresh or changed).
 	fresh, written []*backendEntry
-	ring           *ebpf.Map // nil: the ring is unchanged
-	// table is the new ring's contents, kept if the change is of this VIP
-	// alone (see ringCache.last); nil otherwise.
-	table   []uint32
-	at      int   // the change's index in setMany's argument
-	err     error // fill failed
-	swapErr error // the ring could not be swapped in
+	newRing        bool  // e.ring is a new extent, not old's
+	at             int   // the change's index in setMany's argument
+	err            error // fill failed
 }
 
-// undo frees the ids prepare allocated, after a failed fill or swap.
+// undo frees the ids prepare allocated, after a failed fill, and the new
+// ring's extent, which no meta names.
 func (p *pendingVIP) undo(d *Datapath) {
 	for _, b := range p.fresh {
 		d.backendID.put(b.id)
 	}
 	if p.old == nil {
 		d.vipIndex.put(uint32(p.e.index))
+	}
+	if p.newRing {
+		d.arena.release(p.e.ring)
+		p.newRing = false
 	}
 }
 
@@ -473,9 +408,10 @@ func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pending
 
 // fill writes what the fast path cannot see yet for a prepared VIP: the
 // reset counters of its new index and ids, its backends' entries, and its
-// new ring as a map of its own, if the ring changed. It touches no Go
-// state of d but p's, so that VIPs fill in parallel; sh, if not nil,
-// shares the builds of VIPs of the same shape.
+// new ring into a free extent of the arena, if the ring changed. It
+// touches no Go state of d but p's (the arena has its own lock), so that
+// VIPs fill in parallel; sh, if not nil, shares the builds of VIPs of the
+// same shape.
 func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 	e, old, vip := p.e, p.old, p.e.vip
 	if old == nil {
@@ -516,23 +452,28 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 		return fmt.Errorf("vip %s: %w", vip, err)
 	}
 	e.tableSum = tableSum(table)
-	if old == nil || old.tableSum != e.tableSum || old.cfg.RingSize != e.cfg.RingSize {
-		if p.ring, err = d.newRing(vip, table); err != nil {
-			return fmt.Errorf("vip %s: %w", vip, err)
-		}
-		if sh == nil {
-			p.table = table
-		}
+	if old != nil && old.tableSum == e.tableSum && old.cfg.RingSize == e.cfg.RingSize {
+		e.ring = old.ring
+		return nil
+	}
+	if e.ring, err = d.arena.alloc(uint32(len(table))); err != nil {
+		return fmt.Errorf("vip %s: %w", vip, err)
+	}
+	p.newRing = true
+	if err := d.arena.write(e.ring, table); err != nil {
+		return fmt.Errorf("vip %s: %w", vip, err)
 	}
 	return nil
 }
 
-// commit makes a prepared VIP live once its ring is in place: the VIP's
-// state and key, then the retirement of the backends it lost.
+// commit makes a prepared VIP live once its ring is written: the VIP's
+// state, then its key, whose update publishes the new ring; then the
+// retirement of the old ring and of the backends it lost.
 func (d *Datapath) commit(p *pendingVIP) error {
 	e, vip := p.e, p.e.vip
 	hz, err := d.hz()
 	if err != nil {
+		p.undo(d)
 		return fmt.Errorf("vip %s: %w", vip, err)
 	}
 	var prev SourceRanges
@@ -547,10 +488,21 @@ func (d *Datapath) commit(p *pendingVIP) error {
 	}
 	meta := vipMeta(e, hz)
 	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
+		p.undo(d)
 		return fmt.Errorf("vip %s: write vip state: %w", vip, err)
 	}
 	if err := d.putVIPKey(vip, meta); err != nil {
+		// The key may hold either meta: the new extent is retired,
+		// not freed, and the old one stays.
+		if p.newRing {
+			d.arena.retire(e.ring)
+			p.newRing = false
+		}
+		p.undo(d)
 		return fmt.Errorf("vip %s: write vip: %w", vip, err)
+	}
+	if p.newRing && p.old != nil {
+		d.arena.retire(p.old.ring)
 	}
 	d.vips[vip] = e
 	d.ownerChanges++ // before the backends it lost retire (free their ids)
@@ -631,12 +583,13 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES)
 	}
 	return balancerVipMeta{
-		Index:     e.index,
-		Gen:       e.gen,
-		Flags:     flags,
-		Mode:      uint8(e.cfg.Mode),
-		RingSize:  e.cfg.RingSize,
-		CtTimeout: e.cfg.Timeouts.jiffies(e.vip.Proto, hz),
+		Index:      e.index,
+		Gen:        e.gen,
+		Flags:      flags,
+		Mode:       uint8(e.cfg.Mode),
+		RingSize:   e.ring.size,
+		RingOffset: e.ring.off,
+		CtTimeout:  e.cfg.Timeouts.jiffies(e.vip.Proto, hz),
 	}
 }
 
@@ -663,45 +616,6 @@ func tableSum(table []uint32) uint64 {
 		h = (h ^ uint64(id)) * prime
 	}
 	return h
-}
-
-// newRing writes table into a new inner map, for one update of rings to
-// swap in: the fast path sees the old ring or the new one, never a mix.
-// The caller closes it.
-func (d *Datapath) newRing(vip VIP, table []uint32) (*ebpf.Map, error) {
-	if r := d.takeRecycled(vip, len(table)); r != nil {
-		ok, err := r.rewrite(table)
-		if ok {
-			return r.ring, nil
-		}
-		r.ring.Close()
-		if err != nil {
-			return nil, fmt.Errorf("rewrite ring: %w", err)
-		}
-	}
-	w := d.takeSpare(uint32(len(table)))
-	if w == nil {
-		var err error
-		if w, err = d.newRingWriter(uint32(len(table))); err != nil {
-			return nil, err
-		}
-	}
-	if err := w.write(table); err != nil {
-		w.close()
-		return nil, err
-	}
-	return w.ring, nil
-}
-
-// ringSpec returns the spec of an inner ring, matching the template.
-func (d *Datapath) ringSpec() *ebpf.MapSpec {
-	return &ebpf.MapSpec{
-		Name:      "ring",
-		Type:      ebpf.Array,
-		KeySize:   4,
-		ValueSize: 4,
-		Flags:     unix.BPF_F_INNER_MAP, // inner maps of any size fit the template
-	}
 }
 
 // retireBackend marks a backend id dead (its connection entries become

@@ -39,7 +39,7 @@ import (
 
 // Dataplane is what the reconciler needs of the datapath.
 type Dataplane interface {
-	// SetVIPs sets many VIPs at once (their rings swap in one batch) and
+	// SetVIPs sets many VIPs at once (their rings built in parallel) and
 	// returns each one's error at its index.
 	SetVIPs(changes []datapath.VIPChange) []error
 	// RemoveVIPs removes many VIPs at once (their rings go together, the
@@ -742,8 +742,8 @@ func (r *Reconciler) apply(p plan) (Result, error) {
 		}
 		changes = append(changes, datapath.VIPChange{VIP: k, Config: t.cfg, Backends: t.backends})
 	}
-	// One call, so that the datapath swaps every changed ring with one
-	// batched map update (one RCU wait instead of one per VIP).
+	// One call, so that the datapath builds the changed rings in
+	// parallel and writes them all before it publishes any.
 	if len(changes) > 0 {
 		for i, err := range r.dp.SetVIPs(changes) {
 			c := changes[i]
