@@ -121,11 +121,7 @@ func Load(opts Options) (*Datapath, error) {
 	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache} {
 		spec.Maps[name].MaxEntries = maxBackends
 	}
-	slots := opts.RingSlots
-	if slots == 0 {
-		slots = DefaultRingSlots
-	}
-	spec.Maps[balancerMapRingArena].MaxEntries = (slots + ringChunkSlots - 1) / ringChunkSlots
+	spec.Maps[balancerMapRingArena].MaxEntries = ArenaCapacity(opts.RingSlots) / ringChunkSlots
 
 	d := &Datapath{
 		vips:       make(map[VIP]*vipEntry),
