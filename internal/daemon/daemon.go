@@ -116,7 +116,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		d.log.Warn(bpffs.Note)
 	}
 	pinDir := datapath.PinDir(cfg.BPFFS, cfg.Instance)
-	dp, err := datapath.Load(datapath.Options{ConntrackEntries: cfg.Conntrack.Entries, PinDir: pinDir})
+	dp, err := datapath.Load(datapath.Options{ConntrackEntries: cfg.Conntrack.Entries, RingSlots: cfg.RingArenaSlots, PinDir: pinDir})
 	if err != nil {
 		return err
 	}
@@ -390,6 +390,7 @@ func restartOnly(old, cur *config.Config) error {
 	check("api.socket", old.API.Socket == cur.API.Socket)
 	check("metrics.address", old.Metrics.Address == cur.Metrics.Address)
 	check("conntrack.entries", old.Conntrack.Entries == cur.Conntrack.Entries)
+	check("ring_arena_slots", old.RingArenaSlots == cur.RingArenaSlots)
 	check("log.format", old.Log.Format == cur.Log.Format)
 	check("vrrp", reflect.DeepEqual(old.VRRP, cur.VRRP))
 	check("bgp (all but its communities, med and vips)", reflect.DeepEqual(old.BGP.Restartable(), cur.BGP.Restartable()))
@@ -416,6 +417,9 @@ func (d *Daemon) BackendHealth() map[datapath.VIP]map[netip.Addr]string {
 	}
 	return out
 }
+
+// RingArena implements metrics.ArenaSource.
+func (d *Daemon) RingArena() datapath.ArenaStats { return d.dp.RingArena() }
 
 // SteeringCounters implements metrics.Source.
 func (d *Daemon) SteeringCounters() (healthsteer.Counters, bool) {

@@ -116,6 +116,9 @@ func New(src Source, version, commit string) *Metrics {
 	if cs, ok := src.(ConnSource); ok {
 		m.reg.MustRegister(newConnCollector(cs))
 	}
+	if as, ok := src.(ArenaSource); ok {
+		m.reg.MustRegister(newArenaCollector(as))
+	}
 	return m
 }
 
