@@ -31,7 +31,7 @@ import (
 var ringChunkSlots = uint32(len(balancerRingChunk{}.Slot))
 
 // DefaultRingSlots is the arena's default capacity in slots (64 Mi, 256
-// MiB): RING_ARENA_CHUNKS × RING_CHUNK_SLOTS as compiled, 1024 rings of the
+// MiB): RING_ARENA_CHUNKS × RING_CHUNK_SLOTS as compiled, 1023 rings of the
 // default size.
 const DefaultRingSlots = 1 << 26
 
