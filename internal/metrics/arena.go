@@ -17,27 +17,21 @@ type ArenaSource interface {
 // capacity.
 var arenaStates = []string{"used", "retired", "free"}
 
-type arenaCollector struct {
-	src   ArenaSource
-	slots *prometheus.Desc
-}
+var arenaSlots = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "ring_arena_slots"),
+	"Slots (4 bytes each) of the ring arena, which holds every VIP's Maglev ring, by state: used (a VIP's ring, or a new one not yet published), retired (replaced, freed a grace period later) and free. They sum to the capacity, ring_arena_slots. A change needs room for its new rings beside the old ones.",
+	[]string{"state"}, nil)
 
-func newArenaCollector(src ArenaSource) *arenaCollector {
-	return &arenaCollector{
-		src: src,
-		slots: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "ring_arena_slots"),
-			"Slots (4 bytes each) of the ring arena, which holds every VIP's Maglev ring, by state: used (a VIP's ring, or a new one not yet published), retired (replaced, freed a grace period later) and free. They sum to the capacity, ring_arena_slots. A change needs room for its new rings beside the old ones.",
-			[]string{"state"}, nil),
-	}
-}
+// arenaCollector exports an ArenaSource's figures.
+type arenaCollector struct{ src ArenaSource }
 
 // Describe implements prometheus.Collector.
-func (c *arenaCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.slots }
+func (arenaCollector) Describe(ch chan<- *prometheus.Desc) { ch <- arenaSlots }
 
-// Collect implements prometheus.Collector: every state, each scrape.
-func (c *arenaCollector) Collect(ch chan<- prometheus.Metric) {
+// Collect implements prometheus.Collector: every state, from one reading,
+// so that they sum to the capacity.
+func (c arenaCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.RingArena()
 	for i, n := range []uint32{s.Used, s.Retired, s.Free} {
-		ch <- prometheus.MustNewConstMetric(c.slots, prometheus.GaugeValue, float64(n), arenaStates[i])
+		ch <- prometheus.MustNewConstMetric(arenaSlots, prometheus.GaugeValue, float64(n), arenaStates[i])
 	}
 }

@@ -117,7 +117,7 @@ func New(src Source, version, commit string) *Metrics {
 		m.reg.MustRegister(newConnCollector(cs))
 	}
 	if as, ok := src.(ArenaSource); ok {
-		m.reg.MustRegister(newArenaCollector(as))
+		m.reg.MustRegister(arenaCollector{as})
 	}
 	return m
 }
