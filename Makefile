@@ -124,12 +124,15 @@ fuzz-short:
 # in one line per configuration, `e2e CONFIG mpps=N x_ceiling=R`, and one per
 # control-plane figure, `control FIGURE ms=N` (api-live-1vip, api-live-1000vip,
 # apply-1000vip, startup-1000vip; pkg/maglev's benchmark prints the maglev-*
-# ones), and writes bench/out/results.json and bench/out/rates.png.
+# ones), and writes bench/out/results.json and bench/out/rates.png. Then the
+# BGP figures, and `sync entries/s=N`: connection-sync entries one node sends
+# and a peer installs per second over loopback (internal/connsync).
 bench:
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./pkg/maglev/
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFastpath$$' -benchtime 1x ./internal/datapath/ -fastpath.rounds $(BENCH_COUNT)
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x ./internal/perf/ -perf.runs $(BENCH_COUNT) -perf.out $(CURDIR)/bench/out
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkBGP$$' -benchtime 5x ./internal/daemon/
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkSync$$' -benchtime 5x ./internal/connsync/
 
 # check-generated fails if the committed bpf2go output differs from a
 # fresh `make generate`.

@@ -5,6 +5,8 @@
  * load balancer; they surround it:
  *   gen_frames   a traffic generator, run with BPF_PROG_RUN in live-frame
  *                mode on the generator's veth;
+ *   gen_flows    the same generator over a wide flow set (source address
+ *                and port), for a connection table of a million entries;
  *   ceiling_fwd  the least an XDP forwarder does: MAC rewrite and a devmap
  *                redirect to the egress port, the ceiling of every figure;
  *   sink_count   counts what reaches the backends, per backend, and drops
@@ -43,8 +45,16 @@ struct gen_plan {
 	 * sport_base + c * flows + (i mod flows): one flow set per CPU. */
 	__u16 sport_base;
 	__u16 flows; /* a power of two */
-	__u32 pad;
+	/* gen_flows only: frame i on CPU c is flow
+	 * f = c * wide_flows + (i mod wide_flows) (a power of two), with
+	 * source port sport_base + f mod 2^WIDE_PORT_BITS and the template's
+	 * source address plus f / 2^WIDE_PORT_BITS. */
+	__u32 wide_flows;
 };
+
+/* The source ports of a gen_flows address: 16 384, as many as gen_frames
+ * gives each CPU. */
+#define WIDE_PORT_BITS 14
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -73,11 +83,19 @@ static __always_inline __u16 csum_replace16(__u16 csum, __u16 old, __u16 new)
 	return ~sum;
 }
 
-/* gen_frames writes the template over the frame, gives it the next source
- * port of this CPU's flow set with a correct L4 checksum, and sends it out
- * of the ingress device (in live-frame mode XDP_TX transmits there). */
-SEC("xdp")
-int gen_frames(struct xdp_md *ctx)
+/* csum_replace32 is csum_replace16 for a 32-bit word, in network order. */
+static __always_inline __u16 csum_replace32(__u16 csum, __u32 old, __u32 new)
+{
+	csum = csum_replace16(csum, old >> 16, new >> 16);
+	return csum_replace16(csum, old & 0xffff, new & 0xffff);
+}
+
+/* generate writes the template over the frame, gives it the next flow of
+ * this CPU's flow set with correct checksums, and sends it out of the
+ * ingress device (in live-frame mode XDP_TX transmits there). The flow set
+ * is source ports only, or with wide (a constant, so that gen_frames keeps
+ * its per-frame cost) source addresses too. */
+static __always_inline int generate(struct xdp_md *ctx, const int wide)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -86,24 +104,51 @@ int gen_frames(struct xdp_md *ctx)
 	__u64 *seq = bpf_map_lookup_elem(&gen_seq, &zero);
 	__u16 *sport, *csum, port;
 	struct iphdr *ip;
+	__u32 f, saddr;
 
 	if (!cfg || !seq || data + GEN_FRAME_LEN > end)
 		return XDP_ABORTED;
 	__builtin_memcpy(data, cfg->frame, GEN_FRAME_LEN);
 
-	port = bpf_htons(cfg->sport_base + cpu * cfg->flows + (*seq & (cfg->flows - 1)));
-	*seq += 1;
+	/* gen_frames's order of old, which keeps its code as it was. */
+	if (!wide) {
+		port = bpf_htons(cfg->sport_base + cpu * cfg->flows + (*seq & (cfg->flows - 1)));
+		*seq += 1;
+	}
 	ip = data + L3_OFF;
 	sport = data + L4_OFF;
 	if (ip->protocol == IPPROTO_UDP)
 		csum = data + UDP_CSUM_OFF;
 	else
 		csum = data + TCP_CSUM_OFF;
+	if (wide) {
+		f = cpu * cfg->wide_flows + (*seq & (cfg->wide_flows - 1));
+		port = bpf_htons(cfg->sport_base + (f & ((1 << WIDE_PORT_BITS) - 1)));
+		/* The source address is in the IP header checksum and in the
+		 * L4 one's pseudo-header. */
+		saddr = bpf_htonl(bpf_ntohl(ip->saddr) + (f >> WIDE_PORT_BITS));
+		ip->check = csum_replace32(ip->check, ip->saddr, saddr);
+		*csum = csum_replace32(*csum, ip->saddr, saddr);
+		ip->saddr = saddr;
+		*seq += 1;
+	}
 	*csum = csum_replace16(*csum, *sport, port);
 	if (ip->protocol == IPPROTO_UDP && *csum == 0)
 		*csum = 0xffff; /* 0 means "no checksum" in UDP */
 	*sport = port;
 	return XDP_TX;
+}
+
+SEC("xdp")
+int gen_frames(struct xdp_md *ctx)
+{
+	return generate(ctx, 0);
+}
+
+SEC("xdp")
+int gen_flows(struct xdp_md *ctx)
+{
+	return generate(ctx, 1);
 }
 
 /* ceiling_macs holds the MAC addresses ceiling_fwd writes. */

@@ -29,7 +29,7 @@ func TestShellCompletionWords(t *testing.T) {
 		{[]string{"backend"}, "add\nremove\ndrain\nweight\nlist\nhelp\n"},
 		{[]string{"vip", "add", "--no"}, "--no-conntrack\n"},
 		{[]string{"--o"}, "--output\n"},
-		{[]string{"vip", "add", "--ring"}, "--ring-size\n"},
+		{[]string{"vip", "add", "--ring"}, "--ring-size\n--ring-size-max\n"},
 		{[]string{"status"}, "help\n"}, // urfave/cli gives every command a help subcommand
 	} {
 		runCLI(t, append(tt.line, "--generate-bash-completion")...).check(t, 0, tt.want, "")

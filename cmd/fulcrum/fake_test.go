@@ -68,7 +68,7 @@ func newFake() *fakeController {
 				VIPRef: ref("udp/[2001:db8::1]:53"), Mode: "ipip", Scheduler: "source-hash", RingSize: 251, Conntrack: &off, Fragments: "pass",
 				Backends: []api.Backend{{Address: netip.MustParseAddr("2001:db8:1::2"), Weight: 1}},
 			},
-			{VIPRef: ref("tcp/203.0.113.10:0"), Mode: "dsr", Backends: []api.Backend{}},
+			{VIPRef: ref("tcp/203.0.113.10:0"), Mode: "dsr", RingSize: 251, RingSizeAuto: true, RingSizeMax: 65537, Backends: []api.Backend{}},
 		},
 		status: api.Status{
 			Version: "v1.0.0", Instance: "default", ConfigFile: "/etc/fulcrum/fulcrum.yaml",
@@ -151,6 +151,9 @@ func (f *fakeController) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 
 func (f *fakeController) AddVIP(ctx context.Context, v api.VIP) error {
 	call := fmt.Sprintf("AddVIP %s mode=%s sched=%s ring=%d fragments=%s name=%s conntrack=%v", v.VIPRef, v.Mode, v.Scheduler, v.RingSize, v.Fragments, v.Name, v.Conntrack == nil || *v.Conntrack)
+	if v.RingSizeAuto {
+		call += fmt.Sprintf(" ring=auto max=%d", v.RingSizeMax)
+	}
 	for _, b := range v.Backends {
 		call += fmt.Sprintf(" %s/%d/%s", b.Address, b.Weight, b.MAC)
 	}

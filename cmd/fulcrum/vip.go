@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -31,7 +32,8 @@ func vipCommand() *cli.Command {
 					&cli.StringFlag{Name: "mode", Value: config.DefaultMode.String(), Usage: "forwarding `MODE`: " + strings.Join(config.ModeNames(), " or ")},
 					&cli.StringFlag{Name: "name", Usage: "a `NAME` for people (shown in listings)"},
 					&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), " or "), DefaultText: config.DefaultScheduler.String()},
-					&cli.UintFlag{Name: "ring-size", Usage: "Maglev ring size `N`, a prime", DefaultText: fmt.Sprint(maglev.DefaultSize)},
+					&cli.StringFlag{Name: "ring-size", Usage: "Maglev ring `SIZE`: a prime, or auto (the daemon chooses it from the backends and weights; docs/datapath.md)", DefaultText: fmt.Sprint(maglev.DefaultSize)},
+					&cli.UintFlag{Name: "ring-size-max", Usage: "with --ring-size auto, the largest size `N` chosen, a prime", DefaultText: fmt.Sprint(maglev.DefaultSize)},
 					&cli.BoolFlag{Name: "no-conntrack", Usage: "do not track connections (stateless services)"},
 					&cli.StringFlag{Name: "fragments", Usage: "`POLICY` for IP fragments and malformed packets to the VIP's address: " + strings.Join(config.FragmentPolicyNames(), " or "), DefaultText: config.DefaultFragments.String()},
 					&cli.StringSliceFlag{Name: "backend", Usage: "a backend `SPEC`, ADDRESS[,weight=N][,mac=MAC] (weight default 1); repeat for more"},
@@ -73,11 +75,9 @@ func vipAdd(c *cli.Context) (change, error) {
 	if v.Fragments, err = oneOf(c, "fragments", config.FragmentPolicyNames()); err != nil {
 		return change{}, err
 	}
-	ring := c.Uint("ring-size")
-	if ring > 1<<32-1 {
-		return change{}, usagef("%s: --ring-size %d: want a prime below 2^32, e.g. 65537", commandPath(c), ring)
+	if err := ringFlags(c, &v); err != nil {
+		return change{}, err
 	}
-	v.RingSize = uint32(ring)
 	if c.Bool("no-conntrack") {
 		off := false
 		v.Conntrack = &off
@@ -99,6 +99,32 @@ func vipAdd(c *cli.Context) (change, error) {
 		confirm: fmt.Sprintf("added vip %s (%s, %s)", ref, v.Mode, plural(len(v.Backends), "backend")),
 		unsaved: true,
 	}, nil
+}
+
+// ringFlags sets v's ring size from --ring-size and --ring-size-max; the
+// daemon checks the values (a prime, in range), as a file's.
+func ringFlags(c *cli.Context, v *api.VIP) error {
+	switch s := c.String("ring-size"); {
+	case s == "auto":
+		v.RingSizeAuto = true
+	case s != "":
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return usagef("%s: --ring-size %q: want auto or a prime below 2^32, e.g. 65537", commandPath(c), s)
+		}
+		v.RingSize = uint32(n)
+	}
+	if c.IsSet("ring-size-max") {
+		if !v.RingSizeAuto {
+			return usagef("%s: --ring-size-max applies only with --ring-size auto", commandPath(c))
+		}
+		n := c.Uint("ring-size-max")
+		if n > 1<<32-1 {
+			return usagef("%s: --ring-size-max %d: want a prime below 2^32, e.g. 65537", commandPath(c), n)
+		}
+		v.RingSizeMax = uint32(n)
+	}
+	return nil
 }
 
 func vipRemove(c *cli.Context) (change, error) {
@@ -139,7 +165,7 @@ func printVIPs(w io.Writer, vips []api.VIP) error {
 	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS")
 	for _, v := range vips {
 		row(t, v.VIPRef, orDash(v.Name), orDash(v.Mode), orDefault(v.Scheduler, config.DefaultScheduler.String()),
-			ringSize(v.RingSize), conntrack(v.Conntrack), orDefault(v.Fragments, config.DefaultFragments.String()), backendSummary(v.Backends))
+			ringSize(v), conntrack(v.Conntrack), orDefault(v.Fragments, config.DefaultFragments.String()), backendSummary(v.Backends))
 	}
 	return t.Flush()
 }
@@ -152,8 +178,16 @@ func orDefault(s, def string) string {
 	return s
 }
 
-func ringSize(n uint32) string {
-	if n == 0 {
+// ringSize is the ring size, followed by "auto" when the daemon chose
+// it ("auto" alone before it did).
+func ringSize(v api.VIP) string {
+	n := v.RingSize
+	switch {
+	case v.RingSizeAuto && n == 0:
+		return "auto"
+	case v.RingSizeAuto:
+		return fmt.Sprintf("%d auto", n)
+	case n == 0:
 		n = maglev.DefaultSize
 	}
 	return fmt.Sprint(n)

@@ -43,6 +43,16 @@ func TestVIPAdd(t *testing.T) {
 			"added vip tcp/[2001:db8::6]:80 (ipip, 1 backend)\n",
 			"AddVIP tcp/[2001:db8::6]:80 mode=ipip sched= ring=0 fragments= name= conntrack=true 198.18.0.21/1/",
 		},
+		{
+			[]string{"tcp/203.0.113.22:80", "--ring-size", "auto", "--backend", "198.18.0.21"},
+			"added vip tcp/203.0.113.22:80 (dsr, 1 backend)\n",
+			"AddVIP tcp/203.0.113.22:80 mode=dsr sched= ring=0 fragments= name= conntrack=true ring=auto max=0 198.18.0.21/1/",
+		},
+		{
+			[]string{"tcp/203.0.113.23:80", "--ring-size", "auto", "--ring-size-max", "131071"},
+			"added vip tcp/203.0.113.23:80 (dsr, 0 backends)\n",
+			"AddVIP tcp/203.0.113.23:80 mode=dsr sched= ring=0 fragments= name= conntrack=true ring=auto max=131071",
+		},
 	}
 	for _, tt := range tests {
 		d.run(t, append([]string{"vip", "add"}, tt.args...)...).check(t, 0, tt.stdout, unsavedNotice+"\n")
@@ -68,8 +78,11 @@ func TestVIPAddArguments(t *testing.T) {
 		{[]string{"tcp/203.0.113.10:80", "--mode"}, "fulcrum: vip add: flag --mode needs a value (see 'fulcrum vip add --help')"},
 		{[]string{"tcp/203.0.113.10:80", "--scheduler", "rr"}, `fulcrum: vip add: --scheduler "rr": want maglev or source-hash`},
 		{[]string{"tcp/203.0.113.10:80", "--fragments", "keep"}, `fulcrum: vip add: --fragments "keep": want drop or pass`},
-		{[]string{"tcp/203.0.113.10:80", "--ring-size", "-5"}, `fulcrum: vip add: invalid value "-5" for flag --ring-size: want a whole number (see 'fulcrum vip add --help')`},
-		{[]string{"tcp/203.0.113.10:80", "--ring-size", "4294967296"}, "fulcrum: vip add: --ring-size 4294967296: want a prime below 2^32, e.g. 65537"},
+		{[]string{"tcp/203.0.113.10:80", "--ring-size", "-5"}, `fulcrum: vip add: --ring-size "-5": want auto or a prime below 2^32, e.g. 65537`},
+		{[]string{"tcp/203.0.113.10:80", "--ring-size", "autox"}, `fulcrum: vip add: --ring-size "autox": want auto or a prime below 2^32, e.g. 65537`},
+		{[]string{"tcp/203.0.113.10:80", "--ring-size", "251", "--ring-size-max", "65537"}, "fulcrum: vip add: --ring-size-max applies only with --ring-size auto"},
+		{[]string{"tcp/203.0.113.10:80", "--ring-size-max", "65537"}, "fulcrum: vip add: --ring-size-max applies only with --ring-size auto"},
+		{[]string{"tcp/203.0.113.10:80", "--ring-size", "4294967296"}, `fulcrum: vip add: --ring-size "4294967296": want auto or a prime below 2^32, e.g. 65537`},
 		{[]string{"tcp/203.0.113.10:80", "--backend", "198.18.0"}, `fulcrum: vip add: --backend "198.18.0": "198.18.0" is not an IP address: want ADDRESS[,weight=N][,mac=MAC]`},
 		{[]string{"tcp/203.0.113.10:80", "--backend", "198.18.0.1,weight=x"}, `fulcrum: vip add: --backend "198.18.0.1,weight=x": weight "x": want a whole number from 0 to 65535 (0 drains)`},
 		{[]string{"tcp/203.0.113.10:80", "--backend", "198.18.0.1,mac=zz"}, `fulcrum: vip add: --backend "198.18.0.1,mac=zz": mac "zz": want six hex bytes, e.g. 02:00:5e:00:53:01`},

@@ -27,12 +27,15 @@
 //	metrics: {address: "127.0.0.1:9542"}   # "off" disables
 //	conntrack: {entries: 1048576}
 //	health_check: {type: tcp}    # default for every VIP (optional)
+//	ring_size: auto              # default for every VIP: a prime, or auto (optional)
 //	vrrp: {interface: eth0, vrid: 51}      # optional
 //	bgp: {asn: 65010, router_id: 198.18.0.2, peers: [{address: 198.18.0.1, asn: 65000}]}  # optional, not with vrrp
+//	sync: {peers: [198.18.0.3], key_file: /etc/fulcrum/sync.key}   # optional
 //	vips:
 //	  - address: 203.0.113.10
 //	    port: 80                 # 0 = every port
 //	    protocol: tcp
+//	    ring_size: auto          # chosen up to ring_size_max (default 65537)
 //	    backends:
 //	      - address: 198.18.0.11
 //
@@ -107,10 +110,22 @@ type Config struct {
 	// HealthCheck is the default check of every VIP; nil = none. Its Port
 	// is as written (0 = each VIP's port); VIP.HealthCheck is resolved.
 	HealthCheck *HealthCheck `yaml:"health_check,omitempty"`
+	// RingSize, RingSizeAuto and RingSizeMax are the root keys ring_size
+	// and ring_size_max: the ring size of every VIP of the file that sets
+	// none (VIPs added through the API take maglev.DefaultSize, as they
+	// take no root health_check). Each VIP holds its resolved value.
+	// Default: RingSize maglev.DefaultSize, not auto, RingSizeMax
+	// maglev.DefaultSize (the maximum of VIPs that are auto); RingSize is
+	// 0 when RingSizeAuto.
+	RingSize     uint32 `yaml:"-"`
+	RingSizeAuto bool   `yaml:"-"`
+	RingSizeMax  uint32 `yaml:"-"`
 	// VRRP is the active/standby failover; nil = none (always active).
 	VRRP *VRRP `yaml:"vrrp,omitempty"`
 	// BGP announces the VIPs to routers (scale-out); nil = none.
 	BGP *BGP `yaml:"-"`
+	// Sync shares the connection table with peer LB nodes; nil = off.
+	Sync *Sync `yaml:"-"`
 	// VIPs may be empty: VIPs can also be added through the API.
 	VIPs []VIP `yaml:"vips"`
 }
@@ -183,8 +198,18 @@ type VIP struct {
 	// Scheduler is SchedulerMaglev (the default) or SchedulerSourceHash.
 	Scheduler Scheduler `yaml:"scheduler"`
 	// RingSize is the Maglev table size, a prime; default
-	// maglev.DefaultSize.
+	// maglev.DefaultSize. 0 when RingSizeAuto.
 	RingSize uint32 `yaml:"ring_size"`
+	// RingSizeAuto (YAML ring_size: auto) has the daemon choose the size:
+	// the smallest of a fixed list of primes at which every backend's
+	// share of the ring is within 1% of its weight share, up to
+	// RingSizeMax (internal/ringsize). Opt-in: the size follows the
+	// backends and weights, and a flow's backend changes whenever it does.
+	RingSizeAuto bool `yaml:"-"`
+	// RingSizeMax (YAML ring_size_max) is the largest size auto chooses,
+	// a prime; default maglev.DefaultSize, or the root's ring_size_max.
+	// 0 unless RingSizeAuto.
+	RingSizeMax uint32 `yaml:"-"`
 	// Conntrack is whether new flows are recorded in the connection table
 	// (YAML key "conntrack"; default true). Without it every packet is
 	// hashed afresh, which suits stateless UDP services.

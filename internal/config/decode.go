@@ -38,6 +38,9 @@ type decoder struct {
 	dropped  int // problems past maxProblems
 	visits   int
 	tooBig   bool
+	// ringDefault is the root's ring size, every VIP's default; zero in
+	// ParseVIP, which has no root (defaultRing applies).
+	ringDefault ringSetting
 }
 
 func (d *decoder) add(path string, n *yaml.Node, format string, args ...any) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -13,6 +14,49 @@ import (
 // equal Config: every default written out, so the file says exactly what
 // the daemon runs with (and the API can show it).
 func (c *Config) Marshal() ([]byte, error) {
+	return c.MarshalNoted(nil)
+}
+
+// MarshalNoted is Marshal with a comment after the ring_size of each VIP
+// with ring_size: auto that says the size chosen for it, chosen(i) for
+// c.VIPs[i] (0: none yet, no comment). A comment, so that the file still
+// says auto: written back, it keeps choosing.
+func (c *Config) MarshalNoted(chosen func(i int) uint32) ([]byte, error) {
+	doc := c.doc()
+	if chosen == nil {
+		return yaml.Marshal(doc)
+	}
+	var root yaml.Node
+	if err := root.Encode(doc); err != nil {
+		return nil, err
+	}
+	vips := valueOf(&root, "vips")
+	for i := range c.VIPs {
+		if vips == nil || i >= len(vips.Content) || !c.VIPs[i].RingSizeAuto {
+			continue
+		}
+		if n, size := valueOf(vips.Content[i], "ring_size"), chosen(i); n != nil && size != 0 {
+			n.LineComment = fmt.Sprintf("chosen: %d slots", size)
+		}
+	}
+	return yaml.Marshal(&root)
+}
+
+// valueOf returns the value of key in the mapping m, nil if none.
+func valueOf(m *yaml.Node, key string) *yaml.Node {
+	if m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// doc is the configuration as a tree of maps and lists for yaml.Marshal.
+func (c *Config) doc() map[string]any {
 	doc := map[string]any{
 		"instance":   c.Instance,
 		"bpffs":      c.BPFFS,
@@ -30,6 +74,14 @@ func (c *Config) Marshal() ([]byte, error) {
 	if c.HealthCheck != nil {
 		doc["health_check"] = checkDoc(c.HealthCheck)
 	}
+	// The root's ring size only matters to VIPs added to the file later:
+	// written when it is not the default.
+	if c.RingSizeAuto || (c.RingSize != 0 && c.RingSize != defaultRing.size) {
+		doc["ring_size"] = ringSizeDoc(c.RingSize, c.RingSizeAuto)
+	}
+	if c.RingSizeMax != 0 && c.RingSizeMax != defaultRing.max {
+		doc["ring_size_max"] = c.RingSizeMax
+	}
 	if v := c.VRRP; v != nil {
 		vd := map[string]any{
 			"interface": v.Interface, "vrid": v.VRID, "priority": v.Priority,
@@ -45,7 +97,10 @@ func (c *Config) Marshal() ([]byte, error) {
 	if c.BGP != nil {
 		doc["bgp"] = c.BGP.doc()
 	}
-	return yaml.Marshal(doc)
+	if c.Sync != nil {
+		doc["sync"] = c.Sync.doc()
+	}
+	return doc
 }
 
 func orOff(s string) string {
@@ -74,7 +129,10 @@ func vipsDoc(vips []VIP) []map[string]any {
 	for _, v := range vips {
 		m := map[string]any{
 			"address": v.Address.String(), "port": v.Port, "protocol": v.Protocol, "mode": v.Mode,
-			"scheduler": v.Scheduler, "ring_size": v.RingSize, "conntrack": v.Conntrack, "fragments": v.Fragments,
+			"scheduler": v.Scheduler, "ring_size": ringSizeDoc(v.RingSize, v.RingSizeAuto), "conntrack": v.Conntrack, "fragments": v.Fragments,
+		}
+		if v.RingSizeAuto {
+			m["ring_size_max"] = v.RingSizeMax
 		}
 		if t := timeoutsDoc(v.Timeouts); v.Conntrack && len(t) > 0 {
 			m["conntrack"] = map[string]any{"timeouts": t}
@@ -105,6 +163,14 @@ func vipsDoc(vips []VIP) []map[string]any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// ringSizeDoc is a ring size as a file writes it: a number, or auto.
+func ringSizeDoc(size uint32, auto bool) any {
+	if auto {
+		return "auto"
+	}
+	return size
 }
 
 func checkDoc(h *HealthCheck) map[string]any {

@@ -15,13 +15,14 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/ringsize"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
 
 // The keys allowed in each mapping, in the order of the documentation.
 var (
-	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "vrrp", "bgp", "vips"}
+	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "ring_size", "ring_size_max", "vrrp", "bgp", "sync", "vips"}
 	ipipKeys      = []string{"source_v4", "source_v6", "gateway_mac"}
 	interfaceKeys = []string{"name", "xdp_mode"}
 	logKeys       = []string{"level", "format"}
@@ -29,7 +30,7 @@ var (
 	metricsKeys   = []string{"address"}
 	conntrackKeys = []string{"entries", "new_flow_limit", "timeouts"}
 	timeoutKeys   = []string{"tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "udp"}
-	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "conntrack", "fragments", "health_check", "backends"}
+	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "ring_size_max", "conntrack", "fragments", "health_check", "backends"}
 	backendKeys   = []string{"address", "weight", "mac", "health_check"}
 	healthKeys    = []string{"type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "host", "skip_verify", "payload", "expect", "source", "on_down", "all_down", "through_datapath"}
 	vrrpKeys      = []string{"interface", "vrid", "priority", "advert_interval", "preempt", "preempt_delay", "unicast_peers", "gratuitous_count", "family", "virtual_addresses"}
@@ -101,6 +102,9 @@ func (d *decoder) config(root *yaml.Node) *Config {
 		c.HealthCheck = top.clone()
 	}
 
+	d.ringDefault = d.ringSize(f, defaultRing, false)
+	c.RingSize, c.RingSizeAuto, c.RingSizeMax = d.ringDefault.size, d.ringDefault.auto, d.ringDefault.max
+
 	if f.has("vrrp") {
 		c.VRRP = d.vrrp(f.sub("vrrp", "a mapping (interface, vrid, ...)", vrrpKeys))
 	}
@@ -109,6 +113,13 @@ func (d *decoder) config(root *yaml.Node) *Config {
 		c.BGP = d.bgp(f.sub("bgp", "a mapping (asn, router_id, peers, ...)", bgpKeys))
 		if c.VRRP != nil {
 			f.errf("bgp", "cannot be combined with vrrp: with bgp every node is active and the routers spread the flows, so a VRRP backup would take traffic all the same (docs/scale-out.md); keep one of the two")
+		}
+	}
+
+	if f.has("sync") {
+		c.Sync = d.sync(f.sub("sync", "a mapping (peers, port, key_file, ...)", syncKeys))
+		if c.Sync != nil && !syncRuns {
+			f.errf("sync", "connection sync is not run by this release's daemon yet (the fast path does not export its entries; docs/connections.md); remove the section")
 		}
 	}
 
@@ -571,16 +582,12 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 
 	v.Mode = enumOf(f, "mode", DefaultMode, modes)
 	v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
-	v.RingSize = maglev.DefaultSize
-	if f.has("ring_size") {
-		if n, ok := f.integerOK("ring_size", 0, math.MinInt64, math.MaxInt64); ok {
-			if n < int64(maglev.MinSize) || n > int64(maglev.MaxSize) || !maglev.IsPrime(uint32(n)) {
-				f.errf("ring_size", "%d is not a prime between %d and %d (try %d)", n, maglev.MinSize, maglev.MaxSize, nearPrime(n))
-			} else {
-				v.RingSize = uint32(n)
-			}
-		}
+	def := d.ringDefault
+	if def == (ringSetting{}) { // ParseVIP: no root
+		def = defaultRing
 	}
+	rs := d.ringSize(f, def, true)
+	v.RingSize, v.RingSizeAuto, v.RingSizeMax = rs.size, rs.auto, rs.max
 	v.Conntrack, v.Timeouts = vipConntrack(f, v.Protocol)
 	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
 
@@ -703,6 +710,73 @@ func parseMAC(s string) (net.HardwareAddr, string) {
 		return nil, fmt.Sprintf("%s is all zeros; use the backend's MAC, or remove mac to have it resolved", hw)
 	}
 	return hw, ""
+}
+
+// ringSetting is a ring size as configured: a fixed prime size, or auto
+// with the largest size the daemon may choose.
+type ringSetting struct {
+	size uint32 // 0 with auto
+	auto bool
+	max  uint32 // the default maximum of auto VIPs; 0 in a fixed VIP
+}
+
+// defaultRing is the ring size of a VIP when the file says nothing.
+var defaultRing = ringSetting{size: maglev.DefaultSize, max: maglev.DefaultSize}
+
+// ringSize reads ring_size (a prime or auto) and ring_size_max of a VIP
+// (vip) or of the root, whose setting is each VIP's default (def). A
+// VIP's ring_size_max is refused unless the VIP's size is auto; the
+// root's is the maximum of the VIPs that are auto and set none.
+func (d *decoder) ringSize(f source, def ringSetting, vip bool) ringSetting {
+	out := def
+	if f.has("ring_size") {
+		before := d.count()
+		s, isText := f.text("ring_size")
+		switch {
+		case !isText && d.count() > before:
+			// Not a scalar: reported.
+		case isText && s == "auto":
+			out.size, out.auto = 0, true
+		case isText && strings.EqualFold(strings.TrimSpace(s), "auto"):
+			f.errf("ring_size", "%q must be written in lower case: auto", s)
+		case isText && !isNumber(s):
+			f.errf("ring_size", "%q is neither auto nor a number; use auto (the daemon chooses the size, docs/datapath.md) or a prime between %d and %d, e.g. %d",
+				s, maglev.MinSize, maglev.MaxSize, maglev.DefaultSize)
+		default:
+			if n, ok := f.integerOK("ring_size", 0, math.MinInt64, math.MaxInt64); ok {
+				if n < int64(maglev.MinSize) || n > int64(maglev.MaxSize) || !maglev.IsPrime(uint32(n)) {
+					f.errf("ring_size", "%d is not a prime between %d and %d (try %d)", n, maglev.MinSize, maglev.MaxSize, nearPrime(n))
+				} else {
+					out.size, out.auto = uint32(n), false
+				}
+			}
+		}
+	}
+	if out.max == 0 {
+		out.max = def.max
+	}
+	if f.has("ring_size_max") {
+		if n, ok := f.integerOK("ring_size_max", 0, math.MinInt64, math.MaxInt64); ok {
+			switch {
+			case n < 0 || n > math.MaxUint32 || ringsize.CheckMax(uint32(n)) != "":
+				f.errf("ring_size_max", "%d is not a prime between %d and %d (try %d)", n, maglev.MinSize, maglev.MaxSize, nearPrime(n))
+			case vip && !out.auto:
+				f.errf("ring_size_max", "applies only with ring_size: auto, which chooses a size up to it; the ring size here is fixed at %d, so remove ring_size_max or set ring_size: auto", out.size)
+			default:
+				out.max = uint32(n)
+			}
+		}
+	}
+	if vip && !out.auto {
+		out.max = 0
+	}
+	return out
+}
+
+// isNumber says whether s reads as a number, whole or not.
+func isNumber(s string) bool {
+	_, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	return err == nil
 }
 
 // nearPrime returns the valid ring size closest to n (the default when n is

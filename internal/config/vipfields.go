@@ -18,9 +18,13 @@ type VIPFields struct {
 	Mode      string
 	Scheduler string
 	RingSize  uint32
-	Conntrack *bool
-	Fragments string
-	Backends  []BackendFields
+	// RingSizeAuto asks for ring_size: auto (RingSize must then be 0),
+	// RingSizeMax for its ring_size_max (0 = omitted).
+	RingSizeAuto bool
+	RingSizeMax  uint32
+	Conntrack    *bool
+	Fragments    string
+	Backends     []BackendFields
 }
 
 // BackendFields are a backend's settings as a program gives them.
@@ -53,6 +57,15 @@ func ParseVIP(in VIPFields) (VIP, error) {
 	f.setText("scheduler", in.Scheduler)
 	if in.RingSize != 0 {
 		f.vals["ring_size"] = int64(in.RingSize)
+	}
+	if in.RingSizeAuto {
+		if in.RingSize != 0 {
+			f.errf("ring_size", "%d is given with ring_size_auto; give a fixed size or auto, not both", in.RingSize)
+		}
+		f.vals["ring_size"] = "auto"
+	}
+	if in.RingSizeMax != 0 {
+		f.vals["ring_size_max"] = int64(in.RingSizeMax)
 	}
 	if in.Conntrack != nil {
 		f.vals["conntrack"] = *in.Conntrack

@@ -57,10 +57,14 @@ func (c *controller) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 			statuses[s.VIP][s.Backend] = healthStatus{since: s.Since, err: s.LastError}
 		}
 	}
+	sizes := c.d.rec.RingSizes()
 	var out []api.VIP
 	for _, v := range c.d.rec.Desired() {
 		k := reconcile.Key(v)
 		av := toAPI(v, health[k])
+		if v.RingSizeAuto {
+			av.RingSize = sizes[k] // the chosen size, as written
+		}
 		for i := range av.Backends {
 			st := statuses[k][av.Backends[i].Address]
 			av.Backends[i].HealthSince, av.Backends[i].HealthError = st.since, st.err
@@ -87,6 +91,9 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 		Fragments: v.Fragments.String(),
 		Backends:  []api.Backend{},
 	}
+	if v.RingSizeAuto {
+		out.RingSizeAuto, out.RingSizeMax = true, v.RingSizeMax
+	}
 	for _, b := range v.Backends {
 		ab := api.Backend{Address: b.Address, Weight: b.Weight, Health: health[b.Address].String()}
 		if len(b.MAC) > 0 {
@@ -103,7 +110,8 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 func fromAPI(v api.VIP) (config.VIP, error) {
 	in := config.VIPFields{
 		Name: v.Name, Address: v.Address, Port: v.Port, Protocol: v.Protocol,
-		Mode: v.Mode, Scheduler: v.Scheduler, RingSize: v.RingSize, Conntrack: v.Conntrack, Fragments: v.Fragments,
+		Mode: v.Mode, Scheduler: v.Scheduler, RingSize: v.RingSize, RingSizeAuto: v.RingSizeAuto, RingSizeMax: v.RingSizeMax,
+		Conntrack: v.Conntrack, Fragments: v.Fragments,
 	}
 	for _, b := range v.Backends {
 		in.Backends = append(in.Backends, backendFields(b))

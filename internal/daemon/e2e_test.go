@@ -225,10 +225,20 @@ type conn struct {
 }
 
 func (h *harness) dial(addr netip.Addr, port uint16) (*conn, error) {
+	return h.dialFrom(netip.Addr{}, addr, port)
+}
+
+// dialFrom is dial from the client's source address src (the kernel's
+// choice when src is the zero Addr).
+func (h *harness) dialFrom(src, addr netip.Addr, port uint16) (*conn, error) {
 	var c net.Conn
 	err := h.topo.Client.Do(func() error {
+		d := net.Dialer{Timeout: 3 * time.Second}
+		if src.IsValid() {
+			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		}
 		var err error
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, port).String(), 3*time.Second)
+		c, err = d.Dial("tcp", netip.AddrPortFrom(addr, port).String())
 		return err
 	})
 	if err != nil {
@@ -263,12 +273,18 @@ func (c *conn) exchange(msg string) (string, error) {
 // openConns opens n connections and checks each landed where the daemon's
 // explain says a SYN of that flow goes.
 func (h *harness) openConns(n int, addr netip.Addr) []*conn {
+	return h.openConnsFrom(n, netip.Addr{}, addr)
+}
+
+// openConnsFrom is openConns from the client's source address src (the
+// kernel's choice when src is the zero Addr).
+func (h *harness) openConnsFrom(n int, src, addr netip.Addr) []*conn {
 	t := h.t
 	var out []*conn
 	for range n {
-		c, err := h.dial(addr, 9000)
+		c, err := h.dialFrom(src, addr, 9000)
 		if err != nil {
-			t.Fatalf("connection %d to %s: %v\ndaemon log:\n%s", len(out), addr, err, h.log())
+			t.Fatalf("connection %d from %s to %s: %v\ndaemon log:\n%s", len(out), src, addr, err, h.log())
 		}
 		t.Cleanup(func() { c.c.Close() })
 		local := netip.MustParseAddrPort(c.c.LocalAddr().String())
@@ -664,22 +680,41 @@ func metricValue(t testing.TB, body, series string) float64 {
 
 // checkModel requires every connection (to the v4 echo VIP) to be on the
 // backend an independent model gives: Maglev over the backends' addresses
-// (weight 1 each, M = 65537) and the flow hash.
-func (h *harness) checkModel(conns []*conn, backends []*testenv.Host) {
+// (M = 65537) and the flow hash. weights are by index into backends; a
+// backend without one weighs 1.
+func (h *harness) checkModel(conns []*conn, backends []*testenv.Host, weights ...uint32) {
+	h.t.Helper()
+	table := h.modelRing(backends, weights...)
+	for i, c := range conns {
+		if want := h.names[modelBackend(table, backends, c)]; c.backend != want {
+			h.t.Fatalf("connection %d from %s landed on %s, the Maglev model says %s", i, c.c.LocalAddr(), c.backend, want)
+		}
+	}
+}
+
+// modelRing is the independent model's ring of the v4 echo VIP: Maglev
+// over backends' IPv4 addresses with weights (1 where missing), each slot
+// an index into backends.
+func (h *harness) modelRing(backends []*testenv.Host, weights ...uint32) []uint32 {
 	h.t.Helper()
 	in := make([]maglev.Backend, len(backends))
 	for i, b := range backends {
 		in[i] = maglev.Backend{Name: b.IPv4.String(), ID: uint32(i), Weight: 1}
+		if i < len(weights) {
+			in[i].Weight = weights[i]
+		}
 	}
 	table, err := maglev.Build(in, maglev.DefaultSize)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	for i, c := range conns {
-		local := netip.MustParseAddrPort(c.c.LocalAddr().String())
-		slot := flowhash.Slot(flowhash.Flow(local.Addr().Unmap(), vip4, local.Port(), 9000, 6), maglev.DefaultSize)
-		if want := h.names[backends[table[slot]].IPv4]; c.backend != want {
-			h.t.Fatalf("connection %d from :%d landed on %s, the Maglev model says %s", i, local.Port(), c.backend, want)
-		}
-	}
+	return table
+}
+
+// modelBackend is the address of the backend that a modelRing sends the
+// connection's flow (to the v4 echo VIP) to.
+func modelBackend(table []uint32, backends []*testenv.Host, c *conn) netip.Addr {
+	local := netip.MustParseAddrPort(c.c.LocalAddr().String())
+	slot := flowhash.Slot(flowhash.Flow(local.Addr().Unmap(), vip4, local.Port(), 9000, 6), uint32(len(table)))
+	return backends[table[slot]].IPv4
 }

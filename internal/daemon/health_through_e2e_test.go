@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
 )
@@ -129,27 +130,30 @@ func TestHealthThroughDatapath(t *testing.T) {
 // 6in4 http).
 func TestHealthThroughDatapathIPIP(t *testing.T) {
 	h := newHarness(t, func(o *testenv.Options) { o.RemoteBackends = true })
+	h.startDecap()
+	h.writeConfig(h.throughConfig("ipip"))
+	h.startDaemon()
+	h.throughDatapath()
+}
+
+// startDecap runs `fulcrum decap` for both VIPs on every backend's eth0
+// (ipip mode) and waits until each has attached.
+func (h *harness) startDecap() {
+	t := h.t
 	for _, b := range h.topo.Backends {
 		if _, err := b.Start(context.Background(), h.bin, "decap", "-i", "eth0", "--vip", vip4.String(), "--vip", vip6.String()); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, b := range h.topo.Backends {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		require.Eventually(t, 5*time.Second, func() error {
 			out, _ := b.Run(context.Background(), "ip", "link", "show", "eth0")
-			if strings.Contains(out, "xdp") {
-				break
+			if !strings.Contains(out, "xdp") {
+				return fmt.Errorf("fulcrum decap did not attach on %s:\n%s", b.Name, out)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("fulcrum decap did not attach on %s:\n%s", b.Name, out)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
-	h.writeConfig(h.throughConfig("ipip"))
-	h.startDaemon()
-	h.throughDatapath()
 }
 
 // throughDatapath is the body of the through-datapath tests, on a running

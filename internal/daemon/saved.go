@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/reconcile"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
@@ -22,16 +24,17 @@ func (c *controller) Config(ctx context.Context) (api.RunningConfig, error) {
 	d.mu.Lock()
 	cfg := d.cfg
 	d.mu.Unlock()
-	out, err := runningConfig(cfg, d.rec.Desired())
+	out, err := runningConfig(cfg, d.rec.Desired(), d.rec.RingSizes())
 	if err != nil {
 		return api.RunningConfig{}, err
 	}
 	return api.RunningConfig{YAML: string(out)}, nil
 }
 
-// runningConfig renders cfg with vips as its VIPs.
-func runningConfig(cfg *config.Config, vips []config.VIP) ([]byte, error) {
+// runningConfig renders cfg with vips as its VIPs, with a comment on
+// each ring_size: auto saying the size written, from sizes.
+func runningConfig(cfg *config.Config, vips []config.VIP, sizes map[datapath.VIP]uint32) ([]byte, error) {
 	c := *cfg
 	c.VIPs = vips
-	return c.Marshal()
+	return c.MarshalNoted(func(i int) uint32 { return sizes[reconcile.Key(vips[i])] })
 }

@@ -23,11 +23,7 @@ func (h *harness) ringDigests() map[string]uint64 {
 	h.t.Helper()
 	var out map[string]uint64
 	require.Eventually(h.t, 10*time.Second, func() error {
-		vips, err := h.client.ListVIPs(bg())
-		if err != nil {
-			return err
-		}
-		rings, err := datapath.ReadRings(datapath.PinDir(h.dir, "e2e"))
+		vips, rings, err := h.listedRings()
 		if err != nil {
 			return err
 		}
@@ -43,12 +39,7 @@ func (h *harness) ringDigests() map[string]uint64 {
 					want = append(want, b.Address)
 				}
 			}
-			var ring []netip.Addr
-			for rk, r := range rings {
-				if rk.Addr == v.Address && rk.Port == v.Port && rk.Proto.String() == v.Protocol {
-					ring = r
-				}
-			}
+			ring := ringOf(rings, v)
 			seen := map[netip.Addr]bool{}
 			for _, a := range ring {
 				seen[a] = true
@@ -63,6 +54,38 @@ func (h *harness) ringDigests() map[string]uint64 {
 		return nil
 	})
 	return out
+}
+
+// waitRing waits until the ring that the fast path holds for the VIP
+// (its text form, tcp/203.0.113.10:9000), read from the pins, is want
+// slot for slot.
+func (h *harness) waitRing(vip string, want []netip.Addr) {
+	h.t.Helper()
+	require.Eventually(h.t, 5*time.Second, func() error {
+		rings, err := datapath.ReadRings(datapath.PinDir(h.dir, "e2e"))
+		if err != nil {
+			return err
+		}
+		var ring []netip.Addr
+		for k, r := range rings {
+			if k.String() == vip {
+				ring = r
+			}
+		}
+		if len(ring) != len(want) {
+			return fmt.Errorf("the pinned ring of %s has %d slots, want %d", vip, len(ring), len(want))
+		}
+		differ := 0
+		for i := range ring {
+			if ring[i] != want[i] {
+				differ++
+			}
+		}
+		if differ != 0 {
+			return fmt.Errorf("the pinned ring of %s differs from the one wanted in %d of %d slots", vip, differ, len(ring))
+		}
+		return nil
+	})
 }
 
 // TestSavedConfig makes a series of changes with the CLI, each of which

@@ -3,9 +3,12 @@ package daemon
 import (
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/reconcile"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
@@ -42,11 +45,16 @@ vips:
 	if err != nil {
 		t.Fatal(err)
 	}
+	auto, err := fromAPI(api.VIP{VIPRef: api.VIPRef{Protocol: "tcp", Address: a("203.0.113.10"), Port: 443}, Mode: "dsr",
+		RingSizeAuto: true, RingSizeMax: 131071, Backends: []api.Backend{{Address: a("198.18.0.21"), Weight: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	vips[0].Backends = append(vips[0].Backends, b)
 	vips[0].Backends[0].Weight = 7
-	vips = append(vips, added)
+	vips = append(vips, added, auto)
 
-	out, err := runningConfig(cfg, vips)
+	out, err := runningConfig(cfg, vips, map[datapath.VIP]uint32{reconcile.Key(auto): 251, reconcile.Key(added): 251})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +67,10 @@ vips:
 	if !reflect.DeepEqual(back, &want) {
 		t.Errorf("round trip differs:\n got %+v\nwant %+v\nfile:\n%s", back, &want, out)
 	}
-	if len(back.VIPs) != 2 || back.VIPs[1].HealthCheck != nil || back.VIPs[0].Backends[2].HealthCheck == nil {
+	if !strings.Contains(string(out), "ring_size: auto # chosen: 251 slots\n") || strings.Count(string(out), "chosen") != 1 {
+		t.Errorf("the auto VIP's ring_size does not say the chosen size (251), or another does:\n%s", out)
+	}
+	if len(back.VIPs) != 3 || back.VIPs[1].HealthCheck != nil || back.VIPs[0].Backends[2].HealthCheck == nil {
 		t.Errorf("health checks after the round trip: the API's VIP must stay unchecked, the file's new backend checked:\n%s", out)
 	}
 }

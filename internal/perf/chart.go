@@ -42,7 +42,17 @@ func (r *Results) WriteChart(dir string) (string, error) {
 	p.Title.Text = "Fulcrum packet rate through veth (64-byte frames), median of runs with min–max"
 	p.Y.Label.Text = "Mpps delivered"
 	p.Y.Min = 0
-	p.NominalX(PacketConfigs...)
+	// The configurations measured (-perf.configs may leave some out).
+	var configs []string
+	for _, c := range PacketConfigs {
+		for _, f := range r.section(SectionPackets) {
+			if f.Config == c {
+				configs = append(configs, c)
+				break
+			}
+		}
+	}
+	p.NominalX(configs...)
 	p.Legend.Top = true
 
 	colors := []color.RGBA{
@@ -58,10 +68,10 @@ func (r *Results) WriteChart(dir string) (string, error) {
 	}
 	p.Y.Max = top * 1.15
 	for s, se := range all {
-		vals := make(plotter.Values, len(PacketConfigs))
+		vals := make(plotter.Values, len(configs))
 		var errs errPoints
 		offset := (float64(s) - float64(len(all)-1)/2) * step
-		for i, c := range PacketConfigs {
+		for i, c := range configs {
 			f := r.find(SectionPackets, packetName(c, se.frame, se.cpus))
 			if f == nil {
 				continue

@@ -146,7 +146,7 @@ func (g *LoadGen) Run(ctx context.Context, host *testenv.Host, iface string, cpu
 				n := uint32(1 << 14) // a first short call measures the rate
 				for ctx.Err() == nil {
 					t0 := time.Now()
-					if err := liveFrames(&g.objs, frame[:], n, ifindex); err != nil {
+					if err := liveFrames(g.objs.GenFrames, frame[:], n, ifindex); err != nil {
 						if errors.Is(err, unix.EINTR) {
 							continue
 						}

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -30,19 +32,33 @@ const (
 	// (no_conntrack): the ring on every packet. Beside dsr it shows what
 	// the connection table costs per packet; it is a diagnostic row, not
 	// one of the issue's configurations.
-	ConfigDSRNoCT  = "dsr-no-ct"
+	ConfigDSRNoCT = "dsr-no-ct"
+	// ConfigDSR1M is dsr with a million live flows: the generator cycles
+	// through rigWideFlows client tuples, which fill a connection table
+	// of the default size, so lookups miss the CPU caches as they do in
+	// production.
+	ConfigDSR1M    = "dsr-1m"
 	ConfigIPIP     = "ipip"
 	ConfigNftables = "nftables"
+	// ConfigKfwd is the kernel's own IPv4 forwarding: no XDP program, no
+	// nftables rules, a route to the VIP. A peer, as nftables is.
+	ConfigKfwd = "kfwd"
 )
 
 // PacketConfigs lists the packet-rate configurations; the ceiling first,
 // since every other figure is a ratio to it.
-var PacketConfigs = []string{ConfigCeiling, ConfigCeilingTX, ConfigDSR, ConfigDSRNoCT, ConfigIPIP, ConfigNftables}
+var PacketConfigs = []string{ConfigCeiling, ConfigCeilingTX, ConfigDSR, ConfigDSR1M, ConfigDSRNoCT, ConfigIPIP, ConfigNftables, ConfigKfwd}
 
 // E2EConfigs are the configurations of the `e2e CONFIG mpps=N
 // x_ceiling=R` lines. ceiling-tx is a reference for the one-armed
 // configurations, not one of them.
-var E2EConfigs = []string{ConfigCeiling, ConfigDSR, ConfigIPIP, ConfigNftables}
+var E2EConfigs = []string{ConfigCeiling, ConfigDSR, ConfigDSR1M, ConfigIPIP, ConfigNftables, ConfigKfwd}
+
+// singleDestination reports whether a configuration sends every frame to
+// one destination (backend 1) instead of balancing.
+func singleDestination(config string) bool {
+	return config == ConfigCeiling || config == ConfigCeilingTX || config == ConfigKfwd
+}
 
 // Frame kinds the generator sends.
 const (
@@ -64,12 +80,17 @@ const (
 //   - dsr: XDP_TX back out of in0 (one L2 segment), to backends
 //     198.18.0.(10+i) with MAC 02:fc:02:00:00:(10+i);
 //   - dsr-no-ct: the same with the connection table bypassed;
+//   - dsr-1m: dsr over rigWideFlows flows (source addresses
+//     198.19.1.2-65 too) in a connection table of the default size;
 //   - ipip: XDP_TX back out of in0, where the FIB sends the backends
 //     198.18.4.(10+i): via the router 198.18.3.2 (gen0, a permanent
 //     neighbour). The balancer's FIB lookup is an output lookup bound to
 //     the ingress interface, so Fulcrum's ipip is one-armed;
 //   - nftables: the kernel forwards out of out0 to backends
-//     198.18.2.(10+i), permanent neighbours with MAC 02:fc:03:00:00:(10+i).
+//     198.18.2.(10+i), permanent neighbours with MAC 02:fc:03:00:00:(10+i);
+//   - kfwd: the kernel forwards to the VIP itself, routed via backend 1
+//     of nftables (the route is there for every configuration; nftables
+//     rewrites the destination before routing, the others never route).
 //
 // The sink counts on both sink0 and gen0.
 var (
@@ -88,6 +109,9 @@ const (
 	rigSportBase = 1024
 	// rigFlows is the number of flows per CPU (a power of two, >= 10000).
 	rigFlows = 16384
+	// rigWideFlows is dsr-1m's number of flows, over all CPUs (a power
+	// of two): as many as the default connection table holds.
+	rigWideFlows = datapath.DefaultConntrackEntries
 	// calibrationFrames is the size of the call that first estimates a
 	// configuration's rate.
 	calibrationFrames = 1 << 16
@@ -123,6 +147,7 @@ func routedBackend(i int) datapath.Backend {
 type packetRig struct {
 	gen, lb, sink *testenv.Host
 	genIfindex    int // gen0, in namespace gen
+	cpus          int // the CPUs 0..cpus-1 generate; the veths' queues
 	inIfindex     int // in0, in namespace lb
 	outIfindex    int // out0, in namespace lb
 	genMAC, inMAC net.HardwareAddr
@@ -132,6 +157,15 @@ type packetRig struct {
 	sinkLinks          []link.Link
 	dsr, dsrNoCT, ipip *datapath.Datapath
 	pass               *ebpf.Program
+	// dsr1m is reloaded with an empty table for each frame kind, and
+	// filled (refill); wide says with what.
+	dsr1m       *datapath.Datapath
+	dsrBackends []datapath.Backend
+	wide        ConnTable // with no lookups counted
+	wideKind    string
+	// nftFile holds the nftables configuration's rules, loaded only while
+	// it is selected: kfwd must not pay for conntrack and NAT hooks.
+	nftFile string
 
 	// detach undoes the current selection.
 	detach  func() error
@@ -145,7 +179,7 @@ type packetRig struct {
 // of queues and loads every configuration. The caller closes the rig
 // (which leaves the namespaces to env).
 func newPacketRig(ctx context.Context, env *testenv.Env, queues, backends int) (_ *packetRig, err error) {
-	r := &packetRig{rates: make(map[string]float64)}
+	r := &packetRig{rates: make(map[string]float64), cpus: min(queues, runtime.NumCPU())}
 	defer func() {
 		if err != nil {
 			r.Close()
@@ -220,6 +254,12 @@ func newPacketRig(ctx context.Context, env *testenv.Env, queues, backends int) (
 	if err := r.lb.AddRoute(rigRemoteNet, rigRouter); err != nil {
 		return nil, err
 	}
+	if backends < 1 {
+		return nil, fmt.Errorf("the rig needs at least 1 backend, not %d", backends)
+	}
+	if err := r.lb.AddRoute(netip.PrefixFrom(rigVIP, 32), routedBackend(1).Addr); err != nil {
+		return nil, err
+	}
 	var sinkIfindex int
 	if l, err = linkInfo(r.sink, "sink0"); err != nil {
 		return nil, err
@@ -257,19 +297,23 @@ func newPacketRig(ctx context.Context, env *testenv.Env, queues, backends int) (
 	}
 
 	// Fulcrum: one datapath per mode, each with a UDP and a TCP VIP.
-	var dsrs, remote, routed []datapath.Backend
+	var remote, routed []datapath.Backend
 	for i := 1; i <= backends; i++ {
-		dsrs = append(dsrs, dsrBackend(i))
+		r.dsrBackends = append(r.dsrBackends, dsrBackend(i))
 		remote = append(remote, remoteBackend(i))
 		routed = append(routed, routedBackend(i))
 	}
-	if r.dsr, err = loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeDSR}, dsrs, datapath.EncapConfig{}); err != nil {
+	dsr := datapath.VIPConfig{Mode: datapath.ModeDSR}
+	if r.dsr, err = loadRigDatapath(dsr, r.dsrBackends, datapath.EncapConfig{}, rigConntrackEntries); err != nil {
 		return nil, err
 	}
-	if r.dsrNoCT, err = loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeDSR, NoConntrack: true}, dsrs, datapath.EncapConfig{}); err != nil {
+	if r.dsr1m, err = loadRigDatapath(dsr, r.dsrBackends, datapath.EncapConfig{}, rigWideFlows); err != nil {
 		return nil, err
 	}
-	if r.ipip, err = loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeIPIP}, remote, datapath.EncapConfig{SourceV4: rigEncapSource}); err != nil {
+	if r.dsrNoCT, err = loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeDSR, NoConntrack: true}, r.dsrBackends, datapath.EncapConfig{}, rigConntrackEntries); err != nil {
+		return nil, err
+	}
+	if r.ipip, err = loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeIPIP}, remote, datapath.EncapConfig{SourceV4: rigEncapSource}, rigConntrackEntries); err != nil {
 		return nil, err
 	}
 
@@ -278,21 +322,21 @@ func newPacketRig(ctx context.Context, env *testenv.Env, queues, backends int) (
 	if r.pass, err = env.PassProgram(); err != nil {
 		return nil, err
 	}
-	nftFile, err := writeNftRules(routed)
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(nftFile)
-	if _, err := r.lb.Run(ctx, "nft", "-f", nftFile); err != nil {
+	if r.nftFile, err = writeNftRules(routed); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
+// rigConntrackEntries is the connection table size of the rig's
+// balancers but dsr-1m's.
+const rigConntrackEntries = 1 << 18
+
 // loadRigDatapath loads a balancer with a UDP and a TCP VIP on port 80 of
-// rigVIP, configured by cfg, over backends.
-func loadRigDatapath(cfg datapath.VIPConfig, backends []datapath.Backend, encap datapath.EncapConfig) (*datapath.Datapath, error) {
-	d, err := datapath.Load(datapath.Options{ConntrackEntries: 1 << 18})
+// rigVIP, configured by cfg, over backends, with a connection table of
+// ctEntries.
+func loadRigDatapath(cfg datapath.VIPConfig, backends []datapath.Backend, encap datapath.EncapConfig, ctEntries uint32) (*datapath.Datapath, error) {
+	d, err := datapath.Load(datapath.Options{ConntrackEntries: ctEntries})
 	if err != nil {
 		return nil, fmt.Errorf("load balancer (%s): %w", cfg.Mode, err)
 	}
@@ -312,13 +356,16 @@ func loadRigDatapath(cfg datapath.VIPConfig, backends []datapath.Backend, encap 
 	return d, nil
 }
 
+// nftTable is the nftables configuration's table.
+const nftTable = "fcbench"
+
 // writeNftRules writes the nftables balancer to a temporary file.
 func writeNftRules(backends []datapath.Backend) (string, error) {
 	var m []string
 	for i, b := range backends {
 		m = append(m, fmt.Sprintf("%d : %s", i, b.Addr))
 	}
-	rules := fmt.Sprintf(`table ip fcbench {
+	rules := fmt.Sprintf(`table ip `+nftTable+` {
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
 		ip daddr %s meta l4proto { tcp, udp } th dport %d dnat to numgen random mod %d map { %s }
@@ -360,12 +407,16 @@ func (r *packetRig) Close() error {
 		errs = append(errs, l.Close())
 	}
 	r.sinkLinks = nil
-	for _, d := range []*datapath.Datapath{r.dsr, r.dsrNoCT, r.ipip} {
+	for _, d := range []*datapath.Datapath{r.dsr, r.dsr1m, r.dsrNoCT, r.ipip} {
 		if d != nil {
 			errs = append(errs, d.Close())
 		}
 	}
-	r.dsr, r.dsrNoCT, r.ipip = nil, nil, nil
+	r.dsr, r.dsr1m, r.dsrNoCT, r.ipip = nil, nil, nil, nil
+	if r.nftFile != "" {
+		errs = append(errs, os.Remove(r.nftFile))
+		r.nftFile = ""
+	}
 	errs = append(errs, r.objs.Close())
 	return errors.Join(errs...)
 }
@@ -377,14 +428,17 @@ var sinkModes = map[string]perfSinkKey{
 	ConfigCeiling:   perfSinkKeySINK_BY_MAC,
 	ConfigCeilingTX: perfSinkKeySINK_BY_MAC,
 	ConfigDSR:       perfSinkKeySINK_BY_MAC,
+	ConfigDSR1M:     perfSinkKeySINK_BY_MAC,
 	ConfigDSRNoCT:   perfSinkKeySINK_BY_MAC,
 	ConfigIPIP:      perfSinkKeySINK_BY_IP,
 	ConfigNftables:  perfSinkKeySINK_BY_IP,
+	// kfwd keeps the VIP as destination; its next hop is backend 1's MAC.
+	ConfigKfwd: perfSinkKeySINK_BY_MAC,
 }
 
 // selectConfig attaches configuration name to the LB's ingress in0,
 // replacing the current one.
-func (r *packetRig) selectConfig(name string) error {
+func (r *packetRig) selectConfig(ctx context.Context, name string) error {
 	if r.current == name {
 		return nil
 	}
@@ -411,15 +465,6 @@ func (r *packetRig) selectConfig(name string) error {
 			return nil
 		})
 	}
-	attachFulcrum := func(d *datapath.Datapath) error {
-		return r.lb.Do(func() error {
-			if err := d.Attach(r.inIfindex, datapath.AttachNative); err != nil {
-				return err
-			}
-			r.detach = d.Detach
-			return nil
-		})
-	}
 	var err error
 	switch name {
 	case ConfigCeiling:
@@ -427,15 +472,38 @@ func (r *packetRig) selectConfig(name string) error {
 	case ConfigCeilingTX:
 		err = attachProg(r.objs.CeilingTx)
 	case ConfigDSR:
-		err = attachFulcrum(r.dsr)
+		err = r.attachDatapath(r.dsr)
+	case ConfigDSR1M:
+		err = r.attachDatapath(r.dsr1m)
 	case ConfigDSRNoCT:
-		err = attachFulcrum(r.dsrNoCT)
+		err = r.attachDatapath(r.dsrNoCT)
 	case ConfigIPIP:
-		err = attachFulcrum(r.ipip)
+		err = r.attachDatapath(r.ipip)
 	case ConfigNftables:
 		// The kernel forwards; in0 needs an XDP program only so that the
 		// generator's XDP frames are accepted.
-		err = attachProg(r.pass)
+		if _, err := r.lb.Run(ctx, "nft", "-f", r.nftFile); err != nil {
+			return err
+		}
+		if err = attachProg(r.pass); err != nil {
+			_, _ = r.lb.Run(ctx, "nft", "delete", "table", "ip", nftTable)
+			break
+		}
+		detachPass := r.detach
+		r.detach = func() error {
+			_, err := r.lb.Run(ctx, "nft", "delete", "table", "ip", nftTable)
+			return errors.Join(detachPass(), err)
+		}
+	case ConfigKfwd:
+		// No XDP program: GRO on in0 is what else makes veth run its
+		// NAPI, which takes the generator's XDP frames and hands them to
+		// the stack as skbs. A NIC has GRO on by default.
+		if _, err = r.lb.Run(ctx, "ethtool", "-K", "in0", "gro", "on"); err == nil {
+			r.detach = func() error {
+				_, err := r.lb.Run(ctx, "ethtool", "-K", "in0", "gro", "off")
+				return err
+			}
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("attach %s to in0: %w", name, err)
@@ -444,13 +512,29 @@ func (r *packetRig) selectConfig(name string) error {
 	return nil
 }
 
+// attachDatapath attaches d to in0 in native mode.
+func (r *packetRig) attachDatapath(d *datapath.Datapath) error {
+	return r.lb.Do(func() error {
+		if err := d.Attach(r.inIfindex, datapath.AttachNative); err != nil {
+			return err
+		}
+		r.detach = d.Detach
+		return nil
+	})
+}
+
 // frame returns the generator's template for a frame kind: 64 bytes from
 // the client to the VIP, addressed to in0.
 func (r *packetRig) frame(kind string) []byte {
+	return clientFrame(kind, r.genMAC, r.inMAC, rigClient, rigSportBase)
+}
+
+// clientFrame returns a 64-byte frame of kind from src:sport to the VIP.
+func clientFrame(kind string, srcMAC, dstMAC net.HardwareAddr, src netip.Addr, sport uint16) []byte {
 	p := testpacket.Packet{
-		SrcMAC: r.genMAC, DstMAC: r.inMAC,
-		Src: rigClient, Dst: rigVIP,
-		Sport: rigSportBase, Dport: rigVIPPort,
+		SrcMAC: srcMAC, DstMAC: dstMAC,
+		Src: src, Dst: rigVIP,
+		Sport: sport, Dport: rigVIPPort,
 	}
 	switch kind {
 	case FrameUDP:
@@ -477,6 +561,9 @@ type rigRun struct {
 	wall            time.Duration
 	// perKey is the sink's count per key byte (backend MAC or address).
 	perKey [256]uint64
+	// table is dsr-1m's connection table: its fill before the run, and
+	// the run's lookups.
+	table *ConnTable
 }
 
 func (r rigRun) mpps() float64 {
@@ -501,6 +588,11 @@ func (r rigRun) backendCounts(n int) []uint64 {
 // waiting for an RCU grace period), which many short calls would add to
 // the figure as idle time.
 func (r *packetRig) run(kind string, cpus []int, d time.Duration) (rigRun, error) {
+	if r.current == ConfigDSR1M && r.wideKind != kind {
+		if err := r.refill(kind); err != nil {
+			return rigRun{}, fmt.Errorf("fill the connection table of %s: %w", ConfigDSR1M, err)
+		}
+	}
 	key := fmt.Sprintf("%s/%s/%d", r.current, kind, len(cpus))
 	rate, ok := r.rates[key]
 	if !ok {
@@ -511,20 +603,141 @@ func (r *packetRig) run(kind string, cpus []int, d time.Duration) (rigRun, error
 		rate = float64(cal.sent) / cal.wall.Seconds() / float64(len(cpus))
 	}
 	n := uint32(min(max(rate*d.Seconds(), 1<<12), 1<<30))
+	var before datapath.Counters
+	if r.current == ConfigDSR1M {
+		var err error
+		if before, err = r.dsr1m.Counters(); err != nil {
+			return rigRun{}, err
+		}
+	}
 	out, err := r.generate(kind, cpus, n)
 	if err != nil {
 		return rigRun{}, err
 	}
 	r.rates[key] = float64(out.sent) / out.wall.Seconds() / float64(len(cpus))
+	if r.current == ConfigDSR1M {
+		after, err := r.dsr1m.Counters()
+		if err != nil {
+			return rigRun{}, err
+		}
+		t := r.wide
+		t.Hits, t.Misses = lookups(before, after)
+		out.table = &t
+	}
 	return out, nil
 }
 
-// liveFrames has the generator make n frames from the template frame on
+// lookups returns the connection-table hits between two snapshots of a
+// balancer's counters, and the lookups that found no live entry.
+func lookups(before, after datapath.Counters) (hits, misses uint64) {
+	delta := func(s datapath.Stat) uint64 { return after.Stat(s) - before.Stat(s) }
+	return delta(datapath.StatCtHit), delta(datapath.StatCtMiss) + delta(datapath.StatCtExpired) + delta(datapath.StatCtStale)
+}
+
+// refill gives dsr-1m a new, empty connection table and fills it with the
+// rigWideFlows flows of frame kind, generated once each from every CPU of
+// the rig (each CPU its share: the table's LRU lists are per CPU, each
+// holding its share of the entries), so that the runs that follow, from
+// one CPU or all, find every flow in a full table: steady state, nothing
+// inserted or evicted. A new table, because the flows of the other kind
+// would otherwise fill half of it.
+func (r *packetRig) refill(kind string) error {
+	if r.detach != nil {
+		if err := r.detach(); err != nil {
+			return err
+		}
+		r.detach = nil
+	}
+	if err := r.dsr1m.Close(); err != nil {
+		return err
+	}
+	r.dsr1m = nil
+	d, err := loadRigDatapath(datapath.VIPConfig{Mode: datapath.ModeDSR}, r.dsrBackends, datapath.EncapConfig{}, rigWideFlows)
+	if err != nil {
+		return err
+	}
+	r.dsr1m = d
+	if err := r.attachDatapath(d); err != nil {
+		return err
+	}
+	all := make([]int, r.cpus)
+	for i := range all {
+		all[i] = i
+	}
+	if _, err := r.generate(kind, all, rigWideFlows/uint32(len(all))); err != nil {
+		return err
+	}
+	// What the table kept is counted, not assumed: the runs' figures say
+	// how full it was.
+	var t ConnTable
+	if t.Entries, t.Capacity, err = ctOccupancy(d); err != nil {
+		return err
+	}
+	r.wide, r.wideKind = t, kind
+	return nil
+}
+
+// ctOccupancy counts the entries of a balancer's IPv4 connection table,
+// found through its program, and returns them with the table's capacity.
+func ctOccupancy(d *datapath.Datapath) (entries, capacity int, err error) {
+	info, err := d.Program().Info()
+	if err != nil {
+		return 0, 0, err
+	}
+	ids, ok := info.MapIDs()
+	if !ok {
+		return 0, 0, errors.New("the kernel does not list a program's maps")
+	}
+	for _, id := range ids {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			return 0, 0, err
+		}
+		mi, err := m.Info()
+		if err != nil || mi.Name != "ct_v4" {
+			m.Close()
+			if err != nil {
+				return 0, 0, err
+			}
+			continue
+		}
+		defer m.Close()
+		entries, err = countEntries(m)
+		return entries, int(m.MaxEntries()), err
+	}
+	return 0, 0, errors.New("the balancer has no map ct_v4")
+}
+
+// countEntries counts a hash map's entries by batch lookups.
+func countEntries(m *ebpf.Map) (int, error) {
+	const batch = 1 << 14
+	bytes := func(size uint32) any {
+		return reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(size), reflect.TypeFor[byte]())), batch, batch).Interface()
+	}
+	keys, values := bytes(m.KeySize()), bytes(m.ValueSize())
+	var (
+		cursor ebpf.MapBatchCursor
+		total  int
+		err    error
+	)
+	// The last batch, full or not, ends with ErrKeyNotExist.
+	for err == nil {
+		var n int
+		n, err = m.BatchLookup(&cursor, keys, values, nil)
+		total += n
+	}
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return total, fmt.Errorf("count the entries of %s: %w", m, err)
+	}
+	return total, nil
+}
+
+// liveFrames has the generator gen make n frames from the template frame on
 // the calling thread's CPU, in live-frame mode (BPF_F_TEST_XDP_LIVE_FRAMES),
 // as if received on ifindex. The context's data_end must be the frame's
 // length, or the kernel refuses the run.
-func liveFrames(objs *perfObjects, frame []byte, n uint32, ifindex int) error {
-	_, err := objs.GenFrames.Run(&ebpf.RunOptions{
+func liveFrames(gen *ebpf.Program, frame []byte, n uint32, ifindex int) error {
+	_, err := gen.Run(&ebpf.RunOptions{
 		Data:    frame,
 		Repeat:  n,
 		Flags:   unix.BPF_F_TEST_XDP_LIVE_FRAMES,
@@ -535,12 +748,24 @@ func liveFrames(objs *perfObjects, frame []byte, n uint32, ifindex int) error {
 
 // generate makes n frames of kind on each of cpus, one BPF_PROG_RUN call
 // per CPU, all starting together, and returns what reached the sink.
+// cpus must be 0..len(cpus)-1, len(cpus) a power of two: for dsr-1m the
+// CPUs share the rigWideFlows flows out between them.
 func (r *packetRig) generate(kind string, cpus []int, n uint32) (rigRun, error) {
 	var plan perfGenPlan
 	frame := r.frame(kind)
 	copy(plan.Frame[:], frame)
 	plan.SportBase = rigSportBase
 	plan.Flows = rigFlows
+	gen := r.objs.GenFrames
+	if r.current == ConfigDSR1M {
+		if !firstCPUs(cpus) {
+			return rigRun{}, fmt.Errorf("%s generates from CPUs 0 to 2^k-1, not %v", ConfigDSR1M, cpus)
+		}
+		// Only dsr-1m pays gen_flows's second address rewrite; every
+		// other configuration is a ratio to the ceiling's generator.
+		gen = r.objs.GenFlows
+		plan.WideFlows = rigWideFlows / uint32(len(cpus))
+	}
 	if err := r.objs.GenConfig.Put(uint32(0), plan); err != nil {
 		return rigRun{}, err
 	}
@@ -578,7 +803,7 @@ func (r *packetRig) generate(kind string, cpus []int, n uint32) (rigRun, error) 
 				defer restore()
 				<-start
 				t0 := time.Now()
-				if err := liveFrames(&r.objs, frame, n, r.genIfindex); err != nil {
+				if err := liveFrames(gen, frame, n, r.genIfindex); err != nil {
 					return fmt.Errorf("live-frame BPF_PROG_RUN on cpu %d: %w", cpu, err)
 				}
 				t1 := time.Now()
@@ -617,6 +842,18 @@ func (r *packetRig) generate(kind string, cpus []int, n uint32) (rigRun, error) 
 		out.delivered += out.perKey[k]
 	}
 	return out, nil
+}
+
+// firstCPUs reports whether cpus are 0, 1, ... and a power of two of
+// them.
+func firstCPUs(cpus []int) bool {
+	for i, c := range cpus {
+		if c != i {
+			return false
+		}
+	}
+	n := len(cpus)
+	return n > 0 && n&(n-1) == 0
 }
 
 // sinkCounts reads the sink's per-key counters, summed over CPUs.

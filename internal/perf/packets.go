@@ -21,12 +21,40 @@ type PacketOptions struct {
 	CPUs []int
 	// Frames lists the frame kinds (FrameUDP, FrameTCP).
 	Frames []string
+	// Configs lists the configurations to measure, of PacketConfigs;
+	// empty means all. The ceiling is always measured, since every other
+	// figure is a ratio to it.
+	Configs []string
+}
+
+// configs returns the configurations to measure, in PacketConfigs's order,
+// or an error naming one that does not exist.
+func (o PacketOptions) configs() ([]string, error) {
+	if len(o.Configs) == 0 {
+		return PacketConfigs, nil
+	}
+	for _, c := range o.Configs {
+		if !slices.Contains(PacketConfigs, c) {
+			return nil, fmt.Errorf("unknown packet-rate configuration %q (known: %s)", c, strings.Join(PacketConfigs, ", "))
+		}
+	}
+	var out []string
+	for _, c := range PacketConfigs {
+		if c == ConfigCeiling || slices.Contains(o.Configs, c) {
+			out = append(out, c)
+		}
+	}
+	return out, nil
 }
 
 // measurePackets builds the packet-rate rig and measures every
 // configuration, interleaved round by round so that a noisy moment hits all
 // of them alike.
 func measurePackets(ctx context.Context, opts PacketOptions, res *Results) error {
+	configs, err := opts.configs()
+	if err != nil {
+		return err
+	}
 	env, err := testenv.Open("")
 	if err != nil {
 		return err
@@ -55,11 +83,11 @@ func measurePackets(ctx context.Context, opts PacketOptions, res *Results) error
 		}
 		for _, frame := range opts.Frames {
 			for round := 0; round < opts.Runs; round++ {
-				for _, c := range PacketConfigs {
+				for _, c := range configs {
 					if err := ctx.Err(); err != nil {
 						return err
 					}
-					if err := r.selectConfig(c); err != nil {
+					if err := r.selectConfig(ctx, c); err != nil {
 						return err
 					}
 					rr, err := r.run(frame, cpus, opts.Duration)
@@ -80,7 +108,7 @@ func measurePackets(ctx context.Context, opts PacketOptions, res *Results) error
 	for _, ncpu := range opts.CPUs {
 		for _, frame := range opts.Frames {
 			var ceiling float64
-			for _, c := range PacketConfigs {
+			for _, c := range configs {
 				rs := runs[key{c, frame, ncpu}]
 				if len(rs) == 0 {
 					continue
@@ -98,7 +126,7 @@ func measurePackets(ctx context.Context, opts PacketOptions, res *Results) error
 					f.Ratio = f.Median / ceiling
 					f.RatioTo = packetName(ConfigCeiling, frame, ncpu)
 				}
-				f.Note, f.Spread = packetNote(c, rs, opts.Backends)
+				f.Note, f.Spread, f.ConnTable = packetNote(c, rs, opts.Backends)
 				res.add(f)
 			}
 		}
@@ -107,10 +135,12 @@ func measurePackets(ctx context.Context, opts PacketOptions, res *Results) error
 }
 
 // packetNote summarises the runs' deliveries: the share of frames sent
-// that reached the sink if some were lost, and (but for the ceiling, which
-// has one destination) how evenly the backends got them.
-func packetNote(config string, rs []rigRun, backends int) (string, *Spread) {
+// that reached the sink if some were lost, the connection table of
+// dsr-1m, and (but for the configurations with one destination) how evenly
+// the backends got them.
+func packetNote(config string, rs []rigRun, backends int) (string, *Spread, *ConnTable) {
 	var sent, delivered uint64
+	var table *ConnTable
 	per := make([]uint64, backends)
 	for _, rr := range rs {
 		sent += rr.sent
@@ -118,13 +148,24 @@ func packetNote(config string, rs []rigRun, backends int) (string, *Spread) {
 		for i, n := range rr.backendCounts(backends) {
 			per[i] += n
 		}
+		if t := rr.table; t != nil {
+			if table == nil {
+				table = &ConnTable{Entries: t.Entries, Capacity: t.Capacity}
+			}
+			table.Entries = min(table.Entries, t.Entries)
+			table.Hits += t.Hits
+			table.Misses += t.Misses
+		}
 	}
 	var notes []string
 	if sent > 0 && float64(delivered) < 0.99*float64(sent) {
 		notes = append(notes, fmt.Sprintf("%.1f%% of the frames sent were delivered", 100*float64(delivered)/float64(sent)))
 	}
-	if config == ConfigCeiling || config == ConfigCeilingTX {
-		return strings.Join(notes, "; "), nil
+	if table != nil {
+		notes = append(notes, table.String())
+	}
+	if singleDestination(config) {
+		return strings.Join(notes, "; "), nil, table
 	}
 	sp := &Spread{Backends: backends}
 	var total uint64
@@ -146,5 +187,5 @@ func packetNote(config string, rs []rigRun, backends int) (string, *Spread) {
 	if total < delivered*99/100 {
 		notes = append(notes, fmt.Sprintf("%d frames reached no backend", delivered-total))
 	}
-	return strings.Join(notes, "; "), sp
+	return strings.Join(notes, "; "), sp, table
 }

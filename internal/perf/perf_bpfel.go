@@ -24,7 +24,7 @@ type perfGenPlan struct {
 	Frame     [64]uint8
 	SportBase uint16
 	Flows     uint16
-	Pad       uint32
+	WideFlows uint32
 }
 
 type perfSinkKey uint32
@@ -71,6 +71,7 @@ const (
 	perfProgCeilingFwd   = "ceiling_fwd"
 	perfProgCeilingTx    = "ceiling_tx"
 	perfProgCtWalk       = "ct_walk"
+	perfProgGenFlows     = "gen_flows"
 	perfProgGenFrames    = "gen_frames"
 	perfProgSinkCount    = "sink_count"
 	perfVarSinkKey       = "_sink_key"
@@ -121,6 +122,7 @@ type perfProgramSpecs struct {
 	CeilingFwd *ebpf.ProgramSpec `ebpf:"ceiling_fwd"`
 	CeilingTx  *ebpf.ProgramSpec `ebpf:"ceiling_tx"`
 	CtWalk     *ebpf.ProgramSpec `ebpf:"ct_walk"`
+	GenFlows   *ebpf.ProgramSpec `ebpf:"gen_flows"`
 	GenFrames  *ebpf.ProgramSpec `ebpf:"gen_frames"`
 	SinkCount  *ebpf.ProgramSpec `ebpf:"sink_count"`
 }
@@ -206,6 +208,7 @@ type perfPrograms struct {
 	CeilingFwd *ebpf.Program `ebpf:"ceiling_fwd"`
 	CeilingTx  *ebpf.Program `ebpf:"ceiling_tx"`
 	CtWalk     *ebpf.Program `ebpf:"ct_walk"`
+	GenFlows   *ebpf.Program `ebpf:"gen_flows"`
 	GenFrames  *ebpf.Program `ebpf:"gen_frames"`
 	SinkCount  *ebpf.Program `ebpf:"sink_count"`
 }
@@ -215,6 +218,7 @@ func (p *perfPrograms) Close() error {
 		p.CeilingFwd,
 		p.CeilingTx,
 		p.CtWalk,
+		p.GenFlows,
 		p.GenFrames,
 		p.SinkCount,
 	)

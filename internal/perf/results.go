@@ -48,6 +48,40 @@ type Figure struct {
 	// Spread is how a packet-rate figure's frames were shared out among
 	// the backends, over all its runs.
 	Spread *Spread `json:"spread,omitempty"`
+	// ConnTable is the connection table of a dsr-1m figure, over all its
+	// runs.
+	ConnTable *ConnTable `json:"conn_table,omitempty"`
+}
+
+// ConnTable is the state of a balancer's IPv4 connection table during a
+// packet-rate figure: how full it was when the runs started, and what
+// their lookups found.
+type ConnTable struct {
+	// Entries is the fewest the table held before a run, of Capacity.
+	Entries  int `json:"entries"`
+	Capacity int `json:"capacity"`
+	// Hits are packets forwarded by their entry; Misses found none live
+	// (evicted, expired or never made) and took the ring.
+	Hits   uint64 `json:"hits"`
+	Misses uint64 `json:"misses"`
+}
+
+// String says whether the table was full and whether it evicted.
+func (t ConnTable) String() string {
+	fill := "full"
+	if t.Entries < t.Capacity {
+		fill = fmt.Sprintf("%d free", t.Capacity-t.Entries)
+	}
+	state := "steady, no entry lost"
+	if t.Misses > 0 {
+		state = "evicting or expiring"
+	}
+	hitPct := 0.0
+	if n := t.Hits + t.Misses; n > 0 {
+		hitPct = 100 * float64(t.Hits) / float64(n)
+	}
+	return fmt.Sprintf("connection table %d of %d entries (%s); %.2f%% of lookups hit, %d missed (%s)",
+		t.Entries, t.Capacity, fill, hitPct, t.Misses, state)
 }
 
 // Spread describes how evenly backends received frames.
@@ -186,14 +220,18 @@ func (r *Results) PrintTable(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %-8s %-26s %6s   %-26s %6s\n", "config", "frames", "1 vCPU", "x", "2 vCPUs", "x")
 		for _, frame := range []string{FrameUDP, FrameTCP} {
 			for _, c := range PacketConfigs {
-				cols := []string{}
+				cols, measured := []string{}, false
 				for _, cpus := range []int{1, 2} {
 					f := r.find(SectionPackets, packetName(c, frame, cpus))
 					if f == nil {
 						cols = append(cols, fmt.Sprintf("%-26s %6s", "-", "-"))
 						continue
 					}
+					measured = true
 					cols = append(cols, fmt.Sprintf("%-26s %6.2f", span(*f, 2), f.Ratio))
+				}
+				if !measured { // a configuration left out (-perf.configs)
+					continue
 				}
 				fmt.Fprintf(w, "  %-10s %-8s %s   %s\n", c, frame, cols[0], cols[1])
 			}

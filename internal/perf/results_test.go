@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -40,6 +41,10 @@ func sampleResults() *Results {
 				f := newFigure(SectionPackets, packetName(c, frame, cpus), "Mpps", []float64{v, v * 0.9, v * 1.1})
 				f.Config, f.Frame, f.CPUs = c, frame, cpus
 				f.Ratio = 1 / float64(i+1)
+				if c == ConfigDSR1M {
+					f.ConnTable = &ConnTable{Entries: 1 << 20, Capacity: 1 << 20, Hits: 3e6}
+					f.Note = f.ConnTable.String()
+				}
 				res.add(f)
 			}
 		}
@@ -62,10 +67,15 @@ func TestPrintTable(t *testing.T) {
 	want := []string{
 		"e2e ceiling mpps=10.00 x_ceiling=1.00",
 		"e2e dsr mpps=3.33 x_ceiling=0.33",
-		"e2e ipip mpps=2.00 x_ceiling=0.20",
-		"e2e nftables mpps=1.67 x_ceiling=0.17",
+		"e2e dsr-1m mpps=2.50 x_ceiling=0.25",
+		"e2e ipip mpps=1.67 x_ceiling=0.17",
+		"e2e nftables mpps=1.43 x_ceiling=0.14",
+		"e2e kfwd mpps=1.25 x_ceiling=0.12",
 	}
-	re := regexp.MustCompile(`^e2e (ceiling|dsr|ipip|nftables) mpps=[0-9.]+ x_ceiling=[0-9.]+$`)
+	if len(tail) != len(want) {
+		t.Fatalf("%d e2e configurations, want %d", len(tail), len(want))
+	}
+	re := regexp.MustCompile(`^e2e (ceiling|dsr|dsr-1m|ipip|nftables|kfwd) mpps=[0-9.]+ x_ceiling=[0-9.]+$`)
 	for i, l := range tail {
 		if l != want[i] || !re.MatchString(l) {
 			t.Errorf("line %d from the end: got %q, want %q\nwhole output:\n%s", len(tail)-i, l, want[i], buf.String())
@@ -91,9 +101,12 @@ func TestWriteJSONAndChart(t *testing.T) {
 	if len(back.Figures) != len(res.Figures) {
 		t.Fatalf("results.json holds %d figures, want %d", len(back.Figures), len(res.Figures))
 	}
-	for _, f := range back.Figures {
+	for i, f := range back.Figures {
 		if f.Unit == "" || f.Command == "" || len(f.Runs) == 0 {
 			t.Errorf("figure %q lacks a unit, command or runs: %+v", f.Name, f)
+		}
+		if want := res.Figures[i].ConnTable; (want == nil) != (f.ConnTable == nil) || want != nil && *want != *f.ConnTable {
+			t.Errorf("figure %q: connection table %+v back from results.json, want %+v", f.Name, f.ConnTable, want)
 		}
 	}
 	png1, err := res.WriteChart(dir)
@@ -156,5 +169,74 @@ func TestScaleVIPs(t *testing.T) {
 			t.Fatalf("vip %d: %s twice", v, vip)
 		}
 		seen[vip.String()] = true
+	}
+}
+
+// TestPrintTableNewRows checks the table rows of dsr-1m and kfwd, both
+// frame kinds and CPU counts, and dsr-1m's connection table note.
+func TestPrintTableNewRows(t *testing.T) {
+	var buf bytes.Buffer
+	sampleResults().PrintTable(&buf)
+	out := buf.String()
+	for _, want := range []string{
+		"  dsr-1m     udp      2.50 [2.25–2.75]             0.25   5.00 [4.50–5.50]             0.25\n",
+		"  dsr-1m     tcp-ack  2.50 [2.25–2.75]             0.25   5.00 [4.50–5.50]             0.25\n",
+		"  kfwd       udp      1.25 [1.12–1.38]             0.12   2.50 [2.25–2.75]             0.12\n",
+		"  kfwd       tcp-ack  1.25 [1.12–1.38]             0.12   2.50 [2.25–2.75]             0.12\n",
+		"  dsr-1m udp 1cpu: connection table 1048576 of 1048576 entries (full); 100.00% of lookups hit, 0 missed (steady, no entry lost)\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the table lacks the line %q; whole output:\n%s", want, out)
+		}
+	}
+}
+
+// TestPacketNote checks how the runs of a configuration are summed up:
+// dsr-1m's connection table over its runs (the fewest entries, the
+// lookups added up), and no backend spread for kfwd, which forwards to
+// one destination.
+func TestPacketNote(t *testing.T) {
+	var a, b rigRun
+	a.sent, a.delivered, a.perKey[11], a.perKey[12] = 100, 100, 50, 50
+	b.sent, b.delivered, b.perKey[11], b.perKey[12] = 100, 100, 50, 50
+	a.table = &ConnTable{Entries: 1 << 20, Capacity: 1 << 20, Hits: 100}
+	b.table = &ConnTable{Entries: 1<<20 - 5, Capacity: 1 << 20, Hits: 90, Misses: 10}
+	note, spread, table := packetNote(ConfigDSR1M, []rigRun{a, b}, 2)
+	wantTable := ConnTable{Entries: 1<<20 - 5, Capacity: 1 << 20, Hits: 190, Misses: 10}
+	if table == nil || *table != wantTable {
+		t.Errorf("dsr-1m: table %+v, want %+v", table, wantTable)
+	}
+	wantNote := "connection table 1048571 of 1048576 entries (5 free); 95.00% of lookups hit, 10 missed (evicting or expiring)"
+	if note != wantNote {
+		t.Errorf("dsr-1m: note %q, want %q", note, wantNote)
+	}
+	if spread == nil || spread.Received != 2 {
+		t.Errorf("dsr-1m: spread %+v, want both backends receiving", spread)
+	}
+
+	var k rigRun
+	k.sent, k.delivered, k.perKey[11] = 100, 100, 100
+	note, spread, table = packetNote(ConfigKfwd, []rigRun{k}, 8)
+	if note != "" || spread != nil || table != nil {
+		t.Errorf("kfwd: note %q, spread %+v, table %+v; want none (one destination, no table)", note, spread, table)
+	}
+}
+
+// TestPacketConfigs checks -perf.configs: the ceiling always comes first,
+// the rest keep PacketConfigs's order, and an unknown name is refused by
+// name.
+func TestPacketConfigs(t *testing.T) {
+	got, err := PacketOptions{Configs: []string{ConfigKfwd, ConfigDSR1M}}.configs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{ConfigCeiling, ConfigDSR1M, ConfigKfwd}; !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got, err := (PacketOptions{}).configs(); err != nil || !slices.Equal(got, PacketConfigs) {
+		t.Errorf("no configurations asked: got %v, %v; want all", got, err)
+	}
+	if _, err := (PacketOptions{Configs: []string{ConfigDSR, "dsr-2m"}}).configs(); err == nil || !strings.Contains(err.Error(), `"dsr-2m"`) {
+		t.Errorf("unknown configuration: got error %v, want one naming \"dsr-2m\"", err)
 	}
 }

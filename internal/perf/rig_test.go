@@ -3,6 +3,7 @@ package perf
 import (
 	"context"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,12 +14,14 @@ import (
 
 // TestPacketRig is the quick check of the packet-rate rig: frames of both
 // kinds flow through every configuration, from one CPU and from two, and
-// every backend gets some.
+// every backend gets some; dsr-1m's runs find its million flows in a full
+// table, and kfwd forwards with neither XDP nor nftables on the LB.
 func TestPacketRig(t *testing.T) {
 	require.BPF(t)
 	require.Netns(t)
-	require.Tool(t, "ip")  // commands run in a namespace through `ip netns exec`
-	require.Tool(t, "nft") // the nftables configuration
+	require.Tool(t, "ip")      // commands run in a namespace through `ip netns exec`
+	require.Tool(t, "nft")     // the nftables configuration
+	require.Tool(t, "ethtool") // kfwd turns GRO on
 	ctx := context.Background()
 	env := testenv.NewEnv(t)
 	const backends = 4
@@ -32,8 +35,11 @@ func TestPacketRig(t *testing.T) {
 		cpuSets = append(cpuSets, []int{0, 1})
 	}
 	for _, c := range PacketConfigs {
-		if err := r.selectConfig(c); err != nil {
+		if err := r.selectConfig(ctx, c); err != nil {
 			t.Fatal(err)
+		}
+		if c == ConfigKfwd {
+			checkKernelOnly(ctx, t, r)
 		}
 		for _, kind := range []string{FrameUDP, FrameTCP} {
 			for _, cpus := range cpuSets {
@@ -46,8 +52,11 @@ func TestPacketRig(t *testing.T) {
 					t.Errorf("%s %s cpus %v: %d of %d frames delivered, want at least 90%%", c, kind, cpus, res.delivered, res.sent)
 				}
 				want := backends
-				if c == ConfigCeiling || c == ConfigCeilingTX {
-					want = 1 // the ceilings forward to backend 1 only
+				if singleDestination(c) {
+					want = 1 // to backend 1 only
+				}
+				if c == ConfigDSR1M {
+					checkFullTable(t, kind, cpus, res.table)
 				}
 				got := 0
 				for _, n := range res.backendCounts(backends) {
@@ -79,5 +88,43 @@ func TestPacketRig(t *testing.T) {
 			t.Errorf("%s: %s = %d, %s = %d; want the first moved and the second 0", tc.config,
 				tc.moved, c.Stat(tc.moved), tc.zero, c.Stat(tc.zero))
 		}
+	}
+}
+
+// checkFullTable checks a dsr-1m run: its table held all rigWideFlows
+// flows, in every entry it has, and every lookup of the run hit.
+func checkFullTable(t *testing.T, kind string, cpus []int, tab *ConnTable) {
+	t.Helper()
+	if tab == nil {
+		t.Errorf("%s %s cpus %v: no connection table recorded", ConfigDSR1M, kind, cpus)
+		return
+	}
+	t.Logf("%s %s cpus %v: %s", ConfigDSR1M, kind, cpus, tab)
+	if tab.Capacity != rigWideFlows || tab.Entries != tab.Capacity {
+		t.Errorf("%s %s cpus %v: table of %d entries holds %d, want %d of %d (as many CPUs possible as online?)",
+			ConfigDSR1M, kind, cpus, tab.Capacity, tab.Entries, rigWideFlows, rigWideFlows)
+	}
+	if tab.Hits == 0 || tab.Misses != 0 {
+		t.Errorf("%s %s cpus %v: %d hits and %d misses, want only hits", ConfigDSR1M, kind, cpus, tab.Hits, tab.Misses)
+	}
+}
+
+// checkKernelOnly checks that the LB forwards by itself for kfwd: no XDP
+// program on in0 and no nftables table (no NAT, no conntrack hooks).
+func checkKernelOnly(ctx context.Context, t *testing.T, r *packetRig) {
+	t.Helper()
+	l, err := r.lb.Link("in0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x := l.Attrs().Xdp; x != nil && x.Attached {
+		t.Errorf("%s: in0 has XDP program %d attached", ConfigKfwd, x.ProgId)
+	}
+	out, err := r.lb.Run(ctx, "nft", "list", "tables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out) != "" {
+		t.Errorf("%s: the LB has nftables tables:\n%s", ConfigKfwd, out)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -97,7 +98,7 @@ func Run(ctx context.Context, opts Options) *Results {
 		needs         []string
 		run           func() error
 	}{
-		{RunPackets, "packet rate: ceiling, ceiling-tx, dsr, dsr-no-ct, ipip, nftables", []string{"nft"}, func() error {
+		{RunPackets, "packet rate: " + strings.Join(packetConfigs(opts.Packets), ", "), []string{"nft", "ethtool"}, func() error {
 			return measurePackets(ctx, opts.Packets, res)
 		}},
 		{RunConnections, "connection rate: direct, haproxy, fulcrum dsr", []string{"haproxy"}, func() error {
@@ -136,6 +137,16 @@ func Run(ctx context.Context, opts Options) *Results {
 	}
 	res.Finished = time.Now()
 	return res
+}
+
+// packetConfigs names the configurations the packet-rate section will
+// measure, or those asked for if some is unknown (the section then fails
+// naming it).
+func packetConfigs(o PacketOptions) []string {
+	if c, err := o.configs(); err == nil {
+		return c
+	}
+	return o.Configs
 }
 
 func missingTools(tools []string) []string {

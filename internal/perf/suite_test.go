@@ -19,6 +19,7 @@ var (
 	flagOut          = flag.String("perf.out", "", "directory for results.json and rates.png (default: bench/out in the module)")
 	flagRuns         = flag.Int("perf.runs", 5, "runs of every figure; the median is reported")
 	flagSections     = flag.String("perf.sections", strings.Join(AllSections, ","), "comma-separated sections to run: "+strings.Join(AllSections, ", "))
+	flagConfigs      = flag.String("perf.configs", "", "comma-separated packet-rate configurations to measure (default all; the ceiling always): "+strings.Join(PacketConfigs, ", "))
 	flagDuration     = flag.Duration("perf.duration", time.Second, "length of one packet-rate run")
 	flagConnDuration = flag.Duration("perf.conn-duration", 2*time.Second, "length of one connection-rate run")
 	flagCtlVIPs      = flag.Int("perf.control-vips", 1000, "VIPs of the large control-plane daemon")
@@ -39,10 +40,16 @@ func BenchmarkSuite(b *testing.B) {
 	opts.Runs = *flagRuns
 	opts.Sections = strings.Split(*flagSections, ",")
 	opts.Packets.Duration = *flagDuration
+	if *flagConfigs != "" {
+		opts.Packets.Configs = strings.Split(*flagConfigs, ",")
+	}
 	opts.Conns.Duration = *flagConnDuration
 	opts.Control.VIPs, opts.Control.Backends = *flagCtlVIPs, *flagCtlBackends
 	opts.Control.Fulcrum = *flagFulcrum
 	opts.Command = fmt.Sprintf("%s -perf.runs %d -perf.sections %s", suiteCommand, opts.Runs, *flagSections)
+	if *flagConfigs != "" {
+		opts.Command += " -perf.configs " + *flagConfigs
+	}
 	opts.Log = os.Stderr
 	out := *flagOut
 	if out == "" {

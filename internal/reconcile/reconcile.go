@@ -33,6 +33,7 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/internal/health"
+	"github.com/fulcrum-lb/fulcrum/internal/ringsize"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
 )
 
@@ -153,6 +154,8 @@ type Reconciler struct {
 	failed map[datapath.VIP]bool
 
 	health map[datapath.VIP]map[netip.Addr]Health
+	// sizes chooses the ring size of VIPs with ring_size: auto.
+	sizes ringsize.Chooser
 	// While update plans, the MACs it resolved with r.mu released, and
 	// the addresses the plan found neither there nor followed (macs.go).
 	resolved map[netip.Addr]resolution
@@ -596,9 +599,15 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 	if err != nil {
 		return target{}, err
 	}
+	size := v.RingSize
+	if v.RingSizeAuto {
+		if size, err = r.autoSize(v); err != nil {
+			return target{}, err
+		}
+	}
 	t := target{cfg: datapath.VIPConfig{
 		Mode:            mode,
-		RingSize:        v.RingSize,
+		RingSize:        size,
 		NoConntrack:     !v.Conntrack,
 		SourceHash:      v.Scheduler == config.SchedulerSourceHash,
 		PassUnparseable: v.Fragments == config.FragmentsPass,
@@ -651,6 +660,36 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 		return target{}, err
 	}
 	return t, nil
+}
+
+// autoSize chooses the ring size of a VIP with ring_size: auto from its
+// configured backends and weights: not from those in service, so that a
+// health change, which differs between nodes and comes and goes, never
+// changes the size (and with it the slot of every flow); only an edit of
+// the backends or weights can.
+func (r *Reconciler) autoSize(v config.VIP) (uint32, error) {
+	bs := make([]ringsize.Backend, len(v.Backends))
+	for i, b := range v.Backends {
+		// The name maglev.Build gets from the datapath.
+		bs[i] = ringsize.Backend{Name: b.Address.String(), Weight: b.Weight}
+	}
+	c, err := r.sizes.Choose(bs, v.RingSizeMax)
+	if err != nil {
+		return 0, fmt.Errorf("ring_size auto: %w", err)
+	}
+	return c.Size, nil
+}
+
+// RingSizes returns the ring size written for each VIP: the chosen one
+// of a VIP with ring_size: auto.
+func (r *Reconciler) RingSizes() map[datapath.VIP]uint32 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[datapath.VIP]uint32, len(r.written))
+	for k, s := range r.written {
+		out[k] = s.Config.RingSize
+	}
+	return out
 }
 
 // modeOf returns the datapath's forwarding mode for a configured one.

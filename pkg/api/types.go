@@ -46,13 +46,20 @@ func ParseVIPRef(s string) (VIPRef, error) {
 // by a listing. Zero-valued optional fields take the config defaults.
 type VIP struct {
 	VIPRef
-	Name      string    `json:"name,omitempty"`
-	Mode      string    `json:"mode"`                // "dsr"
-	Scheduler string    `json:"scheduler,omitempty"` // "maglev" (default) or "source-hash"
-	RingSize  uint32    `json:"ring_size,omitempty"` // prime; 0 = 65537
-	Conntrack *bool     `json:"conntrack,omitempty"` // nil = true
-	Fragments string    `json:"fragments,omitempty"` // "drop" (default) or "pass"
-	Backends  []Backend `json:"backends"`
+	Name      string `json:"name,omitempty"`
+	Mode      string `json:"mode"`                // "dsr"
+	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default) or "source-hash"
+	// RingSize is a prime; 0 = 65537. In a listing of a VIP with
+	// RingSizeAuto it is the size the daemon chose (0 before its first
+	// write); when adding one, leave it 0.
+	RingSize uint32 `json:"ring_size,omitempty"`
+	// RingSizeAuto has the daemon choose the ring size from the backends
+	// and weights, up to RingSizeMax (0 = 65537): config's ring_size: auto.
+	RingSizeAuto bool      `json:"ring_size_auto,omitempty"`
+	RingSizeMax  uint32    `json:"ring_size_max,omitempty"`
+	Conntrack    *bool     `json:"conntrack,omitempty"` // nil = true
+	Fragments    string    `json:"fragments,omitempty"` // "drop" (default) or "pass"
+	Backends     []Backend `json:"backends"`
 }
 
 // Backend is one backend of a VIP.
