@@ -37,6 +37,7 @@ const (
 	StatCtGuard         = Stat(balancerFulcrumStatSTAT_CT_GUARD)
 	StatCtExpired       = Stat(balancerFulcrumStatSTAT_CT_EXPIRED)
 	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
+	StatCtExportFull    = Stat(balancerFulcrumStatSTAT_CT_EXPORT_FULL)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -65,6 +66,7 @@ var statNames = [...]string{
 	StatCtGuard:         "ct_guard",
 	StatCtExpired:       "ct_expired",
 	StatCtEvicted:       "ct_evicted",
+	StatCtExportFull:    "ct_export_full",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

@@ -31,7 +31,8 @@ import (
 //   - 4 (cttable): ct_v4/ct_v6 are arrays of 64-byte buckets of 4 ways
 //     (bpf/types.h ct_bucket) with the tuples beside them in
 //     ct_keys_v4/ct_keys_v6, in place of the LRU hashes; the verdict table
-//     ends with ct_evicted.
+//     ends with ct_evicted and ct_export_full; the ct_events ring buffer
+//     carries entries to connection sync.
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the

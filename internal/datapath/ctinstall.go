@@ -1,0 +1,128 @@
+package datapath
+
+import (
+	"fmt"
+	"time"
+)
+
+// InstallResult says what InstallSynced did with a batch of entries.
+type InstallResult struct {
+	// Installed entries are in the table now.
+	Installed int
+	// Fresher: the table's entry of the flow is live and was seen at
+	// least as recently as the peer's (local traffic refreshed it, or an
+	// earlier sync did): kept.
+	Fresher int
+	// Unknown: the entry's VIP is not configured here (or has no
+	// connection table), or its backend is not one of the VIP's.
+	Unknown int
+	// Full: every way of the flow's bucket holds another live entry;
+	// sync never evicts one.
+	Full int
+	// Expired: the entry's lifetime was over.
+	Expired int
+}
+
+// InstallSynced files entries a peer sent into the connection table, where
+// the fast path looks for them: the flow's own way of its bucket, else an
+// empty way, else one whose entry the fast path would no longer use (its
+// backend or VIP gone, or expired), as bpf/balancer.c ct_victim chooses,
+// but it never evicts a live entry. Each installed entry's last_seen is
+// set so that it expires when the sender's would (its Lifetime from now),
+// unless a packet refreshes it. A live entry of the flow seen at least as
+// recently as that is kept: the flow's traffic came here since, and this
+// node's view is the fresher. Entries of an unknown VIP or backend are
+// skipped; the ids are this node's, resolved from addresses.
+//
+// Each entry reads and writes its whole bucket: a packet that changes
+// another way of the same bucket in between loses that change (a refresh
+// of last_seen or a new entry, made again by the flow's next packet). On a
+// standby, which forwards nothing, there is no such packet.
+func (d *Datapath) InstallSynced(entries []SyncEntry) (InstallResult, error) {
+	var res InstallResult
+	clk, err := d.clock()
+	if err != nil {
+		return res, err
+	}
+	r := d.resolver()
+	for _, e := range entries {
+		cv, ok := r.byVIP[e.VIP]
+		ig, known := cv.backends[e.Backend]
+		if !ok || !known || !e.VIP.holds(e.Flow) {
+			res.Unknown++
+			continue
+		}
+		t := cv.timeouts.of(e.VIP.Proto, e.State)
+		life := min(e.Lifetime, t)
+		if life <= 0 {
+			res.Expired++
+			continue
+		}
+		v := balancerCtValue{
+			Backend:    ig.id,
+			BackendGen: ig.gen,
+			State:      uint8(e.State & 3),
+			LastSeen:   clk.jiffies - uint32((t-life)*time.Duration(clk.hz)/time.Second),
+		}
+		buckets, keys := ctTables(e.Flow.Dst.Is4(), &d.objs)
+		p := placeOf(e.Flow, buckets.MaxEntries())
+		var b balancerCtBucket
+		if err := buckets.Lookup(p.bucket, &b); err != nil {
+			return res, fmt.Errorf("read connection table bucket %d: %w", p.bucket, err)
+		}
+		way, fresher := installWay(&b, p, v.LastSeen, func(w int) bool { return r.live(clk, decodeWay(&b, w)) })
+		switch {
+		case fresher:
+			res.Fresher++
+			continue
+		case way < 0:
+			res.Full++
+			continue
+		}
+		if err := writeWay(buckets, keys, e.Flow, p, &b, way, v); err != nil {
+			return res, err
+		}
+		res.Installed++
+	}
+	return res, nil
+}
+
+// installWay returns the way of b a synced entry last seen at lastSeen
+// goes to, or -1 if none may take it; fresher reports that the flow's own
+// way holds a live entry seen at least as recently (then way is -1).
+func installWay(b *balancerCtBucket, p ctPlace, lastSeen uint32, live func(w int) bool) (way int, fresher bool) {
+	way = -1
+	for w := range ctWays {
+		if p.holds(b, w) {
+			if live(w) && int32(uint32(b.Meta[w])-lastSeen) >= 0 {
+				return -1, true
+			}
+			return w, false
+		}
+	}
+	for w := range ctWays {
+		if b.Ident[w] == 0 {
+			return w, false
+		}
+	}
+	for w := range ctWays {
+		if !live(w) {
+			return w, false
+		}
+	}
+	return way, false
+}
+
+// live reports whether the fast path would still use entry v: its backend
+// is the one it was made for, its VIP has a connection table, and it has
+// not been idle past its timeout (bpf/balancer.c ct_vip).
+func (r *connResolver) live(clk kernelClock, v balancerCtValue) bool {
+	b, ok := r.backend(v.Backend, v.BackendGen)
+	return ok && !clk.expired(&v, b.timeouts.of(b.vip.Proto, ConnState(v.State&3)))
+}
+
+// holds reports whether flow f is one of the VIP's: its destination, port
+// (any, for an every-port VIP) and protocol.
+func (v VIP) holds(f Flow) bool {
+	return f.Dst == v.Addr && f.Proto == v.Proto && (v.Port == 0 || f.Dport == v.Port)
+}
