@@ -32,7 +32,8 @@ type InstallResult struct {
 // unless a packet refreshes it. A live entry of the flow seen at least as
 // recently as that is kept: the flow's traffic came here since, and this
 // node's view is the fresher. Entries of an unknown VIP or backend are
-// skipped; the ids are this node's, resolved from addresses.
+// skipped; the ids are this node's, resolved from addresses. An entry's
+// VIP is looked up as given, then as the every-port VIP of its address.
 //
 // Each entry reads and writes its whole bucket: a packet that changes
 // another way of the same bucket in between loses that change (a refresh
@@ -47,6 +48,12 @@ func (d *Datapath) InstallSynced(entries []SyncEntry) (InstallResult, error) {
 	r := d.resolver()
 	for _, e := range entries {
 		cv, ok := r.byVIP[e.VIP]
+		if !ok && e.VIP.Port != 0 {
+			// A peer names the flow's port; here it may be an
+			// every-port VIP's, as the fast path's lookup falls back.
+			e.VIP.Port = 0
+			cv, ok = r.byVIP[e.VIP]
+		}
 		ig, known := cv.backends[e.Backend]
 		if !ok || !known || !e.VIP.holds(e.Flow) {
 			res.Unknown++

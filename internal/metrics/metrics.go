@@ -113,6 +113,9 @@ func New(src Source, version, commit string) *Metrics {
 	if b, ok := src.(BGPSource); ok {
 		m.reg.MustRegister(newBGPCollector(b))
 	}
+	if s, ok := src.(SyncSource); ok {
+		m.reg.MustRegister(newSyncCollector(s))
+	}
 	return m
 }
 
