@@ -29,8 +29,8 @@ type InstallResult struct {
 // backend or VIP gone, or expired), as bpf/balancer.c ct_victim chooses,
 // but it never evicts a live entry. Each installed entry's last_seen is
 // set so that it expires when the sender's would (its Lifetime from now),
-// unless a packet refreshes it. A live entry of the flow seen at least as
-// recently as that is kept: the flow's traffic came here since, and this
+// unless a packet refreshes it. A live entry of the flow at least as fresh
+// is kept (fresherThan): the flow's traffic came here since, and this
 // node's view is the fresher. Entries of an unknown VIP or backend are
 // skipped; the ids are this node's, resolved from addresses. An entry's
 // VIP is looked up as given, then as the every-port VIP of its address.
@@ -77,7 +77,7 @@ func (d *Datapath) InstallSynced(entries []SyncEntry) (InstallResult, error) {
 		if err := buckets.Lookup(p.bucket, &b); err != nil {
 			return res, fmt.Errorf("read connection table bucket %d: %w", p.bucket, err)
 		}
-		way, fresher := installWay(&b, p, v.LastSeen, func(w int) bool { return r.live(clk, decodeWay(&b, w)) })
+		way, fresher := installWay(&b, p, v, clk.hz, func(w int) bool { return r.live(clk, decodeWay(&b, w)) })
 		switch {
 		case fresher:
 			res.Fresher++
@@ -94,14 +94,13 @@ func (d *Datapath) InstallSynced(entries []SyncEntry) (InstallResult, error) {
 	return res, nil
 }
 
-// installWay returns the way of b a synced entry last seen at lastSeen
-// goes to, or -1 if none may take it; fresher reports that the flow's own
-// way holds a live entry seen at least as recently (then way is -1).
-func installWay(b *balancerCtBucket, p ctPlace, lastSeen uint32, live func(w int) bool) (way int, fresher bool) {
-	way = -1
+// installWay returns the way of b a synced entry v goes to, or -1 if none
+// may take it; fresher reports that the flow's own way holds a live entry
+// at least as fresh (then way is -1): see fresherThan.
+func installWay(b *balancerCtBucket, p ctPlace, v balancerCtValue, hz uint32, live func(w int) bool) (way int, fresher bool) {
 	for w := range ctWays {
 		if p.holds(b, w) {
-			if live(w) && int32(uint32(b.Meta[w])-lastSeen) >= 0 {
+			if live(w) && fresherThan(decodeWay(b, w), v, hz) {
 				return -1, true
 			}
 			return w, false
@@ -117,7 +116,29 @@ func installWay(b *balancerCtBucket, p ctPlace, lastSeen uint32, live func(w int
 			return w, false
 		}
 	}
-	return way, false
+	return -1, false
+}
+
+// stateRank orders the states as a connection goes through them (syn,
+// established, fin, closed; bpf/conntrack.h ct_state_after).
+var stateRank = [4]int{ConnSYN: 0, ConnEstablished: 1, ConnFIN: 2, ConnClosed: 3}
+
+// fresherThan reports whether the table's entry old of a flow is at least
+// as fresh as a synced one, v: seen later by more than a second (the
+// wire's lifetimes are whole seconds, so closer times do not say which
+// came first), or within a second and as far along in the connection's
+// states. Events of one connection (its syn, then its established) often
+// arrive in one datagram with the same time: the later state wins.
+func fresherThan(old, v balancerCtValue, hz uint32) bool {
+	d := int64(int32(old.LastSeen - v.LastSeen))
+	switch {
+	case d > int64(hz):
+		return true
+	case d < -int64(hz):
+		return false
+	}
+	ro, rv := stateRank[old.State&3], stateRank[v.State&3]
+	return ro > rv || (ro == rv && d >= 0)
 }
 
 // live reports whether the fast path would still use entry v: its backend

@@ -201,6 +201,25 @@ func TestInstallSynced(t *testing.T) {
 	if res, err := dst.InstallSynced(older); err != nil || res != (InstallResult{Fresher: len(older)}) {
 		t.Errorf("older copies: %+v, %v; want all %d kept as fresher", res, err, len(older))
 	}
+	// A connection's syn and established events in one datagram, with
+	// the same time: the later state wins; its fin a moment later too.
+	c := ctCases()[0]
+	f := c.flow(45000)
+	syn := SyncEntry{Flow: f, VIP: c.vip, Backend: backends4[0].Addr, State: ConnSYN, Lifetime: time.Minute}
+	est := syn
+	est.State, est.Lifetime = ConnEstablished, DefaultConnTimeouts.Established
+	fin := syn
+	fin.State, fin.Lifetime = ConnFIN, DefaultConnTimeouts.FIN
+	if res, err := dst.InstallSynced([]SyncEntry{syn, est}); err != nil || res != (InstallResult{Installed: 2}) {
+		t.Errorf("syn and established together: %+v, %v; want both installed", res, err)
+	}
+	if res, err := dst.InstallSynced([]SyncEntry{syn, fin}); err != nil || res != (InstallResult{Fresher: 1, Installed: 1}) {
+		t.Errorf("the syn again, then a fin: %+v, %v; want the syn kept out as older, the fin installed", res, err)
+	}
+	if v, ok := entry(t, dst, f); !ok || ConnState(v.State) != ConnFIN {
+		t.Errorf("after syn, established, syn, fin: entry %+v (%v), want fin", v, ok)
+	}
+
 	bad := sent[0]
 	bad.Backend = addr("198.18.99.99")
 	spent := sent[0]
