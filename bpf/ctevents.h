@@ -15,9 +15,8 @@
 #include "types.h"
 #include "parse.h"
 
-/* The ring's size: 32768 events of 56 bytes (48 and the ring's 8-byte
- * header), some 30 ms of new flows at 1 M/s; the reader drains it far
- * faster than it fills at the rates the fast path makes entries. */
+/* The ring's size: 37449 events of 56 bytes (48 and the ring's 8-byte
+ * header), some 30 ms of new flows at 1.2 M/s, six of the reader's polls. */
 #define CT_EVENTS_BYTES (1 << 21)
 
 struct {
@@ -62,10 +61,12 @@ static __always_inline void ct_export(struct stat_table *st, const struct flow *
 	e->proto = f->proto;
 	e->state = v->state;
 	e->pad = 0;
-	/* No wakeup per event: the reader polls (ringbuf.Reader's epoll
-	 * wakes on the kernel's adaptive notification), and a wakeup per
-	 * new flow would cost an IPI. */
-	bpf_ringbuf_submit(e, 0);
+	/* No wakeup: a wakeup per event (an irq_work, then the reader's
+	 * epoll) doubles a new flow's cost, and even one past a fill level
+	 * costs more than it saves (docs/connections.md has the figures). The
+	 * reader polls the ring every few ms (internal/datapath ConnEvents);
+	 * 2 MiB lasts 5 ms at 7 M new flows/s. */
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
 /* ct_export_touch writes an event when a packet changed a live entry's

@@ -2,7 +2,9 @@ package datapath
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 	"time"
 	"unsafe"
 
@@ -22,7 +24,13 @@ type ConnEvents struct {
 	// unresolved counts events whose VIP or backend was gone (or changed)
 	// when they were read: nothing to tell a peer about.
 	unresolved uint64
+	deadline   time.Time // SetDeadline's
 }
+
+// connEventPoll is how often Read looks at the ring: the fast path never
+// wakes the reader (bpf/ctevents.h: a wakeup per event doubles a new
+// flow's cost), so an event waits for the next poll at most this long.
+const connEventPoll = 5 * time.Millisecond
 
 // resolverAge bounds how long a reader trusts its copy of the VIPs: a
 // changed timeout reaches the events within it. An event whose backend is
@@ -52,7 +60,20 @@ func (d *Datapath) ConnEvents() (*ConnEvents, error) {
 // os.ErrClosed.
 func (r *ConnEvents) Read() (SyncEntry, error) {
 	for {
-		if err := r.rd.ReadInto(&r.rec); err != nil {
+		// While records remain, the next read returns at once: the
+		// deadline is set (a clock read and a lock) only to wait.
+		if r.rec.Remaining == 0 {
+			poll := time.Now().Add(connEventPoll)
+			if !r.deadline.IsZero() && r.deadline.Before(poll) {
+				poll = r.deadline
+			}
+			r.rd.SetDeadline(poll)
+		}
+		err := r.rd.ReadInto(&r.rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) && (r.deadline.IsZero() || time.Now().Before(r.deadline)) {
+			continue // the next poll
+		}
+		if err != nil {
 			return SyncEntry{}, err
 		}
 		ev, ok := decodeEvent(r.rec.RawSample)
@@ -73,7 +94,7 @@ func (r *ConnEvents) Unresolved() uint64 { return r.unresolved }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded once t passes
 // with no event; the zero time waits for ever.
-func (r *ConnEvents) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+func (r *ConnEvents) SetDeadline(t time.Time) { r.deadline = t }
 
 // Close ends the reader; a blocked Read returns.
 func (r *ConnEvents) Close() error { return r.rd.Close() }
