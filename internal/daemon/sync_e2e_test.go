@@ -7,9 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 	"github.com/fulcrum-lb/fulcrum/testenv"
@@ -200,4 +202,64 @@ func nonZeroDrops(m map[string]uint64) map[string]uint64 {
 		}
 	}
 	return out
+}
+
+// TestSyncRestartedStandby: a standby restarted from nothing (its daemon
+// killed and its pins removed, as a reboot leaves it) while 300
+// connections run through lb1 learns them by the full resync lb1 sends
+// when it hears lb2's new epoch, before the next failover: after a
+// reweight on both nodes and lb1's death, all 300 answer through lb2.
+func TestSyncRestartedStandby(t *testing.T) {
+	p := newSyncPair(t, true)
+	h, lb1, lb2 := p.h, p.lb1, p.lb2
+	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
+	all := h.topo.Backends
+	var conns []*conn
+	for _, src := range reweightSources {
+		conns = append(conns, h.openConnsFrom(300/len(reweightSources), src, vip4)...)
+	}
+	lb2.entriesOn(conns, 10*time.Second)
+
+	// lb2 goes away with its table, and comes back empty.
+	syscall.Kill(-lb2.daemon.Process.Pid, syscall.SIGKILL)
+	lb2.daemon.Wait()
+	if err := os.RemoveAll(datapath.PinDir(lb2.dir, "lb2")); err != nil {
+		t.Fatal(err)
+	}
+	resyncs := lb1.syncStatus().Resyncs
+	restart := time.Now()
+	lb2.startDaemon()
+	if st, err := lb2.client.Status(bg()); err != nil || st.Adopted {
+		t.Fatalf("lb2 after the restart: %+v, %v; want a fresh start, no pins adopted", st, err)
+	}
+	lb2.waitVRRP("backup", 5*time.Second)
+	lb2.entriesOn(conns, 10*time.Second)
+	s1 := lb1.syncStatus()
+	t.Logf("lb2 restarted empty and held all 300 connections' entries %s later; lb1 sent %d resyncs since (%d entries in all its resyncs)",
+		time.Since(restart).Round(time.Millisecond), s1.Resyncs-resyncs, s1.ResyncEntries)
+	if s1.Resyncs <= resyncs {
+		t.Errorf("lb1 sent no resync after lb2 restarted (%d before, %d after)", resyncs, s1.Resyncs)
+	}
+
+	after := h.modelRing(all, weightsAfter...)
+	for _, n := range []*harness{lb1, lb2} {
+		if err := n.client.SetWeight(bg(), web, all[2].IPv4, weightsAfter[2]); err != nil {
+			t.Fatalf("%s: reweight backend3 to %d: %v", n.lb.Role(), weightsAfter[2], err)
+		}
+		n.waitRing(web.String(), ringAddrs(after, all))
+	}
+	moved := 0
+	before := h.modelRing(all, weightsBefore...)
+	for _, c := range conns {
+		if modelBackend(after, all, c) != modelBackend(before, all, c) {
+			moved++
+		}
+	}
+	if moved < 50 {
+		t.Fatalf("the reweight moves the slots of %d of 300 connections, want at least 50 for the test to mean something", moved)
+	}
+	setLink(t, h.topo.LB1, false)
+	lb2.waitVRRP("master", 3*time.Second)
+	h.checkConns(conns, "", "through lb2, restarted and resynced, after lb1 died")
+	t.Logf("all 300 connections answered through lb2 after the failover, %d of them against lb2's ring", moved)
 }
