@@ -172,8 +172,8 @@ func (s *syncer) status() (api.SyncStatus, error) {
 		Overflow:          map[string]uint64{"queue": n.QueueOverflow},
 		Resyncs:           n.Resyncs,
 		ResyncEntries:     n.ResyncEntries,
-		SendLag:           api.Lag(n.SendLag),
-		ReceiveAge:        api.Lag(n.ReceiveAge),
+		SendLag:           n.SendLag,
+		ReceiveAge:        n.ReceiveAge,
 	}
 	for i, name := range skipNames {
 		st.Skipped[name] = s.skipped[i].Load()
