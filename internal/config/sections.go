@@ -119,9 +119,6 @@ func (d *decoder) config(root *yaml.Node) *Config {
 
 	if f.has("sync") {
 		c.Sync = d.sync(f.sub("sync", "a mapping (peers, port, key_file, ...)", syncKeys))
-		if c.Sync != nil && !syncRuns {
-			f.errf("sync", "connection sync is not run by this release's daemon yet (the fast path does not export its entries; docs/connections.md); remove the section")
-		}
 	}
 
 	if f.has("ipip") {

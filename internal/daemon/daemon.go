@@ -74,6 +74,7 @@ type Daemon struct {
 	steer   *steering        // through-datapath probes
 	vr      *vrrpagent.Agent // nil without a vrrp section
 	bgp     *announcer       // nil without a bgp section (bgp.go)
+	sync    *syncer          // nil without a sync section (sync.go)
 	metrics *metrics.Metrics
 	rates   *rateSampler
 	conns   *connCounter // per-backend connection counts (conns.go)
@@ -222,6 +223,16 @@ func (d *Daemon) run(ctx context.Context) error {
 		if err := d.startBGP(ctx, &wg, cfg.BGP); err != nil {
 			return err
 		}
+	}
+
+	if cfg.Sync != nil {
+		if err := d.startSync(ctx, &wg, errc, cfg.Sync); err != nil {
+			return err
+		}
+	} else if err := dp.SetSync(false); err != nil {
+		// Pins adopted from a daemon that ran sync and died may have
+		// the export on, with nobody to read it.
+		return fmt.Errorf("sync: turn the fast path's export off: %w", err)
 	}
 
 	wg.Add(1)
@@ -393,6 +404,7 @@ func restartOnly(old, cur *config.Config) error {
 	check("ring_arena_slots", old.RingArenaSlots == cur.RingArenaSlots)
 	check("log.format", old.Log.Format == cur.Log.Format)
 	check("vrrp", reflect.DeepEqual(old.VRRP, cur.VRRP))
+	check("sync", reflect.DeepEqual(old.Sync, cur.Sync))
 	check("bgp (all but its communities, med and vips)", reflect.DeepEqual(old.BGP.Restartable(), cur.BGP.Restartable()))
 	same := len(old.Interfaces) == len(cur.Interfaces)
 	for i := 0; same && i < len(old.Interfaces); i++ {

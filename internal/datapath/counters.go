@@ -38,6 +38,7 @@ const (
 	StatCtExpired       = Stat(balancerFulcrumStatSTAT_CT_EXPIRED)
 	StatDropSourceRange = Stat(balancerFulcrumStatSTAT_DROP_SOURCE_RANGE)
 	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
+	StatCtExportFull    = Stat(balancerFulcrumStatSTAT_CT_EXPORT_FULL)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -67,6 +68,7 @@ var statNames = [...]string{
 	StatCtExpired:       "ct_expired",
 	StatDropSourceRange: "drop_source_range",
 	StatCtEvicted:       "ct_evicted",
+	StatCtExportFull:    "ct_export_full",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

@@ -87,6 +87,10 @@ type Datapath struct {
 	vipGen       map[uint16]uint16
 	encap        EncapConfig
 	newFlowLimit uint32
+	// syncOn is SetSync's; connRes the resolver of sync's entries
+	// (ctsync.go), current while its changes equals ownerChanges.
+	syncOn  bool
+	connRes *connResolver
 	// written mirrors global map contents, so only changes are written.
 	written struct {
 		config *balancerLbConfig

@@ -119,6 +119,9 @@ func New(src Source, version, commit string) *Metrics {
 	if as, ok := src.(ArenaSource); ok {
 		m.reg.MustRegister(arenaCollector{as})
 	}
+	if s, ok := src.(SyncSource); ok {
+		m.reg.MustRegister(newSyncCollector(s))
+	}
 	return m
 }
 
