@@ -163,26 +163,16 @@ func Build(backends []Backend, m uint32) ([]uint32, error) {
 // (ties on Name, which are errors, are broken by ID and Weight) so that even
 // the error reported is independent of the input order.
 //
-// The sort compares integer keys made of the first 16 bytes of the names,
+// The sort orders integer keys made of the first 16 bytes of the names,
 // and only compares whole backends when those are equal: this is the same
 // order, because keys that differ differ at the first byte where the names
 // differ.
 func sortBackends(backends []Backend) []Backend {
-	type keyed struct {
-		k0, k1 uint64
-		i      int
-	}
-	ks := make([]keyed, len(backends))
+	ks := make([]nameKeyed, len(backends))
 	for i, b := range backends {
-		ks[i] = keyed{k0: nameKey(b.Name, 0), k1: nameKey(b.Name, 8), i: i}
+		ks[i] = nameKeyed{k0: nameKey(b.Name, 0), k1: nameKey(b.Name, 8), i: uint32(i)}
 	}
-	slices.SortFunc(ks, func(a, b keyed) int {
-		if c := cmp.Compare(a.k0, b.k0); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.k1, b.k1); c != 0 {
-			return c
-		}
+	full := func(a, b nameKeyed) int {
 		x, y := &backends[a.i], &backends[b.i]
 		if c := strings.Compare(x.Name, y.Name); c != 0 {
 			return c
@@ -191,12 +181,98 @@ func sortBackends(backends []Backend) []Backend {
 			return c
 		}
 		return cmp.Compare(x.Weight, y.Weight)
-	})
+	}
+	if len(ks) < radixMin {
+		slices.SortFunc(ks, func(a, b nameKeyed) int {
+			if c := cmp.Compare(a.k0, b.k0); c != 0 {
+				return c
+			}
+			if c := cmp.Compare(a.k1, b.k1); c != 0 {
+				return c
+			}
+			return full(a, b)
+		})
+	} else {
+		ks = radixSortKeys(ks)
+		// Runs of equal keys are names that share their first 16 bytes.
+		for lo := 0; lo < len(ks); {
+			hi := lo + 1
+			for hi < len(ks) && ks[hi].k0 == ks[lo].k0 && ks[hi].k1 == ks[lo].k1 {
+				hi++
+			}
+			if hi-lo > 1 {
+				slices.SortFunc(ks[lo:hi], full)
+			}
+			lo = hi
+		}
+	}
 	sorted := make([]Backend, len(backends))
 	for j, k := range ks {
 		sorted[j] = backends[k.i]
 	}
 	return sorted
+}
+
+// nameKeyed is the sort key of backends[i]: the first 16 bytes of its name.
+type nameKeyed struct {
+	k0, k1 uint64
+	i      uint32
+}
+
+// radixMin is the number of backends from which sortBackends uses a radix
+// sort: it costs a pass over the keys per byte position that is not the
+// same in every key, plus histograms of 16 KiB, and beats a comparison sort
+// (about 7 ns per comparison, as the closure is not inlined) from a few
+// hundred keys on. Measured: 1.0 ms with a comparison sort against 0.15 ms
+// for 10 000 IPv4 names.
+const radixMin = 256
+
+// radixSortKeys sorts ks by (k0, k1), stably, with a least significant
+// digit radix sort on bytes. Byte positions at which every key has the same
+// byte are skipped. It returns the sorted keys, in ks or in a new slice.
+func radixSortKeys(ks []nameKeyed) []nameKeyed {
+	// counts[p] is the histogram of byte p of the 16-byte key, p = 0 for
+	// the least significant byte of k1.
+	var counts [16][256]uint32
+	for _, k := range ks {
+		for p := range 8 {
+			counts[p][k.k1>>(8*p)&0xff]++
+			counts[8+p][k.k0>>(8*p)&0xff]++
+		}
+	}
+	tmp := make([]nameKeyed, len(ks))
+	n := uint32(len(ks))
+	for p := range counts {
+		c := &counts[p]
+		var sum uint32
+		skip := false
+		for d := range c {
+			if c[d] == n {
+				skip = true
+				break
+			}
+			c[d], sum = sum, sum+c[d]
+		}
+		if skip {
+			continue
+		}
+		shift := 8 * uint(p%8)
+		if p < 8 {
+			for _, k := range ks {
+				d := k.k1 >> shift & 0xff
+				tmp[c[d]] = k
+				c[d]++
+			}
+		} else {
+			for _, k := range ks {
+				d := k.k0 >> shift & 0xff
+				tmp[c[d]] = k
+				c[d]++
+			}
+		}
+		ks, tmp = tmp, ks
+	}
+	return ks
 }
 
 // nameKey returns bytes from..from+7 of name as a big-endian integer, with

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/bits"
 	"slices"
+	"sync"
 )
 
 // populate fills table with the IDs of active, which must be sorted by Name,
@@ -15,7 +16,12 @@ import (
 // weight classes (see schedule), and each turn claims its slot through a
 // filler.
 func populate(table []uint32, active []Backend) error {
-	f := newFiller(table, active)
+	sc := scratchPool.Get().(*scratch)
+	defer func() {
+		sc.filler.table = nil // not kept alive by the pool
+		scratchPool.Put(sc)
+	}()
+	f := newFiller(table, active, sc)
 	s := newSchedule(active, uint32(len(table)))
 	if s.run(f) {
 		return nil
@@ -23,8 +29,28 @@ func populate(table []uint32, active []Backend) error {
 	return errors.New("maglev: internal error: turns ran out before the table was full")
 }
 
-// usedWords is the number of words of a bitmap of MaxSize slots.
-const usedWords = (MaxSize + 63) / 64
+// scratch is the working memory of a build, kept between builds in
+// scratchPool: allocating and zeroing it (mostly the 128 KiB of used) cost
+// more than clearing the part that is used.
+type scratch struct {
+	filler filler
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// grow returns s resliced to length n, reallocated if its capacity is
+// less. The contents are not cleared.
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// usedLen is the length of the array of claimed slots: a power of two
+// above MaxSize, so that indexing it by a slot modulo usedLen needs no
+// bounds check.
+const usedLen = 1 << 17
 
 // filler claims slots for backends. A backend's turn takes the first empty
 // slot on its permutation, resuming where its previous turn stopped.
@@ -32,13 +58,17 @@ type filler struct {
 	table []uint32
 	m     uint32
 	walks []walk
-	// used marks the claimed slots, one bit each: 8 KiB for 65537 slots,
-	// so the probes stay in the L1 cache instead of the 256 KiB table. It
-	// has room for MaxSize slots so that indexing it by slot>>6 modulo its
-	// length needs no bounds check.
-	used *[usedWords]uint64
+	// used[c] is 1 if slot c is claimed. A byte per slot (64 KiB for 65537
+	// slots, in the L2 cache) is tested with a plain load, where a bitmap
+	// needs a shift by a variable amount; on amd64 those shifts go through
+	// CX and made the compiler spill registers in the probe loop.
+	used *[usedLen]byte
 	// left is the number of empty slots.
 	left uint32
+	// While more than sparse slots are empty, a turn tests the first slot
+	// of its walk alone, which is then empty more often than not, before
+	// it probes four slots at once.
+	sparse uint32
 
 	// When few slots are left, most probes of a walk would hit claimed
 	// slots: about m/left per turn. From tail empty slots on, a turn
@@ -46,50 +76,64 @@ type filler struct {
 	// the backend's permutation and takes the nearest: left operations per
 	// turn. Both give the same slot, since the walk visits every slot
 	// before it returns to its start.
-	tail  uint32
-	empty []uint32 // the empty slots in the tail, in no particular order
-	mu    uint64   // floor(2^64 / m), for Barrett reduction
+	tail   uint32
+	inTail bool     // whether the tail has started
+	empty  []uint32 // the empty slots in the tail, in no particular order
+	inv    []uint32 // per backend, the inverse of its skip modulo m, 0 until the tail needs it
+	mu     uint64   // floor(2^64 / m), for Barrett reduction
 }
 
-// walk is a backend's position on its permutation.
+// walk is a backend's position on its permutation. It is 16 bytes, so that
+// the walks of 1000 backends take half of a 32 KiB L1 cache.
 type walk struct {
 	// next is the slot at which the walk resumes.
 	next uint32
-	// skips[k] is k*skip mod m, for k in 0..4: a probe moves by addition,
-	// with no multiplication or division, and four probes at once move by
-	// skips[4].
-	skips [5]uint32
-	id    uint32
-	// inv is the inverse of skip modulo m, 0 until the tail needs it.
-	inv uint32
+	// skip is the step of the permutation and skip2 is 2*skip mod m: a
+	// probe moves by addition, and four probes at once are computed from
+	// next in two additions.
+	skip, skip2 uint32
+	id          uint32
 }
 
 // newFiller returns a filler for table with every slot empty and each
-// backend of active at the start of its permutation.
-func newFiller(table []uint32, active []Backend) *filler {
+// backend of active at the start of its permutation. Its scratch space
+// comes from sc.
+func newFiller(table []uint32, active []Backend, sc *scratch) *filler {
 	m := uint32(len(table))
-	f := &filler{
+	f := &sc.filler
+	*f = filler{
 		table: table,
 		m:     m,
-		walks: make([]walk, len(active)),
-		used:  new([usedWords]uint64),
+		walks: grow(f.walks, len(active)),
+		used:  f.used,
+		inv:   grow(f.inv, len(active)),
+		empty: f.empty[:0],
 		left:  m,
 	}
+	if f.used == nil {
+		f.used = new([usedLen]byte)
+	} else {
+		clear(f.used[:m])
+	}
+	clear(f.inv)
+	// h % m and h % (m-1) by Barrett reduction: a 64-bit division per
+	// backend was a tenth of the build with 10 000 backends.
+	mu, _ := bits.Div64(1, 0, uint64(m))
+	mu1, _ := bits.Div64(1, 0, uint64(m-1))
 	for i, b := range active {
 		h1, h2 := hashes(b.Name)
 		w := &f.walks[i]
-		w.next = uint32(h1 % uint64(m))
-		w.skips[1] = uint32(h2%uint64(m-1)) + 1
-		for k := 2; k < len(w.skips); k++ {
-			w.skips[k] = step(w.skips[k-1], w.skips[1], m)
-		}
+		w.next = uint32(barrett(h1, uint64(m), mu))
+		w.skip = uint32(barrett(h2, uint64(m-1), mu1)) + 1
+		w.skip2 = step(w.skip, w.skip, m)
 		w.id = b.ID
 	}
 	// Probing costs about m/left probes per turn and the tail left
 	// operations: they meet near sqrt(m). Measured at m = 65537, 128 and
 	// 256 are best, 512 is 15% slower and 16 10% slower.
 	f.tail = 1 << (bits.Len32(m) / 2)
-	f.mu, _ = bits.Div64(1, 0, uint64(m))
+	f.sparse = m / 2
+	f.mu = mu
 	if f.left <= f.tail {
 		f.startTail()
 	}
@@ -105,34 +149,47 @@ func newFiller(table []uint32, active []Backend) *filler {
 // full the first four nearly always hold an empty slot, so the branch is
 // predictable.
 func (f *filler) claim(members []uint32) bool {
-	if f.empty != nil {
+	if f.inTail {
 		return f.claimAllTail(members)
 	}
 	m, used, table, walks := f.m, f.used, f.table, f.walks
+	if f.left > f.sparse {
+		// The first probe alone, while it hits most of the time.
+		sparse := min(len(members), int(f.left-f.sparse))
+		for _, i := range members[:sparse] {
+			w := &walks[i]
+			c := w.next
+			if used[c%usedLen] != 0 {
+				c = f.probe(w)
+			}
+			used[c%usedLen] = 1
+			table[c] = w.id
+			w.next = step(c, w.skip, m)
+		}
+		f.left -= uint32(sparse)
+		members = members[sparse:]
+	}
 	// Probing claims at most the slots above the tail.
 	probing := min(len(members), int(f.left-f.tail))
 	for _, i := range members[:probing] {
 		w := &walks[i]
-		c := w.next
-		var off uint32 // the offset in skips of the first empty slot from c
+		c, s, s2 := w.next, w.skip, w.skip2
 		for {
-			c1 := step(c, w.skips[1], m)
-			c2 := step(c, w.skips[2], m)
-			c3 := step(c, w.skips[3], m)
-			full := used[c>>6%usedWords]>>(c&63)&1 |
-				used[c1>>6%usedWords]>>(c1&63)&1<<1 |
-				used[c2>>6%usedWords]>>(c2&63)&1<<2 |
-				used[c3>>6%usedWords]>>(c3&63)&1<<3
+			c1 := step(c, s, m)
+			c2 := step(c, s2, m)
+			c3 := step(c1, s2, m)
+			full := uint32(used[c%usedLen]) | uint32(used[c1%usedLen])<<1 |
+				uint32(used[c2%usedLen])<<2 | uint32(used[c3%usedLen])<<3
 			if full != 0xf {
-				off = w.skips[bits.TrailingZeros64(^full)%4]
+				probes := [4]uint32{c, c1, c2, c3}
+				c = probes[bits.TrailingZeros32(^full)%4]
 				break
 			}
-			c = step(c, w.skips[4], m)
+			c = step(c2, s2, m)
 		}
-		c = step(c, off, m)
-		used[c>>6%usedWords] |= 1 << (c & 63)
+		used[c%usedLen] = 1
 		table[c] = w.id
-		w.next = step(c, w.skips[1], m)
+		w.next = step(c, s, m)
 	}
 	f.left -= uint32(probing)
 	if f.left > f.tail {
@@ -140,6 +197,24 @@ func (f *filler) claim(members []uint32) bool {
 	}
 	f.startTail() // the table fills in the tail, as tail > 0
 	return f.claimAllTail(members[probing:])
+}
+
+// probe returns the first empty slot of w's walk.
+func (f *filler) probe(w *walk) uint32 {
+	m, used := f.m, f.used
+	c, s, s2 := w.next, w.skip, w.skip2
+	for {
+		c1 := step(c, s, m)
+		c2 := step(c, s2, m)
+		c3 := step(c1, s2, m)
+		full := uint32(used[c%usedLen]) | uint32(used[c1%usedLen])<<1 |
+			uint32(used[c2%usedLen])<<2 | uint32(used[c3%usedLen])<<3
+		if full != 0xf {
+			probes := [4]uint32{c, c1, c2, c3}
+			return probes[bits.TrailingZeros32(^full)%4]
+		}
+		c = step(c2, s2, m)
+	}
 }
 
 // claimAllTail gives each backend of members its turn in the tail, in
@@ -163,12 +238,10 @@ func step(c, s, m uint32) uint32 {
 
 // startTail lists the empty slots.
 func (f *filler) startTail() {
-	f.empty = make([]uint32, 0, f.left)
-	for w, word := range f.used[:(f.m+63)/64] {
-		for free := ^word; free != 0; free &= free - 1 {
-			if c := uint32(w)*64 + uint32(bits.TrailingZeros64(free)); c < f.m {
-				f.empty = append(f.empty, c)
-			}
+	f.inTail = true
+	for c, u := range f.used[:f.m] {
+		if u == 0 {
+			f.empty = append(f.empty, uint32(c))
 		}
 	}
 }
@@ -179,10 +252,10 @@ func (f *filler) startTail() {
 func (f *filler) claimTail(i uint32) bool {
 	m := f.m
 	w := &f.walks[i]
-	if w.inv == 0 {
-		w.inv = f.inverse(w.skips[1])
+	if f.inv[i] == 0 {
+		f.inv[i] = f.inverse(w.skip)
 	}
-	c, inv := w.next, uint64(w.inv)
+	c, inv := w.next, uint64(f.inv[i])
 	best, bestSteps := 0, uint64(math.MaxUint64)
 	for k, e := range f.empty {
 		// e+m-c < 2m and inv < m, so the product is below 2^35.
@@ -194,20 +267,25 @@ func (f *filler) claimTail(i uint32) bool {
 	last := len(f.empty) - 1
 	f.empty[best] = f.empty[last]
 	f.empty = f.empty[:last]
-	f.used[e>>6%usedWords] |= 1 << (e & 63)
+	f.used[e%usedLen] = 1
 	f.table[e] = w.id
-	w.next = step(e, w.skips[1], m)
+	w.next = step(e, w.skip, m)
 	f.left--
 	return f.left == 0
 }
 
-// mod returns x mod m for x < 2^35 by Barrett reduction: the estimated
-// quotient is at most one too small, because x*(2^64/m - mu) < 2^64.
-func (f *filler) mod(x uint64) uint64 {
-	q, _ := bits.Mul64(x, f.mu)
-	r := x - q*uint64(f.m)
-	if r >= uint64(f.m) {
-		r -= uint64(f.m)
+// mod returns x mod m.
+func (f *filler) mod(x uint64) uint64 { return barrett(x, uint64(f.m), f.mu) }
+
+// barrett returns x mod d for d >= 2, where mu = floor(2^64 / d), by
+// Barrett reduction: the estimated quotient floor(x*mu / 2^64) is at most
+// one too small, because x*(2^64/d - mu) < x <= 2^64, so one subtraction
+// corrects the remainder.
+func barrett(x, d, mu uint64) uint64 {
+	q, _ := bits.Mul64(x, mu)
+	r := x - q*d
+	if r >= d {
+		r -= d
 	}
 	return r
 }
@@ -245,7 +323,15 @@ type schedule struct {
 	head     []int32  // per bucket, the first waiting class, or -1
 	turns    []turn   // the turns of the current bucket
 	merged   []uint32 // the members of classes that share a time
-	mark     []uint64 // a bitmap over backend indices for merge, zero between merges
+	// shared holds the merged members of the classes that share a time,
+	// by the denominator q of the time in lowest terms: the classes with a
+	// turn at p/q are exactly those whose weight q divides, so the merge
+	// of q is the same at every such time and is done once. Every list
+	// kept is claimed at least once (at time 1/q), so they hold at most
+	// n more indices than the table has slots.
+	shared map[uint64][]uint32
+	store  []uint32 // backs the lists of shared
+	mark   []uint64 // a bitmap over backend indices for merge, zero between merges
 }
 
 // class is the backends byWeight[lo:hi], all of weight w, and their next
@@ -347,7 +433,7 @@ func (s *schedule) run(f *filler) bool {
 			}
 			members := s.members(s.turns[i].c)
 			if j > i+1 {
-				members = s.merge(s.turns[i:j])
+				members = s.sharedMembers(s.turns[i:j])
 			}
 			if f.claim(members) {
 				return true
@@ -356,6 +442,46 @@ func (s *schedule) run(f *filler) bool {
 		}
 	}
 	return false
+}
+
+// sharedMembers returns the members of the classes of ts, which share a
+// time, in index order.
+func (s *schedule) sharedMembers(ts []turn) []uint32 {
+	w := s.classes[ts[0].c].w
+	q := w / gcd(uint64(ts[0].t), w)
+	if members, ok := s.shared[q]; ok {
+		return members
+	}
+	merged := s.merge(ts)
+	if s.shared == nil {
+		s.shared = make(map[uint64][]uint32)
+	}
+	start := len(s.store)
+	s.store = append(s.store, merged...)
+	members := s.store[start:len(s.store):len(s.store)]
+	s.shared[q] = members
+	return members
+}
+
+// gcd returns the greatest common divisor of a and b, which must not both
+// be 0, by the binary algorithm.
+func gcd(a, b uint64) uint64 {
+	if a == 0 {
+		return b
+	}
+	if b == 0 {
+		return a
+	}
+	shift := bits.TrailingZeros64(a | b)
+	a >>= bits.TrailingZeros64(a)
+	for b != 0 {
+		b >>= bits.TrailingZeros64(b)
+		if a > b {
+			a, b = b, a
+		}
+		b -= a
+	}
+	return a << shift
 }
 
 // merge returns the members of the classes of ts, in index order. More than
