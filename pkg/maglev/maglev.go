@@ -133,7 +133,9 @@ func Build(backends []Backend, m uint32) ([]uint32, error) {
 		return nil, fmt.Errorf("maglev: table size %d is not a prime between %d and %d", m, MinSize, MaxSize)
 	}
 
-	sorted := sortBackends(backends)
+	sc := getScratch()
+	defer sc.release()
+	sorted := sortBackends(backends, sc)
 	if err := validate(sorted); err != nil {
 		return nil, err
 	}
@@ -153,7 +155,7 @@ func Build(backends []Backend, m uint32) ([]uint32, error) {
 		}
 		return table, nil
 	}
-	if err := populate(table, active); err != nil {
+	if err := populate(table, active, sc); err != nil {
 		return nil, err
 	}
 	return table, nil
@@ -167,8 +169,9 @@ func Build(backends []Backend, m uint32) ([]uint32, error) {
 // and only compares whole backends when those are equal: this is the same
 // order, because keys that differ differ at the first byte where the names
 // differ.
-func sortBackends(backends []Backend) []Backend {
-	ks := make([]nameKeyed, len(backends))
+func sortBackends(backends []Backend, sc *scratch) []Backend {
+	ks := grow(sc.keys, len(backends))
+	sc.keys = ks
 	for i, b := range backends {
 		ks[i] = nameKeyed{k0: nameKey(b.Name, 0), k1: nameKey(b.Name, 8), i: uint32(i)}
 	}
@@ -193,7 +196,8 @@ func sortBackends(backends []Backend) []Backend {
 			return full(a, b)
 		})
 	} else {
-		ks = radixSortKeys(ks)
+		ks, sc.keysTmp = radixSortKeys(ks, sc.keysTmp)
+		sc.keys = ks
 		// Runs of equal keys are names that share their first 16 bytes.
 		for lo := 0; lo < len(ks); {
 			hi := lo + 1
@@ -206,7 +210,8 @@ func sortBackends(backends []Backend) []Backend {
 			lo = hi
 		}
 	}
-	sorted := make([]Backend, len(backends))
+	sorted := grow(sc.sorted, len(backends))
+	sc.sorted = sorted
 	for j, k := range ks {
 		sorted[j] = backends[k.i]
 	}
@@ -229,8 +234,9 @@ const radixMin = 256
 
 // radixSortKeys sorts ks by (k0, k1), stably, with a least significant
 // digit radix sort on bytes. Byte positions at which every key has the same
-// byte are skipped. It returns the sorted keys, in ks or in a new slice.
-func radixSortKeys(ks []nameKeyed) []nameKeyed {
+// byte are skipped. It returns the sorted keys and the scratch space, in ks
+// and tmp if tmp is large enough.
+func radixSortKeys(ks, tmp []nameKeyed) (sorted, scratch []nameKeyed) {
 	// counts[p] is the histogram of byte p of the 16-byte key, p = 0 for
 	// the least significant byte of k1.
 	var counts [16][256]uint32
@@ -240,7 +246,7 @@ func radixSortKeys(ks []nameKeyed) []nameKeyed {
 			counts[8+p][k.k0>>(8*p)&0xff]++
 		}
 	}
-	tmp := make([]nameKeyed, len(ks))
+	tmp = grow(tmp, len(ks))
 	n := uint32(len(ks))
 	for p := range counts {
 		c := &counts[p]
@@ -272,7 +278,7 @@ func radixSortKeys(ks []nameKeyed) []nameKeyed {
 		}
 		ks, tmp = tmp, ks
 	}
-	return ks
+	return ks, tmp
 }
 
 // nameKey returns bytes from..from+7 of name as a big-endian integer, with

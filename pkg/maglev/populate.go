@@ -17,15 +17,10 @@ import (
 // weight classes (see schedule), and each turn claims its slot through a
 // filler. With several weight classes and a large table, the schedule runs
 // on its own goroutine, ahead of the claims (see populateConcurrently).
-func populate(table []uint32, active []Backend) error {
-	sc := scratchPool.Get().(*scratch)
-	defer func() {
-		sc.filler.table = nil // not kept alive by the pool
-		scratchPool.Put(sc)
-	}()
+func populate(table []uint32, active []Backend, sc *scratch) error {
 	m := uint32(len(table))
 	f := newFiller(table, active, sc)
-	s := newSchedule(active, m)
+	s := newSchedule(active, m, sc)
 	full := false
 	if len(s.classes) > 1 && m >= concurrentMin && runtime.GOMAXPROCS(0) > 1 {
 		full = populateConcurrently(f, s, sc, len(active))
@@ -90,13 +85,28 @@ func populateConcurrently(f *filler, s *schedule, sc *scratch, n int) bool {
 
 // scratch is the working memory of a build, kept between builds in
 // scratchPool: allocating and zeroing it (mostly the 128 KiB of used) cost
-// more than clearing the part that is used.
+// more than clearing the part that is used. Only the table is allocated
+// per build.
 type scratch struct {
-	filler filler
-	order  []uint32 // the turns, for populateConcurrently
+	keys, keysTmp []nameKeyed
+	sorted        []Backend
+	filler        filler
+	schedule      schedule
+	order         []uint32 // the turns, for populateConcurrently
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// getScratch returns scratch space from the pool.
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+// release drops the references to the caller's data, which the pool must
+// not keep alive, and returns sc to the pool.
+func (sc *scratch) release() {
+	clear(sc.sorted)
+	sc.filler.table = nil
+	scratchPool.Put(sc)
+}
 
 // grow returns s resliced to length n, reallocated if its capacity is
 // less. The contents are not cleared.
@@ -377,12 +387,13 @@ func (f *filler) inverse(s uint32) uint32 {
 // O(1) per turn on average and O(m + n) in all, instead of a heap's
 // O(log k) per turn over k classes.
 type schedule struct {
-	byWeight []uint32 // backend indices by weight, then index
-	classes  []class
-	shift    uint     // a turn with key k is in bucket k >> shift
-	head     []int32  // per bucket, the first waiting class, or -1
-	turns    []turn   // the turns of the current bucket
-	merged   []uint32 // the members of classes that share a time
+	byWeight    []uint32 // backend indices by weight, then index
+	byWeightTmp []uint32 // scratch space of sortByWeight
+	classes     []class
+	shift       uint     // a turn with key k is in bucket k >> shift
+	head        []int32  // per bucket, the first waiting class, or -1
+	turns       []turn   // the turns of the current bucket
+	merged      []uint32 // the members of classes that share a time
 	// shared holds the merged members of the classes that share a time,
 	// by the denominator q of the time in lowest terms: the classes with a
 	// turn at p/q are exactly those whose weight q divides, so the merge
@@ -412,9 +423,16 @@ type class struct {
 type turn struct{ c, t uint32 }
 
 // newSchedule returns the schedule of active for a table of m slots.
-func newSchedule(active []Backend, m uint32) *schedule {
+func newSchedule(active []Backend, m uint32, sc *scratch) *schedule {
 	n := uint64(len(active))
-	s := &schedule{byWeight: sortByWeight(active), mark: make([]uint64, n/64+1)}
+	s := &sc.schedule
+	s.byWeight, s.byWeightTmp = sortByWeight(active, s.byWeight, s.byWeightTmp)
+	s.classes = s.classes[:0]
+	s.turns = s.turns[:0]
+	s.mark = grow(s.mark, int(n/64+1))
+	clear(s.mark)
+	clear(s.shared)
+	s.store = s.store[:0]
 	var total, classTotal uint64 // the sum of the weights of all backends, and of the classes
 	for lo := 0; lo < len(s.byWeight); {
 		w := active[s.byWeight[lo]].Weight
@@ -440,7 +458,7 @@ func newSchedule(active []Backend, m uint32) *schedule {
 	want := uint64(math.Ceil(float64(mn) * float64(classTotal) / float64(total)))
 	want = min(max(want, 1), mn)
 	s.shift = uint(bits.Len64(limit / want))
-	s.head = make([]int32, limit>>s.shift+1)
+	s.head = grow(s.head, int(limit>>s.shift+1))
 	for b := range s.head {
 		s.head[b] = -1
 	}
@@ -609,9 +627,11 @@ func (s *schedule) sortTurns() {
 }
 
 // sortByWeight returns the indices of active ordered by weight, then by
-// index: a stable radix sort on the bytes of the weights that differ.
-func sortByWeight(active []Backend) []uint32 {
-	idx := make([]uint32, len(active))
+// index: a stable radix sort on the bytes of the weights that differ. It
+// returns the sorted indices and scratch space, in idx and tmp if they
+// are large enough.
+func sortByWeight(active []Backend, idx, tmp []uint32) (sorted, scratch []uint32) {
+	idx, tmp = grow(idx, len(active)), grow(tmp, len(active))
 	for i := range idx {
 		idx[i] = uint32(i)
 	}
@@ -620,7 +640,6 @@ func sortByWeight(active []Backend) []uint32 {
 		or |= b.Weight
 		and &= b.Weight
 	}
-	tmp := make([]uint32, len(active))
 	for shift := 0; shift < 32; shift += 8 {
 		if (or^and)>>shift&0xff == 0 {
 			continue // this byte is the same in every weight
@@ -639,5 +658,5 @@ func sortByWeight(active []Backend) []uint32 {
 		}
 		idx, tmp = tmp, idx
 	}
-	return idx
+	return idx, tmp
 }
