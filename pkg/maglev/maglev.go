@@ -76,19 +76,33 @@
 //
 // # Cost
 //
+// A build sorts the backends by Name (a radix sort on the first 16 bytes of
+// the names from 256 backends on, a comparison sort of the names that share
+// them), hashes each name once, and then fills the table.
+//
 // Backends with the same weight share their virtual times and take their
 // turns as a block. The blocks are ordered on a calendar of time buckets up
 // to a bound on the time of the last turn, about one bucket per block turn,
 // so ordering the turns costs O(1) per turn on average instead of a heap's
-// O(log k) for k distinct weights. Filling the table probes O(m log m) slots
-// in total, as in the paper; the probes test a bitmap of the claimed slots,
-// four at a time, and once fewer than about sqrt(m) slots are empty a turn
+// O(log k) for k distinct weights. Blocks that share a time p/q (in lowest
+// terms) are exactly those whose weight q divides, so their merged members
+// are computed once per q. With several weights and m >= 16381 the turns
+// are ordered on a second goroutine, ahead of the claims, and handed over
+// in chunks: the claims take them in the same order.
+//
+// Filling the table probes O(m log m) slots in total, as in the paper. The
+// claimed slots are a byte array; while more than half of the table is
+// empty a turn tests the first slot of its walk alone, then four slots at
+// a time, and once fewer than about sqrt(m) slots are empty a turn
 // computes the distance to each empty slot on its permutation instead of
-// probing. None of this changes the table: the package tests compare Build
-// with the previous heap-based build and with a plain transcription of the
-// algorithm above on random inputs.
-// Build allocates the table and O(n + m) scratch space for n backends: the
-// bucket heads, the state of each backend and a bitmap of the slots.
+// probing. Claiming is most of the time of a build and is sequential: each
+// turn depends on the slots claimed before it.
+//
+// None of this changes the table: the package tests compare Build with the
+// previous heap-based build and with a plain transcription of the
+// algorithm above on random inputs, and the concurrent ordering of the
+// turns with the sequential one. Scratch space (O(n + m) for n backends)
+// is kept in a sync.Pool between builds; a build allocates its table.
 package maglev
 
 import (
