@@ -135,9 +135,11 @@ type filler struct {
 	used *[usedLen]byte
 	// left is the number of empty slots.
 	left uint32
-	// While more than sparse slots are empty, a turn tests the first slot
-	// of its walk alone, which is then empty more often than not, before
-	// it probes four slots at once.
+	// While more than sparse slots are empty, a turn tests the first two
+	// slots of its walk, of which one is empty most of the time, before it
+	// probes four slots at once: fewer instructions, and a branch that is
+	// still predictable. Measured at m = 65537 with 1000 backends of equal
+	// weight, 5/8 of m is a few percent faster than 1/2, 3/8 or 7/8.
 	sparse uint32
 
 	// When few slots are left, most probes of a walk would hit claimed
@@ -203,7 +205,7 @@ func newFiller(table []uint32, active []Backend, sc *scratch) *filler {
 	// operations: they meet near sqrt(m). Measured at m = 65537, 128 and
 	// 256 are best, 512 is 15% slower and 16 10% slower.
 	f.tail = 1 << (bits.Len32(m) / 2)
-	f.sparse = m / 2
+	f.sparse = m / 8 * 5
 	f.mu = mu
 	if f.left <= f.tail {
 		f.startTail()
@@ -225,12 +227,16 @@ func (f *filler) claim(members []uint32) bool {
 	}
 	m, used, table, walks := f.m, f.used, f.table, f.walks
 	if f.left > f.sparse {
-		// The first probe alone, while it hits most of the time.
 		sparse := min(len(members), int(f.left-f.sparse))
 		for _, i := range members[:sparse] {
 			w := &walks[i]
 			c := w.next
-			if used[c%usedLen] != 0 {
+			c1 := step(c, w.skip, m)
+			u0, u1 := used[c%usedLen], used[c1%usedLen]
+			if u0 != 0 { // a conditional move, not a branch
+				c = c1
+			}
+			if u0&u1 != 0 {
 				c = f.probe(w)
 			}
 			used[c%usedLen] = 1
