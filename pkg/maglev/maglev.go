@@ -108,6 +108,7 @@ package maglev
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 )
@@ -239,11 +240,11 @@ type nameKeyed struct {
 }
 
 // radixMin is the number of backends from which sortBackends uses a radix
-// sort: it costs a pass over the keys per byte position that is not the
-// same in every key, plus histograms of 16 KiB, and beats a comparison sort
-// (about 7 ns per comparison, as the closure is not inlined) from a few
-// hundred keys on. Measured: 1.0 ms with a comparison sort against 0.15 ms
-// for 10 000 IPv4 names.
+// sort: it costs two passes over the keys per byte position that is not the
+// same in every key, and beats a comparison sort (whose comparison closure
+// is not inlined) from a few hundred keys on. Measured on IPv4 names
+// (thread CPU time, median of 20): 0.80 ms with the comparison sort against
+// 0.27 ms for 10 000, 0.052 against 0.023 ms for 1000.
 const radixMin = 256
 
 // radixSortKeys sorts ks by (k0, k1), stably, with a least significant
@@ -251,48 +252,55 @@ const radixMin = 256
 // byte are skipped. It returns the sorted keys and the scratch space, in ks
 // and tmp if tmp is large enough.
 func radixSortKeys(ks, tmp []nameKeyed) (sorted, scratch []nameKeyed) {
-	// counts[p] is the histogram of byte p of the 16-byte key, p = 0 for
-	// the least significant byte of k1.
-	var counts [16][256]uint32
+	// Bytes at which all keys agree (most of "198.18." in IPv4 names, the
+	// zeros past short names) need no pass.
+	or0, or1 := uint64(0), uint64(0)
+	and0, and1 := uint64(math.MaxUint64), uint64(math.MaxUint64)
 	for _, k := range ks {
-		for p := range 8 {
-			counts[p][k.k1>>(8*p)&0xff]++
-			counts[8+p][k.k0>>(8*p)&0xff]++
-		}
+		or0, and0 = or0|k.k0, and0&k.k0
+		or1, and1 = or1|k.k1, and1&k.k1
 	}
 	tmp = grow(tmp, len(ks))
-	n := uint32(len(ks))
-	for p := range counts {
-		c := &counts[p]
-		var sum uint32
-		skip := false
-		for d := range c {
-			if c[d] == n {
-				skip = true
-				break
-			}
-			c[d], sum = sum, sum+c[d]
+	// The least significant byte of the key first: k1's, then k0's.
+	for shift := uint(0); shift < 64; shift += 8 {
+		if (or1^and1)>>shift&0xff != 0 {
+			radixPass(ks, tmp, shift, false)
+			ks, tmp = tmp, ks
 		}
-		if skip {
-			continue
+	}
+	for shift := uint(0); shift < 64; shift += 8 {
+		if (or0^and0)>>shift&0xff != 0 {
+			radixPass(ks, tmp, shift, true)
+			ks, tmp = tmp, ks
 		}
-		shift := 8 * uint(p%8)
-		if p < 8 {
-			for _, k := range ks {
-				d := k.k1 >> shift & 0xff
-				tmp[c[d]] = k
-				c[d]++
-			}
-		} else {
-			for _, k := range ks {
-				d := k.k0 >> shift & 0xff
-				tmp[c[d]] = k
-				c[d]++
-			}
-		}
-		ks, tmp = tmp, ks
 	}
 	return ks, tmp
+}
+
+// radixPass sorts ks into out, stably, by byte shift/8 of k0 (if high) or
+// of k1.
+func radixPass(ks, out []nameKeyed, shift uint, high bool) {
+	var count [256]uint32
+	for k := range ks {
+		x := ks[k].k1
+		if high {
+			x = ks[k].k0
+		}
+		count[x>>shift&0xff]++
+	}
+	var sum uint32
+	for d := range count {
+		count[d], sum = sum, sum+count[d]
+	}
+	for k := range ks {
+		x := ks[k].k1
+		if high {
+			x = ks[k].k0
+		}
+		d := x >> shift & 0xff
+		out[count[d]] = ks[k]
+		count[d]++
+	}
 }
 
 // nameKey returns bytes from..from+7 of name as a big-endian integer, with
