@@ -16,15 +16,18 @@ import (
 // The turns are generated in order by a calendar of time buckets over the
 // weight classes (see schedule), and each turn claims its slot through a
 // filler. With several weight classes and a large table, the schedule runs
-// on its own goroutine, ahead of the claims (see populateConcurrently).
+// on its own goroutine, ahead of the claims (see orderConcurrently).
 func populate(table []uint32, active []Backend, sc *scratch) error {
 	m := uint32(len(table))
-	f := newFiller(table, active, sc)
 	s := newSchedule(active, m, sc)
 	full := false
 	if len(s.classes) > 1 && m >= concurrentMin && runtime.GOMAXPROCS(0) > 1 {
-		full = populateConcurrently(f, s, sc, len(active))
+		order, written := orderConcurrently(s, sc, m, len(active))
+		// Hashing the names gives the schedule goroutine a head start.
+		f := newFiller(table, active, sc)
+		full = claimOrdered(f, order, written)
 	} else {
+		f := newFiller(table, active, sc)
 		full = s.run(f.claim)
 	}
 	if !full {
@@ -45,33 +48,39 @@ var concurrentMin uint32 = 16381
 // channel operations are a negligible part.
 const orderChunk = 2048
 
-// populateConcurrently runs s on a new goroutine, which writes the backend
-// index of every turn in order to a buffer and sends the length written
-// after every orderChunk turns, while this goroutine gives those turns to
-// f. The turns and so the table are the same as with s.run(f.claim): only
-// the order is computed ahead. It reports whether the table is full.
-func populateConcurrently(f *filler, s *schedule, sc *scratch, n int) bool {
-	m := int(f.m)
+// orderConcurrently runs s on a new goroutine, which writes the backend
+// index of every turn in order to order and sends on written the number of
+// turns written after every orderChunk turns, until m turns are written. It
+// closes written when it is done. The turns are the same as those s.run
+// gives: only they are computed ahead of the claims.
+func orderConcurrently(s *schedule, sc *scratch, m uint32, n int) (order []uint32, written <-chan int) {
 	// The schedule stops once m turns are written, and a time adds at most
 	// n turns.
-	order := grow(sc.order, m+n)
+	order = grow(sc.order, int(m)+n)
 	sc.order = order
-	written := make(chan int, m/orderChunk+2)
+	ch := make(chan int, int(m)/orderChunk+2)
 	go func() {
-		defer close(written)
+		defer close(ch)
 		end, sent := 0, 0
 		s.run(func(members []uint32) bool {
 			end += copy(order[end:], members)
-			if end >= m || end-sent >= orderChunk {
-				written <- end
+			if end >= int(m) || end-sent >= orderChunk {
+				ch <- end
 				sent = end
 			}
-			return end >= m
+			return end >= int(m)
 		})
 		if end > sent {
-			written <- end
+			ch <- end
 		}
 	}()
+	return order, ch
+}
+
+// claimOrdered gives the turns of order to f as orderConcurrently hands
+// them over, and reports whether the table is full. It returns when the
+// schedule goroutine is done, so that its scratch space can be reused.
+func claimOrdered(f *filler, order []uint32, written <-chan int) bool {
 	full := false
 	start := 0
 	for end := range written {
@@ -92,7 +101,7 @@ type scratch struct {
 	sorted        []Backend
 	filler        filler
 	schedule      schedule
-	order         []uint32 // the turns, for populateConcurrently
+	order         []uint32 // the turns, for orderConcurrently
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}

@@ -133,13 +133,13 @@ func FuzzBuild(f *testing.F) {
 }
 
 // TestConcurrentScheduleMatchesSequential builds random inputs with the
-// turns ordered on a second goroutine (populateConcurrently) and on the
+// turns ordered on a second goroutine (orderConcurrently) and on the
 // calling one, whatever the table size, and fails unless the tables are
 // identical. Build picks one or the other by size and weights, so both
 // must give the same table.
 func TestConcurrentScheduleMatchesSequential(t *testing.T) {
 	if runtime.GOMAXPROCS(0) < 2 {
-		t.Fatalf("GOMAXPROCS is %d: populateConcurrently needs 2 to be used", runtime.GOMAXPROCS(0))
+		t.Fatalf("GOMAXPROCS is %d: orderConcurrently needs 2 to be used", runtime.GOMAXPROCS(0))
 	}
 	defer func(saved uint32) { concurrentMin = saved }(concurrentMin)
 	rng := rand.New(rand.NewPCG(17, 4242))
