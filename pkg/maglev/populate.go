@@ -376,17 +376,23 @@ func barrett(x, d, mu uint64) uint64 {
 	return r
 }
 
-// inverse returns the inverse of s modulo the prime m, s^(m-2) mod m by
-// Fermat's little theorem.
+// inverse returns the inverse of s modulo the prime m, for 0 < s < m, by
+// the extended Euclidean algorithm: about a dozen 32-bit divisions, where
+// s^(m-2) mod m took 34 dependent modular products.
 func (f *filler) inverse(s uint32) uint32 {
-	r, b := uint64(1), uint64(s)
-	for e := f.m - 2; e > 0; e >>= 1 {
-		if e&1 != 0 {
-			r = f.mod(r * b)
-		}
-		b = f.mod(b * b)
+	// Invariant: r0 = t0*s and r1 = t1*s modulo m.
+	r0, r1 := int64(f.m), int64(s)
+	t0, t1 := int64(0), int64(1)
+	for r1 != 0 {
+		q := r0 / r1
+		r0, r1 = r1, r0-q*r1
+		t0, t1 = t1, t0-q*t1
 	}
-	return uint32(r)
+	// r0 = gcd(m, s) = 1, so t0*s = 1 modulo m; |t0| < m.
+	if t0 < 0 {
+		t0 += int64(f.m)
+	}
+	return uint32(t0)
 }
 
 // schedule orders the turns. Turn t (counting from 1) of a backend of weight

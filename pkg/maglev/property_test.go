@@ -273,3 +273,24 @@ func TestGCD(t *testing.T) {
 		}
 	}
 }
+
+// TestInverse checks the modular inverse the tail uses, for every skip of
+// the smaller sizes of propertyPrimes and random skips of the larger ones.
+func TestInverse(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 10))
+	for _, m := range propertyPrimes {
+		f := &filler{m: m}
+		for k := range uint32(5000) {
+			s := 1 + k
+			if s >= m {
+				s = 1 + rng.Uint32N(m-1)
+			}
+			if inv := f.inverse(s); inv == 0 || inv >= m || uint64(inv)*uint64(s)%uint64(m) != 1 {
+				t.Fatalf("inverse(%d) mod %d: got %d, whose product with %d is %d mod m, not 1", s, m, inv, s, uint64(inv)*uint64(s)%uint64(m))
+			}
+		}
+		if inv := f.inverse(m - 1); inv != m-1 {
+			t.Fatalf("inverse(%d) mod %d: got %d, want %d", m-1, m, inv, m-1)
+		}
+	}
+}
