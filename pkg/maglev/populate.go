@@ -171,7 +171,8 @@ type walk struct {
 	next uint32
 	// skip is the step of the permutation and skip2 is 2*skip mod m: a
 	// probe moves by addition, and four probes at once are computed from
-	// next in two additions.
+	// next in three additions, which do not depend on each other's result
+	// but one.
 	skip, skip2 uint32
 	id          uint32
 }
@@ -260,6 +261,9 @@ func (f *filler) claim(members []uint32) bool {
 	for _, i := range members[:probing] {
 		w := &walks[i]
 		c, s, s2 := w.next, w.skip, w.skip2
+		// The next four start at c + 4s: one addition from c, so that the
+		// loop carries one step from probe to probe instead of two.
+		s4 := step(s2, s2, m)
 		for {
 			c1 := step(c, s, m)
 			c2 := step(c, s2, m)
@@ -271,7 +275,7 @@ func (f *filler) claim(members []uint32) bool {
 				c = probes[bits.TrailingZeros32(^full)%4]
 				break
 			}
-			c = step(c2, s2, m)
+			c = step(c, s4, m)
 		}
 		used[c%usedLen] = 1
 		table[c] = w.id
@@ -289,6 +293,7 @@ func (f *filler) claim(members []uint32) bool {
 func (f *filler) probe(w *walk) uint32 {
 	m, used := f.m, f.used
 	c, s, s2 := w.next, w.skip, w.skip2
+	s4 := step(s2, s2, m)
 	for {
 		c1 := step(c, s, m)
 		c2 := step(c, s2, m)
@@ -299,7 +304,7 @@ func (f *filler) probe(w *walk) uint32 {
 			probes := [4]uint32{c, c1, c2, c3}
 			return probes[bits.TrailingZeros32(^full)%4]
 		}
-		c = step(c2, s2, m)
+		c = step(c, s4, m)
 	}
 }
 
