@@ -170,9 +170,9 @@ type walk struct {
 	// next is the slot at which the walk resumes.
 	next uint32
 	// skip is the step of the permutation and skip2 is 2*skip mod m: a
-	// probe moves by addition, and four probes at once are computed from
-	// next in three additions, which do not depend on each other's result
-	// but one.
+	// probe moves by addition, and the four probes next, next+skip,
+	// next+skip2 and next+skip+skip2 take three additions, two of them
+	// independent of the others.
 	skip, skip2 uint32
 	id          uint32
 }
