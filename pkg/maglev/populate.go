@@ -225,38 +225,62 @@ func newFiller(table []uint32, active []Backend, sc *scratch) *filler {
 
 // claim gives each backend of members its turn, in order, and reports
 // whether the table is full.
+func (f *filler) claim(members []uint32) bool {
+	for len(members) > 0 {
+		switch {
+		case f.inTail:
+			return f.claimAllTail(members)
+		case f.left <= f.tail:
+			f.startTail() // the table fills in the tail, as tail > 0
+		case f.left > f.sparse:
+			members = members[f.claimSparse(members):]
+			if len(members) > 0 && f.left > f.sparse {
+				// The first two slots of this walk are claimed.
+				members = members[f.claimProbing(members[:1]):]
+			}
+		default:
+			members = members[f.claimProbing(members):]
+		}
+	}
+	return f.left == 0
+}
+
+// claimSparse gives backends of members their turns, in order, while more
+// than sparse slots are empty and the first or second slot of each walk is
+// empty, and returns how many turns it gave.
+func (f *filler) claimSparse(members []uint32) int {
+	m, used, table, walks := f.m, f.used, f.table, f.walks
+	sparse := min(len(members), int(f.left-f.sparse))
+	for k, i := range members[:sparse] {
+		w := &walks[i]
+		c := w.next
+		c1 := step(c, w.skip, m)
+		u0, u1 := used[c%usedLen], used[c1%usedLen]
+		if u0&u1 != 0 {
+			f.left -= uint32(k)
+			return k
+		}
+		if u0 != 0 { // a conditional move, not a branch
+			c = c1
+		}
+		used[c%usedLen] = 1
+		table[c] = w.id
+		w.next = step(c, w.skip, m)
+	}
+	f.left -= uint32(sparse)
+	return sparse
+}
+
+// claimProbing gives backends of members their turns, in order, while more
+// than tail slots are empty, and returns how many turns it gave.
 //
 // A turn tests four slots of the walk at once: they are computed from the
 // walk's position independently, so the probes overlap instead of each
-// waiting for the previous one, and while the table is less than about half
-// full the first four nearly always hold an empty slot, so the branch is
-// predictable.
-func (f *filler) claim(members []uint32) bool {
-	if f.inTail {
-		return f.claimAllTail(members)
-	}
+// waiting for the previous one, and while the table is less than about
+// three quarters full the first four mostly hold an empty slot, so the
+// branch is predictable.
+func (f *filler) claimProbing(members []uint32) int {
 	m, used, table, walks := f.m, f.used, f.table, f.walks
-	if f.left > f.sparse {
-		sparse := min(len(members), int(f.left-f.sparse))
-		for _, i := range members[:sparse] {
-			w := &walks[i]
-			c := w.next
-			c1 := step(c, w.skip, m)
-			u0, u1 := used[c%usedLen], used[c1%usedLen]
-			if u0 != 0 { // a conditional move, not a branch
-				c = c1
-			}
-			if u0&u1 != 0 {
-				c = f.probe(w)
-			}
-			used[c%usedLen] = 1
-			table[c] = w.id
-			w.next = step(c, w.skip, m)
-		}
-		f.left -= uint32(sparse)
-		members = members[sparse:]
-	}
-	// Probing claims at most the slots above the tail.
 	probing := min(len(members), int(f.left-f.tail))
 	for _, i := range members[:probing] {
 		w := &walks[i]
@@ -282,30 +306,7 @@ func (f *filler) claim(members []uint32) bool {
 		w.next = step(c, s, m)
 	}
 	f.left -= uint32(probing)
-	if f.left > f.tail {
-		return false
-	}
-	f.startTail() // the table fills in the tail, as tail > 0
-	return f.claimAllTail(members[probing:])
-}
-
-// probe returns the first empty slot of w's walk.
-func (f *filler) probe(w *walk) uint32 {
-	m, used := f.m, f.used
-	c, s, s2 := w.next, w.skip, w.skip2
-	s4 := step(s2, s2, m)
-	for {
-		c1 := step(c, s, m)
-		c2 := step(c, s2, m)
-		c3 := step(c1, s2, m)
-		full := uint32(used[c%usedLen]) | uint32(used[c1%usedLen])<<1 |
-			uint32(used[c2%usedLen])<<2 | uint32(used[c3%usedLen])<<3
-		if full != 0xf {
-			probes := [4]uint32{c, c1, c2, c3}
-			return probes[bits.TrailingZeros32(^full)%4]
-		}
-		c = step(c, s4, m)
-	}
+	return probing
 }
 
 // claimAllTail gives each backend of members its turn in the tail, in
