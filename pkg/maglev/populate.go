@@ -282,8 +282,19 @@ func (f *filler) claimSparse(members []uint32) int {
 func (f *filler) claimProbing(members []uint32) int {
 	m, used, table, walks := f.m, f.used, f.table, f.walks
 	probing := min(len(members), int(f.left-f.tail))
-	for _, i := range members[:probing] {
-		w := &walks[i]
+	// The walk of the next turn is loaded one turn ahead: with weights the
+	// turns visit the walks out of order, and a load from the L2 cache
+	// would start every turn's chain of dependent operations. If the next
+	// turn is the same backend's, its copy starts where this turn started:
+	// behind its true start on the walk, with only claimed slots between
+	// (the ones this turn skipped and the one it claims), so the probes
+	// find the same empty slot.
+	ahead := walks[members[0]]
+	for k, i := range members[:probing] {
+		w := ahead
+		if k+1 < len(members) {
+			ahead = walks[members[k+1]]
+		}
 		c, s, s2 := w.next, w.skip, w.skip2
 		// The next four start at c + 4s: one addition from c, so that the
 		// loop carries one step from probe to probe instead of two.
@@ -303,7 +314,7 @@ func (f *filler) claimProbing(members []uint32) int {
 		}
 		used[c%usedLen] = 1
 		table[c] = w.id
-		w.next = step(c, s, m)
+		walks[i].next = step(c, s, m)
 	}
 	f.left -= uint32(probing)
 	return probing
