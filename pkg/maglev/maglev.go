@@ -91,12 +91,13 @@
 // in chunks: the claims take them in the same order.
 //
 // Filling the table probes O(m log m) slots in total, as in the paper. The
-// claimed slots are a byte array; while more than half of the table is
-// empty a turn tests the first slot of its walk alone, then four slots at
+// claimed slots are a byte array; while more than 5/8 of the table is
+// empty a turn tests the first two slots of its walk, then four slots at
 // a time, and once fewer than about sqrt(m) slots are empty a turn
 // computes the distance to each empty slot on its permutation instead of
 // probing. Claiming is most of the time of a build and is sequential: each
-// turn depends on the slots claimed before it.
+// turn depends on the slots claimed before it. docs/performance.md gives
+// the figures.
 //
 // None of this changes the table: the package tests compare Build with the
 // previous heap-based build and with a plain transcription of the
