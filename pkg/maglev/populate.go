@@ -38,9 +38,9 @@ func populate(table []uint32, active []Backend, sc *scratch) error {
 
 // concurrentMin is the table size from which populate orders the turns of
 // several weight classes on a second goroutine. Ordering them costs about
-// a fifth of a build of 65537 slots with 1000 backends of weights 1-100;
-// the goroutine and its hand-offs cost a few microseconds. A variable, so
-// that the tests can compare both ways.
+// 0.15 ms of CPU for 65537 slots and 1000 backends of weights 1-100, whose
+// build takes about 1.1 ms; the goroutine and its hand-offs cost a few
+// microseconds. A variable, so that the tests can compare both ways.
 var concurrentMin uint32 = 16381
 
 // orderChunk is the number of turns the schedule goroutine hands over at a
