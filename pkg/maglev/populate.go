@@ -58,6 +58,8 @@ func orderConcurrently(s *schedule, sc *scratch, m uint32, n int) (order []uint3
 	// n turns.
 	order = grow(sc.order, int(m)+n)
 	sc.order = order
+	// Every hand-off but the last covers orderChunk turns or more, so the
+	// channel holds them all and the goroutine never blocks on it.
 	ch := make(chan int, int(m)/orderChunk+2)
 	go func() {
 		defer close(ch)
