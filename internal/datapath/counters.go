@@ -38,6 +38,8 @@ const (
 	StatCtExpired       = Stat(balancerFulcrumStatSTAT_CT_EXPIRED)
 	StatDropSourceRange = Stat(balancerFulcrumStatSTAT_DROP_SOURCE_RANGE)
 	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
+	StatDropPoolDown    = Stat(balancerFulcrumStatSTAT_DROP_POOL_DOWN)
+	StatPoolFallback    = Stat(balancerFulcrumStatSTAT_POOL_FALLBACK)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -67,6 +69,8 @@ var statNames = [...]string{
 	StatCtExpired:       "ct_expired",
 	StatDropSourceRange: "drop_source_range",
 	StatCtEvicted:       "ct_evicted",
+	StatDropPoolDown:    "drop_pool_down",
+	StatPoolFallback:    "pool_fallback",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.
