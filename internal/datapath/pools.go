@@ -520,7 +520,7 @@ func (d *Datapath) adoptPools(flagged map[uint16]*vipEntry) error {
 		return fmt.Errorf("read %s: %w", balancerMapSrcPrefixes, err)
 	}
 	for _, e := range flagged {
-		e.cfg.Pools = adoptedPools
+		e.cfg.Pools, e.poolsAdopted = adoptedPools, true
 		slices.SortFunc(e.pools, func(a, b *poolEntry) int { return int(a.id) - int(b.id) })
 	}
 	for _, k := range stale {
