@@ -88,7 +88,7 @@ func NewPools(ps []Pool) (Pools, error) {
 	owner := make(map[netip.Prefix]string)
 	lines := make([]string, 0, len(ps))
 	for _, p := range ps {
-		if msg := checkPoolName(p.Name); msg != "" {
+		if msg := PoolNameProblem(p.Name); msg != "" {
 			return Pools{}, fmt.Errorf("pool name %q %s", p.Name, msg)
 		}
 		if names[p.Name] {
@@ -141,8 +141,8 @@ func NewPools(ps []Pool) (Pools, error) {
 	return Pools{s: strings.Join(lines, "\n")}, nil
 }
 
-// checkPoolName returns "" for a usable pool name, or what is wrong.
-func checkPoolName(name string) string {
+// PoolNameProblem returns "" for a usable pool name, or what is wrong.
+func PoolNameProblem(name string) string {
 	if name == "" {
 		return "is empty"
 	}
