@@ -187,6 +187,23 @@ func (p Pools) List() []Pool {
 	return out
 }
 
+// String summarises the pools, e.g. "eu (3 prefixes, 2 backends,
+// fallback vip), us (...)"; "none" when there are none.
+func (p Pools) String() string {
+	switch {
+	case p.s == "":
+		return "none"
+	case p == adoptedPools:
+		return "adopted from the maps"
+	}
+	var out []string
+	for _, l := range strings.Split(p.s, "\n") {
+		f := strings.Split(l, " ")
+		out = append(out, fmt.Sprintf("%s (%d prefixes, %d backends, fallback %s)", f[0], len(splitList(f[3])), len(splitList(f[2])), f[1]))
+	}
+	return strings.Join(out, ", ")
+}
+
 func splitList(s string) []string {
 	if s == "" {
 		return nil
@@ -415,10 +432,26 @@ func (d *Datapath) writePools(p *pendingVIP) error {
 	return nil
 }
 
-// putPrefixes writes trie entries, in batches where the kernel supports
-// them for the trie, and returns how many it wrote.
+// putPrefixes writes trie entries, in batches where the kernel takes
+// them for a trie (one syscall for thousands of entries), else one by one,
+// and returns how many it wrote.
 func (d *Datapath) putPrefixes(keys []balancerSrcPrefixKey, vals []balancerSrcPrefixValue) (int, error) {
-	for i := range keys {
+	const chunk = 8192
+	done := 0
+	for done < len(keys) && d.trieBatch != batchRefused {
+		end := min(done+chunk, len(keys))
+		n, err := d.objs.SrcPrefixes.BatchUpdate(keys[done:end], vals[done:end], nil)
+		if errors.Is(err, ebpf.ErrNotSupported) && done == 0 {
+			d.trieBatch = batchRefused
+			break
+		}
+		done += n
+		if err != nil {
+			x, _ := prefixOf(keys[min(done, len(keys)-1)])
+			return done, fmt.Errorf("prefix %s: %w", x, err)
+		}
+	}
+	for i := done; i < len(keys); i++ {
 		if err := d.objs.SrcPrefixes.Put(keys[i], vals[i]); err != nil {
 			x, _ := prefixOf(keys[i])
 			return i, fmt.Errorf("prefix %s: %w", x, err)
@@ -426,6 +459,9 @@ func (d *Datapath) putPrefixes(keys []balancerSrcPrefixKey, vals []balancerSrcPr
 	}
 	return len(keys), nil
 }
+
+// batchRefused marks a kernel that refused batch updates of the trie.
+const batchRefused = 1
 
 // dropPools deletes what old's pools wrote that e no longer uses, once e's
 // meta is written (e nil: the VIP is gone): prefixes, then pool_rings
@@ -444,16 +480,13 @@ func (d *Datapath) dropPools(old, e *vipEntry) error {
 			rings[pe.ring] = true
 		}
 	}
-	var errs []error
+	var gone []balancerSrcPrefixKey
 	for x := range old.poolPrefixes {
-		if _, ok := newPrefixes[x]; ok {
-			continue
-		}
-		err := d.objs.SrcPrefixes.Delete(srcPrefixKey(old.index, balancerFulcrumSrcKindSRC_KIND_POOL, x))
-		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("delete pool prefix %s: %w", x, err))
+		if _, ok := newPrefixes[x]; !ok {
+			gone = append(gone, srcPrefixKey(old.index, balancerFulcrumSrcKindSRC_KIND_POOL, x))
 		}
 	}
+	errs := []error{d.deletePrefixes(gone)}
 	for _, o := range old.pools {
 		if !ids[o.id] {
 			if err := d.objs.PoolRings.Delete(o.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -462,6 +495,34 @@ func (d *Datapath) dropPools(old, e *vipEntry) error {
 		}
 		if !rings[o.ring] {
 			d.arena.retire(o.ring)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// deletePrefixes deletes trie entries, in batches where the kernel takes
+// them; a batch that fails (an entry already gone stops it) is retried
+// one by one.
+func (d *Datapath) deletePrefixes(keys []balancerSrcPrefixKey) error {
+	const chunk = 8192
+	var errs []error
+	for len(keys) > 0 {
+		batch := keys[:min(chunk, len(keys))]
+		keys = keys[len(batch):]
+		if d.trieBatch != batchRefused {
+			_, err := d.objs.SrcPrefixes.BatchDelete(batch, nil)
+			if err == nil {
+				continue
+			}
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				d.trieBatch = batchRefused
+			}
+		}
+		for _, k := range batch {
+			if err := d.objs.SrcPrefixes.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				x, _ := prefixOf(k)
+				errs = append(errs, fmt.Errorf("delete pool prefix %s: %w", x, err))
+			}
 		}
 	}
 	return errors.Join(errs...)

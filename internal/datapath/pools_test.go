@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // poolCase is one family the pool tests run for: a VIP of three backends,
@@ -366,4 +367,41 @@ func TestPoolsAdopted(t *testing.T) {
 	if n, r := trieEntries(t, d2, d2.vips[c.vip].index), poolRingCount(t, d2); n != 2 || r != 2 {
 		t.Errorf("after the change: %d trie entries, %d pool rings; want 2 and 2", n, r)
 	}
+}
+
+// BenchmarkPoolsWrite sets a VIP with two pools of 100 000 prefixes in all
+// (their rings and trie entries), then removes it.
+func BenchmarkPoolsWrite(b *testing.B) {
+	d := newTestDatapath(b)
+	var eu, us []netip.Prefix
+	for i := range 100000 {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(10 + i>>16), byte(i >> 8), byte(i), 0}), 24)
+		if i%3 == 0 {
+			us = append(us, p)
+		} else {
+			eu = append(eu, p)
+		}
+	}
+	pools, err := NewPools([]Pool{
+		{Name: "eu", Prefixes: eu, Backends: []netip.Addr{backends4[0].Addr, backends4[1].Addr}},
+		{Name: "us", Prefixes: us, Backends: []netip.Addr{backends4[2].Addr}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var set float64
+	for b.Loop() {
+		start := time.Now()
+		if err := d.SetVIP(vipWeb4, VIPConfig{Mode: ModeDSR, Pools: pools}, backends4); err != nil {
+			b.Fatal(err)
+		}
+		set += float64(time.Since(start).Microseconds()) / 1000
+		if n := trieEntries(b, d, d.vips[vipWeb4].index); n != 100000 {
+			b.Fatalf("%d trie entries, want 100000", n)
+		}
+		if err := d.RemoveVIP(vipWeb4); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fmt.Printf("control pools-100k-write ms=%.1f\n", set/float64(b.N))
 }

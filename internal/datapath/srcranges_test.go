@@ -273,7 +273,7 @@ func TestSourceRangesChangeUnderTraffic(t *testing.T) {
 }
 
 // trieEntries counts the src_prefixes entries under a VIP index.
-func trieEntries(t *testing.T, d *Datapath, index uint16) int {
+func trieEntries(t testing.TB, d *Datapath, index uint16) int {
 	t.Helper()
 	var k balancerSrcPrefixKey
 	var v balancerSrcPrefixValue
