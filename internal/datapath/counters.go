@@ -92,7 +92,7 @@ func (s Stat) String() string {
 // verdict. Counters are only added at the end of the enum (a migration
 // keeps them by index), so a verdict added later sits after the events.
 func (s Stat) IsVerdict() bool {
-	return s <= StatTxIPIP || s == StatDropSourceRange
+	return s <= StatTxIPIP || s == StatDropSourceRange || s == StatDropPoolDown
 }
 
 // AllStats lists every counter.
