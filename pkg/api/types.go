@@ -174,8 +174,8 @@ type ExplainRequest struct {
 
 // Explanation says which backend a packet reaches and why.
 type Explanation struct {
-	VIP         VIPRef     `json:"vip"`
-	Backend     netip.Addr `json:"backend"`
+	VIP     VIPRef     `json:"vip"`
+	Backend netip.Addr `json:"backend"`
 	// Reason is "connection entry", "ring slot", or, for a dropped packet,
 	// "source range" or "pool down".
 	Reason      string     `json:"reason"`
