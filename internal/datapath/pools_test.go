@@ -1,12 +1,15 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // poolCase is one family the pool tests run for: a VIP of three backends,
@@ -66,16 +69,9 @@ func synFrom(t *testing.T, d *Datapath, c poolCase, src netip.Addr, sport uint16
 	t.Helper()
 	p := pkt(src.String(), c.vip.Addr.String(), TCP, sport, c.vip.Port)
 	p.SYN = syn
-	before, err := d.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	to := sendTo(t, d, p)
-	after, err := d.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return to, statsDelta(before, after)
+	var to netip.Addr
+	moved := counted(t, d, func() { to = sendTo(t, d, p) })
+	return to, moved
 }
 
 // TestPoolsFastPath: clients of pool a reach only a's backends, those of b
@@ -278,16 +274,16 @@ func TestPoolsChange(t *testing.T) {
 	}
 }
 
+// poolRingCount counts the entries of pool_rings, walking its keys.
 func poolRingCount(t *testing.T, d *Datapath) int {
 	t.Helper()
-	var id uint32
-	var v balancerPoolRing
 	n := 0
-	it := d.objs.PoolRings.Iterate()
-	for it.Next(&id, &v) {
+	var key uint32
+	err := d.objs.PoolRings.NextKey(nil, &key)
+	for ; err == nil; err = d.objs.PoolRings.NextKey(key, &key) {
 		n++
 	}
-	if err := it.Err(); err != nil {
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Fatal(err)
 	}
 	return n
@@ -328,19 +324,13 @@ func TestPoolsRefused(t *testing.T) {
 func TestPoolsAdopted(t *testing.T) {
 	c := poolCases()[0]
 	dir := PinDir(newPinRoot(t), "test")
-	d1, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d1 := loadAt(t, dir)
 	pools := c.pools(t, []int{0, 1}, FallbackDrop)
 	if err := d1.AddVIP(c.vip, VIPConfig{Mode: ModeDSR, Pools: pools}, pick(c.backends, 0, 2)); err != nil {
 		t.Fatal(err)
 	}
 	d1.Close()
-	d2, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d2 := loadAt(t, dir)
 	defer RemovePins(dir)
 	defer d2.Close()
 	states := d2.VIPs()
@@ -404,4 +394,14 @@ func BenchmarkPoolsWrite(b *testing.B) {
 		}
 	}
 	fmt.Printf("control pools-100k-write ms=%.1f\n", set/float64(b.N))
+}
+
+// loadAt loads a datapath pinned in dir, as a daemon's start does.
+func loadAt(t *testing.T, dir string) *Datapath {
+	t.Helper()
+	d, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
