@@ -36,6 +36,7 @@ const enum fulcrum_config_flags _config_flags __attribute__((unused));
 const enum fulcrum_ct_state _ct_state __attribute__((unused));
 const enum fulcrum_ct_timeout _ct_timeout __attribute__((unused));
 const enum fulcrum_src_kind _src_kind __attribute__((unused));
+const enum fulcrum_pool_flags _pool_flags __attribute__((unused));
 /* ct_value is the decoded form of a way; Go decodes into the same type. */
 const struct ct_value _ct_value __attribute__((unused));
 /* ct_event is what the ct_events ring buffer carries; Go decodes it. */
@@ -92,18 +93,16 @@ static __always_inline struct vip_meta *vip_lookup(const struct flow *f)
 	return vip;
 }
 
-/* source_refused reports whether the VIP has source ranges and the flow's
- * client is in none of them. */
-static __always_inline int source_refused(const struct vip_meta *vip, const struct flow *f)
+/* src_lookup returns the VIP's src_prefixes entry of kind that holds the
+ * flow's client, or 0. */
+static __always_inline struct src_prefix_value *src_lookup(const struct vip_meta *vip, const struct flow *f, __u8 kind)
 {
 	struct src_prefix_key k = {
 		.prefixlen = SRC_PREFIX_HEAD_BITS + 128,
 		.vip_index = vip->index,
-		.kind = SRC_KIND_ALLOW,
+		.kind = kind,
 	};
 
-	if (!(vip->flags & VIP_F_SOURCE_RANGES))
-		return 0;
 	if (f->family == 4) {
 		k.addr[10] = 0xff;
 		k.addr[11] = 0xff;
@@ -111,7 +110,16 @@ static __always_inline int source_refused(const struct vip_meta *vip, const stru
 	} else {
 		__builtin_memcpy(k.addr, f->src.v6, 16);
 	}
-	return !bpf_map_lookup_elem(&src_prefixes, &k);
+	return bpf_map_lookup_elem(&src_prefixes, &k);
+}
+
+/* source_refused reports whether the VIP has source ranges and the flow's
+ * client is in none of them. */
+static __always_inline int source_refused(const struct vip_meta *vip, const struct flow *f)
+{
+	if (!(vip->flags & VIP_F_SOURCE_RANGES))
+		return 0;
+	return !src_lookup(vip, f, SRC_KIND_ALLOW);
 }
 
 /* flow_hash_of returns the hash of the flow's 5-tuple, or of its source
@@ -127,11 +135,33 @@ static __always_inline __u32 flow_hash_of(const struct flow *f, int source_only)
 	return flow_hash(src, dst, f->ports, f->proto);
 }
 
+#define POOL_DOWN 0xfffffffe
+
 /* pick returns the ring's backend for hash, or UNASSIGNED: slot
- * ring_slot(hash, M) of the VIP's extent of the ring arena. */
-static __always_inline __u32 pick(const struct vip_meta *vip, __u32 hash)
+ * ring_slot(hash, M) of the VIP's extent of the ring arena or, for a
+ * client in one of the VIP's source-prefix pools, of the pool's. A pool
+ * with no live backend has Go's verdict in its flags: the VIP's ring, or
+ * POOL_DOWN (a drop). The pool depends on the client address only, so a
+ * table miss mid-flow finds the ring its SYN found. */
+static __always_inline __u32 pick(const struct vip_meta *vip, const struct flow *f, __u32 hash,
+				  struct stat_table *st)
 {
-	return ring_read(vip->ring_offset, ring_slot(hash, vip->ring_size));
+	__u32 off = vip->ring_offset, size = vip->ring_size;
+	struct src_prefix_value *in;
+	struct pool_ring *pool;
+
+	if ((vip->flags & VIP_F_POOLS) && (in = src_lookup(vip, f, SRC_KIND_POOL)) &&
+	    (pool = bpf_map_lookup_elem(&pool_rings, &in->pool))) {
+		if (pool->flags & POOL_F_DROP)
+			return POOL_DOWN;
+		if (pool->flags & POOL_F_FALLBACK_VIP) {
+			st->count[STAT_POOL_FALLBACK]++;
+		} else {
+			off = pool->ring_offset;
+			size = pool->ring_size;
+		}
+	}
+	return ring_read(off, ring_slot(hash, size));
 }
 
 /* live_backend returns backend id if it may take packets. */
@@ -311,7 +341,9 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		have_h5 = 1;
 	}
 	hash = tuple_hash ? h5 : flow_hash_of(f, 1);
-	id = pick(vip, hash);
+	id = pick(vip, f, hash, st);
+	if (id == POOL_DOWN)
+		return verdict(st, STAT_DROP_POOL_DOWN, XDP_DROP);
 	if (id == UNASSIGNED)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
 	be = live_backend(id);

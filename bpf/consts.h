@@ -26,6 +26,11 @@
  * preallocated (BPF_F_NO_PREALLOC): an entry costs memory only when Go
  * writes it. */
 #define SRC_PREFIX_ENTRIES (1 << 20)
+/* Source-prefix pools: at most POOLS_PER_VIP per VIP; a pool's id is its
+ * VIP's index * POOLS_PER_VIP + its slot, the key of pool_rings, which
+ * holds at most POOL_ENTRIES pools of all VIPs. */
+#define POOLS_PER_VIP 64
+#define POOL_ENTRIES 65536
 
 /* How many IPv6 extension headers the parser walks; a longer chain (or one
  * over IPV6_MAX_EXT_BYTES, parse.h) is malformed. */
@@ -63,6 +68,10 @@ enum fulcrum_vip_flags {
 	 * (STAT_DROP_SOURCE_RANGE). Without the flag the trie is not looked
 	 * up, so a VIP without ranges pays one flag test. */
 	VIP_F_SOURCE_RANGES = 1 << 3,
+	/* The VIP has source-prefix pools (src_prefixes entries of kind
+	 * SRC_KIND_POOL under its index, rings in pool_rings): a new flow
+	 * or a table miss of a client in a pool takes its pool's ring. */
+	VIP_F_POOLS = 1 << 4,
 };
 
 /* What a src_prefixes entry is for (src_prefix_key.kind): the key's kind is
@@ -70,6 +79,18 @@ enum fulcrum_vip_flags {
 enum fulcrum_src_kind {
 	/* An allowed client prefix of a VIP with VIP_F_SOURCE_RANGES. */
 	SRC_KIND_ALLOW = 1,
+	/* A client prefix of a source-prefix pool of a VIP with VIP_F_POOLS;
+	 * the value is the pool's id (pool_rings' key). */
+	SRC_KIND_POOL = 2,
+};
+
+/* pool_ring.flags: set when the pool has no live backend, by its
+ * fallback. Without either the pool's ring is ring_offset, ring_size. */
+enum fulcrum_pool_flags {
+	/* Its clients take the VIP's ring (STAT_POOL_FALLBACK). */
+	POOL_F_FALLBACK_VIP = 1 << 0,
+	/* Its clients' new flows are dropped (STAT_DROP_POOL_DOWN). */
+	POOL_F_DROP = 1 << 1,
 };
 
 /* Backend flags. */
@@ -161,6 +182,10 @@ enum fulcrum_stat {
 	                             * way, so the oldest was evicted */
 	STAT_CT_EXPORT_FULL,        /* sync: the ct_events ring buffer was
 	                             * full, an entry's event was lost */
+	STAT_DROP_POOL_DOWN,        /* the client's pool has no live backend
+	                             * and its fallback is drop */
+	STAT_POOL_FALLBACK,         /* the client's pool has no live backend:
+	                             * the VIP's ring decided (an event) */
 	STAT_MAX,
 };
 

@@ -62,8 +62,9 @@ struct {
 } vip_addrs_v6 SEC(".maps");
 
 /* src_prefixes holds client prefixes per VIP (struct src_prefix_key): a
- * VIP's source ranges (SRC_KIND_ALLOW). Looked up only for a VIP with
- * VIP_F_SOURCE_RANGES. */
+ * VIP's source ranges (SRC_KIND_ALLOW), looked up only for a VIP with
+ * VIP_F_SOURCE_RANGES, and its pools' prefixes (SRC_KIND_POOL), looked up
+ * only for a VIP with VIP_F_POOLS. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct src_prefix_key);
@@ -71,6 +72,18 @@ struct {
 	__uint(max_entries, SRC_PREFIX_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } src_prefixes SEC(".maps");
+
+/* pool_rings[pool id] is a source-prefix pool's ring (src_prefixes gives
+ * a client's pool id). A hash map, not an array: an update replaces the
+ * whole value at once, so a reader never sees one ring's offset with
+ * another's size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct pool_ring);
+	__uint(max_entries, POOL_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} pool_rings SEC(".maps");
 
 /* ring_arena holds the Maglev ring of every VIP, each at its own extent
  * (vip_meta.ring_offset, .ring_size). Go writes a new ring into a free

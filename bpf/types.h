@@ -57,10 +57,19 @@ struct src_prefix_key {
 
 #define SRC_PREFIX_HEAD_BITS 32
 
-/* src_prefixes value: nothing for SRC_KIND_ALLOW; room for what a later
- * kind needs (a source-prefix pool's id). */
+/* src_prefixes value: nothing for SRC_KIND_ALLOW; for SRC_KIND_POOL the
+ * pool's id, pool_rings' key. */
 struct src_prefix_value {
 	__u32 pool;
+};
+
+/* pool_rings value: a pool's Maglev ring in the ring arena, as vip_meta
+ * names a VIP's; an update of the pool's entry publishes a new ring. */
+struct pool_ring {
+	__u32 ring_offset;
+	__u32 ring_size;
+	__u32 flags; /* enum fulcrum_pool_flags */
+	__u32 pad;
 };
 
 /* backends[id]. An id names one backend of one VIP, so removing a backend

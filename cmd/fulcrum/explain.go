@@ -106,6 +106,9 @@ func explanation(req api.ExplainRequest, ex api.Explanation) string {
 	if ex.Reason == "source range" {
 		return fmt.Sprintf("%s is dropped: the client is outside the source ranges of vip %s (counted as drop_source_range)", flow, ex.VIP)
 	}
+	if ex.Reason == "pool down" {
+		return fmt.Sprintf("%s is dropped: the client is in pool %s of vip %s, which has no backend up, and its fallback is drop (counted as drop_pool_down)", flow, ex.Pool, ex.VIP)
+	}
 	if !ex.Backend.IsValid() {
 		return fmt.Sprintf("%s reaches no backend (%s)", flow, orDash(ex.Reason))
 	}
@@ -114,6 +117,12 @@ func explanation(req api.ExplainRequest, ex api.Explanation) string {
 		return fmt.Sprintf("%s reaches %s by %s", flow, ex.Backend, reason)
 	}
 	ring := fmt.Sprintf("ring slot %d of %d", ex.Slot, ex.RingSize)
+	switch {
+	case ex.Pool != "" && ex.PoolFallback == "vip":
+		ring += fmt.Sprintf(" of the vip, as pool %s has no backend up", ex.Pool)
+	case ex.Pool != "":
+		ring += " of pool " + ex.Pool
+	}
 	if ex.Reason == "ring slot" {
 		return fmt.Sprintf("%s reaches %s by %s (flow hash 0x%08x)", flow, ex.Backend, ring, ex.Hash)
 	}

@@ -41,6 +41,12 @@ func TestExplanationText(t *testing.T) {
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches no backend (no VIP)"},
 		{api.Explanation{VIP: api.VIPRef{Protocol: "udp", Address: netip.MustParseAddr("2001:db8::1"), Port: 53}, Reason: "source range", RingSize: 251, RingBackend: b},
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 is dropped: the client is outside the source ranges of vip udp/[2001:db8::1]:53 (counted as drop_source_range)"},
+		{api.Explanation{Backend: b, Reason: "ring slot", Hash: 0xbeef, Slot: 7, RingSize: 251, RingBackend: b, Pool: "eu"},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by ring slot 7 of 251 of pool eu (flow hash 0x0000beef)"},
+		{api.Explanation{Backend: b, Reason: "ring slot", Hash: 0xbeef, Slot: 7, RingSize: 251, RingBackend: b, Pool: "eu", PoolFallback: "vip"},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by ring slot 7 of 251 of the vip, as pool eu has no backend up (flow hash 0x0000beef)"},
+		{api.Explanation{VIP: api.VIPRef{Protocol: "udp", Address: netip.MustParseAddr("2001:db8::1"), Port: 53}, Reason: "pool down", RingSize: 251, Pool: "eu", PoolFallback: "drop"},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 is dropped: the client is in pool eu of vip udp/[2001:db8::1]:53, which has no backend up, and its fallback is drop (counted as drop_pool_down)"},
 		{api.Explanation{Backend: b, Reason: "source hash"},
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by source hash"},
 	}

@@ -71,6 +71,10 @@ func newFake() *fakeController {
 					{Address: netip.MustParseAddr("198.18.0.13"), Weight: 2, Health: "down", HealthSince: testNow.Add(-90 * time.Second),
 						HealthError: "dial tcp 198.18.0.13:80: connect: connection refused"},
 				},
+				Pools: []api.Pool{
+					{Name: "eu", PrefixFile: "/etc/fulcrum/geo.csv", PrefixCount: 1204, Backends: []netip.Addr{netip.MustParseAddr("198.18.0.11")}, Fallback: "vip"},
+					{Name: "us", Prefixes: []string{"198.51.100.0/24"}, PrefixCount: 1, Backends: []netip.Addr{netip.MustParseAddr("198.18.0.13")}, Fallback: "drop"},
+				},
 			},
 			{
 				VIPRef: ref("udp/[2001:db8::1]:53"), Mode: "ipip", Scheduler: "source-hash", RingSize: 251, Conntrack: &off, Fragments: "pass",

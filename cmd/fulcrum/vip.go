@@ -164,13 +164,26 @@ func printVIPs(w io.Writer, vips []api.VIP) error {
 		return err
 	}
 	t := newTable(w)
-	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS", "SOURCES")
+	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS", "SOURCES", "POOLS")
 	for _, v := range vips {
 		row(t, v.VIPRef, orDash(v.Name), orDash(v.Mode), orDefault(v.Scheduler, config.DefaultScheduler.String()),
 			ringSize(v), conntrack(v.Conntrack), orDefault(v.Fragments, config.DefaultFragments.String()), backendSummary(v.Backends),
-			orDefault(strings.Join(v.SourceRanges, ","), "all"))
+			orDefault(strings.Join(v.SourceRanges, ","), "all"), poolSummary(v.Pools))
 	}
 	return t.Flush()
+}
+
+// poolSummary is a VIP's pools in a listing: each one's name and prefix
+// count, e.g. "eu:1204,us:87"; "-" for none.
+func poolSummary(pools []api.Pool) string {
+	if len(pools) == 0 {
+		return "-"
+	}
+	out := make([]string, len(pools))
+	for i, p := range pools {
+		out[i] = fmt.Sprintf("%s:%d", p.Name, p.PrefixCount)
+	}
+	return strings.Join(out, ",")
 }
 
 // orDefault shows the default an empty optional field stands for.

@@ -237,6 +237,9 @@ type VIP struct {
 	HealthCheck  *HealthCheck   `yaml:"health_check,omitempty"`
 	// Backends may be empty: traffic to the VIP is then dropped and counted.
 	Backends []Backend `yaml:"backends"`
+	// Pools split the VIP's clients by source prefix, each pool served by
+	// some of Backends (pools.go). Empty = one ring for every client.
+	Pools []Pool `yaml:"-"`
 }
 
 // Key returns the VIP's identity in the text form the CLI and the API use,

@@ -30,7 +30,7 @@ var (
 	metricsKeys   = []string{"address"}
 	conntrackKeys = []string{"entries", "new_flow_limit", "timeouts"}
 	timeoutKeys   = []string{"tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "udp"}
-	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "ring_size_max", "conntrack", "fragments", "source_ranges", "health_check", "backends"}
+	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "ring_size_max", "conntrack", "fragments", "source_ranges", "health_check", "backends", "pools"}
 	backendKeys   = []string{"address", "weight", "mac", "health_check"}
 	healthKeys    = []string{"type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "host", "skip_verify", "payload", "expect", "source", "on_down", "all_down", "through_datapath"}
 	vrrpKeys      = []string{"interface", "vrid", "priority", "advert_interval", "preempt", "preempt_delay", "unicast_peers", "gratuitous_count", "family", "virtual_addresses"}
@@ -615,6 +615,7 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	for i, bf := range items {
 		v.Backends = append(v.Backends, d.backend(bf, &v, addrOK, portOK, seen, i))
 	}
+	v.Pools = d.pools(f, &v, addrOK)
 	return v, complete
 }
 

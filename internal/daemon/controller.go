@@ -107,6 +107,14 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 	for _, p := range v.SourceRanges {
 		out.SourceRanges = append(out.SourceRanges, p.String())
 	}
+	for _, p := range v.Pools {
+		ap := api.Pool{Name: p.Name, PrefixFile: p.PrefixFile, PrefixCount: len(p.Prefixes) + len(p.FilePrefixes),
+			Backends: p.Backends, Fallback: p.Fallback.String()}
+		for _, x := range p.Prefixes {
+			ap.Prefixes = append(ap.Prefixes, x.String())
+		}
+		out.Pools = append(out.Pools, ap)
+	}
 	for _, b := range v.Backends {
 		ab := api.Backend{Address: b.Address, Weight: b.Weight, Health: health[b.Address].String()}
 		if len(b.MAC) > 0 {
@@ -121,6 +129,9 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 // API accepts exactly what a config file accepts for a VIP, with the same
 // defaults and the same error messages.
 func fromAPI(v api.VIP) (config.VIP, error) {
+	if len(v.Pools) > 0 {
+		return config.VIP{}, invalidRequest(errors.New("pools: set a vip's pools in the configuration file (vips[].pools); the api lists them only"))
+	}
 	in := config.VIPFields{
 		Name: v.Name, Address: v.Address, Port: v.Port, Protocol: v.Protocol,
 		Mode: v.Mode, Scheduler: v.Scheduler, RingSize: v.RingSize, RingSizeAuto: v.RingSizeAuto, RingSizeMax: v.RingSizeMax,
@@ -301,6 +312,15 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 	}
 	if pred.Conntrack {
 		e.Reason = "connection entry"
+	}
+	if pred.Pool != "" && !pred.Conntrack {
+		e.Pool = pred.Pool
+		if pred.PoolDown {
+			e.PoolFallback = "vip"
+		}
+		if pred.PoolDrop {
+			e.PoolFallback, e.Reason = "drop", "pool down" // Backend is zero: dropped
+		}
 	}
 	if pred.Refused {
 		e.Reason = "source range" // Backend is zero: dropped

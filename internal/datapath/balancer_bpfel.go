@@ -137,10 +137,18 @@ const (
 	balancerFulcrumModeMODE_IPIP balancerFulcrumMode = 2
 )
 
+type balancerFulcrumPoolFlags uint32
+
+const (
+	balancerFulcrumPoolFlagsPOOL_F_FALLBACK_VIP balancerFulcrumPoolFlags = 1
+	balancerFulcrumPoolFlagsPOOL_F_DROP         balancerFulcrumPoolFlags = 2
+)
+
 type balancerFulcrumSrcKind uint32
 
 const (
 	balancerFulcrumSrcKindSRC_KIND_ALLOW balancerFulcrumSrcKind = 1
+	balancerFulcrumSrcKindSRC_KIND_POOL  balancerFulcrumSrcKind = 2
 )
 
 type balancerFulcrumStat uint32
@@ -172,7 +180,9 @@ const (
 	balancerFulcrumStatSTAT_DROP_SOURCE_RANGE balancerFulcrumStat = 23
 	balancerFulcrumStatSTAT_CT_EVICTED        balancerFulcrumStat = 24
 	balancerFulcrumStatSTAT_CT_EXPORT_FULL    balancerFulcrumStat = 25
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 26
+	balancerFulcrumStatSTAT_DROP_POOL_DOWN    balancerFulcrumStat = 26
+	balancerFulcrumStatSTAT_POOL_FALLBACK     balancerFulcrumStat = 27
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 28
 )
 
 type balancerFulcrumVipFlags uint32
@@ -182,6 +192,7 @@ const (
 	balancerFulcrumVipFlagsVIP_F_SOURCE_HASH      balancerFulcrumVipFlags = 2
 	balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE balancerFulcrumVipFlags = 4
 	balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES    balancerFulcrumVipFlags = 8
+	balancerFulcrumVipFlagsVIP_F_POOLS            balancerFulcrumVipFlags = 16
 )
 
 type balancerHopEntry struct {
@@ -216,6 +227,14 @@ type balancerLbConfig struct {
 	Pad2         uint32
 }
 
+type balancerPoolRing struct {
+	_          structs.HostLayout
+	RingOffset uint32
+	RingSize   uint32
+	Flags      uint32
+	Pad        uint32
+}
+
 type balancerRingChunk struct {
 	_    structs.HostLayout
 	Slot [16]uint32
@@ -237,7 +256,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [26]uint64
+	Count [28]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -282,6 +301,7 @@ const (
 	balancerMapCtV6             = "ct_v6"
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
+	balancerMapPoolRings        = "pool_rings"
 	balancerMapRingArena        = "ring_arena"
 	balancerMapSrcPrefixes      = "src_prefixes"
 	balancerMapStats            = "stats"
@@ -300,6 +320,7 @@ const (
 	balancerVarCtTimeout        = "_ct_timeout"
 	balancerVarCtValue          = "_ct_value"
 	balancerVarMode             = "_mode"
+	balancerVarPoolFlags        = "_pool_flags"
 	balancerVarSrcKind          = "_src_kind"
 	balancerVarStat             = "_stat"
 	balancerVarVipFlags         = "_vip_flags"
@@ -366,6 +387,7 @@ type balancerMapSpecs struct {
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
+	PoolRings    *ebpf.MapSpec `ebpf:"pool_rings"`
 	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
 	SrcPrefixes  *ebpf.MapSpec `ebpf:"src_prefixes"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
@@ -388,6 +410,7 @@ type balancerVariableSpecs struct {
 	CtTimeout    *ebpf.VariableSpec `ebpf:"_ct_timeout"`
 	CtValue      *ebpf.VariableSpec `ebpf:"_ct_value"`
 	Mode         *ebpf.VariableSpec `ebpf:"_mode"`
+	PoolFlags    *ebpf.VariableSpec `ebpf:"_pool_flags"`
 	SrcKind      *ebpf.VariableSpec `ebpf:"_src_kind"`
 	Stat         *ebpf.VariableSpec `ebpf:"_stat"`
 	VipFlags     *ebpf.VariableSpec `ebpf:"_vip_flags"`
@@ -424,6 +447,7 @@ type balancerMaps struct {
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
+	PoolRings    *ebpf.Map `ebpf:"pool_rings"`
 	RingArena    *ebpf.Map `ebpf:"ring_arena"`
 	SrcPrefixes  *ebpf.Map `ebpf:"src_prefixes"`
 	Stats        *ebpf.Map `ebpf:"stats"`
@@ -447,6 +471,7 @@ func (m *balancerMaps) Close() error {
 		m.CtV6,
 		m.FlowGuard,
 		m.HopCache,
+		m.PoolRings,
 		m.RingArena,
 		m.SrcPrefixes,
 		m.Stats,
@@ -470,6 +495,7 @@ type balancerVariables struct {
 	CtTimeout    *ebpf.Variable `ebpf:"_ct_timeout"`
 	CtValue      *ebpf.Variable `ebpf:"_ct_value"`
 	Mode         *ebpf.Variable `ebpf:"_mode"`
+	PoolFlags    *ebpf.Variable `ebpf:"_pool_flags"`
 	SrcKind      *ebpf.Variable `ebpf:"_src_kind"`
 	Stat         *ebpf.Variable `ebpf:"_stat"`
 	VipFlags     *ebpf.Variable `ebpf:"_vip_flags"`

@@ -39,6 +39,8 @@ const (
 	StatDropSourceRange = Stat(balancerFulcrumStatSTAT_DROP_SOURCE_RANGE)
 	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
 	StatCtExportFull    = Stat(balancerFulcrumStatSTAT_CT_EXPORT_FULL)
+	StatDropPoolDown    = Stat(balancerFulcrumStatSTAT_DROP_POOL_DOWN)
+	StatPoolFallback    = Stat(balancerFulcrumStatSTAT_POOL_FALLBACK)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -69,6 +71,8 @@ var statNames = [...]string{
 	StatDropSourceRange: "drop_source_range",
 	StatCtEvicted:       "ct_evicted",
 	StatCtExportFull:    "ct_export_full",
+	StatDropPoolDown:    "drop_pool_down",
+	StatPoolFallback:    "pool_fallback",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.
@@ -90,7 +94,7 @@ func (s Stat) String() string {
 // verdict. Counters are only added at the end of the enum (a migration
 // keeps them by index), so a verdict added later sits after the events.
 func (s Stat) IsVerdict() bool {
-	return s <= StatTxIPIP || s == StatDropSourceRange
+	return s <= StatTxIPIP || s == StatDropSourceRange || s == StatDropPoolDown
 }
 
 // AllStats lists every counter.

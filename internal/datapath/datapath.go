@@ -60,6 +60,9 @@ type Datapath struct {
 
 	pinDir  string
 	adopted bool
+	// trieBatch is batchRefused once the kernel refused a batch update
+	// of src_prefixes (pools.go putPrefixes).
+	trieBatch int
 	// migration is set from Load to CompleteMigration (migrate.go).
 	migration *migration
 	notes     []string // what Load did about an interrupted migration

@@ -34,9 +34,12 @@ import (
 //     extents of one mmapable array, ring_arena, named by vip_meta's new
 //     ring_offset (after ring_size), and the map of maps rings is gone; the
 //     src_prefixes LPM trie holds the VIPs' source ranges
-//     (VIP_F_SOURCE_RANGES in vip_meta.flags); the ct_events ring buffer
-//     carries entries to connection sync; the verdict table ends with
-//     drop_source_range, ct_evicted and ct_export_full.
+//     (VIP_F_SOURCE_RANGES in vip_meta.flags) and their source-prefix
+//     pools' prefixes (kind SRC_KIND_POOL, VIP_F_POOLS), and the hash map
+//     pool_rings the pools' rings; the ct_events ring buffer carries
+//     entries to connection sync; the verdict table ends with
+//     drop_source_range, ct_evicted, ct_export_full, drop_pool_down and
+//     pool_fallback.
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the

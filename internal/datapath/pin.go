@@ -84,6 +84,7 @@ func (d *Datapath) adopt() error {
 	}
 	metas := make(map[uint16]VIP)
 	ranged := make(map[uint16]*vipEntry) // VIPs with VIP_F_SOURCE_RANGES
+	pooled := make(map[uint16]*vipEntry) // VIPs with VIP_F_POOLS
 	add := func(vip VIP, m balancerVipMeta) {
 		cfg := VIPConfig{
 			Mode:            Mode(m.Mode),
@@ -100,11 +101,19 @@ func (d *Datapath) adopt() error {
 		if m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES) != 0 {
 			ranged[m.Index] = d.vips[vip]
 		}
+		if m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_POOLS) != 0 {
+			pooled[m.Index] = d.vips[vip]
+		}
 	}
 	if err := eachVIP(d.objs.VipsV4, d.objs.VipsV6, add); err != nil {
 		return err
 	}
 	if err := d.adoptSourceRanges(ranged); err != nil {
+		return err
+	}
+	// Before the arena's grace period below, as the VIPs' rings: the
+	// pools' rings are claimed in it.
+	if err := d.adoptPools(pooled); err != nil {
 		return err
 	}
 	// The extents the VIPs' metas name are taken; the rest of the arena

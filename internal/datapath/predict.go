@@ -40,6 +40,14 @@ type Prediction struct {
 	// then the zero address, and the drop is counted as
 	// drop_source_range.
 	Refused bool
+	// Pool names the source-prefix pool of the flow's VIP that holds the
+	// client ("" for none): its ring decides a new flow, unless PoolDown,
+	// when the pool has no live backend and its fallback decides: the
+	// VIP's ring, or, with PoolDrop, a drop counted as drop_pool_down
+	// (Backend is then the zero address).
+	Pool     string
+	PoolDown bool
+	PoolDrop bool
 }
 
 // ConnEntry is a connection entry as Predict found it.
@@ -78,13 +86,22 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 		return Prediction{}, err
 	}
 	p = Prediction{VIP: e.vip, RingSize: uint32(len(table))}
+	if pe := poolOf(e, f.Src); pe != nil {
+		p.Pool, p.PoolDown = pe.name, pe.flags != 0
+		p.PoolDrop = pe.flags&uint32(balancerFulcrumPoolFlagsPOOL_F_DROP) != 0
+		if !p.PoolDown {
+			if table, err = d.poolTable(e, pe); err != nil {
+				return Prediction{}, err
+			}
+		}
+	}
 	if e.cfg.SourceHash {
 		p.Hash = flowhash.Source(f.Src, uint8(f.Proto))
 	} else {
 		p.Hash = flowhash.Flow(f.Src, f.Dst, f.Sport, f.Dport, uint8(f.Proto))
 	}
 	p.Slot = flowhash.Slot(p.Hash, uint32(len(table)))
-	if id := table[p.Slot]; id != maglev.Unassigned {
+	if id := table[p.Slot]; id != maglev.Unassigned && !p.PoolDrop {
 		p.RingBackend = e.byID[id].Addr
 	}
 	p.Backend = p.RingBackend
@@ -155,5 +172,23 @@ func (d *Datapath) ringTable(e *vipEntry) ([]uint32, error) {
 		return nil, fmt.Errorf("vip %s: the rebuilt ring differs from the one written", e.vip)
 	}
 	d.lastRing.e, d.lastRing.table = e, table
+	return table, nil
+}
+
+// poolTable returns a pool's ring as written: rebuilt, or, for a pool
+// adopted from the maps (whose backends are not known), read.
+func (d *Datapath) poolTable(e *vipEntry, pe *poolEntry) ([]uint32, error) {
+	if e.poolsAdopted {
+		return d.arena.read(pe.ring)
+	}
+	members, _ := poolMembers(e, pe)
+	table, err := buildPoolTable(e, members)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild ring of pool %s of vip %s: %w", pe.name, e.vip, err)
+	}
+	if tableSum(table) != pe.sum {
+		// Maglev is deterministic, so this is a bug, not bad input.
+		return nil, fmt.Errorf("vip %s: the rebuilt ring of pool %s differs from the one written", e.vip, pe.name)
+	}
 	return table, nil
 }

@@ -115,6 +115,9 @@ type VIPConfig struct {
 	// serves (of its family); other clients are dropped and counted
 	// (srcranges.go).
 	SourceRanges SourceRanges
+	// Pools, when not zero, split the VIP's clients by source prefix,
+	// each pool with a ring over some of its backends (pools.go).
+	Pools Pools
 }
 
 // Backend is one server behind a VIP.

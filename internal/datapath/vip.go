@@ -27,6 +27,12 @@ type vipEntry struct {
 	byID     map[uint32]*backendEntry
 	// ring is the VIP's extent of the ring arena, as its meta names it.
 	ring extent
+	// pools are the VIP's source-prefix pools as written, and
+	// poolPrefixes their prefixes, each with its pool's id (pools.go);
+	// poolsAdopted says they were adopted from the maps, by id only.
+	pools        []*poolEntry
+	poolPrefixes map[netip.Prefix]uint32
+	poolsAdopted bool
 }
 
 type backendEntry struct {
@@ -41,6 +47,8 @@ type VIPState struct {
 	Config   VIPConfig
 	Index    uint16
 	Backends []Backend
+	// Pools are the VIP's source-prefix pools, by name.
+	Pools []PoolState
 }
 
 // VIPs returns every VIP with its backends, sorted by VIP.
@@ -49,7 +57,7 @@ func (d *Datapath) VIPs() []VIPState {
 	defer d.mu.Unlock()
 	out := make([]VIPState, 0, len(d.vips))
 	for _, e := range d.vips {
-		out = append(out, VIPState{VIP: e.vip, Config: e.cfg, Index: e.index, Backends: e.backendList()})
+		out = append(out, VIPState{VIP: e.vip, Config: e.cfg, Index: e.index, Backends: e.backendList(), Pools: poolStates(e)})
 	}
 	slices.SortFunc(out, func(a, b VIPState) int { return a.VIP.Compare(b.VIP) })
 	return out
@@ -119,7 +127,8 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		delete(d.vips, vip)
 		d.ownerChanges++
 		idx := uint32(e.index)
-		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{}), d.removeSourceRanges(e.index, e.cfg.SourceRanges, SourceRanges{})}
+		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{}), d.removeSourceRanges(e.index, e.cfg.SourceRanges, SourceRanges{}),
+			d.dropPools(e, nil)}
 		for _, b := range e.backends {
 			es = append(es, d.retireBackend(b))
 		}
@@ -216,6 +225,9 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 	}
 	cfg.Timeouts = cfg.Timeouts.Normal(vip.Proto)
 	if err := checkSourceRanges(vip, cfg.SourceRanges); err != nil {
+		return err
+	}
+	if err := checkPools(vip, cfg.Pools); err != nil {
 		return err
 	}
 	seen := make(map[netip.Addr]bool, len(backends))
@@ -325,9 +337,11 @@ type pendingVIP struct {
 	// fresh are the backends with newly allocated ids, written those
 	// whose entry fill writes (fresh or changed).
 	fresh, written []*backendEntry
-	newRing        bool  // e.ring is a new extent, not old's
-	at             int   // the change's index in setMany's argument
-	err            error // fill failed
+	newRing        bool // e.ring is a new extent, not old's
+	// poolRings are the new extents of e's pools (pools.go).
+	poolRings []extent
+	at        int   // the change's index in setMany's argument
+	err       error // fill failed
 }
 
 // undo frees the ids prepare allocated, after a failed fill, and the new
@@ -343,6 +357,10 @@ func (p *pendingVIP) undo(d *Datapath) {
 		d.arena.release(p.e.ring)
 		p.newRing = false
 	}
+	for _, r := range p.poolRings {
+		d.arena.release(r)
+	}
+	p.poolRings = nil
 }
 
 // prepare validates a VIP change and allocates its VIP index and the ids
@@ -403,6 +421,7 @@ func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pending
 		e.backends[b.Addr] = nb
 		e.byID[nb.id] = nb
 	}
+	preparePools(e, old)
 	return p, nil
 }
 
@@ -440,6 +459,9 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 		if _, err := d.objs.Backends.BatchUpdate(ids, values, nil); err != nil {
 			return fmt.Errorf("vip %s: write %d backends: %w", vip, len(ids), err)
 		}
+	}
+	if err := d.fillPools(p); err != nil {
+		return err
 	}
 	var table []uint32
 	var err error
@@ -486,6 +508,18 @@ func (d *Datapath) commit(p *pendingVIP) error {
 	if err := d.addSourceRanges(e.index, prev, e.cfg.SourceRanges); err != nil {
 		return fmt.Errorf("vip %s: %w", vip, err)
 	}
+	// The pools' rings and prefixes likewise before the meta, what the
+	// change dropped after it.
+	if err := d.writePools(p); err != nil {
+		// writePools put back what it wrote, but an extent that a put
+		// back failed to unname must not be reused at once.
+		for _, r := range p.poolRings {
+			d.arena.retire(r)
+		}
+		p.poolRings = nil
+		p.undo(d)
+		return err
+	}
 	meta := vipMeta(e, hz)
 	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
 		p.undo(d)
@@ -508,7 +542,7 @@ func (d *Datapath) commit(p *pendingVIP) error {
 	d.ownerChanges++ // before the backends it lost retire (free their ids)
 	d.vipGen[e.index] = e.gen
 
-	errs := []error{d.removeSourceRanges(e.index, prev, e.cfg.SourceRanges)}
+	errs := []error{d.removeSourceRanges(e.index, prev, e.cfg.SourceRanges), d.dropPools(p.old, e)}
 	if p.old != nil {
 		for addr, ob := range p.old.backends {
 			if e.backends[addr] == nil {
@@ -581,6 +615,9 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	}
 	if !e.cfg.SourceRanges.IsZero() {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES)
+	}
+	if !e.cfg.Pools.IsZero() {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_POOLS)
 	}
 	return balancerVipMeta{
 		Index:      e.index,

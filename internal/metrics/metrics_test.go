@@ -163,6 +163,7 @@ fulcrum_verdict_packets_total{action="drop",reason="encap"} 111
 fulcrum_verdict_packets_total{action="tx",reason="dsr"} 121
 fulcrum_verdict_packets_total{action="tx",reason="ipip"} 131
 fulcrum_verdict_packets_total{action="drop",reason="source_range"} 231
+fulcrum_verdict_packets_total{action="drop",reason="pool_down"} 261
 # HELP fulcrum_conntrack_events_total Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard, export_full (connection sync: the event ring buffer was full, an entry's event was lost).
 # TYPE fulcrum_conntrack_events_total counter
 fulcrum_conntrack_events_total{event="hit"} 141
@@ -178,6 +179,7 @@ fulcrum_conntrack_events_total{event="guard"} 211
 # HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.
 # TYPE fulcrum_datapath_events_total counter
 fulcrum_datapath_events_total{event="fib_gateway"} 201
+fulcrum_datapath_events_total{event="pool_fallback"} 271
 `
 	wantState = `
 # HELP fulcrum_backend_health Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.

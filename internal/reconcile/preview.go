@@ -135,6 +135,7 @@ func previewVIP(cur datapath.VIPState, t target) (VIPPreview, error) {
 	setting("source_hash", oc.SourceHash, nc.SourceHash)
 	setting("pass_unparseable", oc.PassUnparseable, nc.PassUnparseable)
 	setting("source_ranges", rangesText(oc.SourceRanges), rangesText(nc.SourceRanges))
+	setting("pools", oc.Pools.String(), nc.Pools.String())
 
 	before, err := ringOf(cur.Backends, oc.RingSize)
 	if err != nil {

@@ -616,6 +616,9 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 	if t.cfg.SourceRanges, err = datapath.NewSourceRanges(v.SourceRanges); err != nil {
 		return target{}, err
 	}
+	if t.cfg.Pools, err = poolsOf(v.Pools); err != nil {
+		return target{}, err
+	}
 	onDown, allDown := config.DefaultOnDown, config.DefaultAllDown
 	if v.HealthCheck != nil && v.HealthCheck.OnDown != "" {
 		onDown = v.HealthCheck.OnDown
@@ -837,4 +840,18 @@ func same(cur datapath.VIPState, t target) bool {
 		}
 	}
 	return true
+}
+
+// poolsOf is a VIP's configured pools as the datapath takes them. A pool's
+// backends are the VIP's, so health and drain reach them through the
+// VIP's backend list: a pool backend health took out of it is down.
+func poolsOf(pools []config.Pool) (datapath.Pools, error) {
+	in := make([]datapath.Pool, len(pools))
+	for i, p := range pools {
+		in[i] = datapath.Pool{Name: p.Name, Prefixes: p.AllPrefixes(), Backends: p.Backends}
+		if p.Fallback == config.PoolFallbackDrop {
+			in[i].Fallback = datapath.FallbackDrop
+		}
+	}
+	return datapath.NewPools(in)
 }

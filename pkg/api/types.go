@@ -64,6 +64,25 @@ type VIP struct {
 	// "198.51.100.0/24", of its family; empty = every client. Other
 	// clients are dropped (verdict drop_source_range).
 	SourceRanges []string `json:"source_ranges,omitempty"`
+	// Pools are the VIP's source-prefix pools, listed only: they are set
+	// in the configuration file (vips[].pools), and a VIP added through
+	// the API has none.
+	Pools []Pool `json:"pools,omitempty"`
+}
+
+// Pool is a source-prefix pool of a VIP: its clients' new flows take a
+// ring over its backends (docs/schedulers.md).
+type Pool struct {
+	Name string `json:"name"`
+	// Prefixes are the pool's inline client prefixes; PrefixFile the file
+	// it also reads them from; PrefixCount counts both.
+	Prefixes    []string     `json:"prefixes,omitempty"`
+	PrefixFile  string       `json:"prefix_file,omitempty"`
+	PrefixCount int          `json:"prefix_count"`
+	Backends    []netip.Addr `json:"backends"`
+	// Fallback is what the pool's clients get while none of its backends
+	// is up: "vip" (the VIP's ring) or "drop".
+	Fallback string `json:"fallback"`
 }
 
 // Backend is one backend of a VIP.
@@ -215,13 +234,21 @@ type ExplainRequest struct {
 
 // Explanation says which backend a packet reaches and why.
 type Explanation struct {
-	VIP         VIPRef     `json:"vip"`
-	Backend     netip.Addr `json:"backend"`
-	Reason      string     `json:"reason"` // "connection entry", "ring slot" or "source range" (dropped)
+	VIP     VIPRef     `json:"vip"`
+	Backend netip.Addr `json:"backend"`
+	// Reason is "connection entry", "ring slot", or, for a dropped packet,
+	// "source range" or "pool down".
+	Reason      string     `json:"reason"`
 	Hash        uint32     `json:"hash"`
 	Slot        uint32     `json:"slot"`
 	RingSize    uint32     `json:"ring_size"`
 	RingBackend netip.Addr `json:"ring_backend"`
+	// Pool names the VIP's source-prefix pool that holds the client, if
+	// any: its ring is the one the slot is of, unless PoolFallback says
+	// the pool has no backend up and what its clients get instead: "vip"
+	// (the VIP's ring) or "drop".
+	Pool         string `json:"pool,omitempty"`
+	PoolFallback string `json:"pool_fallback,omitempty"`
 	// Entry is the flow's connection entry, when it has one naming a live
 	// backend (never for a SYN, which always takes the ring). An expired
 	// entry is shown too: it explains why a flow left its backend.
