@@ -63,6 +63,10 @@ enum fulcrum_vip_flags {
 	 * (STAT_DROP_SOURCE_RANGE). Without the flag the trie is not looked
 	 * up, so a VIP without ranges pays one flag test. */
 	VIP_F_SOURCE_RANGES = 1 << 3,
+	/* New flows (a TCP SYN, a UDP packet without an entry) take the next
+	 * backend of the VIP's weighted round-robin sequence (vip_meta.rr_*)
+	 * on this CPU; any other packet without an entry takes the ring. */
+	VIP_F_ROUND_ROBIN = 1 << 4,
 };
 
 /* What a src_prefixes entry is for (src_prefix_key.kind): the key's kind is
@@ -156,6 +160,7 @@ enum fulcrum_stat {
 	STAT_CT_EVICTED,            /* a new entry took the way of a live one:
 	                             * its bucket had no free, stale or expired
 	                             * way, so the oldest was evicted */
+	STAT_SCHED_RR,              /* a new flow's backend chosen by round-robin */
 	STAT_MAX,
 };
 

@@ -589,6 +589,9 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	rs := d.ringSize(f, def, true)
 	v.RingSize, v.RingSizeAuto, v.RingSizeMax = rs.size, rs.auto, rs.max
 	v.Conntrack, v.Timeouts = vipConntrack(f, v.Protocol)
+	if v.Scheduler == SchedulerRoundRobin && !v.Conntrack {
+		f.errf("scheduler", "round-robin needs the connection table to keep each flow on the backend its first packet got; remove conntrack: false, or use maglev")
+	}
 	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
 	v.SourceRanges = sourceRanges(f, v.Address, addrOK)
 

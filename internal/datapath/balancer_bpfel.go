@@ -155,7 +155,8 @@ const (
 	balancerFulcrumStatSTAT_CT_EXPIRED        balancerFulcrumStat = 22
 	balancerFulcrumStatSTAT_DROP_SOURCE_RANGE balancerFulcrumStat = 23
 	balancerFulcrumStatSTAT_CT_EVICTED        balancerFulcrumStat = 24
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 25
+	balancerFulcrumStatSTAT_SCHED_RR          balancerFulcrumStat = 25
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 26
 )
 
 type balancerFulcrumVipFlags uint32
@@ -165,6 +166,7 @@ const (
 	balancerFulcrumVipFlagsVIP_F_SOURCE_HASH      balancerFulcrumVipFlags = 2
 	balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE balancerFulcrumVipFlags = 4
 	balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES    balancerFulcrumVipFlags = 8
+	balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN      balancerFulcrumVipFlags = 16
 )
 
 type balancerHopEntry struct {
@@ -204,6 +206,13 @@ type balancerRingChunk struct {
 	Slot [16]uint32
 }
 
+type balancerRrCursor struct {
+	_     structs.HostLayout
+	Picks uint64
+	Pos   uint32
+	Pad   uint32
+}
+
 type balancerSrcPrefixKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -220,7 +229,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [25]uint64
+	Count [26]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -249,6 +258,8 @@ type balancerVipMeta struct {
 	RingSize   uint32
 	RingOffset uint32
 	CtTimeout  [4]uint32
+	RrOffset   uint32
+	RrLen      uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -265,6 +276,7 @@ const (
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
 	balancerMapRingArena        = "ring_arena"
+	balancerMapRrCursors        = "rr_cursors"
 	balancerMapSrcPrefixes      = "src_prefixes"
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
@@ -347,6 +359,7 @@ type balancerMapSpecs struct {
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
 	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
+	RrCursors    *ebpf.MapSpec `ebpf:"rr_cursors"`
 	SrcPrefixes  *ebpf.MapSpec `ebpf:"src_prefixes"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
@@ -403,6 +416,7 @@ type balancerMaps struct {
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
 	RingArena    *ebpf.Map `ebpf:"ring_arena"`
+	RrCursors    *ebpf.Map `ebpf:"rr_cursors"`
 	SrcPrefixes  *ebpf.Map `ebpf:"src_prefixes"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
@@ -425,6 +439,7 @@ func (m *balancerMaps) Close() error {
 		m.FlowGuard,
 		m.HopCache,
 		m.RingArena,
+		m.RrCursors,
 		m.SrcPrefixes,
 		m.Stats,
 		m.VipAddrsV4,

@@ -27,6 +27,10 @@ type vipEntry struct {
 	byID     map[uint32]*backendEntry
 	// ring is the VIP's extent of the ring arena, as its meta names it.
 	ring extent
+	// rr is a round-robin VIP's sequence in the arena (empty if no
+	// backend has a weight), and rrSum its digest, as tableSum.
+	rr    extent
+	rrSum uint64
 }
 
 type backendEntry struct {
@@ -129,6 +133,7 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		// No key names the ring any more (vip_state's copy of the meta
 		// is never used to read a ring): free after a grace period.
 		d.arena.retire(e.ring)
+		d.arena.retire(e.rr)
 		d.vipIndex.put(idx)
 		owners = append(owners, i)
 	}
@@ -210,6 +215,12 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 	}
 	if cfg.RingSize < maglev.MinSize || cfg.RingSize > maglev.MaxSize || !maglev.IsPrime(cfg.RingSize) {
 		return fmt.Errorf("vip %s: ring size %d is not a prime between %d and %d", vip, cfg.RingSize, maglev.MinSize, maglev.MaxSize)
+	}
+	if cfg.RoundRobin && cfg.SourceHash {
+		return fmt.Errorf("vip %s: round robin and source hash are two schedulers: choose one", vip)
+	}
+	if cfg.RoundRobin && cfg.NoConntrack {
+		return fmt.Errorf("vip %s: round robin needs the connection table: without an entry a flow's later packets take the ring, most likely to another backend", vip)
 	}
 	if err := cfg.Timeouts.Check(); err != nil {
 		return fmt.Errorf("vip %s: connection %w", vip, err)
@@ -326,6 +337,7 @@ type pendingVIP struct {
 	// whose entry fill writes (fresh or changed).
 	fresh, written []*backendEntry
 	newRing        bool  // e.ring is a new extent, not old's
+	newRR          bool  // e.rr is a new extent, not old's
 	at             int   // the change's index in setMany's argument
 	err            error // fill failed
 }
@@ -342,6 +354,10 @@ func (p *pendingVIP) undo(d *Datapath) {
 	if p.newRing {
 		d.arena.release(p.e.ring)
 		p.newRing = false
+	}
+	if p.newRR {
+		d.arena.release(p.e.rr)
+		p.newRR = false
 	}
 }
 
@@ -441,6 +457,9 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 			return fmt.Errorf("vip %s: write %d backends: %w", vip, len(ids), err)
 		}
 	}
+	if err := d.fillRR(p); err != nil {
+		return fmt.Errorf("vip %s: %w", vip, err)
+	}
 	var table []uint32
 	var err error
 	if sh != nil {
@@ -498,11 +517,18 @@ func (d *Datapath) commit(p *pendingVIP) error {
 			d.arena.retire(e.ring)
 			p.newRing = false
 		}
+		if p.newRR {
+			d.arena.retire(e.rr)
+			p.newRR = false
+		}
 		p.undo(d)
 		return fmt.Errorf("vip %s: write vip: %w", vip, err)
 	}
 	if p.newRing && p.old != nil {
 		d.arena.retire(p.old.ring)
+	}
+	if p.old != nil && p.old.rr != e.rr {
+		d.arena.retire(p.old.rr)
 	}
 	d.vips[vip] = e
 	d.ownerChanges++ // before the backends it lost retire (free their ids)
@@ -582,6 +608,9 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	if !e.cfg.SourceRanges.IsZero() {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES)
 	}
+	if e.cfg.RoundRobin {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN)
+	}
 	return balancerVipMeta{
 		Index:      e.index,
 		Gen:        e.gen,
@@ -590,6 +619,8 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 		RingSize:   e.ring.size,
 		RingOffset: e.ring.off,
 		CtTimeout:  e.cfg.Timeouts.jiffies(e.vip.Proto, hz),
+		RrOffset:   e.rr.off,
+		RrLen:      e.rr.size,
 	}
 }
 
