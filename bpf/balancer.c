@@ -293,7 +293,10 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	const struct backend *be;
 	struct vip_meta *vip;
 	struct ct_ref ref = {};
-	struct ct_value ct;
+	/* Zeroed: rr_choose reads it after a SYN's lookup, found or not,
+	 * and clang spills an unset one from whatever register, which the
+	 * verifier refuses. */
+	struct ct_value ct = {};
 	__u32 id, hash = 0, h5 = 0, now;
 	int tuple_hash = 0; /* hash is the 5-tuple hash already */
 	int have_h5 = 0;
