@@ -69,7 +69,7 @@ func newCollector(src Source) *collector {
 			"Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard.",
 			[]string{"event"}, nil),
 		events: prometheus.NewDesc(name("datapath_events_total"),
-			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.",
+			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour; sched_rr: a new flow given its backend by a round-robin VIP's sequence.",
 			[]string{"event"}, nil),
 		backendHealth: prometheus.NewDesc(name("backend_health"),
 			"Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.",
@@ -84,7 +84,7 @@ func newCollector(src Source) *collector {
 			"Marked health-probe packets the steering program saw, by result: steered to their backend, no_entry (left alone), not_ip and error (dropped). Only while a check goes through the data path; the counts restart when the program is loaded again.",
 			[]string{"result"}, nil),
 		schedDecisions: prometheus.NewDesc(name("scheduler_decisions_total"),
-			"New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin); the ring's choices are the VIP's ct_syn and ct_miss.",
+			"New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin); every other new flow is the Maglev ring's.",
 			[]string{"vip", "scheduler"}, nil),
 	}
 	for _, s := range datapath.AllStats() {
