@@ -447,3 +447,88 @@ func TestRoundRobinValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundRobinAdopt restarts on pinned maps: the adopted VIP is round
+// robin with the same sequence extent, re-applying it writes nothing new,
+// the next new flow takes the slot after the last one the first datapath
+// gave, the decision count carries over, and a change to maglev retires
+// the sequence: once reclaimed, only the ring is left in the arena.
+func TestRoundRobinAdopt(t *testing.T) {
+	dir := PinDir(newPinRoot(t), "test")
+	d1, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.AddVIP(vipRR4, rrCfg, backends4); err != nil {
+		t.Fatal(err)
+	}
+	syn := func(port uint16) testpacket.Packet {
+		p := pkt(client4, vipRR4.Addr.String(), TCP, port, 80)
+		p.SYN = true
+		return p
+	}
+	pinned(t, func() error {
+		for i := range 2 {
+			if got, err := sendRR(d1.Program(), syn(uint16(50000+i)), backends4); err != nil || got != rrOrder4[i] {
+				return fmt.Errorf("new flow %d went to %s (%v), want %s", i, got, err, rrOrder4[i])
+			}
+		}
+		return nil
+	})
+	var m1 balancerVipMeta
+	if err := d1.objs.VipsV4.Lookup(vipKey4(vipRR4), &m1); err != nil {
+		t.Fatal(err)
+	}
+	d1.Close()
+
+	d2, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	e := d2.vips[vipRR4]
+	if e == nil || !e.cfg.RoundRobin || e.rr != (extent{m1.RrOffset, m1.RrLen}) || m1.RrLen != 6 {
+		t.Fatalf("adopted %+v, want a round-robin vip with the sequence at %d+%d", e, m1.RrOffset, m1.RrLen)
+	}
+	if err := d2.SetVIP(vipRR4, rrCfg, backends4); err != nil {
+		t.Fatal(err)
+	}
+	var m2 balancerVipMeta
+	if err := d2.objs.VipsV4.Lookup(vipKey4(vipRR4), &m2); err != nil {
+		t.Fatal(err)
+	}
+	if m2 != m1 {
+		t.Errorf("re-applying the adopted state changed the meta: %+v -> %+v", m1, m2)
+	}
+	pinned(t, func() error {
+		if got, err := sendRR(d2.Program(), syn(50002), backends4); err != nil || got != rrOrder4[2] {
+			return fmt.Errorf("first new flow after the restart went to %s (%v), want %s", got, err, rrOrder4[2])
+		}
+		return nil
+	})
+	c, err := d2.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RoundRobin[vipRR4] != 3 {
+		t.Errorf("decisions after the restart = %d, want 3", c.RoundRobin[vipRR4])
+	}
+
+	// To maglev: the sequence goes (retired), the flag with it.
+	if err := d2.SetVIP(vipRR4, VIPConfig{Mode: ModeDSR, RingSize: smallRing}, backends4); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.objs.VipsV4.Lookup(vipKey4(vipRR4), &m2); err != nil {
+		t.Fatal(err)
+	}
+	if m2.RrLen != 0 || m2.Flags&uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN) != 0 {
+		t.Errorf("meta after the change to maglev = %+v, want no sequence", m2)
+	}
+	if err := d2.arena.reclaim(); err != nil {
+		t.Fatal(err)
+	}
+	free, retired := d2.arena.freeSlots()
+	if retired != 0 || free != d2.arena.size-smallRing {
+		t.Errorf("arena after the change: %d free, %d retired, want %d free (all but the ring)", free, retired, d2.arena.size-smallRing)
+	}
+}
