@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
 )
@@ -78,19 +76,7 @@ func TestRRSequence(t *testing.T) {
 // uses that CPU's round-robin cursor.
 func pinned(t *testing.T, f func() error) {
 	t.Helper()
-	done := make(chan error)
-	go func() {
-		// Never unlocked: the pinned thread ends with the goroutine.
-		runtime.LockOSThread()
-		var set unix.CPUSet
-		set.Set(0)
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			done <- fmt.Errorf("pin to cpu 0: %w", err)
-			return
-		}
-		done <- f()
-	}()
-	if err := <-done; err != nil {
+	if err := onCPU(0, f); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -455,10 +441,15 @@ func TestRoundRobinValidate(t *testing.T) {
 // the sequence: once reclaimed, only the ring is left in the arena.
 func TestRoundRobinAdopt(t *testing.T) {
 	dir := PinDir(newPinRoot(t), "test")
-	d1, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
+	load := func() *Datapath {
+		d, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
 	}
+	d1 := load()
 	if err := d1.AddVIP(vipRR4, rrCfg, backends4); err != nil {
 		t.Fatal(err)
 	}
@@ -479,13 +470,9 @@ func TestRoundRobinAdopt(t *testing.T) {
 	if err := d1.objs.VipsV4.Lookup(vipKey4(vipRR4), &m1); err != nil {
 		t.Fatal(err)
 	}
-	d1.Close()
+	d1.Close() // as a killed daemon's maps: the pins stay
 
-	d2, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d2.Close()
+	d2 := load()
 	e := d2.vips[vipRR4]
 	if e == nil || !e.cfg.RoundRobin || e.rr != (extent{m1.RrOffset, m1.RrLen}) || m1.RrLen != 6 {
 		t.Fatalf("adopted %+v, want a round-robin vip with the sequence at %d+%d", e, m1.RrOffset, m1.RrLen)
