@@ -105,52 +105,45 @@ func gcd(a, b uint64) uint64 {
 }
 
 // fillRR writes a prepared round-robin VIP's sequence into a free extent
-// of the arena if it changed (p.newRR), and starts the CPUs' cursors of a
-// new VIP index, or of a VIP that was not round robin, at different places
-// of it. A new VIP index's cursors are zeroed whatever its scheduler, so
-// that its decision count starts at 0.
+// of the arena if it changed (p.newRR). A VIP that becomes round robin (new,
+// or of another scheduler before) gets its cursors: only the fast path
+// writes them after that, so a reused VIP index's are rewritten here, not
+// when the index is freed.
 func (d *Datapath) fillRR(p *pendingVIP) error {
 	e, old := p.e, p.old
-	var seq []uint32
-	if e.cfg.RoundRobin {
-		seq = rrSequence(e)
-		e.rrSum = tableSum(seq)
-		switch {
-		case old != nil && old.cfg.RoundRobin && old.rrSum == e.rrSum && old.rr.size == uint32(len(seq)):
-			e.rr = old.rr
-		case len(seq) > 0:
-			var err error
-			if e.rr, err = d.arena.alloc(uint32(len(seq))); err != nil {
-				return fmt.Errorf("round-robin sequence: %w", err)
-			}
-			p.newRR = true
-			if err := d.arena.write(e.rr, seq); err != nil {
-				return fmt.Errorf("round-robin sequence: %w", err)
-			}
-		}
-	}
-	if old != nil && (old.cfg.RoundRobin || !e.cfg.RoundRobin) {
+	if !e.cfg.RoundRobin {
 		return nil
 	}
-	if err := d.seedRRCursors(e.index, uint32(len(seq)), old == nil); err != nil {
-		return fmt.Errorf("vip %s: %w", e.vip, err)
+	seq := rrSequence(e)
+	e.rrSum = tableSum(seq)
+	switch {
+	case old != nil && old.cfg.RoundRobin && old.rrSum == e.rrSum && old.rr.size == uint32(len(seq)):
+		e.rr = old.rr
+	case len(seq) > 0:
+		var err error
+		if e.rr, err = d.arena.alloc(uint32(len(seq))); err != nil {
+			return fmt.Errorf("round-robin sequence: %w", err)
+		}
+		p.newRR = true
+		if err := d.arena.write(e.rr, seq); err != nil {
+			return fmt.Errorf("round-robin sequence: %w", err)
+		}
 	}
-	return nil
+	if old != nil && old.cfg.RoundRobin {
+		return nil // the cursors go on where they are
+	}
+	return d.seedRRCursors(e.index, uint32(len(seq)))
 }
 
-// seedRRCursors puts CPU c's cursor of VIP index at c/CPUs of a sequence
-// of n slots; fresh zeroes the decision counts too, else they are kept.
-func (d *Datapath) seedRRCursors(index uint16, n uint32, fresh bool) error {
+// seedRRCursors starts the cursors of VIP index: CPU c's at c/CPUs of a
+// sequence of n slots, so that the CPUs do not hand out the same backend
+// at the same moment; the decision counts at 0.
+func (d *Datapath) seedRRCursors(index uint16, n uint32) error {
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil {
 		return err
 	}
 	vals := make([]balancerRrCursor, cpus)
-	if !fresh {
-		if err := d.objs.RrCursors.Lookup(uint32(index), &vals); err != nil {
-			return fmt.Errorf("read round-robin cursors: %w", err)
-		}
-	}
 	for c := range vals {
 		vals[c].Pos = uint32(uint64(c) * uint64(n) / uint64(cpus))
 	}

@@ -518,4 +518,19 @@ func TestRoundRobinAdopt(t *testing.T) {
 	if retired != 0 || free != d2.arena.size-smallRing {
 		t.Errorf("arena after the change: %d free, %d retired, want %d free (all but the ring)", free, retired, d2.arena.size-smallRing)
 	}
+
+	// Back to round robin: the cursors start again, and so does the
+	// count of decisions.
+	if err := d2.SetVIP(vipRR4, rrCfg, backends4); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = d2.Counters(); err != nil || c.RoundRobin[vipRR4] != 0 {
+		t.Errorf("decisions after becoming round robin again = %d (%v), want 0", c.RoundRobin[vipRR4], err)
+	}
+	pinned(t, func() error {
+		if got, err := sendRR(d2.Program(), syn(50003), backends4); err != nil || got != rrOrder4[0] {
+			return fmt.Errorf("first new flow after becoming round robin again went to %s (%v), want %s", got, err, rrOrder4[0])
+		}
+		return nil
+	})
 }
