@@ -20,6 +20,7 @@
 #include "flowhash.h"
 #include "stats.h"
 #include "conntrack.h"
+#include "ctevents.h"
 #include "forward.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -37,6 +38,8 @@ const enum fulcrum_ct_timeout _ct_timeout __attribute__((unused));
 const enum fulcrum_src_kind _src_kind __attribute__((unused));
 /* ct_value is the decoded form of a way; Go decodes into the same type. */
 const struct ct_value _ct_value __attribute__((unused));
+/* ct_event is what the ct_events ring buffer carries; Go decodes it. */
+const struct ct_event _ct_event __attribute__((unused));
 
 /* unparseable decides what happens to a fragment or bad packet: the policy
  * of its destination address when that address has a VIP, otherwise the
@@ -328,6 +331,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 			if (vip) {
 				id = ct.backend;
 				ct_touch(&ref, &ct, f, now);
+				if (cfg->flags & CONFIG_F_SYNC)
+					ct_export_touch(st, f, &ct, be->vip_index);
 				st->count[STAT_CT_HIT]++;
 				goto forward;
 			}
@@ -367,6 +372,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		ct.state = ct_state_new(f);
 		ct.last_seen = now;
 		ct_insert(f, &ref, &ct, now, st);
+		if ((cfg->flags & CONFIG_F_SYNC) && ref.b)
+			ct_export(st, f, &ct, vip->index);
 	}
 	st->count[event]++;
 

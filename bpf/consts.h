@@ -92,6 +92,9 @@ enum fulcrum_config_flags {
 	/* gw_mac holds a next hop for encapsulated packets whose route has
 	 * no resolved neighbour. */
 	CONFIG_F_GW_MAC = 1 << 2,
+	/* Connection sync runs: new entries and TCP state changes go to the
+	 * ct_events ring buffer (ctevents.h). */
+	CONFIG_F_SYNC = 1 << 3,
 };
 
 /* Client-side TCP state of a connection entry (ct_value.state): the balancer
@@ -160,6 +163,8 @@ enum fulcrum_stat {
 	STAT_CT_EVICTED,            /* a new entry took the way of a live one:
 	                             * its bucket had no free, stale or expired
 	                             * way, so the oldest was evicted */
+	STAT_CT_EXPORT_FULL,        /* sync: the ct_events ring buffer was
+	                             * full, an entry's event was lost */
 	STAT_SCHED_RR,              /* a new flow's backend chosen by round-robin */
 	STAT_MAX,
 };

@@ -46,6 +46,9 @@ func (source) VRRPSick() bool    { return false }
 func (source) SteeringCounters() (healthsteer.Counters, bool) {
 	return healthsteer.Counters{}, true
 }
+func (source) RingArena() datapath.ArenaStats {
+	return datapath.ArenaStats{Slots: 1 << 26, Used: 65537, Free: 1<<26 - 65537}
+}
 
 // family is what the registry exports under one name.
 type family struct {
@@ -177,7 +180,7 @@ func TestMonitoringMetricsExist(t *testing.T) {
 	// The fake exports what the registry can: a family missing here
 	// would make the test blind to it.
 	for _, name := range []string{"fulcrum_vip_packets_total", "fulcrum_backend_health", "fulcrum_health_steer_packets_total",
-		"fulcrum_health_check_duration_seconds", "fulcrum_reconcile_duration_seconds", "fulcrum_vrrp_sick"} {
+		"fulcrum_health_check_duration_seconds", "fulcrum_reconcile_duration_seconds", "fulcrum_vrrp_sick", "fulcrum_ring_arena_slots"} {
 		if _, ok := reg[name]; !ok {
 			t.Fatalf("the registry does not export %s with the fake source", name)
 		}
@@ -258,7 +261,7 @@ func TestMonitoringMetricsExist(t *testing.T) {
 		}
 	}
 	// What the issue asks to be alerted on.
-	for _, want := range []string{"FulcrumNodeSick", "FulcrumVRRPFlapping", "FulcrumBackendDown", "FulcrumNewFlowGuard"} {
+	for _, want := range []string{"FulcrumNodeSick", "FulcrumVRRPFlapping", "FulcrumBackendDown", "FulcrumNewFlowGuard", "FulcrumRingArenaNearFull"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s in prometheus/alerts.yaml (have %v)", want, alerts)
 		}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -50,5 +53,46 @@ func printStatus(w io.Writer, st api.Status, now time.Time) error {
 		adopted = "yes: took over the pinned fast path at start"
 	}
 	row(t, "adopted:", adopted)
+	if s := st.Sync; s != nil {
+		syncRows(t, s, now)
+	}
 	return t.Flush()
+}
+
+// syncRows shows connection sync: peers, traffic, and what was lost where
+// (only the non-zero reasons).
+func syncRows(t *tabwriter.Writer, s *api.SyncStatus, now time.Time) {
+	row(t, "sync:", "listening on "+s.Listen)
+	for _, p := range s.Peers {
+		state := "down"
+		if p.Up {
+			state = "up"
+		}
+		heard := "never heard"
+		if !p.LastHeard.IsZero() {
+			heard = "heard " + humanTime(p.LastHeard, now)
+		}
+		row(t, "  peer:", fmt.Sprintf("%s %s, %s", p.Address, state, heard))
+	}
+	row(t, "  sent:", fmt.Sprintf("%d entries in %d datagrams (%s, %d entries)", s.SentEntries, s.SentDatagrams, plural(int(s.Resyncs), "resync"), s.ResyncEntries))
+	row(t, "  received:", fmt.Sprintf("%d entries in %d datagrams, %d installed", s.ReceivedEntries, s.ReceivedDatagrams, s.Installed))
+	row(t, "  skipped:", nonZero(s.Skipped))
+	row(t, "  dropped:", nonZero(s.Dropped))
+	row(t, "  overflow:", nonZero(s.Overflow))
+	row(t, "  lag:", fmt.Sprintf("send mean %s max %s, receive mean %s max %s",
+		humanDuration(s.SendLag.Mean()), humanDuration(s.SendLag.Max), humanDuration(s.ReceiveAge.Mean()), humanDuration(s.ReceiveAge.Max)))
+}
+
+// nonZero lists a map's non-zero counts by name, "none" if there are none.
+func nonZero(m map[string]uint64) string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if m[k] != 0 {
+			out = append(out, fmt.Sprintf("%s %d", k, m[k]))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }

@@ -28,6 +28,7 @@
 //	conntrack: {entries: 1048576}
 //	health_check: {type: tcp}    # default for every VIP (optional)
 //	ring_size: auto              # default for every VIP: a prime, or auto (optional)
+//	ring_arena_slots: 67108864   # room for every VIP's ring, 4 bytes a slot (optional)
 //	vrrp: {interface: eth0, vrid: 51}      # optional
 //	bgp: {asn: 65010, router_id: 198.18.0.2, peers: [{address: 198.18.0.1, asn: 65000}]}  # optional, not with vrrp
 //	sync: {peers: [198.18.0.3], key_file: /etc/fulcrum/sync.key}   # optional
@@ -120,6 +121,13 @@ type Config struct {
 	RingSize     uint32 `yaml:"-"`
 	RingSizeAuto bool   `yaml:"-"`
 	RingSizeMax  uint32 `yaml:"-"`
+	// RingArenaSlots (YAML ring_arena_slots) is the capacity of the ring
+	// arena, which holds every VIP's Maglev ring: slots of 4 bytes, all
+	// allocated when the fast path is loaded, so a change takes a
+	// restart (which migrates the pins). Rounded up to a multiple of 16;
+	// default DefaultRingArenaSlots (64 Mi, 256 MiB). Parse refuses VIPs
+	// whose rings take more (checkRingArena).
+	RingArenaSlots uint32 `yaml:"-"`
 	// VRRP is the active/standby failover; nil = none (always active).
 	VRRP *VRRP `yaml:"vrrp,omitempty"`
 	// BGP announces the VIPs to routers (scale-out); nil = none.

@@ -75,6 +75,8 @@ func TestMinimalExample(t *testing.T) {
 		Conntrack:   Conntrack{Entries: 1048576, Timeouts: datapath.DefaultConnTimeouts},
 		RingSize:    65537,
 		RingSizeMax: 65537,
+		// 64 Mi slots, 256 MiB: what the datapath allocates by default.
+		RingArenaSlots: 1 << 26,
 		VIPs: []VIP{{
 			Address:   addr("203.0.113.10"),
 			Port:      80,

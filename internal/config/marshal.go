@@ -82,6 +82,9 @@ func (c *Config) doc() map[string]any {
 	if c.RingSizeMax != 0 && c.RingSizeMax != defaultRing.max {
 		doc["ring_size_max"] = c.RingSizeMax
 	}
+	if c.RingArenaSlots != 0 && c.RingArenaSlots != DefaultRingArenaSlots {
+		doc["ring_arena_slots"] = c.RingArenaSlots
+	}
 	if v := c.VRRP; v != nil {
 		vd := map[string]any{
 			"interface": v.Interface, "vrid": v.VRID, "priority": v.Priority,

@@ -22,7 +22,7 @@ import (
 
 // The keys allowed in each mapping, in the order of the documentation.
 var (
-	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "ring_size", "ring_size_max", "vrrp", "bgp", "sync", "vips"}
+	rootKeys      = []string{"instance", "bpffs", "interfaces", "log", "api", "metrics", "conntrack", "ipip", "health_check", "ring_size", "ring_size_max", "ring_arena_slots", "vrrp", "bgp", "sync", "vips"}
 	ipipKeys      = []string{"source_v4", "source_v6", "gateway_mac"}
 	interfaceKeys = []string{"name", "xdp_mode"}
 	logKeys       = []string{"level", "format"}
@@ -104,6 +104,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 
 	d.ringDefault = d.ringSize(f, defaultRing, false)
 	c.RingSize, c.RingSizeAuto, c.RingSizeMax = d.ringDefault.size, d.ringDefault.auto, d.ringDefault.max
+	c.RingArenaSlots = ringArena(f)
 
 	if f.has("vrrp") {
 		c.VRRP = d.vrrp(f.sub("vrrp", "a mapping (interface, vrid, ...)", vrrpKeys))
@@ -118,9 +119,6 @@ func (d *decoder) config(root *yaml.Node) *Config {
 
 	if f.has("sync") {
 		c.Sync = d.sync(f.sub("sync", "a mapping (peers, port, key_file, ...)", syncKeys))
-		if c.Sync != nil && !syncRuns {
-			f.errf("sync", "connection sync is not run by this release's daemon yet (the fast path does not export its entries; docs/connections.md); remove the section")
-		}
 	}
 
 	if f.has("ipip") {
@@ -128,6 +126,9 @@ func (d *decoder) config(root *yaml.Node) *Config {
 	}
 
 	c.VIPs = d.vips(f, top, topSet)
+	if d.count() == 0 { // the VIPs are whole: their rings can be summed
+		checkRingArena(f, c)
+	}
 	// An ipip VIP needs an outer source prefix for each backend family.
 	for i, v := range c.VIPs {
 		if v.Mode != ModeIPIP {

@@ -29,14 +29,6 @@ const (
 	syncPeersExample = "[198.18.0.3]"
 )
 
-// syncRuns says whether the daemon runs connection sync. The protocol
-// (internal/connsync) and this section are built, but the fast path does
-// not yet export its new and changed entries, so a node configured for sync
-// would sync nothing and a failover would still lose the flows the ring no
-// longer names. Until the daemon runs it, the section is refused by name
-// rather than accepted and ignored. The decoder's tests set it.
-var syncRuns = false
-
 var syncKeys = []string{"peers", "port", "address", "key_file", "interval"}
 
 // Sync configures connection sync: this node sends its new and changed

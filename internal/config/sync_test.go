@@ -18,24 +18,7 @@ vips:
   - {address: 203.0.113.10, port: 80, protocol: tcp, backends: [{address: 198.18.0.11}]}
 `
 
-// runSync lets the test parse sync sections, which the daemon does not run
-// yet (syncRuns).
-func runSync(t *testing.T) {
-	syncRuns = true
-	t.Cleanup(func() { syncRuns = false })
-}
-
-// TestSyncRefused: until the daemon runs sync, a sync section is refused by
-// name, not accepted and ignored.
-func TestSyncRefused(t *testing.T) {
-	ps := problems(t, syncDoc)
-	if len(ps) != 1 || ps[0].Path != "sync" || !strings.Contains(ps[0].Message, "not run by this release's daemon") {
-		t.Fatalf("problems %v, want only sync refused as not run", ps)
-	}
-}
-
 func TestSync(t *testing.T) {
-	runSync(t)
 	c := mustParse(t, syncDoc)
 	want := &Sync{
 		Peers: []netip.AddrPort{
@@ -90,7 +73,6 @@ func syncWith(peers string, lines ...string) string {
 }
 
 func TestSyncProblems(t *testing.T) {
-	runSync(t)
 	const peers = `[198.18.0.3, "198.18.0.4:9000", "2001:db8:2::3", "[2001:db8:2::4]:8474"]`
 	for _, tc := range []struct {
 		peers, line string // the sync section: peers and one more line
@@ -138,4 +120,13 @@ func TestSyncProblems(t *testing.T) {
 	}
 	// The valid document is valid.
 	mustParse(t, syncWith(peers))
+}
+
+func TestFullExampleSync(t *testing.T) {
+	c := mustLoad(t, fullExample)
+	want := &Sync{Peers: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.3:8473")}, Port: 8473,
+		KeyFile: "/etc/fulcrum/sync.key", Interval: 50 * time.Millisecond}
+	if !reflect.DeepEqual(c.Sync, want) {
+		t.Fatalf("sync:\n got %+v\nwant %+v", c.Sync, want)
+	}
 }

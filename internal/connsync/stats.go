@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
 // Stats is a snapshot of a Node's counters, for status, the API and
@@ -50,20 +52,9 @@ type Stats struct {
 }
 
 // Lag summarises durations as a Prometheus summary does: Count and Sum
-// (so that rates and means can be taken), and the Max seen.
-type Lag struct {
-	Count uint64        `json:"count"`
-	Sum   time.Duration `json:"sum"`
-	Max   time.Duration `json:"max"`
-}
-
-// Mean is Sum/Count; 0 when nothing was measured.
-func (l Lag) Mean() time.Duration {
-	if l.Count == 0 {
-		return 0
-	}
-	return l.Sum / time.Duration(l.Count)
-}
+// (so that rates and means can be taken), and the Max seen. It is the
+// API's type, which status shows as it is.
+type Lag = api.Lag
 
 // PeerStats is one configured peer as this node sees it.
 type PeerStats struct {

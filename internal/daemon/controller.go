@@ -43,6 +43,13 @@ func (c *controller) Status(ctx context.Context) (api.Status, error) {
 		s.VIPs++
 		s.Backends += len(v.Backends)
 	}
+	if d.sync != nil {
+		st, err := d.sync.status()
+		if err != nil {
+			return s, err
+		}
+		s.Sync = &st
+	}
 	return s, nil
 }
 

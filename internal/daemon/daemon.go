@@ -74,6 +74,7 @@ type Daemon struct {
 	steer   *steering        // through-datapath probes
 	vr      *vrrpagent.Agent // nil without a vrrp section
 	bgp     *announcer       // nil without a bgp section (bgp.go)
+	sync    *syncer          // nil without a sync section (sync.go)
 	metrics *metrics.Metrics
 	rates   *rateSampler
 	conns   *connCounter // per-backend connection counts (conns.go)
@@ -116,7 +117,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		d.log.Warn(bpffs.Note)
 	}
 	pinDir := datapath.PinDir(cfg.BPFFS, cfg.Instance)
-	dp, err := datapath.Load(datapath.Options{ConntrackEntries: cfg.Conntrack.Entries, PinDir: pinDir})
+	dp, err := datapath.Load(datapath.Options{ConntrackEntries: cfg.Conntrack.Entries, RingSlots: cfg.RingArenaSlots, PinDir: pinDir})
 	if err != nil {
 		return err
 	}
@@ -222,6 +223,16 @@ func (d *Daemon) run(ctx context.Context) error {
 		if err := d.startBGP(ctx, &wg, cfg.BGP); err != nil {
 			return err
 		}
+	}
+
+	if cfg.Sync != nil {
+		if err := d.startSync(ctx, &wg, errc, cfg.Sync); err != nil {
+			return err
+		}
+	} else if err := dp.SetSync(false); err != nil {
+		// Pins adopted from a daemon that ran sync and died may have
+		// the export on, with nobody to read it.
+		return fmt.Errorf("sync: turn the fast path's export off: %w", err)
 	}
 
 	wg.Add(1)
@@ -390,8 +401,10 @@ func restartOnly(old, cur *config.Config) error {
 	check("api.socket", old.API.Socket == cur.API.Socket)
 	check("metrics.address", old.Metrics.Address == cur.Metrics.Address)
 	check("conntrack.entries", old.Conntrack.Entries == cur.Conntrack.Entries)
+	check("ring_arena_slots", old.RingArenaSlots == cur.RingArenaSlots)
 	check("log.format", old.Log.Format == cur.Log.Format)
 	check("vrrp", reflect.DeepEqual(old.VRRP, cur.VRRP))
+	check("sync", reflect.DeepEqual(old.Sync, cur.Sync))
 	check("bgp (all but its communities, med and vips)", reflect.DeepEqual(old.BGP.Restartable(), cur.BGP.Restartable()))
 	same := len(old.Interfaces) == len(cur.Interfaces)
 	for i := 0; same && i < len(old.Interfaces); i++ {
@@ -416,6 +429,9 @@ func (d *Daemon) BackendHealth() map[datapath.VIP]map[netip.Addr]string {
 	}
 	return out
 }
+
+// RingArena implements metrics.ArenaSource.
+func (d *Daemon) RingArena() datapath.ArenaStats { return d.dp.RingArena() }
 
 // SteeringCounters implements metrics.Source.
 func (d *Daemon) SteeringCounters() (healthsteer.Counters, bool) {

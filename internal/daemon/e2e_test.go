@@ -45,6 +45,8 @@ type harness struct {
 	wrap    []string // a command the daemon runs under, in lb1 (say, unshare)
 	client  *api.Client
 	names   map[netip.Addr]string // backend address -> name
+	// instance names the daemon's pins (waitRing); "" is config's "e2e".
+	instance string
 	// servers are the fcbackend processes, by backend index.
 	servers    []*exec.Cmd
 	backendBin string

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -62,7 +63,8 @@ func (h *harness) ringDigests() map[string]uint64 {
 func (h *harness) waitRing(vip string, want []netip.Addr) {
 	h.t.Helper()
 	require.Eventually(h.t, 5*time.Second, func() error {
-		rings, err := datapath.ReadRings(datapath.PinDir(h.dir, "e2e"))
+		instance := cmp.Or(h.instance, "e2e")
+		rings, err := datapath.ReadRings(datapath.PinDir(h.dir, instance))
 		if err != nil {
 			return err
 		}

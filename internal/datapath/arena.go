@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"sync"
@@ -30,9 +31,22 @@ import (
 var ringChunkSlots = uint32(len(balancerRingChunk{}.Slot))
 
 // DefaultRingSlots is the arena's default capacity in slots (64 Mi, 256
-// MiB): RING_ARENA_CHUNKS × RING_CHUNK_SLOTS as compiled, 1024 rings of the
+// MiB): RING_ARENA_CHUNKS × RING_CHUNK_SLOTS as compiled, 1023 rings of the
 // default size.
 const DefaultRingSlots = 1 << 26
+
+// ArenaCapacity returns the capacity Load gives the arena when asked for
+// slots (0 = DefaultRingSlots): rounded up to whole elements of
+// RING_CHUNK_SLOTS. The config resolves its setting with it, so that what
+// it checks is what Load allocates.
+func ArenaCapacity(slots uint32) uint32 {
+	if slots == 0 {
+		slots = DefaultRingSlots
+	}
+	// In 64 bits: slots near 2^32 would wrap to 0 in 32.
+	n := (uint64(slots) + uint64(ringChunkSlots) - 1) / uint64(ringChunkSlots) * uint64(ringChunkSlots)
+	return uint32(min(n, math.MaxUint32/uint64(ringChunkSlots)*uint64(ringChunkSlots)))
+}
 
 // extent is a run of arena slots.
 type extent struct {
@@ -118,7 +132,7 @@ func (a *ringArena) alloc(n uint32) (extent, error) {
 		free += f.size
 		largest = max(largest, f.size)
 	}
-	return extent{}, fmt.Errorf("ring of %d slots: the ring arena is full: %d of its %d slots are free, in runs of at most %d (raise the ring arena's capacity, datapath.Options.RingSlots)",
+	return extent{}, fmt.Errorf("ring of %d slots: the ring arena is full: %d of its %d slots are free, in runs of at most %d (raise the ring arena's capacity: ring_arena_slots in the config, datapath.Options.RingSlots)",
 		n, free, a.size, largest)
 }
 
@@ -307,8 +321,29 @@ func slotBytes(slots []uint32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(slots))), len(slots)*4)
 }
 
-// freeSlots returns how many slots are free and how many retired, for
-// tests.
+// ArenaStats is how the ring arena's slots are spent.
+type ArenaStats struct {
+	// Slots is the capacity, RingSlots rounded up to whole elements.
+	Slots uint32
+	// Used are the slots of rings that a VIP's meta names, or that a
+	// change has written and not yet published.
+	Used uint32
+	// Retired are the slots of rings no meta names any more, freed a
+	// grace period after their retirement (milliseconds, unless the
+	// reclaim fails).
+	Retired uint32
+	// Free are the slots a new ring may take (though a ring needs one
+	// run of them: see the error of a change that finds none).
+	Free uint32
+}
+
+// RingArena returns how the ring arena's slots are spent now.
+func (d *Datapath) RingArena() ArenaStats {
+	free, retired := d.arena.freeSlots()
+	return ArenaStats{Slots: d.arena.size, Used: d.arena.size - free - retired, Retired: retired, Free: free}
+}
+
+// freeSlots returns how many slots are free and how many retired.
 func (a *ringArena) freeSlots() (free, retired uint32) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -489,3 +489,49 @@ func BenchmarkArenaWrite(b *testing.B) {
 		}
 	}
 }
+
+// TestRingArenaStats: RingArena counts the capacity as Load rounds it, the
+// slots of live rings as used, and a replaced or removed ring's as retired
+// until the grace period frees them; the three always sum to the capacity.
+func TestRingArenaStats(t *testing.T) {
+	require.BPF(t)
+	d, err := Load(Options{ConntrackEntries: 8192, RingSlots: 4*257 + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	const size = 1040 // 1029 rounded up to whole elements of 16
+	if got := ArenaCapacity(4*257 + 1); got != size {
+		t.Fatalf("ArenaCapacity(1029) = %d, want %d", got, size)
+	}
+	check := func(step string, used uint32) {
+		t.Helper()
+		s := d.RingArena()
+		if s.Slots != size || s.Used != used || s.Used+s.Retired+s.Free != size {
+			t.Fatalf("%s: %+v, want %d slots, %d used, the three summing to the slots", step, s, size, used)
+		}
+		require.Eventually(t, 5*time.Second, func() error {
+			if s := d.RingArena(); s.Retired != 0 || s.Free != size-used || s.Used != used {
+				return fmt.Errorf("%s: %+v, want %d used, none retired, %d free", step, s, used, size-used)
+			}
+			return nil
+		})
+	}
+	check("empty", 0)
+	web := VIP{Addr: netip.MustParseAddr("203.0.113.70"), Port: 80, Proto: TCP}
+	other := VIP{Addr: netip.MustParseAddr("203.0.113.71"), Port: 80, Proto: TCP}
+	for _, v := range []VIP{web, other} {
+		if err := d.AddVIP(v, VIPConfig{Mode: ModeDSR, RingSize: 251}, backends4); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("two rings of 251", 502)
+	if errs := d.SetVIPs([]VIPChange{{VIP: web, Config: VIPConfig{Mode: ModeDSR, RingSize: 257}, Backends: backends4}}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	check("one ring replaced by one of 257", 508)
+	if err := d.RemoveVIP(other); err != nil {
+		t.Fatal(err)
+	}
+	check("one ring removed", 257)
+}

@@ -44,6 +44,21 @@ type balancerCtClock struct {
 	Pad     uint32
 }
 
+type balancerCtEvent struct {
+	_          structs.HostLayout
+	Src        [4]uint32
+	Dst        [4]uint32
+	Sport      uint16
+	Dport      uint16
+	Backend    uint32
+	BackendGen uint16
+	VipIndex   uint16
+	Family     uint8
+	Proto      uint8
+	State      uint8
+	Pad        uint8
+}
+
 type balancerCtKeyV4 struct {
 	_     structs.HostLayout
 	Src   uint32
@@ -92,6 +107,7 @@ const (
 	balancerFulcrumConfigFlagsCONFIG_F_CT_TCP balancerFulcrumConfigFlags = 1
 	balancerFulcrumConfigFlagsCONFIG_F_CT_UDP balancerFulcrumConfigFlags = 2
 	balancerFulcrumConfigFlagsCONFIG_F_GW_MAC balancerFulcrumConfigFlags = 4
+	balancerFulcrumConfigFlagsCONFIG_F_SYNC   balancerFulcrumConfigFlags = 8
 )
 
 type balancerFulcrumCtState uint32
@@ -155,8 +171,9 @@ const (
 	balancerFulcrumStatSTAT_CT_EXPIRED        balancerFulcrumStat = 22
 	balancerFulcrumStatSTAT_DROP_SOURCE_RANGE balancerFulcrumStat = 23
 	balancerFulcrumStatSTAT_CT_EVICTED        balancerFulcrumStat = 24
-	balancerFulcrumStatSTAT_SCHED_RR          balancerFulcrumStat = 25
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 26
+	balancerFulcrumStatSTAT_CT_EXPORT_FULL    balancerFulcrumStat = 25
+	balancerFulcrumStatSTAT_SCHED_RR          balancerFulcrumStat = 26
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 27
 )
 
 type balancerFulcrumVipFlags uint32
@@ -229,7 +246,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [26]uint64
+	Count [27]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -269,6 +286,7 @@ const (
 	balancerMapBackendStats     = "backend_stats"
 	balancerMapBackends         = "backends"
 	balancerMapConfig           = "config"
+	balancerMapCtEvents         = "ct_events"
 	balancerMapCtKeysV4         = "ct_keys_v4"
 	balancerMapCtKeysV6         = "ct_keys_v6"
 	balancerMapCtV4             = "ct_v4"
@@ -289,6 +307,7 @@ const (
 	balancerProgFulcrumClock    = "fulcrum_clock"
 	balancerVarBackendFlags     = "_backend_flags"
 	balancerVarConfigFlags      = "_config_flags"
+	balancerVarCtEvent          = "_ct_event"
 	balancerVarCtState          = "_ct_state"
 	balancerVarCtTimeout        = "_ct_timeout"
 	balancerVarCtValue          = "_ct_value"
@@ -352,6 +371,7 @@ type balancerMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
+	CtEvents     *ebpf.MapSpec `ebpf:"ct_events"`
 	CtKeysV4     *ebpf.MapSpec `ebpf:"ct_keys_v4"`
 	CtKeysV6     *ebpf.MapSpec `ebpf:"ct_keys_v6"`
 	CtV4         *ebpf.MapSpec `ebpf:"ct_v4"`
@@ -376,6 +396,7 @@ type balancerMapSpecs struct {
 type balancerVariableSpecs struct {
 	BackendFlags *ebpf.VariableSpec `ebpf:"_backend_flags"`
 	ConfigFlags  *ebpf.VariableSpec `ebpf:"_config_flags"`
+	CtEvent      *ebpf.VariableSpec `ebpf:"_ct_event"`
 	CtState      *ebpf.VariableSpec `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.VariableSpec `ebpf:"_ct_timeout"`
 	CtValue      *ebpf.VariableSpec `ebpf:"_ct_value"`
@@ -409,6 +430,7 @@ type balancerMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
+	CtEvents     *ebpf.Map `ebpf:"ct_events"`
 	CtKeysV4     *ebpf.Map `ebpf:"ct_keys_v4"`
 	CtKeysV6     *ebpf.Map `ebpf:"ct_keys_v6"`
 	CtV4         *ebpf.Map `ebpf:"ct_v4"`
@@ -432,6 +454,7 @@ func (m *balancerMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Config,
+		m.CtEvents,
 		m.CtKeysV4,
 		m.CtKeysV6,
 		m.CtV4,
@@ -457,6 +480,7 @@ func (m *balancerMaps) Close() error {
 type balancerVariables struct {
 	BackendFlags *ebpf.Variable `ebpf:"_backend_flags"`
 	ConfigFlags  *ebpf.Variable `ebpf:"_config_flags"`
+	CtEvent      *ebpf.Variable `ebpf:"_ct_event"`
 	CtState      *ebpf.Variable `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.Variable `ebpf:"_ct_timeout"`
 	CtValue      *ebpf.Variable `ebpf:"_ct_value"`

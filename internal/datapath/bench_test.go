@@ -42,6 +42,9 @@ type benchPath struct {
 	target *ebpf.Program
 	// verdict is the XDP action every repeat must return; 0 means XDP_TX.
 	verdict uint32
+	// sync runs the path with connection sync on (SetSync): new entries
+	// and state changes go to the event ring, which a reader drains.
+	sync bool
 }
 
 // BenchmarkFastpath measures ns per packet through BPF_PROG_RUN for the
@@ -141,6 +144,14 @@ func BenchmarkFastpath(b *testing.B) {
 		{name: "ipip", prog: tp.BenchIpip, frame: ipip, proof: StatCtHit, proven: true, tx: StatTxIPIP, d: ie.d, env: ie, target: ie.d.Program()},
 		// bench_tail tail-calls the floor: what the wrappers add.
 		{name: "wrapper", prog: tp.BenchTail, frame: established, target: tp.BenchFloor},
+		// The same two paths with connection sync on: established pays
+		// the flag test (no state changes), newflow writes an event to
+		// the ring for every repeat while a reader drains it.
+		{name: "established-sync", prog: d.Program(), frame: established, proof: StatCtHit, proven: true, sync: true},
+		{name: "newflow-sync", prog: tp.BenchNewflow, frame: newflow, proof: StatCtMiss, proven: true, d: full, target: full.Program(), sync: true},
+	}
+	for _, dp := range []*Datapath{d, full} {
+		drainEvents(b, dp)
 	}
 	results := make(map[string][]float64)
 	kernel := make(map[string][]float64)
@@ -160,6 +171,9 @@ func BenchmarkFastpath(b *testing.B) {
 				}
 				if p.verdict == 0 {
 					p.verdict = xdpTX
+				}
+				if err := p.d.SetSync(p.sync); err != nil {
+					b.Fatal(err)
 				}
 				ns, kns, err := measure(p, *benchRepeat)
 				if err != nil {
@@ -186,6 +200,54 @@ func BenchmarkFastpath(b *testing.B) {
 		fmt.Printf("fastpath %s ns/pkt=%.2f x_floor=%.2f kernel_ns/pkt=%.0f kernel_x_floor=%.2f\n", p.name, m, m/floor, k, k/kfloor)
 		b.ReportMetric(m, p.name+"-ns/pkt")
 	}
+	// Sync on over sync off, per round (the paths of a round ran back to
+	// back, so a round's ratio is the least disturbed by the busy
+	// machine), and the median of the rounds.
+	c, err := full.Counters()
+	if err != nil {
+		b.Fatal(err)
+	}
+	fmt.Printf("fastpath sync: newflow events lost to a full ring %d of %d (the reader drains it beside the benchmark)\n",
+		c.Stat(StatCtExportFull), uint64(*benchRounds)*uint64(*benchRepeat)*uint64(b.N))
+	// The kernel's figure is the program's own time; the wall clock's
+	// also has what the reader, on a 2-CPU machine, takes from the
+	// benchmark's CPU (a thread woken every poll, the Go runtime).
+	ratio := func(on, off []float64) (med, lo, hi float64) {
+		r := make([]float64, len(on))
+		for i := range on {
+			r[i] = on[i] / off[i]
+		}
+		return median(r), slices.Min(r), slices.Max(r)
+	}
+	for _, name := range []string{"established", "newflow"} {
+		m, lo, hi := ratio(results[name+"-sync"], results[name])
+		km, klo, khi := ratio(kernel[name+"-sync"], kernel[name])
+		fmt.Printf("fastpath sync-ratio %s x_sync_off=%.2f [%.2f-%.2f] kernel_x_sync_off=%.2f [%.2f-%.2f]\n", name, m, lo, hi, km, klo, khi)
+		b.ReportMetric(m, name+"-sync-ratio")
+		b.ReportMetric(km, name+"-sync-kernel-ratio")
+	}
+}
+
+// drainEvents reads d's connection events, as the daemon does, until the
+// benchmark ends.
+func drainEvents(b *testing.B, d *Datapath) {
+	r, err := d.ConnEvents()
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, err := r.Read(); err != nil {
+				return // closed
+			}
+		}
+	}()
+	b.Cleanup(func() {
+		r.Close()
+		<-done
+	})
 }
 
 // measure runs one path repeat times and returns ns per packet by the wall

@@ -325,20 +325,27 @@ func putConntrack(buckets, keys *ebpf.Map, f Flow, v balancerCtValue) (evicted b
 		return false, fmt.Errorf("read connection table bucket %d: %w", p.bucket, err)
 	}
 	way, evicted := wayFor(&b, p)
+	return evicted, writeWay(buckets, keys, f, p, &b, way, v)
+}
+
+// writeWay stores v for the flow in way of b (the bucket at p as read),
+// writing the whole bucket back, and records the flow's tuple.
+func writeWay(buckets, keys *ebpf.Map, f Flow, p ctPlace, b *balancerCtBucket, way int, v balancerCtValue) error {
 	b.Ident[way], b.Meta[way] = p.encode(v)
-	if err := buckets.Update(p.bucket, &b, ebpf.UpdateAny); err != nil {
-		return false, fmt.Errorf("write connection table bucket %d: %w", p.bucket, err)
+	if err := buckets.Update(p.bucket, b, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write connection table bucket %d: %w", p.bucket, err)
 	}
 	slot := p.bucket*ctWays + uint32(way)
+	var err error
 	if f.Dst.Is4() {
 		err = keys.Update(slot, keyV4(f), ebpf.UpdateAny)
 	} else {
 		err = keys.Update(slot, keyV6(f), ebpf.UpdateAny)
 	}
 	if err != nil {
-		return false, fmt.Errorf("record the tuple of connection entry %d: %w", slot, err)
+		return fmt.Errorf("record the tuple of connection entry %d: %w", slot, err)
 	}
-	return evicted, nil
+	return nil
 }
 
 func keyV4(f Flow) balancerCtKeyV4 {

@@ -38,6 +38,7 @@ const (
 	StatCtExpired       = Stat(balancerFulcrumStatSTAT_CT_EXPIRED)
 	StatDropSourceRange = Stat(balancerFulcrumStatSTAT_DROP_SOURCE_RANGE)
 	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
+	StatCtExportFull    = Stat(balancerFulcrumStatSTAT_CT_EXPORT_FULL)
 	StatSchedRR         = Stat(balancerFulcrumStatSTAT_SCHED_RR)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
@@ -68,6 +69,7 @@ var statNames = [...]string{
 	StatCtExpired:       "ct_expired",
 	StatDropSourceRange: "drop_source_range",
 	StatCtEvicted:       "ct_evicted",
+	StatCtExportFull:    "ct_export_full",
 	StatSchedRR:         "sched_rr",
 }
 

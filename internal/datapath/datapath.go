@@ -87,6 +87,10 @@ type Datapath struct {
 	vipGen       map[uint16]uint16
 	encap        EncapConfig
 	newFlowLimit uint32
+	// syncOn is SetSync's; connRes the resolver of sync's entries
+	// (ctsync.go), current while its changes equals ownerChanges.
+	syncOn  bool
+	connRes *connResolver
 	// written mirrors global map contents, so only changes are written.
 	written struct {
 		config *balancerLbConfig
@@ -121,11 +125,7 @@ func Load(opts Options) (*Datapath, error) {
 	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache} {
 		spec.Maps[name].MaxEntries = maxBackends
 	}
-	slots := opts.RingSlots
-	if slots == 0 {
-		slots = DefaultRingSlots
-	}
-	spec.Maps[balancerMapRingArena].MaxEntries = (slots + ringChunkSlots - 1) / ringChunkSlots
+	spec.Maps[balancerMapRingArena].MaxEntries = ArenaCapacity(opts.RingSlots) / ringChunkSlots
 
 	d := &Datapath{
 		vips:       make(map[VIP]*vipEntry),

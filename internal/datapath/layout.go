@@ -34,11 +34,12 @@ import (
 //     extents of one mmapable array, ring_arena, named by vip_meta's new
 //     ring_offset (after ring_size), and the map of maps rings is gone; the
 //     src_prefixes LPM trie holds the VIPs' source ranges
-//     (VIP_F_SOURCE_RANGES in vip_meta.flags); the verdict table ends with
-//     drop_source_range, ct_evicted and sched_rr; vip_meta ends with a
-//     round-robin VIP's sequence (rr_offset, rr_len: another extent of
-//     ring_arena, VIP_F_ROUND_ROBIN) and rr_cursors holds each CPU's place
-//     in it.
+//     (VIP_F_SOURCE_RANGES in vip_meta.flags); the ct_events ring buffer
+//     carries entries to connection sync; the verdict table ends with
+//     drop_source_range, ct_evicted, ct_export_full and sched_rr; vip_meta
+//     ends with a round-robin VIP's sequence (rr_offset, rr_len: another
+//     extent of ring_arena, VIP_F_ROUND_ROBIN) and rr_cursors holds each
+//     CPU's place in it.
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the

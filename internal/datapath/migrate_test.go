@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -138,5 +139,72 @@ func TestLayoutDowngradeRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(nextDir(dir)); !os.IsNotExist(err) {
 		t.Fatalf("the refusal left %s: %v", nextDir(dir), err)
+	}
+}
+
+// TestMigrateRingArenaSize: pins whose ring arena has another capacity
+// (ring_arena_slots changed across a restart) migrate like a connection
+// table of another size, growing and shrinking: the established flows
+// keep their backends, the rings are written anew into the new arena, and
+// the next load with the same capacity adopts.
+func TestMigrateRingArenaSize(t *testing.T) {
+	dir := PinDir(newPinRoot(t), "test")
+	d1, err := Load(Options{ConntrackEntries: 8192, RingSlots: 1 << 18, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	provision(t, d1)
+	flows := flowsByBackend(t, d1, vipWeb4, client4, 200)
+	used := d1.RingArena().Used
+	d1.Close()
+
+	for _, step := range []struct {
+		slots uint32
+		why   string
+	}{
+		{1 << 19, "ring_arena: MaxEntries: 16384 changed to 32768"},
+		{1 << 18, "ring_arena: MaxEntries: 32768 changed to 16384"},
+	} {
+		d, err := Load(Options{ConntrackEntries: 8192, RingSlots: step.slots, PinDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, reason, ok := d.Migrating(); !ok || !strings.Contains(reason, step.why) {
+			d.Close()
+			t.Fatalf("to %d slots: Migrating() = %q, %v; want a migration naming %q", step.slots, reason, ok, step.why)
+		}
+		provision(t, d)
+		rep, err := d.CompleteMigration()
+		if err != nil {
+			d.Close()
+			t.Fatal(err)
+		}
+		if rep.Kept != 200 || rep.Dropped != 0 {
+			d.Close()
+			t.Fatalf("to %d slots: report %+v, want the 200 entries kept, none dropped", step.slots, rep)
+		}
+		requireFlowsOn(t, d, flows, fmt.Sprintf("after the migration to %d slots", step.slots))
+		if s := d.RingArena(); s.Slots != step.slots || s.Used != used {
+			d.Close()
+			t.Fatalf("after the migration to %d slots: %+v, want %d slots, %d used as before", step.slots, s, step.slots, used)
+		}
+		for _, p := range fixtureState() {
+			if p.vip.Addr.Is4() { // checkLiveRing reads IPv4 keys
+				checkLiveRing(t, d, d.vips[p.vip], fmt.Sprintf("after the migration to %d slots", step.slots))
+			}
+		}
+		d.Close()
+	}
+
+	d3, err := Load(Options{ConntrackEntries: 8192, RingSlots: 1 << 18, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d3.Close()
+	if _, _, _, ok := d3.Migrating(); ok || !d3.Adopted() {
+		t.Fatal("loading the migrated pins with the same capacity migrated again instead of adopting them")
+	}
+	if s := d3.RingArena(); s.Slots != 1<<18 || s.Used != used {
+		t.Fatalf("adopted: %+v, want %d slots, %d used", s, 1<<18, used)
 	}
 }

@@ -190,6 +190,7 @@ func (d *Datapath) adopt() error {
 	d.written.config = &cfg
 	d.encap = encapFrom(cfg)
 	d.newFlowLimit = cfg.NewFlowLimit
+	d.syncOn = cfg.Flags&syncFlag != 0
 	var a4 uint32
 	var a6 [16]byte
 	var p uint32

@@ -705,6 +705,9 @@ func (d *Datapath) syncGlobals() error {
 	}
 	fillEncap(&cfg, d.encap)
 	cfg.NewFlowLimit = d.newFlowLimit
+	if d.syncOn {
+		cfg.Flags |= syncFlag
+	}
 	var errs []error
 	if d.written.config == nil || *d.written.config != cfg {
 		if err := d.objs.Config.Put(uint32(0), cfg); err != nil {

@@ -66,7 +66,7 @@ func newCollector(src Source) *collector {
 			"Packets the fast path handled, by final action (pass, drop, tx) and the reason for it.",
 			[]string{"action", "reason"}, nil),
 		conntrack: prometheus.NewDesc(name("conntrack_events_total"),
-			"Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard.",
+			"Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard, export_full (connection sync: the event ring buffer was full, an entry's event was lost).",
 			[]string{"event"}, nil),
 		events: prometheus.NewDesc(name("datapath_events_total"),
 			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour; sched_rr: a new flow given its backend by a round-robin VIP's sequence.",

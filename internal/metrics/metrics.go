@@ -116,6 +116,12 @@ func New(src Source, version, commit string) *Metrics {
 	if cs, ok := src.(ConnSource); ok {
 		m.reg.MustRegister(newConnCollector(cs))
 	}
+	if as, ok := src.(ArenaSource); ok {
+		m.reg.MustRegister(arenaCollector{as})
+	}
+	if s, ok := src.(SyncSource); ok {
+		m.reg.MustRegister(newSyncCollector(s))
+	}
 	return m
 }
 

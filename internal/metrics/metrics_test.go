@@ -168,7 +168,7 @@ fulcrum_verdict_packets_total{action="drop",reason="encap"} 111
 fulcrum_verdict_packets_total{action="tx",reason="dsr"} 121
 fulcrum_verdict_packets_total{action="tx",reason="ipip"} 131
 fulcrum_verdict_packets_total{action="drop",reason="source_range"} 231
-# HELP fulcrum_conntrack_events_total Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard.
+# HELP fulcrum_conntrack_events_total Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard, export_full (connection sync: the event ring buffer was full, an entry's event was lost).
 # TYPE fulcrum_conntrack_events_total counter
 fulcrum_conntrack_events_total{event="hit"} 141
 fulcrum_conntrack_events_total{event="miss"} 151
@@ -178,6 +178,7 @@ fulcrum_conntrack_events_total{event="insert_failed"} 181
 fulcrum_conntrack_events_total{event="bypass"} 191
 fulcrum_conntrack_events_total{event="expired"} 221
 fulcrum_conntrack_events_total{event="evicted"} 241
+fulcrum_conntrack_events_total{event="export_full"} 251
 fulcrum_conntrack_events_total{event="guard"} 211
 # HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour; sched_rr: a new flow given its backend by a round-robin VIP's sequence.
 # TYPE fulcrum_datapath_events_total counter

@@ -228,7 +228,7 @@ func measureDaemon(ctx context.Context, opts ControlOptions, res *Results) (err 
 	defer d.stop()
 	small := fmt.Sprintf("1 VIP × %d backends", opts.Backends)
 	f := newFigure(SectionControl, "daemon start-up to API ready, "+small, "s", []float64{ready.Seconds()})
-	f.Note = "process start, BPF load and attach, the ring built and swapped in"
+	f.Note = "process start, BPF load and attach, the ring built, written into the ring arena and published"
 	res.add(f)
 
 	prog, err := pinnedProgram(pins, eth0.index)
@@ -332,7 +332,7 @@ func measureApply(ctx context.Context, d *benchDaemon, opts ControlOptions, res 
 	}
 	f := newFigure(SectionControl, "API apply of "+big, "s", added)
 	f.Key = "apply-" + vipsKey(opts.VIPs)
-	f.Note = fmt.Sprintf("%d VIPs added, each ring built (M=%d) and swapped in; the daemon's CPU time (user+system) %.2f s, median of %v",
+	f.Note = fmt.Sprintf("%d VIPs added, each ring built (M=%d), written into the ring arena and published; the daemon's CPU time (user+system) %.2f s, median of %v",
 		len(last.Added), maglev.DefaultSize, median(cpu), roundAll(cpu))
 	res.add(f)
 	if len(removed) > 0 {
@@ -386,7 +386,7 @@ func measureStartup(ctx context.Context, d *benchDaemon, pins string, opts Contr
 	}
 	f := newFigure(SectionControl, fmt.Sprintf("daemon start-up to API ready, %d VIPs × %d backends", opts.VIPs, opts.Backends), "s", runs)
 	f.Key = "startup-" + vipsKey(opts.VIPs)
-	f.Note = fmt.Sprintf("from the config file, on fresh pins: process start, config parse, BPF load and attach, every ring built and swapped in; the daemon's CPU time (user+system) until ready %.2f s, median of %v",
+	f.Note = fmt.Sprintf("from the config file, on fresh pins: process start, config parse, BPF load and attach, every ring built, written into the ring arena and published; the daemon's CPU time (user+system) until ready %.2f s, median of %v",
 		median(cpu), roundAll(cpu))
 	res.add(f)
 	return nil

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -636,11 +635,12 @@ func lookups(before, after datapath.Counters) (hits, misses uint64) {
 
 // refill gives dsr-1m a new, empty connection table and fills it with the
 // rigWideFlows flows of frame kind, generated once each from every CPU of
-// the rig (each CPU its share: the table's LRU lists are per CPU, each
-// holding its share of the entries), so that the runs that follow, from
-// one CPU or all, find every flow in a full table: steady state, nothing
-// inserted or evicted. A new table, because the flows of the other kind
-// would otherwise fill half of it.
+// the rig (each CPU its share), so that the runs that follow, from one CPU
+// or all, find the flows in a table as full as they make it: a bucketed
+// table of as many ways as flows keeps some 80% of them (a bucket holds
+// four), and the others evict each other as they come round, counted as
+// the runs' misses. A new table, because the flows of the other kind would
+// otherwise take half of it.
 func (r *packetRig) refill(kind string) error {
 	if r.detach != nil {
 		if err := r.detach(); err != nil {
@@ -669,67 +669,26 @@ func (r *packetRig) refill(kind string) error {
 	}
 	// What the table kept is counted, not assumed: the runs' figures say
 	// how full it was.
-	var t ConnTable
-	if t.Entries, t.Capacity, err = ctOccupancy(d); err != nil {
+	t := ConnTable{Capacity: rigWideFlows}
+	if t.Entries, err = ctOccupancy(d); err != nil {
 		return err
 	}
 	r.wide, r.wideKind = t, kind
 	return nil
 }
 
-// ctOccupancy counts the entries of a balancer's IPv4 connection table,
-// found through its program, and returns them with the table's capacity.
-func ctOccupancy(d *datapath.Datapath) (entries, capacity int, err error) {
-	info, err := d.Program().Info()
-	if err != nil {
-		return 0, 0, err
-	}
-	ids, ok := info.MapIDs()
-	if !ok {
-		return 0, 0, errors.New("the kernel does not list a program's maps")
-	}
-	for _, id := range ids {
-		m, err := ebpf.NewMapFromID(id)
+// ctOccupancy counts the entries of a balancer's connection tables (a
+// walk of their buckets and tuple records, datapath.TableEntries); the
+// rig's flows are IPv4, so they are the IPv4 table's.
+func ctOccupancy(d *datapath.Datapath) (int, error) {
+	n := 0
+	for _, err := range d.TableEntries() {
 		if err != nil {
-			return 0, 0, err
+			return n, fmt.Errorf("count the connection table's entries: %w", err)
 		}
-		mi, err := m.Info()
-		if err != nil || mi.Name != "ct_v4" {
-			m.Close()
-			if err != nil {
-				return 0, 0, err
-			}
-			continue
-		}
-		defer m.Close()
-		entries, err = countEntries(m)
-		return entries, int(m.MaxEntries()), err
+		n++
 	}
-	return 0, 0, errors.New("the balancer has no map ct_v4")
-}
-
-// countEntries counts a hash map's entries by batch lookups.
-func countEntries(m *ebpf.Map) (int, error) {
-	const batch = 1 << 14
-	bytes := func(size uint32) any {
-		return reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(size), reflect.TypeFor[byte]())), batch, batch).Interface()
-	}
-	keys, values := bytes(m.KeySize()), bytes(m.ValueSize())
-	var (
-		cursor ebpf.MapBatchCursor
-		total  int
-		err    error
-	)
-	// The last batch, full or not, ends with ErrKeyNotExist.
-	for err == nil {
-		var n int
-		n, err = m.BatchLookup(&cursor, keys, values, nil)
-		total += n
-	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return total, fmt.Errorf("count the entries of %s: %w", m, err)
-	}
-	return total, nil
+	return n, nil
 }
 
 // liveFrames has the generator gen make n frames from the template frame on

@@ -102,6 +102,66 @@ type Status struct {
 	LastApply  time.Time     `json:"last_apply"`
 	Reconcile  time.Duration `json:"last_reconcile_ns"`
 	Adopted    bool          `json:"adopted"` // took over pinned state at start
+	// Sync is connection sync's state; nil when the daemon runs none.
+	Sync *SyncStatus `json:"sync,omitempty"`
+}
+
+// SyncStatus is connection sync with the peer LB nodes: what was sent,
+// received and installed, and what was lost where (docs/connections.md,
+// "Sync").
+type SyncStatus struct {
+	Listen string     `json:"listen"`
+	Peers  []SyncPeer `json:"peers"`
+	// Sent and received entries and datagrams; an entry sent to two
+	// peers counts twice. Resyncs are in them.
+	SentEntries       uint64 `json:"sent_entries"`
+	SentDatagrams     uint64 `json:"sent_datagrams"`
+	ReceivedEntries   uint64 `json:"received_entries"`
+	ReceivedDatagrams uint64 `json:"received_datagrams"`
+	// Installed counts received entries filed into the connection table;
+	// Skipped the others, by reason: fresher (a live local entry seen as
+	// recently), unknown (VIP or backend not configured here), full (no
+	// free way; sync never evicts a live entry), expired, error.
+	Installed uint64            `json:"installed"`
+	Skipped   map[string]uint64 `json:"skipped"`
+	// Dropped counts received datagrams dropped, by reason (every reason
+	// present): forged, replayed, truncated, ...
+	Dropped map[string]uint64 `json:"dropped"`
+	// Overflow counts entries lost before they were sent, by where: ring
+	// (the fast path's event ring buffer was full) and queue (the send
+	// queue was full).
+	Overflow map[string]uint64 `json:"overflow"`
+	// Resyncs counts full resyncs sent to peers, ResyncEntries their
+	// entries.
+	Resyncs       uint64 `json:"resyncs"`
+	ResyncEntries uint64 `json:"resync_entries"`
+	// SendLag is the time from an entry's event to its datagram's send
+	// (a sample), ReceiveAge the age of datagrams at receipt (as far as
+	// the nodes' clocks agree).
+	SendLag    Lag `json:"send_lag"`
+	ReceiveAge Lag `json:"receive_age"`
+}
+
+// SyncPeer is one configured sync peer.
+type SyncPeer struct {
+	Address   netip.AddrPort `json:"address"`
+	Up        bool           `json:"up"`
+	LastHeard time.Time      `json:"last_heard"`
+}
+
+// Lag summarises durations: how many, their sum and the largest.
+type Lag struct {
+	Count uint64        `json:"count"`
+	Sum   time.Duration `json:"sum_ns"`
+	Max   time.Duration `json:"max_ns"`
+}
+
+// Mean is Sum/Count; 0 when nothing was measured.
+func (l Lag) Mean() time.Duration {
+	if l.Count == 0 {
+		return 0
+	}
+	return l.Sum / time.Duration(l.Count)
 }
 
 // Interface is one interface the balancer is attached to.
