@@ -195,6 +195,44 @@ static __always_inline int over_flow_limit(const struct lb_config *cfg)
 	return ++g->count > cfg->new_flow_limit;
 }
 
+/* rr_choose returns a round-robin VIP's backend for a packet that missed
+ * the table, or UNASSIGNED when the ring decides. The ring decides for a
+ * TCP segment without SYN (not a flow's first: its entry was lost, and the
+ * ring is what every node and every restart agrees on), and for a new flow
+ * that gets no entry (*guard: the CPU is over new_flow_limit; its later
+ * packets would take the ring, so its first does too). A SYN whose entry
+ * is still in state syn is a retransmission: it keeps the entry's backend,
+ * which may have answered the first. Otherwise the next backend of the
+ * VIP's weighted sequence on this CPU, counted. */
+static __always_inline __u32 rr_choose(const struct vip_meta *vip, const struct flow *f,
+				       const struct ct_ref *ref, const struct ct_value *ct, __u32 now,
+				       const struct lb_config *cfg, struct stat_table *st, int *guard)
+{
+	const struct backend *be;
+	struct rr_cursor *c;
+	__u32 idx = vip->index, pos;
+
+	if (!(vip->flags & VIP_F_ROUND_ROBIN) || !ref->b || (!f->syn && f->proto != IPPROTO_UDP))
+		return UNASSIGNED;
+	if (f->syn && ref->way < CT_WAYS && ct->state == CT_SYN && !ct_expired(ct, vip, now)) {
+		be = live_backend(ct->backend);
+		if (be && be->gen == ct->backend_gen && be->vip_index == vip->index)
+			return ct->backend;
+	}
+	*guard = over_flow_limit(cfg);
+	if (*guard)
+		return UNASSIGNED;
+	c = bpf_map_lookup_elem(&rr_cursors, &idx);
+	if (!c || !vip->rr_len)
+		return UNASSIGNED;
+	/* A cursor past the end (the sequence got shorter) starts over. */
+	pos = c->pos < vip->rr_len ? c->pos : 0;
+	c->pos = pos + 1;
+	c->picks++;
+	st->count[STAT_SCHED_RR]++;
+	return ring_read(vip->rr_offset, pos);
+}
+
 /* ct_wanted reports whether some VIP of the flow's protocol uses the
  * connection table: if none does, the lookup is skipped. */
 static __always_inline int ct_wanted(const struct lb_config *cfg, __u8 proto)
@@ -288,10 +326,14 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	const struct backend *be;
 	struct vip_meta *vip;
 	struct ct_ref ref = {};
-	struct ct_value ct;
+	/* Zeroed: rr_choose reads it after a SYN's lookup, found or not,
+	 * and clang spills an unset one from whatever register, which the
+	 * verifier refuses. */
+	struct ct_value ct = {};
 	__u32 id, hash = 0, h5 = 0, now;
 	int tuple_hash = 0; /* hash is the 5-tuple hash already */
 	int have_h5 = 0;
+	int guard = -1; /* over_flow_limit's answer, once rr_choose asked */
 
 	switch (r) {
 	case PARSE_OK:
@@ -341,9 +383,16 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		have_h5 = 1;
 	}
 	hash = tuple_hash ? h5 : flow_hash_of(f, 1);
-	id = pick(vip, f, hash, st);
-	if (id == POOL_DOWN)
-		return verdict(st, STAT_DROP_POOL_DOWN, XDP_DROP);
+	/* A VIP with pools is Maglev on its pool's ring (the config refuses
+	 * round-robin with pools). */
+	id = UNASSIGNED;
+	if (!(vip->flags & VIP_F_POOLS))
+		id = rr_choose(vip, f, &ref, &ct, now, cfg, st, &guard);
+	if (id == UNASSIGNED) {
+		id = pick(vip, f, hash, st);
+		if (id == POOL_DOWN)
+			return verdict(st, STAT_DROP_POOL_DOWN, XDP_DROP);
+	}
 	if (id == UNASSIGNED)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
 	be = live_backend(id);
@@ -352,7 +401,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 
 	if (vip->flags & VIP_F_NO_CONNTRACK) {
 		event = STAT_CT_BYPASS;
-	} else if (over_flow_limit(cfg)) {
+	} else if (guard >= 0 ? guard : over_flow_limit(cfg)) {
 		event = STAT_CT_GUARD;
 	} else {
 		ct.backend = id;

@@ -72,6 +72,10 @@ enum fulcrum_vip_flags {
 	 * SRC_KIND_POOL under its index, rings in pool_rings): a new flow
 	 * or a table miss of a client in a pool takes its pool's ring. */
 	VIP_F_POOLS = 1 << 4,
+	/* New flows (a TCP SYN, a UDP packet without an entry) take the next
+	 * backend of the VIP's weighted round-robin sequence (vip_meta.rr_*)
+	 * on this CPU; any other packet without an entry takes the ring. */
+	VIP_F_ROUND_ROBIN = 1 << 5,
 };
 
 /* What a src_prefixes entry is for (src_prefix_key.kind): the key's kind is
@@ -186,6 +190,7 @@ enum fulcrum_stat {
 	                             * and its fallback is drop */
 	STAT_POOL_FALLBACK,         /* the client's pool has no live backend:
 	                             * the VIP's ring decided (an event) */
+	STAT_SCHED_RR,              /* a new flow's backend chosen by round-robin */
 	STAT_MAX,
 };
 

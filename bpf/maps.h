@@ -117,6 +117,16 @@ static __always_inline __u32 ring_read(__u32 offset, __u32 slot)
 	return c->slot[at % RING_CHUNK_SLOTS];
 }
 
+/* rr_cursors[vip index]: each CPU's cursor in its round-robin VIP's
+ * sequence. Per CPU, so a new flow costs no atomic and no shared cache
+ * line; every CPU walks the whole sequence, so the shares hold on each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct rr_cursor);
+	__uint(max_entries, MAX_VIPS);
+} rr_cursors SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);

@@ -39,6 +39,20 @@ struct vip_meta {
 	 * by enum fulcrum_ct_state (a UDP VIP's four are its one timeout).
 	 * Go converts the configured seconds with the kernel's HZ. */
 	__u32 ct_timeout[4];
+	/* A round-robin VIP's (VIP_F_ROUND_ROBIN) weighted sequence of
+	 * backend ids: rr_len slots of the ring arena from rr_offset,
+	 * published with the meta like the ring. */
+	__u32 rr_offset;
+	__u32 rr_len;
+};
+
+/* rr_cursors[vip index], per CPU: this CPU's place in its VIP's
+ * round-robin sequence (Go starts each CPU elsewhere), and how many new
+ * flows it gave out there (the VIP's scheduler decisions, for metrics). */
+struct rr_cursor {
+	__u64 picks;
+	__u32 pos;
+	__u32 pad;
 };
 
 /* src_prefixes key: an LPM trie key. prefixlen counts the bits after it

@@ -32,6 +32,11 @@ const (
 	// SchedulerSourceHash hashes the client address only, so all of a
 	// client's flows reach one backend.
 	SchedulerSourceHash Scheduler = "source-hash"
+	// SchedulerRoundRobin gives new flows the backends in turn, in
+	// proportion to their weights (smooth weighted round robin); a packet
+	// that is not a flow's first and has no connection entry takes the
+	// Maglev ring. It needs the connection table (docs/schedulers.md).
+	SchedulerRoundRobin Scheduler = "round-robin"
 )
 
 // FragmentPolicy is what happens to IP fragments and unparseable packets
@@ -93,7 +98,7 @@ const (
 // first is the default where the field has one.
 var (
 	modes            = []Mode{ModeDSR, ModeIPIP}
-	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash}
+	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash, SchedulerRoundRobin}
 	fragmentPolicies = []FragmentPolicy{FragmentsDrop, FragmentsPass}
 	onDownActions    = []OnDown{OnDownRehash, OnDownDrain}
 	allDownActions   = []AllDown{AllDownDrop, AllDownFailOpen}

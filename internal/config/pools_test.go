@@ -105,6 +105,11 @@ func TestPoolProblems(t *testing.T) {
 		{"bad fallback", `[{name: eu, prefixes: [10.0.0.0/8], backends: [198.18.0.11], fallback: other}]`, "vips[0].pools[0].fallback", `"other"`},
 		{"unknown key", `[{name: eu, prefixes: [10.0.0.0/8], backends: [198.18.0.11], weight: 2}]`, "vips[0].pools[0].weight", "unknown"},
 	}
+	// Round-robin over pools is not built: the pair is refused by name.
+	rr := strings.Replace(poolVIP(`[{name: eu, prefixes: [10.0.0.0/8], backends: [198.18.0.11]}]`), "    protocol: tcp\n", "    protocol: tcp\n    scheduler: round-robin\n", 1)
+	if ps := problems(t, rr); len(ps) != 1 || ps[0].Path != "vips[0].pools" || !strings.Contains(ps[0].Message, "round-robin VIP cannot have pools") {
+		t.Errorf("round-robin with pools: problems %v, want only vips[0].pools refused", ps)
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ps := problems(t, poolVIP(tc.pools))

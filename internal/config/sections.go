@@ -590,6 +590,9 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	rs := d.ringSize(f, def, true)
 	v.RingSize, v.RingSizeAuto, v.RingSizeMax = rs.size, rs.auto, rs.max
 	v.Conntrack, v.Timeouts = vipConntrack(f, v.Protocol)
+	if v.Scheduler == SchedulerRoundRobin && !v.Conntrack {
+		f.errf("scheduler", "round-robin needs the connection table to keep each flow on the backend its first packet got; remove conntrack: false, or use maglev")
+	}
 	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
 	v.SourceRanges = sourceRanges(f, v.Address, addrOK)
 
@@ -616,6 +619,9 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 		v.Backends = append(v.Backends, d.backend(bf, &v, addrOK, portOK, seen, i))
 	}
 	v.Pools = d.pools(f, &v, addrOK)
+	if v.Scheduler == SchedulerRoundRobin && len(v.Pools) > 0 {
+		f.errf("pools", "a round-robin VIP cannot have pools yet: a pool's clients take Maglev on the pool's ring; use scheduler maglev (or source-hash) with pools")
+	}
 	return v, complete
 }
 

@@ -309,6 +309,7 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 		Slot:        pred.Slot,
 		RingSize:    pred.RingSize,
 		RingBackend: pred.RingBackend,
+		Scheduler:   pred.Scheduler,
 	}
 	if pred.Conntrack {
 		e.Reason = "connection entry"
@@ -320,6 +321,13 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 		}
 		if pred.PoolDrop {
 			e.PoolFallback, e.Reason = "drop", "pool down" // Backend is zero: dropped
+		}
+	}
+	if pred.RoundRobin {
+		e.Reason = "round-robin"
+		e.RoundRobin = &api.RRSequence{Length: pred.RRLen, Shares: []api.RRShare{}}
+		for _, s := range pred.RRShares {
+			e.RoundRobin.Shares = append(e.RoundRobin.Shares, api.RRShare{Backend: s.Backend, Slots: s.Slots})
 		}
 	}
 	if pred.Refused {

@@ -182,7 +182,8 @@ const (
 	balancerFulcrumStatSTAT_CT_EXPORT_FULL    balancerFulcrumStat = 25
 	balancerFulcrumStatSTAT_DROP_POOL_DOWN    balancerFulcrumStat = 26
 	balancerFulcrumStatSTAT_POOL_FALLBACK     balancerFulcrumStat = 27
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 28
+	balancerFulcrumStatSTAT_SCHED_RR          balancerFulcrumStat = 28
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 29
 )
 
 type balancerFulcrumVipFlags uint32
@@ -193,6 +194,7 @@ const (
 	balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE balancerFulcrumVipFlags = 4
 	balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES    balancerFulcrumVipFlags = 8
 	balancerFulcrumVipFlagsVIP_F_POOLS            balancerFulcrumVipFlags = 16
+	balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN      balancerFulcrumVipFlags = 32
 )
 
 type balancerHopEntry struct {
@@ -240,6 +242,13 @@ type balancerRingChunk struct {
 	Slot [16]uint32
 }
 
+type balancerRrCursor struct {
+	_     structs.HostLayout
+	Picks uint64
+	Pos   uint32
+	Pad   uint32
+}
+
 type balancerSrcPrefixKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -256,7 +265,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [28]uint64
+	Count [29]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -285,6 +294,8 @@ type balancerVipMeta struct {
 	RingSize   uint32
 	RingOffset uint32
 	CtTimeout  [4]uint32
+	RrOffset   uint32
+	RrLen      uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -303,6 +314,7 @@ const (
 	balancerMapHopCache         = "hop_cache"
 	balancerMapPoolRings        = "pool_rings"
 	balancerMapRingArena        = "ring_arena"
+	balancerMapRrCursors        = "rr_cursors"
 	balancerMapSrcPrefixes      = "src_prefixes"
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
@@ -389,6 +401,7 @@ type balancerMapSpecs struct {
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
 	PoolRings    *ebpf.MapSpec `ebpf:"pool_rings"`
 	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
+	RrCursors    *ebpf.MapSpec `ebpf:"rr_cursors"`
 	SrcPrefixes  *ebpf.MapSpec `ebpf:"src_prefixes"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
@@ -449,6 +462,7 @@ type balancerMaps struct {
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
 	PoolRings    *ebpf.Map `ebpf:"pool_rings"`
 	RingArena    *ebpf.Map `ebpf:"ring_arena"`
+	RrCursors    *ebpf.Map `ebpf:"rr_cursors"`
 	SrcPrefixes  *ebpf.Map `ebpf:"src_prefixes"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
@@ -473,6 +487,7 @@ func (m *balancerMaps) Close() error {
 		m.HopCache,
 		m.PoolRings,
 		m.RingArena,
+		m.RrCursors,
 		m.SrcPrefixes,
 		m.Stats,
 		m.VipAddrsV4,

@@ -51,7 +51,9 @@ type benchPath struct {
 // floor (a MAC swap + XDP_TX), an established TCP flow, the bypass (pure
 // Maglev) path, a new flow with insert into a full default-sized table, and
 // a TCP ACK to the host's own address, an established flow to a VIP with
-// 256 source ranges and a packet of a client outside them, interleaved over several rounds in one
+// 256 source ranges and a packet of a client outside them, new flows by SYN
+// to a Maglev and to a round-robin VIP and an established flow of the
+// latter, interleaved over several rounds in one
 // process, and prints each median as a ratio to the floor, wall clock first,
 // then the kernel's own per-repeat figure (BPF_PROG_RUN's duration, which
 // leaves out the syscall's fixed cost):
@@ -71,6 +73,10 @@ func BenchmarkFastpath(b *testing.B) {
 	if err := d.AddVIP(vipAll4, VIPConfig{Mode: ModeDSR, SourceRanges: rangesForBench(b)}, backends4); err != nil {
 		b.Fatal(err)
 	}
+	rr := VIPConfig{Mode: ModeDSR, RoundRobin: true}
+	if err := d.AddVIP(vipRR4, rr, backends4); err != nil {
+		b.Fatal(err)
+	}
 	var tp testprogs.TestprogsObjects
 	if err := testprogs.LoadTestprogsObjects(&tp, nil); err != nil {
 		b.Fatal(err)
@@ -82,8 +88,12 @@ func BenchmarkFastpath(b *testing.B) {
 	// a client outside them, dropped.
 	ranged := pkt(client4, vipAll4.Addr.String(), TCP, 40000, 80).Build()
 	refused := pkt("198.19.2.2", vipAll4.Addr.String(), TCP, 40000, 80).Build()
+	// An established flow of a round-robin VIP, whose entry its SYN made.
+	rrSYN := pkt(client4, vipRR4.Addr.String(), TCP, 40000, 80)
+	rrSYN.SYN = true
+	rrEstablished := pkt(client4, vipRR4.Addr.String(), TCP, 40000, 80).Build()
 	// One packet creates the connection entry the benchmark then hits.
-	for _, f := range [][]byte{established, ranged} {
+	for _, f := range [][]byte{established, ranged, rrSYN.Build()} {
 		if v, _ := runProg(b, d.Program(), bytes.Clone(f)); v != xdpTX {
 			b.Fatalf("priming packet: verdict %s", verdictNames[v])
 		}
@@ -98,6 +108,16 @@ func BenchmarkFastpath(b *testing.B) {
 	// whose IPv4 table holds as many live entries as it can: what a busy
 	// balancer has, and no longer a table that fits in the cache.
 	full := newFullDatapath(b)
+	if err := full.AddVIP(vipRR4, rr, backends4); err != nil {
+		b.Fatal(err)
+	}
+	// New flows by SYN, so that the round-robin VIP takes its sequence:
+	// one to the Maglev VIP for comparison.
+	synTo := func(v VIP) []byte {
+		p := pkt(client4, v.Addr.String(), TCP, 40001, v.Port)
+		p.SYN = true
+		return p.Build()
+	}
 
 	// ipip: an established TCP flow to a 4in4 VIP, in a namespace whose
 	// FIB knows the next hop; bench_ipip strips the previous repeat's
@@ -117,6 +137,9 @@ func BenchmarkFastpath(b *testing.B) {
 		// bench_newflow writes a fresh source address into every repeat,
 		// then tail-calls the balancer: each repeat misses and inserts.
 		{name: "newflow", prog: tp.BenchNewflow, frame: newflow, proof: StatCtMiss, proven: true, d: full, target: full.Program()},
+		{name: "newflow-syn", prog: tp.BenchNewflow, frame: synTo(vipWeb4), proof: StatCtSYN, proven: true, d: full, target: full.Program()},
+		{name: "newflow-round-robin", prog: tp.BenchNewflow, frame: synTo(vipRR4), proof: StatSchedRR, proven: true, d: full, target: full.Program()},
+		{name: "established-round-robin", prog: d.Program(), frame: rrEstablished, proof: StatCtHit, proven: true},
 		{name: "host", prog: full.Program(), frame: host, proof: StatPassNoVIP, proven: true, tx: StatPassNoVIP, d: full, verdict: xdpPass},
 		{name: "ipip", prog: tp.BenchIpip, frame: ipip, proof: StatCtHit, proven: true, tx: StatTxIPIP, d: ie.d, env: ie, target: ie.d.Program()},
 		// bench_tail tail-calls the floor: what the wrappers add.
@@ -165,7 +188,7 @@ func BenchmarkFastpath(b *testing.B) {
 	fmt.Printf("fastpath: BPF_PROG_RUN, %d repeats per run, median of %d rounds (min-max in brackets); wall clock, then the kernel's duration\n", *benchRepeat, *benchRounds)
 	for _, p := range paths {
 		r, k := results[p.name], kernel[p.name]
-		fmt.Printf("  %-18s %7.2f ns/pkt [%.2f-%.2f]  kernel %4.0f ns/pkt [%.0f-%.0f]\n", p.name, median(r), slices.Min(r), slices.Max(r),
+		fmt.Printf("  %-23s %7.2f ns/pkt [%.2f-%.2f]  kernel %4.0f ns/pkt [%.0f-%.0f]\n", p.name, median(r), slices.Min(r), slices.Max(r),
 			median(k), slices.Min(k), slices.Max(k))
 	}
 	fmt.Printf("  (newflow and ipip include a wrapper: its tail call and packet rewrite; the kernel reports whole ns)\n")

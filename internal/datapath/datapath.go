@@ -122,7 +122,7 @@ func Load(opts Options) (*Datapath, error) {
 	maxVIPs := shrink(spec.Maps[balancerMapVipsV4].MaxEntries, opts.MaxVIPs)
 	maxBackends := shrink(spec.Maps[balancerMapBackends].MaxEntries, opts.MaxBackends)
 	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState,
-		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6} {
+		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6, balancerMapRrCursors} {
 		spec.Maps[name].MaxEntries = maxVIPs
 	}
 	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache} {

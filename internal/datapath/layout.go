@@ -37,9 +37,11 @@ import (
 //     (VIP_F_SOURCE_RANGES in vip_meta.flags) and their source-prefix
 //     pools' prefixes (kind SRC_KIND_POOL, VIP_F_POOLS), and the hash map
 //     pool_rings the pools' rings; the ct_events ring buffer carries
-//     entries to connection sync; the verdict table ends with
-//     drop_source_range, ct_evicted, ct_export_full, drop_pool_down and
-//     pool_fallback.
+//     entries to connection sync; vip_meta ends with a round-robin VIP's
+//     sequence (rr_offset, rr_len: another extent of ring_arena,
+//     VIP_F_ROUND_ROBIN) and rr_cursors holds each CPU's place in it; the
+//     verdict table ends with drop_source_range, ct_evicted,
+//     ct_export_full, drop_pool_down, pool_fallback and sched_rr.
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the

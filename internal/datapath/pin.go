@@ -91,10 +91,11 @@ func (d *Datapath) adopt() error {
 			RingSize:        m.RingSize,
 			NoConntrack:     m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_NO_CONNTRACK) != 0,
 			SourceHash:      m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_HASH) != 0,
+			RoundRobin:      m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN) != 0,
 			PassUnparseable: m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE) != 0,
 			Timeouts:        connTimeoutsOf(vip.Proto, m.CtTimeout, hz),
 		}
-		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen, ring: extent{m.RingOffset, m.RingSize},
+		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen, ring: extent{m.RingOffset, m.RingSize}, rr: extent{m.RrOffset, m.RrLen},
 			backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
 		metas[m.Index] = vip
 		d.vipGen[m.Index] = m.Gen
@@ -122,6 +123,11 @@ func (d *Datapath) adopt() error {
 	for _, e := range d.vips {
 		if err := d.arena.claim(e.ring); err != nil {
 			return fmt.Errorf("adopt ring of vip %s: %w", e.vip, err)
+		}
+		if e.rr.size > 0 {
+			if err := d.arena.claim(e.rr); err != nil {
+				return fmt.Errorf("adopt round-robin sequence of vip %s: %w", e.vip, err)
+			}
 		}
 	}
 	if err := d.arena.gracePeriod(); err != nil {

@@ -48,6 +48,17 @@ type Prediction struct {
 	Pool     string
 	PoolDown bool
 	PoolDrop bool
+	// RoundRobin is set when the VIP's round-robin sequence decides: a
+	// new flow (a TCP SYN, a UDP packet without a live entry) of a
+	// round-robin VIP. Backend is then the zero address: the pick is the
+	// next slot of the sequence on the CPU the packet reaches, which
+	// depends on what that CPU handed out before. RRShares is what the
+	// sequence holds, RRLen its length.
+	RoundRobin bool
+	RRShares   []RRShare
+	RRLen      uint32
+	// Scheduler is the VIP's: "maglev", "source-hash" or "round-robin".
+	Scheduler string
 }
 
 // ConnEntry is a connection entry as Predict found it.
@@ -70,7 +81,10 @@ var ErrNoVIP = errors.New("no vip matches the flow")
 // with the entry's generation, its VIP tracks connections, and it has not
 // been idle past its state's timeout; else the Maglev ring of the flow's
 // VIP. A client outside the source ranges of the VIP that decides is
-// refused (Prediction.Refused).
+// refused (Prediction.Refused). For a round-robin VIP, a new flow takes its
+// sequence instead of the ring (Prediction.RoundRobin), but for a
+// retransmitted SYN, which keeps its entry's backend while the entry is in
+// state syn.
 func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -85,7 +99,7 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	if err != nil {
 		return Prediction{}, err
 	}
-	p = Prediction{VIP: e.vip, RingSize: uint32(len(table))}
+	p = Prediction{VIP: e.vip, RingSize: uint32(len(table)), Scheduler: e.cfg.scheduler()}
 	if pe := poolOf(e, f.Src); pe != nil {
 		p.Pool, p.PoolDown = pe.name, pe.flags != 0
 		p.PoolDrop = pe.flags&uint32(balancerFulcrumPoolFlagsPOOL_F_DROP) != 0
@@ -113,14 +127,21 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 			p.Refused, p.Backend = true, netip.Addr{}
 		}
 	}()
-	if syn {
+	rr := e.cfg.RoundRobin && (syn || f.Proto == UDP)
+	defer func() {
+		if rr && !p.Conntrack {
+			p.RoundRobin, p.Backend = true, netip.Addr{}
+			p.RRShares, p.RRLen = rrShares(e)
+		}
+	}()
+	if syn && !rr {
 		return p, nil
 	}
 	ct, err := d.lookupConntrack(f)
 	if err != nil {
 		return p, err
 	}
-	if ct == nil {
+	if ct == nil || (syn && (ConnState(ct.State) != ConnSYN || !e.byIDHas(ct.Backend))) {
 		return p, nil
 	}
 	// The entry's backend is found by id, whatever VIP it serves: the fast
@@ -191,4 +212,21 @@ func (d *Datapath) poolTable(e *vipEntry, pe *poolEntry) ([]uint32, error) {
 		return nil, fmt.Errorf("vip %s: the rebuilt ring of pool %s differs from the one written", e.vip, pe.name)
 	}
 	return table, nil
+}
+
+// byIDHas reports whether id is one of the VIP's backends.
+func (e *vipEntry) byIDHas(id uint32) bool {
+	_, ok := e.byID[id]
+	return ok
+}
+
+// scheduler names the VIP's scheduler as the configuration does.
+func (c VIPConfig) scheduler() string {
+	switch {
+	case c.RoundRobin:
+		return "round-robin"
+	case c.SourceHash:
+		return "source-hash"
+	}
+	return "maglev"
 }

@@ -103,6 +103,10 @@ type VIPConfig struct {
 	// SourceHash hashes on the client address only, so that all of a
 	// client's flows reach the same backend.
 	SourceHash bool
+	// RoundRobin gives new flows (a TCP SYN, a UDP packet without an
+	// entry) the backends in turn, by weight (rr.go); other packets
+	// without an entry take the ring. It needs the connection table.
+	RoundRobin bool
 	// PassUnparseable hands fragments and malformed packets for the VIP's
 	// address to the host stack instead of dropping them. Fragments carry no
 	// ports, so the policy is per address: any VIP on the address that

@@ -33,6 +33,10 @@ type vipEntry struct {
 	pools        []*poolEntry
 	poolPrefixes map[netip.Prefix]uint32
 	poolsAdopted bool
+	// rr is a round-robin VIP's sequence in the arena (empty if no
+	// backend has a weight), and rrSum its digest, as tableSum.
+	rr    extent
+	rrSum uint64
 }
 
 type backendEntry struct {
@@ -138,6 +142,7 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		// No key names the ring any more (vip_state's copy of the meta
 		// is never used to read a ring): free after a grace period.
 		d.arena.retire(e.ring)
+		d.arena.retire(e.rr)
 		d.vipIndex.put(idx)
 		owners = append(owners, i)
 	}
@@ -219,6 +224,12 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 	}
 	if cfg.RingSize < maglev.MinSize || cfg.RingSize > maglev.MaxSize || !maglev.IsPrime(cfg.RingSize) {
 		return fmt.Errorf("vip %s: ring size %d is not a prime between %d and %d", vip, cfg.RingSize, maglev.MinSize, maglev.MaxSize)
+	}
+	if cfg.RoundRobin && cfg.SourceHash {
+		return fmt.Errorf("vip %s: round robin and source hash are two schedulers: choose one", vip)
+	}
+	if cfg.RoundRobin && cfg.NoConntrack {
+		return fmt.Errorf("vip %s: round robin needs the connection table: without an entry a flow's later packets take the ring, most likely to another backend", vip)
 	}
 	if err := cfg.Timeouts.Check(); err != nil {
 		return fmt.Errorf("vip %s: connection %w", vip, err)
@@ -338,6 +349,7 @@ type pendingVIP struct {
 	// whose entry fill writes (fresh or changed).
 	fresh, written []*backendEntry
 	newRing        bool // e.ring is a new extent, not old's
+	newRR          bool // e.rr is a new extent, not old's
 	// poolRings are the new extents of e's pools (pools.go).
 	poolRings []extent
 	at        int   // the change's index in setMany's argument
@@ -361,6 +373,10 @@ func (p *pendingVIP) undo(d *Datapath) {
 		d.arena.release(r)
 	}
 	p.poolRings = nil
+	if p.newRR {
+		d.arena.release(p.e.rr)
+		p.newRR = false
+	}
 }
 
 // prepare validates a VIP change and allocates its VIP index and the ids
@@ -463,6 +479,9 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 	if err := d.fillPools(p); err != nil {
 		return err
 	}
+	if err := d.fillRR(p); err != nil {
+		return fmt.Errorf("vip %s: %w", vip, err)
+	}
 	var table []uint32
 	var err error
 	if sh != nil {
@@ -532,11 +551,18 @@ func (d *Datapath) commit(p *pendingVIP) error {
 			d.arena.retire(e.ring)
 			p.newRing = false
 		}
+		if p.newRR {
+			d.arena.retire(e.rr)
+			p.newRR = false
+		}
 		p.undo(d)
 		return fmt.Errorf("vip %s: write vip: %w", vip, err)
 	}
 	if p.newRing && p.old != nil {
 		d.arena.retire(p.old.ring)
+	}
+	if p.old != nil && p.old.rr != e.rr {
+		d.arena.retire(p.old.rr)
 	}
 	d.vips[vip] = e
 	d.ownerChanges++ // before the backends it lost retire (free their ids)
@@ -619,6 +645,9 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	if !e.cfg.Pools.IsZero() {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_POOLS)
 	}
+	if e.cfg.RoundRobin {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN)
+	}
 	return balancerVipMeta{
 		Index:      e.index,
 		Gen:        e.gen,
@@ -627,6 +656,8 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 		RingSize:   e.ring.size,
 		RingOffset: e.ring.off,
 		CtTimeout:  e.cfg.Timeouts.jiffies(e.vip.Proto, hz),
+		RrOffset:   e.rr.off,
+		RrLen:      e.rr.size,
 	}
 }
 

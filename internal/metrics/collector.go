@@ -41,6 +41,7 @@ type collector struct {
 	vrrpState      *prometheus.Desc
 	vrrpSick       *prometheus.Desc
 	steering       *prometheus.Desc
+	schedDecisions *prometheus.Desc
 
 	stats []statSeries
 }
@@ -68,7 +69,7 @@ func newCollector(src Source) *collector {
 			"Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard, export_full (connection sync: the event ring buffer was full, an entry's event was lost).",
 			[]string{"event"}, nil),
 		events: prometheus.NewDesc(name("datapath_events_total"),
-			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.",
+			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour; sched_rr: a new flow given its backend by a round-robin VIP's sequence.",
 			[]string{"event"}, nil),
 		backendHealth: prometheus.NewDesc(name("backend_health"),
 			"Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.",
@@ -82,6 +83,9 @@ func newCollector(src Source) *collector {
 		steering: prometheus.NewDesc(name("health_steer_packets_total"),
 			"Marked health-probe packets the steering program saw, by result: steered to their backend, no_entry (left alone), not_ip and error (dropped). Only while a check goes through the data path; the counts restart when the program is loaded again.",
 			[]string{"result"}, nil),
+		schedDecisions: prometheus.NewDesc(name("scheduler_decisions_total"),
+			"New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin); every other new flow is the Maglev ring's.",
+			[]string{"vip", "scheduler"}, nil),
 	}
 	for _, s := range datapath.AllStats() {
 		name := s.String()
@@ -117,6 +121,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.vrrpState
 	ch <- c.vrrpSick
 	ch <- c.steering
+	ch <- c.schedDecisions
 }
 
 // Collect implements prometheus.Collector: it reads the Source now.
@@ -156,6 +161,9 @@ func (c *collector) collectCounters(ch chan<- prometheus.Metric) {
 		v := vip.String()
 		ch <- prometheus.MustNewConstMetric(c.vipPackets, prometheus.CounterValue, float64(cnt.Packets), v)
 		ch <- prometheus.MustNewConstMetric(c.vipBytes, prometheus.CounterValue, float64(cnt.Bytes), v)
+	}
+	for vip, n := range counters.RoundRobin {
+		ch <- prometheus.MustNewConstMetric(c.schedDecisions, prometheus.CounterValue, float64(n), vip.String(), "round-robin")
 	}
 	for vip, backends := range counters.Backends {
 		v := vip.String()

@@ -48,7 +48,7 @@ type VIP struct {
 	VIPRef
 	Name      string `json:"name,omitempty"`
 	Mode      string `json:"mode"`                // "dsr"
-	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default) or "source-hash"
+	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash" or "round-robin"
 	// RingSize is a prime; 0 = 65537. In a listing of a VIP with
 	// RingSizeAuto it is the size the daemon chose (0 before its first
 	// write); when adding one, leave it 0.
@@ -236,8 +236,8 @@ type ExplainRequest struct {
 type Explanation struct {
 	VIP     VIPRef     `json:"vip"`
 	Backend netip.Addr `json:"backend"`
-	// Reason is "connection entry", "ring slot", or, for a dropped packet,
-	// "source range" or "pool down".
+	// Reason is "connection entry", "ring slot", "round-robin", or, for a
+	// dropped packet, "source range" or "pool down".
 	Reason      string     `json:"reason"`
 	Hash        uint32     `json:"hash"`
 	Slot        uint32     `json:"slot"`
@@ -253,6 +253,27 @@ type Explanation struct {
 	// backend (never for a SYN, which always takes the ring). An expired
 	// entry is shown too: it explains why a flow left its backend.
 	Entry *ConnEntry `json:"entry,omitempty"`
+	// Scheduler is the VIP's: "maglev", "source-hash" or "round-robin".
+	Scheduler string `json:"scheduler,omitempty"`
+	// RoundRobin is set with reason "round-robin": the VIP's weighted
+	// sequence decides the new flow. Backend is then unset: the pick is
+	// the next slot on the CPU the packet reaches, which depends on the
+	// flows that CPU handed out before, so it cannot be predicted.
+	RoundRobin *RRSequence `json:"round_robin,omitempty"`
+}
+
+// RRSequence is a round-robin VIP's weighted sequence: Length slots, of
+// which each backend has its Shares' Slots (its weight over the weights'
+// greatest common divisor).
+type RRSequence struct {
+	Length uint32    `json:"length"`
+	Shares []RRShare `json:"shares"`
+}
+
+// RRShare is one backend's slots in an RRSequence.
+type RRShare struct {
+	Backend netip.Addr `json:"backend"`
+	Slots   uint32     `json:"slots"`
 }
 
 // ConnEntry is a connection entry as explain found it.
