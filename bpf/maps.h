@@ -139,12 +139,16 @@ struct {
  * line and no helper call (the verifier inlines array lookups). One table
  * serves all CPUs, so a flow that RSS moves keeps its backend and `fulcrum
  * explain` finds it. Go sizes them (entries / CT_WAYS buckets) and sets
- * ct_buckets to match. docs/datapath.md has the design search. */
+ * ct_buckets to match. docs/datapath.md has the design search. The tables
+ * and their tuple records are BPF_F_MMAPABLE so that Go lists them with a
+ * memory copy, not a system call per element (an array lookup is inlined
+ * all the same). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct ct_bucket);
 	__uint(max_entries, CT_ENTRIES / CT_WAYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } ct_v4 SEC(".maps");
 
 struct {
@@ -152,6 +156,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ct_bucket);
 	__uint(max_entries, CT_ENTRIES / CT_WAYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } ct_v6 SEC(".maps");
 
 /* ct_keys_*[bucket * CT_WAYS + way] is the tuple of that way's entry,
@@ -162,6 +167,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ct_key_v4);
 	__uint(max_entries, CT_ENTRIES);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } ct_keys_v4 SEC(".maps");
 
 struct {
@@ -169,6 +175,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ct_key_v6);
 	__uint(max_entries, CT_ENTRIES);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } ct_keys_v6 SEC(".maps");
 
 struct {
