@@ -206,4 +206,3 @@ func TestSyncUnderLoad(t *testing.T) {
 		t.Errorf("lb1 lost entries before sending them: %v", s1.Overflow)
 	}
 }
-
