@@ -203,6 +203,35 @@ func testSyncFailover(t *testing.T, sync bool) {
 	}
 }
 
+// reweight sets backend3's weight from weightsBefore's to weightsAfter's
+// on both nodes, waits for their rings, and returns how many of conns
+// (300) have a slot the reweight gives another backend: at least 50, or
+// the test means nothing and stops.
+func (p *syncPair) reweight(conns []*conn) int {
+	h := p.h
+	t := h.t
+	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
+	all := h.topo.Backends
+	after := h.modelRing(all, weightsAfter...)
+	for _, n := range []*harness{p.lb1, p.lb2} {
+		if err := n.client.SetWeight(bg(), web, all[2].IPv4, weightsAfter[2]); err != nil {
+			t.Fatalf("%s: reweight backend3 to %d: %v", n.lb.Role(), weightsAfter[2], err)
+		}
+		n.waitRing(web.String(), ringAddrs(after, all))
+	}
+	moved := 0
+	before := h.modelRing(all, weightsBefore...)
+	for _, c := range conns {
+		if modelBackend(after, all, c) != modelBackend(before, all, c) {
+			moved++
+		}
+	}
+	if moved < 50 {
+		t.Fatalf("the reweight moves the slots of %d of %d connections, want at least 50 for the test to mean something", moved, len(conns))
+	}
+	return moved
+}
+
 // nonZeroDrops keeps the reasons that dropped something.
 func nonZeroDrops(m map[string]uint64) map[string]uint64 {
 	out := map[string]uint64{}
@@ -222,8 +251,6 @@ func nonZeroDrops(m map[string]uint64) map[string]uint64 {
 func TestSyncRestartedStandby(t *testing.T) {
 	p := newSyncPair(t, true)
 	h, lb1, lb2 := p.h, p.lb1, p.lb2
-	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
-	all := h.topo.Backends
 	var conns []*conn
 	for _, src := range reweightSources {
 		conns = append(conns, h.openConnsFrom(300/len(reweightSources), src, vip4)...)
@@ -251,23 +278,7 @@ func TestSyncRestartedStandby(t *testing.T) {
 		t.Errorf("lb1 sent no resync after lb2 restarted (%d before, %d after)", resyncs, s1.Resyncs)
 	}
 
-	after := h.modelRing(all, weightsAfter...)
-	for _, n := range []*harness{lb1, lb2} {
-		if err := n.client.SetWeight(bg(), web, all[2].IPv4, weightsAfter[2]); err != nil {
-			t.Fatalf("%s: reweight backend3 to %d: %v", n.lb.Role(), weightsAfter[2], err)
-		}
-		n.waitRing(web.String(), ringAddrs(after, all))
-	}
-	moved := 0
-	before := h.modelRing(all, weightsBefore...)
-	for _, c := range conns {
-		if modelBackend(after, all, c) != modelBackend(before, all, c) {
-			moved++
-		}
-	}
-	if moved < 50 {
-		t.Fatalf("the reweight moves the slots of %d of 300 connections, want at least 50 for the test to mean something", moved)
-	}
+	moved := p.reweight(conns)
 	setLink(t, h.topo.LB1, false)
 	lb2.waitVRRP("master", 3*time.Second)
 	h.checkConns(conns, "", "through lb2, restarted and resynced, after lb1 died")

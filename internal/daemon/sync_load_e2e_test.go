@@ -37,8 +37,10 @@ type loadConn struct {
 // of the new flows survive the failover only if sync carried their entry
 // to lb2 before lb1 died. After the failover every connection sends a
 // line again. A connection opened more than loadWindow before the link
-// went down must survive; the loss, the rate and the sync lag are
-// reported.
+// went down must survive, and so must one dialed after setting the link
+// down returned (all of it went through lb2); the loss, the rate and the
+// sync lag are reported. A VRRP flap before the link goes down (lb2 master
+// while lb1 lives, on a machine too busy) fails the test as such.
 func TestSyncUnderLoad(t *testing.T) {
 	p := newSyncPair(t, true)
 	h, lb1, lb2 := p.h, p.lb1, p.lb2
@@ -102,12 +104,31 @@ func TestSyncUnderLoad(t *testing.T) {
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }
 
 	// Two seconds of load, then lb1 dies; two more seconds.
+	v0, err := lb2.client.VRRP(bg())
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	time.Sleep(2 * time.Second)
 	beforeDown := count()
 	s1 := lb1.syncStatus()
+	v1, err := lb2.client.VRRP(bg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v1.Transitions != v0.Transitions || v1.State != "backup" {
+		// lb2 took over while lb1 lived (both forwarded, by rings that
+		// differ): not the failover this test measures.
+		stop.Store(true)
+		wg.Wait()
+		t.Fatalf("VRRP flapped under the load before lb1's link went down: lb2 %s after %d transitions (worst advert gap %s, %d late adverts); the machine is too busy for this test",
+			v1.State, v1.Transitions-v0.Transitions, v1.WorstAdvertGap, v1.LateAdverts)
+	}
 	down := time.Now()
 	setLink(t, h.topo.LB1, false)
+	// A packet may leave through lb1 until setLink returns: a dial is
+	// "after" only if it began then.
+	downDone := time.Now()
 	lb2.waitVRRP("master", 3*time.Second)
 	master := time.Now()
 	time.Sleep(2 * time.Second)
@@ -130,11 +151,11 @@ func TestSyncUnderLoad(t *testing.T) {
 		// Before the window: every packet of its handshake and first
 		// exchange passed lb1 more than loadWindow before it died. After:
 		// its dial began once lb1 was gone, so all of it went to lb2.
-		inWindow := !c.opened.Before(down.Add(-loadWindow)) && c.dialed.Before(down)
+		inWindow := !c.opened.Before(down.Add(-loadWindow)) && c.dialed.Before(downDone)
 		if inWindow {
 			window++
 		}
-		if c.dialed.Before(down) && modelBackend(before, all, c.conn) != modelBackend(after, all, c.conn) {
+		if c.dialed.Before(downDone) && modelBackend(before, all, c.conn) != modelBackend(after, all, c.conn) {
 			moved++
 		}
 		if ok {
@@ -153,13 +174,13 @@ func TestSyncUnderLoad(t *testing.T) {
 			lostAfter++
 			if firstAfter == "" {
 				firstAfter = fmt.Sprintf("%s on %s, dialed %s after the link went down: %q, %v",
-					c.c.LocalAddr(), c.backend, c.dialed.Sub(down).Round(time.Millisecond), r.backend, r.err)
+					c.c.LocalAddr(), c.backend, c.dialed.Sub(downDone).Round(time.Millisecond), r.backend, r.err)
 			}
 		}
 	}
 	preDown := 0
 	for _, c := range lcs {
-		if c.dialed.Before(down) {
+		if c.dialed.Before(downDone) {
 			preDown++
 		}
 	}
@@ -167,18 +188,18 @@ func TestSyncUnderLoad(t *testing.T) {
 	failedBefore, failedAfter := 0, 0
 	var firstFailedAfter string
 	for i, f := range failed {
-		if f.Before(down) {
+		if f.Before(downDone) {
 			failedBefore++
 			continue
 		}
 		failedAfter++
 		if firstFailedAfter == "" {
-			firstFailedAfter = fmt.Sprintf("dialed %s after the link went down, failed after %v", f.Sub(down).Round(time.Millisecond), failErrs[i])
+			firstFailedAfter = fmt.Sprintf("dialed %s after the link went down, failed after %v", f.Sub(downDone).Round(time.Millisecond), failErrs[i])
 		}
 	}
 	lost := lostBefore + lostWindow + lostAfter
-	t.Logf("load: %d dialers opened %d connections in %s before lb1's link went down (%.0f connections/s), %d in all over %s; lb2 master %s after the link went down",
-		dialers, beforeDown, down.Sub(start).Round(time.Millisecond), rate, len(lcs), end.Sub(start).Round(time.Millisecond), master.Sub(down).Round(time.Millisecond))
+	t.Logf("load: %d dialers opened %d connections in %s before lb1's link went down (%.0f connections/s), %d in all over %s; lb2 master %s after the link went down (setting it down took %s)",
+		dialers, beforeDown, down.Sub(start).Round(time.Millisecond), rate, len(lcs), end.Sub(start).Round(time.Millisecond), master.Sub(down).Round(time.Millisecond), downDone.Sub(down).Round(100*time.Microsecond))
 	t.Logf("of the %d connections dialed through lb1 before the link went down, %d had a slot lb2's ring gives another backend (they live only by sync)", preDown, moved)
 	t.Logf("lost after the failover: %d of %d (%.2f%%): %d opened more than %s before the link went down, %d dialed before it and opened within %s of it or later (of %d), %d dialed after; dials (with their first exchange) that failed: %d begun before the link went down, %d after",
 		lost, len(lcs), 100*float64(lost)/float64(max(len(lcs), 1)), lostBefore, loadWindow, lostWindow, loadWindow, window, lostAfter, failedBefore, failedAfter)
