@@ -154,6 +154,10 @@ type SyncStatus struct {
 	// entries.
 	Resyncs       uint64 `json:"resyncs"`
 	ResyncEntries uint64 `json:"resync_entries"`
+	// Refreshes counts the walks that re-sent busy entries before their
+	// peers' copies expire, RefreshEntries the entries they re-sent.
+	Refreshes      uint64 `json:"refreshes"`
+	RefreshEntries uint64 `json:"refresh_entries"`
 	// SendLag is the time from an entry's event to its datagram's send
 	// (a sample), ReceiveAge the age of datagrams at receipt (as far as
 	// the nodes' clocks agree).
