@@ -169,14 +169,21 @@ func (d *Datapath) clock() (kernelClock, error) {
 
 // idle returns how long an entry stamped at lastSeen has been idle.
 func (c kernelClock) idle(lastSeen uint32) time.Duration {
-	return time.Duration(c.jiffies-lastSeen) * time.Second / time.Duration(c.hz)
+	return time.Duration(c.age(lastSeen)) * time.Second / time.Duration(c.hz)
+}
+
+// age is how many jiffies ago lastSeen was, 0 for a time after the clock
+// was read (a packet touched the entry since): ages are differences modulo
+// 2^32, and one a little ahead is not one 49 days old.
+func (c kernelClock) age(lastSeen uint32) uint32 {
+	return uint32(max(int32(c.jiffies-lastSeen), 0))
 }
 
 // expired reports whether the fast path treats entry v as a miss: idle for
 // more jiffies than its VIP's timeout for its state (bpf/conntrack.h
 // ct_expired, the same comparison in the same unit).
 func (c kernelClock) expired(v *balancerCtValue, timeout time.Duration) bool {
-	return c.jiffies-v.LastSeen > uint32(timeout/time.Second)*c.hz
+	return c.age(v.LastSeen) > uint32(timeout/time.Second)*c.hz
 }
 
 // The connection table is an array of buckets per family (bpf/types.h
