@@ -583,7 +583,11 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	complete = addrOK && portOK && protoOK
 
 	v.Mode = enumOf(f, "mode", DefaultMode, modes)
-	v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
+	if s, _ := f.text("scheduler"); s == string(SchedulerLeastTime) {
+		f.errf("scheduler", "least-time is not available yet; use round-robin or maglev (response_time already measures and shows the backends' response times)")
+	} else {
+		v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
+	}
 	def := d.ringDefault
 	if def == (ringSetting{}) { // ParseVIP: no root
 		def = defaultRing
@@ -624,9 +628,6 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 		f.errf("pools", "a round-robin VIP cannot have pools yet: a pool's clients take Maglev on the pool's ring; use scheduler maglev (or source-hash) with pools")
 	}
 	v.ResponseTime = responseTime(f, &v)
-	if v.Scheduler == SchedulerLeastTime {
-		f.errf("scheduler", "least-time is not available yet; use round-robin or maglev (response_time already measures and shows the backends' response times)")
-	}
 	return v, complete
 }
 

@@ -70,7 +70,7 @@ func (d *Datapath) SetBackendCost(vip VIP, addr netip.Addr, rt time.Duration) er
 	if b == nil {
 		return fmt.Errorf("vip %s has no backend %s", vip, addr)
 	}
-	return d.objs.BackendCost.Put(b.id, costMicros(rt))
+	return d.objs.BackendCost.Put(b.id, CostMicros(rt))
 }
 
 // BackendCost reads back what backend_cost holds for vip's backend addr,
@@ -95,8 +95,8 @@ func (d *Datapath) backendOf(vip VIP, addr netip.Addr) *backendEntry {
 	return nil
 }
 
-// costMicros is rt in whole µs, rounded up, at most the field's range.
-func costMicros(rt time.Duration) uint32 {
+// CostMicros is rt in whole µs, rounded up, at most the field's range.
+func CostMicros(rt time.Duration) uint32 {
 	if rt <= 0 {
 		return 0
 	}
