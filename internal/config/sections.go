@@ -605,11 +605,13 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	var hc *HealthCheck
 	hcPath := f.at("health_check")
 	inherited := false
+	checkBad := false
 	if f.has("health_check") {
 		var ok bool
 		hc, ok = f.check("health_check")
 		if !ok {
 			hc = nil // already reported; do not pile up follow-on errors
+			checkBad = true
 		}
 	} else if topSet {
 		hc, inherited = top, true
@@ -627,7 +629,7 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	if v.Scheduler == SchedulerRoundRobin && len(v.Pools) > 0 {
 		f.errf("pools", "a round-robin VIP cannot have pools yet: a pool's clients take Maglev on the pool's ring; use scheduler maglev (or source-hash) with pools")
 	}
-	v.ResponseTime = responseTime(f, &v)
+	v.ResponseTime = responseTime(f, &v, checkBad)
 	return v, complete
 }
 
@@ -857,8 +859,9 @@ func vipConntrack(f source, proto string) (bool, datapath.ConnTimeouts) {
 
 // responseTime decodes a VIP's response_time block (files only: the API's
 // VIP fields do not carry it yet), nil when absent. Passive measuring needs
-// TCP and the connection table, active a health check.
-func responseTime(f source, v *VIP) *ResponseTime {
+// TCP and the connection table, active a health check (checkBad: the VIP's
+// was refused, already reported).
+func responseTime(f source, v *VIP, checkBad bool) *ResponseTime {
 	ff, ok := f.(*fields)
 	if !ok || !ff.has("response_time") {
 		return nil
@@ -879,7 +882,7 @@ func responseTime(f source, v *VIP) *ResponseTime {
 			rf.errf("source", "%s finds a flow's first ACK through its connection entry and the vip has conntrack: false; remove conntrack: false, or use source: active", r.Source)
 		}
 	}
-	checked := v.HealthCheck != nil
+	checked := v.HealthCheck != nil || checkBad
 	for _, b := range v.Backends {
 		checked = checked || b.HealthCheck != nil
 	}
