@@ -119,7 +119,7 @@ const (
 // The values each enumerated field accepts, in the documented order; the
 // first is the default where the field has one.
 var (
-	modes            = []Mode{ModeDSR, ModeIPIP}
+	modes = []Mode{ModeDSR, ModeIPIP}
 	// least-time is not in the list until the fast path chooses by it:
 	// the decoder refuses it by name (sections.go), and help and error
 	// texts do not offer it.
