@@ -11,30 +11,22 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 )
 
-// rtFake is a Source with response times.
+// rtFake is a Source with response times, fixed before it is scraped.
 type rtFake struct {
 	*fakeSource
 	rts map[datapath.VIP]map[netip.Addr]map[string]time.Duration
 }
 
-func (f *rtFake) BackendResponseTimes() map[datapath.VIP]map[netip.Addr]map[string]time.Duration {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.rts
-}
+func (f rtFake) BackendResponseTimes() map[datapath.VIP]map[netip.Addr]map[string]time.Duration { return f.rts }
 
 // TestBackendResponseSeconds: a series per backend and measured source, in
 // seconds; none from a Source without response times.
 func TestBackendResponseSeconds(t *testing.T) {
 	web := datapath.VIP{Addr: netip.MustParseAddr("203.0.113.10"), Port: 80, Proto: datapath.TCP}
-	f := &rtFake{fakeSource: newFake()}
-	m := New(f, "v1", "c")
-	f.set(func(*fakeSource) {
-		f.rts = map[datapath.VIP]map[netip.Addr]map[string]time.Duration{web: {
-			netip.MustParseAddr("198.18.0.11"): {"passive": 1500 * time.Microsecond, "active": 20 * time.Millisecond},
-			netip.MustParseAddr("198.18.0.12"): {},
-		}}
-	})
+	m := New(rtFake{fakeSource: newFake(), rts: map[datapath.VIP]map[netip.Addr]map[string]time.Duration{web: {
+		netip.MustParseAddr("198.18.0.11"): {"passive": 1500 * time.Microsecond, "active": 20 * time.Millisecond},
+		netip.MustParseAddr("198.18.0.12"): {},
+	}}}, "v1", "c")
 	want := `
 # HELP fulcrum_backend_response_seconds A backend's response time, an EWMA folded every 100 ms, by source: passive (the fast path's time from a flow's SYN to the client's first ACK, which includes the backend's SYN-ACK) or active (the health probe's duration). Only VIPs with response_time, and only sources with a sample.
 # TYPE fulcrum_backend_response_seconds gauge
