@@ -116,8 +116,7 @@ func (f *rtFolder) run(ctx context.Context) {
 	}
 }
 
-// fold takes the samples since the last fold. An error reading one VIP
-// (it was removed meanwhile) skips it until the next fold.
+// fold takes the samples since the last fold.
 func (f *rtFolder) fold(now time.Time) {
 	var active map[rtKey]health.Status
 	vips := f.vips()
@@ -142,10 +141,9 @@ func (f *rtFolder) fold(now time.Time) {
 		vip := reconcile.Key(v)
 		var samples map[netip.Addr]datapath.BackendSamples
 		if rt.Passive() {
-			var err error
-			if samples, err = f.src.ResponseSamples(vip); err != nil {
-				continue
-			}
+			// An error (the VIP is not written yet, or was just
+			// removed) leaves the passive EWMAs as they are.
+			samples, _ = f.src.ResponseSamples(vip)
 		}
 		m := make(map[netip.Addr]BackendRT, len(v.Backends))
 		for _, b := range v.Backends {
