@@ -21,6 +21,7 @@
 #include "stats.h"
 #include "conntrack.h"
 #include "ctevents.h"
+#include "rtt.h"
 #include "forward.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -360,6 +361,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 				return verdict(st, STAT_DROP_SOURCE_RANGE, XDP_DROP);
 			if (vip) {
 				id = ct.backend;
+				if (ct.state == CT_SYN && (vip->flags & VIP_F_RESPONSE_TIME))
+					rt_ack_seen(h5, ref.lo, id, f->tcp_flags, st);
 				ct_touch(&ref, &ct, f, now);
 				if (cfg->flags & CONFIG_F_SYNC)
 					ct_export_touch(st, f, &ct, be->vip_index);
@@ -409,6 +412,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		ct.state = ct_state_new(f);
 		ct.last_seen = now;
 		ct_insert(f, &ref, &ct, now, st);
+		if (f->syn && ref.b && (vip->flags & VIP_F_RESPONSE_TIME))
+			rt_syn_seen(h5, ref.lo);
 		if ((cfg->flags & CONFIG_F_SYNC) && ref.b)
 			ct_export(st, f, &ct, vip->index);
 	}

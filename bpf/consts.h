@@ -41,6 +41,10 @@
 
 /* The flow hash's seed (flowhash.h adds the protocol to it). */
 #define FLOW_HASH_SEED 0x7a3c19e5
+/* Slots of rt_syn (rtt.h): the SYN times of handshakes in progress of VIPs
+ * measuring response times, by flow hash. 64 Ki slots of 8 bytes; with
+ * 1000 handshakes in flight, 1.5 % of them lose their slot to another. */
+#define RT_SYN_SLOTS (1 << 16)
 
 /* Forwarding mode of a VIP (vip_meta.mode). MODE_NONE is only in the
  * zeroed vip_state slot of a removed VIP, whose gen 0 makes connection
@@ -76,6 +80,12 @@ enum fulcrum_vip_flags {
 	 * backend of the VIP's weighted round-robin sequence (vip_meta.rr_*)
 	 * on this CPU; any other packet without an entry takes the ring. */
 	VIP_F_ROUND_ROBIN = 1 << 5,
+	/* The VIP measures its backends' response times passively (rtt.h): a
+	 * SYN's time is kept in rt_syn, and the flow's first ACK adds the
+	 * time since to its backend's rt_samples. Without the flag a SYN and
+	 * an ACK in state syn pay one flag test. (1 << 8: 6 and 7 are left to
+	 * the other schedulers' flags.) */
+	VIP_F_RESPONSE_TIME = 1 << 8,
 };
 
 /* What a src_prefixes entry is for (src_prefix_key.kind): the key's kind is
@@ -191,6 +201,11 @@ enum fulcrum_stat {
 	STAT_POOL_FALLBACK,         /* the client's pool has no live backend:
 	                             * the VIP's ring decided (an event) */
 	STAT_SCHED_RR,              /* a new flow's backend chosen by round-robin */
+	STAT_RT_SAMPLE,             /* a flow's first ACK gave its backend a
+	                             * response-time sample (rtt.h) */
+	STAT_RT_LOST,               /* a flow's first ACK found its SYN's time
+	                             * gone (another SYN took the rt_syn slot)
+	                             * or too old: no sample */
 	STAT_MAX,
 };
 

@@ -199,6 +199,38 @@ struct {
 	__uint(max_entries, MAX_BACKENDS);
 } backend_stats SEC(".maps");
 
+/* rt_syn[flow hash % RT_SYN_SLOTS] is the SYN time of a handshake in
+ * progress of a VIP with VIP_F_RESPONSE_TIME (rtt.h): the low 32 bits of
+ * bpf_ktime_get_ns, and above them the flow's tag, in one 8-byte word
+ * written with one store. Shared by all CPUs: a flow's ACK may arrive on
+ * another CPU than its SYN. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, RT_SYN_SLOTS);
+} rt_syn SEC(".maps");
+
+/* rt_samples[backend id]: each CPU's passive response-time samples of the
+ * backend, cumulative; the daemon folds their growth into an EWMA. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct rt_sample);
+	__uint(max_entries, MAX_BACKENDS);
+} rt_samples SEC(".maps");
+
+/* backend_cost[backend id] is the backend's response time in µs (0 = not
+ * measured yet), the EWMA the daemon folds at most every 100 ms from its
+ * VIP's sources; the least-time scheduler reads it. Go writes each entry
+ * whole (one 4-byte value). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, MAX_BACKENDS);
+} backend_cost SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);

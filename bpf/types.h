@@ -167,6 +167,13 @@ struct counter {
 	__u64 bytes;
 };
 
+/* rt_sample is a backend's passive response-time samples on one CPU, since
+ * the program was loaded: Go reads the growth (internal/datapath rtt.go). */
+struct rt_sample {
+	__u64 sum_ns;
+	__u64 count;
+};
+
 /* stats is the per-CPU verdict and event table: one lookup per packet. */
 struct stat_table {
 	__u64 count[STAT_MAX];

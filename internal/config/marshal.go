@@ -173,6 +173,9 @@ func vipsDoc(vips []VIP) []map[string]any {
 		if len(v.Pools) > 0 {
 			m["pools"] = poolsDoc(v.Pools)
 		}
+		if r := v.ResponseTime; r != nil {
+			m["response_time"] = map[string]any{"source": r.Source, "half_life": r.HalfLife.String()}
+		}
 		out = append(out, m)
 	}
 	return out

@@ -66,6 +66,10 @@ func (c *controller) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 	}
 	sizes := c.d.rec.RingSizes()
 	counts := c.d.connCounts()
+	var rts map[datapath.VIP]map[netip.Addr]BackendRT
+	if c.d.rt != nil {
+		rts = c.d.rt.snapshot()
+	}
 	var out []api.VIP
 	for _, v := range c.d.rec.Desired() {
 		k := reconcile.Key(v)
@@ -78,6 +82,10 @@ func (c *controller) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 			av.Backends[i].HealthSince, av.Backends[i].HealthError = st.since, st.err
 			n := counts[k][av.Backends[i].Address]
 			av.Backends[i].Active, av.Backends[i].Inactive = n.Active, n.Inactive
+			if v.ResponseTime != nil {
+				rt := rts[k][av.Backends[i].Address]
+				av.Backends[i].ResponseTime = &api.ResponseTime{Source: string(v.ResponseTime.Source), Cost: rt.Cost, Passive: rt.Passive, Active: rt.Active}
+			}
 		}
 		out = append(out, av)
 	}

@@ -183,7 +183,9 @@ const (
 	balancerFulcrumStatSTAT_DROP_POOL_DOWN    balancerFulcrumStat = 26
 	balancerFulcrumStatSTAT_POOL_FALLBACK     balancerFulcrumStat = 27
 	balancerFulcrumStatSTAT_SCHED_RR          balancerFulcrumStat = 28
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 29
+	balancerFulcrumStatSTAT_RT_SAMPLE         balancerFulcrumStat = 29
+	balancerFulcrumStatSTAT_RT_LOST           balancerFulcrumStat = 30
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 31
 )
 
 type balancerFulcrumVipFlags uint32
@@ -195,6 +197,7 @@ const (
 	balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES    balancerFulcrumVipFlags = 8
 	balancerFulcrumVipFlagsVIP_F_POOLS            balancerFulcrumVipFlags = 16
 	balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN      balancerFulcrumVipFlags = 32
+	balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME    balancerFulcrumVipFlags = 256
 )
 
 type balancerHopEntry struct {
@@ -249,6 +252,12 @@ type balancerRrCursor struct {
 	Pad   uint32
 }
 
+type balancerRtSample struct {
+	_     structs.HostLayout
+	SumNs uint64
+	Count uint64
+}
+
 type balancerSrcPrefixKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -265,7 +274,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [29]uint64
+	Count [31]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -302,6 +311,7 @@ type balancerVipMeta struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	balancerMapBackendCost      = "backend_cost"
 	balancerMapBackendStats     = "backend_stats"
 	balancerMapBackends         = "backends"
 	balancerMapConfig           = "config"
@@ -315,6 +325,8 @@ const (
 	balancerMapPoolRings        = "pool_rings"
 	balancerMapRingArena        = "ring_arena"
 	balancerMapRrCursors        = "rr_cursors"
+	balancerMapRtSamples        = "rt_samples"
+	balancerMapRtSyn            = "rt_syn"
 	balancerMapSrcPrefixes      = "src_prefixes"
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
@@ -389,6 +401,7 @@ type balancerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type balancerMapSpecs struct {
+	BackendCost  *ebpf.MapSpec `ebpf:"backend_cost"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
@@ -402,6 +415,8 @@ type balancerMapSpecs struct {
 	PoolRings    *ebpf.MapSpec `ebpf:"pool_rings"`
 	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
 	RrCursors    *ebpf.MapSpec `ebpf:"rr_cursors"`
+	RtSamples    *ebpf.MapSpec `ebpf:"rt_samples"`
+	RtSyn        *ebpf.MapSpec `ebpf:"rt_syn"`
 	SrcPrefixes  *ebpf.MapSpec `ebpf:"src_prefixes"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
@@ -450,6 +465,7 @@ func (o *balancerObjects) Close() error {
 //
 // It can be passed to loadBalancerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type balancerMaps struct {
+	BackendCost  *ebpf.Map `ebpf:"backend_cost"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
@@ -463,6 +479,8 @@ type balancerMaps struct {
 	PoolRings    *ebpf.Map `ebpf:"pool_rings"`
 	RingArena    *ebpf.Map `ebpf:"ring_arena"`
 	RrCursors    *ebpf.Map `ebpf:"rr_cursors"`
+	RtSamples    *ebpf.Map `ebpf:"rt_samples"`
+	RtSyn        *ebpf.Map `ebpf:"rt_syn"`
 	SrcPrefixes  *ebpf.Map `ebpf:"src_prefixes"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
@@ -475,6 +493,7 @@ type balancerMaps struct {
 
 func (m *balancerMaps) Close() error {
 	return _BalancerClose(
+		m.BackendCost,
 		m.BackendStats,
 		m.Backends,
 		m.Config,
@@ -488,6 +507,8 @@ func (m *balancerMaps) Close() error {
 		m.PoolRings,
 		m.RingArena,
 		m.RrCursors,
+		m.RtSamples,
+		m.RtSyn,
 		m.SrcPrefixes,
 		m.Stats,
 		m.VipAddrsV4,

@@ -77,6 +77,11 @@ func BenchmarkFastpath(b *testing.B) {
 	if err := d.AddVIP(vipRR4, rr, backends4); err != nil {
 		b.Fatal(err)
 	}
+	// A VIP measuring response times passively: its SYNs read the clock.
+	rt := VIPConfig{Mode: ModeDSR, ResponseTime: true}
+	if err := d.AddVIP(vipRT4, rt, backends4); err != nil {
+		b.Fatal(err)
+	}
 	var tp testprogs.TestprogsObjects
 	if err := testprogs.LoadTestprogsObjects(&tp, nil); err != nil {
 		b.Fatal(err)
@@ -92,8 +97,13 @@ func BenchmarkFastpath(b *testing.B) {
 	rrSYN := pkt(client4, vipRR4.Addr.String(), TCP, 40000, 80)
 	rrSYN.SYN = true
 	rrEstablished := pkt(client4, vipRR4.Addr.String(), TCP, 40000, 80).Build()
+	// An established flow of the measuring VIP: its SYN, then its first
+	// ACK (the sample), then the benchmark's ACKs.
+	rtSYN := pkt(client4, vipRT4.Addr.String(), TCP, 40000, 80)
+	rtSYN.SYN = true
+	rtEstablished := pkt(client4, vipRT4.Addr.String(), TCP, 40000, 80).Build()
 	// One packet creates the connection entry the benchmark then hits.
-	for _, f := range [][]byte{established, ranged, rrSYN.Build()} {
+	for _, f := range [][]byte{established, ranged, rrSYN.Build(), rtSYN.Build(), rtEstablished} {
 		if v, _ := runProg(b, d.Program(), bytes.Clone(f)); v != xdpTX {
 			b.Fatalf("priming packet: verdict %s", verdictNames[v])
 		}
@@ -109,6 +119,9 @@ func BenchmarkFastpath(b *testing.B) {
 	// balancer has, and no longer a table that fits in the cache.
 	full := newFullDatapath(b)
 	if err := full.AddVIP(vipRR4, rr, backends4); err != nil {
+		b.Fatal(err)
+	}
+	if err := full.AddVIP(vipRT4, rt, backends4); err != nil {
 		b.Fatal(err)
 	}
 	// New flows by SYN, so that the round-robin VIP takes its sequence:
@@ -140,6 +153,10 @@ func BenchmarkFastpath(b *testing.B) {
 		{name: "newflow-syn", prog: tp.BenchNewflow, frame: synTo(vipWeb4), proof: StatCtSYN, proven: true, d: full, target: full.Program()},
 		{name: "newflow-round-robin", prog: tp.BenchNewflow, frame: synTo(vipRR4), proof: StatSchedRR, proven: true, d: full, target: full.Program()},
 		{name: "established-round-robin", prog: d.Program(), frame: rrEstablished, proof: StatCtHit, proven: true},
+		// Passive response times: a SYN reads the clock and stores its
+		// time; an established packet pays a state test only.
+		{name: "newflow-syn-rt", prog: tp.BenchNewflow, frame: synTo(vipRT4), proof: StatCtSYN, proven: true, d: full, target: full.Program()},
+		{name: "established-rt", prog: d.Program(), frame: rtEstablished, proof: StatCtHit, proven: true},
 		{name: "host", prog: full.Program(), frame: host, proof: StatPassNoVIP, proven: true, tx: StatPassNoVIP, d: full, verdict: xdpPass},
 		{name: "ipip", prog: tp.BenchIpip, frame: ipip, proof: StatCtHit, proven: true, tx: StatTxIPIP, d: ie.d, env: ie, target: ie.d.Program()},
 		// bench_tail tail-calls the floor: what the wrappers add.

@@ -42,6 +42,8 @@ const (
 	StatDropPoolDown    = Stat(balancerFulcrumStatSTAT_DROP_POOL_DOWN)
 	StatPoolFallback    = Stat(balancerFulcrumStatSTAT_POOL_FALLBACK)
 	StatSchedRR         = Stat(balancerFulcrumStatSTAT_SCHED_RR)
+	StatRTSample        = Stat(balancerFulcrumStatSTAT_RT_SAMPLE)
+	StatRTLost          = Stat(balancerFulcrumStatSTAT_RT_LOST)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -75,6 +77,8 @@ var statNames = [...]string{
 	StatDropPoolDown:    "drop_pool_down",
 	StatPoolFallback:    "pool_fallback",
 	StatSchedRR:         "sched_rr",
+	StatRTSample:        "rt_sample",
+	StatRTLost:          "rt_lost",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

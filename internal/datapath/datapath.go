@@ -125,7 +125,8 @@ func Load(opts Options) (*Datapath, error) {
 		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6, balancerMapRrCursors} {
 		spec.Maps[name].MaxEntries = maxVIPs
 	}
-	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache} {
+	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache,
+		balancerMapRtSamples, balancerMapBackendCost} {
 		spec.Maps[name].MaxEntries = maxBackends
 	}
 	spec.Maps[balancerMapRingArena].MaxEntries = ArenaCapacity(opts.RingSlots) / ringChunkSlots

@@ -41,7 +41,9 @@ import (
 //     sequence (rr_offset, rr_len: another extent of ring_arena,
 //     VIP_F_ROUND_ROBIN) and rr_cursors holds each CPU's place in it; the
 //     verdict table ends with drop_source_range, ct_evicted,
-//     ct_export_full, drop_pool_down, pool_fallback and sched_rr.
+//     ct_export_full, drop_pool_down, pool_fallback, sched_rr, rt_sample
+//     and rt_lost; rt_syn, rt_samples and backend_cost hold passive
+//     response times (VIP_F_RESPONSE_TIME) and the backends' costs.
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the

@@ -107,6 +107,11 @@ type VIPConfig struct {
 	// entry) the backends in turn, by weight (rr.go); other packets
 	// without an entry take the ring. It needs the connection table.
 	RoundRobin bool
+	// ResponseTime measures the backends' response times passively
+	// (rtt.go): a TCP flow's time from SYN to first ACK. It needs the
+	// connection table (the ACK finds its SYN through the entry's state)
+	// and TCP.
+	ResponseTime bool
 	// PassUnparseable hands fragments and malformed packets for the VIP's
 	// address to the host stack instead of dropping them. Fragments carry no
 	// ports, so the policy is per address: any VIP on the address that

@@ -231,6 +231,9 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 	if cfg.RoundRobin && cfg.NoConntrack {
 		return fmt.Errorf("vip %s: round robin needs the connection table: without an entry a flow's later packets take the ring, most likely to another backend", vip)
 	}
+	if cfg.ResponseTime && (cfg.NoConntrack || vip.Proto != TCP) {
+		return fmt.Errorf("vip %s: passive response times need TCP and the connection table: a flow's first ACK is found through its entry's state", vip)
+	}
 	if err := cfg.Timeouts.Check(); err != nil {
 		return fmt.Errorf("vip %s: connection %w", vip, err)
 	}
@@ -465,6 +468,9 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 		if _, err := d.objs.BackendStats.BatchUpdate(ids, zeros, nil); err != nil {
 			return fmt.Errorf("vip %s: reset counters of %d new backends: %w", vip, len(ids), err)
 		}
+		if err := resetCosts(d.objs.BackendCost, p.fresh); err != nil {
+			return fmt.Errorf("vip %s: reset response times of %d new backends: %w", vip, len(ids), err)
+		}
 	}
 	if len(p.written) > 0 {
 		ids := make([]uint32, len(p.written))
@@ -647,6 +653,9 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	}
 	if e.cfg.RoundRobin {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN)
+	}
+	if e.cfg.ResponseTime {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME)
 	}
 	return balancerVipMeta{
 		Index:      e.index,

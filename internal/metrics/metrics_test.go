@@ -185,6 +185,8 @@ fulcrum_conntrack_events_total{event="guard"} 211
 # TYPE fulcrum_datapath_events_total counter
 fulcrum_datapath_events_total{event="fib_gateway"} 201
 fulcrum_datapath_events_total{event="pool_fallback"} 271
+fulcrum_datapath_events_total{event="rt_lost"} 301
+fulcrum_datapath_events_total{event="rt_sample"} 291
 fulcrum_datapath_events_total{event="sched_rr"} 281
 `
 	wantState = `

@@ -611,6 +611,7 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 		NoConntrack:     !v.Conntrack,
 		SourceHash:      v.Scheduler == config.SchedulerSourceHash,
 		RoundRobin:      v.Scheduler == config.SchedulerRoundRobin,
+		ResponseTime:    v.ResponseTime.Passive(),
 		PassUnparseable: v.Fragments == config.FragmentsPass,
 		Timeouts:        timeouts.Normal(key.Proto),
 	}}

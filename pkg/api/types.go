@@ -101,6 +101,21 @@ type Backend struct {
 	// syn, fin and closed), made every 2 s or more (docs/connections.md).
 	Active   uint64 `json:"active"`
 	Inactive uint64 `json:"inactive"`
+	// ResponseTime is filled in listings of a VIP with response_time.
+	ResponseTime *ResponseTime `json:"response_time,omitempty"`
+}
+
+// ResponseTime is a backend's response time: an EWMA per source, folded
+// every 100 ms (docs/schedulers.md, least-time). Zero = no sample yet.
+type ResponseTime struct {
+	// Source is what the VIP measures: passive, active or both.
+	Source string `json:"source"`
+	// Cost is what the least-time scheduler reads: the source's EWMA
+	// (under both, the passive one while the backend had a handshake in
+	// the last 10 s, else the active one).
+	Cost    time.Duration `json:"cost_ns"`
+	Passive time.Duration `json:"passive_ns"`
+	Active  time.Duration `json:"active_ns"`
 }
 
 // WeightRequest is the body of PUT /v1/vips/{vip}/backends/{address}/weight.

@@ -7,7 +7,9 @@
 // On every address it serves HTTP on port 80 (any GET → "NAME\n"), a TCP
 // line echo on port 9000 ("NAME LINE\n" per line, for long-lived flows) and
 // a UDP echo on port 53 ("NAME PAYLOAD"). Listening on the VIP itself (held
-// on lo) makes replies leave with the VIP as source.
+// on lo) makes replies leave with the VIP as source. With -delay, every
+// IPv4 packet it sends leaves that much later (delay.go): a slow backend,
+// SYN-ACK included.
 package main
 
 import (
@@ -40,10 +42,17 @@ func main() {
 	name := flag.String("name", "", "name to answer with (required)")
 	var addrs addrList
 	flag.Var(&addrs, "addr", "address to listen on (repeatable; required)")
+	delay := flag.Duration("delay", 0, "hold every IPv4 packet the backend sends this long (a TUN device in its route; root, in a test namespace)")
 	flag.Parse()
 	if *name == "" || len(addrs) == 0 {
 		fmt.Fprintln(os.Stderr, "fcbackend: -name and at least one -addr are required")
 		os.Exit(2)
+	}
+	if *delay > 0 {
+		if err := delayOutput(*delay); err != nil {
+			fmt.Fprintf(os.Stderr, "fcbackend: %v\n", err)
+			os.Exit(1)
+		}
 	}
 	for _, a := range addrs {
 		if err := serve(*name, a); err != nil {
