@@ -41,7 +41,10 @@ import (
 //     sequence (rr_offset, rr_len: another extent of ring_arena,
 //     VIP_F_ROUND_ROBIN) and rr_cursors holds each CPU's place in it; the
 //     verdict table ends with drop_source_range, ct_evicted,
-//     ct_export_full, drop_pool_down, pool_fallback and sched_rr.
+//     ct_export_full, drop_pool_down, pool_fallback and sched_rr; the
+//     mmapable array host_filter is the destination prefilter, a bitmap of
+//     the VIP and policy addresses' hashes (written by Go from the VIPs,
+//     never copied: a migration's fill sets it).
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the
