@@ -172,22 +172,14 @@ func TestHostFilterHostTraffic(t *testing.T) {
 				}
 			}
 			in := c.in.Build()
-			before, err := d.Counters()
-			if err != nil {
-				t.Fatal(err)
-			}
-			verdict, out := runProg(t, d.Program(), in)
-			after, err := d.Counters()
-			if err != nil {
-				t.Fatal(err)
-			}
+			verdict, out, moved := runCounted(t, d, in)
 			if verdict != xdpPass {
 				t.Errorf("verdict = %s, want XDP_PASS", verdictNames[verdict])
 			}
 			if !bytes.Equal(out[:len(in)], in) {
 				t.Errorf("the frame changed:\n%s", hexDiff(out[:len(in)], in))
 			}
-			if got, want := formatStats(statsDelta(before, after)), formatStats(map[Stat]uint64{StatPassNoVIP: 1}); got != want {
+			if got, want := formatStats(moved), formatStats(map[Stat]uint64{StatPassNoVIP: 1}); got != want {
 				t.Errorf("counters moved %s, want %s", got, want)
 			}
 		})
@@ -240,13 +232,11 @@ func TestHostFilterCollision(t *testing.T) {
 			p := pkt(c.src, c.dst.String(), TCP, 40200, 80)
 			want := map[Stat]uint64{StatPassNoVIP: 1}
 			run := func(what string, wantVerdict uint32) []byte {
-				before, _ := d.Counters()
-				v, out := runProg(t, d.Program(), p.Build())
-				after, _ := d.Counters()
+				v, out, moved := runCounted(t, d, p.Build())
 				if v != wantVerdict {
 					t.Errorf("%s: verdict %s, want %s", what, verdictNames[v], verdictNames[wantVerdict])
 				}
-				if got := formatStats(statsDelta(before, after)); got != formatStats(want) {
+				if got := formatStats(moved); got != formatStats(want) {
 					t.Errorf("%s: counters moved %s, want %s", what, got, formatStats(want))
 				}
 				return out
@@ -337,23 +327,16 @@ func TestHostFilterRefcount(t *testing.T) {
 // address is cleared.
 func TestHostFilterAdopt(t *testing.T) {
 	dir := PinDir(newPinRoot(t), "test")
-	d1, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d1 := loadPinned(t, dir)
 	provision(t, d1)
 	checkHostFilter(t, d1, fixtureAddrs()...)
 	stray := d1.hosts.bit(hostAddr4)
 	d1.hosts.set(stray, true)
 	d1.Close()
 
-	d2, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d2.Close()
+	d2 := loadPinned(t, dir)
 	if !d2.Adopted() {
-		t.Fatal("second load did not adopt the pins")
+		t.Fatal("the second load took no pinned state over")
 	}
 	checkHostFilter(t, d2, fixtureAddrs()...)
 	if _, ok := d2.hosts.held[vipWeb6.Addr]; !ok {
@@ -567,4 +550,32 @@ func backends4And6(v VIP) []Backend {
 		return backends6
 	}
 	return backends4
+}
+
+// runCounted runs one frame and returns the verdict, the frame out, and
+// the counters it moved.
+func runCounted(t *testing.T, d *Datapath, in []byte) (uint32, []byte, map[Stat]uint64) {
+	t.Helper()
+	before, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, out := runProg(t, d.Program(), in)
+	after, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, out, statsDelta(before, after)
+}
+
+// loadPinned loads a datapath with pins in dir, closed at the test's end
+// (Close twice is harmless).
+func loadPinned(t *testing.T, dir string) *Datapath {
+	t.Helper()
+	d, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
 }
