@@ -19,23 +19,21 @@
 #include "flowhash.h"
 #include "parse.h"
 
-/* The word index takes the hash's top bits, the bit in the word its low
- * six: HOST_FILTER_WORDS must be a power of two (2^14 words: 2^20 bits). */
+/* An address's bit is the top 20 bits of host_filter_hash: the word its
+ * top 14 (HOST_FILTER_WORDS must be 2^14), the bit in the word the next 6. */
 #define HOST_FILTER_WORD_SHIFT (32 - 14)
+#define HOST_FILTER_BIT_SHIFT (32 - 14 - 6)
 _Static_assert(HOST_FILTER_WORDS == 1 << (32 - HOST_FILTER_WORD_SHIFT), "host_filter size and shift disagree");
 
-/* host_filter_mix is murmur3's 32-bit finaliser: every input bit moves
- * about half the output bits, so addresses of one subnet spread over the
- * whole bitmap. Go's hostFilterBit computes the same: change both or
- * neither. */
-static __always_inline __u32 host_filter_mix(__u32 h)
+/* host_filter_hash is Fibonacci hashing: one multiply by 2^32 / phi. Its
+ * top bits depend on every bit of the address (the last octet of an IPv4
+ * address, the top byte as loaded, maps one to one onto the top byte), and
+ * it costs one multiply on every packet's path where a full mixer costs
+ * a chain of five dependent steps. Go's hostFilterBit computes the same:
+ * change both or neither. */
+static __always_inline __u32 host_filter_hash(__u32 a)
 {
-	h ^= h >> 16;
-	h *= 0x85ebca6b;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35;
-	h ^= h >> 16;
-	return h;
+	return a * 0x9e3779b1;
 }
 
 /* may_be_vip reports whether the flow's destination address may have a VIP
@@ -44,14 +42,14 @@ static __always_inline __u32 host_filter_mix(__u32 h)
  * (little-endian), as the flow hash takes them. */
 static __always_inline int may_be_vip(const struct flow *f)
 {
-	__u32 h = host_filter_mix(f->family == 4 ? f->dst.v4 : fold6(f->dst.v6));
+	__u32 h = host_filter_hash(f->family == 4 ? f->dst.v4 : fold6(f->dst.v6));
 	__u32 w = h >> HOST_FILTER_WORD_SHIFT;
 	__u64 *word = bpf_map_lookup_elem(&host_filter, &w);
 
 	if (!word)
 		return 1; /* cannot happen (w < HOST_FILTER_WORDS): the normal path decides */
 	/* One 8-byte load: Go rewrites a word with one 8-byte store. */
-	return (*(volatile __u64 *)word >> (h & 63)) & 1;
+	return (*(volatile __u64 *)word >> ((h >> HOST_FILTER_BIT_SHIFT) & 63)) & 1;
 }
 
 #endif

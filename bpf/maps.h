@@ -62,7 +62,7 @@ struct {
 } vip_addrs_v6 SEC(".maps");
 
 /* host_filter is the destination prefilter (hostfilter.h): bit
- * (hash & 63) of word (hash >> 18), hash being host_filter_mix of the
+ * (hash >> 12) & 63 of word hash >> 18, hash being host_filter_hash of the
  * destination address, is set while the address has a VIP or a fragment
  * policy. An array, so the lookup is inlined; mmapable, so Go rewrites a
  * word with one 8-byte store (a map update copies bytes, and a reader could

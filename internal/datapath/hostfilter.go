@@ -32,7 +32,7 @@ import (
 type hostFilter struct {
 	mem   []byte   // the map's memory, mapped shared
 	words []uint64 // the same memory as words
-	shift uint     // the hash's top bits past it index the word
+	shift uint     // the hash's bits past it are an address's bit
 	// held maps each address that holds a bit to that bit (word << 6 |
 	// bit); refs counts the addresses holding each set bit.
 	held map[netip.Addr]uint32
@@ -53,7 +53,7 @@ func newHostFilter(m *ebpf.Map) (*hostFilter, error) {
 	return &hostFilter{
 		mem:   mem,
 		words: unsafe.Slice((*uint64)(unsafe.Pointer(&mem[0])), n),
-		shift: uint(32 - bits.TrailingZeros32(n)),
+		shift: uint(32 - 6 - bits.TrailingZeros32(n)),
 		held:  make(map[netip.Addr]uint32),
 		refs:  make(map[uint32]uint32),
 	}, nil
@@ -66,14 +66,9 @@ func (h *hostFilter) close() {
 	}
 }
 
-// hostFilterMix is bpf/hostfilter.h host_filter_mix (murmur3's finaliser).
-func hostFilterMix(h uint32) uint32 {
-	h ^= h >> 16
-	h *= 0x85ebca6b
-	h ^= h >> 13
-	h *= 0xc2b2ae35
-	h ^= h >> 16
-	return h
+// hostFilterHash is bpf/hostfilter.h host_filter_hash (Fibonacci hashing).
+func hostFilterHash(a uint32) uint32 {
+	return a * 0x9e3779b1
 }
 
 // addrWord is an address as the program hashes it: the IPv4 address, or
@@ -91,10 +86,10 @@ func addrWord(a netip.Addr) uint32 {
 	return w
 }
 
-// bit returns the address's bit: word << 6 | bit in the word.
+// bit returns the address's bit, word << 6 | bit in the word: the top
+// bits of its hash, as many as the map has bits.
 func (h *hostFilter) bit(a netip.Addr) uint32 {
-	x := hostFilterMix(addrWord(a))
-	return (x>>h.shift)<<6 | x&63
+	return hostFilterHash(addrWord(a)) >> h.shift
 }
 
 // set sets or clears a bit with one store of its whole word. Only Go

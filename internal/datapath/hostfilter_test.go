@@ -82,19 +82,33 @@ func fixtureAddrs() []netip.Addr {
 	return out
 }
 
-// collide4 returns an address of 203.0.113.0/24 above .100 and one of
-// 198.19.0.0/16 whose prefilter bits are the same (none of the fixture's).
+// collide4 returns an address of 203.0.113.0/24 or 192.0.2.0/24 and one
+// of 198.18.0.0/15 whose prefilter bits are the same (none of the
+// fixture's). The hash is a multiply, so whole ranges either collide
+// (a constant difference between their words) or do not: the search spans
+// two ranges on the first side.
 func collide4(t *testing.T, h *hostFilter) (netip.Addr, netip.Addr) {
 	t.Helper()
-	byBit := make(map[uint32]netip.Addr)
-	for i := range 1 << 16 {
-		a := netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})
-		byBit[h.bit(a)] = a
+	taken := make(map[netip.Addr]bool)
+	for _, a := range append(fixtureAddrs(), addr(client4)) {
+		taken[a] = true
 	}
-	for i := 100; i < 256; i++ {
-		x := netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})
-		if y, ok := byBit[h.bit(x)]; ok && y.String() != client4 {
-			return x, y
+	for _, b := range backends4 {
+		taken[b.Addr] = true
+	}
+	byBit := make(map[uint32]netip.Addr)
+	for i := range 1 << 17 {
+		a := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
+		if !taken[a] {
+			byBit[h.bit(a)] = a
+		}
+	}
+	for _, net := range [][3]byte{{203, 0, 113}, {192, 0, 2}} {
+		for i := 100; i < 256; i++ {
+			x := netip.AddrFrom4([4]byte{net[0], net[1], net[2], byte(i)})
+			if y, ok := byBit[h.bit(x)]; ok && !taken[x] {
+				return x, y
+			}
 		}
 	}
 	t.Fatal("no two IPv4 addresses in the ranges share a prefilter bit")
