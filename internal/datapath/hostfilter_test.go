@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/bits"
 	"net/netip"
@@ -570,13 +571,10 @@ func backends4And6(v VIP) []Backend {
 // the counters it moved.
 func runCounted(t *testing.T, d *Datapath, in []byte) (uint32, []byte, map[Stat]uint64) {
 	t.Helper()
-	before, err := d.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
+	before, errBefore := d.Counters()
 	v, out := runProg(t, d.Program(), in)
-	after, err := d.Counters()
-	if err != nil {
+	after, errAfter := d.Counters()
+	if err := errors.Join(errBefore, errAfter); err != nil {
 		t.Fatal(err)
 	}
 	return v, out, statsDelta(before, after)
