@@ -29,7 +29,7 @@ _Static_assert(HOST_FILTER_WORDS == 1 << (32 - HOST_FILTER_WORD_SHIFT), "host_fi
  * top bits depend on every bit of the address (the last octet of an IPv4
  * address, the top byte as loaded, maps one to one onto the top byte), and
  * it costs one multiply on every packet's path where a full mixer costs
- * a chain of five dependent steps. Go's hostFilterBit computes the same:
+ * a chain of five dependent steps. Go's hostFilterHash computes the same:
  * change both or neither. */
 static __always_inline __u32 host_filter_hash(__u32 a)
 {
