@@ -4,8 +4,9 @@
 /* The Fulcrum XDP balancer. Per packet, for either IP family: parse,
  * connection table, VIP, Maglev ring, forward by the VIP's mode, count.
  * Anything that is not for a VIP goes to the host stack untouched
- * (XDP_PASS). One header per concern: parse.h, flowhash.h, conntrack.h,
- * forward.h (with encap.h), stats.h. */
+ * (XDP_PASS), most of it at once by the destination prefilter. One header
+ * per concern: parse.h, hostfilter.h, flowhash.h, conntrack.h, forward.h
+ * (with encap.h), stats.h. */
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -18,6 +19,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "flowhash.h"
+#include "hostfilter.h"
 #include "stats.h"
 #include "conntrack.h"
 #include "ctevents.h"
@@ -315,9 +317,11 @@ static __always_inline void ct_insert(const struct flow *f, struct ct_ref *ref,
 }
 
 /* balance is the whole pipeline for a parsed packet of either family. The
- * connection table comes before the VIP: an established flow costs the
- * flow hash, one bucket (a cache line, no helper call) and array lookups.
- * The VIP lookup first would keep traffic to the host out of the table, but
+ * destination prefilter comes first: a packet to an address without a VIP
+ * or policy (the host's own traffic) is passed before the table. Then the
+ * connection table before the VIP: an established flow costs the flow
+ * hash, one bucket (a cache line, no helper call) and array lookups. The
+ * VIP lookup first would keep traffic to the host out of the table too, but
  * cost every VIP packet a hash-map lookup; docs/datapath.md has the
  * figures. */
 static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
@@ -337,15 +341,21 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	int guard = -1; /* over_flow_limit's answer, once rr_choose asked */
 
 	switch (r) {
-	case PARSE_OK:
-		break;
 	case PARSE_NOT_IP:
 		return verdict(st, STAT_PASS_NOT_IP, XDP_PASS);
 	case PARSE_NOT_L4:
 		return verdict(st, STAT_PASS_NOT_L4, XDP_PASS);
 	default:
-		return unparseable(st, f, r);
+		break;
 	}
+	/* Every other result has the destination address. Without its bit
+	 * the address has no VIP and no policy: the verdict the rest would
+	 * reach (pass_no_vip, also for a fragment or a bad header), without
+	 * the table. */
+	if (!may_be_vip(f))
+		return verdict(st, STAT_PASS_NO_VIP, XDP_PASS);
+	if (r != PARSE_OK)
+		return unparseable(st, f, r);
 
 	now = ct_now();
 	if (ct_wanted(cfg, f->proto)) {

@@ -61,6 +61,23 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } vip_addrs_v6 SEC(".maps");
 
+/* host_filter is the destination prefilter (hostfilter.h): bit
+ * (hash >> 12) & 63 of word hash >> 18, hash being host_filter_hash of the
+ * destination address, is set while the address has a VIP or a fragment
+ * policy. An array, so the lookup is inlined; mmapable, so Go rewrites a
+ * word with one 8-byte store (a map update copies bytes, and a reader could
+ * see half a word). 2^20 bits (128 KiB): at MAX_VIPS distinct addresses at
+ * most 0.4% of other addresses share a bit with one. */
+#define HOST_FILTER_WORDS (1 << 14)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, HOST_FILTER_WORDS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+} host_filter SEC(".maps");
+
 /* src_prefixes holds client prefixes per VIP (struct src_prefix_key): a
  * VIP's source ranges (SRC_KIND_ALLOW), looked up only for a VIP with
  * VIP_F_SOURCE_RANGES, and its pools' prefixes (SRC_KIND_POOL), looked up

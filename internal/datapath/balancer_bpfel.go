@@ -322,6 +322,7 @@ const (
 	balancerMapCtV6             = "ct_v6"
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
+	balancerMapHostFilter       = "host_filter"
 	balancerMapPoolRings        = "pool_rings"
 	balancerMapRingArena        = "ring_arena"
 	balancerMapRrCursors        = "rr_cursors"
@@ -412,6 +413,7 @@ type balancerMapSpecs struct {
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
+	HostFilter   *ebpf.MapSpec `ebpf:"host_filter"`
 	PoolRings    *ebpf.MapSpec `ebpf:"pool_rings"`
 	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
 	RrCursors    *ebpf.MapSpec `ebpf:"rr_cursors"`
@@ -476,6 +478,7 @@ type balancerMaps struct {
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
+	HostFilter   *ebpf.Map `ebpf:"host_filter"`
 	PoolRings    *ebpf.Map `ebpf:"pool_rings"`
 	RingArena    *ebpf.Map `ebpf:"ring_arena"`
 	RrCursors    *ebpf.Map `ebpf:"rr_cursors"`
@@ -504,6 +507,7 @@ func (m *balancerMaps) Close() error {
 		m.CtV6,
 		m.FlowGuard,
 		m.HopCache,
+		m.HostFilter,
 		m.PoolRings,
 		m.RingArena,
 		m.RrCursors,

@@ -101,6 +101,8 @@ type Datapath struct {
 	}
 	// arena allocates the extents of the ring arena (arena.go).
 	arena *ringArena
+	// hosts is the destination prefilter's bitmap (hostfilter.go).
+	hosts *hostFilter
 	// refused holds, by ifindex, why the driver refused native XDP where
 	// AttachAuto fell back to generic (attach.go).
 	refused map[int]error
@@ -169,8 +171,14 @@ func Load(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if d.hosts, err = newHostFilter(d.objs.HostFilter); err != nil {
+		d.arena.close()
+		d.objs.Close()
+		return nil, err
+	}
 	if opts.PinDir != "" {
 		if err := d.settlePins(mode, opts.PinDir); err != nil {
+			d.hosts.close()
 			d.arena.close()
 			d.objs.Close()
 			return nil, err
@@ -290,6 +298,7 @@ func (d *Datapath) Close() error {
 	}
 	d.mu.Unlock()
 	d.arena.close()
+	d.hosts.close()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

@@ -43,7 +43,10 @@ import (
 //     verdict table ends with drop_source_range, ct_evicted,
 //     ct_export_full, drop_pool_down, pool_fallback, sched_rr, rt_sample
 //     and rt_lost; rt_syn, rt_samples and backend_cost hold passive
-//     response times (VIP_F_RESPONSE_TIME) and the backends' costs.
+//     response times (VIP_F_RESPONSE_TIME) and the backends' costs; the
+//     mmapable array host_filter is the destination prefilter, a bitmap of
+//     the VIP and policy addresses' hashes (written by Go from the VIPs,
+//     never copied: a migration's fill sets it).
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the

@@ -215,6 +215,7 @@ func (d *Datapath) adopt() error {
 	if err := errors.Join(it.Err(), it2.Err()); err != nil {
 		return fmt.Errorf("read vip addresses: %w", err)
 	}
+	d.adoptHostFilter()
 	d.adopted = true
 	return nil
 }

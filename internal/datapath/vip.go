@@ -705,7 +705,10 @@ func (d *Datapath) retireBackend(b *backendEntry) error {
 	return nil
 }
 
+// putVIPKey publishes a VIP's meta. The address's prefilter bit is set
+// first, so no packet to it is passed to the host once the VIP is there.
 func (d *Datapath) putVIPKey(vip VIP, meta balancerVipMeta) error {
+	d.hosts.hold(vip.Addr)
 	if vip.Addr.Is4() {
 		return d.objs.VipsV4.Put(vipKey4(vip), meta)
 	}
@@ -794,6 +797,10 @@ func (d *Datapath) syncGlobals() error {
 		}
 		delete(d.written.policy, a)
 	}
+	// After the VIP keys and policies are gone: an address keeps its
+	// prefilter bit while the maps hold any of them (a failed delete
+	// keeps its policy in d.written, and so the bit).
+	d.hosts.release(d.addrsInUse())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("write global state: %w", err)
 	}
