@@ -22,6 +22,7 @@
 #include "conntrack.h"
 #include "ctevents.h"
 #include "forward.h"
+#include "sched.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -40,6 +41,8 @@ const enum fulcrum_src_kind _src_kind __attribute__((unused));
 const struct ct_value _ct_value __attribute__((unused));
 /* ct_event is what the ct_events ring buffer carries; Go decodes it. */
 const struct ct_event _ct_event __attribute__((unused));
+const struct conn_count _conn_count __attribute__((unused));
+const struct lc_pool _lc_pool __attribute__((unused));
 
 /* unparseable decides what happens to a fragment or bad packet: the policy
  * of its destination address when that address has a VIP, otherwise the
@@ -231,7 +234,10 @@ static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, str
 }
 
 /* ct_insert writes the flow's entry: in its own way if the bucket has one
- * (a SYN on a known tuple, a stale or expired entry), else in a victim.
+ * (a SYN on a known tuple, a stale or expired entry), else in a victim,
+ * and counts it (counts.h): +1 for it, -1 for the entry it overwrites if
+ * that one was live (an expired one was taken off by the walk, or will
+ * be).
  * ref is ct_find's: without it (no VIP of the flow's protocol tracks
  * connections, as Go's config flags say, so no packet would read the
  * entry) nothing is written. */
@@ -240,9 +246,16 @@ static __always_inline void ct_insert(const struct flow *f, struct ct_ref *ref,
 {
 	if (!ref->b)
 		return;
+	const struct backend *be;
+	enum fulcrum_stat event;
+	struct ct_value old;
+
 	if (ref->way >= CT_WAYS)
 		ref->way = ct_victim(ref->b, now, st);
+	if (ct_decode(ref->b, ref->way & (CT_WAYS - 1), &old) && ct_vip(&old, now, &be, &event))
+		conn_count_add(old.backend, old.state, -1);
 	ct_write(f, ref, ref->way, v);
+	conn_count_add(v->backend, v->state, 1);
 }
 
 /* balance is the whole pipeline for a parsed packet of either family. The
@@ -314,6 +327,9 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	id = pick(vip, hash);
 	if (id == UNASSIGNED)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
+	/* A miss mid-flow (TCP without SYN) keeps the ring's choice. */
+	if ((vip->flags & VIP_F_LEAST_CONN) && (f->syn || f->proto == IPPROTO_UDP))
+		id = lc_pick(st, vip, hash, id);
 	be = live_backend(id);
 	if (!be)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);

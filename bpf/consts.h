@@ -63,6 +63,9 @@ enum fulcrum_vip_flags {
 	 * (STAT_DROP_SOURCE_RANGE). Without the flag the trie is not looked
 	 * up, so a VIP without ranges pays one flag test. */
 	VIP_F_SOURCE_RANGES = 1 << 3,
+	/* New flows take the least-conn scheduler (sched.h): the backend of
+	 * lowest (active + 1) / weight. */
+	VIP_F_LEAST_CONN = 1 << 4,
 };
 
 /* What a src_prefixes entry is for (src_prefix_key.kind): the key's kind is
@@ -161,6 +164,10 @@ enum fulcrum_stat {
 	                             * way, so the oldest was evicted */
 	STAT_CT_EXPORT_FULL,        /* sync: the ct_events ring buffer was
 	                             * full, an entry's event was lost */
+	STAT_SCHED_LC_EXACT,        /* least-conn: a new flow's backend chosen
+	                             * by comparing the whole pool */
+	STAT_SCHED_LC_TWO,          /* least-conn: chosen by the better of two
+	                             * ring slots (a pool over LC_EXACT_MAX) */
 	STAT_MAX,
 };
 

@@ -25,6 +25,12 @@ type balancerBackend struct {
 	Addr     [4]uint32
 }
 
+type balancerConnCount struct {
+	_        structs.HostLayout
+	Active   int64
+	Inactive int64
+}
+
 type balancerCounter struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -172,7 +178,9 @@ const (
 	balancerFulcrumStatSTAT_DROP_SOURCE_RANGE balancerFulcrumStat = 23
 	balancerFulcrumStatSTAT_CT_EVICTED        balancerFulcrumStat = 24
 	balancerFulcrumStatSTAT_CT_EXPORT_FULL    balancerFulcrumStat = 25
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 26
+	balancerFulcrumStatSTAT_SCHED_LC_EXACT    balancerFulcrumStat = 26
+	balancerFulcrumStatSTAT_SCHED_LC_TWO      balancerFulcrumStat = 27
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 28
 )
 
 type balancerFulcrumVipFlags uint32
@@ -182,6 +190,7 @@ const (
 	balancerFulcrumVipFlagsVIP_F_SOURCE_HASH      balancerFulcrumVipFlags = 2
 	balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE balancerFulcrumVipFlags = 4
 	balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES    balancerFulcrumVipFlags = 8
+	balancerFulcrumVipFlagsVIP_F_LEAST_CONN       balancerFulcrumVipFlags = 16
 )
 
 type balancerHopEntry struct {
@@ -216,6 +225,17 @@ type balancerLbConfig struct {
 	Pad2         uint32
 }
 
+type balancerLcPool struct {
+	_   structs.HostLayout
+	N   uint32
+	Pad uint32
+	Be  [32]struct {
+		_      structs.HostLayout
+		Id     uint32
+		Weight uint32
+	}
+}
+
 type balancerRingChunk struct {
 	_    structs.HostLayout
 	Slot [16]uint32
@@ -237,7 +257,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [26]uint64
+	Count [28]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -272,6 +292,7 @@ type balancerVipMeta struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	balancerMapBackendConns     = "backend_conns"
 	balancerMapBackendStats     = "backend_stats"
 	balancerMapBackends         = "backends"
 	balancerMapConfig           = "config"
@@ -282,6 +303,7 @@ const (
 	balancerMapCtV6             = "ct_v6"
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
+	balancerMapLcPools          = "lc_pools"
 	balancerMapRingArena        = "ring_arena"
 	balancerMapSrcPrefixes      = "src_prefixes"
 	balancerMapStats            = "stats"
@@ -295,10 +317,12 @@ const (
 	balancerProgFulcrumClock    = "fulcrum_clock"
 	balancerVarBackendFlags     = "_backend_flags"
 	balancerVarConfigFlags      = "_config_flags"
+	balancerVarConnCount        = "_conn_count"
 	balancerVarCtEvent          = "_ct_event"
 	balancerVarCtState          = "_ct_state"
 	balancerVarCtTimeout        = "_ct_timeout"
 	balancerVarCtValue          = "_ct_value"
+	balancerVarLcPool           = "_lc_pool"
 	balancerVarMode             = "_mode"
 	balancerVarSrcKind          = "_src_kind"
 	balancerVarStat             = "_stat"
@@ -356,6 +380,7 @@ type balancerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type balancerMapSpecs struct {
+	BackendConns *ebpf.MapSpec `ebpf:"backend_conns"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
@@ -366,6 +391,7 @@ type balancerMapSpecs struct {
 	CtV6         *ebpf.MapSpec `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
+	LcPools      *ebpf.MapSpec `ebpf:"lc_pools"`
 	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
 	SrcPrefixes  *ebpf.MapSpec `ebpf:"src_prefixes"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
@@ -383,10 +409,12 @@ type balancerMapSpecs struct {
 type balancerVariableSpecs struct {
 	BackendFlags *ebpf.VariableSpec `ebpf:"_backend_flags"`
 	ConfigFlags  *ebpf.VariableSpec `ebpf:"_config_flags"`
+	ConnCount    *ebpf.VariableSpec `ebpf:"_conn_count"`
 	CtEvent      *ebpf.VariableSpec `ebpf:"_ct_event"`
 	CtState      *ebpf.VariableSpec `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.VariableSpec `ebpf:"_ct_timeout"`
 	CtValue      *ebpf.VariableSpec `ebpf:"_ct_value"`
+	LcPool       *ebpf.VariableSpec `ebpf:"_lc_pool"`
 	Mode         *ebpf.VariableSpec `ebpf:"_mode"`
 	SrcKind      *ebpf.VariableSpec `ebpf:"_src_kind"`
 	Stat         *ebpf.VariableSpec `ebpf:"_stat"`
@@ -414,6 +442,7 @@ func (o *balancerObjects) Close() error {
 //
 // It can be passed to loadBalancerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type balancerMaps struct {
+	BackendConns *ebpf.Map `ebpf:"backend_conns"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
@@ -424,6 +453,7 @@ type balancerMaps struct {
 	CtV6         *ebpf.Map `ebpf:"ct_v6"`
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
+	LcPools      *ebpf.Map `ebpf:"lc_pools"`
 	RingArena    *ebpf.Map `ebpf:"ring_arena"`
 	SrcPrefixes  *ebpf.Map `ebpf:"src_prefixes"`
 	Stats        *ebpf.Map `ebpf:"stats"`
@@ -437,6 +467,7 @@ type balancerMaps struct {
 
 func (m *balancerMaps) Close() error {
 	return _BalancerClose(
+		m.BackendConns,
 		m.BackendStats,
 		m.Backends,
 		m.Config,
@@ -447,6 +478,7 @@ func (m *balancerMaps) Close() error {
 		m.CtV6,
 		m.FlowGuard,
 		m.HopCache,
+		m.LcPools,
 		m.RingArena,
 		m.SrcPrefixes,
 		m.Stats,
@@ -465,10 +497,12 @@ func (m *balancerMaps) Close() error {
 type balancerVariables struct {
 	BackendFlags *ebpf.Variable `ebpf:"_backend_flags"`
 	ConfigFlags  *ebpf.Variable `ebpf:"_config_flags"`
+	ConnCount    *ebpf.Variable `ebpf:"_conn_count"`
 	CtEvent      *ebpf.Variable `ebpf:"_ct_event"`
 	CtState      *ebpf.Variable `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.Variable `ebpf:"_ct_timeout"`
 	CtValue      *ebpf.Variable `ebpf:"_ct_value"`
+	LcPool       *ebpf.Variable `ebpf:"_lc_pool"`
 	Mode         *ebpf.Variable `ebpf:"_mode"`
 	SrcKind      *ebpf.Variable `ebpf:"_src_kind"`
 	Stat         *ebpf.Variable `ebpf:"_stat"`

@@ -39,6 +39,8 @@ const (
 	StatDropSourceRange = Stat(balancerFulcrumStatSTAT_DROP_SOURCE_RANGE)
 	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
 	StatCtExportFull    = Stat(balancerFulcrumStatSTAT_CT_EXPORT_FULL)
+	StatSchedLCExact    = Stat(balancerFulcrumStatSTAT_SCHED_LC_EXACT)
+	StatSchedLCTwo      = Stat(balancerFulcrumStatSTAT_SCHED_LC_TWO)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -69,6 +71,8 @@ var statNames = [...]string{
 	StatDropSourceRange: "drop_source_range",
 	StatCtEvicted:       "ct_evicted",
 	StatCtExportFull:    "ct_export_full",
+	StatSchedLCExact:    "sched_least_conn_exact",
+	StatSchedLCTwo:      "sched_least_conn_two_choices",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

@@ -98,6 +98,9 @@ type Datapath struct {
 	}
 	// arena allocates the extents of the ring arena (arena.go).
 	arena *ringArena
+	// counts maps the fast path's per-backend connection counts
+	// (counts.go).
+	counts *connCounts
 	// refused holds, by ifindex, why the driver refused native XDP where
 	// AttachAuto fell back to generic (attach.go).
 	refused map[int]error
@@ -122,7 +125,8 @@ func Load(opts Options) (*Datapath, error) {
 		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6} {
 		spec.Maps[name].MaxEntries = maxVIPs
 	}
-	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache} {
+	spec.Maps[balancerMapLcPools].MaxEntries = maxVIPs
+	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache, balancerMapBackendConns} {
 		spec.Maps[name].MaxEntries = maxBackends
 	}
 	spec.Maps[balancerMapRingArena].MaxEntries = ArenaCapacity(opts.RingSlots) / ringChunkSlots
@@ -165,8 +169,14 @@ func Load(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if d.counts, err = openCounts(d.objs.BackendConns); err != nil {
+		d.arena.close()
+		d.objs.Close()
+		return nil, err
+	}
 	if opts.PinDir != "" {
 		if err := d.settlePins(mode, opts.PinDir); err != nil {
+			d.counts.close()
 			d.arena.close()
 			d.objs.Close()
 			return nil, err
@@ -286,6 +296,7 @@ func (d *Datapath) Close() error {
 	}
 	d.mu.Unlock()
 	d.arena.close()
+	d.counts.close()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

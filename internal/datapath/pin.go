@@ -90,6 +90,7 @@ func (d *Datapath) adopt() error {
 			RingSize:        m.RingSize,
 			NoConntrack:     m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_NO_CONNTRACK) != 0,
 			SourceHash:      m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_HASH) != 0,
+			LeastConn:       m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_LEAST_CONN) != 0,
 			PassUnparseable: m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE) != 0,
 			Timeouts:        connTimeoutsOf(vip.Proto, m.CtTimeout, hz),
 		}

@@ -40,6 +40,10 @@ type Prediction struct {
 	// then the zero address, and the drop is counted as
 	// drop_source_range.
 	Refused bool
+	// LeastConn says how least-conn chose the backend of a new flow (a
+	// TCP SYN, or a UDP packet without a live entry) of a least-conn VIP;
+	// nil when the ring or an entry decided.
+	LeastConn *LeastConnChoice
 }
 
 // ConnEntry is a connection entry as Predict found it.
@@ -61,7 +65,7 @@ var ErrNoVIP = errors.New("no vip matches the flow")
 // packet is a TCP SYN, which always takes the ring), if its backend is live
 // with the entry's generation, its VIP tracks connections, and it has not
 // been idle past its state's timeout; else the Maglev ring of the flow's
-// VIP. A client outside the source ranges of the VIP that decides is
+// VIP, or least-conn's choice for a new flow of a least-conn VIP. A client outside the source ranges of the VIP that decides is
 // refused (Prediction.Refused).
 func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	d.mu.Lock()
@@ -94,6 +98,13 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	defer func() {
 		if !decider.cfg.SourceRanges.Allows(f.Src) {
 			p.Refused, p.Backend = true, netip.Addr{}
+		}
+	}()
+	// Runs before the check above (defers run last first). A TCP packet
+	// without SYN that the table misses keeps the ring's choice.
+	defer func() {
+		if err == nil && !p.Conntrack && e.cfg.LeastConn && (syn || f.Proto == UDP) {
+			d.predictLeastConn(e, table, &p)
 		}
 	}()
 	if syn {

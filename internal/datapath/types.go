@@ -103,6 +103,10 @@ type VIPConfig struct {
 	// SourceHash hashes on the client address only, so that all of a
 	// client's flows reach the same backend.
 	SourceHash bool
+	// LeastConn sends a new flow (a TCP SYN, or a UDP packet the table
+	// misses) to the backend of lowest (active + 1) / weight (leastconn.go,
+	// bpf/sched.h). It needs the connection table.
+	LeastConn bool
 	// PassUnparseable hands fragments and malformed packets for the VIP's
 	// address to the host stack instead of dropping them. Fragments carry no
 	// ports, so the policy is per address: any VIP on the address that

@@ -215,6 +215,9 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 		return fmt.Errorf("vip %s: connection %w", vip, err)
 	}
 	cfg.Timeouts = cfg.Timeouts.Normal(vip.Proto)
+	if cfg.LeastConn && (cfg.NoConntrack || cfg.SourceHash) {
+		return fmt.Errorf("vip %s: least-conn needs the connection table and the 5-tuple hash (no conntrack off, no source hash)", vip)
+	}
 	if err := checkSourceRanges(vip, cfg.SourceRanges); err != nil {
 		return err
 	}
@@ -430,6 +433,9 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 		if _, err := d.objs.BackendStats.BatchUpdate(ids, zeros, nil); err != nil {
 			return fmt.Errorf("vip %s: reset counters of %d new backends: %w", vip, len(ids), err)
 		}
+		for _, id := range ids {
+			d.counts.reset(id)
+		}
 	}
 	if len(p.written) > 0 {
 		ids := make([]uint32, len(p.written))
@@ -485,6 +491,10 @@ func (d *Datapath) commit(p *pendingVIP) error {
 	// the change is never refused during it.
 	if err := d.addSourceRanges(e.index, prev, e.cfg.SourceRanges); err != nil {
 		return fmt.Errorf("vip %s: %w", vip, err)
+	}
+	if err := d.writeLCPool(e); err != nil {
+		p.undo(d)
+		return fmt.Errorf("vip %s: write least-conn pool: %w", vip, err)
 	}
 	meta := vipMeta(e, hz)
 	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
@@ -581,6 +591,9 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	}
 	if !e.cfg.SourceRanges.IsZero() {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES)
+	}
+	if e.cfg.LeastConn {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_LEAST_CONN)
 	}
 	return balancerVipMeta{
 		Index:      e.index,
