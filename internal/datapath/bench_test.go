@@ -127,6 +127,7 @@ func BenchmarkFastpath(b *testing.B) {
 		{name: "established-sync", prog: d.Program(), frame: established, proof: StatCtHit, proven: true, sync: true},
 		{name: "newflow-sync", prog: tp.BenchNewflow, frame: newflow, proof: StatCtMiss, proven: true, d: full, target: full.Program(), sync: true},
 	}
+	paths = append(paths, leastConnPaths(b, full, &tp)...)
 	for _, dp := range []*Datapath{d, full} {
 		drainEvents(b, dp)
 	}
@@ -203,6 +204,7 @@ func BenchmarkFastpath(b *testing.B) {
 		b.ReportMetric(m, name+"-sync-ratio")
 		b.ReportMetric(km, name+"-sync-kernel-ratio")
 	}
+	printLeastConnRatios(b, results, kernel)
 }
 
 // drainEvents reads d's connection events, as the daemon does, until the
