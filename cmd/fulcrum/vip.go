@@ -31,7 +31,7 @@ func vipCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "mode", Value: config.DefaultMode.String(), Usage: "forwarding `MODE`: " + strings.Join(config.ModeNames(), " or ")},
 					&cli.StringFlag{Name: "name", Usage: "a `NAME` for people (shown in listings)"},
-					&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), " or "), DefaultText: config.DefaultScheduler.String()},
+					&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), ", "), DefaultText: config.DefaultScheduler.String()},
 					&cli.StringFlag{Name: "ring-size", Usage: "Maglev ring `SIZE`: a prime, or auto (the daemon chooses it from the backends and weights; docs/datapath.md)", DefaultText: fmt.Sprint(maglev.DefaultSize)},
 					&cli.UintFlag{Name: "ring-size-max", Usage: "with --ring-size auto, the largest size `N` chosen, a prime", DefaultText: fmt.Sprint(maglev.DefaultSize)},
 					&cli.BoolFlag{Name: "no-conntrack", Usage: "do not track connections (stateless services)"},

@@ -32,6 +32,10 @@ const (
 	// SchedulerSourceHash hashes the client address only, so all of a
 	// client's flows reach one backend.
 	SchedulerSourceHash Scheduler = "source-hash"
+	// SchedulerLeastConn sends a new flow to the backend of lowest
+	// (active + 1) / weight (docs/schedulers.md); it needs the
+	// connection table.
+	SchedulerLeastConn Scheduler = "least-conn"
 )
 
 // FragmentPolicy is what happens to IP fragments and unparseable packets
@@ -93,7 +97,7 @@ const (
 // first is the default where the field has one.
 var (
 	modes            = []Mode{ModeDSR, ModeIPIP}
-	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash}
+	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash, SchedulerLeastConn}
 	fragmentPolicies = []FragmentPolicy{FragmentsDrop, FragmentsPass}
 	onDownActions    = []OnDown{OnDownRehash, OnDownDrain}
 	allDownActions   = []AllDown{AllDownDrop, AllDownFailOpen}

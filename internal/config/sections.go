@@ -590,6 +590,9 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	rs := d.ringSize(f, def, true)
 	v.RingSize, v.RingSizeAuto, v.RingSizeMax = rs.size, rs.auto, rs.max
 	v.Conntrack, v.Timeouts = vipConntrack(f, v.Protocol)
+	if v.Scheduler == SchedulerLeastConn && !v.Conntrack {
+		f.errf("scheduler", "least-conn counts the connection table's entries; it needs conntrack on (remove conntrack: false, or pick another scheduler)")
+	}
 	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
 	v.SourceRanges = sourceRanges(f, v.Address, addrOK)
 

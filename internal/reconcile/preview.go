@@ -133,6 +133,7 @@ func previewVIP(cur datapath.VIPState, t target) (VIPPreview, error) {
 	setting("ring_size", oc.RingSize, vp.RingSize)
 	setting("conntrack", !oc.NoConntrack, !nc.NoConntrack)
 	setting("source_hash", oc.SourceHash, nc.SourceHash)
+	setting("least_conn", oc.LeastConn, nc.LeastConn)
 	setting("pass_unparseable", oc.PassUnparseable, nc.PassUnparseable)
 	setting("source_ranges", rangesText(oc.SourceRanges), rangesText(nc.SourceRanges))
 

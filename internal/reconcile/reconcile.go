@@ -610,6 +610,7 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 		RingSize:        size,
 		NoConntrack:     !v.Conntrack,
 		SourceHash:      v.Scheduler == config.SchedulerSourceHash,
+		LeastConn:       v.Scheduler == config.SchedulerLeastConn,
 		PassUnparseable: v.Fragments == config.FragmentsPass,
 		Timeouts:        timeouts.Normal(key.Proto),
 	}}

@@ -48,7 +48,7 @@ type VIP struct {
 	VIPRef
 	Name      string `json:"name,omitempty"`
 	Mode      string `json:"mode"`                // "dsr"
-	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default) or "source-hash"
+	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash" or "least-conn"
 	// RingSize is a prime; 0 = 65537. In a listing of a VIP with
 	// RingSizeAuto it is the size the daemon chose (0 before its first
 	// write); when adding one, leave it 0.
