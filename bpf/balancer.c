@@ -271,7 +271,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	const struct backend *be;
 	struct vip_meta *vip;
 	struct ct_ref ref = {};
-	struct ct_value ct;
+	/* Zeroed: lc_choose reads it after a SYN's lookup, found or not. */
+	struct ct_value ct = {};
 	__u32 id, hash = 0, h5 = 0, now;
 	int tuple_hash = 0; /* hash is the 5-tuple hash already */
 	int have_h5 = 0;
@@ -327,9 +328,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	id = pick(vip, hash);
 	if (id == UNASSIGNED)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
-	/* A miss mid-flow (TCP without SYN) keeps the ring's choice. */
-	if ((vip->flags & VIP_F_LEAST_CONN) && (f->syn || f->proto == IPPROTO_UDP))
-		id = lc_pick(st, vip, hash, id);
+	id = lc_choose(st, cfg, vip, f, &ref, &ct, now, hash, id);
 	be = live_backend(id);
 	if (!be)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);

@@ -15,6 +15,7 @@
 #include "maps.h"
 #include "flowhash.h"
 #include "counts.h"
+#include "conntrack.h"
 
 /* The largest pool least-conn compares whole: a VIP with more backends
  * of weight above 0 takes the power of two choices. */
@@ -112,6 +113,34 @@ static __always_inline __u32 lc_pick(struct stat_table *st, const struct vip_met
 		ba = (a & mask) | (ba & ~mask);
 	}
 	return best;
+}
+
+/* lc_choose returns the backend of a packet that missed the table: least-
+ * conn's choice for a new flow (a TCP SYN, a UDP packet) of a least-conn
+ * VIP, else id, the ring's. The ring also decides for a flow that gets no
+ * entry (the CPU is over new_flow_limit, which over_flow_limit will tell
+ * the same): its later packets take the ring. A SYN whose live entry is
+ * still in state syn is a retransmission: it keeps the entry's backend,
+ * which may have answered the first. */
+static __always_inline __u32 lc_choose(struct stat_table *st, const struct lb_config *cfg, const struct vip_meta *vip,
+				       const struct flow *f, const struct ct_ref *ref, const struct ct_value *ct,
+				       __u32 now, __u32 hash, __u32 id)
+{
+	struct flow_guard *g;
+	struct backend *be;
+	__u32 zero = 0;
+
+	if (!(vip->flags & VIP_F_LEAST_CONN) || !ref->b || (!f->syn && f->proto != IPPROTO_UDP))
+		return id;
+	if (f->syn && ref->way < CT_WAYS && ct->state == CT_SYN && !ct_expired(ct, vip, now)) {
+		be = bpf_map_lookup_elem(&backends, &ct->backend);
+		if (be && (be->flags & BACKEND_F_LIVE) && be->gen == ct->backend_gen && be->vip_index == vip->index)
+			return ct->backend;
+	}
+	if (cfg->new_flow_limit && (g = bpf_map_lookup_elem(&flow_guard, &zero)) &&
+	    bpf_ktime_get_coarse_ns() - g->window_start < 1000000000ULL && g->count >= cfg->new_flow_limit)
+		return id;
+	return lc_pick(st, vip, hash, id);
 }
 
 #endif

@@ -22,7 +22,7 @@ func leastConnPaths(b *testing.B, full *Datapath, tp *testprogs.TestprogsObjects
 		cfg  VIPConfig
 		set  []Backend
 	}{
-		{"newflow-syn", vipWeb4.Addr.String(), VIPConfig{Mode: ModeDSR}, nil},
+		{"newflow-maglev-3", vipWeb4.Addr.String(), VIPConfig{Mode: ModeDSR}, nil},
 		{"newflow-least-conn", "203.0.113.90", VIPConfig{Mode: ModeDSR, LeastConn: true}, backends4},
 		{fmt.Sprintf("newflow-least-conn-%d", LeastConnExactMax), "203.0.113.91", VIPConfig{Mode: ModeDSR, LeastConn: true}, manyBackends(LeastConnExactMax)},
 		{"newflow-least-conn-1000", "203.0.113.92", VIPConfig{Mode: ModeDSR, LeastConn: true}, manyBackends(1000)},
@@ -56,8 +56,8 @@ func printLeastConnRatios(b *testing.B, results, kernel map[string][]float64) {
 		return median(r), slices.Min(r), slices.Max(r)
 	}
 	for _, c := range [][2]string{
-		{"newflow-least-conn", "newflow-syn"},
-		{fmt.Sprintf("newflow-least-conn-%d", LeastConnExactMax), "newflow-syn"},
+		{"newflow-least-conn", "newflow-maglev-3"},
+		{fmt.Sprintf("newflow-least-conn-%d", LeastConnExactMax), "newflow-maglev-3"},
 		{"newflow-least-conn-1000", "newflow-maglev-1000"},
 	} {
 		m, lo, hi := ratio(results[c[0]], results[c[1]])

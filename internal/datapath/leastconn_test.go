@@ -253,3 +253,28 @@ func TestLeastConnTwoChoices(t *testing.T) {
 		t.Errorf("active counts from %d to %d, want within 10±4", lo, hi)
 	}
 }
+
+// TestLeastConnSYNRetransmit: a SYN again on a flow whose entry is still
+// in state syn keeps the entry's backend, though least-conn would now
+// choose another; after the handshake a new SYN on the tuple chooses
+// afresh.
+func TestLeastConnSYNRetransmit(t *testing.T) {
+	d := newTestDatapath(t)
+	if err := d.AddVIP(vipLC4, VIPConfig{Mode: ModeDSR, LeastConn: true}, backends4); err != nil {
+		t.Fatal(err)
+	}
+	p := pkt(client4, vipLC4.Addr.String(), TCP, 30000, vipLC4.Port)
+	p.SYN = true
+	first := sendTo(t, d, p)
+	// Make the first choice the costliest by far.
+	d.counts.add(d.vips[vipLC4].backends[first].id, 1000, 0)
+	if again := sendTo(t, d, p); again != first {
+		t.Fatalf("retransmitted SYN went to %s, its entry names %s", again, first)
+	}
+	p.SYN, p.ACK = false, true
+	sendTo(t, d, p)
+	p.SYN, p.ACK = true, false
+	if fresh := sendTo(t, d, p); fresh == first {
+		t.Fatalf("a SYN on an established tuple went back to %s, the costliest backend", first)
+	}
+}
