@@ -37,6 +37,7 @@ type collector struct {
 	verdicts       *prometheus.Desc
 	conntrack      *prometheus.Desc
 	events         *prometheus.Desc
+	sched          *prometheus.Desc
 	backendHealth  *prometheus.Desc
 	vrrpState      *prometheus.Desc
 	vrrpSick       *prometheus.Desc
@@ -70,6 +71,9 @@ func newCollector(src Source) *collector {
 		events: prometheus.NewDesc(name("datapath_events_total"),
 			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.",
 			[]string{"event"}, nil),
+		sched: prometheus.NewDesc(name("scheduler_decisions_total"),
+			"New flows whose backend a scheduler other than Maglev chose, by scheduler and method: least-conn exact (the whole pool compared) or two_choices (the better of two ring slots).",
+			[]string{"scheduler", "method"}, nil),
 		backendHealth: prometheus.NewDesc(name("backend_health"),
 			"Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.",
 			[]string{"vip", "backend", "state"}, nil),
@@ -94,6 +98,11 @@ func newCollector(src Source) *collector {
 			c.stats = append(c.stats, statSeries{s, c.verdicts, []string{action, reason}})
 			continue
 		}
+		// sched_least_conn_exact -> scheduler least-conn, method exact.
+		if method, ok := strings.CutPrefix(name, "sched_least_conn_"); ok {
+			c.stats = append(c.stats, statSeries{s, c.sched, []string{"least-conn", method}})
+			continue
+		}
 		// ct_insert_failed -> event insert_failed.
 		if event, ok := strings.CutPrefix(name, "ct_"); ok {
 			c.stats = append(c.stats, statSeries{s, c.conntrack, []string{event}})
@@ -113,6 +122,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.verdicts
 	ch <- c.conntrack
 	ch <- c.events
+	ch <- c.sched
 	ch <- c.backendHealth
 	ch <- c.vrrpState
 	ch <- c.vrrpSick

@@ -178,6 +178,10 @@ fulcrum_conntrack_events_total{event="guard"} 211
 # HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.
 # TYPE fulcrum_datapath_events_total counter
 fulcrum_datapath_events_total{event="fib_gateway"} 201
+# HELP fulcrum_scheduler_decisions_total New flows whose backend a scheduler other than Maglev chose, by scheduler and method: least-conn exact (the whole pool compared) or two_choices (the better of two ring slots).
+# TYPE fulcrum_scheduler_decisions_total counter
+fulcrum_scheduler_decisions_total{method="exact",scheduler="least-conn"} 261
+fulcrum_scheduler_decisions_total{method="two_choices",scheduler="least-conn"} 271
 `
 	wantState = `
 # HELP fulcrum_backend_health Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.
@@ -218,7 +222,8 @@ func TestEveryStat(t *testing.T) {
 	c := newCollector(newFake())
 	verdicts := testutil.CollectAndCount(c, "fulcrum_verdict_packets_total")
 	events := testutil.CollectAndCount(c, "fulcrum_conntrack_events_total") +
-		testutil.CollectAndCount(c, "fulcrum_datapath_events_total")
+		testutil.CollectAndCount(c, "fulcrum_datapath_events_total") +
+		testutil.CollectAndCount(c, "fulcrum_scheduler_decisions_total")
 	var wantVerdicts, wantEvents int
 	for _, s := range datapath.AllStats() {
 		if s.IsVerdict() {
