@@ -217,7 +217,7 @@ type ExplainRequest struct {
 type Explanation struct {
 	VIP         VIPRef     `json:"vip"`
 	Backend     netip.Addr `json:"backend"`
-	Reason      string     `json:"reason"` // "connection entry", "ring slot" or "source range" (dropped)
+	Reason      string     `json:"reason"` // "connection entry", "ring slot", "least-conn" or "source range" (dropped)
 	Hash        uint32     `json:"hash"`
 	Slot        uint32     `json:"slot"`
 	RingSize    uint32     `json:"ring_size"`
@@ -226,6 +226,28 @@ type Explanation struct {
 	// backend (never for a SYN, which always takes the ring). An expired
 	// entry is shown too: it explains why a flow left its backend.
 	Entry *ConnEntry `json:"entry,omitempty"`
+	// LeastConn is the comparison least-conn made for a new flow of a
+	// least-conn VIP (Reason "least-conn"), from the counts as explain
+	// read them: a snapshot, the fast path decides with the counts of
+	// the moment the packet comes.
+	LeastConn *LeastConnChoice `json:"least_conn,omitempty"`
+}
+
+// LeastConnChoice is how least-conn chose a new flow's backend.
+type LeastConnChoice struct {
+	// Method is "exact" (every backend of the pool compared) or
+	// "two_choices" (the ring's slot and a second, rehashed one).
+	Method string `json:"method"`
+	// Candidates are the backends compared, in the fast path's order: the
+	// first of the lowest (active + 1) / weight wins.
+	Candidates []LeastConnCandidate `json:"candidates"`
+}
+
+// LeastConnCandidate is one backend least-conn compared.
+type LeastConnCandidate struct {
+	Backend netip.Addr `json:"backend"`
+	Active  uint64     `json:"active"`
+	Weight  uint32     `json:"weight"`
 }
 
 // ConnEntry is a connection entry as explain found it.
