@@ -106,13 +106,14 @@ func newHarness(t testing.TB, opts ...func(*testenv.Options)) *harness {
 	return h
 }
 
-// startServer starts fcbackend on backend i.
-func (h *harness) startServer(i int) {
+// startServer starts fcbackend on backend i, with extra arguments (e.g.
+// -hold 2s).
+func (h *harness) startServer(i int, extra ...string) {
 	b := h.topo.Backends[i]
 	name := fmt.Sprintf("backend%d", i+1)
 	// On the VIPs for traffic, on its own addresses for health checks.
-	cmd, err := b.Start(context.Background(), h.backendBin, "-name", name, "-addr", vip4.String(), "-addr", vip6.String(),
-		"-addr", b.IPv4.String(), "-addr", b.IPv6.String())
+	cmd, err := b.Start(context.Background(), h.backendBin, append([]string{"-name", name, "-addr", vip4.String(), "-addr", vip6.String(),
+		"-addr", b.IPv4.String(), "-addr", b.IPv6.String()}, extra...)...)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -6,8 +6,11 @@
 //
 // On every address it serves HTTP on port 80 (any GET → "NAME\n"), a TCP
 // line echo on port 9000 ("NAME LINE\n" per line, for long-lived flows) and
-// a UDP echo on port 53 ("NAME PAYLOAD"). Listening on the VIP itself (held
-// on lo) makes replies leave with the VIP as source.
+// a UDP echo on port 53 ("NAME PAYLOAD"), and on port 9001 a held
+// connection: "NAME\n" at once, then nothing until -hold has passed, then
+// the server closes it (a backend whose requests take that long, for the
+// scheduler tests). Listening on the VIP itself (held on lo) makes replies
+// leave with the VIP as source.
 package main
 
 import (
@@ -40,13 +43,14 @@ func main() {
 	name := flag.String("name", "", "name to answer with (required)")
 	var addrs addrList
 	flag.Var(&addrs, "addr", "address to listen on (repeatable; required)")
+	hold := flag.Duration("hold", time.Second, "how long port 9001 holds a connection before closing it")
 	flag.Parse()
 	if *name == "" || len(addrs) == 0 {
 		fmt.Fprintln(os.Stderr, "fcbackend: -name and at least one -addr are required")
 		os.Exit(2)
 	}
 	for _, a := range addrs {
-		if err := serve(*name, a); err != nil {
+		if err := serve(*name, a, *hold); err != nil {
 			fmt.Fprintf(os.Stderr, "fcbackend: %v\n", err)
 			os.Exit(1)
 		}
@@ -57,7 +61,7 @@ func main() {
 	<-sig
 }
 
-func serve(name string, a netip.Addr) error {
+func serve(name string, a netip.Addr, hold time.Duration) error {
 	httpLn, err := net.Listen("tcp", netip.AddrPortFrom(a, 80).String())
 	if err != nil {
 		return err
@@ -87,6 +91,25 @@ func serve(name string, a netip.Addr) error {
 					if _, err := fmt.Fprintf(c, "%s %s\n", name, strings.TrimSpace(sc.Text())); err != nil {
 						return
 					}
+				}
+			}()
+		}
+	}()
+
+	holdLn, err := net.Listen("tcp", netip.AddrPortFrom(a, 9001).String())
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := holdLn.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := fmt.Fprintln(c, name); err == nil {
+					time.Sleep(hold)
 				}
 			}()
 		}
