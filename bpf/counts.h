@@ -13,12 +13,17 @@
 #include "consts.h"
 
 /* conn_count is backend_conns[id]: IPVS's active (established) and
- * inactive (syn, fin, closed) connections of backend id. Signed: between
- * two walks an entry that expired, then was removed by Go, may take a
- * count below the truth, even below 0. */
+ * inactive (syn, fin, closed) connections of backend id, and of the
+ * inactive those in state syn: connections being opened, which least-conn
+ * counts as load (a burst of SYNs would otherwise all see the same counts
+ * and go to one backend). Signed: between two walks an entry that
+ * expired, then was removed by Go, may take a count below the truth, even
+ * below 0. */
 struct conn_count {
 	__s64 active;
 	__s64 inactive;
+	__s64 syn;
+	__s64 pad;
 };
 
 /* backend_conns is one array shared by all CPUs, updated with atomic adds,
@@ -41,23 +46,25 @@ static __always_inline void conn_count_add(__u32 id, __u8 state, __s64 d)
 
 	if (!c)
 		return;
-	if (state == CT_ESTABLISHED)
+	if (state == CT_ESTABLISHED) {
 		__sync_fetch_and_add(&c->active, d);
-	else
-		__sync_fetch_and_add(&c->inactive, d);
+		return;
+	}
+	__sync_fetch_and_add(&c->inactive, d);
+	if (state == CT_SYN)
+		__sync_fetch_and_add(&c->syn, d);
 }
 
-/* conn_count_move moves one entry of backend id from state from's class
- * to state to's, if they differ. */
+/* conn_count_move moves one entry of backend id from state from to state
+ * to (the caller knows they differ). */
 static __always_inline void conn_count_move(__u32 id, __u8 from, __u8 to)
 {
-	if ((from == CT_ESTABLISHED) == (to == CT_ESTABLISHED))
-		return;
 	conn_count_add(id, from, -1);
 	conn_count_add(id, to, 1);
 }
 
-/* conn_active returns backend id's active count, 0 if below. */
+/* conn_active returns the load least-conn compares for backend id: its
+ * active and syn counts, 0 if below. */
 static __always_inline __u64 conn_active(__u32 id)
 {
 	struct conn_count *c = bpf_map_lookup_elem(&backend_conns, &id);
@@ -65,7 +72,7 @@ static __always_inline __u64 conn_active(__u32 id)
 
 	if (!c)
 		return 0;
-	a = *(volatile __s64 *)&c->active;
+	a = *(volatile __s64 *)&c->active + *(volatile __s64 *)&c->syn;
 	return a & ~(a >> 63); /* max(a, 0) without a branch */
 }
 

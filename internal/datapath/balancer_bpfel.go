@@ -29,6 +29,8 @@ type balancerConnCount struct {
 	_        structs.HostLayout
 	Active   int64
 	Inactive int64
+	Syn      int64
+	Pad      int64
 }
 
 type balancerCounter struct {

@@ -46,49 +46,68 @@ func (k *connCounts) close() {
 	}
 }
 
-// read returns backend id's counts as the fast path has them (signed:
-// drift between walks may take one below 0).
-func (k *connCounts) read(id uint32) (active, inactive int64) {
-	if int(id) >= len(k.c) {
-		return 0, 0
+// classes are a backend's counts as the fast path keeps them: active
+// (established), inactive (syn, fin, closed), and syn (of the inactive).
+// Signed: drift between walks may take one below 0.
+type classes [3]int64
+
+// classesOf returns the classes one entry in state s counts in.
+func classesOf(s ConnState) classes {
+	switch {
+	case s.Active():
+		return classes{1, 0, 0}
+	case s == ConnSYN:
+		return classes{0, 1, 1}
 	}
-	return atomic.LoadInt64(&k.c[id].Active), atomic.LoadInt64(&k.c[id].Inactive)
+	return classes{0, 1, 0}
 }
 
-// add adds da and di to backend id's counts.
-func (k *connCounts) add(id uint32, da, di int64) {
+// read returns backend id's counts.
+func (k *connCounts) read(id uint32) classes {
+	if int(id) >= len(k.c) {
+		return classes{}
+	}
+	c := &k.c[id]
+	return classes{atomic.LoadInt64(&c.Active), atomic.LoadInt64(&c.Inactive), atomic.LoadInt64(&c.Syn)}
+}
+
+// add adds d to backend id's counts.
+func (k *connCounts) add(id uint32, d classes) {
 	if int(id) >= len(k.c) {
 		return
 	}
-	if da != 0 {
-		atomic.AddInt64(&k.c[id].Active, da)
-	}
-	if di != 0 {
-		atomic.AddInt64(&k.c[id].Inactive, di)
+	c := &k.c[id]
+	for i, p := range []*int64{&c.Active, &c.Inactive, &c.Syn} {
+		if d[i] != 0 {
+			atomic.AddInt64(p, d[i])
+		}
 	}
 }
 
-// addState counts d entries in state s's class for backend id.
-func (k *connCounts) addState(id uint32, s ConnState, d int64) {
-	if s.Active() {
-		k.add(id, d, 0)
-	} else {
-		k.add(id, 0, d)
-	}
+// addState counts n entries in state s for backend id.
+func (k *connCounts) addState(id uint32, s ConnState, n int64) {
+	c := classesOf(s)
+	k.add(id, classes{c[0] * n, c[1] * n, c[2] * n})
 }
 
 // reset zeroes backend id's counts: an id taken by a new backend starts
 // from nothing (the entries of its previous owner are stale).
 func (k *connCounts) reset(id uint32) {
 	if int(id) < len(k.c) {
-		atomic.StoreInt64(&k.c[id].Active, 0)
-		atomic.StoreInt64(&k.c[id].Inactive, 0)
+		c := &k.c[id]
+		atomic.StoreInt64(&c.Active, 0)
+		atomic.StoreInt64(&c.Inactive, 0)
+		atomic.StoreInt64(&c.Syn, 0)
 	}
 }
 
-// countOf converts a signed fast-path count into a ConnCount.
-func countOf(active, inactive int64) ConnCount {
-	return ConnCount{Active: uint64(max(active, 0)), Inactive: uint64(max(inactive, 0))}
+// load is what least-conn compares for a backend (bpf/counts.h
+// conn_active): its active and syn counts, 0 if below.
+func (c classes) load() uint64 { return uint64(max(c[0]+c[2], 0)) }
+
+// count converts the fast path's counts into a ConnCount.
+func (c classes) count() ConnCount {
+	return ConnCount{Active: uint64(max(c[0], 0)), Inactive: uint64(max(c[1], 0))}
 }
 
 // BackendCounts returns every live backend's connection counts as the fast
@@ -104,7 +123,7 @@ func (d *Datapath) BackendCounts() map[VIP]map[netip.Addr]ConnCount {
 			m = make(map[netip.Addr]ConnCount)
 			out[o.vip] = m
 		}
-		m[o.addr] = countOf(d.counts.read(id))
+		m[o.addr] = d.counts.read(id).count()
 	}
 	return out
 }
@@ -120,23 +139,17 @@ func (d *Datapath) BackendCounts() map[VIP]map[netip.Addr]ConnCount {
 // It returns the walk's counts.
 func (d *Datapath) CorrectCounts() (map[VIP]map[netip.Addr]ConnCount, error) {
 	owners := d.connOwners()
-	start := make(map[uint32][2]int64, len(owners))
+	start := make(map[uint32]classes, len(owners))
 	for id := range owners {
-		a, i := d.counts.read(id)
-		start[id] = [2]int64{a, i}
+		start[id] = d.counts.read(id)
 	}
-	walked := make(map[uint32]*[2]int64, len(owners))
+	walked := make(map[uint32]classes, len(owners))
 	err := d.scanLive(func(c *Conn) (bool, error) {
-		w := walked[c.id]
-		if w == nil {
-			w = new([2]int64)
-			walked[c.id] = w
+		w, one := walked[c.id], classesOf(c.State)
+		for i := range w {
+			w[i] += one[i]
 		}
-		if c.State.Active() {
-			w[0]++
-		} else {
-			w[1]++
-		}
+		walked[c.id] = w
 		return false, nil
 	})
 	if err != nil {
@@ -144,19 +157,15 @@ func (d *Datapath) CorrectCounts() (map[VIP]map[netip.Addr]ConnCount, error) {
 	}
 	out := make(map[VIP]map[netip.Addr]ConnCount)
 	for id, o := range owners {
-		var w [2]int64
-		if p := walked[id]; p != nil {
-			w = *p
-		}
-		s := start[id]
-		d.counts.add(id, w[0]-s[0], w[1]-s[1])
-		if w != [2]int64{} {
+		w, s := walked[id], start[id]
+		d.counts.add(id, classes{w[0] - s[0], w[1] - s[1], w[2] - s[2]})
+		if w != (classes{}) {
 			m := out[o.vip]
 			if m == nil {
 				m = make(map[netip.Addr]ConnCount)
 				out[o.vip] = m
 			}
-			m[o.addr] = countOf(w[0], w[1])
+			m[o.addr] = w.count()
 		}
 	}
 	return out, nil

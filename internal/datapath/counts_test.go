@@ -12,8 +12,8 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
 
-// idCounts is a backend id's (active, inactive).
-type idCounts = [2]int64
+// idCounts is a backend id's (active, inactive, syn).
+type idCounts = classes
 
 // walkByID counts the live entries by backend id, as CorrectCounts' walk
 // does: the truth the fast path's counts are held to.
@@ -21,11 +21,9 @@ func walkByID(t *testing.T, d *Datapath) map[uint32]idCounts {
 	t.Helper()
 	out := make(map[uint32]idCounts)
 	err := d.scanLive(func(c *Conn) (bool, error) {
-		n := out[c.id]
-		if c.State.Active() {
-			n[0]++
-		} else {
-			n[1]++
+		n, one := out[c.id], classesOf(c.State)
+		for i := range n {
+			n[i] += one[i]
 		}
 		out[c.id] = n
 		return false, nil
@@ -40,8 +38,7 @@ func walkByID(t *testing.T, d *Datapath) map[uint32]idCounts {
 func fastByID(d *Datapath) map[uint32]idCounts {
 	out := make(map[uint32]idCounts)
 	for id := range d.connOwners() {
-		a, i := d.counts.read(id)
-		out[id] = idCounts{a, i}
+		out[id] = d.counts.read(id)
 	}
 	return out
 }
@@ -52,7 +49,7 @@ func countsGap(t *testing.T, d *Datapath) (gap int64, fast, walk map[uint32]idCo
 	fast, walk = fastByID(d), walkByID(t, d)
 	for id, f := range fast {
 		w := walk[id]
-		gap += abs64(f[0]-w[0]) + abs64(f[1]-w[1])
+		gap += abs64(f[0]-w[0]) + abs64(f[1]-w[1]) + abs64(f[2]-w[2])
 	}
 	return gap, fast, walk
 }
@@ -69,7 +66,7 @@ func abs64(x int64) int64 {
 func checkCounts(t *testing.T, d *Datapath, when string) {
 	t.Helper()
 	if gap, fast, walk := countsGap(t, d); gap != 0 {
-		t.Fatalf("%s: fast-path counts %v, the walk's %v (by backend id: active, inactive)", when, fast, walk)
+		t.Fatalf("%s: fast-path counts %v, the walk's %v (by backend id: active, inactive, syn)", when, fast, walk)
 	}
 }
 
@@ -77,9 +74,10 @@ func checkCounts(t *testing.T, d *Datapath, when string) {
 func total(d *Datapath, vip VIP) idCounts {
 	var out idCounts
 	for _, b := range d.vips[vip].byID {
-		a, i := d.counts.read(b.id)
-		out[0] += a
-		out[1] += i
+		c := d.counts.read(b.id)
+		for i := range out {
+			out[i] += c[i]
+		}
 	}
 	return out
 }
@@ -95,10 +93,10 @@ func TestConnCountsFollowEntries(t *testing.T) {
 		want  idCounts // the VIP's totals after the step, from zero
 	}
 	tcp := []step{
-		{"S", idCounts{0, 1}}, {"", idCounts{1, 0}}, {"A", idCounts{1, 0}}, {"F", idCounts{0, 1}},
-		{"R", idCounts{0, 1}}, {"S", idCounts{0, 1}}, {"A", idCounts{1, 0}}, {"S", idCounts{0, 1}},
+		{"S", idCounts{0, 1, 1}}, {"", idCounts{1, 0, 0}}, {"A", idCounts{1, 0, 0}}, {"F", idCounts{0, 1, 0}},
+		{"R", idCounts{0, 1, 0}}, {"S", idCounts{0, 1, 1}}, {"A", idCounts{1, 0, 0}}, {"S", idCounts{0, 1, 1}},
 	}
-	udp := []step{{"", idCounts{1, 0}}, {"", idCounts{1, 0}}}
+	udp := []step{{"", idCounts{1, 0, 0}}, {"", idCounts{1, 0, 0}}}
 	sport := uint16(45000)
 	for _, c := range ctCases() {
 		steps := tcp
@@ -111,9 +109,8 @@ func TestConnCountsFollowEntries(t *testing.T) {
 			for i, s := range steps {
 				sendTo(t, d, c.packet(sport, s.flags))
 				got := total(d, c.vip)
-				if got[0]-base[0] != s.want[0] || got[1]-base[1] != s.want[1] {
-					t.Errorf("step %d (%q): the vip's counts moved to (%d, %d), want (%d, %d)",
-						i, s.flags, got[0]-base[0], got[1]-base[1], s.want[0], s.want[1])
+				if moved := (idCounts{got[0] - base[0], got[1] - base[1], got[2] - base[2]}); moved != s.want {
+					t.Errorf("step %d (%q): the vip's counts (active, inactive, syn) moved to %v, want %v", i, s.flags, moved, s.want)
 				}
 				checkCounts(t, d, fmt.Sprintf("step %d (%q)", i, s.flags))
 			}
@@ -184,14 +181,14 @@ func TestConnCountsExpiry(t *testing.T) {
 			}
 
 			age()
-			if a, _ := d.counts.read(be.id); a != 1 {
+			if a := d.counts.read(be.id)[0]; a != 1 {
 				t.Fatalf("expired in place: active %d, want still 1 (only the walk sees expiry)", a)
 			}
 			if _, err := d.CorrectCounts(); err != nil {
 				t.Fatal(err)
 			}
 			checkCounts(t, d, "expired, corrected")
-			if a, _ := d.counts.read(be.id); a != 0 {
+			if a := d.counts.read(be.id)[0]; a != 0 {
 				t.Fatalf("expired, corrected: active %d, want 0", a)
 			}
 			if to, ev := send(t, d, c.packet(sport, "A")); ev != StatCtExpired || !to.IsValid() {
@@ -231,7 +228,7 @@ func TestCorrectCountsConverges(t *testing.T) {
 	}
 	checkCounts(t, d, "50 flows per vip")
 	for id := range d.connOwners() {
-		d.counts.add(id, 1000+int64(id), -77)
+		d.counts.add(id, classes{1000 + int64(id), -77, 5})
 	}
 	if _, err := d.CorrectCounts(); err != nil {
 		t.Fatal(err)
@@ -265,9 +262,9 @@ func TestCorrectCountsConverges(t *testing.T) {
 	}()
 	// A correction leaves the counts off by what its walk saw wrong,
 	// W - T(start): at most the changes during the walk, in each class
-	// they touch (a move between classes seen after it is off by one in
-	// both), whatever the error before; the packets after it move the
-	// counts exactly.
+	// they touch (a move from syn to established seen after it is off by
+	// one in all three), whatever the error before; the packets after it
+	// move the counts exactly.
 	var during int64
 	for range 5 {
 		c0 := changes.Load()
@@ -279,7 +276,7 @@ func TestCorrectCountsConverges(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	gap, _, _ := countsGap(t, d)
-	if gap > 2*during {
+	if gap > 3*during {
 		t.Fatalf("off by %d after a walk during which %d changes were made", gap, during)
 	}
 	if changes.Load() == 0 {
@@ -332,7 +329,7 @@ func TestConnCountsGoWrites(t *testing.T) {
 		t.Fatalf("flush %s: %d, %v", victim, n, err)
 	}
 	checkCounts(t, dst, "flushed one backend")
-	if a, i := dst.counts.read(dst.vips[vipWeb4].backends[victim].id); a != 0 || i != 0 {
-		t.Fatalf("flushed backend counts (%d, %d), want 0", a, i)
+	if c := dst.counts.read(dst.vips[vipWeb4].backends[victim].id); c != (classes{}) {
+		t.Fatalf("flushed backend counts %v, want 0", c)
 	}
 }

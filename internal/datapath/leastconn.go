@@ -75,8 +75,10 @@ type LeastConnChoice struct {
 // LeastConnCandidate is one backend least-conn compared.
 type LeastConnCandidate struct {
 	Backend netip.Addr
-	Active  uint64
-	Weight  uint32
+	// Active is the load compared: established entries and those in
+	// state syn (connections being opened).
+	Active uint64
+	Weight uint32
 }
 
 // lcLess is sched.h's lc_less: (a1 + 1) / w1 < (a2 + 1) / w2.
@@ -90,7 +92,7 @@ func (d *Datapath) predictLeastConn(e *vipEntry, table []uint32, p *Prediction) 
 	if !p.RingBackend.IsValid() {
 		return // no backend: dropped before least-conn
 	}
-	active := func(id uint32) uint64 { a, _ := d.counts.read(id); return uint64(max(a, 0)) }
+	active := func(id uint32) uint64 { return d.counts.read(id).load() }
 	ch := &LeastConnChoice{}
 	m := lcMembers(e)
 	if len(m) <= LeastConnExactMax {

@@ -40,11 +40,12 @@ func sendAmong(t *testing.T, d *Datapath, p testpacket.Packet, set []Backend) ne
 	return netip.Addr{}
 }
 
-// activeOf returns the fast path's active count of each backend of vip.
+// activeOf returns the load least-conn compares (active and syn) of each
+// backend of vip.
 func activeOf(d *Datapath, vip VIP) map[netip.Addr]int64 {
 	out := make(map[netip.Addr]int64)
 	for a, b := range d.vips[vip].backends {
-		out[a], _ = d.counts.read(b.id)
+		out[a] = int64(d.counts.read(b.id).load())
 	}
 	return out
 }
@@ -152,7 +153,7 @@ func TestLeastConnMissMidFlow(t *testing.T) {
 	// backends4[0] has weight 1 of 6: least-conn gave it the fewest
 	// flows, but it is as costly as the others. Load it more.
 	busy := backends4[0]
-	d.counts.add(d.vips[vipLC4].backends[busy.Addr].id, 100, 0)
+	d.counts.add(d.vips[vipLC4].backends[busy.Addr].id, classes{100, 0, 0})
 	for sport := uint16(40000); ; sport++ {
 		ring := expectBackend(t, backends4, 0, addr(client4), vipLC4.Addr, sport, vipLC4.Port, TCP, false)
 		if ring.Addr != busy.Addr {
@@ -267,7 +268,7 @@ func TestLeastConnSYNRetransmit(t *testing.T) {
 	p.SYN = true
 	first := sendTo(t, d, p)
 	// Make the first choice the costliest by far.
-	d.counts.add(d.vips[vipLC4].backends[first].id, 1000, 0)
+	d.counts.add(d.vips[vipLC4].backends[first].id, classes{1000, 0, 0})
 	if again := sendTo(t, d, p); again != first {
 		t.Fatalf("retransmitted SYN went to %s, its entry names %s", again, first)
 	}
