@@ -205,13 +205,17 @@ static __always_inline struct vip_meta *ct_vip(const struct ct_value *ct, __u32 
 
 /* ct_victim returns the way of bucket b a new entry takes: an empty way,
  * else one whose entry is stale or expired (ct_vip refuses it), else the
- * least recently seen, an eviction, counted. */
-static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, struct stat_table *st)
+ * least recently seen, an eviction, counted, whose entry it leaves in
+ * *evicted (else evicted->backend is 0xffffffff). */
+static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, struct stat_table *st,
+				       struct ct_value *evicted)
 {
 	const struct backend *be;
 	enum fulcrum_stat event;
 	struct ct_value v;
 	__u32 w, oldest = 0, age = 0;
+
+	evicted->backend = 0xffffffff;
 
 #pragma unroll
 	for (w = 0; w < CT_WAYS; w++)
@@ -222,11 +226,14 @@ static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, str
 	 * take. */
 #pragma clang loop unroll(disable)
 	for (w = 0; w < CT_WAYS; w++) {
-		if (!ct_decode(b, w, &v) || !ct_vip(&v, now, &be, &event))
+		if (!ct_decode(b, w, &v) || !ct_vip(&v, now, &be, &event)) {
+			evicted->backend = 0xffffffff; /* an earlier way's entry stays */
 			return w;
+		}
 		if (now - v.last_seen >= age) {
 			age = now - v.last_seen;
 			oldest = w;
+			*evicted = v;
 		}
 	}
 	st->count[STAT_CT_EVICTED]++;
@@ -250,10 +257,13 @@ static __always_inline void ct_insert(const struct flow *f, struct ct_ref *ref,
 	enum fulcrum_stat event;
 	struct ct_value old;
 
-	if (ref->way >= CT_WAYS)
-		ref->way = ct_victim(ref->b, now, st);
-	if (ct_decode(ref->b, ref->way & (CT_WAYS - 1), &old) && ct_vip(&old, now, &be, &event))
+	if (ref->way >= CT_WAYS) {
+		ref->way = ct_victim(ref->b, now, st, &old);
+		if (old.backend != 0xffffffff)
+			conn_count_add(old.backend, old.state, -1);
+	} else if (ct_decode(ref->b, ref->way & (CT_WAYS - 1), &old) && ct_vip(&old, now, &be, &event)) {
 		conn_count_add(old.backend, old.state, -1);
+	}
 	ct_write(f, ref, ref->way, v);
 	conn_count_add(v->backend, v->state, 1);
 }

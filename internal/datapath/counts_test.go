@@ -157,6 +157,31 @@ func TestConnCountsEviction(t *testing.T) {
 	if tot := total(d, vipWeb4); tot[0]+tot[1] != int64(len(filled)) {
 		t.Fatalf("the counts sum to %d, the table holds %d", tot[0]+tot[1], len(filled))
 	}
+
+	// Every third entry expired, the rest live: buckets mix the two, and
+	// a new flow takes an expired way (nothing to take off: the walk
+	// did) wherever its bucket has one, else evicts a live one.
+	e := d.vips[vipWeb4]
+	timeout := DefaultConnTimeouts.Normal(TCP).of(TCP, ConnEstablished)
+	n := 0
+	for f, id := range filled {
+		if n++; n%3 == 0 {
+			setEntry(t, d, vipWeb4, f, e.byID[id].Addr, ConnEstablished, timeout+time.Minute)
+		}
+	}
+	if _, err := d.CorrectCounts(); err != nil {
+		t.Fatal(err)
+	}
+	checkCounts(t, d, "a third expired, corrected")
+	before, _ = d.Counters()
+	for i := range fresh {
+		p := pkt(client4, vipWeb4.Addr.String(), TCP, uint16(30000+i), vipWeb4.Port)
+		p.SYN = true
+		sendTo(t, d, p)
+	}
+	after, _ = d.Counters()
+	t.Logf("%d new flows into the mixed table: %d evictions", fresh, after.Stat(StatCtEvicted)-before.Stat(StatCtEvicted))
+	checkCounts(t, d, "new flows into buckets of live and expired entries")
 }
 
 // TestConnCountsExpiry: an entry that expires in place stays counted
