@@ -36,7 +36,11 @@ import (
 //     src_prefixes LPM trie holds the VIPs' source ranges
 //     (VIP_F_SOURCE_RANGES in vip_meta.flags); the ct_events ring buffer
 //     carries entries to connection sync; the verdict table ends with
-//     drop_source_range, ct_evicted and ct_export_full.
+//     drop_source_range, ct_evicted, ct_export_full, sched_least_conn_exact
+//     and sched_least_conn_two_choices; backend_conns (mmapable, by
+//     backend id) holds the fast path's connection counts, and lc_pools
+//     (by VIP index) least-conn's pools (VIP_F_LEAST_CONN), read with
+//     the weight a backend entry now carries for the fast path.
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the
