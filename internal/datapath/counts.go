@@ -143,15 +143,7 @@ func (d *Datapath) CorrectCounts() (map[VIP]map[netip.Addr]ConnCount, error) {
 	for id := range owners {
 		start[id] = d.counts.read(id)
 	}
-	walked := make(map[uint32]classes, len(owners))
-	err := d.scanLive(func(c *Conn) (bool, error) {
-		w, one := walked[c.id], classesOf(c.State)
-		for i := range w {
-			w[i] += one[i]
-		}
-		walked[c.id] = w
-		return false, nil
-	})
+	walked, err := d.walkCounts()
 	if err != nil {
 		return nil, err
 	}
@@ -169,6 +161,20 @@ func (d *Datapath) CorrectCounts() (map[VIP]map[netip.Addr]ConnCount, error) {
 		}
 	}
 	return out, nil
+}
+
+// walkCounts counts the table's live entries by backend id and class.
+func (d *Datapath) walkCounts() (map[uint32]classes, error) {
+	walked := make(map[uint32]classes)
+	err := d.scanLive(func(c *Conn) (bool, error) {
+		w, one := walked[c.id], classesOf(c.State)
+		for i := range w {
+			w[i] += one[i]
+		}
+		walked[c.id] = w
+		return false, nil
+	})
+	return walked, err
 }
 
 // countReplace adjusts the counts for a write of entry v into a way that

@@ -19,15 +19,7 @@ type idCounts = classes
 // does: the truth the fast path's counts are held to.
 func walkByID(t *testing.T, d *Datapath) map[uint32]idCounts {
 	t.Helper()
-	out := make(map[uint32]idCounts)
-	err := d.scanLive(func(c *Conn) (bool, error) {
-		n, one := out[c.id], classesOf(c.State)
-		for i := range n {
-			n[i] += one[i]
-		}
-		out[c.id] = n
-		return false, nil
-	})
+	out, err := d.walkCounts()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,18 +84,15 @@ func TestConnCountsFollowEntries(t *testing.T) {
 		flags string
 		want  idCounts // the VIP's totals after the step, from zero
 	}
-	tcp := []step{
-		{"S", idCounts{0, 1, 1}}, {"", idCounts{1, 0, 0}}, {"A", idCounts{1, 0, 0}}, {"F", idCounts{0, 1, 0}},
-		{"R", idCounts{0, 1, 0}}, {"S", idCounts{0, 1, 1}}, {"A", idCounts{1, 0, 0}}, {"S", idCounts{0, 1, 1}},
+	byProto := map[Proto][]step{
+		TCP: {
+			{"S", idCounts{0, 1, 1}}, {"", idCounts{1, 0, 0}}, {"A", idCounts{1, 0, 0}}, {"F", idCounts{0, 1, 0}},
+			{"R", idCounts{0, 1, 0}}, {"S", idCounts{0, 1, 1}}, {"A", idCounts{1, 0, 0}}, {"S", idCounts{0, 1, 1}},
+		},
+		UDP: {{"", idCounts{1, 0, 0}}, {"", idCounts{1, 0, 0}}},
 	}
-	udp := []step{{"", idCounts{1, 0, 0}}, {"", idCounts{1, 0, 0}}}
-	sport := uint16(45000)
-	for _, c := range ctCases() {
-		steps := tcp
-		if c.vip.Proto == UDP {
-			steps = udp
-		}
-		sport++
+	for i, c := range ctCases() {
+		sport, steps := uint16(45000+i), byProto[c.vip.Proto]
 		t.Run(c.name, func(t *testing.T) {
 			base := total(d, c.vip)
 			for i, s := range steps {

@@ -139,17 +139,25 @@ func TestLeastConnExact(t *testing.T) {
 	}
 }
 
-// TestLeastConnMissMidFlow: a TCP packet without SYN that the table misses
-// takes the ring, even to the busiest backend, and no least-conn decision
-// is counted.
-func TestLeastConnMissMidFlow(t *testing.T) {
+// newLCDatapath loads a datapath with vipLC4 (least-conn over backends4)
+// holding n established flows.
+func newLCDatapath(t *testing.T, n int) *Datapath {
+	t.Helper()
 	d := newTestDatapath(t)
 	if err := d.AddVIP(vipLC4, VIPConfig{Mode: ModeDSR, LeastConn: true}, backends4); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 30 {
+	for i := range n {
 		newLCFlow(t, d, vipLC4, client4, uint16(30000+i), backends4)
 	}
+	return d
+}
+
+// TestLeastConnMissMidFlow: a TCP packet without SYN that the table misses
+// takes the ring, even to the busiest backend, and no least-conn decision
+// is counted.
+func TestLeastConnMissMidFlow(t *testing.T) {
+	d := newLCDatapath(t, 30)
 	// backends4[0] has weight 1 of 6: least-conn gave it the fewest
 	// flows, but it is as costly as the others. Load it more.
 	busy := backends4[0]
@@ -181,13 +189,7 @@ func TestLeastConnMissMidFlow(t *testing.T) {
 // flow even when it holds the fewest connections; a VIP whose every
 // backend is drained drops new flows as a Maglev VIP does.
 func TestLeastConnDrainAndDown(t *testing.T) {
-	d := newTestDatapath(t)
-	if err := d.AddVIP(vipLC4, VIPConfig{Mode: ModeDSR, LeastConn: true}, backends4); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 30 {
-		newLCFlow(t, d, vipLC4, client4, uint16(30000+i), backends4)
-	}
+	d := newLCDatapath(t, 30)
 	drained := backends4[2].Addr
 	if _, err := d.DeleteConns(func(c Conn) bool { return c.Backend == drained }); err != nil {
 		t.Fatal(err)

@@ -78,42 +78,24 @@ func serve(name string, a netip.Addr, hold time.Duration) error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		for {
-			c, err := echoLn.Accept()
-			if err != nil {
+	go acceptEach(echoLn, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			if _, err := fmt.Fprintf(c, "%s %s\n", name, strings.TrimSpace(sc.Text())); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					if _, err := fmt.Fprintf(c, "%s %s\n", name, strings.TrimSpace(sc.Text())); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 
 	holdLn, err := net.Listen("tcp", netip.AddrPortFrom(a, 9001).String())
 	if err != nil {
 		return err
 	}
-	go func() {
-		for {
-			c, err := holdLn.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := fmt.Fprintln(c, name); err == nil {
-					time.Sleep(hold)
-				}
-			}()
+	go acceptEach(holdLn, func(c net.Conn) {
+		if _, err := fmt.Fprintln(c, name); err == nil {
+			time.Sleep(hold)
 		}
-	}()
+	})
 
 	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 53)))
 	if err != nil {
@@ -130,4 +112,12 @@ func serve(name string, a netip.Addr, hold time.Duration) error {
 		}
 	}()
 	return nil
+}
+
+// acceptEach serves every connection ln accepts with serve, each in its own
+// goroutine, and closes it when serve returns.
+func acceptEach(ln net.Listener, serve func(net.Conn)) {
+	for c, err := ln.Accept(); err == nil; c, err = ln.Accept() {
+		go func() { defer c.Close(); serve(c) }()
+	}
 }
