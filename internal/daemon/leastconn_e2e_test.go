@@ -60,6 +60,7 @@ func TestLeastConnHoldTimes(t *testing.T) {
 	h.writeConfig(h.holdConfig("least-conn"))
 	h.startDaemon()
 
+	h.checkHoldExplain("least-conn")
 	lc := h.holdRun("least-conn")
 	write("maglev")
 	if out, err := h.cli("apply", "-f", cfg); err != nil {
@@ -74,6 +75,7 @@ func TestLeastConnHoldTimes(t *testing.T) {
 		}
 		return nil
 	})
+	h.checkHoldExplain("ring slot")
 	mg := h.holdRun("maglev")
 
 	spread := func(c []float64) float64 { return slices.Max(c) / slices.Min(c) }
@@ -197,4 +199,21 @@ func (h *harness) activeCounts() []uint64 {
 		}
 	}
 	return out
+}
+
+// checkHoldExplain requires explain of a SYN to holdVIP to give reason, and
+// under least-conn to list the three backends it compared.
+func (h *harness) checkHoldExplain(reason string) {
+	h.t.Helper()
+	ex, err := h.client.Explain(context.Background(), api.ExplainRequest{
+		Src: h.topo.Client.IPv4, Dst: vip4, Protocol: "tcp", Sport: 40000, Dport: holdVIP.Port, SYN: true})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if ex.Reason != reason || (reason == "least-conn") != (ex.LeastConn != nil) {
+		h.t.Fatalf("explain of a SYN to %s: %+v, want reason %q", holdVIP, ex, reason)
+	}
+	if lc := ex.LeastConn; lc != nil && (lc.Method != "exact" || len(lc.Candidates) != len(h.topo.Backends)) {
+		h.t.Fatalf("explain: least-conn compared %+v, want all %d backends exactly", lc, len(h.topo.Backends))
+	}
 }
