@@ -155,7 +155,7 @@ func TestConnCounts(t *testing.T) {
 }
 
 // waitCounts waits until the VIP's backends in the API's listing carry
-// the counts want (the periodic walk runs every 2 s).
+// the counts want (the fast path's, corrected by a walk every 2 s).
 func (h *harness) waitCounts(want map[netip.Addr]api.BackendConns) {
 	h.t.Helper()
 	require.Eventually(h.t, 10*time.Second, func() error {

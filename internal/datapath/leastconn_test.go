@@ -3,6 +3,7 @@ package datapath
 import (
 	"bytes"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
@@ -279,5 +280,23 @@ func TestLeastConnSYNRetransmit(t *testing.T) {
 	p.SYN, p.ACK = true, false
 	if fresh := sendTo(t, d, p); fresh == first {
 		t.Fatalf("a SYN on an established tuple went back to %s, the costliest backend", first)
+	}
+}
+
+// TestLeastConnRefused: least-conn without the connection table, or with
+// the source hash, is refused with a reason, and nothing is written.
+func TestLeastConnRefused(t *testing.T) {
+	d := newTestDatapath(t)
+	for _, cfg := range []VIPConfig{
+		{Mode: ModeDSR, LeastConn: true, NoConntrack: true},
+		{Mode: ModeDSR, LeastConn: true, SourceHash: true},
+	} {
+		err := d.AddVIP(vipLC4, cfg, backends4)
+		if err == nil || !strings.Contains(err.Error(), "least-conn needs the connection table and the 5-tuple hash") {
+			t.Errorf("%+v: %v, want a refusal naming least-conn's needs", cfg, err)
+		}
+		if len(d.VIPs()) != 0 {
+			t.Fatalf("%+v: refused, yet the datapath holds %d vips", cfg, len(d.VIPs()))
+		}
 	}
 }
