@@ -21,6 +21,7 @@
 #include "stats.h"
 #include "conntrack.h"
 #include "ctevents.h"
+#include "rtt.h"
 #include "forward.h"
 #include "sched.h"
 
@@ -37,6 +38,7 @@ const enum fulcrum_config_flags _config_flags __attribute__((unused));
 const enum fulcrum_ct_state _ct_state __attribute__((unused));
 const enum fulcrum_ct_timeout _ct_timeout __attribute__((unused));
 const enum fulcrum_src_kind _src_kind __attribute__((unused));
+const enum fulcrum_pool_flags _pool_flags __attribute__((unused));
 /* ct_value is the decoded form of a way; Go decodes into the same type. */
 const struct ct_value _ct_value __attribute__((unused));
 /* ct_event is what the ct_events ring buffer carries; Go decodes it. */
@@ -95,18 +97,16 @@ static __always_inline struct vip_meta *vip_lookup(const struct flow *f)
 	return vip;
 }
 
-/* source_refused reports whether the VIP has source ranges and the flow's
- * client is in none of them. */
-static __always_inline int source_refused(const struct vip_meta *vip, const struct flow *f)
+/* src_lookup returns the VIP's src_prefixes entry of kind that holds the
+ * flow's client, or 0. */
+static __always_inline struct src_prefix_value *src_lookup(const struct vip_meta *vip, const struct flow *f, __u8 kind)
 {
 	struct src_prefix_key k = {
 		.prefixlen = SRC_PREFIX_HEAD_BITS + 128,
 		.vip_index = vip->index,
-		.kind = SRC_KIND_ALLOW,
+		.kind = kind,
 	};
 
-	if (!(vip->flags & VIP_F_SOURCE_RANGES))
-		return 0;
 	if (f->family == 4) {
 		k.addr[10] = 0xff;
 		k.addr[11] = 0xff;
@@ -114,7 +114,16 @@ static __always_inline int source_refused(const struct vip_meta *vip, const stru
 	} else {
 		__builtin_memcpy(k.addr, f->src.v6, 16);
 	}
-	return !bpf_map_lookup_elem(&src_prefixes, &k);
+	return bpf_map_lookup_elem(&src_prefixes, &k);
+}
+
+/* source_refused reports whether the VIP has source ranges and the flow's
+ * client is in none of them. */
+static __always_inline int source_refused(const struct vip_meta *vip, const struct flow *f)
+{
+	if (!(vip->flags & VIP_F_SOURCE_RANGES))
+		return 0;
+	return !src_lookup(vip, f, SRC_KIND_ALLOW);
 }
 
 /* flow_hash_of returns the hash of the flow's 5-tuple, or of its source
@@ -130,11 +139,33 @@ static __always_inline __u32 flow_hash_of(const struct flow *f, int source_only)
 	return flow_hash(src, dst, f->ports, f->proto);
 }
 
+#define POOL_DOWN 0xfffffffe
+
 /* pick returns the ring's backend for hash, or UNASSIGNED: slot
- * ring_slot(hash, M) of the VIP's extent of the ring arena. */
-static __always_inline __u32 pick(const struct vip_meta *vip, __u32 hash)
+ * ring_slot(hash, M) of the VIP's extent of the ring arena or, for a
+ * client in one of the VIP's source-prefix pools, of the pool's. A pool
+ * with no live backend has Go's verdict in its flags: the VIP's ring, or
+ * POOL_DOWN (a drop). The pool depends on the client address only, so a
+ * table miss mid-flow finds the ring its SYN found. */
+static __always_inline __u32 pick(const struct vip_meta *vip, const struct flow *f, __u32 hash,
+				  struct stat_table *st)
 {
-	return ring_read(vip->ring_offset, ring_slot(hash, vip->ring_size));
+	__u32 off = vip->ring_offset, size = vip->ring_size;
+	struct src_prefix_value *in;
+	struct pool_ring *pool;
+
+	if ((vip->flags & VIP_F_POOLS) && (in = src_lookup(vip, f, SRC_KIND_POOL)) &&
+	    (pool = bpf_map_lookup_elem(&pool_rings, &in->pool))) {
+		if (pool->flags & POOL_F_DROP)
+			return POOL_DOWN;
+		if (pool->flags & POOL_F_FALLBACK_VIP) {
+			st->count[STAT_POOL_FALLBACK]++;
+		} else {
+			off = pool->ring_offset;
+			size = pool->ring_size;
+		}
+	}
+	return ring_read(off, ring_slot(hash, size));
 }
 
 /* live_backend returns backend id if it may take packets. */
@@ -166,6 +197,60 @@ static __always_inline int over_flow_limit(const struct lb_config *cfg)
 		g->count = 0;
 	}
 	return ++g->count > cfg->new_flow_limit;
+}
+
+/* rr_next returns the next backend of a round-robin VIP's weighted
+ * sequence on this CPU, counted, or UNASSIGNED (the ring decides) when the
+ * VIP's sequence is empty. */
+static __always_inline __u32 rr_next(const struct vip_meta *vip, struct stat_table *st)
+{
+	struct rr_cursor *c;
+	__u32 idx = vip->index, pos;
+
+	c = bpf_map_lookup_elem(&rr_cursors, &idx);
+	if (!c || !vip->rr_len)
+		return UNASSIGNED;
+	/* A cursor past the end (the sequence got shorter) starts over. */
+	pos = c->pos < vip->rr_len ? c->pos : 0;
+	c->pos = pos + 1;
+	c->picks++;
+	st->count[STAT_SCHED_RR]++;
+	return ring_read(vip->rr_offset, pos);
+}
+
+/* sched_choose returns the backend a round-robin or least-conn VIP's
+ * scheduler gives a packet that missed the table, or UNASSIGNED when the
+ * ring decides. The rule is the two schedulers' own: the ring decides for
+ * a TCP segment without SYN (not a flow's first: its entry was lost, and
+ * the ring is what every node and every restart agrees on), and for a new
+ * flow that gets no entry (*guard: the CPU is over new_flow_limit; its
+ * later packets would take the ring, so its first does too). A SYN whose
+ * entry is still in state syn is a retransmission: it keeps the entry's
+ * backend, which may have answered the first. Otherwise round-robin's next
+ * backend (rr_next), or least-conn's choice (lc_pick in sched.h), with the
+ * ring's slot for the flow as its first candidate. A VIP with pools never
+ * gets here (balance: it is Maglev on its pool's ring). */
+static __always_inline __u32 sched_choose(const struct vip_meta *vip, const struct flow *f,
+					  const struct ct_ref *ref, const struct ct_value *ct, __u32 now,
+					  __u32 hash, const struct lb_config *cfg, struct stat_table *st,
+					  int *guard)
+{
+	const struct backend *be;
+
+	if (!(vip->flags & (VIP_F_ROUND_ROBIN | VIP_F_LEAST_CONN)) || !ref->b ||
+	    (!f->syn && f->proto != IPPROTO_UDP))
+		return UNASSIGNED;
+	if (f->syn && ref->way < CT_WAYS && ct->state == CT_SYN && !ct_expired(ct, vip, now)) {
+		be = live_backend(ct->backend);
+		if (be && be->gen == ct->backend_gen && be->vip_index == vip->index)
+			return ct->backend;
+	}
+	*guard = over_flow_limit(cfg);
+	if (*guard)
+		return UNASSIGNED;
+	if (vip->flags & VIP_F_ROUND_ROBIN)
+		return rr_next(vip, st);
+	return lc_pick(vip->index, vip->ring_offset, vip->ring_size, hash);
 }
 
 /* ct_wanted reports whether some VIP of the flow's protocol uses the
@@ -281,11 +366,14 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	const struct backend *be;
 	struct vip_meta *vip;
 	struct ct_ref ref = {};
-	/* Zeroed: lc_choose reads it after a SYN's lookup, found or not. */
+	/* Zeroed: sched_choose reads it after a SYN's lookup, found or not,
+	 * and clang spills an unset one from whatever register, which the
+	 * verifier refuses. */
 	struct ct_value ct = {};
 	__u32 id, hash = 0, h5 = 0, now;
 	int tuple_hash = 0; /* hash is the 5-tuple hash already */
 	int have_h5 = 0;
+	int guard = -1; /* over_flow_limit's answer, once sched_choose asked */
 
 	switch (r) {
 	case PARSE_OK:
@@ -312,6 +400,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 				return verdict(st, STAT_DROP_SOURCE_RANGE, XDP_DROP);
 			if (vip) {
 				id = ct.backend;
+				if (ct.state == CT_SYN && (vip->flags & VIP_F_RESPONSE_TIME))
+					rt_ack_seen(h5, ref.lo, id, f->tcp_flags, st);
 				ct_touch(&ref, &ct, f, now);
 				if (cfg->flags & CONFIG_F_SYNC)
 					ct_export_touch(st, f, &ct, be->vip_index);
@@ -335,17 +425,25 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		have_h5 = 1;
 	}
 	hash = tuple_hash ? h5 : flow_hash_of(f, 1);
-	id = pick(vip, hash);
+	/* A VIP with pools is Maglev on its pool's ring (the config refuses
+	 * round-robin and least-conn with pools). */
+	id = UNASSIGNED;
+	if (!(vip->flags & VIP_F_POOLS))
+		id = sched_choose(vip, f, &ref, &ct, now, hash, cfg, st, &guard);
+	if (id == UNASSIGNED) {
+		id = pick(vip, f, hash, st);
+		if (id == POOL_DOWN)
+			return verdict(st, STAT_DROP_POOL_DOWN, XDP_DROP);
+	}
 	if (id == UNASSIGNED)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
-	id = lc_choose(st, cfg, vip, f, &ref, &ct, now, hash, id);
 	be = live_backend(id);
 	if (!be)
 		return verdict(st, STAT_DROP_NO_BACKEND, XDP_DROP);
 
 	if (vip->flags & VIP_F_NO_CONNTRACK) {
 		event = STAT_CT_BYPASS;
-	} else if (over_flow_limit(cfg)) {
+	} else if (guard >= 0 ? guard : over_flow_limit(cfg)) {
 		event = STAT_CT_GUARD;
 	} else {
 		ct.backend = id;
@@ -353,6 +451,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 		ct.state = ct_state_new(f);
 		ct.last_seen = now;
 		ct_insert(f, &ref, &ct, now, st);
+		if (f->syn && ref.b && (vip->flags & VIP_F_RESPONSE_TIME))
+			rt_syn_seen(h5, ref.lo);
 		if ((cfg->flags & CONFIG_F_SYNC) && ref.b)
 			ct_export(st, f, &ct, vip->index);
 	}

@@ -192,10 +192,13 @@ static __always_inline __u8 ct_state_new(const struct flow *f)
 }
 
 /* ct_expired reports whether an entry has been idle longer than its VIP's
- * timeout for its state: then it is a miss, and the packet takes the ring. */
+ * timeout for its state: then it is a miss, and the packet takes the ring.
+ * The difference is signed: another CPU may have touched the entry after
+ * the jiffy this packet read (last_seen one ahead of now), and that entry
+ * is fresh, not 49 days old. */
 static __always_inline int ct_expired(const struct ct_value *ct, const struct vip_meta *vip, __u32 now)
 {
-	return now - ct->last_seen > vip->ct_timeout[ct->state & 3];
+	return (__s32)(now - ct->last_seen) > (__s32)vip->ct_timeout[ct->state & 3];
 }
 
 /* ct_touch records a packet of a live entry (way ref->way, read as *v):

@@ -26,6 +26,11 @@
  * preallocated (BPF_F_NO_PREALLOC): an entry costs memory only when Go
  * writes it. */
 #define SRC_PREFIX_ENTRIES (1 << 20)
+/* Source-prefix pools: at most POOLS_PER_VIP per VIP; a pool's id is its
+ * VIP's index * POOLS_PER_VIP + its slot, the key of pool_rings, which
+ * holds at most POOL_ENTRIES pools of all VIPs. */
+#define POOLS_PER_VIP 64
+#define POOL_ENTRIES 65536
 
 /* How many IPv6 extension headers the parser walks; a longer chain (or one
  * over IPV6_MAX_EXT_BYTES, parse.h) is malformed. */
@@ -36,6 +41,10 @@
 
 /* The flow hash's seed (flowhash.h adds the protocol to it). */
 #define FLOW_HASH_SEED 0x7a3c19e5
+/* Slots of rt_syn (rtt.h): the SYN times of handshakes in progress of VIPs
+ * measuring response times, by flow hash. 64 Ki slots of 8 bytes; with
+ * 1000 handshakes in flight, 1.5 % of them lose their slot to another. */
+#define RT_SYN_SLOTS (1 << 16)
 
 /* Forwarding mode of a VIP (vip_meta.mode). MODE_NONE is only in the
  * zeroed vip_state slot of a removed VIP, whose gen 0 makes connection
@@ -63,9 +72,23 @@ enum fulcrum_vip_flags {
 	 * (STAT_DROP_SOURCE_RANGE). Without the flag the trie is not looked
 	 * up, so a VIP without ranges pays one flag test. */
 	VIP_F_SOURCE_RANGES = 1 << 3,
+	/* The VIP has source-prefix pools (src_prefixes entries of kind
+	 * SRC_KIND_POOL under its index, rings in pool_rings): a new flow
+	 * or a table miss of a client in a pool takes its pool's ring. */
+	VIP_F_POOLS = 1 << 4,
+	/* New flows (a TCP SYN, a UDP packet without an entry) take the next
+	 * backend of the VIP's weighted round-robin sequence (vip_meta.rr_*)
+	 * on this CPU; any other packet without an entry takes the ring. */
+	VIP_F_ROUND_ROBIN = 1 << 5,
 	/* New flows take the least-conn scheduler (sched.h): the backend of
 	 * lowest (active + 1) / weight. */
-	VIP_F_LEAST_CONN = 1 << 4,
+	VIP_F_LEAST_CONN = 1 << 6,
+	/* The VIP measures its backends' response times passively (rtt.h): a
+	 * SYN's time is kept in rt_syn, and the flow's first ACK adds the
+	 * time since to its backend's rt_samples. Without the flag a SYN and
+	 * an ACK in state syn pay one flag test. (1 << 8: 7 is left to another
+	 * scheduler's flag.) */
+	VIP_F_RESPONSE_TIME = 1 << 8,
 };
 
 /* What a src_prefixes entry is for (src_prefix_key.kind): the key's kind is
@@ -73,6 +96,18 @@ enum fulcrum_vip_flags {
 enum fulcrum_src_kind {
 	/* An allowed client prefix of a VIP with VIP_F_SOURCE_RANGES. */
 	SRC_KIND_ALLOW = 1,
+	/* A client prefix of a source-prefix pool of a VIP with VIP_F_POOLS;
+	 * the value is the pool's id (pool_rings' key). */
+	SRC_KIND_POOL = 2,
+};
+
+/* pool_ring.flags: set when the pool has no live backend, by its
+ * fallback. Without either the pool's ring is ring_offset, ring_size. */
+enum fulcrum_pool_flags {
+	/* Its clients take the VIP's ring (STAT_POOL_FALLBACK). */
+	POOL_F_FALLBACK_VIP = 1 << 0,
+	/* Its clients' new flows are dropped (STAT_DROP_POOL_DOWN). */
+	POOL_F_DROP = 1 << 1,
 };
 
 /* Backend flags. */
@@ -164,6 +199,16 @@ enum fulcrum_stat {
 	                             * way, so the oldest was evicted */
 	STAT_CT_EXPORT_FULL,        /* sync: the ct_events ring buffer was
 	                             * full, an entry's event was lost */
+	STAT_DROP_POOL_DOWN,        /* the client's pool has no live backend
+	                             * and its fallback is drop */
+	STAT_POOL_FALLBACK,         /* the client's pool has no live backend:
+	                             * the VIP's ring decided (an event) */
+	STAT_SCHED_RR,              /* a new flow's backend chosen by round-robin */
+	STAT_RT_SAMPLE,             /* a flow's first ACK gave its backend a
+	                             * response-time sample (rtt.h) */
+	STAT_RT_LOST,               /* a flow's first ACK found its SYN's time
+	                             * gone (another SYN took the rt_syn slot)
+	                             * or too old: no sample */
 	STAT_SCHED_LC_EXACT,        /* least-conn: a new flow's backend chosen
 	                             * by comparing the whole pool */
 	STAT_SCHED_LC_TWO,          /* least-conn: chosen by the better of two

@@ -62,8 +62,9 @@ struct {
 } vip_addrs_v6 SEC(".maps");
 
 /* src_prefixes holds client prefixes per VIP (struct src_prefix_key): a
- * VIP's source ranges (SRC_KIND_ALLOW). Looked up only for a VIP with
- * VIP_F_SOURCE_RANGES. */
+ * VIP's source ranges (SRC_KIND_ALLOW), looked up only for a VIP with
+ * VIP_F_SOURCE_RANGES, and its pools' prefixes (SRC_KIND_POOL), looked up
+ * only for a VIP with VIP_F_POOLS. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct src_prefix_key);
@@ -71,6 +72,18 @@ struct {
 	__uint(max_entries, SRC_PREFIX_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } src_prefixes SEC(".maps");
+
+/* pool_rings[pool id] is a source-prefix pool's ring (src_prefixes gives
+ * a client's pool id). A hash map, not an array: an update replaces the
+ * whole value at once, so a reader never sees one ring's offset with
+ * another's size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct pool_ring);
+	__uint(max_entries, POOL_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} pool_rings SEC(".maps");
 
 /* ring_arena holds the Maglev ring of every VIP, each at its own extent
  * (vip_meta.ring_offset, .ring_size). Go writes a new ring into a free
@@ -104,6 +117,16 @@ static __always_inline __u32 ring_read(__u32 offset, __u32 slot)
 	return c->slot[at % RING_CHUNK_SLOTS];
 }
 
+/* rr_cursors[vip index]: each CPU's cursor in its round-robin VIP's
+ * sequence. Per CPU, so a new flow costs no atomic and no shared cache
+ * line; every CPU walks the whole sequence, so the shares hold on each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct rr_cursor);
+	__uint(max_entries, MAX_VIPS);
+} rr_cursors SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -116,12 +139,16 @@ struct {
  * line and no helper call (the verifier inlines array lookups). One table
  * serves all CPUs, so a flow that RSS moves keeps its backend and `fulcrum
  * explain` finds it. Go sizes them (entries / CT_WAYS buckets) and sets
- * ct_buckets to match. docs/datapath.md has the design search. */
+ * ct_buckets to match. docs/datapath.md has the design search. The tables
+ * and their tuple records are BPF_F_MMAPABLE so that Go lists them with a
+ * memory copy, not a system call per element (an array lookup is inlined
+ * all the same). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct ct_bucket);
 	__uint(max_entries, CT_ENTRIES / CT_WAYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } ct_v4 SEC(".maps");
 
 struct {
@@ -129,6 +156,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ct_bucket);
 	__uint(max_entries, CT_ENTRIES / CT_WAYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } ct_v6 SEC(".maps");
 
 /* ct_keys_*[bucket * CT_WAYS + way] is the tuple of that way's entry,
@@ -139,6 +167,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ct_key_v4);
 	__uint(max_entries, CT_ENTRIES);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } ct_keys_v4 SEC(".maps");
 
 struct {
@@ -146,6 +175,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ct_key_v6);
 	__uint(max_entries, CT_ENTRIES);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } ct_keys_v6 SEC(".maps");
 
 struct {
@@ -168,6 +198,38 @@ struct {
 	__type(value, struct counter);
 	__uint(max_entries, MAX_BACKENDS);
 } backend_stats SEC(".maps");
+
+/* rt_syn[flow hash % RT_SYN_SLOTS] is the SYN time of a handshake in
+ * progress of a VIP with VIP_F_RESPONSE_TIME (rtt.h): the low 32 bits of
+ * bpf_ktime_get_ns, and above them the flow's tag, in one 8-byte word
+ * written with one store. Shared by all CPUs: a flow's ACK may arrive on
+ * another CPU than its SYN. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, RT_SYN_SLOTS);
+} rt_syn SEC(".maps");
+
+/* rt_samples[backend id]: each CPU's passive response-time samples of the
+ * backend, cumulative; the daemon folds their growth into an EWMA. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct rt_sample);
+	__uint(max_entries, MAX_BACKENDS);
+} rt_samples SEC(".maps");
+
+/* backend_cost[backend id] is the backend's response time in µs (0 = not
+ * measured yet), the EWMA the daemon folds at most every 100 ms from its
+ * VIP's sources; the least-time scheduler reads it. Go writes each entry
+ * whole (one 4-byte value). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, MAX_BACKENDS);
+} backend_cost SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* The least-conn scheduler: a new flow (a TCP SYN, or a UDP packet the
  * table misses) of a VIP with VIP_F_LEAST_CONN goes to the backend with the
- * lowest (active + 1) / weight, active from backend_conns (counts.h).
+ * lowest (active + 1) / weight, active from backend_conns (counts.h); which
+ * packets ask it is sched_choose's rule (balancer.c), shared with
+ * round-robin.
  * Exact over a pool of up to LC_EXACT_MAX backends (lc_pools), else the
  * better of two choices on the VIP's weighted Maglev ring: the ring's own
  * slot for the flow and a second slot from a rehash (docs/schedulers.md). */
@@ -15,7 +17,6 @@
 #include "maps.h"
 #include "flowhash.h"
 #include "counts.h"
-#include "conntrack.h"
 
 /* The largest pool least-conn compares whole: a VIP with more backends
  * of weight above 0 takes the power of two choices. */
@@ -55,10 +56,11 @@ static __always_inline int lc_less(__u64 a1, __u32 w1, __u64 a2, __u32 w2)
 }
 
 /* lc_two returns the lower-cost of the ring's backend id for the flow and
- * the one a second, rehashed slot names. */
-static __always_inline __u32 lc_two(struct stat_table *st, const struct vip_meta *vip, __u32 hash, __u32 id)
+ * the one a second, rehashed slot of the ring at ring_offset names. */
+static __always_inline __u32 lc_two(struct stat_table *st, __u32 ring_offset, __u32 ring_size, __u32 hash,
+				    __u32 id)
 {
-	__u32 id2 = ring_read(vip->ring_offset, ring_slot(rol32(hash, 16) * LC_REHASH, vip->ring_size));
+	__u32 id2 = ring_read(ring_offset, ring_slot(rol32(hash, 16) * LC_REHASH, ring_size));
 	struct backend *b1, *b2;
 
 	st->count[STAT_SCHED_LC_TWO]++;
@@ -73,23 +75,35 @@ static __always_inline __u32 lc_two(struct stat_table *st, const struct vip_meta
 	return id;
 }
 
-/* lc_pick returns the backend of a new flow of a least-conn VIP; id is
- * what the ring says (the choice if nothing better is found). An exact
- * scan starts at a hash-picked member, so that equal costs spread; the
- * first of the lowest cost wins. The scan's body has no branch but the
- * map lookup's (the minimum is kept with masks): a branch per member
- * would double the states the verifier walks, sixteen times over. */
-static __always_inline __u32 lc_pick(struct stat_table *st, const struct vip_meta *vip, __u32 hash, __u32 id)
+/* lc_pick returns the backend of a new flow of least-conn VIP idx, whose
+ * ring is ring_size slots of the arena from ring_offset: the ring's slot
+ * for the flow's hash is the choice if nothing better is found, and its
+ * 0xffffffff (no backend) is returned as it is. An exact scan starts at a
+ * hash-picked member, so that equal costs spread; the first of the lowest
+ * cost wins. The scan's body has no branch but the map lookup's (the
+ * minimum is kept with masks): a branch per member would double the states
+ * the verifier walks, sixteen times over.
+ *
+ * A global function, not inlined: the verifier checks it once, on its
+ * own, instead of once for every state of every path into it, whose
+ * product with the rest of balance() (pools, round-robin, response times)
+ * was past its million instructions. So it takes scalars only and finds
+ * the stats table itself. */
+__attribute__((noinline)) __u32 lc_pick(__u32 idx, __u32 ring_offset, __u32 ring_size, __u32 hash)
 {
-	__u32 idx = vip->index, n, i, j, best, bw;
-	struct lc_pool *p = bpf_map_lookup_elem(&lc_pools, &idx);
+	__u32 n, i, j, best, bw, id, zero = 0;
+	struct lc_pool *p;
+	struct stat_table *st;
 	__u64 ba;
 
-	if (!p)
+	id = ring_read(ring_offset, ring_slot(hash, ring_size));
+	st = bpf_map_lookup_elem(&stats, &zero);
+	p = bpf_map_lookup_elem(&lc_pools, &idx);
+	if (id == 0xffffffff || !st || !p)
 		return id;
 	n = p->n;
 	if (n == 0 || n > LC_EXACT_MAX)
-		return lc_two(st, vip, hash, id);
+		return lc_two(st, ring_offset, ring_size, hash, id);
 	st->count[STAT_SCHED_LC_EXACT]++;
 	j = ring_slot(hash, n) & (LC_EXACT_MAX - 1);
 	best = p->be[j].id;
@@ -113,34 +127,6 @@ static __always_inline __u32 lc_pick(struct stat_table *st, const struct vip_met
 		ba = (a & mask) | (ba & ~mask);
 	}
 	return best;
-}
-
-/* lc_choose returns the backend of a packet that missed the table: least-
- * conn's choice for a new flow (a TCP SYN, a UDP packet) of a least-conn
- * VIP, else id, the ring's. The ring also decides for a flow that gets no
- * entry (the CPU is over new_flow_limit, which over_flow_limit will tell
- * the same): its later packets take the ring. A SYN whose live entry is
- * still in state syn is a retransmission: it keeps the entry's backend,
- * which may have answered the first. */
-static __always_inline __u32 lc_choose(struct stat_table *st, const struct lb_config *cfg, const struct vip_meta *vip,
-				       const struct flow *f, const struct ct_ref *ref, const struct ct_value *ct,
-				       __u32 now, __u32 hash, __u32 id)
-{
-	struct flow_guard *g;
-	struct backend *be;
-	__u32 zero = 0;
-
-	if (!(vip->flags & VIP_F_LEAST_CONN) || !ref->b || (!f->syn && f->proto != IPPROTO_UDP))
-		return id;
-	if (f->syn && ref->way < CT_WAYS && ct->state == CT_SYN && !ct_expired(ct, vip, now)) {
-		be = bpf_map_lookup_elem(&backends, &ct->backend);
-		if (be && (be->flags & BACKEND_F_LIVE) && be->gen == ct->backend_gen && be->vip_index == vip->index)
-			return ct->backend;
-	}
-	if (cfg->new_flow_limit && (g = bpf_map_lookup_elem(&flow_guard, &zero)) &&
-	    bpf_ktime_get_coarse_ns() - g->window_start < 1000000000ULL && g->count >= cfg->new_flow_limit)
-		return id;
-	return lc_pick(st, vip, hash, id);
 }
 
 #endif

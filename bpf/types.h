@@ -39,6 +39,20 @@ struct vip_meta {
 	 * by enum fulcrum_ct_state (a UDP VIP's four are its one timeout).
 	 * Go converts the configured seconds with the kernel's HZ. */
 	__u32 ct_timeout[4];
+	/* A round-robin VIP's (VIP_F_ROUND_ROBIN) weighted sequence of
+	 * backend ids: rr_len slots of the ring arena from rr_offset,
+	 * published with the meta like the ring. */
+	__u32 rr_offset;
+	__u32 rr_len;
+};
+
+/* rr_cursors[vip index], per CPU: this CPU's place in its VIP's
+ * round-robin sequence (Go starts each CPU elsewhere), and how many new
+ * flows it gave out there (the VIP's scheduler decisions, for metrics). */
+struct rr_cursor {
+	__u64 picks;
+	__u32 pos;
+	__u32 pad;
 };
 
 /* src_prefixes key: an LPM trie key. prefixlen counts the bits after it
@@ -57,10 +71,19 @@ struct src_prefix_key {
 
 #define SRC_PREFIX_HEAD_BITS 32
 
-/* src_prefixes value: nothing for SRC_KIND_ALLOW; room for what a later
- * kind needs (a source-prefix pool's id). */
+/* src_prefixes value: nothing for SRC_KIND_ALLOW; for SRC_KIND_POOL the
+ * pool's id, pool_rings' key. */
 struct src_prefix_value {
 	__u32 pool;
+};
+
+/* pool_rings value: a pool's Maglev ring in the ring arena, as vip_meta
+ * names a VIP's; an update of the pool's entry publishes a new ring. */
+struct pool_ring {
+	__u32 ring_offset;
+	__u32 ring_size;
+	__u32 flags; /* enum fulcrum_pool_flags */
+	__u32 pad;
 };
 
 /* backends[id]. An id names one backend of one VIP, so removing a backend
@@ -142,6 +165,13 @@ struct ct_clock {
 struct counter {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/* rt_sample is a backend's passive response-time samples on one CPU, since
+ * the program was loaded: Go reads the growth (internal/datapath rtt.go). */
+struct rt_sample {
+	__u64 sum_ns;
+	__u64 count;
 };
 
 /* stats is the per-CPU verdict and event table: one lookup per packet. */

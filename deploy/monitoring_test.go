@@ -261,7 +261,7 @@ func TestMonitoringMetricsExist(t *testing.T) {
 		}
 	}
 	// What the issue asks to be alerted on.
-	for _, want := range []string{"FulcrumNodeSick", "FulcrumVRRPFlapping", "FulcrumBackendDown", "FulcrumNewFlowGuard", "FulcrumRingArenaNearFull"} {
+	for _, want := range []string{"FulcrumNodeSick", "FulcrumVRRPFlapping", "FulcrumBackendDown", "FulcrumNewFlowGuard", "FulcrumRingArenaNearFull", "FulcrumConntrackEvicting"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s in prometheus/alerts.yaml (have %v)", want, alerts)
 		}

@@ -293,5 +293,9 @@ func oneOf(c *cli.Context, flag string, allowed []string) (string, error) {
 	if v == "" || slices.Contains(allowed, v) {
 		return v, nil
 	}
-	return "", usagef("%s: --%s %q: want %s", commandPath(c), flag, c.String(flag), strings.Join(allowed, " or "))
+	want := strings.Join(allowed, " or ")
+	if len(allowed) > 2 {
+		want = "one of " + strings.Join(allowed, ", ")
+	}
+	return "", usagef("%s: --%s %q: want %s", commandPath(c), flag, c.String(flag), want)
 }

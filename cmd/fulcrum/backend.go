@@ -177,7 +177,7 @@ func backendList(c *cli.Context) error {
 
 func printBackends(w io.Writer, vips []api.VIP) error {
 	t := newTable(w)
-	row(t, "VIP", "BACKEND", "WEIGHT", "ACTIVE", "INACTIVE", "HEALTH", "SINCE", "MAC", "LAST ERROR")
+	row(t, "VIP", "BACKEND", "WEIGHT", "ACTIVE", "INACTIVE", "RT", "HEALTH", "SINCE", "MAC", "LAST ERROR")
 	for _, v := range vips {
 		for _, b := range v.Backends {
 			weight := fmt.Sprint(b.Weight)
@@ -188,10 +188,10 @@ func printBackends(w io.Writer, vips []api.VIP) error {
 			if !b.HealthSince.IsZero() {
 				since = b.HealthSince.Local().Format("15:04:05")
 			}
-			row(t, v.VIPRef, b.Address, weight, b.Active, b.Inactive, orDefault(b.Health, "unknown"), since, orDefault(b.MAC, "(resolved)"), orDefault(b.HealthError, "-"))
+			row(t, v.VIPRef, b.Address, weight, b.Active, b.Inactive, responseText(b.ResponseTime), orDefault(b.Health, "unknown"), since, orDefault(b.MAC, "(resolved)"), orDefault(b.HealthError, "-"))
 		}
 		if len(v.Backends) == 0 {
-			row(t, v.VIPRef, "(none)", "-", "-", "-", "-", "-", "-", "-")
+			row(t, v.VIPRef, "(none)", "-", "-", "-", "-", "-", "-", "-", "-")
 		}
 	}
 	if err := t.Flush(); err != nil {
@@ -202,4 +202,17 @@ func printBackends(w io.Writer, vips []api.VIP) error {
 		return err
 	}
 	return nil
+}
+
+// responseText is a backend's response time for the RT column: its cost
+// to µs, "(none yet)" before the first sample, "-" for a VIP that does
+// not measure.
+func responseText(rt *api.ResponseTime) string {
+	switch {
+	case rt == nil:
+		return "-"
+	case rt.Cost <= 0:
+		return "(none yet)"
+	}
+	return rt.Cost.Round(time.Microsecond).String()
 }

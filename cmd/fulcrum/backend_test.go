@@ -19,7 +19,7 @@ func TestBackendList(t *testing.T) {
 	d.run(t, "backend", "list", "tcp/203.0.113.99:80").fails(t, exitError, "fulcrum: vip tcp/203.0.113.99:80: not found")
 
 	d.fake.update(func(f *fakeController) { f.vips = nil })
-	d.run(t, "backend", "list").check(t, 0, "VIP  BACKEND  WEIGHT  ACTIVE  INACTIVE  HEALTH  SINCE  MAC  LAST ERROR\nno VIPs\n", "")
+	d.run(t, "backend", "list").check(t, 0, "VIP  BACKEND  WEIGHT  ACTIVE  INACTIVE  RT  HEALTH  SINCE  MAC  LAST ERROR\nno VIPs\n", "")
 	checkJSON(t, d.run(t, "backend", "list", "-o", "json"), []api.VIP{})
 
 	runCLI(t, "backend", "list", "203.0.113.10:80").fails(t, exitUsage,

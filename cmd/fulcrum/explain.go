@@ -132,6 +132,12 @@ func explanation(req api.ExplainRequest, ex api.Explanation) string {
 	if ex.Reason == "source range" {
 		return fmt.Sprintf("%s is dropped: the client is outside the source ranges of vip %s (counted as drop_source_range)", flow, ex.VIP)
 	}
+	if ex.Reason == "pool down" {
+		return fmt.Sprintf("%s is dropped: the client is in pool %s of vip %s, which has no backend up, and its fallback is drop (counted as drop_pool_down)", flow, ex.Pool, ex.VIP)
+	}
+	if ex.Reason == "round-robin" && ex.RoundRobin != nil {
+		return roundRobinLine(flow, ex)
+	}
 	if !ex.Backend.IsValid() {
 		return fmt.Sprintf("%s reaches no backend (%s)", flow, orDash(ex.Reason))
 	}
@@ -140,10 +146,40 @@ func explanation(req api.ExplainRequest, ex api.Explanation) string {
 		return fmt.Sprintf("%s reaches %s by %s", flow, ex.Backend, reason)
 	}
 	ring := fmt.Sprintf("ring slot %d of %d", ex.Slot, ex.RingSize)
+	switch {
+	case ex.Pool != "" && ex.PoolFallback == "vip":
+		ring += fmt.Sprintf(" of the vip, as pool %s has no backend up", ex.Pool)
+	case ex.Pool != "":
+		ring += " of pool " + ex.Pool
+	}
 	if ex.Reason == "ring slot" {
-		return fmt.Sprintf("%s reaches %s by %s (flow hash 0x%08x)", flow, ex.Backend, ring, ex.Hash)
+		line := fmt.Sprintf("%s reaches %s by %s (flow hash 0x%08x)", flow, ex.Backend, ring, ex.Hash)
+		if ex.Scheduler == "round-robin" {
+			// Only a flow's first packet takes the sequence.
+			line += "\nround-robin vip: a packet that is not a flow's first and has no connection entry takes the Maglev ring"
+		}
+		return line
 	}
 	return fmt.Sprintf("%s reaches %s by %s (%s → %s)", flow, ex.Backend, reason, ring, ex.RingBackend)
+}
+
+// roundRobinLine explains a new flow of a round-robin VIP, e.g. "tcp
+// 198.19.1.2:40000 -> 203.0.113.10:80 is a new flow: round-robin: next in
+// the weighted sequence of 3 slots (198.18.0.11 ×1, 198.18.0.12 ×2); the
+// backend depends on the cursor of the CPU that receives the packet, which
+// explain cannot know".
+func roundRobinLine(flow string, ex api.Explanation) string {
+	rr := ex.RoundRobin
+	if len(rr.Shares) == 0 {
+		return fmt.Sprintf("%s is a new flow of a round-robin vip whose sequence is empty (no backend has a weight): it reaches no backend", flow)
+	}
+	shares := make([]string, len(rr.Shares))
+	for i, s := range rr.Shares {
+		shares[i] = fmt.Sprintf("%s ×%d", s.Backend, s.Slots)
+	}
+	return fmt.Sprintf("%s is a new flow: round-robin: next in the weighted sequence of %d slots (%s); "+
+		"the backend depends on the cursor of the CPU that receives the packet, which explain cannot know",
+		flow, rr.Length, strings.Join(shares, ", "))
 }
 
 // parseEndpoint parses ADDRESS or ADDRESS:PORT ([IPv6]:PORT).

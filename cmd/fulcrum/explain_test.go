@@ -41,8 +41,23 @@ func TestExplanationText(t *testing.T) {
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches no backend (no VIP)"},
 		{api.Explanation{VIP: api.VIPRef{Protocol: "udp", Address: netip.MustParseAddr("2001:db8::1"), Port: 53}, Reason: "source range", RingSize: 251, RingBackend: b},
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 is dropped: the client is outside the source ranges of vip udp/[2001:db8::1]:53 (counted as drop_source_range)"},
+		{api.Explanation{Backend: b, Reason: "ring slot", Hash: 0xbeef, Slot: 7, RingSize: 251, RingBackend: b, Pool: "eu"},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by ring slot 7 of 251 of pool eu (flow hash 0x0000beef)"},
+		{api.Explanation{Backend: b, Reason: "ring slot", Hash: 0xbeef, Slot: 7, RingSize: 251, RingBackend: b, Pool: "eu", PoolFallback: "vip"},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by ring slot 7 of 251 of the vip, as pool eu has no backend up (flow hash 0x0000beef)"},
+		{api.Explanation{VIP: api.VIPRef{Protocol: "udp", Address: netip.MustParseAddr("2001:db8::1"), Port: 53}, Reason: "pool down", RingSize: 251, Pool: "eu", PoolFallback: "drop"},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 is dropped: the client is in pool eu of vip udp/[2001:db8::1]:53, which has no backend up, and its fallback is drop (counted as drop_pool_down)"},
 		{api.Explanation{Backend: b, Reason: "source hash"},
 			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by source hash"},
+		{api.Explanation{Reason: "round-robin", Scheduler: "round-robin", RingSize: 251, RingBackend: b, RoundRobin: &api.RRSequence{Length: 3,
+			Shares: []api.RRShare{{Backend: b, Slots: 1}, {Backend: netip.MustParseAddr("2001:db8:1::3"), Slots: 2}}}},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 is a new flow: round-robin: next in the weighted sequence of 3 slots (2001:db8:1::2 ×1, 2001:db8:1::3 ×2); " +
+				"the backend depends on the cursor of the CPU that receives the packet, which explain cannot know"},
+		{api.Explanation{Reason: "round-robin", Scheduler: "round-robin", RoundRobin: &api.RRSequence{Shares: []api.RRShare{}}},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 is a new flow of a round-robin vip whose sequence is empty (no backend has a weight): it reaches no backend"},
+		{api.Explanation{Backend: b, Reason: "ring slot", Scheduler: "round-robin", Hash: 0xbeef, Slot: 7, RingSize: 251, RingBackend: b},
+			"udp [2001:db8:2::1]:5353 -> [2001:db8::1]:53 reaches 2001:db8:1::2 by ring slot 7 of 251 (flow hash 0x0000beef)\n" +
+				"round-robin vip: a packet that is not a flow's first and has no connection entry takes the Maglev ring"},
 	}
 	for _, tt := range tests {
 		if got := explanation(req, tt.ex); got != tt.want {

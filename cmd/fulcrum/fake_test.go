@@ -66,10 +66,16 @@ func newFake() *fakeController {
 			{
 				VIPRef: ref("tcp/203.0.113.10:80"), Name: "web", Mode: "dsr", Scheduler: "maglev", RingSize: 65537,
 				Backends: []api.Backend{
-					{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up", HealthSince: testNow.Add(-time.Hour), Active: 3, Inactive: 1},
-					{Address: netip.MustParseAddr("198.18.0.12"), Weight: 0, Health: "up", MAC: "02:00:5e:00:53:12", Active: 300},
+					{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, Health: "up", HealthSince: testNow.Add(-time.Hour), Active: 3, Inactive: 1,
+						ResponseTime: &api.ResponseTime{Source: "both", Cost: 1234567 * time.Nanosecond, Passive: 1234567 * time.Nanosecond, Active: 2 * time.Millisecond}},
+					{Address: netip.MustParseAddr("198.18.0.12"), Weight: 0, Health: "up", MAC: "02:00:5e:00:53:12", Active: 300,
+						ResponseTime: &api.ResponseTime{Source: "both", Active: 21 * time.Millisecond, Cost: 21 * time.Millisecond}},
 					{Address: netip.MustParseAddr("198.18.0.13"), Weight: 2, Health: "down", HealthSince: testNow.Add(-90 * time.Second),
-						HealthError: "dial tcp 198.18.0.13:80: connect: connection refused"},
+						HealthError: "dial tcp 198.18.0.13:80: connect: connection refused", ResponseTime: &api.ResponseTime{Source: "both"}},
+				},
+				Pools: []api.Pool{
+					{Name: "eu", PrefixFile: "/etc/fulcrum/geo.csv", PrefixCount: 1204, Backends: []netip.Addr{netip.MustParseAddr("198.18.0.11")}, Fallback: "vip"},
+					{Name: "us", Prefixes: []string{"198.51.100.0/24"}, PrefixCount: 1, Backends: []netip.Addr{netip.MustParseAddr("198.18.0.13")}, Fallback: "drop"},
 				},
 			},
 			{

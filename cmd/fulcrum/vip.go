@@ -31,7 +31,7 @@ func vipCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "mode", Value: config.DefaultMode.String(), Usage: "forwarding `MODE`: " + strings.Join(config.ModeNames(), " or ")},
 					&cli.StringFlag{Name: "name", Usage: "a `NAME` for people (shown in listings)"},
-					&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), ", "), DefaultText: config.DefaultScheduler.String()},
+					&cli.StringFlag{Name: "scheduler", Usage: "`SCHEDULER` for new flows: " + strings.Join(config.SchedulerNames(), ", ") + " (docs/schedulers.md)", DefaultText: config.DefaultScheduler.String()},
 					&cli.StringFlag{Name: "ring-size", Usage: "Maglev ring `SIZE`: a prime, or auto (the daemon chooses it from the backends and weights; docs/datapath.md)", DefaultText: fmt.Sprint(maglev.DefaultSize)},
 					&cli.UintFlag{Name: "ring-size-max", Usage: "with --ring-size auto, the largest size `N` chosen, a prime", DefaultText: fmt.Sprint(maglev.DefaultSize)},
 					&cli.BoolFlag{Name: "no-conntrack", Usage: "do not track connections (stateless services)"},
@@ -164,13 +164,26 @@ func printVIPs(w io.Writer, vips []api.VIP) error {
 		return err
 	}
 	t := newTable(w)
-	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS", "SOURCES")
+	row(t, "VIP", "NAME", "MODE", "SCHEDULER", "RING", "CONNTRACK", "FRAGMENTS", "BACKENDS", "SOURCES", "POOLS")
 	for _, v := range vips {
 		row(t, v.VIPRef, orDash(v.Name), orDash(v.Mode), orDefault(v.Scheduler, config.DefaultScheduler.String()),
 			ringSize(v), conntrack(v.Conntrack), orDefault(v.Fragments, config.DefaultFragments.String()), backendSummary(v.Backends),
-			orDefault(strings.Join(v.SourceRanges, ","), "all"))
+			orDefault(strings.Join(v.SourceRanges, ","), "all"), poolSummary(v.Pools))
 	}
 	return t.Flush()
+}
+
+// poolSummary is a VIP's pools in a listing: each one's name and prefix
+// count, e.g. "eu:1204,us:87"; "-" for none.
+func poolSummary(pools []api.Pool) string {
+	if len(pools) == 0 {
+		return "-"
+	}
+	out := make([]string, len(pools))
+	for i, p := range pools {
+		out[i] = fmt.Sprintf("%s:%d", p.Name, p.PrefixCount)
+	}
+	return strings.Join(out, ",")
 }
 
 // orDefault shows the default an empty optional field stands for.

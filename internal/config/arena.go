@@ -30,11 +30,17 @@ func ringArena(f *fields) uint32 {
 // ring_size, or for one with ring_size auto the size the daemon chooses
 // from its configured backends and weights (internal/ringsize, as the
 // reconciler does: health never changes it), or its ring_size_max if
-// the choice fails.
+// the choice fails; as much again for each of its source-prefix pools
+// (a pool's ring has the VIP's size); and for a round-robin VIP its
+// sequence, counted at its bound (datapath.RRMaxLen plus a slot a
+// backend), since weights may change it.
 func RingSlots(vips []VIP) uint64 {
 	var sum uint64
 	for _, v := range vips {
-		sum += uint64(ringOf(v))
+		sum += uint64(ringOf(v)) * uint64(1+len(v.Pools))
+		if v.Scheduler == SchedulerRoundRobin {
+			sum += uint64(datapath.RRMaxLen) + uint64(len(v.Backends))
+		}
 	}
 	return sum
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/internal/ringsize"
 )
 
@@ -119,5 +120,25 @@ func TestRingArenaCheckAuto(t *testing.T) {
 	ps := problems(t, arenaDoc("ring_arena_slots: 131072\n", 523, ", ring_size: auto"))
 	if len(ps) != 1 || !strings.Contains(ps[0].String(), "the rings of the 523 VIPs take 131273 slots") {
 		t.Fatalf("problems %v, want the 523 auto VIPs' 131273 slots refused", ps)
+	}
+}
+
+// TestRingArenaCheckPoolsAndRoundRobin: a pool's ring takes as much as its
+// VIP's, and a round-robin VIP's sequence counts at its bound.
+func TestRingArenaCheckPoolsAndRoundRobin(t *testing.T) {
+	pools := ", ring_size: 251, pools: [{name: eu, prefixes: [10.0.0.0/8], backends: [198.18.0.11]}, {name: us, prefixes: [10.1.0.0/16], backends: [198.18.0.12]}]"
+	cfg := mustParse(t, arenaDoc("", 3, pools))
+	if got, want := RingSlots(cfg.VIPs), uint64(3*3*251); got != want {
+		t.Errorf("3 VIPs of 251 slots with 2 pools each: RingSlots = %d, want %d", got, want)
+	}
+	cfg = mustParse(t, arenaDoc("", 2, ", ring_size: 251, scheduler: round-robin"))
+	if got, want := RingSlots(cfg.VIPs), uint64(2*(251+datapath.RRMaxLen+2)); got != want {
+		t.Errorf("2 round-robin VIPs of 251 slots and 2 backends: RingSlots = %d, want %d", got, want)
+	}
+	// Pools alone push 300 VIPs of 65537 slots (19.7 M) past an arena of
+	// 32 Mi slots: 3 rings each (58.9 M).
+	ps := problems(t, arenaDoc("ring_arena_slots: 33554432\n", 300, ", pools: [{name: eu, prefixes: [10.0.0.0/8], backends: [198.18.0.11]}, {name: us, prefixes: [10.1.0.0/16], backends: [198.18.0.12]}]"))
+	if len(ps) != 1 || !strings.Contains(ps[0].String(), "take 58983300 slots") {
+		t.Errorf("problems %v, want the pools' rings counted: 58983300 slots", ps)
 	}
 }

@@ -203,8 +203,8 @@ type VIP struct {
 	Port     uint16 `yaml:"port"`
 	Protocol string `yaml:"protocol"` // tcp or udp
 	Mode     Mode   `yaml:"mode"`     // default ModeDSR
-	// Scheduler is SchedulerMaglev (the default), SchedulerSourceHash or
-	// SchedulerLeastConn.
+	// Scheduler is SchedulerMaglev (the default), SchedulerSourceHash,
+	// SchedulerRoundRobin or SchedulerLeastConn.
 	Scheduler Scheduler `yaml:"scheduler"`
 	// RingSize is the Maglev table size, a prime; default
 	// maglev.DefaultSize. 0 when RingSizeAuto.
@@ -238,7 +238,42 @@ type VIP struct {
 	HealthCheck  *HealthCheck   `yaml:"health_check,omitempty"`
 	// Backends may be empty: traffic to the VIP is then dropped and counted.
 	Backends []Backend `yaml:"backends"`
+	// Pools split the VIP's clients by source prefix, each pool served by
+	// some of Backends (pools.go). Empty = one ring for every client.
+	Pools []Pool `yaml:"-"`
+	// ResponseTime, when not nil, measures the backends' response times
+	// (YAML response_time), shown per backend and the input of
+	// least-time; nil = not measured.
+	ResponseTime *ResponseTime `yaml:"-"`
 }
+
+// ResponseTime is how a VIP measures its backends' response times.
+type ResponseTime struct {
+	// Source is where samples come from; default ResponsePassive.
+	Source ResponseSource
+	// HalfLife is the EWMA's half-life: a sample's weight halves every
+	// HalfLife after it; default DefaultResponseHalfLife.
+	HalfLife time.Duration
+}
+
+// Passive reports whether the fast path measures (passive or both).
+func (r *ResponseTime) Passive() bool {
+	return r != nil && (r.Source == ResponsePassive || r.Source == ResponseBoth)
+}
+
+// Active reports whether health probes measure (active or both).
+func (r *ResponseTime) Active() bool {
+	return r != nil && (r.Source == ResponseActive || r.Source == ResponseBoth)
+}
+
+// The bounds of response_time.half_life: the daemon folds samples every
+// 100 ms, so a shorter half-life would forget within a fold or two; over a
+// minute a recovered backend would wait minutes for new flows.
+const (
+	DefaultResponseHalfLife = time.Second
+	MinResponseHalfLife     = 100 * time.Millisecond
+	MaxResponseHalfLife     = time.Minute
+)
 
 // Key returns the VIP's identity in the text form the CLI and the API use,
 // e.g. "tcp/203.0.113.10:80" or "udp/[2001:db8::1]:53".

@@ -41,6 +41,9 @@ type decoder struct {
 	// ringDefault is the root's ring size, every VIP's default; zero in
 	// ParseVIP, which has no root (defaultRing applies).
 	ringDefault ringSetting
+	// prefixFiles are the pools' prefix files read so far, by path
+	// (pools.go).
+	prefixFiles map[string]*poolFile
 }
 
 func (d *decoder) add(path string, n *yaml.Node, format string, args ...any) {

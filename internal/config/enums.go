@@ -32,10 +32,37 @@ const (
 	// SchedulerSourceHash hashes the client address only, so all of a
 	// client's flows reach one backend.
 	SchedulerSourceHash Scheduler = "source-hash"
+	// SchedulerRoundRobin gives new flows the backends in turn, in
+	// proportion to their weights (smooth weighted round robin); a packet
+	// that is not a flow's first and has no connection entry takes the
+	// Maglev ring. It needs the connection table (docs/schedulers.md).
+	SchedulerRoundRobin Scheduler = "round-robin"
 	// SchedulerLeastConn sends a new flow to the backend of lowest
 	// (active + 1) / weight (docs/schedulers.md); it needs the
 	// connection table.
 	SchedulerLeastConn Scheduler = "least-conn"
+	// SchedulerLeastTime gives a new flow the backend with the lowest
+	// (active + 1) x response time / weight (response_time). Not in
+	// schedulers yet: the config refuses it by name until the fast
+	// path's choice exists.
+	SchedulerLeastTime Scheduler = "least-time"
+)
+
+// ResponseSource is where a VIP's backend response times come from
+// (vip.response_time.source).
+type ResponseSource string
+
+// The response-time sources.
+const (
+	// ResponsePassive is the fast path's time from a flow's SYN to the
+	// client's first ACK, which includes the backend's SYN-ACK.
+	ResponsePassive ResponseSource = "passive"
+	// ResponseActive is the health probe's duration: the connect time of
+	// a tcp check, the time to the response of an http(s) one.
+	ResponseActive ResponseSource = "active"
+	// ResponseBoth is the passive time while a backend gets handshakes,
+	// the probe's otherwise (docs/schedulers.md).
+	ResponseBoth ResponseSource = "both"
 )
 
 // FragmentPolicy is what happens to IP fragments and unparseable packets
@@ -96,8 +123,12 @@ const (
 // The values each enumerated field accepts, in the documented order; the
 // first is the default where the field has one.
 var (
-	modes            = []Mode{ModeDSR, ModeIPIP}
-	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash, SchedulerLeastConn}
+	modes = []Mode{ModeDSR, ModeIPIP}
+	// least-time is not in the list until the fast path chooses by it:
+	// the decoder refuses it by name (sections.go), and help and error
+	// texts do not offer it.
+	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash, SchedulerRoundRobin, SchedulerLeastConn}
+	responseSources  = []ResponseSource{ResponsePassive, ResponseActive, ResponseBoth}
 	fragmentPolicies = []FragmentPolicy{FragmentsDrop, FragmentsPass}
 	onDownActions    = []OnDown{OnDownRehash, OnDownDrain}
 	allDownActions   = []AllDown{AllDownDrop, AllDownFailOpen}
@@ -122,6 +153,7 @@ const (
 
 func (m Mode) String() string           { return string(m) }
 func (s Scheduler) String() string      { return string(s) }
+func (s ResponseSource) String() string { return string(s) }
 func (p FragmentPolicy) String() string { return string(p) }
 func (a OnDown) String() string         { return string(a) }
 func (a AllDown) String() string        { return string(a) }

@@ -170,6 +170,12 @@ func vipsDoc(vips []VIP) []map[string]any {
 			bs = append(bs, bm)
 		}
 		m["backends"] = bs
+		if len(v.Pools) > 0 {
+			m["pools"] = poolsDoc(v.Pools)
+		}
+		if r := v.ResponseTime; r != nil {
+			m["response_time"] = map[string]any{"source": r.Source, "half_life": r.HalfLife.String()}
+		}
 		out = append(out, m)
 	}
 	return out
@@ -241,4 +247,30 @@ func timeoutsDoc(t datapath.ConnTimeouts) map[string]any {
 		}
 	}
 	return m
+}
+
+// poolsDoc is a VIP's pools as a file writes them: a file's prefixes stay
+// in the file.
+func poolsDoc(pools []Pool) []map[string]any {
+	out := make([]map[string]any, 0, len(pools))
+	for _, p := range pools {
+		m := map[string]any{"name": p.Name, "fallback": p.Fallback}
+		if len(p.Prefixes) > 0 {
+			ps := make([]string, len(p.Prefixes))
+			for i, x := range p.Prefixes {
+				ps[i] = x.String()
+			}
+			m["prefixes"] = ps
+		}
+		if p.PrefixFile != "" {
+			m["prefix_file"] = p.PrefixFile
+		}
+		bs := make([]string, len(p.Backends))
+		for i, b := range p.Backends {
+			bs[i] = b.String()
+		}
+		m["backends"] = bs
+		out = append(out, m)
+	}
+	return out
 }

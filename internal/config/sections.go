@@ -30,7 +30,8 @@ var (
 	metricsKeys   = []string{"address"}
 	conntrackKeys = []string{"entries", "new_flow_limit", "timeouts"}
 	timeoutKeys   = []string{"tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "udp"}
-	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "ring_size_max", "conntrack", "fragments", "source_ranges", "health_check", "backends"}
+	vipKeys       = []string{"name", "address", "port", "protocol", "mode", "scheduler", "ring_size", "ring_size_max", "conntrack", "fragments", "source_ranges", "health_check", "backends", "pools", "response_time"}
+	responseKeys  = []string{"source", "half_life"}
 	backendKeys   = []string{"address", "weight", "mac", "health_check"}
 	healthKeys    = []string{"type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "host", "skip_verify", "payload", "expect", "source", "on_down", "all_down", "through_datapath"}
 	vrrpKeys      = []string{"interface", "vrid", "priority", "advert_interval", "preempt", "preempt_delay", "unicast_peers", "gratuitous_count", "family", "virtual_addresses"}
@@ -582,7 +583,11 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	complete = addrOK && portOK && protoOK
 
 	v.Mode = enumOf(f, "mode", DefaultMode, modes)
-	v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
+	if s, _ := f.text("scheduler"); s == string(SchedulerLeastTime) {
+		f.errf("scheduler", "least-time is not available yet; use least-conn, round-robin or maglev (response_time already measures and shows the backends' response times)")
+	} else {
+		v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
+	}
 	def := d.ringDefault
 	if def == (ringSetting{}) { // ParseVIP: no root
 		def = defaultRing
@@ -590,6 +595,9 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	rs := d.ringSize(f, def, true)
 	v.RingSize, v.RingSizeAuto, v.RingSizeMax = rs.size, rs.auto, rs.max
 	v.Conntrack, v.Timeouts = vipConntrack(f, v.Protocol)
+	if v.Scheduler == SchedulerRoundRobin && !v.Conntrack {
+		f.errf("scheduler", "round-robin needs the connection table to keep each flow on the backend its first packet got; remove conntrack: false, or use maglev")
+	}
 	if v.Scheduler == SchedulerLeastConn && !v.Conntrack {
 		f.errf("scheduler", "least-conn counts the connection table's entries; it needs conntrack on (remove conntrack: false, or pick another scheduler)")
 	}
@@ -600,11 +608,13 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	var hc *HealthCheck
 	hcPath := f.at("health_check")
 	inherited := false
+	checkBad := false
 	if f.has("health_check") {
 		var ok bool
 		hc, ok = f.check("health_check")
 		if !ok {
 			hc = nil // already reported; do not pile up follow-on errors
+			checkBad = true
 		}
 	} else if topSet {
 		hc, inherited = top, true
@@ -618,6 +628,11 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	for i, bf := range items {
 		v.Backends = append(v.Backends, d.backend(bf, &v, addrOK, portOK, seen, i))
 	}
+	v.Pools = d.pools(f, &v, addrOK)
+	if (v.Scheduler == SchedulerRoundRobin || v.Scheduler == SchedulerLeastConn) && len(v.Pools) > 0 {
+		f.errf("pools", "a %s VIP cannot have pools yet: a pool's clients take Maglev on the pool's ring; use scheduler maglev (or source-hash) with pools", v.Scheduler)
+	}
+	v.ResponseTime = responseTime(f, &v, checkBad)
 	return v, complete
 }
 
@@ -843,4 +858,39 @@ func vipConntrack(f source, proto string) (bool, datapath.ConnTimeouts) {
 	}
 	cf := ff.sub("conntrack", "true, false, or a mapping with timeouts", []string{"timeouts"})
 	return true, timeoutsOf(cf.sub("timeouts", timeoutsWhat, timeoutKeys), proto, datapath.ConnTimeouts{})
+}
+
+// responseTime decodes a VIP's response_time block (files only: the API's
+// VIP fields do not carry it yet), nil when absent. Passive measuring needs
+// TCP and the connection table, active a health check (checkBad: the VIP's
+// was refused, already reported).
+func responseTime(f source, v *VIP, checkBad bool) *ResponseTime {
+	ff, ok := f.(*fields)
+	if !ok || !ff.has("response_time") {
+		return nil
+	}
+	rf := ff.sub("response_time", "a mapping with source and half_life, e.g. {source: passive}", responseKeys)
+	r := &ResponseTime{
+		Source:   enumOf(rf, "source", ResponsePassive, responseSources),
+		HalfLife: rf.duration("half_life", DefaultResponseHalfLife, true),
+	}
+	if r.HalfLife < MinResponseHalfLife || r.HalfLife > MaxResponseHalfLife {
+		rf.errf("half_life", "%s is out of range; use %s to %s", r.HalfLife, MinResponseHalfLife, MaxResponseHalfLife)
+	}
+	if r.Passive() {
+		switch {
+		case v.Protocol == "udp":
+			rf.errf("source", "%s measures TCP handshakes and the vip is udp; use source: active (the health probe's time)", r.Source)
+		case !v.Conntrack:
+			rf.errf("source", "%s finds a flow's first ACK through its connection entry and the vip has conntrack: false; remove conntrack: false, or use source: active", r.Source)
+		}
+	}
+	checked := v.HealthCheck != nil || checkBad
+	for _, b := range v.Backends {
+		checked = checked || b.HealthCheck != nil
+	}
+	if r.Active() && !checked {
+		rf.errf("source", "%s times the health probes and the vip has no health check; add a health_check, or use source: passive", r.Source)
+	}
+	return r
 }

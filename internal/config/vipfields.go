@@ -130,7 +130,7 @@ type source interface {
 	// check returns key's health check block (see decoder.healthCheck).
 	check(key string) (*HealthCheck, bool)
 	// scalars returns key's list of scalars (srcranges.go).
-	scalars(key, what string) []scalar
+	scalars(key, what, item string) []scalar
 }
 
 var _ source = (*fields)(nil)

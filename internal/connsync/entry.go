@@ -60,6 +60,11 @@ type Entry struct {
 	// whole seconds on the wire (rounded up, at most MaxLifetime). The
 	// receiver keeps the entry that long, as the sender would.
 	Lifetime time.Duration
+	// Idle is how long the entry has been idle at the sender: local, not
+	// sent (the lifetime says what the peer needs). A Source fills it in
+	// so that the refresh (Config.RefreshInterval) can pick the entries
+	// that saw a packet since its previous walk; 0 counts as just seen.
+	Idle time.Duration
 }
 
 // IPv6 reports whether the entry's client and VIP are IPv6.

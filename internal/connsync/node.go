@@ -82,6 +82,20 @@ type Config struct {
 	PeerTimeout   time.Duration
 	QueueSize     int
 	ResyncRate    int
+	// RefreshInterval, when set and returning more than 0, is how often
+	// the Node walks the Source and re-sends to every peer the entries
+	// that saw a packet since its previous walk (Entry.Idle): a peer's
+	// copy lives the lifetime it was sent with, and the fast path exports
+	// an entry only when it is made or changes state, so without this a
+	// flow that stays busy on this node expires on its peers. It is read
+	// before each walk (the timeouts it derives from may change); the
+	// walk is paced at ResyncRate. Nil: no refresh.
+	RefreshInterval func() time.Duration
+	// Active, when set, says whether this node forwards traffic now (a
+	// VRRP master): a refresh walk is skipped while it returns false, as
+	// a standby's entries are its peers' copies and refreshing them would
+	// only send them back. Nil: always active.
+	Active func() bool
 	// Logger; nil = slog.Default().
 	Logger *slog.Logger
 	// now is the clock; nil = time.Now (tests set it).
@@ -239,6 +253,9 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Go(func() { n.batch(ctx) })
 	wg.Go(func() { n.hello(ctx) })
 	wg.Go(func() { n.resyncs(ctx) })
+	if n.cfg.RefreshInterval != nil {
+		wg.Go(func() { n.refreshes(ctx) })
+	}
 	<-ctx.Done()
 	// Closing the socket ends the blocked read.
 	n.conn.Close()
@@ -442,12 +459,23 @@ func (n *Node) resyncs(ctx context.Context) {
 // resync sends p every entry of the Source, at most ResyncRate entries per
 // second.
 func (n *Node) resync(ctx context.Context, p *peer) {
+	start := time.Now()
+	sent := n.walk(ctx, []*peer{p}, flagResync, nil)
+	n.c.resyncs.Add(1)
+	n.c.resyncEntries.Add(uint64(sent))
+	n.log.Info("sync: full resync sent", "peer", p.addr, "entries", sent, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// walk sends to the given peers the entries of the Source that pick
+// accepts (every entry if pick is nil), at most ResyncRate entries per
+// second, and returns how many it sent (once each, whatever the number
+// of peers). It stops early when ctx ends.
+func (n *Node) walk(ctx context.Context, to []*peer, flags uint16, pick func(*Entry) bool) int {
 	d, m := newDatagram(), newMAC(n.cfg.Key)
-	to := []*peer{p}
 	start := time.Now()
 	sent := 0
 	flush := func() bool {
-		n.send(d, m, typeEntries, flagResync, to)
+		n.send(d, m, typeEntries, flags, to)
 		sent += d.count
 		d.reset()
 		// Pace: the time these entries may take at ResyncRate.
@@ -469,6 +497,9 @@ func (n *Node) resync(ctx context.Context, p *peer) {
 			n.c.invalid.Add(1)
 			return true
 		}
+		if pick != nil && !pick(&e) {
+			return true
+		}
 		if !d.room(&e) && !flush() {
 			ok = false
 			return false
@@ -479,9 +510,50 @@ func (n *Node) resync(ctx context.Context, p *peer) {
 	if ok && d.count > 0 {
 		flush()
 	}
-	n.c.resyncs.Add(1)
-	n.c.resyncEntries.Add(uint64(sent))
-	n.log.Info("sync: full resync sent", "peer", p.addr, "entries", sent, "took", time.Since(start).Round(time.Millisecond))
+	return sent
+}
+
+// refreshes re-sends, every RefreshInterval, the entries that saw a packet
+// since the previous walk began, to every peer: their copies then live as
+// long as this node's entries. An entry idle since before the previous
+// walk began was sent by it (or by its event) with the lifetime it still
+// has, so its copies already expire with it. The first walk counts from
+// Run's start: what is older reached the peers by their first resync.
+func (n *Node) refreshes(ctx context.Context) {
+	prev := n.cfg.now()
+	for {
+		every := n.cfg.RefreshInterval()
+		if every <= 0 {
+			// Refresh off for now (no VIP keeps connections): look
+			// again later, as the configuration may change.
+			every = time.Second
+		}
+		t := time.NewTimer(every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if n.cfg.RefreshInterval() <= 0 || (n.cfg.Active != nil && !n.cfg.Active()) {
+			// A standby's entries are copies: nothing to refresh. The
+			// next walk counts from now: this node's own traffic, once
+			// it is master, starts now too (an entry it made meanwhile
+			// was exported when made).
+			prev = n.cfg.now()
+			continue
+		}
+		start := n.cfg.now()
+		// Seen after prev: idle for less than the time since. Measured
+		// from the walk's start (not each entry's visit, a clock read
+		// per entry): an entry seen during the walk is the next one's.
+		since := start.Sub(prev)
+		sent := n.walk(ctx, n.order, 0, func(e *Entry) bool { return e.Idle < since })
+		n.c.refreshes.Add(1)
+		n.c.refreshEntries.Add(uint64(sent))
+		n.log.Debug("sync: refresh sent", "entries", sent, "took", n.cfg.now().Sub(start).Round(time.Millisecond))
+		prev = start
+	}
 }
 
 // Stats returns a snapshot of the counters.
@@ -499,6 +571,8 @@ func (n *Node) Stats() Stats {
 		Queued:            len(n.queue),
 		Resyncs:           n.c.resyncs.Load(),
 		ResyncEntries:     n.c.resyncEntries.Load(),
+		Refreshes:         n.c.refreshes.Load(),
+		RefreshEntries:    n.c.refreshEntries.Load(),
 		SendLag:           n.c.sendLag.get(),
 		ReceiveAge:        n.c.receiveAge.get(),
 	}

@@ -39,6 +39,11 @@ type Stats struct {
 	// entries they carried.
 	Resyncs       uint64 `json:"resyncs"`
 	ResyncEntries uint64 `json:"resync_entries"`
+	// Refreshes counts the refresh walks (Config.RefreshInterval),
+	// RefreshEntries the entries they re-sent (once each, whatever the
+	// number of peers).
+	Refreshes      uint64 `json:"refreshes"`
+	RefreshEntries uint64 `json:"refresh_entries"`
 	// SendLag is the time from Offer to its datagram's send (the
 	// batching delay plus the queue's) of one offered entry in 16 (a
 	// sample: reading the clock for each would cost more than the rest
@@ -76,6 +81,7 @@ type counters struct {
 	receivedDatagrams, receivedEntries     atomic.Uint64
 	installed, overflow, invalid           atomic.Uint64
 	resyncs, resyncEntries                 atomic.Uint64
+	refreshes, refreshEntries              atomic.Uint64
 	dropped                                [numReasons]atomic.Uint64
 	sendLag, receiveAge                    lagCounter
 }

@@ -276,3 +276,29 @@ func TestReasonNames(t *testing.T) {
 		t.Errorf("got %s reasons, want %d", got, numReasons-1)
 	}
 }
+
+// TestDatagram: what Datagram builds decodes as sent, and it refuses what
+// a Node would not send.
+func TestDatagram(t *testing.T) {
+	es := testEntries(3)
+	b, err := Datagram(testKey, 7, 9, time.Unix(0, 42), es)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, got, r := decode(b, newMAC(testKey), make([]Entry, 0, MaxEntries))
+	if r != reasonNone || h.sender != 7 || h.seq != 9 || h.sent != 42 || h.typ != typeEntries || len(got) != 3 || got[0] != es[0] {
+		t.Fatalf("decoded %+v, %v, %v; want epoch 7, seq 9, sent 42, the 3 entries", h, got, r)
+	}
+	if _, _, r := decode(b, newMAC([]byte("another key, 16+ bytes")), nil); r != ReasonBadMAC {
+		t.Errorf("with another key: %v, want bad_mac", r)
+	}
+	for _, c := range []struct {
+		key []byte
+		seq uint64
+		es  []Entry
+	}{{testKey[:8], 1, nil}, {testKey, 0, nil}, {testKey, 1, []Entry{{}}}, {testKey, 1, testEntries(MaxEntries + 1)}} {
+		if _, err := Datagram(c.key, 1, c.seq, time.Now(), c.es); err == nil {
+			t.Errorf("Datagram(key %d bytes, seq %d, %d entries) built one; want an error", len(c.key), c.seq, len(c.es))
+		}
+	}
+}

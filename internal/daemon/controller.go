@@ -66,6 +66,10 @@ func (c *controller) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 	}
 	sizes := c.d.rec.RingSizes()
 	counts := c.d.connCounts()
+	var rts map[datapath.VIP]map[netip.Addr]BackendRT
+	if c.d.rt != nil {
+		rts = c.d.rt.snapshot()
+	}
 	var out []api.VIP
 	for _, v := range c.d.rec.Desired() {
 		k := reconcile.Key(v)
@@ -78,6 +82,10 @@ func (c *controller) ListVIPs(ctx context.Context) ([]api.VIP, error) {
 			av.Backends[i].HealthSince, av.Backends[i].HealthError = st.since, st.err
 			n := counts[k][av.Backends[i].Address]
 			av.Backends[i].Active, av.Backends[i].Inactive = n.Active, n.Inactive
+			if v.ResponseTime != nil {
+				rt := rts[k][av.Backends[i].Address]
+				av.Backends[i].ResponseTime = &api.ResponseTime{Source: string(v.ResponseTime.Source), Cost: rt.Cost, Passive: rt.Passive, Active: rt.Active}
+			}
 		}
 		out = append(out, av)
 	}
@@ -107,6 +115,14 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 	for _, p := range v.SourceRanges {
 		out.SourceRanges = append(out.SourceRanges, p.String())
 	}
+	for _, p := range v.Pools {
+		ap := api.Pool{Name: p.Name, PrefixFile: p.PrefixFile, PrefixCount: len(p.Prefixes) + len(p.FilePrefixes),
+			Backends: p.Backends, Fallback: p.Fallback.String()}
+		for _, x := range p.Prefixes {
+			ap.Prefixes = append(ap.Prefixes, x.String())
+		}
+		out.Pools = append(out.Pools, ap)
+	}
 	for _, b := range v.Backends {
 		ab := api.Backend{Address: b.Address, Weight: b.Weight, Health: health[b.Address].String()}
 		if len(b.MAC) > 0 {
@@ -121,6 +137,9 @@ func toAPI(v config.VIP, health map[netip.Addr]reconcile.Health) api.VIP {
 // API accepts exactly what a config file accepts for a VIP, with the same
 // defaults and the same error messages.
 func fromAPI(v api.VIP) (config.VIP, error) {
+	if len(v.Pools) > 0 {
+		return config.VIP{}, invalidRequest(errors.New("pools: set a vip's pools in the configuration file (vips[].pools); the api lists them only"))
+	}
 	in := config.VIPFields{
 		Name: v.Name, Address: v.Address, Port: v.Port, Protocol: v.Protocol,
 		Mode: v.Mode, Scheduler: v.Scheduler, RingSize: v.RingSize, RingSizeAuto: v.RingSizeAuto, RingSizeMax: v.RingSizeMax,
@@ -298,9 +317,26 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 		Slot:        pred.Slot,
 		RingSize:    pred.RingSize,
 		RingBackend: pred.RingBackend,
+		Scheduler:   pred.Scheduler,
 	}
 	if pred.Conntrack {
 		e.Reason = "connection entry"
+	}
+	if pred.Pool != "" && !pred.Conntrack {
+		e.Pool = pred.Pool
+		if pred.PoolDown {
+			e.PoolFallback = "vip"
+		}
+		if pred.PoolDrop {
+			e.PoolFallback, e.Reason = "drop", "pool down" // Backend is zero: dropped
+		}
+	}
+	if pred.RoundRobin {
+		e.Reason = "round-robin"
+		e.RoundRobin = &api.RRSequence{Length: pred.RRLen, Shares: []api.RRShare{}}
+		for _, s := range pred.RRShares {
+			e.RoundRobin.Shares = append(e.RoundRobin.Shares, api.RRShare{Backend: s.Backend, Slots: s.Slots})
+		}
 	}
 	if lc := pred.LeastConn; lc != nil {
 		e.Reason = "least-conn"

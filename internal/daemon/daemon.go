@@ -78,6 +78,7 @@ type Daemon struct {
 	metrics *metrics.Metrics
 	rates   *rateSampler
 	conns   *connCounter // per-backend connection counts (conns.go)
+	rt      *rtFolder    // per-backend response times (rtfold.go)
 	ifaces  []api.Interface
 	progID  ebpf.ProgramID // the balancer program's kernel ID, for tracking
 
@@ -198,6 +199,8 @@ func (d *Daemon) run(ctx context.Context) error {
 	go d.rates.run(ctx)
 	d.conns = newConnCounter(dp)
 	go d.conns.run(ctx)
+	d.rt = newRTFolder(dp, d.rec.Desired, d.chk.Statuses)
+	go d.rt.run(ctx)
 
 	// The reconciler re-plans when a resolved MAC changes.
 	wg.Add(1)

@@ -50,6 +50,9 @@ type harness struct {
 	// servers are the fcbackend processes, by backend index.
 	servers    []*exec.Cmd
 	backendBin string
+	// serverArgs are more fcbackend arguments, by backend index (say,
+	// -delay).
+	serverArgs map[int][]string
 }
 
 var (
@@ -112,8 +115,9 @@ func (h *harness) startServer(i int, extra ...string) {
 	b := h.topo.Backends[i]
 	name := fmt.Sprintf("backend%d", i+1)
 	// On the VIPs for traffic, on its own addresses for health checks.
-	cmd, err := b.Start(context.Background(), h.backendBin, append([]string{"-name", name, "-addr", vip4.String(), "-addr", vip6.String(),
-		"-addr", b.IPv4.String(), "-addr", b.IPv6.String()}, extra...)...)
+	args := append([]string{"-name", name, "-addr", vip4.String(), "-addr", vip6.String(),
+		"-addr", b.IPv4.String(), "-addr", b.IPv6.String()}, h.serverArgs[i]...)
+	cmd, err := b.Start(context.Background(), h.backendBin, append(args, extra...)...)
 	if err != nil {
 		h.t.Fatal(err)
 	}

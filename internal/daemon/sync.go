@@ -8,10 +8,12 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/fulcrum-lb/fulcrum/internal/config"
 	"github.com/fulcrum-lb/fulcrum/internal/connsync"
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
+	"github.com/fulcrum-lb/fulcrum/internal/vrrp"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
@@ -57,7 +59,11 @@ func (d *Daemon) startSync(ctx context.Context, wg *sync.WaitGroup, errc chan<- 
 		Peers:         c.Peers,
 		Key:           key,
 		FlushInterval: c.Interval,
-		Logger:        d.log,
+		// Busy flows' entries are re-sent before their peers' copies
+		// expire (docs/connections.md, "Refresh").
+		RefreshInterval: func() time.Duration { return refreshInterval(d.dp.RefreshTimeout()) },
+		Active:          d.forwarding,
+		Logger:          d.log,
 	}, s, s)
 	if err != nil {
 		return fmt.Errorf("sync: %w", err)
@@ -112,6 +118,31 @@ func (s *syncer) export() {
 		}
 		s.node.Offer(toSync(e))
 	}
+}
+
+// refreshInterval is how often the refresh walks the table, given the
+// shortest timeout it must beat (datapath.RefreshTimeout): a third of it
+// less a second. An entry seen since the previous walk began is sent with
+// at least timeout-2×interval of life less the second the receiver takes
+// off (fromSync), so its copy outlives the next walk by about an
+// interval; the walks' own duration and pacing come out of that margin.
+// Never under minRefresh: timeouts that short are not refreshed in time.
+func refreshInterval(timeout time.Duration) time.Duration {
+	if timeout <= 0 {
+		return 0
+	}
+	return max((timeout-time.Second)/3, minRefresh)
+}
+
+// minRefresh bounds how often the refresh walks: a walk of a large table
+// costs CPU (docs/connections.md, "Refresh").
+const minRefresh = 500 * time.Millisecond
+
+// forwarding reports whether this node forwards traffic now: without VRRP
+// always; with it, while it is master. A standby's entries are copies of
+// the master's, and re-sending them would only send them back.
+func (d *Daemon) forwarding() bool {
+	return d.vr == nil || d.vr.State() == vrrp.Master
 }
 
 // Snapshot implements connsync.Source: the live entries of the table.
@@ -172,6 +203,8 @@ func (s *syncer) status() (api.SyncStatus, error) {
 		Overflow:          map[string]uint64{"queue": n.QueueOverflow},
 		Resyncs:           n.Resyncs,
 		ResyncEntries:     n.ResyncEntries,
+		Refreshes:         n.Refreshes,
+		RefreshEntries:    n.RefreshEntries,
 		SendLag:           n.SendLag,
 		ReceiveAge:        n.ReceiveAge,
 	}
@@ -199,6 +232,7 @@ func toSync(e datapath.SyncEntry) connsync.Entry {
 		Backend:  e.Backend,
 		State:    syncStates[e.State&3],
 		Lifetime: e.Lifetime,
+		Idle:     e.Idle,
 	}
 }
 
@@ -211,11 +245,16 @@ func fromSync(e connsync.Entry) datapath.SyncEntry {
 		}
 	}
 	return datapath.SyncEntry{
-		Flow:     f,
-		VIP:      datapath.VIP{Addr: f.Dst, Port: f.Dport, Proto: f.Proto},
-		Backend:  e.Backend,
-		State:    s,
-		Lifetime: e.Lifetime,
+		Flow:    f,
+		VIP:     datapath.VIP{Addr: f.Dst, Port: f.Dport, Proto: f.Proto},
+		Backend: e.Backend,
+		State:   s,
+		// A copy never claims more life than its original has left:
+		// the wire rounds lifetimes up to whole seconds, so a second
+		// comes off. Otherwise an entry sent back and forth (two nodes
+		// that both forward, both refreshing) would gain up to a second
+		// a trip and could outlive its flow.
+		Lifetime: max(e.Lifetime-time.Second, 0),
 	}
 }
 

@@ -28,7 +28,9 @@ func withSync(cfg string, peer netip.Addr, keyFile string) string {
 	return strings.Replace(cfg, "vips:\n", fmt.Sprintf("sync:\n  peers: [%s]\n  key_file: %s\n  interval: 10ms\nvips:\n", peer, keyFile), 1)
 }
 
-func newSyncPair(tb testing.TB, sync bool) *syncPair {
+// newSyncPair starts lb1 (master) and lb2 (backup), with sync or not;
+// edit, if given, changes both nodes' configurations first.
+func newSyncPair(tb testing.TB, sync bool, edit ...func(string) string) *syncPair {
 	h := newHarness(tb, func(o *testenv.Options) { o.SecondLB = true; o.VIPNextHop = virtualAddr })
 	lb1, lb2 := h, h.node(h.topo.LB2)
 	lb1.instance, lb2.instance = "lb1", "lb2"
@@ -39,6 +41,9 @@ func newSyncPair(tb testing.TB, sync bool) *syncPair {
 			tb.Fatal(err)
 		}
 		c1, c2 = withSync(c1, testenv.LB2IPv4, key), withSync(c2, testenv.LB1IPv4, key)
+	}
+	for _, e := range edit {
+		c1, c2 = e(c1), e(c2)
 	}
 	lb1.writeConfig(c1)
 	lb2.writeConfig(c2)
@@ -60,27 +65,32 @@ func newSyncPair(tb testing.TB, sync bool) *syncPair {
 // backend, or limit passes.
 func (n *harness) entriesOn(conns []*conn, limit time.Duration) {
 	n.t.Helper()
-	require.Eventually(n.t, limit, func() error {
-		missing := 0
-		var first string
-		for _, c := range conns {
-			local := c.c.LocalAddr().(*net.TCPAddr).AddrPort()
-			exp, err := n.client.Explain(bg(), api.ExplainRequest{Src: local.Addr().Unmap(), Dst: vip4, Protocol: "tcp", Sport: local.Port(), Dport: 9000})
-			if err != nil {
-				return err
-			}
-			if exp.Reason != "connection entry" || n.names[exp.Backend] != c.backend || exp.Entry == nil || exp.Entry.State != "established" {
-				if missing == 0 {
-					first = fmt.Sprintf("%s on %s: %s via %s", local, c.backend, exp.Reason, exp.Backend)
-				}
-				missing++
-			}
+	require.Eventually(n.t, limit, func() error { return n.missingEntries(conns) })
+}
+
+// missingEntries says how many of conns node's explain does not decide by
+// an established connection entry naming the connection's backend; nil if
+// none.
+func (n *harness) missingEntries(conns []*conn) error {
+	missing := 0
+	var first string
+	for _, c := range conns {
+		local := c.c.LocalAddr().(*net.TCPAddr).AddrPort()
+		exp, err := n.client.Explain(bg(), api.ExplainRequest{Src: local.Addr().Unmap(), Dst: vip4, Protocol: "tcp", Sport: local.Port(), Dport: 9000})
+		if err != nil {
+			return err
 		}
-		if missing > 0 {
-			return fmt.Errorf("%s: %d of %d connections have no established entry naming their backend (first: %s)", n.lb.Role(), missing, len(conns), first)
+		if exp.Reason != "connection entry" || n.names[exp.Backend] != c.backend || exp.Entry == nil || exp.Entry.State != "established" {
+			if missing == 0 {
+				first = fmt.Sprintf("%s on %s: %s via %s", local, c.backend, exp.Reason, exp.Backend)
+			}
+			missing++
 		}
-		return nil
-	})
+	}
+	if missing > 0 {
+		return fmt.Errorf("%s: %d of %d connections have no established entry naming their backend (first: %s)", n.lb.Role(), missing, len(conns), first)
+	}
+	return nil
 }
 
 // syncStatus is the node's sync status, which must be there.
@@ -193,6 +203,35 @@ func testSyncFailover(t *testing.T, sync bool) {
 	}
 }
 
+// reweight sets backend3's weight from weightsBefore's to weightsAfter's
+// on both nodes, waits for their rings, and returns how many of conns
+// (300) have a slot the reweight gives another backend: at least 50, or
+// the test means nothing and stops.
+func (p *syncPair) reweight(conns []*conn) int {
+	h := p.h
+	t := h.t
+	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
+	all := h.topo.Backends
+	after := h.modelRing(all, weightsAfter...)
+	for _, n := range []*harness{p.lb1, p.lb2} {
+		if err := n.client.SetWeight(bg(), web, all[2].IPv4, weightsAfter[2]); err != nil {
+			t.Fatalf("%s: reweight backend3 to %d: %v", n.lb.Role(), weightsAfter[2], err)
+		}
+		n.waitRing(web.String(), ringAddrs(after, all))
+	}
+	moved := 0
+	before := h.modelRing(all, weightsBefore...)
+	for _, c := range conns {
+		if modelBackend(after, all, c) != modelBackend(before, all, c) {
+			moved++
+		}
+	}
+	if moved < 50 {
+		t.Fatalf("the reweight moves the slots of %d of %d connections, want at least 50 for the test to mean something", moved, len(conns))
+	}
+	return moved
+}
+
 // nonZeroDrops keeps the reasons that dropped something.
 func nonZeroDrops(m map[string]uint64) map[string]uint64 {
 	out := map[string]uint64{}
@@ -212,8 +251,6 @@ func nonZeroDrops(m map[string]uint64) map[string]uint64 {
 func TestSyncRestartedStandby(t *testing.T) {
 	p := newSyncPair(t, true)
 	h, lb1, lb2 := p.h, p.lb1, p.lb2
-	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
-	all := h.topo.Backends
 	var conns []*conn
 	for _, src := range reweightSources {
 		conns = append(conns, h.openConnsFrom(300/len(reweightSources), src, vip4)...)
@@ -241,23 +278,7 @@ func TestSyncRestartedStandby(t *testing.T) {
 		t.Errorf("lb1 sent no resync after lb2 restarted (%d before, %d after)", resyncs, s1.Resyncs)
 	}
 
-	after := h.modelRing(all, weightsAfter...)
-	for _, n := range []*harness{lb1, lb2} {
-		if err := n.client.SetWeight(bg(), web, all[2].IPv4, weightsAfter[2]); err != nil {
-			t.Fatalf("%s: reweight backend3 to %d: %v", n.lb.Role(), weightsAfter[2], err)
-		}
-		n.waitRing(web.String(), ringAddrs(after, all))
-	}
-	moved := 0
-	before := h.modelRing(all, weightsBefore...)
-	for _, c := range conns {
-		if modelBackend(after, all, c) != modelBackend(before, all, c) {
-			moved++
-		}
-	}
-	if moved < 50 {
-		t.Fatalf("the reweight moves the slots of %d of 300 connections, want at least 50 for the test to mean something", moved)
-	}
+	moved := p.reweight(conns)
 	setLink(t, h.topo.LB1, false)
 	lb2.waitVRRP("master", 3*time.Second)
 	h.checkConns(conns, "", "through lb2, restarted and resynced, after lb1 died")

@@ -145,10 +145,18 @@ const (
 	balancerFulcrumModeMODE_IPIP balancerFulcrumMode = 2
 )
 
+type balancerFulcrumPoolFlags uint32
+
+const (
+	balancerFulcrumPoolFlagsPOOL_F_FALLBACK_VIP balancerFulcrumPoolFlags = 1
+	balancerFulcrumPoolFlagsPOOL_F_DROP         balancerFulcrumPoolFlags = 2
+)
+
 type balancerFulcrumSrcKind uint32
 
 const (
 	balancerFulcrumSrcKindSRC_KIND_ALLOW balancerFulcrumSrcKind = 1
+	balancerFulcrumSrcKindSRC_KIND_POOL  balancerFulcrumSrcKind = 2
 )
 
 type balancerFulcrumStat uint32
@@ -180,9 +188,14 @@ const (
 	balancerFulcrumStatSTAT_DROP_SOURCE_RANGE balancerFulcrumStat = 23
 	balancerFulcrumStatSTAT_CT_EVICTED        balancerFulcrumStat = 24
 	balancerFulcrumStatSTAT_CT_EXPORT_FULL    balancerFulcrumStat = 25
-	balancerFulcrumStatSTAT_SCHED_LC_EXACT    balancerFulcrumStat = 26
-	balancerFulcrumStatSTAT_SCHED_LC_TWO      balancerFulcrumStat = 27
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 28
+	balancerFulcrumStatSTAT_DROP_POOL_DOWN    balancerFulcrumStat = 26
+	balancerFulcrumStatSTAT_POOL_FALLBACK     balancerFulcrumStat = 27
+	balancerFulcrumStatSTAT_SCHED_RR          balancerFulcrumStat = 28
+	balancerFulcrumStatSTAT_RT_SAMPLE         balancerFulcrumStat = 29
+	balancerFulcrumStatSTAT_RT_LOST           balancerFulcrumStat = 30
+	balancerFulcrumStatSTAT_SCHED_LC_EXACT    balancerFulcrumStat = 31
+	balancerFulcrumStatSTAT_SCHED_LC_TWO      balancerFulcrumStat = 32
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 33
 )
 
 type balancerFulcrumVipFlags uint32
@@ -192,7 +205,10 @@ const (
 	balancerFulcrumVipFlagsVIP_F_SOURCE_HASH      balancerFulcrumVipFlags = 2
 	balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE balancerFulcrumVipFlags = 4
 	balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES    balancerFulcrumVipFlags = 8
-	balancerFulcrumVipFlagsVIP_F_LEAST_CONN       balancerFulcrumVipFlags = 16
+	balancerFulcrumVipFlagsVIP_F_POOLS            balancerFulcrumVipFlags = 16
+	balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN      balancerFulcrumVipFlags = 32
+	balancerFulcrumVipFlagsVIP_F_LEAST_CONN       balancerFulcrumVipFlags = 64
+	balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME    balancerFulcrumVipFlags = 256
 )
 
 type balancerHopEntry struct {
@@ -238,9 +254,30 @@ type balancerLcPool struct {
 	}
 }
 
+type balancerPoolRing struct {
+	_          structs.HostLayout
+	RingOffset uint32
+	RingSize   uint32
+	Flags      uint32
+	Pad        uint32
+}
+
 type balancerRingChunk struct {
 	_    structs.HostLayout
 	Slot [16]uint32
+}
+
+type balancerRrCursor struct {
+	_     structs.HostLayout
+	Picks uint64
+	Pos   uint32
+	Pad   uint32
+}
+
+type balancerRtSample struct {
+	_     structs.HostLayout
+	SumNs uint64
+	Count uint64
 }
 
 type balancerSrcPrefixKey struct {
@@ -259,7 +296,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [28]uint64
+	Count [33]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -288,6 +325,8 @@ type balancerVipMeta struct {
 	RingSize   uint32
 	RingOffset uint32
 	CtTimeout  [4]uint32
+	RrOffset   uint32
+	RrLen      uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -295,6 +334,7 @@ type balancerVipMeta struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	balancerMapBackendConns     = "backend_conns"
+	balancerMapBackendCost      = "backend_cost"
 	balancerMapBackendStats     = "backend_stats"
 	balancerMapBackends         = "backends"
 	balancerMapConfig           = "config"
@@ -306,7 +346,11 @@ const (
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
 	balancerMapLcPools          = "lc_pools"
+	balancerMapPoolRings        = "pool_rings"
 	balancerMapRingArena        = "ring_arena"
+	balancerMapRrCursors        = "rr_cursors"
+	balancerMapRtSamples        = "rt_samples"
+	balancerMapRtSyn            = "rt_syn"
 	balancerMapSrcPrefixes      = "src_prefixes"
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
@@ -326,6 +370,7 @@ const (
 	balancerVarCtValue          = "_ct_value"
 	balancerVarLcPool           = "_lc_pool"
 	balancerVarMode             = "_mode"
+	balancerVarPoolFlags        = "_pool_flags"
 	balancerVarSrcKind          = "_src_kind"
 	balancerVarStat             = "_stat"
 	balancerVarVipFlags         = "_vip_flags"
@@ -383,6 +428,7 @@ type balancerProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type balancerMapSpecs struct {
 	BackendConns *ebpf.MapSpec `ebpf:"backend_conns"`
+	BackendCost  *ebpf.MapSpec `ebpf:"backend_cost"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
@@ -394,7 +440,11 @@ type balancerMapSpecs struct {
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
 	LcPools      *ebpf.MapSpec `ebpf:"lc_pools"`
+	PoolRings    *ebpf.MapSpec `ebpf:"pool_rings"`
 	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
+	RrCursors    *ebpf.MapSpec `ebpf:"rr_cursors"`
+	RtSamples    *ebpf.MapSpec `ebpf:"rt_samples"`
+	RtSyn        *ebpf.MapSpec `ebpf:"rt_syn"`
 	SrcPrefixes  *ebpf.MapSpec `ebpf:"src_prefixes"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
@@ -418,6 +468,7 @@ type balancerVariableSpecs struct {
 	CtValue      *ebpf.VariableSpec `ebpf:"_ct_value"`
 	LcPool       *ebpf.VariableSpec `ebpf:"_lc_pool"`
 	Mode         *ebpf.VariableSpec `ebpf:"_mode"`
+	PoolFlags    *ebpf.VariableSpec `ebpf:"_pool_flags"`
 	SrcKind      *ebpf.VariableSpec `ebpf:"_src_kind"`
 	Stat         *ebpf.VariableSpec `ebpf:"_stat"`
 	VipFlags     *ebpf.VariableSpec `ebpf:"_vip_flags"`
@@ -445,6 +496,7 @@ func (o *balancerObjects) Close() error {
 // It can be passed to loadBalancerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type balancerMaps struct {
 	BackendConns *ebpf.Map `ebpf:"backend_conns"`
+	BackendCost  *ebpf.Map `ebpf:"backend_cost"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Config       *ebpf.Map `ebpf:"config"`
@@ -456,7 +508,11 @@ type balancerMaps struct {
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
 	LcPools      *ebpf.Map `ebpf:"lc_pools"`
+	PoolRings    *ebpf.Map `ebpf:"pool_rings"`
 	RingArena    *ebpf.Map `ebpf:"ring_arena"`
+	RrCursors    *ebpf.Map `ebpf:"rr_cursors"`
+	RtSamples    *ebpf.Map `ebpf:"rt_samples"`
+	RtSyn        *ebpf.Map `ebpf:"rt_syn"`
 	SrcPrefixes  *ebpf.Map `ebpf:"src_prefixes"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
@@ -470,6 +526,7 @@ type balancerMaps struct {
 func (m *balancerMaps) Close() error {
 	return _BalancerClose(
 		m.BackendConns,
+		m.BackendCost,
 		m.BackendStats,
 		m.Backends,
 		m.Config,
@@ -481,7 +538,11 @@ func (m *balancerMaps) Close() error {
 		m.FlowGuard,
 		m.HopCache,
 		m.LcPools,
+		m.PoolRings,
 		m.RingArena,
+		m.RrCursors,
+		m.RtSamples,
+		m.RtSyn,
 		m.SrcPrefixes,
 		m.Stats,
 		m.VipAddrsV4,
@@ -506,6 +567,7 @@ type balancerVariables struct {
 	CtValue      *ebpf.Variable `ebpf:"_ct_value"`
 	LcPool       *ebpf.Variable `ebpf:"_lc_pool"`
 	Mode         *ebpf.Variable `ebpf:"_mode"`
+	PoolFlags    *ebpf.Variable `ebpf:"_pool_flags"`
 	SrcKind      *ebpf.Variable `ebpf:"_src_kind"`
 	Stat         *ebpf.Variable `ebpf:"_stat"`
 	VipFlags     *ebpf.Variable `ebpf:"_vip_flags"`

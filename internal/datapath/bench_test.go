@@ -51,7 +51,9 @@ type benchPath struct {
 // floor (a MAC swap + XDP_TX), an established TCP flow, the bypass (pure
 // Maglev) path, a new flow with insert into a full default-sized table, and
 // a TCP ACK to the host's own address, an established flow to a VIP with
-// 256 source ranges and a packet of a client outside them, interleaved over several rounds in one
+// 256 source ranges and a packet of a client outside them, new flows by SYN
+// to a Maglev and to a round-robin VIP and an established flow of the
+// latter, interleaved over several rounds in one
 // process, and prints each median as a ratio to the floor, wall clock first,
 // then the kernel's own per-repeat figure (BPF_PROG_RUN's duration, which
 // leaves out the syscall's fixed cost):
@@ -71,6 +73,15 @@ func BenchmarkFastpath(b *testing.B) {
 	if err := d.AddVIP(vipAll4, VIPConfig{Mode: ModeDSR, SourceRanges: rangesForBench(b)}, backends4); err != nil {
 		b.Fatal(err)
 	}
+	rr := VIPConfig{Mode: ModeDSR, RoundRobin: true}
+	if err := d.AddVIP(vipRR4, rr, backends4); err != nil {
+		b.Fatal(err)
+	}
+	// A VIP measuring response times passively: its SYNs read the clock.
+	rt := VIPConfig{Mode: ModeDSR, ResponseTime: true}
+	if err := d.AddVIP(vipRT4, rt, backends4); err != nil {
+		b.Fatal(err)
+	}
 	var tp testprogs.TestprogsObjects
 	if err := testprogs.LoadTestprogsObjects(&tp, nil); err != nil {
 		b.Fatal(err)
@@ -82,8 +93,17 @@ func BenchmarkFastpath(b *testing.B) {
 	// a client outside them, dropped.
 	ranged := pkt(client4, vipAll4.Addr.String(), TCP, 40000, 80).Build()
 	refused := pkt("198.19.2.2", vipAll4.Addr.String(), TCP, 40000, 80).Build()
+	// An established flow of a round-robin VIP, whose entry its SYN made.
+	rrSYN := pkt(client4, vipRR4.Addr.String(), TCP, 40000, 80)
+	rrSYN.SYN = true
+	rrEstablished := pkt(client4, vipRR4.Addr.String(), TCP, 40000, 80).Build()
+	// An established flow of the measuring VIP: its SYN, then its first
+	// ACK (the sample), then the benchmark's ACKs.
+	rtSYN := pkt(client4, vipRT4.Addr.String(), TCP, 40000, 80)
+	rtSYN.SYN = true
+	rtEstablished := pkt(client4, vipRT4.Addr.String(), TCP, 40000, 80).Build()
 	// One packet creates the connection entry the benchmark then hits.
-	for _, f := range [][]byte{established, ranged} {
+	for _, f := range [][]byte{established, ranged, rrSYN.Build(), rtSYN.Build(), rtEstablished} {
 		if v, _ := runProg(b, d.Program(), bytes.Clone(f)); v != xdpTX {
 			b.Fatalf("priming packet: verdict %s", verdictNames[v])
 		}
@@ -98,6 +118,19 @@ func BenchmarkFastpath(b *testing.B) {
 	// whose IPv4 table holds as many live entries as it can: what a busy
 	// balancer has, and no longer a table that fits in the cache.
 	full := newFullDatapath(b)
+	if err := full.AddVIP(vipRR4, rr, backends4); err != nil {
+		b.Fatal(err)
+	}
+	if err := full.AddVIP(vipRT4, rt, backends4); err != nil {
+		b.Fatal(err)
+	}
+	// New flows by SYN, so that the round-robin VIP takes its sequence:
+	// one to the Maglev VIP for comparison.
+	synTo := func(v VIP) []byte {
+		p := pkt(client4, v.Addr.String(), TCP, 40001, v.Port)
+		p.SYN = true
+		return p.Build()
+	}
 
 	// ipip: an established TCP flow to a 4in4 VIP, in a namespace whose
 	// FIB knows the next hop; bench_ipip strips the previous repeat's
@@ -117,6 +150,13 @@ func BenchmarkFastpath(b *testing.B) {
 		// bench_newflow writes a fresh source address into every repeat,
 		// then tail-calls the balancer: each repeat misses and inserts.
 		{name: "newflow", prog: tp.BenchNewflow, frame: newflow, proof: StatCtMiss, proven: true, d: full, target: full.Program()},
+		{name: "newflow-syn", prog: tp.BenchNewflow, frame: synTo(vipWeb4), proof: StatCtSYN, proven: true, d: full, target: full.Program()},
+		{name: "newflow-round-robin", prog: tp.BenchNewflow, frame: synTo(vipRR4), proof: StatSchedRR, proven: true, d: full, target: full.Program()},
+		{name: "established-round-robin", prog: d.Program(), frame: rrEstablished, proof: StatCtHit, proven: true},
+		// Passive response times: a SYN reads the clock and stores its
+		// time; an established packet pays a state test only.
+		{name: "newflow-syn-rt", prog: tp.BenchNewflow, frame: synTo(vipRT4), proof: StatCtSYN, proven: true, d: full, target: full.Program()},
+		{name: "established-rt", prog: d.Program(), frame: rtEstablished, proof: StatCtHit, proven: true},
 		{name: "host", prog: full.Program(), frame: host, proof: StatPassNoVIP, proven: true, tx: StatPassNoVIP, d: full, verdict: xdpPass},
 		{name: "ipip", prog: tp.BenchIpip, frame: ipip, proof: StatCtHit, proven: true, tx: StatTxIPIP, d: ie.d, env: ie, target: ie.d.Program()},
 		// bench_tail tail-calls the floor: what the wrappers add.
@@ -166,7 +206,7 @@ func BenchmarkFastpath(b *testing.B) {
 	fmt.Printf("fastpath: BPF_PROG_RUN, %d repeats per run, median of %d rounds (min-max in brackets); wall clock, then the kernel's duration\n", *benchRepeat, *benchRounds)
 	for _, p := range paths {
 		r, k := results[p.name], kernel[p.name]
-		fmt.Printf("  %-18s %7.2f ns/pkt [%.2f-%.2f]  kernel %4.0f ns/pkt [%.0f-%.0f]\n", p.name, median(r), slices.Min(r), slices.Max(r),
+		fmt.Printf("  %-23s %7.2f ns/pkt [%.2f-%.2f]  kernel %4.0f ns/pkt [%.0f-%.0f]\n", p.name, median(r), slices.Min(r), slices.Max(r),
 			median(k), slices.Min(k), slices.Max(k))
 	}
 	fmt.Printf("  (newflow and ipip include a wrapper: its tail call and packet rewrite; the kernel reports whole ns)\n")
@@ -190,21 +230,24 @@ func BenchmarkFastpath(b *testing.B) {
 	// The kernel's figure is the program's own time; the wall clock's
 	// also has what the reader, on a 2-CPU machine, takes from the
 	// benchmark's CPU (a thread woken every poll, the Go runtime).
-	ratio := func(on, off []float64) (med, lo, hi float64) {
-		r := make([]float64, len(on))
-		for i := range on {
-			r[i] = on[i] / off[i]
-		}
-		return median(r), slices.Min(r), slices.Max(r)
-	}
 	for _, name := range []string{"established", "newflow"} {
-		m, lo, hi := ratio(results[name+"-sync"], results[name])
-		km, klo, khi := ratio(kernel[name+"-sync"], kernel[name])
+		m, lo, hi := roundRatio(results[name+"-sync"], results[name])
+		km, klo, khi := roundRatio(kernel[name+"-sync"], kernel[name])
 		fmt.Printf("fastpath sync-ratio %s x_sync_off=%.2f [%.2f-%.2f] kernel_x_sync_off=%.2f [%.2f-%.2f]\n", name, m, lo, hi, km, klo, khi)
 		b.ReportMetric(m, name+"-sync-ratio")
 		b.ReportMetric(km, name+"-sync-kernel-ratio")
 	}
 	printLeastConnRatios(b, results, kernel)
+}
+
+// roundRatio returns the median, minimum and maximum over the rounds of
+// x[i] / y[i]: two paths' figures of one round (run back to back).
+func roundRatio(x, y []float64) (med, lo, hi float64) {
+	r := make([]float64, len(x))
+	for i := range x {
+		r[i] = x[i] / y[i]
+	}
+	return median(r), slices.Min(r), slices.Max(r)
 }
 
 // drainEvents reads d's connection events, as the daemon does, until the

@@ -125,10 +125,7 @@ func (d *Datapath) scanLive(visit func(*Conn) (del bool, err error)) error {
 		if !ok || o.gen != r.gen {
 			return false, nil // stale: the fast path takes the ring
 		}
-		idle := clk.jiffies - r.lastSeen
-		if int32(idle) < 0 {
-			idle = 0 // touched since the clock was read
-		}
+		idle := clk.age(r.lastSeen)
 		limit := uint32(o.timeouts[r.state&3]/time.Second) * clk.hz
 		if idle > limit {
 			return false, nil // expired (bpf/conntrack.h ct_expired)

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"iter"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/flowhash"
 )
@@ -166,14 +169,21 @@ func (d *Datapath) clock() (kernelClock, error) {
 
 // idle returns how long an entry stamped at lastSeen has been idle.
 func (c kernelClock) idle(lastSeen uint32) time.Duration {
-	return time.Duration(c.jiffies-lastSeen) * time.Second / time.Duration(c.hz)
+	return time.Duration(c.age(lastSeen)) * time.Second / time.Duration(c.hz)
+}
+
+// age is how many jiffies ago lastSeen was, 0 for a time after the clock
+// was read (a packet touched the entry since): ages are differences modulo
+// 2^32, and one a little ahead is not one 49 days old.
+func (c kernelClock) age(lastSeen uint32) uint32 {
+	return uint32(max(int32(c.jiffies-lastSeen), 0))
 }
 
 // expired reports whether the fast path treats entry v as a miss: idle for
 // more jiffies than its VIP's timeout for its state (bpf/conntrack.h
 // ct_expired, the same comparison in the same unit).
 func (c kernelClock) expired(v *balancerCtValue, timeout time.Duration) bool {
-	return c.jiffies-v.LastSeen > uint32(timeout/time.Second)*c.hz
+	return c.age(v.LastSeen) > uint32(timeout/time.Second)*c.hz
 }
 
 // The connection table is an array of buckets per family (bpf/types.h
@@ -384,28 +394,28 @@ func (d *Datapath) TableEntries() iter.Seq2[TableEntry, error] {
 	}
 }
 
-// walkTable yields the entries of one table, read in batches of buckets
-// with their tuple records; it returns false once yield has asked to stop
-// or an error was yielded.
+// walkTable yields the entries of one table, read a chunk of buckets at a
+// time with their tuple records; it returns false once yield has asked to
+// stop or an error was yielded.
 func walkTable(buckets, keys *ebpf.Map, v4 bool, yield func(TableEntry, error) bool) bool {
-	const chunk = 1024
+	const chunk = 4096
 	n := buckets.MaxEntries()
 	bs := make([]balancerCtBucket, chunk)
-	bk := make([]uint32, chunk)
-	kk := make([]uint32, chunk*ctWays)
 	k4 := make([]balancerCtKeyV4, chunk*ctWays)
 	k6 := make([]balancerCtKeyV6, chunk*ctWays)
-	var bc, kc ebpf.MapBatchCursor
+	br := newArrayReader[balancerCtBucket](buckets, chunk)
+	kr4 := newArrayReader[balancerCtKeyV4](keys, chunk*ctWays)
+	kr6 := newArrayReader[balancerCtKeyV6](keys, chunk*ctWays)
 	for start := uint32(0); start < n; start += chunk {
 		c := min(chunk, n-start)
-		if err := readBatch(buckets, &bc, bk[:c], bs[:c]); err != nil {
+		if err := br.read(start, bs[:c]); err != nil {
 			return yield(TableEntry{}, err) && false
 		}
 		var err error
 		if v4 {
-			err = readBatch(keys, &kc, kk[:c*ctWays], k4[:c*ctWays])
+			err = kr4.read(start*ctWays, k4[:c*ctWays])
 		} else {
-			err = readBatch(keys, &kc, kk[:c*ctWays], k6[:c*ctWays])
+			err = kr6.read(start*ctWays, k6[:c*ctWays])
 		}
 		if err != nil {
 			return yield(TableEntry{}, err) && false
@@ -422,7 +432,7 @@ func walkTable(buckets, keys *ebpf.Map, v4 bool, yield func(TableEntry, error) b
 				} else {
 					f = flowOfV6(k6[i*ctWays+uint32(w)])
 				}
-				if p := placeOf(f, n); p.bucket != bk[i] || !p.holds(b, w) {
+				if p := placeOf(f, n); p.bucket != start+i || !p.holds(b, w) {
 					continue
 				}
 				v := decodeWay(b, w)
@@ -433,6 +443,56 @@ func walkTable(buckets, keys *ebpf.Map, v4 bool, yield func(TableEntry, error) b
 		}
 	}
 	return true
+}
+
+// arrayReader reads an array map's values in order, a chunk at a time:
+// through a read-only mapping of the map's pages when the map is
+// BPF_F_MMAPABLE (a memory copy; the walk of a 1 M-entry table then costs
+// its bytes, not a system call per element), else by batch lookups (the
+// tables of builds before they were mmapable, which a migration reads).
+type arrayReader[V any] struct {
+	m      *ebpf.Map
+	mapped bool
+	cursor ebpf.MapBatchCursor
+	idx    []uint32
+}
+
+func newArrayReader[V any](m *ebpf.Map, chunk int) *arrayReader[V] {
+	r := &arrayReader[V]{m: m, mapped: m.Flags()&unix.BPF_F_MMAPABLE != 0}
+	if !r.mapped {
+		r.idx = make([]uint32, chunk)
+	}
+	return r
+}
+
+// read fills vals with the values from index start on. Reads must come
+// in order, each starting where the last ended (the batch cursor's).
+func (r *arrayReader[V]) read(start uint32, vals []V) error {
+	if len(vals) == 0 {
+		return nil
+	}
+	if !r.mapped {
+		return readBatch(r.m, &r.cursor, r.idx[:len(vals)], vals)
+	}
+	size := uint64(unsafe.Sizeof(vals[0]))
+	if size != uint64(r.m.ValueSize()) || size%8 != 0 {
+		// An mmapable array's elements are its values rounded up to 8
+		// bytes: the Go type must be exactly one element.
+		return fmt.Errorf("read %s: %d-byte values, want %d (a multiple of 8)", r.m, r.m.ValueSize(), size)
+	}
+	page := uint64(os.Getpagesize())
+	first := uint64(start) * size
+	end := first + uint64(len(vals))*size
+	off := first / page * page
+	b, err := unix.Mmap(r.m.FD(), int64(off), int((end+page-1)/page*page-off), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map %s at element %d: %w", r.m, start, err)
+	}
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(vals))), end-first), b[first-off:end-off])
+	if err := unix.Munmap(b); err != nil {
+		return fmt.Errorf("unmap %s: %w", r.m, err)
+	}
+	return nil
 }
 
 // readBatch reads the next len(keys) elements of an array map: a batch

@@ -39,6 +39,11 @@ const (
 	StatDropSourceRange = Stat(balancerFulcrumStatSTAT_DROP_SOURCE_RANGE)
 	StatCtEvicted       = Stat(balancerFulcrumStatSTAT_CT_EVICTED)
 	StatCtExportFull    = Stat(balancerFulcrumStatSTAT_CT_EXPORT_FULL)
+	StatDropPoolDown    = Stat(balancerFulcrumStatSTAT_DROP_POOL_DOWN)
+	StatPoolFallback    = Stat(balancerFulcrumStatSTAT_POOL_FALLBACK)
+	StatSchedRR         = Stat(balancerFulcrumStatSTAT_SCHED_RR)
+	StatRTSample        = Stat(balancerFulcrumStatSTAT_RT_SAMPLE)
+	StatRTLost          = Stat(balancerFulcrumStatSTAT_RT_LOST)
 	StatSchedLCExact    = Stat(balancerFulcrumStatSTAT_SCHED_LC_EXACT)
 	StatSchedLCTwo      = Stat(balancerFulcrumStatSTAT_SCHED_LC_TWO)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
@@ -71,6 +76,11 @@ var statNames = [...]string{
 	StatDropSourceRange: "drop_source_range",
 	StatCtEvicted:       "ct_evicted",
 	StatCtExportFull:    "ct_export_full",
+	StatDropPoolDown:    "drop_pool_down",
+	StatPoolFallback:    "pool_fallback",
+	StatSchedRR:         "sched_rr",
+	StatRTSample:        "rt_sample",
+	StatRTLost:          "rt_lost",
 	StatSchedLCExact:    "sched_least_conn_exact",
 	StatSchedLCTwo:      "sched_least_conn_two_choices",
 }
@@ -94,7 +104,7 @@ func (s Stat) String() string {
 // verdict. Counters are only added at the end of the enum (a migration
 // keeps them by index), so a verdict added later sits after the events.
 func (s Stat) IsVerdict() bool {
-	return s <= StatTxIPIP || s == StatDropSourceRange
+	return s <= StatTxIPIP || s == StatDropSourceRange || s == StatDropPoolDown
 }
 
 // AllStats lists every counter.
@@ -117,6 +127,9 @@ type Counters struct {
 	Stats    [numStats]uint64
 	VIPs     map[VIP]Counter
 	Backends map[VIP]map[netip.Addr]Counter
+	// RoundRobin is, per round-robin VIP, how many new flows its
+	// sequence gave a backend (the VIP's scheduler decisions).
+	RoundRobin map[VIP]uint64
 }
 
 // Stat returns one counter of the snapshot.
@@ -195,6 +208,9 @@ type counterOwners struct {
 	// vipEnd and backendEnd are one past the highest index and id in use:
 	// the allocators hand out the low ones first, so the read stops there.
 	vipEnd, backendEnd uint32
+	// rrEnd is one past the highest index of a round-robin VIP, 0 if
+	// there is none: the cursors are not read then.
+	rrEnd uint32
 }
 
 type vipOwner struct {
@@ -202,6 +218,7 @@ type vipOwner struct {
 	index      uint16
 	gen        uint16
 	first, end uint32
+	rr         bool // round robin: its decisions are read
 }
 
 type backendOwner struct {
@@ -222,8 +239,11 @@ func (d *Datapath) counterOwners() *counterOwners {
 	}
 	o := &counterOwners{changes: d.ownerChanges, vips: make([]vipOwner, 0, len(d.vips)), backends: make([]backendOwner, 0, n)}
 	for _, e := range d.vips {
-		v := vipOwner{vip: e.vip, index: e.index, gen: e.gen, first: uint32(len(o.backends))}
+		v := vipOwner{vip: e.vip, index: e.index, gen: e.gen, first: uint32(len(o.backends)), rr: e.cfg.RoundRobin}
 		o.vipEnd = max(o.vipEnd, uint32(e.index)+1)
+		if v.rr {
+			o.rrEnd = max(o.rrEnd, uint32(e.index)+1)
+		}
 		for _, b := range e.backends {
 			o.backends = append(o.backends, backendOwner{addr: b.Addr, id: b.id, gen: b.gen})
 			o.backendEnd = max(o.backendEnd, b.id+1)
@@ -283,8 +303,18 @@ func (d *Datapath) readCounters(o *counterOwners) (Counters, error) {
 	if err != nil {
 		return Counters{}, fmt.Errorf("read backend counters: %w", err)
 	}
+	var picks []uint64
+	if o.rrEnd > 0 {
+		if picks, err = sumRRPicks(d.objs.RrCursors, o.rrEnd); err != nil {
+			return Counters{}, fmt.Errorf("read round-robin decisions: %w", err)
+		}
+		c.RoundRobin = make(map[VIP]uint64)
+	}
 	for _, v := range o.vips {
 		c.VIPs[v.vip] = vips[v.index]
+		if v.rr {
+			c.RoundRobin[v.vip] = picks[v.index]
+		}
 		bs := make(map[netip.Addr]Counter, v.end-v.first)
 		for _, b := range o.backends[v.first:v.end] {
 			bs[b.addr] = backends[b.id]
@@ -297,7 +327,17 @@ func (d *Datapath) readCounters(o *counterOwners) (Counters, error) {
 // sumCounters reads entries [0, n) of m, a per-CPU array of counters, with
 // batch lookups of up to counterBatch entries, and sums each over the CPUs.
 func sumCounters(m *ebpf.Map, n uint32) ([]Counter, error) {
-	out := make([]Counter, n)
+	return sumPerCPU(m, n, func(sum *Counter, v *balancerCounter) {
+		sum.Packets += v.Packets
+		sum.Bytes += v.Bytes
+	})
+}
+
+// sumPerCPU reads entries [0, n) of m, a per-CPU array of V, with batch
+// lookups of up to counterBatch entries, and folds each entry's values of
+// every CPU into one S with add.
+func sumPerCPU[V, S any](m *ebpf.Map, n uint32, add func(*S, *V)) ([]S, error) {
+	out := make([]S, n)
 	if n == 0 {
 		return out, nil
 	}
@@ -308,7 +348,7 @@ func sumCounters(m *ebpf.Map, n uint32) ([]Counter, error) {
 	// Slices of exactly the batch's size let cilium/ebpf hand them to the
 	// kernel as they are, without a copy.
 	keys := make([]uint32, min(n, counterBatch))
-	values := make([]balancerCounter, len(keys)*cpus)
+	values := make([]V, len(keys)*cpus)
 	var cursor ebpf.MapBatchCursor
 	read := uint32(0)
 	for read < n {
@@ -323,9 +363,8 @@ func sumCounters(m *ebpf.Map, n uint32) ([]Counter, error) {
 			if key >= n {
 				return nil, fmt.Errorf("batch lookup returned index %d, want one below %d", key, n)
 			}
-			for _, v := range values[i*cpus : (i+1)*cpus] {
-				out[key].Packets += v.Packets
-				out[key].Bytes += v.Bytes
+			for j := range values[i*cpus : (i+1)*cpus] {
+				add(&out[key], &values[i*cpus+j])
 			}
 		}
 		read += uint32(got)

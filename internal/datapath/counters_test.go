@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/require"
 )
@@ -106,31 +105,19 @@ type sent struct {
 // that they are counted in that CPU's slot of the per-CPU counters. Each
 // must come out as XDP_TX to its backend's MAC.
 func runOnCPU(prog *ebpf.Program, cpu int, frames []sent) error {
-	done := make(chan error)
-	go func() {
-		// Never unlocked: the pinned thread ends with the goroutine.
-		runtime.LockOSThread()
-		var set unix.CPUSet
-		set.Set(cpu)
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			done <- fmt.Errorf("pin to cpu %d: %w", cpu, err)
-			return
-		}
+	return onCPU(cpu, func() error {
 		for _, s := range frames {
 			opts := ebpf.RunOptions{Data: bytes.Clone(s.frame), DataOut: make([]byte, len(s.frame)+512)}
 			verdict, err := prog.Run(&opts)
 			if err != nil {
-				done <- fmt.Errorf("BPF_PROG_RUN: %w", err)
-				return
+				return fmt.Errorf("BPF_PROG_RUN: %w", err)
 			}
 			if verdict != xdpTX || !bytes.Equal(opts.DataOut[0:6], s.backend.MAC) {
-				done <- fmt.Errorf("%s: verdict %s to MAC %x, want XDP_TX to %s (%s)", s.vip, verdictNames[verdict], opts.DataOut[0:6], s.backend.MAC, s.backend.Addr)
-				return
+				return fmt.Errorf("%s: verdict %s to MAC %x, want XDP_TX to %s (%s)", s.vip, verdictNames[verdict], opts.DataOut[0:6], s.backend.MAC, s.backend.Addr)
 			}
 		}
-		done <- nil
-	}()
-	return <-done
+		return nil
+	})
 }
 
 // TestCountersBatch drives known traffic through N VIPs × M backends, on

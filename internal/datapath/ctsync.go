@@ -21,6 +21,8 @@ type SyncEntry struct {
 	// Lifetime is the VIP's idle timeout for State less the entry's idle
 	// time: when the entry expires unless a packet refreshes it.
 	Lifetime time.Duration
+	// Idle is how long the entry has seen no packet (SyncEntries only).
+	Idle time.Duration
 }
 
 // SetSync turns the fast path's export of connection entries on or off:
@@ -128,12 +130,18 @@ func (d *Datapath) SyncEntries() iter.Seq2[SyncEntry, error] {
 			if !ok {
 				continue
 			}
+			if int32(clk.jiffies-e.LastSeen) < 0 {
+				// Seen after the clock was read, during the walk: just
+				// now, not 49 days ago (the difference wraps).
+				e.LastSeen = clk.jiffies
+			}
 			v := balancerCtValue{LastSeen: e.LastSeen, State: uint8(e.State)}
 			t := b.timeouts.of(b.vip.Proto, e.State)
 			if clk.expired(&v, t) {
 				continue
 			}
-			if !yield(SyncEntry{Flow: e.Flow, VIP: b.vip, Backend: b.addr, State: e.State, Lifetime: t - clk.idle(e.LastSeen)}, nil) {
+			idle := clk.idle(e.LastSeen)
+			if !yield(SyncEntry{Flow: e.Flow, VIP: b.vip, Backend: b.addr, State: e.State, Lifetime: t - idle, Idle: idle}, nil) {
 				return
 			}
 		}

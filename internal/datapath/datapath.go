@@ -60,6 +60,9 @@ type Datapath struct {
 
 	pinDir  string
 	adopted bool
+	// trieBatch is batchRefused once the kernel refused a batch update
+	// of src_prefixes (pools.go putPrefixes).
+	trieBatch int
 	// migration is set from Load to CompleteMigration (migrate.go).
 	migration *migration
 	notes     []string // what Load did about an interrupted migration
@@ -122,11 +125,11 @@ func Load(opts Options) (*Datapath, error) {
 	maxVIPs := shrink(spec.Maps[balancerMapVipsV4].MaxEntries, opts.MaxVIPs)
 	maxBackends := shrink(spec.Maps[balancerMapBackends].MaxEntries, opts.MaxBackends)
 	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState,
-		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6} {
+		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6, balancerMapRrCursors, balancerMapLcPools} {
 		spec.Maps[name].MaxEntries = maxVIPs
 	}
-	spec.Maps[balancerMapLcPools].MaxEntries = maxVIPs
-	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache, balancerMapBackendConns} {
+	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache,
+		balancerMapRtSamples, balancerMapBackendCost, balancerMapBackendConns} {
 		spec.Maps[name].MaxEntries = maxBackends
 	}
 	spec.Maps[balancerMapRingArena].MaxEntries = ArenaCapacity(opts.RingSlots) / ringChunkSlots

@@ -44,6 +44,14 @@ func (d *Datapath) sumRings() error {
 			return
 		}
 		e.tableSum = tableSum(table)
+		if e.rr.size > 0 {
+			seq, err := d.arena.read(e.rr)
+			if err != nil {
+				errs[i] = fmt.Errorf("read round-robin sequence of vip %s: %w", e.vip, err)
+				return
+			}
+			e.rrSum = tableSum(seq)
+		}
 	})
 	return errors.Join(errs...)
 }

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/internal/testpacket"
@@ -30,6 +32,24 @@ var (
 	runProg      = testpacket.Run
 	hexDiff      = testpacket.HexDiff
 )
+
+// onCPU runs f on a thread pinned to cpu, so that the packets it runs
+// through BPF_PROG_RUN use that CPU's slot of the per-CPU maps.
+func onCPU(cpu int, f func() error) error {
+	done := make(chan error)
+	go func() {
+		// Never unlocked: the pinned thread ends with the goroutine.
+		runtime.LockOSThread()
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			done <- fmt.Errorf("pin to cpu %d: %w", cpu, err)
+			return
+		}
+		done <- f()
+	}()
+	return <-done
+}
 
 func newTestDatapath(tb testing.TB) *Datapath {
 	tb.Helper()

@@ -34,13 +34,20 @@ import (
 //     extents of one mmapable array, ring_arena, named by vip_meta's new
 //     ring_offset (after ring_size), and the map of maps rings is gone; the
 //     src_prefixes LPM trie holds the VIPs' source ranges
-//     (VIP_F_SOURCE_RANGES in vip_meta.flags); the ct_events ring buffer
-//     carries entries to connection sync; the verdict table ends with
-//     drop_source_range, ct_evicted, ct_export_full, sched_least_conn_exact
-//     and sched_least_conn_two_choices; backend_conns (mmapable, by
-//     backend id) holds the fast path's connection counts, and lc_pools
-//     (by VIP index) least-conn's pools (VIP_F_LEAST_CONN), read with
-//     the weight a backend entry now carries for the fast path.
+//     (VIP_F_SOURCE_RANGES in vip_meta.flags) and their source-prefix
+//     pools' prefixes (kind SRC_KIND_POOL, VIP_F_POOLS), and the hash map
+//     pool_rings the pools' rings; the ct_events ring buffer carries
+//     entries to connection sync; vip_meta ends with a round-robin VIP's
+//     sequence (rr_offset, rr_len: another extent of ring_arena,
+//     VIP_F_ROUND_ROBIN) and rr_cursors holds each CPU's place in it; the
+//     verdict table ends with drop_source_range, ct_evicted,
+//     ct_export_full, drop_pool_down, pool_fallback, sched_rr, rt_sample,
+//     rt_lost, sched_least_conn_exact and sched_least_conn_two_choices;
+//     rt_syn, rt_samples and backend_cost hold passive response times
+//     (VIP_F_RESPONSE_TIME) and the backends' costs; backend_conns
+//     (mmapable, by backend id) holds the fast path's connection counts,
+//     and lc_pools (by VIP index) least-conn's pools (VIP_F_LEAST_CONN),
+//     read with the weight a backend entry now carries for the fast path.
 const LayoutVersion = 4
 
 // OldestLayout is the oldest layout this release migrates from: the

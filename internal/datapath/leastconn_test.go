@@ -283,20 +283,32 @@ func TestLeastConnSYNRetransmit(t *testing.T) {
 	}
 }
 
-// TestLeastConnRefused: least-conn without the connection table, or with
-// the source hash, is refused with a reason, and nothing is written.
+// TestLeastConnRefused: least-conn without the connection table, with
+// the source hash, with round robin or with pools (whose clients the fast
+// path gives their pool's ring) is refused with a reason, and nothing is
+// written.
 func TestLeastConnRefused(t *testing.T) {
 	d := newTestDatapath(t)
-	for _, cfg := range []VIPConfig{
-		{Mode: ModeDSR, LeastConn: true, NoConntrack: true},
-		{Mode: ModeDSR, LeastConn: true, SourceHash: true},
+	pools, err := NewPools([]Pool{{Name: "eu", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+		Backends: []netip.Addr{backends4[0].Addr}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cfg  VIPConfig
+		want string
+	}{
+		{VIPConfig{Mode: ModeDSR, LeastConn: true, NoConntrack: true}, "least-conn needs the connection table and the 5-tuple hash"},
+		{VIPConfig{Mode: ModeDSR, LeastConn: true, SourceHash: true}, "least-conn needs the connection table and the 5-tuple hash"},
+		{VIPConfig{Mode: ModeDSR, LeastConn: true, RoundRobin: true}, "least-conn and round robin are two schedulers"},
+		{VIPConfig{Mode: ModeDSR, LeastConn: true, Pools: pools}, "least-conn does not take source-prefix pools"},
 	} {
-		err := d.AddVIP(vipLC4, cfg, backends4)
-		if err == nil || !strings.Contains(err.Error(), "least-conn needs the connection table and the 5-tuple hash") {
-			t.Errorf("%+v: %v, want a refusal naming least-conn's needs", cfg, err)
+		err := d.AddVIP(vipLC4, c.cfg, backends4)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want a refusal saying %q", c.cfg, err, c.want)
 		}
 		if len(d.VIPs()) != 0 {
-			t.Fatalf("%+v: refused, yet the datapath holds %d vips", cfg, len(d.VIPs()))
+			t.Fatalf("%+v: refused, yet the datapath holds %d vips", c.cfg, len(d.VIPs()))
 		}
 	}
 }

@@ -84,22 +84,28 @@ func (d *Datapath) adopt() error {
 	}
 	metas := make(map[uint16]VIP)
 	ranged := make(map[uint16]*vipEntry) // VIPs with VIP_F_SOURCE_RANGES
+	pooled := make(map[uint16]*vipEntry) // VIPs with VIP_F_POOLS
 	add := func(vip VIP, m balancerVipMeta) {
 		cfg := VIPConfig{
 			Mode:            Mode(m.Mode),
 			RingSize:        m.RingSize,
 			NoConntrack:     m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_NO_CONNTRACK) != 0,
 			SourceHash:      m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_HASH) != 0,
+			RoundRobin:      m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN) != 0,
+			ResponseTime:    m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME) != 0,
 			LeastConn:       m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_LEAST_CONN) != 0,
 			PassUnparseable: m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE) != 0,
 			Timeouts:        connTimeoutsOf(vip.Proto, m.CtTimeout, hz),
 		}
-		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen, ring: extent{m.RingOffset, m.RingSize},
+		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen, ring: extent{m.RingOffset, m.RingSize}, rr: extent{m.RrOffset, m.RrLen},
 			backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
 		metas[m.Index] = vip
 		d.vipGen[m.Index] = m.Gen
 		if m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES) != 0 {
 			ranged[m.Index] = d.vips[vip]
+		}
+		if m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_POOLS) != 0 {
+			pooled[m.Index] = d.vips[vip]
 		}
 	}
 	if err := eachVIP(d.objs.VipsV4, d.objs.VipsV6, add); err != nil {
@@ -108,12 +114,22 @@ func (d *Datapath) adopt() error {
 	if err := d.adoptSourceRanges(ranged); err != nil {
 		return err
 	}
+	// Before the arena's grace period below, as the VIPs' rings: the
+	// pools' rings are claimed in it.
+	if err := d.adoptPools(pooled); err != nil {
+		return err
+	}
 	// The extents the VIPs' metas name are taken; the rest of the arena
 	// is free once a grace period has passed: the last daemon may have
 	// retired extents just before it stopped.
 	for _, e := range d.vips {
 		if err := d.arena.claim(e.ring); err != nil {
 			return fmt.Errorf("adopt ring of vip %s: %w", e.vip, err)
+		}
+		if e.rr.size > 0 {
+			if err := d.arena.claim(e.rr); err != nil {
+				return fmt.Errorf("adopt round-robin sequence of vip %s: %w", e.vip, err)
+			}
 		}
 	}
 	if err := d.arena.gracePeriod(); err != nil {

@@ -44,6 +44,26 @@ type Prediction struct {
 	// TCP SYN, or a UDP packet without a live entry) of a least-conn VIP;
 	// nil when the ring or an entry decided.
 	LeastConn *LeastConnChoice
+	// Pool names the source-prefix pool of the flow's VIP that holds the
+	// client ("" for none): its ring decides a new flow, unless PoolDown,
+	// when the pool has no live backend and its fallback decides: the
+	// VIP's ring, or, with PoolDrop, a drop counted as drop_pool_down
+	// (Backend is then the zero address).
+	Pool     string
+	PoolDown bool
+	PoolDrop bool
+	// RoundRobin is set when the VIP's round-robin sequence decides: a
+	// new flow (a TCP SYN, a UDP packet without a live entry) of a
+	// round-robin VIP. Backend is then the zero address: the pick is the
+	// next slot of the sequence on the CPU the packet reaches, which
+	// depends on what that CPU handed out before. RRShares is what the
+	// sequence holds, RRLen its length.
+	RoundRobin bool
+	RRShares   []RRShare
+	RRLen      uint32
+	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin" or
+	// "least-conn".
+	Scheduler string
 }
 
 // ConnEntry is a connection entry as Predict found it.
@@ -65,8 +85,12 @@ var ErrNoVIP = errors.New("no vip matches the flow")
 // packet is a TCP SYN, which always takes the ring), if its backend is live
 // with the entry's generation, its VIP tracks connections, and it has not
 // been idle past its state's timeout; else the Maglev ring of the flow's
-// VIP, or least-conn's choice for a new flow of a least-conn VIP. A client outside the source ranges of the VIP that decides is
-// refused (Prediction.Refused).
+// VIP. A client outside the source ranges of the VIP that decides is
+// refused (Prediction.Refused). For a round-robin VIP, a new flow takes its
+// sequence instead of the ring (Prediction.RoundRobin), and for a
+// least-conn VIP least-conn's choice (Prediction.LeastConn), but for a
+// retransmitted SYN, which keeps its entry's backend while the entry is in
+// state syn.
 func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -81,14 +105,23 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	if err != nil {
 		return Prediction{}, err
 	}
-	p = Prediction{VIP: e.vip, RingSize: uint32(len(table))}
+	p = Prediction{VIP: e.vip, RingSize: uint32(len(table)), Scheduler: e.cfg.scheduler()}
+	if pe := poolOf(e, f.Src); pe != nil {
+		p.Pool, p.PoolDown = pe.name, pe.flags != 0
+		p.PoolDrop = pe.flags&uint32(balancerFulcrumPoolFlagsPOOL_F_DROP) != 0
+		if !p.PoolDown {
+			if table, err = d.poolTable(e, pe); err != nil {
+				return Prediction{}, err
+			}
+		}
+	}
 	if e.cfg.SourceHash {
 		p.Hash = flowhash.Source(f.Src, uint8(f.Proto))
 	} else {
 		p.Hash = flowhash.Flow(f.Src, f.Dst, f.Sport, f.Dport, uint8(f.Proto))
 	}
 	p.Slot = flowhash.Slot(p.Hash, uint32(len(table)))
-	if id := table[p.Slot]; id != maglev.Unassigned {
+	if id := table[p.Slot]; id != maglev.Unassigned && !p.PoolDrop {
 		p.RingBackend = e.byID[id].Addr
 	}
 	p.Backend = p.RingBackend
@@ -100,21 +133,30 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 			p.Refused, p.Backend = true, netip.Addr{}
 		}
 	}()
-	// Runs before the check above (defers run last first). A TCP packet
-	// without SYN that the table misses keeps the ring's choice.
+	// Both run before the check above (defers run last first). A TCP
+	// packet without SYN that the table misses keeps the ring's choice.
+	newFlow := syn || f.Proto == UDP
+	rr := e.cfg.RoundRobin && newFlow
+	lc := e.cfg.LeastConn && newFlow
 	defer func() {
-		if err == nil && !p.Conntrack && e.cfg.LeastConn && (syn || f.Proto == UDP) {
+		if rr && !p.Conntrack {
+			p.RoundRobin, p.Backend = true, netip.Addr{}
+			p.RRShares, p.RRLen = rrShares(e)
+		}
+	}()
+	defer func() {
+		if err == nil && lc && !p.Conntrack {
 			d.predictLeastConn(e, table, &p)
 		}
 	}()
-	if syn {
+	if syn && !rr && !lc {
 		return p, nil
 	}
 	ct, err := d.lookupConntrack(f)
 	if err != nil {
 		return p, err
 	}
-	if ct == nil {
+	if ct == nil || (syn && (ConnState(ct.State) != ConnSYN || !e.byIDHas(ct.Backend))) {
 		return p, nil
 	}
 	// The entry's backend is found by id, whatever VIP it serves: the fast
@@ -167,4 +209,41 @@ func (d *Datapath) ringTable(e *vipEntry) ([]uint32, error) {
 	}
 	d.lastRing.e, d.lastRing.table = e, table
 	return table, nil
+}
+
+// poolTable returns a pool's ring as written: rebuilt, or, for a pool
+// adopted from the maps (whose backends are not known), read.
+func (d *Datapath) poolTable(e *vipEntry, pe *poolEntry) ([]uint32, error) {
+	if e.poolsAdopted {
+		return d.arena.read(pe.ring)
+	}
+	members, _ := poolMembers(e, pe)
+	table, err := buildPoolTable(e, members)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild ring of pool %s of vip %s: %w", pe.name, e.vip, err)
+	}
+	if tableSum(table) != pe.sum {
+		// Maglev is deterministic, so this is a bug, not bad input.
+		return nil, fmt.Errorf("vip %s: the rebuilt ring of pool %s differs from the one written", e.vip, pe.name)
+	}
+	return table, nil
+}
+
+// byIDHas reports whether id is one of the VIP's backends.
+func (e *vipEntry) byIDHas(id uint32) bool {
+	_, ok := e.byID[id]
+	return ok
+}
+
+// scheduler names the VIP's scheduler as the configuration does.
+func (c VIPConfig) scheduler() string {
+	switch {
+	case c.RoundRobin:
+		return "round-robin"
+	case c.LeastConn:
+		return "least-conn"
+	case c.SourceHash:
+		return "source-hash"
+	}
+	return "maglev"
 }

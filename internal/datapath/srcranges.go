@@ -188,6 +188,9 @@ func (d *Datapath) adoptSourceRanges(flagged map[uint16]*vipEntry) error {
 	var v balancerSrcPrefixValue
 	it := d.objs.SrcPrefixes.Iterate()
 	for it.Next(&k, &v) {
+		if k.Kind == uint8(balancerFulcrumSrcKindSRC_KIND_POOL) {
+			continue // adoptPools'
+		}
 		p, ok := prefixOf(k)
 		e := flagged[k.VipIndex]
 		if !ok || e == nil || k.Kind != uint8(balancerFulcrumSrcKindSRC_KIND_ALLOW) {

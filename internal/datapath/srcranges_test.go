@@ -79,16 +79,24 @@ func srcCases(t *testing.T) []srcCase {
 // moved.
 func runVerdict(t *testing.T, d *Datapath, p testpacket.Packet) (uint32, map[Stat]uint64) {
 	t.Helper()
+	var verdict uint32
+	moved := counted(t, d, func() { verdict, _ = runProg(t, d.Program(), p.Build()) })
+	return verdict, moved
+}
+
+// counted runs f and returns the counters it moved.
+func counted(t *testing.T, d *Datapath, f func()) map[Stat]uint64 {
+	t.Helper()
 	before, err := d.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}
-	verdict, _ := runProg(t, d.Program(), p.Build())
+	f()
 	after, err := d.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return verdict, statsDelta(before, after)
+	return statsDelta(before, after)
 }
 
 // TestSourceRangesFastPath: a client inside the ranges is forwarded as
@@ -273,7 +281,7 @@ func TestSourceRangesChangeUnderTraffic(t *testing.T) {
 }
 
 // trieEntries counts the src_prefixes entries under a VIP index.
-func trieEntries(t *testing.T, d *Datapath, index uint16) int {
+func trieEntries(t testing.TB, d *Datapath, index uint16) int {
 	t.Helper()
 	var k balancerSrcPrefixKey
 	var v balancerSrcPrefixValue
@@ -309,10 +317,7 @@ func TestSourceRangesRefusedFamily(t *testing.T) {
 // change from there adds and removes the right entries.
 func TestSourceRangesAdopted(t *testing.T) {
 	dir := PinDir(newPinRoot(t), "test")
-	d1, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d1 := loadAt(t, dir)
 	r := ranges(t, "198.19.1.0/24", "198.18.0.0/15")
 	if err := d1.AddVIP(vipWeb4, VIPConfig{Mode: ModeDSR, SourceRanges: r}, backends4); err != nil {
 		t.Fatal(err)
@@ -329,10 +334,7 @@ func TestSourceRangesAdopted(t *testing.T) {
 	}
 	d1.Close()
 
-	d2, err := Load(Options{ConntrackEntries: 8192, PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d2 := loadAt(t, dir)
 	defer RemovePins(dir)
 	defer d2.Close()
 	if !d2.Adopted() {

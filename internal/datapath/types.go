@@ -103,6 +103,15 @@ type VIPConfig struct {
 	// SourceHash hashes on the client address only, so that all of a
 	// client's flows reach the same backend.
 	SourceHash bool
+	// RoundRobin gives new flows (a TCP SYN, a UDP packet without an
+	// entry) the backends in turn, by weight (rr.go); other packets
+	// without an entry take the ring. It needs the connection table.
+	RoundRobin bool
+	// ResponseTime measures the backends' response times passively
+	// (rtt.go): a TCP flow's time from SYN to first ACK. It needs the
+	// connection table (the ACK finds its SYN through the entry's state)
+	// and TCP.
+	ResponseTime bool
 	// LeastConn sends a new flow (a TCP SYN, or a UDP packet the table
 	// misses) to the backend of lowest (active + 1) / weight (leastconn.go,
 	// bpf/sched.h). It needs the connection table.
@@ -119,6 +128,9 @@ type VIPConfig struct {
 	// serves (of its family); other clients are dropped and counted
 	// (srcranges.go).
 	SourceRanges SourceRanges
+	// Pools, when not zero, split the VIP's clients by source prefix,
+	// each pool with a ring over some of its backends (pools.go).
+	Pools Pools
 }
 
 // Backend is one server behind a VIP.

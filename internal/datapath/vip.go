@@ -27,6 +27,16 @@ type vipEntry struct {
 	byID     map[uint32]*backendEntry
 	// ring is the VIP's extent of the ring arena, as its meta names it.
 	ring extent
+	// pools are the VIP's source-prefix pools as written, and
+	// poolPrefixes their prefixes, each with its pool's id (pools.go);
+	// poolsAdopted says they were adopted from the maps, by id only.
+	pools        []*poolEntry
+	poolPrefixes map[netip.Prefix]uint32
+	poolsAdopted bool
+	// rr is a round-robin VIP's sequence in the arena (empty if no
+	// backend has a weight), and rrSum its digest, as tableSum.
+	rr    extent
+	rrSum uint64
 }
 
 type backendEntry struct {
@@ -41,6 +51,8 @@ type VIPState struct {
 	Config   VIPConfig
 	Index    uint16
 	Backends []Backend
+	// Pools are the VIP's source-prefix pools, by name.
+	Pools []PoolState
 }
 
 // VIPs returns every VIP with its backends, sorted by VIP.
@@ -49,7 +61,7 @@ func (d *Datapath) VIPs() []VIPState {
 	defer d.mu.Unlock()
 	out := make([]VIPState, 0, len(d.vips))
 	for _, e := range d.vips {
-		out = append(out, VIPState{VIP: e.vip, Config: e.cfg, Index: e.index, Backends: e.backendList()})
+		out = append(out, VIPState{VIP: e.vip, Config: e.cfg, Index: e.index, Backends: e.backendList(), Pools: poolStates(e)})
 	}
 	slices.SortFunc(out, func(a, b VIPState) int { return a.VIP.Compare(b.VIP) })
 	return out
@@ -119,7 +131,8 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		delete(d.vips, vip)
 		d.ownerChanges++
 		idx := uint32(e.index)
-		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{}), d.removeSourceRanges(e.index, e.cfg.SourceRanges, SourceRanges{})}
+		es := []error{d.objs.VipState.Put(idx, balancerVipMeta{}), d.removeSourceRanges(e.index, e.cfg.SourceRanges, SourceRanges{}),
+			d.dropPools(e, nil)}
 		for _, b := range e.backends {
 			es = append(es, d.retireBackend(b))
 		}
@@ -129,6 +142,7 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 		// No key names the ring any more (vip_state's copy of the meta
 		// is never used to read a ring): free after a grace period.
 		d.arena.retire(e.ring)
+		d.arena.retire(e.rr)
 		d.vipIndex.put(idx)
 		owners = append(owners, i)
 	}
@@ -211,6 +225,15 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 	if cfg.RingSize < maglev.MinSize || cfg.RingSize > maglev.MaxSize || !maglev.IsPrime(cfg.RingSize) {
 		return fmt.Errorf("vip %s: ring size %d is not a prime between %d and %d", vip, cfg.RingSize, maglev.MinSize, maglev.MaxSize)
 	}
+	if cfg.RoundRobin && cfg.SourceHash {
+		return fmt.Errorf("vip %s: round robin and source hash are two schedulers: choose one", vip)
+	}
+	if cfg.RoundRobin && cfg.NoConntrack {
+		return fmt.Errorf("vip %s: round robin needs the connection table: without an entry a flow's later packets take the ring, most likely to another backend", vip)
+	}
+	if cfg.ResponseTime && (cfg.NoConntrack || vip.Proto != TCP) {
+		return fmt.Errorf("vip %s: passive response times need TCP and the connection table: a flow's first ACK is found through its entry's state", vip)
+	}
 	if err := cfg.Timeouts.Check(); err != nil {
 		return fmt.Errorf("vip %s: connection %w", vip, err)
 	}
@@ -218,7 +241,17 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 	if cfg.LeastConn && (cfg.NoConntrack || cfg.SourceHash) {
 		return fmt.Errorf("vip %s: least-conn needs the connection table and the 5-tuple hash (no conntrack off, no source hash)", vip)
 	}
+	if cfg.LeastConn && cfg.RoundRobin {
+		return fmt.Errorf("vip %s: least-conn and round robin are two schedulers: choose one", vip)
+	}
+	if cfg.LeastConn && !cfg.Pools.IsZero() {
+		// The fast path takes a pool's ring for a VIP with pools.
+		return fmt.Errorf("vip %s: least-conn does not take source-prefix pools: a pool's clients take its Maglev ring", vip)
+	}
 	if err := checkSourceRanges(vip, cfg.SourceRanges); err != nil {
+		return err
+	}
+	if err := checkPools(vip, cfg.Pools); err != nil {
 		return err
 	}
 	seen := make(map[netip.Addr]bool, len(backends))
@@ -328,9 +361,12 @@ type pendingVIP struct {
 	// fresh are the backends with newly allocated ids, written those
 	// whose entry fill writes (fresh or changed).
 	fresh, written []*backendEntry
-	newRing        bool  // e.ring is a new extent, not old's
-	at             int   // the change's index in setMany's argument
-	err            error // fill failed
+	newRing        bool // e.ring is a new extent, not old's
+	newRR          bool // e.rr is a new extent, not old's
+	// poolRings are the new extents of e's pools (pools.go).
+	poolRings []extent
+	at        int   // the change's index in setMany's argument
+	err       error // fill failed
 }
 
 // undo frees the ids prepare allocated, after a failed fill, and the new
@@ -345,6 +381,14 @@ func (p *pendingVIP) undo(d *Datapath) {
 	if p.newRing {
 		d.arena.release(p.e.ring)
 		p.newRing = false
+	}
+	for _, r := range p.poolRings {
+		d.arena.release(r)
+	}
+	p.poolRings = nil
+	if p.newRR {
+		d.arena.release(p.e.rr)
+		p.newRR = false
 	}
 }
 
@@ -406,6 +450,7 @@ func (d *Datapath) prepare(vip VIP, cfg VIPConfig, backends []Backend) (*pending
 		e.backends[b.Addr] = nb
 		e.byID[nb.id] = nb
 	}
+	preparePools(e, old)
 	return p, nil
 }
 
@@ -436,6 +481,9 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 		for _, id := range ids {
 			d.counts.reset(id)
 		}
+		if err := resetCosts(d.objs.BackendCost, p.fresh); err != nil {
+			return fmt.Errorf("vip %s: reset response times of %d new backends: %w", vip, len(ids), err)
+		}
 	}
 	if len(p.written) > 0 {
 		ids := make([]uint32, len(p.written))
@@ -446,6 +494,12 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 		if _, err := d.objs.Backends.BatchUpdate(ids, values, nil); err != nil {
 			return fmt.Errorf("vip %s: write %d backends: %w", vip, len(ids), err)
 		}
+	}
+	if err := d.fillPools(p); err != nil {
+		return err
+	}
+	if err := d.fillRR(p); err != nil {
+		return fmt.Errorf("vip %s: %w", vip, err)
 	}
 	var table []uint32
 	var err error
@@ -496,6 +550,18 @@ func (d *Datapath) commit(p *pendingVIP) error {
 		p.undo(d)
 		return fmt.Errorf("vip %s: write least-conn pool: %w", vip, err)
 	}
+	// The pools' rings and prefixes likewise before the meta, what the
+	// change dropped after it.
+	if err := d.writePools(p); err != nil {
+		// writePools put back what it wrote, but an extent that a put
+		// back failed to unname must not be reused at once.
+		for _, r := range p.poolRings {
+			d.arena.retire(r)
+		}
+		p.poolRings = nil
+		p.undo(d)
+		return err
+	}
 	meta := vipMeta(e, hz)
 	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
 		p.undo(d)
@@ -508,17 +574,24 @@ func (d *Datapath) commit(p *pendingVIP) error {
 			d.arena.retire(e.ring)
 			p.newRing = false
 		}
+		if p.newRR {
+			d.arena.retire(e.rr)
+			p.newRR = false
+		}
 		p.undo(d)
 		return fmt.Errorf("vip %s: write vip: %w", vip, err)
 	}
 	if p.newRing && p.old != nil {
 		d.arena.retire(p.old.ring)
 	}
+	if p.old != nil && p.old.rr != e.rr {
+		d.arena.retire(p.old.rr)
+	}
 	d.vips[vip] = e
 	d.ownerChanges++ // before the backends it lost retire (free their ids)
 	d.vipGen[e.index] = e.gen
 
-	errs := []error{d.removeSourceRanges(e.index, prev, e.cfg.SourceRanges)}
+	errs := []error{d.removeSourceRanges(e.index, prev, e.cfg.SourceRanges), d.dropPools(p.old, e)}
 	if p.old != nil {
 		for addr, ob := range p.old.backends {
 			if e.backends[addr] == nil {
@@ -592,8 +665,17 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	if !e.cfg.SourceRanges.IsZero() {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES)
 	}
+	if !e.cfg.Pools.IsZero() {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_POOLS)
+	}
+	if e.cfg.RoundRobin {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN)
+	}
 	if e.cfg.LeastConn {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_LEAST_CONN)
+	}
+	if e.cfg.ResponseTime {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME)
 	}
 	return balancerVipMeta{
 		Index:      e.index,
@@ -603,6 +685,8 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 		RingSize:   e.ring.size,
 		RingOffset: e.ring.off,
 		CtTimeout:  e.cfg.Timeouts.jiffies(e.vip.Proto, hz),
+		RrOffset:   e.rr.off,
+		RrLen:      e.rr.size,
 	}
 }
 

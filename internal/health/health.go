@@ -99,6 +99,16 @@ type Status struct {
 	LastError string
 	// LastLatency is how long the last probe took, failed or not.
 	LastLatency time.Duration
+	// ResponseTime is how long the last successful probe took: the
+	// connect time of a tcp check, the time to the response (read up to
+	// its size limit) of an http(s) one, to the reply of a udp one; 0
+	// before the first success. A failed probe says nothing of how fast
+	// the backend answers, so it leaves it. It is least-time's active
+	// source (docs/schedulers.md).
+	ResponseTime time.Duration
+	// Answered counts the successful probes, so that a reader of
+	// ResponseTime tells a new measurement from one it has seen.
+	Answered uint64
 	// ConsecutiveOK and ConsecutiveFail count the probes in a row that
 	// succeeded or failed; one of them is always 0.
 	ConsecutiveOK, ConsecutiveFail int
@@ -482,6 +492,8 @@ func (c *Checker) probeOnce(ctx context.Context, t *target) {
 	from := s.State
 	to := from
 	if err == nil {
+		s.ResponseTime = latency
+		s.Answered++
 		s.ConsecutiveOK++
 		s.ConsecutiveFail = 0
 		if from != Up && s.ConsecutiveOK >= hc.Rise {

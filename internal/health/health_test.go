@@ -238,6 +238,47 @@ func TestStatus(t *testing.T) {
 	}
 }
 
+// TestResponseTime: a successful probe's duration is the target's response
+// time and counts as an answer; a failed one (here one that takes longer)
+// changes neither.
+func TestResponseTime(t *testing.T) {
+	v := vipOn(80)
+	c := New(Options{})
+	const slow = 20 * time.Millisecond
+	var mu sync.Mutex
+	n := 0
+	c.probe = func(ctx context.Context, tg *target) error {
+		mu.Lock()
+		n++
+		k := n
+		mu.Unlock()
+		if k%2 == 0 { // every other probe fails, fast
+			return fmt.Errorf("scripted failure %d", k)
+		}
+		time.Sleep(slow) // the probe's duration under test
+		return nil
+	}
+	hc := fast("tcp", 80, 1, 5)
+	hc.Timeout = 200 * time.Millisecond
+	hc.Interval = 200 * time.Millisecond
+	c.Set([]Target{{VIP: v, Backend: loopback, Check: hc}})
+	if s, _ := statusOf(c, v, loopback); s.ResponseTime != 0 || s.Answered != 0 {
+		t.Fatalf("before any probe: response time %v, %d answers, want 0, 0", s.ResponseTime, s.Answered)
+	}
+	start(t, c)
+	var s Status // the status read when the condition held
+	waitFor(t, "two answers and a failure after them", func() bool {
+		s, _ = statusOf(c, v, loopback)
+		return s.Answered >= 2 && s.ConsecutiveFail >= 1
+	})
+	if s.ResponseTime < slow || s.ResponseTime > hc.Timeout {
+		t.Errorf("response time %v after a failed probe, want the last success's, %v to %v", s.ResponseTime, slow, hc.Timeout)
+	}
+	if s.LastLatency >= slow {
+		t.Errorf("last latency %v, want the failed probe's, under %v", s.LastLatency, slow)
+	}
+}
+
 // TestFlappingServer plays a script on a real HTTP server: the checker must
 // make exactly the transitions that rise 2 and fall 3 call for, and log one
 // line for each.

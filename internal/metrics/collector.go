@@ -37,11 +37,12 @@ type collector struct {
 	verdicts       *prometheus.Desc
 	conntrack      *prometheus.Desc
 	events         *prometheus.Desc
-	sched          *prometheus.Desc
+	leastConn      *prometheus.Desc
 	backendHealth  *prometheus.Desc
 	vrrpState      *prometheus.Desc
 	vrrpSick       *prometheus.Desc
 	steering       *prometheus.Desc
+	schedDecisions *prometheus.Desc
 
 	stats []statSeries
 }
@@ -69,11 +70,13 @@ func newCollector(src Source) *collector {
 			"Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard, export_full (connection sync: the event ring buffer was full, an entry's event was lost).",
 			[]string{"event"}, nil),
 		events: prometheus.NewDesc(name("datapath_events_total"),
-			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.",
+			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour; sched_rr: a new flow given its backend by a round-robin VIP's sequence.",
 			[]string{"event"}, nil),
-		sched: prometheus.NewDesc(name("scheduler_decisions_total"),
-			"New flows whose backend a scheduler other than Maglev chose, by scheduler and method: least-conn exact (the whole pool compared) or two_choices (the better of two ring slots).",
-			[]string{"scheduler", "method"}, nil),
+		// Not a series of scheduler_decisions_total: those are per VIP,
+		// these the fast path's global counts (one name, one label set).
+		leastConn: prometheus.NewDesc(name("least_conn_decisions_total"),
+			"New flows whose backend least-conn chose, all VIPs together, by method: exact (the whole pool compared) or two_choices (the better of two ring slots).",
+			[]string{"method"}, nil),
 		backendHealth: prometheus.NewDesc(name("backend_health"),
 			"Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.",
 			[]string{"vip", "backend", "state"}, nil),
@@ -86,6 +89,9 @@ func newCollector(src Source) *collector {
 		steering: prometheus.NewDesc(name("health_steer_packets_total"),
 			"Marked health-probe packets the steering program saw, by result: steered to their backend, no_entry (left alone), not_ip and error (dropped). Only while a check goes through the data path; the counts restart when the program is loaded again.",
 			[]string{"result"}, nil),
+		schedDecisions: prometheus.NewDesc(name("scheduler_decisions_total"),
+			"New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin); every other new flow is the Maglev ring's.",
+			[]string{"vip", "scheduler"}, nil),
 	}
 	for _, s := range datapath.AllStats() {
 		name := s.String()
@@ -98,9 +104,9 @@ func newCollector(src Source) *collector {
 			c.stats = append(c.stats, statSeries{s, c.verdicts, []string{action, reason}})
 			continue
 		}
-		// sched_least_conn_exact -> scheduler least-conn, method exact.
+		// sched_least_conn_exact -> method exact.
 		if method, ok := strings.CutPrefix(name, "sched_least_conn_"); ok {
-			c.stats = append(c.stats, statSeries{s, c.sched, []string{"least-conn", method}})
+			c.stats = append(c.stats, statSeries{s, c.leastConn, []string{method}})
 			continue
 		}
 		// ct_insert_failed -> event insert_failed.
@@ -122,11 +128,12 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.verdicts
 	ch <- c.conntrack
 	ch <- c.events
-	ch <- c.sched
+	ch <- c.leastConn
 	ch <- c.backendHealth
 	ch <- c.vrrpState
 	ch <- c.vrrpSick
 	ch <- c.steering
+	ch <- c.schedDecisions
 }
 
 // Collect implements prometheus.Collector: it reads the Source now.
@@ -166,6 +173,9 @@ func (c *collector) collectCounters(ch chan<- prometheus.Metric) {
 		v := vip.String()
 		ch <- prometheus.MustNewConstMetric(c.vipPackets, prometheus.CounterValue, float64(cnt.Packets), v)
 		ch <- prometheus.MustNewConstMetric(c.vipBytes, prometheus.CounterValue, float64(cnt.Bytes), v)
+	}
+	for vip, n := range counters.RoundRobin {
+		ch <- prometheus.MustNewConstMetric(c.schedDecisions, prometheus.CounterValue, float64(n), vip.String(), "round-robin")
 	}
 	for vip, backends := range counters.Backends {
 		v := vip.String()

@@ -122,6 +122,9 @@ func New(src Source, version, commit string) *Metrics {
 	if s, ok := src.(SyncSource); ok {
 		m.reg.MustRegister(newSyncCollector(s))
 	}
+	if rs, ok := src.(ResponseSource); ok {
+		m.reg.MustRegister(responseCollector{rs})
+	}
 	return m
 }
 

@@ -94,6 +94,7 @@ func newFake() *fakeSource {
 				web: {web1: {Packets: 20, Bytes: 2000}, web2: {Packets: 10, Bytes: 1000}},
 				dns: {dns1: {Packets: 7, Bytes: 700}},
 			},
+			RoundRobin: map[datapath.VIP]uint64{web: 12},
 		},
 		health: map[datapath.VIP]map[netip.Addr]string{
 			web: {web1: "up", web2: "down"},
@@ -117,6 +118,8 @@ var sourceMetrics = []string{
 	"fulcrum_verdict_packets_total",
 	"fulcrum_conntrack_events_total",
 	"fulcrum_datapath_events_total",
+	"fulcrum_scheduler_decisions_total",
+	"fulcrum_least_conn_decisions_total",
 	"fulcrum_backend_health",
 	"fulcrum_vrrp_state",
 	"fulcrum_vrrp_sick",
@@ -142,6 +145,9 @@ fulcrum_backend_packets_total{backend="2001:db8:1::1",vip="udp/[2001:db8::53]:53
 fulcrum_backend_bytes_total{backend="10.0.0.1",vip="tcp/203.0.113.10:80"} 2000
 fulcrum_backend_bytes_total{backend="10.0.0.2",vip="tcp/203.0.113.10:80"} 1000
 fulcrum_backend_bytes_total{backend="2001:db8:1::1",vip="udp/[2001:db8::53]:53"} 700
+# HELP fulcrum_scheduler_decisions_total New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin); every other new flow is the Maglev ring's.
+# TYPE fulcrum_scheduler_decisions_total counter
+fulcrum_scheduler_decisions_total{scheduler="round-robin",vip="tcp/203.0.113.10:80"} 12
 `
 	// Every datapath.Stat appears here once: a new one must be added
 	// to this list and to docs/metrics.md.
@@ -163,6 +169,7 @@ fulcrum_verdict_packets_total{action="drop",reason="encap"} 111
 fulcrum_verdict_packets_total{action="tx",reason="dsr"} 121
 fulcrum_verdict_packets_total{action="tx",reason="ipip"} 131
 fulcrum_verdict_packets_total{action="drop",reason="source_range"} 231
+fulcrum_verdict_packets_total{action="drop",reason="pool_down"} 261
 # HELP fulcrum_conntrack_events_total Connection-table events of the fast path: hit, miss, syn, stale, expired, evicted (a new entry took the way of a live one in a full bucket), insert_failed, bypass, guard, export_full (connection sync: the event ring buffer was full, an entry's event was lost).
 # TYPE fulcrum_conntrack_events_total counter
 fulcrum_conntrack_events_total{event="hit"} 141
@@ -175,13 +182,17 @@ fulcrum_conntrack_events_total{event="expired"} 221
 fulcrum_conntrack_events_total{event="evicted"} 241
 fulcrum_conntrack_events_total{event="export_full"} 251
 fulcrum_conntrack_events_total{event="guard"} 211
-# HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour.
+# HELP fulcrum_datapath_events_total Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour; sched_rr: a new flow given its backend by a round-robin VIP's sequence.
 # TYPE fulcrum_datapath_events_total counter
 fulcrum_datapath_events_total{event="fib_gateway"} 201
-# HELP fulcrum_scheduler_decisions_total New flows whose backend a scheduler other than Maglev chose, by scheduler and method: least-conn exact (the whole pool compared) or two_choices (the better of two ring slots).
-# TYPE fulcrum_scheduler_decisions_total counter
-fulcrum_scheduler_decisions_total{method="exact",scheduler="least-conn"} 261
-fulcrum_scheduler_decisions_total{method="two_choices",scheduler="least-conn"} 271
+fulcrum_datapath_events_total{event="pool_fallback"} 271
+fulcrum_datapath_events_total{event="rt_lost"} 301
+fulcrum_datapath_events_total{event="rt_sample"} 291
+fulcrum_datapath_events_total{event="sched_rr"} 281
+# HELP fulcrum_least_conn_decisions_total New flows whose backend least-conn chose, all VIPs together, by method: exact (the whole pool compared) or two_choices (the better of two ring slots).
+# TYPE fulcrum_least_conn_decisions_total counter
+fulcrum_least_conn_decisions_total{method="exact"} 311
+fulcrum_least_conn_decisions_total{method="two_choices"} 321
 `
 	wantState = `
 # HELP fulcrum_backend_health Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.
@@ -223,7 +234,7 @@ func TestEveryStat(t *testing.T) {
 	verdicts := testutil.CollectAndCount(c, "fulcrum_verdict_packets_total")
 	events := testutil.CollectAndCount(c, "fulcrum_conntrack_events_total") +
 		testutil.CollectAndCount(c, "fulcrum_datapath_events_total") +
-		testutil.CollectAndCount(c, "fulcrum_scheduler_decisions_total")
+		testutil.CollectAndCount(c, "fulcrum_least_conn_decisions_total")
 	var wantVerdicts, wantEvents int
 	for _, s := range datapath.AllStats() {
 		if s.IsVerdict() {

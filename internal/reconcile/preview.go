@@ -133,9 +133,12 @@ func previewVIP(cur datapath.VIPState, t target) (VIPPreview, error) {
 	setting("ring_size", oc.RingSize, vp.RingSize)
 	setting("conntrack", !oc.NoConntrack, !nc.NoConntrack)
 	setting("source_hash", oc.SourceHash, nc.SourceHash)
+	setting("round_robin", oc.RoundRobin, nc.RoundRobin)
+	setting("passive_response_time", oc.ResponseTime, nc.ResponseTime)
 	setting("least_conn", oc.LeastConn, nc.LeastConn)
 	setting("pass_unparseable", oc.PassUnparseable, nc.PassUnparseable)
 	setting("source_ranges", rangesText(oc.SourceRanges), rangesText(nc.SourceRanges))
+	setting("pools", oc.Pools.String(), nc.Pools.String())
 
 	before, err := ringOf(cur.Backends, oc.RingSize)
 	if err != nil {

@@ -610,11 +610,16 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 		RingSize:        size,
 		NoConntrack:     !v.Conntrack,
 		SourceHash:      v.Scheduler == config.SchedulerSourceHash,
+		RoundRobin:      v.Scheduler == config.SchedulerRoundRobin,
+		ResponseTime:    v.ResponseTime.Passive(),
 		LeastConn:       v.Scheduler == config.SchedulerLeastConn,
 		PassUnparseable: v.Fragments == config.FragmentsPass,
 		Timeouts:        timeouts.Normal(key.Proto),
 	}}
 	if t.cfg.SourceRanges, err = datapath.NewSourceRanges(v.SourceRanges); err != nil {
+		return target{}, err
+	}
+	if t.cfg.Pools, err = poolsOf(v.Pools); err != nil {
 		return target{}, err
 	}
 	onDown, allDown := config.DefaultOnDown, config.DefaultAllDown
@@ -838,4 +843,18 @@ func same(cur datapath.VIPState, t target) bool {
 		}
 	}
 	return true
+}
+
+// poolsOf is a VIP's configured pools as the datapath takes them. A pool's
+// backends are the VIP's, so health and drain reach them through the
+// VIP's backend list: a pool backend health took out of it is down.
+func poolsOf(pools []config.Pool) (datapath.Pools, error) {
+	in := make([]datapath.Pool, len(pools))
+	for i, p := range pools {
+		in[i] = datapath.Pool{Name: p.Name, Prefixes: p.AllPrefixes(), Backends: p.Backends}
+		if p.Fallback == config.PoolFallbackDrop {
+			in[i].Fallback = datapath.FallbackDrop
+		}
+	}
+	return datapath.NewPools(in)
 }

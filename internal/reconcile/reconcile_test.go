@@ -320,13 +320,20 @@ func TestHealth(t *testing.T) {
 
 // TestAllDown: with every backend down, "drop" leaves the VIP without
 // backends (its packets are dropped and counted), "fail-open" keeps them
-// all.
+// all, at their weights; the same for a round-robin VIP, whose sequence
+// the datapath builds from the same backends as its ring.
 func TestAllDown(t *testing.T) {
 	ctx := context.Background()
-	for _, policy := range []config.AllDown{config.AllDownDrop, config.AllDownFailOpen} {
-		t.Run(string(policy), func(t *testing.T) {
+	for _, c := range []struct {
+		policy config.AllDown
+		sched  config.Scheduler
+	}{{config.AllDownDrop, config.SchedulerMaglev}, {config.AllDownFailOpen, config.SchedulerMaglev},
+		{config.AllDownDrop, config.SchedulerRoundRobin}, {config.AllDownFailOpen, config.SchedulerRoundRobin}} {
+		policy := c.policy
+		t.Run(string(policy)+" "+string(c.sched), func(t *testing.T) {
 			r, f := newRec(t)
 			web := vip("203.0.113.10", 80, b1, b2)
+			web.Scheduler = c.sched
 			web.HealthCheck = &config.HealthCheck{Type: "tcp", OnDown: "rehash", AllDown: policy}
 			for i := range web.Backends {
 				web.Backends[i].HealthCheck = web.HealthCheck
@@ -346,6 +353,14 @@ func TestAllDown(t *testing.T) {
 			}
 			if n := len(f.vips[k].Backends); n != want {
 				t.Fatalf("all down with %s: %d backends in the datapath, want %d", policy, n, want)
+			}
+			for _, b := range f.vips[k].Backends {
+				if b.Weight != 1 {
+					t.Errorf("all down with %s: backend %s at weight %d, want its configured 1", policy, b.Addr, b.Weight)
+				}
+			}
+			if rr := f.vips[k].Config.RoundRobin; rr != (c.sched == config.SchedulerRoundRobin) {
+				t.Errorf("scheduler %s reached the datapath as round robin %v", c.sched, rr)
 			}
 		})
 	}

@@ -48,7 +48,7 @@ type VIP struct {
 	VIPRef
 	Name      string `json:"name,omitempty"`
 	Mode      string `json:"mode"`                // "dsr"
-	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash" or "least-conn"
+	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash", "round-robin" or "least-conn"
 	// RingSize is a prime; 0 = 65537. In a listing of a VIP with
 	// RingSizeAuto it is the size the daemon chose (0 before its first
 	// write); when adding one, leave it 0.
@@ -64,6 +64,25 @@ type VIP struct {
 	// "198.51.100.0/24", of its family; empty = every client. Other
 	// clients are dropped (verdict drop_source_range).
 	SourceRanges []string `json:"source_ranges,omitempty"`
+	// Pools are the VIP's source-prefix pools, listed only: they are set
+	// in the configuration file (vips[].pools), and a VIP added through
+	// the API has none.
+	Pools []Pool `json:"pools,omitempty"`
+}
+
+// Pool is a source-prefix pool of a VIP: its clients' new flows take a
+// ring over its backends (docs/schedulers.md).
+type Pool struct {
+	Name string `json:"name"`
+	// Prefixes are the pool's inline client prefixes; PrefixFile the file
+	// it also reads them from; PrefixCount counts both.
+	Prefixes    []string     `json:"prefixes,omitempty"`
+	PrefixFile  string       `json:"prefix_file,omitempty"`
+	PrefixCount int          `json:"prefix_count"`
+	Backends    []netip.Addr `json:"backends"`
+	// Fallback is what the pool's clients get while none of its backends
+	// is up: "vip" (the VIP's ring) or "drop".
+	Fallback string `json:"fallback"`
 }
 
 // Backend is one backend of a VIP.
@@ -82,6 +101,21 @@ type Backend struct {
 	// syn, fin and closed), made every 2 s or more (docs/connections.md).
 	Active   uint64 `json:"active"`
 	Inactive uint64 `json:"inactive"`
+	// ResponseTime is filled in listings of a VIP with response_time.
+	ResponseTime *ResponseTime `json:"response_time,omitempty"`
+}
+
+// ResponseTime is a backend's response time: an EWMA per source, folded
+// every 100 ms (docs/schedulers.md, least-time). Zero = no sample yet.
+type ResponseTime struct {
+	// Source is what the VIP measures: passive, active or both.
+	Source string `json:"source"`
+	// Cost is what the least-time scheduler reads: the source's EWMA
+	// (under both, the passive one while the backend had a handshake in
+	// the last 10 s, else the active one).
+	Cost    time.Duration `json:"cost_ns"`
+	Passive time.Duration `json:"passive_ns"`
+	Active  time.Duration `json:"active_ns"`
 }
 
 // WeightRequest is the body of PUT /v1/vips/{vip}/backends/{address}/weight.
@@ -135,6 +169,10 @@ type SyncStatus struct {
 	// entries.
 	Resyncs       uint64 `json:"resyncs"`
 	ResyncEntries uint64 `json:"resync_entries"`
+	// Refreshes counts the walks that re-sent busy entries before their
+	// peers' copies expire, RefreshEntries the entries they re-sent.
+	Refreshes      uint64 `json:"refreshes"`
+	RefreshEntries uint64 `json:"refresh_entries"`
 	// SendLag is the time from an entry's event to its datagram's send
 	// (a sample), ReceiveAge the age of datagrams at receipt (as far as
 	// the nodes' clocks agree).
@@ -215,13 +253,22 @@ type ExplainRequest struct {
 
 // Explanation says which backend a packet reaches and why.
 type Explanation struct {
-	VIP         VIPRef     `json:"vip"`
-	Backend     netip.Addr `json:"backend"`
-	Reason      string     `json:"reason"` // "connection entry", "ring slot", "least-conn" or "source range" (dropped)
+	VIP     VIPRef     `json:"vip"`
+	Backend netip.Addr `json:"backend"`
+	// Reason is "connection entry", "ring slot", "round-robin",
+	// "least-conn", or, for a dropped packet, "source range" or "pool
+	// down".
+	Reason      string     `json:"reason"`
 	Hash        uint32     `json:"hash"`
 	Slot        uint32     `json:"slot"`
 	RingSize    uint32     `json:"ring_size"`
 	RingBackend netip.Addr `json:"ring_backend"`
+	// Pool names the VIP's source-prefix pool that holds the client, if
+	// any: its ring is the one the slot is of, unless PoolFallback says
+	// the pool has no backend up and what its clients get instead: "vip"
+	// (the VIP's ring) or "drop".
+	Pool         string `json:"pool,omitempty"`
+	PoolFallback string `json:"pool_fallback,omitempty"`
 	// Entry is the flow's connection entry, when it has one naming a live
 	// backend (never for a SYN, which always takes the ring). An expired
 	// entry is shown too: it explains why a flow left its backend.
@@ -231,6 +278,28 @@ type Explanation struct {
 	// read them: a snapshot, the fast path decides with the counts of
 	// the moment the packet comes.
 	LeastConn *LeastConnChoice `json:"least_conn,omitempty"`
+	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin" or
+	// "least-conn".
+	Scheduler string `json:"scheduler,omitempty"`
+	// RoundRobin is set with reason "round-robin": the VIP's weighted
+	// sequence decides the new flow. Backend is then unset: the pick is
+	// the next slot on the CPU the packet reaches, which depends on the
+	// flows that CPU handed out before, so it cannot be predicted.
+	RoundRobin *RRSequence `json:"round_robin,omitempty"`
+}
+
+// RRSequence is a round-robin VIP's weighted sequence: Length slots, of
+// which each backend has its Shares' Slots (its weight over the weights'
+// greatest common divisor).
+type RRSequence struct {
+	Length uint32    `json:"length"`
+	Shares []RRShare `json:"shares"`
+}
+
+// RRShare is one backend's slots in an RRSequence.
+type RRShare struct {
+	Backend netip.Addr `json:"backend"`
+	Slots   uint32     `json:"slots"`
 }
 
 // LeastConnChoice is how least-conn chose a new flow's backend.

@@ -10,7 +10,8 @@
 // connection: "NAME\n" at once, then nothing until -hold has passed, then
 // the server closes it (a backend whose requests take that long, for the
 // scheduler tests). Listening on the VIP itself (held on lo) makes replies
-// leave with the VIP as source.
+// leave with the VIP as source. With -delay, every IPv4 packet it sends
+// leaves that much later (delay.go): a slow backend, SYN-ACK included.
 package main
 
 import (
@@ -44,10 +45,17 @@ func main() {
 	var addrs addrList
 	flag.Var(&addrs, "addr", "address to listen on (repeatable; required)")
 	hold := flag.Duration("hold", time.Second, "how long port 9001 holds a connection before closing it")
+	delay := flag.Duration("delay", 0, "hold every IPv4 packet the backend sends this long (a TUN device in its route; root, in a test namespace)")
 	flag.Parse()
 	if *name == "" || len(addrs) == 0 {
 		fmt.Fprintln(os.Stderr, "fcbackend: -name and at least one -addr are required")
 		os.Exit(2)
+	}
+	if *delay > 0 {
+		if err := delayOutput(*delay); err != nil {
+			fmt.Fprintf(os.Stderr, "fcbackend: %v\n", err)
+			os.Exit(1)
+		}
 	}
 	for _, a := range addrs {
 		if err := serve(*name, a, *hold); err != nil {
