@@ -25,6 +25,7 @@
 #include "ctevents.h"
 #include "rtt.h"
 #include "forward.h"
+#include "sched.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -44,6 +45,8 @@ const enum fulcrum_pool_flags _pool_flags __attribute__((unused));
 const struct ct_value _ct_value __attribute__((unused));
 /* ct_event is what the ct_events ring buffer carries; Go decodes it. */
 const struct ct_event _ct_event __attribute__((unused));
+const struct conn_count _conn_count __attribute__((unused));
+const struct lc_pool _lc_pool __attribute__((unused));
 
 /* unparseable decides what happens to a fragment or bad packet: the policy
  * of its destination address when that address has a VIP, otherwise the
@@ -198,33 +201,14 @@ static __always_inline int over_flow_limit(const struct lb_config *cfg)
 	return ++g->count > cfg->new_flow_limit;
 }
 
-/* rr_choose returns a round-robin VIP's backend for a packet that missed
- * the table, or UNASSIGNED when the ring decides. The ring decides for a
- * TCP segment without SYN (not a flow's first: its entry was lost, and the
- * ring is what every node and every restart agrees on), and for a new flow
- * that gets no entry (*guard: the CPU is over new_flow_limit; its later
- * packets would take the ring, so its first does too). A SYN whose entry
- * is still in state syn is a retransmission: it keeps the entry's backend,
- * which may have answered the first. Otherwise the next backend of the
- * VIP's weighted sequence on this CPU, counted. */
-static __always_inline __u32 rr_choose(const struct vip_meta *vip, const struct flow *f,
-				       const struct ct_ref *ref, const struct ct_value *ct, __u32 now,
-				       const struct lb_config *cfg, struct stat_table *st, int *guard)
+/* rr_next returns the next backend of a round-robin VIP's weighted
+ * sequence on this CPU, counted, or UNASSIGNED (the ring decides) when the
+ * VIP's sequence is empty. */
+static __always_inline __u32 rr_next(const struct vip_meta *vip, struct stat_table *st)
 {
-	const struct backend *be;
 	struct rr_cursor *c;
 	__u32 idx = vip->index, pos;
 
-	if (!(vip->flags & VIP_F_ROUND_ROBIN) || !ref->b || (!f->syn && f->proto != IPPROTO_UDP))
-		return UNASSIGNED;
-	if (f->syn && ref->way < CT_WAYS && ct->state == CT_SYN && !ct_expired(ct, vip, now)) {
-		be = live_backend(ct->backend);
-		if (be && be->gen == ct->backend_gen && be->vip_index == vip->index)
-			return ct->backend;
-	}
-	*guard = over_flow_limit(cfg);
-	if (*guard)
-		return UNASSIGNED;
 	c = bpf_map_lookup_elem(&rr_cursors, &idx);
 	if (!c || !vip->rr_len)
 		return UNASSIGNED;
@@ -234,6 +218,41 @@ static __always_inline __u32 rr_choose(const struct vip_meta *vip, const struct 
 	c->picks++;
 	st->count[STAT_SCHED_RR]++;
 	return ring_read(vip->rr_offset, pos);
+}
+
+/* sched_choose returns the backend a round-robin or least-conn VIP's
+ * scheduler gives a packet that missed the table, or UNASSIGNED when the
+ * ring decides. The rule is the two schedulers' own: the ring decides for
+ * a TCP segment without SYN (not a flow's first: its entry was lost, and
+ * the ring is what every node and every restart agrees on), and for a new
+ * flow that gets no entry (*guard: the CPU is over new_flow_limit; its
+ * later packets would take the ring, so its first does too). A SYN whose
+ * entry is still in state syn is a retransmission: it keeps the entry's
+ * backend, which may have answered the first. Otherwise round-robin's next
+ * backend (rr_next), or least-conn's choice (lc_pick in sched.h), with the
+ * ring's slot for the flow as its first candidate. A VIP with pools never
+ * gets here (balance: it is Maglev on its pool's ring). */
+static __always_inline __u32 sched_choose(const struct vip_meta *vip, const struct flow *f,
+					  const struct ct_ref *ref, const struct ct_value *ct, __u32 now,
+					  __u32 hash, const struct lb_config *cfg, struct stat_table *st,
+					  int *guard)
+{
+	const struct backend *be;
+
+	if (!(vip->flags & (VIP_F_ROUND_ROBIN | VIP_F_LEAST_CONN)) || !ref->b ||
+	    (!f->syn && f->proto != IPPROTO_UDP))
+		return UNASSIGNED;
+	if (f->syn && ref->way < CT_WAYS && ct->state == CT_SYN && !ct_expired(ct, vip, now)) {
+		be = live_backend(ct->backend);
+		if (be && be->gen == ct->backend_gen && be->vip_index == vip->index)
+			return ct->backend;
+	}
+	*guard = over_flow_limit(cfg);
+	if (*guard)
+		return UNASSIGNED;
+	if (vip->flags & VIP_F_ROUND_ROBIN)
+		return rr_next(vip, st);
+	return lc_pick(vip->index, vip->ring_offset, vip->ring_size, hash);
 }
 
 /* ct_wanted reports whether some VIP of the flow's protocol uses the
@@ -273,13 +292,17 @@ static __always_inline struct vip_meta *ct_vip(const struct ct_value *ct, __u32 
 
 /* ct_victim returns the way of bucket b a new entry takes: an empty way,
  * else one whose entry is stale or expired (ct_vip refuses it), else the
- * least recently seen, an eviction, counted. */
-static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, struct stat_table *st)
+ * least recently seen, an eviction, counted, whose entry it leaves in
+ * *evicted (else evicted->backend is 0xffffffff). */
+static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, struct stat_table *st,
+				       struct ct_value *evicted)
 {
 	const struct backend *be;
 	enum fulcrum_stat event;
 	struct ct_value v;
 	__u32 w, oldest = 0, age = 0;
+
+	evicted->backend = 0xffffffff;
 
 #pragma unroll
 	for (w = 0; w < CT_WAYS; w++)
@@ -290,11 +313,14 @@ static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, str
 	 * take. */
 #pragma clang loop unroll(disable)
 	for (w = 0; w < CT_WAYS; w++) {
-		if (!ct_decode(b, w, &v) || !ct_vip(&v, now, &be, &event))
+		if (!ct_decode(b, w, &v) || !ct_vip(&v, now, &be, &event)) {
+			evicted->backend = 0xffffffff; /* an earlier way's entry stays */
 			return w;
+		}
 		if (now - v.last_seen >= age) {
 			age = now - v.last_seen;
 			oldest = w;
+			*evicted = v;
 		}
 	}
 	st->count[STAT_CT_EVICTED]++;
@@ -302,7 +328,10 @@ static __always_inline __u32 ct_victim(const struct ct_bucket *b, __u32 now, str
 }
 
 /* ct_insert writes the flow's entry: in its own way if the bucket has one
- * (a SYN on a known tuple, a stale or expired entry), else in a victim.
+ * (a SYN on a known tuple, a stale or expired entry), else in a victim,
+ * and counts it (counts.h): +1 for it, -1 for the entry it overwrites if
+ * that one was live (an expired one was taken off by the walk, or will
+ * be).
  * ref is ct_find's: without it (no VIP of the flow's protocol tracks
  * connections, as Go's config flags say, so no packet would read the
  * entry) nothing is written. */
@@ -311,9 +340,19 @@ static __always_inline void ct_insert(const struct flow *f, struct ct_ref *ref,
 {
 	if (!ref->b)
 		return;
-	if (ref->way >= CT_WAYS)
-		ref->way = ct_victim(ref->b, now, st);
+	const struct backend *be;
+	enum fulcrum_stat event;
+	struct ct_value old;
+
+	if (ref->way >= CT_WAYS) {
+		ref->way = ct_victim(ref->b, now, st, &old);
+		if (old.backend != 0xffffffff)
+			conn_count_add(old.backend, old.state, -1);
+	} else if (ct_decode(ref->b, ref->way & (CT_WAYS - 1), &old) && ct_vip(&old, now, &be, &event)) {
+		conn_count_add(old.backend, old.state, -1);
+	}
 	ct_write(f, ref, ref->way, v);
+	conn_count_add(v->backend, v->state, 1);
 }
 
 /* balance is the whole pipeline for a parsed packet of either family. The
@@ -331,14 +370,14 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	const struct backend *be;
 	struct vip_meta *vip;
 	struct ct_ref ref = {};
-	/* Zeroed: rr_choose reads it after a SYN's lookup, found or not,
+	/* Zeroed: sched_choose reads it after a SYN's lookup, found or not,
 	 * and clang spills an unset one from whatever register, which the
 	 * verifier refuses. */
 	struct ct_value ct = {};
 	__u32 id, hash = 0, h5 = 0, now;
 	int tuple_hash = 0; /* hash is the 5-tuple hash already */
 	int have_h5 = 0;
-	int guard = -1; /* over_flow_limit's answer, once rr_choose asked */
+	int guard = -1; /* over_flow_limit's answer, once sched_choose asked */
 
 	switch (r) {
 	case PARSE_NOT_IP:
@@ -397,10 +436,10 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	}
 	hash = tuple_hash ? h5 : flow_hash_of(f, 1);
 	/* A VIP with pools is Maglev on its pool's ring (the config refuses
-	 * round-robin with pools). */
+	 * round-robin and least-conn with pools). */
 	id = UNASSIGNED;
 	if (!(vip->flags & VIP_F_POOLS))
-		id = rr_choose(vip, f, &ref, &ct, now, cfg, st, &guard);
+		id = sched_choose(vip, f, &ref, &ct, now, hash, cfg, st, &guard);
 	if (id == UNASSIGNED) {
 		id = pick(vip, f, hash, st);
 		if (id == POOL_DOWN)

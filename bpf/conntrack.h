@@ -12,6 +12,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "flowhash.h"
+#include "counts.h"
 
 /* The kernel's tick rate, from its configuration (loaded with the program):
  * connection entries are stamped in jiffies, and fulcrum_clock tells Go the
@@ -202,12 +203,15 @@ static __always_inline int ct_expired(const struct ct_value *ct, const struct vi
 
 /* ct_touch records a packet of a live entry (way ref->way, read as *v):
  * the new state and the time, written only when one of them changed (no
- * store per packet). Only meta changes: the tag half it carries stays. */
+ * store per packet), and the entry's move between the active and inactive
+ * counts. Only meta changes: the tag half it carries stays. */
 static __always_inline void ct_touch(const struct ct_ref *ref, const struct ct_value *v,
 				     const struct flow *f, __u32 now)
 {
 	__u8 s = ct_state_after(v->state, f->tcp_flags);
 
+	if (v->state != s)
+		conn_count_move(v->backend, v->state, s);
 	if (v->last_seen != now || v->state != s)
 		*(volatile __u64 *)&ref->b->meta[ref->way & (CT_WAYS - 1)] =
 			now | ((__u64)s << CT_STATE_SHIFT) | ref->hi;

@@ -80,11 +80,14 @@ enum fulcrum_vip_flags {
 	 * backend of the VIP's weighted round-robin sequence (vip_meta.rr_*)
 	 * on this CPU; any other packet without an entry takes the ring. */
 	VIP_F_ROUND_ROBIN = 1 << 5,
+	/* New flows take the least-conn scheduler (sched.h): the backend of
+	 * lowest (active + 1) / weight. */
+	VIP_F_LEAST_CONN = 1 << 6,
 	/* The VIP measures its backends' response times passively (rtt.h): a
 	 * SYN's time is kept in rt_syn, and the flow's first ACK adds the
 	 * time since to its backend's rt_samples. Without the flag a SYN and
-	 * an ACK in state syn pay one flag test. (1 << 8: 6 and 7 are left to
-	 * the other schedulers' flags.) */
+	 * an ACK in state syn pay one flag test. (1 << 8: 7 is left to another
+	 * scheduler's flag.) */
 	VIP_F_RESPONSE_TIME = 1 << 8,
 };
 
@@ -206,6 +209,10 @@ enum fulcrum_stat {
 	STAT_RT_LOST,               /* a flow's first ACK found its SYN's time
 	                             * gone (another SYN took the rt_syn slot)
 	                             * or too old: no sample */
+	STAT_SCHED_LC_EXACT,        /* least-conn: a new flow's backend chosen
+	                             * by comparing the whole pool */
+	STAT_SCHED_LC_TWO,          /* least-conn: chosen by the better of two
+	                             * ring slots (a pool over LC_EXACT_MAX) */
 	STAT_MAX,
 };
 

@@ -95,8 +95,8 @@ struct backend {
 	__u8 flags;       /* enum fulcrum_backend_flags */
 	__u16 vip_index;  /* the VIP this backend serves */
 	__u16 gen;
-	__u16 weight;     /* not read by the fast path: lets a restarted */
-	__u16 pad;        /* daemon rebuild its state from the maps */
+	__u16 weight;     /* least-conn's cost divisor (sched.h); also lets */
+	__u16 pad;        /* a restarted daemon rebuild its state */
 	__be32 addr[4];
 };
 

@@ -81,6 +81,9 @@ func explain(c *cli.Context) error {
 			if err == nil && ex.Entry != nil {
 				_, err = fmt.Fprint(w, entryLines(ex.Entry))
 			}
+			if err == nil && ex.LeastConn != nil {
+				_, err = fmt.Fprint(w, leastConnLines(ex.LeastConn, ex.Backend))
+			}
 			return err
 		})
 }
@@ -96,6 +99,29 @@ func entryLines(e *api.ConnEntry) string {
 		idle += fmt.Sprintf(", expired: the ring decides (the entry names %s)", e.Backend)
 	}
 	return fmt.Sprintf("entry state: %s\n%s\n", orDash(e.State), idle)
+}
+
+// leastConnLines shows what least-conn compared, a line per backend with
+// its cost (active + 1) / weight, the chosen one marked.
+func leastConnLines(lc *api.LeastConnChoice, chosen netip.Addr) string {
+	var b strings.Builder
+	how := "every backend of the pool"
+	if lc.Method == "two_choices" {
+		how = "two ring slots (the flow's and a rehashed one)"
+	}
+	fmt.Fprintf(&b, "least-conn compared (active + 1) / weight over %s, counts as read now (a snapshot):\n", how)
+	for _, c := range lc.Candidates {
+		mark := ""
+		if c.Backend == chosen {
+			mark = "  chosen"
+		}
+		cost := "-"
+		if c.Weight > 0 {
+			cost = fmt.Sprintf("%.2f", float64(c.Active+1)/float64(c.Weight))
+		}
+		fmt.Fprintf(&b, "  %-20s active %-6d weight %-5d cost %s%s\n", c.Backend, c.Active, c.Weight, cost, mark)
+	}
+	return b.String()
 }
 
 // explanation is one line, e.g. "tcp 198.19.1.2:40000 -> 203.0.113.10:80

@@ -107,3 +107,25 @@ func TestExplainArguments(t *testing.T) {
 		runCLI(t, append([]string{"--socket", "/nonexistent/api.sock", "explain"}, tt.args...)...).fails(t, exitUsage, tt.want)
 	}
 }
+
+// TestExplainLeastConn: a least-conn decision names the scheduler and
+// lists the backends compared, with their counts and costs, the chosen
+// one marked.
+func TestExplainLeastConn(t *testing.T) {
+	d := startDaemon(t)
+	a, b, c := netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("198.18.0.13")
+	d.fake.mu.Lock()
+	d.fake.explain = api.Explanation{
+		VIP: d.fake.explain.VIP, Backend: c, Reason: "least-conn", Hash: 0xbeef, Slot: 1234, RingSize: 65537, RingBackend: a,
+		LeastConn: &api.LeastConnChoice{Method: "exact", Candidates: []api.LeastConnCandidate{
+			{Backend: b, Active: 4, Weight: 2}, {Backend: c, Active: 5, Weight: 3}, {Backend: a, Active: 2, Weight: 1},
+		}},
+	}
+	d.fake.mu.Unlock()
+	d.run(t, "explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80", "--syn").check(t, 0,
+		"tcp 198.19.1.2:40000 -> 203.0.113.10:80 reaches 198.18.0.13 by least-conn (ring slot 1234 of 65537 → 198.18.0.11)\n"+
+			"least-conn compared (active + 1) / weight over every backend of the pool, counts as read now (a snapshot):\n"+
+			"  198.18.0.12          active 4      weight 2     cost 2.50\n"+
+			"  198.18.0.13          active 5      weight 3     cost 2.00  chosen\n"+
+			"  198.18.0.11          active 2      weight 1     cost 3.00\n", "")
+}

@@ -203,8 +203,8 @@ type VIP struct {
 	Port     uint16 `yaml:"port"`
 	Protocol string `yaml:"protocol"` // tcp or udp
 	Mode     Mode   `yaml:"mode"`     // default ModeDSR
-	// Scheduler is SchedulerMaglev (the default), SchedulerSourceHash or
-	// SchedulerRoundRobin.
+	// Scheduler is SchedulerMaglev (the default), SchedulerSourceHash,
+	// SchedulerRoundRobin or SchedulerLeastConn.
 	Scheduler Scheduler `yaml:"scheduler"`
 	// RingSize is the Maglev table size, a prime; default
 	// maglev.DefaultSize. 0 when RingSizeAuto.

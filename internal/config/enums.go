@@ -37,6 +37,10 @@ const (
 	// that is not a flow's first and has no connection entry takes the
 	// Maglev ring. It needs the connection table (docs/schedulers.md).
 	SchedulerRoundRobin Scheduler = "round-robin"
+	// SchedulerLeastConn sends a new flow to the backend of lowest
+	// (active + 1) / weight (docs/schedulers.md); it needs the
+	// connection table.
+	SchedulerLeastConn Scheduler = "least-conn"
 	// SchedulerLeastTime gives a new flow the backend with the lowest
 	// (active + 1) x response time / weight (response_time). Not in
 	// schedulers yet: the config refuses it by name until the fast
@@ -123,7 +127,7 @@ var (
 	// least-time is not in the list until the fast path chooses by it:
 	// the decoder refuses it by name (sections.go), and help and error
 	// texts do not offer it.
-	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash, SchedulerRoundRobin}
+	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash, SchedulerRoundRobin, SchedulerLeastConn}
 	responseSources  = []ResponseSource{ResponsePassive, ResponseActive, ResponseBoth}
 	fragmentPolicies = []FragmentPolicy{FragmentsDrop, FragmentsPass}
 	onDownActions    = []OnDown{OnDownRehash, OnDownDrain}

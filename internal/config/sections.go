@@ -584,7 +584,7 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 
 	v.Mode = enumOf(f, "mode", DefaultMode, modes)
 	if s, _ := f.text("scheduler"); s == string(SchedulerLeastTime) {
-		f.errf("scheduler", "least-time is not available yet; use round-robin or maglev (response_time already measures and shows the backends' response times)")
+		f.errf("scheduler", "least-time is not available yet; use least-conn, round-robin or maglev (response_time already measures and shows the backends' response times)")
 	} else {
 		v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
 	}
@@ -597,6 +597,9 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	v.Conntrack, v.Timeouts = vipConntrack(f, v.Protocol)
 	if v.Scheduler == SchedulerRoundRobin && !v.Conntrack {
 		f.errf("scheduler", "round-robin needs the connection table to keep each flow on the backend its first packet got; remove conntrack: false, or use maglev")
+	}
+	if v.Scheduler == SchedulerLeastConn && !v.Conntrack {
+		f.errf("scheduler", "least-conn counts the connection table's entries; it needs conntrack on (remove conntrack: false, or pick another scheduler)")
 	}
 	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
 	v.SourceRanges = sourceRanges(f, v.Address, addrOK)
@@ -626,8 +629,8 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 		v.Backends = append(v.Backends, d.backend(bf, &v, addrOK, portOK, seen, i))
 	}
 	v.Pools = d.pools(f, &v, addrOK)
-	if v.Scheduler == SchedulerRoundRobin && len(v.Pools) > 0 {
-		f.errf("pools", "a round-robin VIP cannot have pools yet: a pool's clients take Maglev on the pool's ring; use scheduler maglev (or source-hash) with pools")
+	if (v.Scheduler == SchedulerRoundRobin || v.Scheduler == SchedulerLeastConn) && len(v.Pools) > 0 {
+		f.errf("pools", "a %s VIP cannot have pools yet: a pool's clients take Maglev on the pool's ring; use scheduler maglev (or source-hash) with pools", v.Scheduler)
 	}
 	v.ResponseTime = responseTime(f, &v, checkBad)
 	return v, complete

@@ -11,18 +11,22 @@ import (
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
-// connInterval is how often the daemon walks the connection table to count
-// each backend's connections. A walk of 1 M entries takes about 0.4 s of one
-// core (BenchmarkWalkConns1M), so the interval stretches to ten times the
-// last walk's duration: the count costs at most a tenth of a core.
+// connInterval is how often the daemon walks the connection table to
+// correct the fast path's per-backend connection counts (datapath
+// CorrectCounts: entries that expired in place, which no packet takes
+// off). A walk of 1 M entries takes about 0.4 s of one core
+// (BenchmarkWalkConns1M), so the interval stretches to ten times the last
+// walk's duration: the correction costs at most a tenth of a core.
 const connInterval = 2 * time.Second
 
 // drainPoll is how often a drain wait counts again.
 const drainPoll = 200 * time.Millisecond
 
-// connCounter keeps the per-backend connection counts of the last walk of
-// the connection table: active (established) and inactive (syn, fin,
-// closed), IPVS's way.
+// connCounter walks the connection table, correcting the fast path's
+// counts, and keeps the per-backend connection counts of the last walk:
+// active (established) and inactive (syn, fin, closed), IPVS's way. The
+// counts shown (backend list, stats, metrics) are the fast path's
+// (datapath BackendCounts); a drain wait counts by a walk of its own.
 type connCounter struct {
 	dp *datapath.Datapath
 
@@ -38,8 +42,11 @@ func newConnCounter(dp *datapath.Datapath) *connCounter {
 	return &connCounter{dp: dp}
 }
 
-// run counts every interval until ctx ends.
+// run corrects the counts at once (the maps may be adopted or migrated,
+// their counts not yet matching the table), then every interval until ctx
+// ends.
 func (c *connCounter) run(ctx context.Context) {
+	c.fresh(0) // an error leaves the counts as they are; the next walk retries
 	for {
 		c.mu.Lock()
 		wait := max(connInterval, 10*c.took)
@@ -67,18 +74,7 @@ func (c *connCounter) fresh(maxAge time.Duration) (map[datapath.VIP]map[netip.Ad
 	}
 	c.mu.Unlock()
 	start := time.Now()
-	counts := make(map[datapath.VIP]map[netip.Addr]datapath.ConnCount)
-	err := c.dp.WalkConns(func(conn datapath.Conn) error {
-		m := counts[conn.VIP]
-		if m == nil {
-			m = make(map[netip.Addr]datapath.ConnCount)
-			counts[conn.VIP] = m
-		}
-		n := m[conn.Backend]
-		n.Add(conn.State)
-		m[conn.Backend] = n
-		return nil
-	})
+	counts, err := c.dp.CorrectCounts()
 	if err != nil {
 		return nil, err
 	}
@@ -88,19 +84,12 @@ func (c *connCounter) fresh(maxAge time.Duration) (map[datapath.VIP]map[netip.Ad
 	return counts, nil
 }
 
-// last returns the counts of the last walk (nil before the first).
-func (c *connCounter) last() map[datapath.VIP]map[netip.Addr]datapath.ConnCount {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.counts
-}
-
-// BackendConns implements metrics.ConnSource: the last walk's counts.
+// BackendConns implements metrics.ConnSource: the fast path's counts.
 func (d *Daemon) BackendConns() map[datapath.VIP]map[netip.Addr]datapath.ConnCount {
-	if d.conns == nil {
+	if d.dp == nil {
 		return nil
 	}
-	return d.conns.last()
+	return d.dp.BackendCounts()
 }
 
 // connFilter is an api.ConnFilter in the datapath's terms.
@@ -237,15 +226,8 @@ func (c *controller) BackendConns(ctx context.Context, ref api.VIPRef, addr neti
 	}
 }
 
-// connCounts returns the last walk's counts, walking first if none has
-// been made yet.
+// connCounts returns the fast path's per-backend counts: current to the
+// packet, corrected by the last walk (datapath BackendCounts).
 func (d *Daemon) connCounts() map[datapath.VIP]map[netip.Addr]datapath.ConnCount {
-	if counts := d.conns.last(); counts != nil {
-		return counts
-	}
-	counts, err := d.conns.fresh(connInterval)
-	if err != nil {
-		d.log.Warn("count connections", "err", err)
-	}
-	return counts
+	return d.dp.BackendCounts()
 }

@@ -338,6 +338,16 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 			e.RoundRobin.Shares = append(e.RoundRobin.Shares, api.RRShare{Backend: s.Backend, Slots: s.Slots})
 		}
 	}
+	if lc := pred.LeastConn; lc != nil {
+		e.Reason = "least-conn"
+		e.LeastConn = &api.LeastConnChoice{Method: "two_choices"}
+		if lc.Exact {
+			e.LeastConn.Method = "exact"
+		}
+		for _, c := range lc.Candidates {
+			e.LeastConn.Candidates = append(e.LeastConn.Candidates, api.LeastConnCandidate{Backend: c.Backend, Active: c.Active, Weight: c.Weight})
+		}
+	}
 	if pred.Refused {
 		e.Reason = "source range" // Backend is zero: dropped
 	}

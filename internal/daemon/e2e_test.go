@@ -109,14 +109,15 @@ func newHarness(t testing.TB, opts ...func(*testenv.Options)) *harness {
 	return h
 }
 
-// startServer starts fcbackend on backend i.
-func (h *harness) startServer(i int) {
+// startServer starts fcbackend on backend i, with extra arguments (e.g.
+// -hold 2s).
+func (h *harness) startServer(i int, extra ...string) {
 	b := h.topo.Backends[i]
 	name := fmt.Sprintf("backend%d", i+1)
 	// On the VIPs for traffic, on its own addresses for health checks.
 	args := append([]string{"-name", name, "-addr", vip4.String(), "-addr", vip6.String(),
 		"-addr", b.IPv4.String(), "-addr", b.IPv6.String()}, h.serverArgs[i]...)
-	cmd, err := b.Start(context.Background(), h.backendBin, args...)
+	cmd, err := b.Start(context.Background(), h.backendBin, append(args, extra...)...)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -25,6 +25,14 @@ type balancerBackend struct {
 	Addr     [4]uint32
 }
 
+type balancerConnCount struct {
+	_        structs.HostLayout
+	Active   int64
+	Inactive int64
+	Syn      int64
+	Pad      int64
+}
+
 type balancerCounter struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -185,7 +193,9 @@ const (
 	balancerFulcrumStatSTAT_SCHED_RR          balancerFulcrumStat = 28
 	balancerFulcrumStatSTAT_RT_SAMPLE         balancerFulcrumStat = 29
 	balancerFulcrumStatSTAT_RT_LOST           balancerFulcrumStat = 30
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 31
+	balancerFulcrumStatSTAT_SCHED_LC_EXACT    balancerFulcrumStat = 31
+	balancerFulcrumStatSTAT_SCHED_LC_TWO      balancerFulcrumStat = 32
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 33
 )
 
 type balancerFulcrumVipFlags uint32
@@ -197,6 +207,7 @@ const (
 	balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES    balancerFulcrumVipFlags = 8
 	balancerFulcrumVipFlagsVIP_F_POOLS            balancerFulcrumVipFlags = 16
 	balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN      balancerFulcrumVipFlags = 32
+	balancerFulcrumVipFlagsVIP_F_LEAST_CONN       balancerFulcrumVipFlags = 64
 	balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME    balancerFulcrumVipFlags = 256
 )
 
@@ -230,6 +241,17 @@ type balancerLbConfig struct {
 	Pad          [2]uint8
 	NewFlowLimit uint32
 	Pad2         uint32
+}
+
+type balancerLcPool struct {
+	_   structs.HostLayout
+	N   uint32
+	Pad uint32
+	Be  [32]struct {
+		_      structs.HostLayout
+		Id     uint32
+		Weight uint32
+	}
 }
 
 type balancerPoolRing struct {
@@ -274,7 +296,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [31]uint64
+	Count [33]uint64
 }
 
 type balancerVipKeyV4 struct {
@@ -311,6 +333,7 @@ type balancerVipMeta struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	balancerMapBackendConns     = "backend_conns"
 	balancerMapBackendCost      = "backend_cost"
 	balancerMapBackendStats     = "backend_stats"
 	balancerMapBackends         = "backends"
@@ -323,6 +346,7 @@ const (
 	balancerMapFlowGuard        = "flow_guard"
 	balancerMapHopCache         = "hop_cache"
 	balancerMapHostFilter       = "host_filter"
+	balancerMapLcPools          = "lc_pools"
 	balancerMapPoolRings        = "pool_rings"
 	balancerMapRingArena        = "ring_arena"
 	balancerMapRrCursors        = "rr_cursors"
@@ -340,10 +364,12 @@ const (
 	balancerProgFulcrumClock    = "fulcrum_clock"
 	balancerVarBackendFlags     = "_backend_flags"
 	balancerVarConfigFlags      = "_config_flags"
+	balancerVarConnCount        = "_conn_count"
 	balancerVarCtEvent          = "_ct_event"
 	balancerVarCtState          = "_ct_state"
 	balancerVarCtTimeout        = "_ct_timeout"
 	balancerVarCtValue          = "_ct_value"
+	balancerVarLcPool           = "_lc_pool"
 	balancerVarMode             = "_mode"
 	balancerVarPoolFlags        = "_pool_flags"
 	balancerVarSrcKind          = "_src_kind"
@@ -402,6 +428,7 @@ type balancerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type balancerMapSpecs struct {
+	BackendConns *ebpf.MapSpec `ebpf:"backend_conns"`
 	BackendCost  *ebpf.MapSpec `ebpf:"backend_cost"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
@@ -414,6 +441,7 @@ type balancerMapSpecs struct {
 	FlowGuard    *ebpf.MapSpec `ebpf:"flow_guard"`
 	HopCache     *ebpf.MapSpec `ebpf:"hop_cache"`
 	HostFilter   *ebpf.MapSpec `ebpf:"host_filter"`
+	LcPools      *ebpf.MapSpec `ebpf:"lc_pools"`
 	PoolRings    *ebpf.MapSpec `ebpf:"pool_rings"`
 	RingArena    *ebpf.MapSpec `ebpf:"ring_arena"`
 	RrCursors    *ebpf.MapSpec `ebpf:"rr_cursors"`
@@ -435,10 +463,12 @@ type balancerMapSpecs struct {
 type balancerVariableSpecs struct {
 	BackendFlags *ebpf.VariableSpec `ebpf:"_backend_flags"`
 	ConfigFlags  *ebpf.VariableSpec `ebpf:"_config_flags"`
+	ConnCount    *ebpf.VariableSpec `ebpf:"_conn_count"`
 	CtEvent      *ebpf.VariableSpec `ebpf:"_ct_event"`
 	CtState      *ebpf.VariableSpec `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.VariableSpec `ebpf:"_ct_timeout"`
 	CtValue      *ebpf.VariableSpec `ebpf:"_ct_value"`
+	LcPool       *ebpf.VariableSpec `ebpf:"_lc_pool"`
 	Mode         *ebpf.VariableSpec `ebpf:"_mode"`
 	PoolFlags    *ebpf.VariableSpec `ebpf:"_pool_flags"`
 	SrcKind      *ebpf.VariableSpec `ebpf:"_src_kind"`
@@ -467,6 +497,7 @@ func (o *balancerObjects) Close() error {
 //
 // It can be passed to loadBalancerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type balancerMaps struct {
+	BackendConns *ebpf.Map `ebpf:"backend_conns"`
 	BackendCost  *ebpf.Map `ebpf:"backend_cost"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
@@ -479,6 +510,7 @@ type balancerMaps struct {
 	FlowGuard    *ebpf.Map `ebpf:"flow_guard"`
 	HopCache     *ebpf.Map `ebpf:"hop_cache"`
 	HostFilter   *ebpf.Map `ebpf:"host_filter"`
+	LcPools      *ebpf.Map `ebpf:"lc_pools"`
 	PoolRings    *ebpf.Map `ebpf:"pool_rings"`
 	RingArena    *ebpf.Map `ebpf:"ring_arena"`
 	RrCursors    *ebpf.Map `ebpf:"rr_cursors"`
@@ -496,6 +528,7 @@ type balancerMaps struct {
 
 func (m *balancerMaps) Close() error {
 	return _BalancerClose(
+		m.BackendConns,
 		m.BackendCost,
 		m.BackendStats,
 		m.Backends,
@@ -508,6 +541,7 @@ func (m *balancerMaps) Close() error {
 		m.FlowGuard,
 		m.HopCache,
 		m.HostFilter,
+		m.LcPools,
 		m.PoolRings,
 		m.RingArena,
 		m.RrCursors,
@@ -530,10 +564,12 @@ func (m *balancerMaps) Close() error {
 type balancerVariables struct {
 	BackendFlags *ebpf.Variable `ebpf:"_backend_flags"`
 	ConfigFlags  *ebpf.Variable `ebpf:"_config_flags"`
+	ConnCount    *ebpf.Variable `ebpf:"_conn_count"`
 	CtEvent      *ebpf.Variable `ebpf:"_ct_event"`
 	CtState      *ebpf.Variable `ebpf:"_ct_state"`
 	CtTimeout    *ebpf.Variable `ebpf:"_ct_timeout"`
 	CtValue      *ebpf.Variable `ebpf:"_ct_value"`
+	LcPool       *ebpf.Variable `ebpf:"_lc_pool"`
 	Mode         *ebpf.Variable `ebpf:"_mode"`
 	PoolFlags    *ebpf.Variable `ebpf:"_pool_flags"`
 	SrcKind      *ebpf.Variable `ebpf:"_src_kind"`

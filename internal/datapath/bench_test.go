@@ -167,6 +167,7 @@ func BenchmarkFastpath(b *testing.B) {
 		{name: "established-sync", prog: d.Program(), frame: established, proof: StatCtHit, proven: true, sync: true},
 		{name: "newflow-sync", prog: tp.BenchNewflow, frame: newflow, proof: StatCtMiss, proven: true, d: full, target: full.Program(), sync: true},
 	}
+	paths = append(paths, leastConnPaths(b, full, &tp)...)
 	for _, dp := range []*Datapath{d, full} {
 		drainEvents(b, dp)
 	}
@@ -229,20 +230,24 @@ func BenchmarkFastpath(b *testing.B) {
 	// The kernel's figure is the program's own time; the wall clock's
 	// also has what the reader, on a 2-CPU machine, takes from the
 	// benchmark's CPU (a thread woken every poll, the Go runtime).
-	ratio := func(on, off []float64) (med, lo, hi float64) {
-		r := make([]float64, len(on))
-		for i := range on {
-			r[i] = on[i] / off[i]
-		}
-		return median(r), slices.Min(r), slices.Max(r)
-	}
 	for _, name := range []string{"established", "newflow"} {
-		m, lo, hi := ratio(results[name+"-sync"], results[name])
-		km, klo, khi := ratio(kernel[name+"-sync"], kernel[name])
+		m, lo, hi := roundRatio(results[name+"-sync"], results[name])
+		km, klo, khi := roundRatio(kernel[name+"-sync"], kernel[name])
 		fmt.Printf("fastpath sync-ratio %s x_sync_off=%.2f [%.2f-%.2f] kernel_x_sync_off=%.2f [%.2f-%.2f]\n", name, m, lo, hi, km, klo, khi)
 		b.ReportMetric(m, name+"-sync-ratio")
 		b.ReportMetric(km, name+"-sync-kernel-ratio")
 	}
+	printLeastConnRatios(b, results, kernel)
+}
+
+// roundRatio returns the median, minimum and maximum over the rounds of
+// x[i] / y[i]: two paths' figures of one round (run back to back).
+func roundRatio(x, y []float64) (med, lo, hi float64) {
+	r := make([]float64, len(x))
+	for i := range x {
+		r[i] = x[i] / y[i]
+	}
+	return median(r), slices.Min(r), slices.Max(r)
 }
 
 // drainEvents reads d's connection events, as the daemon does, until the

@@ -25,6 +25,8 @@ type Conn struct {
 	// Idle is how long ago the entry last saw a packet (jiffies
 	// resolution); ExpiresIn is how long it may stay idle still.
 	Idle, ExpiresIn time.Duration
+
+	id uint32 // the backend's id, for CorrectCounts
 }
 
 // Active reports whether s counts as active in IPVS's sense: established.
@@ -130,7 +132,7 @@ func (d *Datapath) scanLive(visit func(*Conn) (del bool, err error)) error {
 		}
 		hz := time.Duration(clk.hz)
 		c = Conn{Client: r.client, Dst: r.dst, Proto: r.proto, VIP: o.vip, Backend: o.addr, State: r.state,
-			Idle: time.Duration(idle) * time.Second / hz, ExpiresIn: time.Duration(limit-idle) * time.Second / hz}
+			Idle: time.Duration(idle) * time.Second / hz, ExpiresIn: time.Duration(limit-idle) * time.Second / hz, id: r.backend}
 		return visit(&c)
 	})
 }
@@ -189,8 +191,17 @@ func (d *Datapath) scanConns(visit func(*ctRecord) (del bool, err error)) error 
 // read and a write of the whole bucket (a map value is written whole): an
 // entry the fast path writes into the same bucket between the two is lost,
 // and its flow takes the ring at its next packet, as a flow whose entry
-// was evicted. A flow whose entry is gone already is not an error.
+// was evicted. A flow whose entry is gone already is not an error. A
+// deleted entry that was live leaves its backend's count.
 func (d *Datapath) deleteConntrack(flows []Flow) error {
+	if len(flows) == 0 {
+		return nil
+	}
+	clk, err := d.clock()
+	if err != nil {
+		return err
+	}
+	r := d.resolver()
 	for _, f := range flows {
 		m, _ := ctTables(f.Dst.Is4(), &d.objs)
 		p := placeOf(f, m.MaxEntries())
@@ -202,10 +213,12 @@ func (d *Datapath) deleteConntrack(flows []Flow) error {
 			if !p.holds(&b, w) {
 				continue
 			}
+			old := decodeWay(&b, w)
 			b.Ident[w], b.Meta[w] = 0, 0
 			if err := m.Update(p.bucket, &b, ebpf.UpdateAny); err != nil {
 				return fmt.Errorf("delete the entry of %s:%d -> %s:%d: %w", f.Src, f.Sport, f.Dst, f.Dport, err)
 			}
+			d.countReplace(old, r.live(clk, old), nil)
 			break
 		}
 	}

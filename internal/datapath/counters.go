@@ -44,6 +44,8 @@ const (
 	StatSchedRR         = Stat(balancerFulcrumStatSTAT_SCHED_RR)
 	StatRTSample        = Stat(balancerFulcrumStatSTAT_RT_SAMPLE)
 	StatRTLost          = Stat(balancerFulcrumStatSTAT_RT_LOST)
+	StatSchedLCExact    = Stat(balancerFulcrumStatSTAT_SCHED_LC_EXACT)
+	StatSchedLCTwo      = Stat(balancerFulcrumStatSTAT_SCHED_LC_TWO)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -79,6 +81,8 @@ var statNames = [...]string{
 	StatSchedRR:         "sched_rr",
 	StatRTSample:        "rt_sample",
 	StatRTLost:          "rt_lost",
+	StatSchedLCExact:    "sched_least_conn_exact",
+	StatSchedLCTwo:      "sched_least_conn_two_choices",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.

@@ -86,9 +86,12 @@ func (d *Datapath) InstallSynced(entries []SyncEntry) (InstallResult, error) {
 			res.Full++
 			continue
 		}
+		old := decodeWay(&b, way)
+		oldLive := b.Ident[way] != 0 && r.live(clk, old)
 		if err := writeWay(buckets, keys, e.Flow, p, &b, way, v); err != nil {
 			return res, err
 		}
+		d.countReplace(old, oldLive, &v)
 		res.Installed++
 	}
 	return res, nil

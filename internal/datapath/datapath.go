@@ -103,6 +103,9 @@ type Datapath struct {
 	arena *ringArena
 	// hosts is the destination prefilter's bitmap (hostfilter.go).
 	hosts *hostFilter
+	// counts maps the fast path's per-backend connection counts
+	// (counts.go).
+	counts *connCounts
 	// refused holds, by ifindex, why the driver refused native XDP where
 	// AttachAuto fell back to generic (attach.go).
 	refused map[int]error
@@ -124,11 +127,11 @@ func Load(opts Options) (*Datapath, error) {
 	maxVIPs := shrink(spec.Maps[balancerMapVipsV4].MaxEntries, opts.MaxVIPs)
 	maxBackends := shrink(spec.Maps[balancerMapBackends].MaxEntries, opts.MaxBackends)
 	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipState,
-		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6, balancerMapRrCursors} {
+		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6, balancerMapRrCursors, balancerMapLcPools} {
 		spec.Maps[name].MaxEntries = maxVIPs
 	}
 	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache,
-		balancerMapRtSamples, balancerMapBackendCost} {
+		balancerMapRtSamples, balancerMapBackendCost, balancerMapBackendConns} {
 		spec.Maps[name].MaxEntries = maxBackends
 	}
 	spec.Maps[balancerMapRingArena].MaxEntries = ArenaCapacity(opts.RingSlots) / ringChunkSlots
@@ -176,9 +179,16 @@ func Load(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if d.counts, err = openCounts(d.objs.BackendConns); err != nil {
+		d.hosts.close()
+		d.arena.close()
+		d.objs.Close()
+		return nil, err
+	}
 	if opts.PinDir != "" {
 		if err := d.settlePins(mode, opts.PinDir); err != nil {
 			d.hosts.close()
+			d.counts.close()
 			d.arena.close()
 			d.objs.Close()
 			return nil, err
@@ -299,6 +309,7 @@ func (d *Datapath) Close() error {
 	d.mu.Unlock()
 	d.arena.close()
 	d.hosts.close()
+	d.counts.close()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

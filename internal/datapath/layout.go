@@ -41,11 +41,15 @@ import (
 //     sequence (rr_offset, rr_len: another extent of ring_arena,
 //     VIP_F_ROUND_ROBIN) and rr_cursors holds each CPU's place in it; the
 //     verdict table ends with drop_source_range, ct_evicted,
-//     ct_export_full, drop_pool_down, pool_fallback, sched_rr, rt_sample
-//     and rt_lost; rt_syn, rt_samples and backend_cost hold passive
-//     response times (VIP_F_RESPONSE_TIME) and the backends' costs; the
-//     mmapable array host_filter is the destination prefilter, a bitmap of
-//     the VIP and policy addresses' hashes (written by Go from the VIPs,
+//     ct_export_full, drop_pool_down, pool_fallback, sched_rr, rt_sample,
+//     rt_lost, sched_least_conn_exact and sched_least_conn_two_choices;
+//     rt_syn, rt_samples and backend_cost hold passive response times
+//     (VIP_F_RESPONSE_TIME) and the backends' costs; backend_conns
+//     (mmapable, by backend id) holds the fast path's connection counts,
+//     and lc_pools (by VIP index) least-conn's pools (VIP_F_LEAST_CONN),
+//     read with the weight a backend entry now carries for the fast path;
+//     the mmapable array host_filter is the destination prefilter, a bitmap
+//     of the VIP and policy addresses' hashes (written by Go from the VIPs,
 //     never copied: a migration's fill sets it).
 const LayoutVersion = 4
 

@@ -40,6 +40,10 @@ type Prediction struct {
 	// then the zero address, and the drop is counted as
 	// drop_source_range.
 	Refused bool
+	// LeastConn says how least-conn chose the backend of a new flow (a
+	// TCP SYN, or a UDP packet without a live entry) of a least-conn VIP;
+	// nil when the ring or an entry decided.
+	LeastConn *LeastConnChoice
 	// Pool names the source-prefix pool of the flow's VIP that holds the
 	// client ("" for none): its ring decides a new flow, unless PoolDown,
 	// when the pool has no live backend and its fallback decides: the
@@ -57,7 +61,8 @@ type Prediction struct {
 	RoundRobin bool
 	RRShares   []RRShare
 	RRLen      uint32
-	// Scheduler is the VIP's: "maglev", "source-hash" or "round-robin".
+	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin" or
+	// "least-conn".
 	Scheduler string
 }
 
@@ -82,7 +87,8 @@ var ErrNoVIP = errors.New("no vip matches the flow")
 // been idle past its state's timeout; else the Maglev ring of the flow's
 // VIP. A client outside the source ranges of the VIP that decides is
 // refused (Prediction.Refused). For a round-robin VIP, a new flow takes its
-// sequence instead of the ring (Prediction.RoundRobin), but for a
+// sequence instead of the ring (Prediction.RoundRobin), and for a
+// least-conn VIP least-conn's choice (Prediction.LeastConn), but for a
 // retransmitted SYN, which keeps its entry's backend while the entry is in
 // state syn.
 func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
@@ -127,14 +133,23 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 			p.Refused, p.Backend = true, netip.Addr{}
 		}
 	}()
-	rr := e.cfg.RoundRobin && (syn || f.Proto == UDP)
+	// Both run before the check above (defers run last first). A TCP
+	// packet without SYN that the table misses keeps the ring's choice.
+	newFlow := syn || f.Proto == UDP
+	rr := e.cfg.RoundRobin && newFlow
+	lc := e.cfg.LeastConn && newFlow
 	defer func() {
 		if rr && !p.Conntrack {
 			p.RoundRobin, p.Backend = true, netip.Addr{}
 			p.RRShares, p.RRLen = rrShares(e)
 		}
 	}()
-	if syn && !rr {
+	defer func() {
+		if err == nil && lc && !p.Conntrack {
+			d.predictLeastConn(e, table, &p)
+		}
+	}()
+	if syn && !rr && !lc {
 		return p, nil
 	}
 	ct, err := d.lookupConntrack(f)
@@ -225,6 +240,8 @@ func (c VIPConfig) scheduler() string {
 	switch {
 	case c.RoundRobin:
 		return "round-robin"
+	case c.LeastConn:
+		return "least-conn"
 	case c.SourceHash:
 		return "source-hash"
 	}

@@ -112,6 +112,10 @@ type VIPConfig struct {
 	// connection table (the ACK finds its SYN through the entry's state)
 	// and TCP.
 	ResponseTime bool
+	// LeastConn sends a new flow (a TCP SYN, or a UDP packet the table
+	// misses) to the backend of lowest (active + 1) / weight (leastconn.go,
+	// bpf/sched.h). It needs the connection table.
+	LeastConn bool
 	// PassUnparseable hands fragments and malformed packets for the VIP's
 	// address to the host stack instead of dropping them. Fragments carry no
 	// ports, so the policy is per address: any VIP on the address that

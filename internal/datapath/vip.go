@@ -238,6 +238,16 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 		return fmt.Errorf("vip %s: connection %w", vip, err)
 	}
 	cfg.Timeouts = cfg.Timeouts.Normal(vip.Proto)
+	if cfg.LeastConn && (cfg.NoConntrack || cfg.SourceHash) {
+		return fmt.Errorf("vip %s: least-conn needs the connection table and the 5-tuple hash (no conntrack off, no source hash)", vip)
+	}
+	if cfg.LeastConn && cfg.RoundRobin {
+		return fmt.Errorf("vip %s: least-conn and round robin are two schedulers: choose one", vip)
+	}
+	if cfg.LeastConn && !cfg.Pools.IsZero() {
+		// The fast path takes a pool's ring for a VIP with pools.
+		return fmt.Errorf("vip %s: least-conn does not take source-prefix pools: a pool's clients take its Maglev ring", vip)
+	}
 	if err := checkSourceRanges(vip, cfg.SourceRanges); err != nil {
 		return err
 	}
@@ -468,6 +478,9 @@ func (d *Datapath) fill(p *pendingVIP, sh *shapes) error {
 		if _, err := d.objs.BackendStats.BatchUpdate(ids, zeros, nil); err != nil {
 			return fmt.Errorf("vip %s: reset counters of %d new backends: %w", vip, len(ids), err)
 		}
+		for _, id := range ids {
+			d.counts.reset(id)
+		}
 		if err := resetCosts(d.objs.BackendCost, p.fresh); err != nil {
 			return fmt.Errorf("vip %s: reset response times of %d new backends: %w", vip, len(ids), err)
 		}
@@ -532,6 +545,10 @@ func (d *Datapath) commit(p *pendingVIP) error {
 	// the change is never refused during it.
 	if err := d.addSourceRanges(e.index, prev, e.cfg.SourceRanges); err != nil {
 		return fmt.Errorf("vip %s: %w", vip, err)
+	}
+	if err := d.writeLCPool(e); err != nil {
+		p.undo(d)
+		return fmt.Errorf("vip %s: write least-conn pool: %w", vip, err)
 	}
 	// The pools' rings and prefixes likewise before the meta, what the
 	// change dropped after it.
@@ -653,6 +670,9 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	}
 	if e.cfg.RoundRobin {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN)
+	}
+	if e.cfg.LeastConn {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_LEAST_CONN)
 	}
 	if e.cfg.ResponseTime {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME)

@@ -37,6 +37,7 @@ type collector struct {
 	verdicts       *prometheus.Desc
 	conntrack      *prometheus.Desc
 	events         *prometheus.Desc
+	leastConn      *prometheus.Desc
 	backendHealth  *prometheus.Desc
 	vrrpState      *prometheus.Desc
 	vrrpSick       *prometheus.Desc
@@ -71,6 +72,11 @@ func newCollector(src Source) *collector {
 		events: prometheus.NewDesc(name("datapath_events_total"),
 			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour; sched_rr: a new flow given its backend by a round-robin VIP's sequence.",
 			[]string{"event"}, nil),
+		// Not a series of scheduler_decisions_total: those are per VIP,
+		// these the fast path's global counts (one name, one label set).
+		leastConn: prometheus.NewDesc(name("least_conn_decisions_total"),
+			"New flows whose backend least-conn chose, all VIPs together, by method: exact (the whole pool compared) or two_choices (the better of two ring slots).",
+			[]string{"method"}, nil),
 		backendHealth: prometheus.NewDesc(name("backend_health"),
 			"Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.",
 			[]string{"vip", "backend", "state"}, nil),
@@ -98,6 +104,11 @@ func newCollector(src Source) *collector {
 			c.stats = append(c.stats, statSeries{s, c.verdicts, []string{action, reason}})
 			continue
 		}
+		// sched_least_conn_exact -> method exact.
+		if method, ok := strings.CutPrefix(name, "sched_least_conn_"); ok {
+			c.stats = append(c.stats, statSeries{s, c.leastConn, []string{method}})
+			continue
+		}
 		// ct_insert_failed -> event insert_failed.
 		if event, ok := strings.CutPrefix(name, "ct_"); ok {
 			c.stats = append(c.stats, statSeries{s, c.conntrack, []string{event}})
@@ -117,6 +128,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.verdicts
 	ch <- c.conntrack
 	ch <- c.events
+	ch <- c.leastConn
 	ch <- c.backendHealth
 	ch <- c.vrrpState
 	ch <- c.vrrpSick

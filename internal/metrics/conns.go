@@ -11,8 +11,8 @@ import (
 // ConnSource is what the connection metric reads at scrape time. A Source
 // that also implements it (the daemon does) exports it.
 type ConnSource interface {
-	// BackendConns returns the connection counts of the last walk of the
-	// connection table, per VIP and backend; nil before the first.
+	// BackendConns returns the fast path's connection counts, per VIP and
+	// backend, corrected by the daemon's walks of the connection table.
 	BackendConns() map[datapath.VIP]map[netip.Addr]datapath.ConnCount
 }
 
@@ -25,7 +25,7 @@ func newConnCollector(src ConnSource) *connCollector {
 	return &connCollector{
 		src: src,
 		conns: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "backend_connections"),
-			"Connection entries naming a backend of a VIP, by IPVS's classes: active (established) and inactive (syn, fin, closed). Counted by a walk of the connection table every 2 s or more, so a new or closed connection shows up to one walk late.",
+			"Connection entries naming a backend of a VIP, by IPVS's classes: active (established) and inactive (syn, fin, closed). Kept by the fast path as entries come, change state and go, and corrected by a walk of the connection table every 2 s or more for entries that expired in place.",
 			[]string{"vip", "backend", "state"}, nil),
 	}
 }
@@ -33,8 +33,9 @@ func newConnCollector(src ConnSource) *connCollector {
 // Describe implements prometheus.Collector.
 func (c *connCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.conns }
 
-// Collect implements prometheus.Collector. Backends with no entry have no
-// series; both of a backend's series are exported together.
+// Collect implements prometheus.Collector: both series of every backend
+// the source counts (the fast path's counts name every backend of a VIP
+// with a connection table, 0 included).
 func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
 	for vip, backends := range c.src.BackendConns() {
 		v := vip.String()

@@ -39,7 +39,7 @@ func TestBackendConnections(t *testing.T) {
 		}}
 	})
 	want := `
-# HELP fulcrum_backend_connections Connection entries naming a backend of a VIP, by IPVS's classes: active (established) and inactive (syn, fin, closed). Counted by a walk of the connection table every 2 s or more, so a new or closed connection shows up to one walk late.
+# HELP fulcrum_backend_connections Connection entries naming a backend of a VIP, by IPVS's classes: active (established) and inactive (syn, fin, closed). Kept by the fast path as entries come, change state and go, and corrected by a walk of the connection table every 2 s or more for entries that expired in place.
 # TYPE fulcrum_backend_connections gauge
 fulcrum_backend_connections{backend="198.18.0.11",state="active",vip="tcp/203.0.113.10:80"} 300
 fulcrum_backend_connections{backend="198.18.0.11",state="inactive",vip="tcp/203.0.113.10:80"} 2

@@ -119,6 +119,7 @@ var sourceMetrics = []string{
 	"fulcrum_conntrack_events_total",
 	"fulcrum_datapath_events_total",
 	"fulcrum_scheduler_decisions_total",
+	"fulcrum_least_conn_decisions_total",
 	"fulcrum_backend_health",
 	"fulcrum_vrrp_state",
 	"fulcrum_vrrp_sick",
@@ -188,6 +189,10 @@ fulcrum_datapath_events_total{event="pool_fallback"} 271
 fulcrum_datapath_events_total{event="rt_lost"} 301
 fulcrum_datapath_events_total{event="rt_sample"} 291
 fulcrum_datapath_events_total{event="sched_rr"} 281
+# HELP fulcrum_least_conn_decisions_total New flows whose backend least-conn chose, all VIPs together, by method: exact (the whole pool compared) or two_choices (the better of two ring slots).
+# TYPE fulcrum_least_conn_decisions_total counter
+fulcrum_least_conn_decisions_total{method="exact"} 311
+fulcrum_least_conn_decisions_total{method="two_choices"} 321
 `
 	wantState = `
 # HELP fulcrum_backend_health Health of a backend of a VIP: 1 for its current state (up, down, unknown), 0 for the others.
@@ -228,7 +233,8 @@ func TestEveryStat(t *testing.T) {
 	c := newCollector(newFake())
 	verdicts := testutil.CollectAndCount(c, "fulcrum_verdict_packets_total")
 	events := testutil.CollectAndCount(c, "fulcrum_conntrack_events_total") +
-		testutil.CollectAndCount(c, "fulcrum_datapath_events_total")
+		testutil.CollectAndCount(c, "fulcrum_datapath_events_total") +
+		testutil.CollectAndCount(c, "fulcrum_least_conn_decisions_total")
 	var wantVerdicts, wantEvents int
 	for _, s := range datapath.AllStats() {
 		if s.IsVerdict() {

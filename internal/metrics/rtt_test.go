@@ -17,7 +17,9 @@ type rtFake struct {
 	rts map[datapath.VIP]map[netip.Addr]map[string]time.Duration
 }
 
-func (f rtFake) BackendResponseTimes() map[datapath.VIP]map[netip.Addr]map[string]time.Duration { return f.rts }
+func (f rtFake) BackendResponseTimes() map[datapath.VIP]map[netip.Addr]map[string]time.Duration {
+	return f.rts
+}
 
 // TestBackendResponseSeconds: a series per backend and measured source, in
 // seconds; none from a Source without response times.

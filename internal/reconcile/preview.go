@@ -135,6 +135,7 @@ func previewVIP(cur datapath.VIPState, t target) (VIPPreview, error) {
 	setting("source_hash", oc.SourceHash, nc.SourceHash)
 	setting("round_robin", oc.RoundRobin, nc.RoundRobin)
 	setting("passive_response_time", oc.ResponseTime, nc.ResponseTime)
+	setting("least_conn", oc.LeastConn, nc.LeastConn)
 	setting("pass_unparseable", oc.PassUnparseable, nc.PassUnparseable)
 	setting("source_ranges", rangesText(oc.SourceRanges), rangesText(nc.SourceRanges))
 	setting("pools", oc.Pools.String(), nc.Pools.String())

@@ -612,6 +612,7 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 		SourceHash:      v.Scheduler == config.SchedulerSourceHash,
 		RoundRobin:      v.Scheduler == config.SchedulerRoundRobin,
 		ResponseTime:    v.ResponseTime.Passive(),
+		LeastConn:       v.Scheduler == config.SchedulerLeastConn,
 		PassUnparseable: v.Fragments == config.FragmentsPass,
 		Timeouts:        timeouts.Normal(key.Proto),
 	}}

@@ -48,7 +48,7 @@ type VIP struct {
 	VIPRef
 	Name      string `json:"name,omitempty"`
 	Mode      string `json:"mode"`                // "dsr"
-	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash" or "round-robin"
+	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash", "round-robin" or "least-conn"
 	// RingSize is a prime; 0 = 65537. In a listing of a VIP with
 	// RingSizeAuto it is the size the daemon chose (0 before its first
 	// write); when adding one, leave it 0.
@@ -255,8 +255,9 @@ type ExplainRequest struct {
 type Explanation struct {
 	VIP     VIPRef     `json:"vip"`
 	Backend netip.Addr `json:"backend"`
-	// Reason is "connection entry", "ring slot", "round-robin", or, for a
-	// dropped packet, "source range" or "pool down".
+	// Reason is "connection entry", "ring slot", "round-robin",
+	// "least-conn", or, for a dropped packet, "source range" or "pool
+	// down".
 	Reason      string     `json:"reason"`
 	Hash        uint32     `json:"hash"`
 	Slot        uint32     `json:"slot"`
@@ -272,7 +273,13 @@ type Explanation struct {
 	// backend (never for a SYN, which always takes the ring). An expired
 	// entry is shown too: it explains why a flow left its backend.
 	Entry *ConnEntry `json:"entry,omitempty"`
-	// Scheduler is the VIP's: "maglev", "source-hash" or "round-robin".
+	// LeastConn is the comparison least-conn made for a new flow of a
+	// least-conn VIP (Reason "least-conn"), from the counts as explain
+	// read them: a snapshot, the fast path decides with the counts of
+	// the moment the packet comes.
+	LeastConn *LeastConnChoice `json:"least_conn,omitempty"`
+	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin" or
+	// "least-conn".
 	Scheduler string `json:"scheduler,omitempty"`
 	// RoundRobin is set with reason "round-robin": the VIP's weighted
 	// sequence decides the new flow. Backend is then unset: the pick is
@@ -293,6 +300,23 @@ type RRSequence struct {
 type RRShare struct {
 	Backend netip.Addr `json:"backend"`
 	Slots   uint32     `json:"slots"`
+}
+
+// LeastConnChoice is how least-conn chose a new flow's backend.
+type LeastConnChoice struct {
+	// Method is "exact" (every backend of the pool compared) or
+	// "two_choices" (the ring's slot and a second, rehashed one).
+	Method string `json:"method"`
+	// Candidates are the backends compared, in the fast path's order: the
+	// first of the lowest (active + 1) / weight wins.
+	Candidates []LeastConnCandidate `json:"candidates"`
+}
+
+// LeastConnCandidate is one backend least-conn compared.
+type LeastConnCandidate struct {
+	Backend netip.Addr `json:"backend"`
+	Active  uint64     `json:"active"`
+	Weight  uint32     `json:"weight"`
 }
 
 // ConnEntry is a connection entry as explain found it.

@@ -6,10 +6,12 @@
 //
 // On every address it serves HTTP on port 80 (any GET → "NAME\n"), a TCP
 // line echo on port 9000 ("NAME LINE\n" per line, for long-lived flows) and
-// a UDP echo on port 53 ("NAME PAYLOAD"). Listening on the VIP itself (held
-// on lo) makes replies leave with the VIP as source. With -delay, every
-// IPv4 packet it sends leaves that much later (delay.go): a slow backend,
-// SYN-ACK included.
+// a UDP echo on port 53 ("NAME PAYLOAD"), and on port 9001 a held
+// connection: "NAME\n" at once, then nothing until -hold has passed, then
+// the server closes it (a backend whose requests take that long, for the
+// scheduler tests). Listening on the VIP itself (held on lo) makes replies
+// leave with the VIP as source. With -delay, every IPv4 packet it sends
+// leaves that much later (delay.go): a slow backend, SYN-ACK included.
 package main
 
 import (
@@ -42,6 +44,7 @@ func main() {
 	name := flag.String("name", "", "name to answer with (required)")
 	var addrs addrList
 	flag.Var(&addrs, "addr", "address to listen on (repeatable; required)")
+	hold := flag.Duration("hold", time.Second, "how long port 9001 holds a connection before closing it")
 	delay := flag.Duration("delay", 0, "hold every IPv4 packet the backend sends this long (a TUN device in its route; root, in a test namespace)")
 	flag.Parse()
 	if *name == "" || len(addrs) == 0 {
@@ -55,7 +58,7 @@ func main() {
 		}
 	}
 	for _, a := range addrs {
-		if err := serve(*name, a); err != nil {
+		if err := serve(*name, a, *hold); err != nil {
 			fmt.Fprintf(os.Stderr, "fcbackend: %v\n", err)
 			os.Exit(1)
 		}
@@ -66,7 +69,7 @@ func main() {
 	<-sig
 }
 
-func serve(name string, a netip.Addr) error {
+func serve(name string, a netip.Addr, hold time.Duration) error {
 	httpLn, err := net.Listen("tcp", netip.AddrPortFrom(a, 80).String())
 	if err != nil {
 		return err
@@ -83,23 +86,24 @@ func serve(name string, a netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		for {
-			c, err := echoLn.Accept()
-			if err != nil {
+	go acceptEach(echoLn, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			if _, err := fmt.Fprintf(c, "%s %s\n", name, strings.TrimSpace(sc.Text())); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					if _, err := fmt.Fprintf(c, "%s %s\n", name, strings.TrimSpace(sc.Text())); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
+
+	holdLn, err := net.Listen("tcp", netip.AddrPortFrom(a, 9001).String())
+	if err != nil {
+		return err
+	}
+	go acceptEach(holdLn, func(c net.Conn) {
+		if _, err := fmt.Fprintln(c, name); err == nil {
+			time.Sleep(hold)
+		}
+	})
 
 	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 53)))
 	if err != nil {
@@ -116,4 +120,12 @@ func serve(name string, a netip.Addr) error {
 		}
 	}()
 	return nil
+}
+
+// acceptEach serves every connection ln accepts with serve, each in its own
+// goroutine, and closes it when serve returns.
+func acceptEach(ln net.Listener, serve func(net.Conn)) {
+	for c, err := ln.Accept(); err == nil; c, err = ln.Accept() {
+		go func() { defer c.Close(); serve(c) }()
+	}
 }
