@@ -52,7 +52,7 @@ func (h *harness) bgpConfig(n int, sick bool) string {
 	}
 	port := 9000
 	if sick {
-		port = 9001 // nothing listens there
+		port = 9099 // nothing listens there (fcbackend serves 80, 9000, 9001 and 53)
 	}
 	sb.WriteString("vips:\n")
 	for _, v := range []struct {

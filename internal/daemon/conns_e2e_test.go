@@ -230,3 +230,71 @@ func (h *harness) heldBy(i int) int {
 	}
 	return strings.Count(out, "\n")
 }
+
+// TestConnCountsTimeout: connections the clients close turn inactive and,
+// once idle past the FIN timeout (3 s here, set short so the test waits
+// seconds), leave the counts, the listing and the table: a walk begun
+// after the timeout finds none of them.
+func TestConnCountsTimeout(t *testing.T) {
+	h := newHarness(t)
+	const finTimeout = 3 * time.Second
+	h.writeConfig(strings.Replace(h.config(), "entries: 65536", "entries: 65536\n  timeouts: {tcp_fin: 3s}", 1))
+	h.startDaemon()
+	const n = 30
+	conns := h.openConns(n, vip4)
+	perBackend := make(map[netip.Addr]uint64)
+	for i, b := range h.topo.Backends {
+		for _, c := range conns {
+			if c.backend == fmt.Sprintf("backend%d", i+1) {
+				perBackend[b.IPv4]++
+			}
+		}
+	}
+	walked := func() (active, inactive uint64) {
+		for _, b := range h.topo.Backends {
+			got, err := h.client.BackendConns(context.Background(), connsVIP, b.IPv4, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			active, inactive = active+got.Active, inactive+got.Inactive
+		}
+		return active, inactive
+	}
+	if a, i := walked(); a != n || i != 0 {
+		t.Fatalf("before the clients close: %d active, %d inactive; want %d, 0", a, i, n)
+	}
+
+	closedAt := time.Now()
+	for _, c := range conns {
+		c.c.Close()
+	}
+	// Inactive while younger than the timeout: each walk asks the table
+	// now, so this sees the FINs within milliseconds.
+	require.Eventually(t, finTimeout/2, func() error {
+		if a, i := walked(); a != 0 || i != n {
+			return fmt.Errorf("after the clients' FIN: %d active, %d inactive; want 0, %d", a, i, n)
+		}
+		return nil
+	})
+	if early := time.Since(closedAt); early >= finTimeout {
+		t.Fatalf("the FINs took %v to be seen, past the %v timeout: the test cannot tell inactive from gone", early, finTimeout)
+	}
+	// Gone once idle past it, and not before.
+	var goneAfter time.Duration
+	require.Eventually(t, finTimeout+10*time.Second, func() error {
+		if a, i := walked(); a != 0 || i != 0 {
+			return fmt.Errorf("%v after the clients' FIN: %d active, %d inactive; want none past the %v timeout", time.Since(closedAt), a, i, finTimeout)
+		}
+		goneAfter = time.Since(closedAt)
+		return nil
+	})
+	if goneAfter < finTimeout-time.Second {
+		t.Errorf("the entries were gone %v after the FIN, before the %v timeout", goneAfter, finTimeout)
+	}
+	// The counts the API lists (the fast path's, corrected by the walk)
+	// and the listing follow.
+	none := make(map[netip.Addr]api.BackendConns)
+	h.waitCounts(none)
+	h.checkListing(none)
+	t.Logf("%d connections (%v per backend) inactive after their FIN, gone %v after it (tcp_fin %v)", n, perBackend, goneAfter.Round(10*time.Millisecond), finTimeout)
+}

@@ -148,7 +148,8 @@ func TestHealthFlapping(t *testing.T) {
 			t.Fatalf("backend2 is %s (%s), want %s\n%s", got.Health, got.HealthError, want, h.log())
 		}
 		out, err := h.cli("backend", "list", web.String())
-		if err != nil || !regexp.MustCompile(`198\.18\.0\.12\s+1\s+`+want).MatchString(out) {
+		// WEIGHT, then ACTIVE, INACTIVE and RT, then HEALTH.
+		if err != nil || !regexp.MustCompile(`198\.18\.0\.12\s+1\s+\d+\s+\d+\s+\S+\s+`+want).MatchString(out) {
 			t.Fatalf("backend list does not show backend2 %s: %v\n%s", want, err, out)
 		}
 		series := fmt.Sprintf(`fulcrum_backend_health{backend="198.18.0.12",state="%s",vip="%s"}`, want, web)

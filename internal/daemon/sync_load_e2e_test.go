@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
@@ -74,6 +76,17 @@ func TestSyncUnderLoad(t *testing.T) {
 			c.c.Close()
 		}
 	})
+	// Every connection stays open, one descriptor each in this process:
+	// the dials are paced so that the whole run (2 s, the takeover, 2 s)
+	// stays under the open-file limit; an idle machine dials faster than
+	// that (about 6000/s here, against a limit of 20000).
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	maxRate := float64(lim.Cur-1024) / 5
+	var dialedN atomic.Int64
+	begin := time.Now()
 	const dialers = 8
 	for w := range dialers {
 		wg.Go(func() {
@@ -83,6 +96,10 @@ func TestSyncUnderLoad(t *testing.T) {
 			err := h.topo.Client.Do(func() error {
 				d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
 				for !stop.Load() {
+					for float64(dialedN.Load()) >= time.Since(begin).Seconds()*maxRate && !stop.Load() {
+						time.Sleep(time.Millisecond) // pacing, not a wait for a condition
+					}
+					dialedN.Add(1)
 					dialed := time.Now()
 					c, err := d.Dial("tcp", netip.AddrPortFrom(vip4, 9000).String())
 					var cn *conn
@@ -207,6 +224,7 @@ func TestSyncUnderLoad(t *testing.T) {
 		}
 	}
 	lost := lostBefore + lostWindow + lostAfter
+	t.Logf("dials paced to at most %.0f/s (open-file limit %d)", maxRate, lim.Cur)
 	t.Logf("load: %d dialers opened %d connections in %s before lb1's link went down (%.0f connections/s), %d in all over %s; lb2 master %s after the link went down (setting it down took %s)",
 		dialers, beforeDown, down.Sub(start).Round(time.Millisecond), rate, len(lcs), end.Sub(start).Round(time.Millisecond), master.Sub(down).Round(time.Millisecond), downDone.Sub(down).Round(100*time.Microsecond))
 	t.Logf("of the %d connections dialed through lb1 before the link went down, %d had a slot lb2's ring gives another backend (they live only by sync)", preDown, moved)
