@@ -34,6 +34,7 @@ type Env struct {
 	// cleanups run after the processes are killed: files and
 	// directories they used (addCleanup).
 	cleanups []func() error
+	mounts   []string // OwnMount's, recorded in the owner file (orphans.go)
 }
 
 var prefixRE = regexp.MustCompile(`^fc[0-9a-f]{6}$`)
@@ -59,6 +60,13 @@ func Open(prefix string) (*Env, error) {
 	}
 	if strings.ContainsAny(prefix, "/\x00") {
 		return nil, fmt.Errorf("testenv: bad prefix %q", prefix)
+	}
+	// What a killed run left goes before this one adds its own.
+	if err := reapOrphans(); err != nil {
+		return nil, fmt.Errorf("remove what a dead test process left: %w", err)
+	}
+	if err := claim(prefix, nil); err != nil {
+		return nil, err
 	}
 	return &Env{Prefix: prefix}, nil
 }
@@ -132,6 +140,11 @@ func (e *Env) Close() error {
 		if err := deleteNamed(names[i]); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if len(errs) == 0 {
+		// With something left, the owner file stays, so that the reaper
+		// of a later run tries again once this process is gone.
+		errs = append(errs, unclaim(e.Prefix))
 	}
 	return errors.Join(errs...)
 }

@@ -58,10 +58,9 @@ func TestDetachRefusedWhileInstanceRuns(t *testing.T) {
 	if err := datapath.EnsureBPFFS(bpffs); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		unix.Unmount(bpffs, unix.MNT_DETACH)
-		os.RemoveAll(bpffs)
-	})
+	if err := env.OwnMount(bpffs); err != nil {
+		t.Fatal(err)
+	}
 	socket := api.SocketPath(instance)
 	t.Cleanup(func() { os.Remove(socket) }) // left behind if the daemon is killed
 	cfg := filepath.Join(t.TempDir(), "fulcrum.yaml")

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/fulcrum-lb/fulcrum/internal/datapath"
 	"github.com/fulcrum-lb/fulcrum/internal/require"
@@ -89,10 +88,10 @@ func newHarness(t testing.TB, opts ...func(*testenv.Options)) *harness {
 	if err := datapath.EnsureBPFFS(dir); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		unix.Unmount(dir, unix.MNT_DETACH)
-		os.RemoveAll(dir)
-	})
+	// The Env unmounts it with the namespaces, also after a killed run.
+	if err := topo.Env.OwnMount(dir); err != nil {
+		t.Fatal(err)
+	}
 	h := &harness{t: t, topo: topo, lb: topo.LB1, dir: dir, names: make(map[netip.Addr]string)}
 	h.bin, _ = buildBinaries(t, t.TempDir())
 	h.backendBin = filepath.Join(filepath.Dir(h.bin), "fcbackend")
