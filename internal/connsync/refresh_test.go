@@ -25,10 +25,11 @@ func TestRefresh(t *testing.T) {
 	}
 	ca, cb := listen(t), listen(t)
 	var active atomic.Bool
+	var asked atomic.Int64 // refresh rounds that asked whether to walk
 	ta := newTable(all...)
 	a, _ := start(t, Config{Conn: ca, Peers: []netip.AddrPort{addrOf(cb)},
 		RefreshInterval: func() time.Duration { return 50 * time.Millisecond },
-		Active:          active.Load}, ta)
+		Active:          func() bool { asked.Add(1); return active.Load() }}, ta)
 	tb := &countTable{table: newTable()}
 	start(t, Config{Conn: cb, Peers: []netip.AddrPort{addrOf(ca)}}, tb)
 
@@ -39,8 +40,15 @@ func TestRefresh(t *testing.T) {
 		sent[i] = e
 	}
 	require.Eventually(t, 10*time.Second, func() error { return tb.holds(sent) })
-	// What must not happen needs time to not happen: four intervals.
-	time.Sleep(200 * time.Millisecond)
+	// What must not happen needs time to not happen: four refresh rounds
+	// that found the node inactive.
+	from := asked.Load()
+	require.Eventually(t, 10*time.Second, func() error {
+		if n := asked.Load() - from; n < 4 {
+			return fmt.Errorf("%d refresh rounds asked whether the node is active, want 4", n)
+		}
+		return nil
+	})
 	if s := a.Stats(); s.Refreshes != 0 || s.RefreshEntries != 0 {
 		t.Fatalf("inactive node made %d refresh walks (%d entries); want none", s.Refreshes, s.RefreshEntries)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
 
@@ -85,8 +86,8 @@ func TestSyncUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	maxRate := float64(lim.Cur-1024) / 5
-	var dialedN atomic.Int64
-	begin := time.Now()
+	pace := time.NewTicker(time.Duration(float64(time.Second) / maxRate)) // shared by the dialers
+	defer pace.Stop()
 	const dialers = 8
 	for w := range dialers {
 		wg.Go(func() {
@@ -96,10 +97,7 @@ func TestSyncUnderLoad(t *testing.T) {
 			err := h.topo.Client.Do(func() error {
 				d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
 				for !stop.Load() {
-					for float64(dialedN.Load()) >= time.Since(begin).Seconds()*maxRate && !stop.Load() {
-						time.Sleep(time.Millisecond) // pacing, not a wait for a condition
-					}
-					dialedN.Add(1)
+					<-pace.C
 					dialed := time.Now()
 					c, err := d.Dial("tcp", netip.AddrPortFrom(vip4, 9000).String())
 					var cn *conn
@@ -128,13 +126,23 @@ func TestSyncUnderLoad(t *testing.T) {
 	}
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }
 
-	// Two seconds of load, then lb1 dies; two more seconds.
+	// Two seconds of load at the paced rate (longer where the machine
+	// dials slower), then lb1 dies; as many again after the takeover.
+	loadN := int(2 * maxRate)
+	loaded := func(from int) func() error {
+		return func() error {
+			if n := count() - from; n < loadN {
+				return fmt.Errorf("%d connections opened, want %d (two seconds at the paced rate)", n, loadN)
+			}
+			return nil
+		}
+	}
 	v0, err := lb2.client.VRRP(bg())
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	time.Sleep(2 * time.Second)
+	require.Eventually(t, time.Minute, loaded(0))
 	beforeDown := count()
 	s1 := lb1.syncStatus()
 	v1, err := lb2.client.VRRP(bg())
@@ -156,7 +164,7 @@ func TestSyncUnderLoad(t *testing.T) {
 	downDone := time.Now()
 	lb2.waitVRRP("master", 3*time.Second)
 	master := time.Now()
-	time.Sleep(2 * time.Second)
+	require.Eventually(t, time.Minute, loaded(count()))
 	stop.Store(true)
 	wg.Wait()
 	end := time.Now()

@@ -42,6 +42,8 @@ func TestSyncRefresh(t *testing.T) {
 	// entries stay fresh; lb2 sees none of it.
 	start := time.Now()
 	checks := 0
+	rounds := time.NewTicker(500 * time.Millisecond)
+	defer rounds.Stop()
 	for round := 0; time.Since(start) < 3*refreshTimeout; round++ {
 		for i, r := range exchangeAll(conns, "busy") {
 			if r.err != nil || r.backend != conns[i].backend {
@@ -56,7 +58,7 @@ func TestSyncRefresh(t *testing.T) {
 					time.Since(start).Round(time.Millisecond), err, s.Refreshes-before.Refreshes, s.RefreshEntries-before.RefreshEntries)
 			}
 		}
-		time.Sleep(500 * time.Millisecond)
+		<-rounds.C
 	}
 	s1, s2 := lb1.syncStatus(), lb2.syncStatus()
 	walks, sent := s1.Refreshes-before.Refreshes, s1.RefreshEntries-before.RefreshEntries
