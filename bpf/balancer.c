@@ -430,10 +430,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct stat_table *st,
 	if (source_refused(vip, f))
 		return verdict(st, STAT_DROP_SOURCE_RANGE, XDP_DROP);
 	tuple_hash = !(vip->flags & VIP_F_SOURCE_HASH);
-	if (!tuple_hash || !have_h5) {
+	if (!have_h5) /* the table's lookup made it when the VIP tracks */
 		h5 = flow_hash_of(f, 0);
-		have_h5 = 1;
-	}
 	hash = tuple_hash ? h5 : flow_hash_of(f, 1);
 	/* A VIP with pools is Maglev on its pool's ring (the config refuses
 	 * round-robin and least-conn with pools). */
@@ -473,7 +471,7 @@ forward:
 	 * hashed on (a new flow's ring hash is reused when it is that);
 	 * dsr does not use the hash. */
 	if (vip->mode == MODE_IPIP)
-		hash = have_h5 ? h5 : flow_hash_of(f, 0);
+		hash = h5; /* made on every path that reaches here */
 	return forward(ctx, st, cfg, vip, id, be, f, hash);
 }
 
