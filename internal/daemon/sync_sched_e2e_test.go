@@ -11,7 +11,6 @@ import (
 
 	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
-	"github.com/fulcrum-lb/fulcrum/testenv"
 )
 
 // syncSched is one scheduler of TestSyncFailoverSchedulers, set on the v4
@@ -25,9 +24,9 @@ type syncSched struct {
 	// sources are the client addresses the connections come from, in
 	// turn; those the pair lacks are added to the client.
 	sources []netip.Addr
-	// serve returns the backends a connection from src may land on, over
-	// which lb2's ring for it is built; nil: all of the VIP's.
-	serve func(h *harness, src netip.Addr) []*testenv.Host
+	// serve returns the backends (indexes) a connection from src may land
+	// on, over which lb2's ring for it is built; nil: all of the VIP's.
+	serve func(h *harness, src netip.Addr) []int
 	// reweight, if set, changes one backend's weight on both nodes after
 	// the connections opened and before the failover: for a scheduler
 	// whose choice the standby's ring repeats (Maglev on a pool's ring),
@@ -88,14 +87,10 @@ var syncScheds = []syncSched{
 			return strings.Replace(cfg, echoVIP4Head, echoVIP4Head+sb.String(), 1)
 		},
 		sources: []netip.Addr{syncPools[0].clients[0], syncPools[1].clients[0], syncPools[0].clients[1], syncPools[1].clients[1]},
-		serve: func(h *harness, src netip.Addr) []*testenv.Host {
+		serve: func(h *harness, src netip.Addr) []int {
 			for _, p := range syncPools {
 				if p.prefix.Contains(src) {
-					var out []*testenv.Host
-					for _, i := range p.members {
-						out = append(out, h.topo.Backends[i])
-					}
-					return out
+					return p.members
 				}
 			}
 			h.t.Fatalf("client %s is in no pool of the test", src)
@@ -132,13 +127,7 @@ func testSyncFailoverSched(t *testing.T, s syncSched) {
 	p := newSyncPair(t, true)
 	h, lb1, lb2 := p.h, p.lb1, p.lb2
 	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
-	for _, src := range s.sources {
-		if !slices.Contains(reweightSources, src) {
-			if err := h.topo.Client.AddAddr(testenv.MainIface, netip.PrefixFrom(src, testenv.ClientNet4.Bits())); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	p.addSources(s.sources)
 	for _, node := range []*harness{lb1, lb2} {
 		node.applyEdit(web, s)
 	}
@@ -147,20 +136,23 @@ func testSyncFailoverSched(t *testing.T, s syncSched) {
 	// over the backends that serve src, with the weights lb2 holds at
 	// the failover.
 	all := h.topo.Backends
-	serve := func(src netip.Addr) []*testenv.Host {
-		if s.serve == nil {
-			return all
+	serve := func(src netip.Addr) []int {
+		if s.serve != nil {
+			return s.serve(h, src)
 		}
-		return s.serve(h, src)
+		every := make([]int, len(all))
+		for i := range every {
+			every[i] = i
+		}
+		return every
 	}
 	standby := func(c *conn) netip.Addr {
 		src := netip.MustParseAddrPort(c.c.LocalAddr().String()).Addr().Unmap()
-		backends := serve(src)
-		weights := make([]uint32, len(backends))
-		for i, b := range backends {
-			weights[i] = 1
-			if s.reweight != nil && b == all[s.reweight.i] {
-				weights[i] = s.reweight.weight
+		backends, weights := all[:0:0], []uint32(nil)
+		for _, i := range serve(src) {
+			backends, weights = append(backends, all[i]), append(weights, 1)
+			if s.reweight != nil && i == s.reweight.i {
+				weights[len(weights)-1] = s.reweight.weight
 			}
 		}
 		return modelBackend(h.modelRing(backends, weights...), backends, c)
@@ -177,7 +169,7 @@ func testSyncFailoverSched(t *testing.T, s syncSched) {
 		conns = append(conns, c)
 		var names []string
 		for _, b := range serve(src) {
-			names = append(names, h.names[b.IPv4])
+			names = append(names, h.names[all[b].IPv4])
 		}
 		if !slices.Contains(names, c.backend) {
 			t.Fatalf("connection %d from %s landed on %s, want one of %v", i, src, c.backend, names)

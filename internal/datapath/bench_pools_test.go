@@ -7,13 +7,8 @@ import (
 	"github.com/fulcrum-lb/fulcrum/internal/datapath/testprogs"
 )
 
-// The VIPs of the pools benchmark: one whose pools hold every client, and
-// one whose one pool is down (its backend out of the VIP's list) with
-// fallback vip.
-var (
-	vipPoolsBench    = VIP{Addr: addr("203.0.113.94"), Port: 80, Proto: TCP}
-	vipPoolsFallback = VIP{Addr: addr("203.0.113.95"), Port: 80, Proto: TCP}
-)
+// vipPoolsBench is the VIP of newflow-pools, whose pools hold every client.
+var vipPoolsBench = VIP{Addr: addr("203.0.113.94"), Port: 80, Proto: TCP}
 
 // benchPoolPrefixes are a pool's prefixes in the benchmark: half of the
 // IPv4 space (bench_newflow's fresh sources run through every first
@@ -48,6 +43,9 @@ func poolPaths(b *testing.B, full *Datapath, tp *testprogs.TestprogsObjects) []b
 	if err := full.AddVIP(vipPoolsBench, VIPConfig{Mode: ModeDSR, Pools: pools}, backends4); err != nil {
 		b.Fatal(err)
 	}
+	// newflow-pools-fallback's VIP: its one pool is down (its backend out
+	// of the VIP's list), fallback vip.
+	vipPoolsFallback := VIP{Addr: addr("203.0.113.95"), Port: 80, Proto: TCP}
 	down, err := NewPools([]Pool{{Name: "a", Prefixes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1"), netip.MustParsePrefix("128.0.0.0/1")},
 		Backends: []netip.Addr{backends4[0].Addr}, Fallback: FallbackVIP}})
 	if err != nil {
