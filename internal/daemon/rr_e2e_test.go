@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/fulcrum-lb/fulcrum/pkg/api"
 )
@@ -24,10 +22,8 @@ import (
 // scheduler.
 func TestRoundRobin3000Connections(t *testing.T) {
 	h := newHarness(t)
-	cfg := h.config(1, 2, 3)
-	// Only the v4 echo VIP (the first with port 9000) is round robin.
-	cfg = strings.Replace(cfg, "    port: 9000\n    protocol: tcp\n", "    port: 9000\n    protocol: tcp\n    scheduler: round-robin\n", 1)
-	h.writeConfig(cfg)
+	// Only the v4 echo VIP is round robin.
+	h.writeConfig(withScheduler("round-robin")(h, h.config(1, 2, 3)))
 	h.startDaemon()
 	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
 
@@ -100,77 +96,5 @@ func TestRoundRobin3000Connections(t *testing.T) {
 	}
 }
 
-// TestSyncFailoverRoundRobin: 200 long-lived TCP connections to a
-// round-robin VIP (weights 1:1:1) run through lb1 (VRRP master) with
-// connection sync on; lb1 dies and lb2 takes over. Round robin placed
-// about two thirds of them where lb2's Maglev ring would not: they survive
-// only because lb2 installed lb1's entries, and all 200 must answer from
-// their backends after the failover (docs/schedulers.md).
-func TestSyncFailoverRoundRobin(t *testing.T) {
-	p := newSyncPair(t, true)
-	h, lb1, lb2 := p.h, p.lb1, p.lb2
-	web := api.VIPRef{Protocol: "tcp", Address: vip4, Port: 9000}
-	for _, n := range []*harness{lb1, lb2} {
-		cfg, err := os.ReadFile(n.cfgPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rr := strings.Replace(string(cfg), "    port: 9000\n    protocol: tcp\n", "    port: 9000\n    protocol: tcp\n    scheduler: round-robin\n", 1)
-		if rr == string(cfg) {
-			t.Fatalf("%s: no tcp vip on port 9000 in the config", n.lb.Role())
-		}
-		n.writeConfig(rr)
-		if _, err := n.client.Apply(bg(), []byte(rr)); err != nil {
-			t.Fatalf("%s: apply round-robin: %v", n.lb.Role(), err)
-		}
-		vs, err := n.client.ListVIPs(bg())
-		if err != nil {
-			t.Fatal(err)
-		}
-		sched := "(no such vip)"
-		for _, v := range vs {
-			if v.VIPRef == web {
-				sched = v.Scheduler
-			}
-		}
-		if sched != "round-robin" {
-			t.Fatalf("%s: %s has scheduler %s after the apply, want round-robin", n.lb.Role(), web, sched)
-		}
-	}
-
-	all := h.topo.Backends
-	ring := h.modelRing(all, 1, 1, 1)
-	var conns []*conn
-	elsewhere := 0
-	for i := range 200 {
-		src := reweightSources[i%len(reweightSources)]
-		c, err := h.dialFrom(src, vip4, 9000)
-		if err != nil {
-			t.Fatalf("connection %d from %s: %v\nlb1 log:\n%s", i, src, err, lb1.log())
-		}
-		t.Cleanup(func() { c.c.Close() })
-		conns = append(conns, c)
-		if h.names[modelBackend(ring, all, c)] != c.backend {
-			elsewhere++
-		}
-	}
-	t.Logf("200 round-robin connections through lb1: %v; lb2's ring would send %d of them elsewhere", perBackend(conns), elsewhere)
-	if elsewhere < 50 {
-		t.Fatalf("only %d of 200 connections are off the ring's choice: the failover would not show what sync does for round robin", elsewhere)
-	}
-	lb2.entriesOn(conns, 10*time.Second)
-
-	down := time.Now()
-	setLink(t, h.topo.LB1, false)
-	lb2.waitVRRP("master", 3*time.Second)
-	t.Logf("lb2 master %s after lb1's link went down", time.Since(down).Round(time.Millisecond))
-	lost := 0
-	for i, r := range exchangeAll(conns, "after-failover") {
-		if r.err != nil || r.backend != conns[i].backend {
-			lost++
-			t.Errorf("connection %d (from %s, on %s) lost in the failover: %q, %v", i, conns[i].c.LocalAddr(), conns[i].backend, r.backend, r.err)
-		}
-	}
-	t.Logf("%d of 200 round-robin connections lost in the failover", lost)
-	h.checkConns(conns, "", "through lb2 after the failover")
-}
+// The failover of round-robin connections with sync is a row of
+// TestSyncFailoverSchedulers (sync_sched_e2e_test.go).

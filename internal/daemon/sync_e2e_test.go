@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,6 +22,8 @@ import (
 // sync on or off, and the client's extra source addresses.
 type syncPair struct {
 	h, lb1, lb2 *harness
+	// sources are the addresses addSources gave the client.
+	sources []netip.Addr
 }
 
 // withSync adds a sync section naming peer to a vrrpConfig.
@@ -52,12 +55,24 @@ func newSyncPair(tb testing.TB, sync bool, edit ...func(string) string) *syncPai
 	lb1.waitVRRP("master", 5*time.Second)
 	lb2.startDaemon()
 	lb2.waitVRRP("backup", 5*time.Second)
-	for _, src := range reweightSources[1:] {
-		if err := h.topo.Client.AddAddr(testenv.MainIface, netip.PrefixFrom(src, testenv.ClientNet4.Bits())); err != nil {
-			tb.Fatal(err)
+	p := &syncPair{h: h, lb1: lb1, lb2: lb2}
+	p.addSources(reweightSources)
+	return p
+}
+
+// addSources gives the client the addresses of srcs (in its IPv4 net) it
+// does not have yet.
+func (p *syncPair) addSources(srcs []netip.Addr) {
+	client := p.h.topo.Client
+	for _, src := range srcs {
+		if src == testenv.ClientIPv4 || slices.Contains(p.sources, src) {
+			continue
 		}
+		if err := client.AddAddr(testenv.MainIface, netip.PrefixFrom(src, testenv.ClientNet4.Bits())); err != nil {
+			p.h.t.Fatal(err)
+		}
+		p.sources = append(p.sources, src)
 	}
-	return &syncPair{h: h, lb1: lb1, lb2: lb2}
 }
 
 // entriesOn polls node's explain of every connection until each is

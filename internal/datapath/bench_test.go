@@ -168,6 +168,7 @@ func BenchmarkFastpath(b *testing.B) {
 		{name: "newflow-sync", prog: tp.BenchNewflow, frame: newflow, proof: StatCtMiss, proven: true, d: full, target: full.Program(), sync: true},
 	}
 	paths = append(paths, leastConnPaths(b, full, &tp)...)
+	paths = append(paths, poolPaths(b, full, &tp)...)
 	for _, dp := range []*Datapath{d, full} {
 		drainEvents(b, dp)
 	}
@@ -202,6 +203,7 @@ func BenchmarkFastpath(b *testing.B) {
 			}
 		}
 	}
+	checkPoolPaths(b, full, uint64(*benchRounds)*uint64(*benchRepeat)*uint64(b.N))
 	floor, kfloor := median(results["floor"]), median(kernel["floor"])
 	fmt.Printf("fastpath: BPF_PROG_RUN, %d repeats per run, median of %d rounds (min-max in brackets); wall clock, then the kernel's duration\n", *benchRepeat, *benchRounds)
 	for _, p := range paths {
