@@ -22,8 +22,8 @@ import (
 // packets' writes undone that way).
 //
 // The words are compare-and-swapped, not just stored, against what the
-// read that chose the way found, so that Go never tears a way a packet
-// writes at the same moment:
+// read that chose the way found, so that a packet's write to the same way
+// that lands between Go's read and Go's stores wins, whole:
 //
 //   - meta first (the high tag half: a reader between the two stores sees
 //     the old ident with the new tag half, a miss, as bpf/conntrack.h
@@ -71,7 +71,7 @@ type ctMaps struct {
 	closed bool
 }
 
-// writer returns the mapping of the flow family's table with d.ct.mu held
+// ctWriter returns the mapping of the flow family's table with d.ct.mu held
 // shared; the caller calls done when its writes are over.
 func (d *Datapath) ctWriter(v4 bool) (t *ctMem, done func(), err error) {
 	d.ct.mu.RLock()

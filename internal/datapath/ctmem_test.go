@@ -102,3 +102,16 @@ func TestGoWritesKeepPacketWrites(t *testing.T) {
 	}
 	t.Logf("%d packets of flow X beside %d installs and flushes of flow Y: no write lost", packets, rounds)
 }
+
+// TestLayoutReported: Layout is the layout the loaded maps are of, as the
+// pin marker records it (the test layout a test build sets included).
+func TestLayoutReported(t *testing.T) {
+	d := newTestDatapath(t)
+	if got := d.Layout().Version; got != LayoutVersion {
+		t.Fatalf("Layout %d, want %d", got, LayoutVersion)
+	}
+	t.Setenv(TestLayoutEnv, "9")
+	if got := d.Layout().Version; got != 9 {
+		t.Fatalf("Layout %d with %s=9, want 9", got, TestLayoutEnv)
+	}
+}
