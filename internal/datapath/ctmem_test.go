@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -20,8 +21,8 @@ import (
 // packet left; meanwhile Go installs flow Y from sync and flushes it,
 // again and again. A write of the whole bucket (read, then written back)
 // that straddles one of X's packets puts X's older entry back: with that
-// implementation this test counted lost writes (see the report in
-// docs/connections.md, "Go's writes").
+// implementation this test counted lost writes (docs/connections.md,
+// "Go's writes").
 func TestGoWritesKeepPacketWrites(t *testing.T) {
 	require.BPF(t)
 	d, err := Load(Options{ConntrackEntries: ctWays})
@@ -37,17 +38,18 @@ func TestGoWritesKeepPacketWrites(t *testing.T) {
 	}
 	synced := SyncEntry{Flow: y, VIP: c.vip, Backend: backends4[1].Addr, State: ConnEstablished, Lifetime: time.Minute}
 
-	const rounds = 5000 // Go's install-and-flush pairs
-	const minPackets = 2000
+	const minRounds = 5000  // Go's install-and-flush pairs
+	const minPackets = 5000 // packets run while Go writes
 	syn, rst := c.packet(x.Sport, "S").Build(), c.packet(x.Sport, "R").Build()
 	var stop atomic.Bool
-	var packets, lost int
+	var packets atomic.Int64
+	var lost int
 	var lostDetail string
 	done := make(chan error, 1)
 	go func() {
 		done <- onCPU(0, func() error {
 			want := ConnState(0xff) // no packet yet
-			for i := 0; !stop.Load() || packets < minPackets; i++ {
+			for i := 0; !stop.Load(); i++ {
 				ct, err := d.lookupConntrack(x)
 				if err != nil {
 					return err
@@ -55,7 +57,7 @@ func TestGoWritesKeepPacketWrites(t *testing.T) {
 				if want != 0xff && (ct == nil || ConnState(ct.State) != want) {
 					lost++
 					if lostDetail == "" {
-						lostDetail = fmt.Sprintf("after packet %d the entry is %+v, want state %s", packets, ct, want)
+						lostDetail = fmt.Sprintf("after packet %d the entry is %+v, want state %s", packets.Load(), ct, want)
 					}
 				}
 				frame, next := syn, ConnSYN
@@ -68,39 +70,55 @@ func TestGoWritesKeepPacketWrites(t *testing.T) {
 					return err
 				}
 				if verdict != xdpTX {
-					return fmt.Errorf("packet %d: verdict %s, want XDP_TX", packets, verdictNames[verdict])
+					return fmt.Errorf("packet %d: verdict %s, want XDP_TX", packets.Load(), verdictNames[verdict])
 				}
-				packets++
+				packets.Add(1)
 				want = next
 			}
 			return nil
 		})
 	}()
-	for i := range rounds {
-		res, err := d.InstallSynced([]SyncEntry{synced})
-		if err != nil || res != (InstallResult{Installed: 1}) {
-			stop.Store(true)
-			<-done
-			t.Fatalf("round %d: install %+v, %v; want 1 installed", i, res, err)
+	// Go's writes start after the packets' and end before them.
+	require.Eventually(t, 10*time.Second, func() error {
+		if packets.Load() == 0 {
+			return fmt.Errorf("no packet run yet")
 		}
-		if err := d.deleteConntrack([]Flow{y}); err != nil {
-			stop.Store(true)
-			<-done
-			t.Fatalf("round %d: flush: %v", i, err)
+		return nil
+	})
+	// Go writes on the other CPU, so that the two run at once: at least
+	// rounds pairs, and until minPackets packets ran meanwhile.
+	var rounds int
+	var during int64
+	werr := onCPU(1, func() error {
+		first := packets.Load()
+		deadline := time.Now().Add(30 * time.Second)
+		for ; rounds < minRounds || during < minPackets; rounds++ {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%d packets ran during Go's %d installs and flushes in 30s, want at least %d", during, rounds, minPackets)
+			}
+			res, err := d.InstallSynced([]SyncEntry{synced})
+			if err != nil || res != (InstallResult{Installed: 1}) {
+				return fmt.Errorf("round %d: install %+v, %v; want 1 installed", rounds, res, err)
+			}
+			if err := d.deleteConntrack([]Flow{y}); err != nil {
+				return fmt.Errorf("round %d: flush: %v", rounds, err)
+			}
+			during = packets.Load() - first
 		}
-	}
+		return nil
+	})
 	stop.Store(true)
-	if err := <-done; err != nil {
+	if err := errors.Join(werr, <-done); err != nil {
 		t.Fatal(err)
 	}
 	if lost > 0 {
 		t.Fatalf("%d of %d packets' writes to flow X's way were undone by Go's %d installs and flushes of flow Y in the same bucket; first: %s",
-			lost, packets, rounds, lostDetail)
+			lost, packets.Load(), rounds, lostDetail)
 	}
 	if v, ok := entry(t, d, y); ok {
 		t.Fatalf("flow Y's entry %+v is still there after its last flush", v)
 	}
-	t.Logf("%d packets of flow X beside %d installs and flushes of flow Y: no write lost", packets, rounds)
+	t.Logf("%d packets of flow X (%d during Go's writes) beside %d installs and flushes of flow Y: no write lost", packets.Load(), during, rounds)
 }
 
 // TestLayoutReported: Layout is the layout the loaded maps are of, as the
