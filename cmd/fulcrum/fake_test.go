@@ -90,7 +90,7 @@ func newFake() *fakeController {
 			Started:    testNow.Add(-3 * time.Hour),
 			Interfaces: []api.Interface{{Name: "eth0", Ifindex: 2, XDPMode: "native"}, {Name: "eth1", Ifindex: 3, XDPMode: "generic"}},
 			VIPs:       3, Backends: 4, VRRP: "master", LastApply: testNow.Add(-150 * time.Second),
-			Reconcile: 1500 * time.Microsecond, Adopted: true,
+			Reconcile: 1500 * time.Microsecond, Adopted: true, Layout: 4,
 		},
 		stats: api.Stats{
 			Time:     testNow,

@@ -53,6 +53,11 @@ func printStatus(w io.Writer, st api.Status, now time.Time) error {
 		adopted = "yes: took over the pinned fast path at start"
 	}
 	row(t, "adopted:", adopted)
+	layout := "-"
+	if st.Layout != 0 {
+		layout = fmt.Sprint(st.Layout)
+	}
+	row(t, "layout:", layout)
 	if s := st.Sync; s != nil {
 		syncRows(t, s, now)
 	}

@@ -38,6 +38,7 @@ func (c *controller) Status(ctx context.Context) (api.Status, error) {
 		LastApply:  d.lastApply,
 		Reconcile:  d.lastDur,
 		Adopted:    d.dp.Adopted(),
+		Layout:     d.dp.Layout().Version,
 	}
 	for _, v := range d.dp.VIPs() {
 		s.VIPs++

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
-
-	"github.com/cilium/ebpf"
 )
 
 // Conn is one live connection entry as an operator sees it (`fulcrum conn
@@ -187,12 +185,10 @@ func (d *Datapath) scanConns(visit func(*ctRecord) (del bool, err error)) error 
 	return flush()
 }
 
-// deleteConntrack empties the ways that hold the flows' entries. Each is a
-// read and a write of the whole bucket (a map value is written whole): an
-// entry the fast path writes into the same bucket between the two is lost,
-// and its flow takes the ring at its next packet, as a flow whose entry
-// was evicted. A flow whose entry is gone already is not an error. A
-// deleted entry that was live leaves its backend's count.
+// deleteConntrack empties the ways that hold the flows' entries, each
+// alone, as the program writes (ctmem.go): a packet's write to another way
+// of the bucket stays. A flow whose entry is gone already is not an error.
+// A deleted entry that was live leaves its backend's count.
 func (d *Datapath) deleteConntrack(flows []Flow) error {
 	if len(flows) == 0 {
 		return nil
@@ -203,24 +199,44 @@ func (d *Datapath) deleteConntrack(flows []Flow) error {
 	}
 	r := d.resolver()
 	for _, f := range flows {
-		m, _ := ctTables(f.Dst.Is4(), &d.objs)
-		p := placeOf(f, m.MaxEntries())
-		var b balancerCtBucket
-		if err := m.Lookup(p.bucket, &b); err != nil {
-			return fmt.Errorf("read connection table bucket %d: %w", p.bucket, err)
+		mem, done, err := d.ctWriter(f.Dst.Is4())
+		if err != nil {
+			return err
 		}
-		for w := range ctWays {
-			if !p.holds(&b, w) {
-				continue
-			}
-			old := decodeWay(&b, w)
-			b.Ident[w], b.Meta[w] = 0, 0
-			if err := m.Update(p.bucket, &b, ebpf.UpdateAny); err != nil {
-				return fmt.Errorf("delete the entry of %s:%d -> %s:%d: %w", f.Src, f.Sport, f.Dst, f.Dport, err)
-			}
-			d.countReplace(old, r.live(clk, old), nil)
-			break
+		err = d.deleteEntry(mem, r, clk, f)
+		done()
+		if err != nil {
+			return fmt.Errorf("delete the entry of %s:%d -> %s:%d: %w", f.Src, f.Sport, f.Dst, f.Dport, err)
 		}
 	}
 	return nil
+}
+
+// deleteEntry empties the way of flow f, reading its bucket again
+// whenever another writer rewrote that way first, and takes the entry off
+// its backend's count if it was live: in the state its meta had as the
+// way emptied (a packet may have moved it since the read).
+func (d *Datapath) deleteEntry(mem *ctMem, r *connResolver, clk kernelClock, f Flow) error {
+	p := placeOf(f, uint32(len(mem.buckets)))
+	for range ctRetries {
+		b := mem.load(p.bucket)
+		w := 0
+		for w < ctWays && !p.holds(&b, w) {
+			w++
+		}
+		if w == ctWays {
+			return nil
+		}
+		meta, ok := mem.clear(p.bucket, w, &b)
+		if !ok {
+			continue
+		}
+		if meta&ctTagHiMask == p.hi {
+			b.Meta[w] = meta
+		}
+		old := decodeWay(&b, w)
+		d.countReplace(old, r.live(clk, old), nil)
+		return nil
+	}
+	return errBucketBusy(p.bucket)
 }

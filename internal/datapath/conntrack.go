@@ -324,38 +324,30 @@ func wayFor(b *balancerCtBucket, p ctPlace) (way int, full bool) {
 	return way, false
 }
 
-// putConntrack writes the flow's entry where wayFor says. It reads and
-// writes the whole bucket, so a packet that changes the same bucket
-// meanwhile may be lost: for migration and tests, not beside live traffic
-// at rate. It reports whether it evicted another entry.
+// putConntrack writes the flow's entry where wayFor says, one way as the
+// program writes it (ctmem.go), through a mapping made for the call: for
+// migration and tests. It reports whether it evicted another entry.
 func putConntrack(buckets, keys *ebpf.Map, f Flow, v balancerCtValue) (evicted bool, err error) {
-	p := placeOf(f, buckets.MaxEntries())
-	var b balancerCtBucket
-	if err := buckets.Lookup(p.bucket, &b); err != nil {
-		return false, fmt.Errorf("read connection table bucket %d: %w", p.bucket, err)
+	t, err := mapCT(buckets, keys, f.Dst.Is4())
+	if err != nil {
+		return false, err
 	}
-	way, evicted := wayFor(&b, p)
-	return evicted, writeWay(buckets, keys, f, p, &b, way, v)
+	defer t.close()
+	p := placeOf(f, buckets.MaxEntries())
+	for range ctRetries {
+		b := t.load(p.bucket)
+		way, full := wayFor(&b, p)
+		if t.put(f, p, way, &b, v) {
+			return full, nil
+		}
+	}
+	return false, errBucketBusy(p.bucket)
 }
 
-// writeWay stores v for the flow in way of b (the bucket at p as read),
-// writing the whole bucket back, and records the flow's tuple.
-func writeWay(buckets, keys *ebpf.Map, f Flow, p ctPlace, b *balancerCtBucket, way int, v balancerCtValue) error {
-	b.Ident[way], b.Meta[way] = p.encode(v)
-	if err := buckets.Update(p.bucket, b, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write connection table bucket %d: %w", p.bucket, err)
-	}
-	slot := p.bucket*ctWays + uint32(way)
-	var err error
-	if f.Dst.Is4() {
-		err = keys.Update(slot, keyV4(f), ebpf.UpdateAny)
-	} else {
-		err = keys.Update(slot, keyV6(f), ebpf.UpdateAny)
-	}
-	if err != nil {
-		return fmt.Errorf("record the tuple of connection entry %d: %w", slot, err)
-	}
-	return nil
+// errBucketBusy is a write that found its way changed by another writer
+// ctRetries times in a row.
+func errBucketBusy(bucket uint32) error {
+	return fmt.Errorf("write connection table bucket %d: its ways changed under %d tries in a row", bucket, ctRetries)
 }
 
 func keyV4(f Flow) balancerCtKeyV4 {

@@ -3,9 +3,7 @@ package datapath
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -26,17 +24,14 @@ type connCounts struct {
 	c   []balancerConnCount // by backend id
 }
 
-// openCounts maps m (backend_conns) whole: 16 bytes a backend id, 4 MiB at
+// openCounts maps m (backend_conns) whole: 32 bytes a backend id, 8 MiB at
 // the compiled capacity, of which only the touched pages are resident.
 func openCounts(m *ebpf.Map) (*connCounts, error) {
-	n := int(m.MaxEntries())
-	size := n * int(unsafe.Sizeof(balancerConnCount{}))
-	page := os.Getpagesize()
-	mem, err := unix.Mmap(m.FD(), 0, (size+page-1)/page*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, c, err := mapArray[balancerConnCount](m, true)
 	if err != nil {
 		return nil, fmt.Errorf("map the connection counts: %w", err)
 	}
-	return &connCounts{mem: mem, c: unsafe.Slice((*balancerConnCount)(unsafe.Pointer(&mem[0])), n)}, nil
+	return &connCounts{mem: mem, c: c}, nil
 }
 
 func (k *connCounts) close() {

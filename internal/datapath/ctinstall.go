@@ -1,9 +1,6 @@
 package datapath
 
-import (
-	"fmt"
-	"time"
-)
+import "time"
 
 // InstallResult says what InstallSynced did with a batch of entries.
 type InstallResult struct {
@@ -35,10 +32,10 @@ type InstallResult struct {
 // skipped; the ids are this node's, resolved from addresses. An entry's
 // VIP is looked up as given, then as the every-port VIP of its address.
 //
-// Each entry reads and writes its whole bucket: a packet that changes
-// another way of the same bucket in between loses that change (a refresh
-// of last_seen or a new entry, made again by the flow's next packet). On a
-// standby, which forwards nothing, there is no such packet.
+// Each entry is written into its way alone, from a fresh read of its
+// bucket, as the program writes (ctmem.go): a packet's write to another
+// way of the bucket stays. A packet that chose the same way from a read
+// before Go's write overwrites Go's entry (as if evicted).
 func (d *Datapath) InstallSynced(entries []SyncEntry) (InstallResult, error) {
 	var res InstallResult
 	clk, err := d.clock()
@@ -71,30 +68,45 @@ func (d *Datapath) InstallSynced(entries []SyncEntry) (InstallResult, error) {
 			State:      uint8(e.State & 3),
 			LastSeen:   clk.jiffies - uint32((t-life)*time.Duration(clk.hz)/time.Second),
 		}
-		buckets, keys := ctTables(e.Flow.Dst.Is4(), &d.objs)
-		p := placeOf(e.Flow, buckets.MaxEntries())
-		var b balancerCtBucket
-		if err := buckets.Lookup(p.bucket, &b); err != nil {
-			return res, fmt.Errorf("read connection table bucket %d: %w", p.bucket, err)
-		}
-		way, fresher := installWay(&b, p, v, clk.hz, func(w int) bool { return r.live(clk, decodeWay(&b, w)) })
-		switch {
-		case fresher:
-			res.Fresher++
-			continue
-		case way < 0:
-			res.Full++
-			continue
-		}
-		old := decodeWay(&b, way)
-		oldLive := b.Ident[way] != 0 && r.live(clk, old)
-		if err := writeWay(buckets, keys, e.Flow, p, &b, way, v); err != nil {
+		mem, done, err := d.ctWriter(e.Flow.Dst.Is4())
+		if err != nil {
 			return res, err
 		}
-		d.countReplace(old, oldLive, &v)
-		res.Installed++
+		installed, fresher, err := d.install(mem, r, clk, e.Flow, v)
+		done()
+		switch {
+		case err != nil:
+			return res, err
+		case fresher:
+			res.Fresher++
+		case !installed:
+			res.Full++
+		default:
+			res.Installed++
+		}
 	}
 	return res, nil
+}
+
+// install writes entry v of flow f where installWay says, choosing again
+// from a new read whenever another writer changed that way first, and
+// adjusts the counts for what it replaced.
+func (d *Datapath) install(mem *ctMem, r *connResolver, clk kernelClock, f Flow, v balancerCtValue) (installed, fresher bool, err error) {
+	p := placeOf(f, uint32(len(mem.buckets)))
+	for range ctRetries {
+		b := mem.load(p.bucket)
+		live := func(w int) bool { return r.live(clk, decodeWay(&b, w)) }
+		way, fresher := installWay(&b, p, v, clk.hz, live)
+		if way < 0 {
+			return false, fresher, nil
+		}
+		oldLive := b.Ident[way] != 0 && live(way)
+		if mem.put(f, p, way, &b, v) {
+			d.countReplace(decodeWay(&b, way), oldLive, &v)
+			return true, false, nil
+		}
+	}
+	return false, false, errBucketBusy(p.bucket)
 }
 
 // installWay returns the way of b a synced entry v goes to, or -1 if none

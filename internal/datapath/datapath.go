@@ -106,6 +106,9 @@ type Datapath struct {
 	// counts maps the fast path's per-backend connection counts
 	// (counts.go).
 	counts *connCounts
+	// ct maps the connection tables writable for Go's own writes
+	// (ctmem.go).
+	ct ctMaps
 	// refused holds, by ifindex, why the driver refused native XDP where
 	// AttachAuto fell back to generic (attach.go).
 	refused map[int]error
@@ -310,6 +313,7 @@ func (d *Datapath) Close() error {
 	d.arena.close()
 	d.hosts.close()
 	d.counts.close()
+	d.ct.close()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

@@ -104,6 +104,13 @@ func currentLayout() Layout {
 	return Layout{Version: v, Release: version.String()}
 }
 
+// Layout returns the layout of the maps this datapath loaded, the one the
+// fast path runs on (adopted pins are of it; older ones were migrated into
+// new maps of it).
+func (d *Datapath) Layout() Layout {
+	return currentLayout()
+}
+
 // ReadLayout returns the layout of the pins in dir; ok is false when dir
 // holds no balancer maps.
 func ReadLayout(dir string) (l Layout, ok bool, err error) {

@@ -136,6 +136,10 @@ type Status struct {
 	LastApply  time.Time     `json:"last_apply"`
 	Reconcile  time.Duration `json:"last_reconcile_ns"`
 	Adopted    bool          `json:"adopted"` // took over pinned state at start
+	// Layout is the layout version of the fast path's maps
+	// (docs/upgrade.md): what a restart adopts, or migrates from; 0 from
+	// a daemon older than this field.
+	Layout uint32 `json:"layout"`
 	// Sync is connection sync's state; nil when the daemon runs none.
 	Sync *SyncStatus `json:"sync,omitempty"`
 }
