@@ -46,6 +46,8 @@ const (
 	StatRTLost          = Stat(balancerFulcrumStatSTAT_RT_LOST)
 	StatSchedLCExact    = Stat(balancerFulcrumStatSTAT_SCHED_LC_EXACT)
 	StatSchedLCTwo      = Stat(balancerFulcrumStatSTAT_SCHED_LC_TWO)
+	StatSchedLTExact    = Stat(balancerFulcrumStatSTAT_SCHED_LT_EXACT)
+	StatSchedLTTwo      = Stat(balancerFulcrumStatSTAT_SCHED_LT_TWO)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -83,6 +85,8 @@ var statNames = [...]string{
 	StatRTLost:          "rt_lost",
 	StatSchedLCExact:    "sched_least_conn_exact",
 	StatSchedLCTwo:      "sched_least_conn_two_choices",
+	StatSchedLTExact:    "sched_least_time_exact",
+	StatSchedLTTwo:      "sched_least_time_two_choices",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.
