@@ -204,7 +204,7 @@ type VIP struct {
 	Protocol string `yaml:"protocol"` // tcp or udp
 	Mode     Mode   `yaml:"mode"`     // default ModeDSR
 	// Scheduler is SchedulerMaglev (the default), SchedulerSourceHash,
-	// SchedulerRoundRobin or SchedulerLeastConn.
+	// SchedulerRoundRobin, SchedulerLeastConn or SchedulerLeastTime.
 	Scheduler Scheduler `yaml:"scheduler"`
 	// RingSize is the Maglev table size, a prime; default
 	// maglev.DefaultSize. 0 when RingSizeAuto.
