@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +28,9 @@ const (
 
 // delayOutput sets up the delay path in the calling process's network
 // namespace (a test backend's, never a host's) and runs it until exit.
+// SIGUSR1 switches the delay off and on again (a backend that recovers,
+// and slows down again): a packet takes the delay of the moment it is
+// sent, and leaves in order, after those held before it.
 func delayOutput(delay time.Duration) error {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -69,6 +75,16 @@ func delayOutput(delay time.Duration) error {
 		at  time.Time
 		pkt []byte
 	}
+	var on atomic.Bool
+	on.Store(true)
+	toggle := make(chan os.Signal, 1)
+	signal.Notify(toggle, syscall.SIGUSR1)
+	go func() {
+		for range toggle {
+			on.Store(!on.Load())
+			fmt.Printf("fcbackend: delay %s\n", map[bool]string{true: "on", false: "off"}[on.Load()])
+		}
+	}()
 	q := make(chan held, 8192)
 	go func() {
 		for {
@@ -78,7 +94,11 @@ func delayOutput(delay time.Duration) error {
 				fmt.Fprintf(os.Stderr, "fcbackend: delay: read: %v\n", err)
 				os.Exit(1)
 			}
-			q <- held{time.Now().Add(delay), buf[:n]}
+			d := delay
+			if !on.Load() {
+				d = 0
+			}
+			q <- held{time.Now().Add(d), buf[:n]}
 		}
 	}()
 	go func() {
