@@ -136,6 +136,9 @@ func TestLeastConnExact(t *testing.T) {
 			if n := after.Stat(StatSchedLCExact) - before.Stat(StatSchedLCExact); n != flows {
 				t.Errorf("%d new flows counted %d exact least-conn decisions", flows, n)
 			}
+			if n := after.Decisions[c.vip] - before.Decisions[c.vip]; n != flows || after.Scheduler[c.vip] != "least-conn" {
+				t.Errorf("the vip's decisions: %d by %q, want %d by least-conn", n, after.Scheduler[c.vip], flows)
+			}
 		})
 	}
 }
