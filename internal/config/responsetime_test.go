@@ -71,14 +71,16 @@ func TestResponseTimeRefused(t *testing.T) {
 
 // TestLeastTimeResponseDefault: a least-time VIP without response_time
 // measures what it can: passive for TCP, the probes for UDP with a health
-// check; one that sets it keeps its own.
+// check; one that sets it keeps its own; the half-life a least-time VIP
+// sets none of is LeastTimeHalfLife.
 func TestLeastTimeResponseDefault(t *testing.T) {
 	c := mustParse(t, base+`vips:
   - {address: 203.0.113.1, port: 80, protocol: tcp, scheduler: least-time}
   - {address: 203.0.113.2, port: 53, protocol: udp, scheduler: least-time, health_check: {type: udp, payload: ping}}
   - {address: 203.0.113.3, port: 80, protocol: tcp, scheduler: least-time, response_time: {source: both, half_life: 2s}, health_check: {type: tcp}}
+  - {address: 203.0.113.4, port: 80, protocol: tcp, scheduler: least-time, response_time: {source: both}, health_check: {type: tcp}}
 `)
-	want := []ResponseTime{{ResponsePassive, time.Second}, {ResponseActive, time.Second}, {ResponseBoth, 2 * time.Second}}
+	want := []ResponseTime{{ResponsePassive, LeastTimeHalfLife}, {ResponseActive, LeastTimeHalfLife}, {ResponseBoth, 2 * time.Second}, {ResponseBoth, LeastTimeHalfLife}}
 	for i, w := range want {
 		v := c.VIPs[i]
 		if v.Scheduler != SchedulerLeastTime || v.ResponseTime == nil || *v.ResponseTime != w {

@@ -872,7 +872,7 @@ func responseTime(f source, v *VIP, checkBad bool) *ResponseTime {
 	rf := ff.sub("response_time", "a mapping with source and half_life, e.g. {source: passive}", responseKeys)
 	r := &ResponseTime{
 		Source:   enumOf(rf, "source", ResponsePassive, responseSources),
-		HalfLife: rf.duration("half_life", DefaultResponseHalfLife, true),
+		HalfLife: rf.duration("half_life", defaultHalfLife(v), true),
 	}
 	if r.HalfLife < MinResponseHalfLife || r.HalfLife > MaxResponseHalfLife {
 		rf.errf("half_life", "%s is out of range; use %s to %s", r.HalfLife, MinResponseHalfLife, MaxResponseHalfLife)
@@ -902,7 +902,7 @@ func responseTime(f source, v *VIP, checkBad bool) *ResponseTime {
 // VIP has a health check; a UDP VIP without one cannot measure, and is
 // refused naming response_time.
 func leastTimeDefault(f source, v *VIP, checkBad bool) *ResponseTime {
-	r := &ResponseTime{Source: ResponsePassive, HalfLife: DefaultResponseHalfLife}
+	r := &ResponseTime{Source: ResponsePassive, HalfLife: defaultHalfLife(v)}
 	if v.Protocol != "udp" {
 		return r
 	}
@@ -916,4 +916,14 @@ func leastTimeDefault(f source, v *VIP, checkBad bool) *ResponseTime {
 	}
 	r.Source = ResponseActive
 	return r
+}
+
+// defaultHalfLife is the half-life a VIP's response times take when
+// response_time sets none: LeastTimeHalfLife for least-time, which acts
+// on them, else DefaultResponseHalfLife.
+func defaultHalfLife(v *VIP) time.Duration {
+	if v.Scheduler == SchedulerLeastTime {
+		return LeastTimeHalfLife
+	}
+	return DefaultResponseHalfLife
 }
