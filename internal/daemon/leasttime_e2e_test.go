@@ -50,7 +50,7 @@ func TestLeastTimeSlowBackend(t *testing.T) {
 	}
 	// Explain names least-time and lists the three backends compared.
 	out, err = h.cli("explain", h.topo.Client.IPv4.String(), vip4.String(), "tcp", "40000", fmt.Sprint(holdVIP.Port), "--syn")
-	if err != nil || !strings.Contains(out, " by least-time (") || strings.Count(out, " rt ") != len(h.topo.Backends) ||
+	if err != nil || !strings.Contains(out, " by least-time (") || strings.Count(out, " active ") != len(h.topo.Backends) ||
 		!strings.Contains(out, "lower by more than 1/8 of it") {
 		t.Fatalf("explain --syn: %v, want least-time comparing %d backends with the margin:\n%s", err, len(h.topo.Backends), out)
 	}
