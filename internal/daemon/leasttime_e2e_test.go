@@ -36,11 +36,8 @@ const (
 // Along the way: `fulcrum vip list` shows least-time, explain says
 // least-time decided, and the decisions are counted for the VIP.
 func TestLeastTimeSlowBackend(t *testing.T) {
-	const delay = 20 * time.Millisecond
 	h := newHarness(t)
-	h.serverArgs = map[int][]string{2: {"-delay", delay.String()}}
-	h.stopServer(2)
-	h.startServer(2)
+	h.slowServer(2, 20*time.Millisecond)
 	h.writeConfig(h.holdConfig("least-time"))
 	h.startDaemon()
 
@@ -162,4 +159,12 @@ func (h *harness) namedHoldConn() (string, error) {
 		return "", fmt.Errorf("wait for the backend's close: %w", err)
 	}
 	return strings.TrimSpace(name), nil
+}
+
+// slowServer restarts backend i's fcbackend with -delay d, which stays in
+// its arguments for any later restart.
+func (h *harness) slowServer(i int, d time.Duration) {
+	h.serverArgs = map[int][]string{i: {"-delay", d.String()}}
+	h.stopServer(i)
+	h.startServer(i)
 }

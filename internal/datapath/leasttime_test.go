@@ -2,17 +2,12 @@ package datapath
 
 import (
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 )
 
-var (
-	vipLT4    = VIP{Addr: addr("203.0.113.91"), Port: 80, Proto: TCP}
-	vipLTUDP4 = VIP{Addr: addr("203.0.113.91"), Port: 53, Proto: UDP}
-	vipLT6    = VIP{Addr: addr("2001:db8:ffff::91"), Port: 80, Proto: TCP}
-	ltConfig  = VIPConfig{Mode: ModeDSR, LeastTime: true}
-)
+// ltConfig is a least-time VIP's (the VIPs vipLT* are beside least-conn's).
+var ltConfig = VIPConfig{Mode: ModeDSR, LeastTime: true}
 
 // equal4 is three IPv4 backends of weight 1 (backends4's addresses).
 var equal4 = []Backend{
@@ -42,19 +37,9 @@ func ltCost(active int64, rt uint32, w uint32) float64 {
 // comparison.
 func newLTFlow(t *testing.T, d *Datapath, vip VIP, client string, sport uint16, set []Backend, keep bool) (netip.Addr, *LeastConnChoice) {
 	t.Helper()
-	f := Flow{Src: addr(client), Dst: vip.Addr, Sport: sport, Dport: vip.Port, Proto: vip.Proto}
-	pred, err := d.Predict(f, vip.Proto == TCP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pred.LeastConn == nil || !pred.LeastConn.LeastTime || pred.Scheduler != "least-time" {
+	to, pred, _ := sendNewFlow(t, d, vip, client, sport, set)
+	if !pred.LeastConn.LeastTime || pred.Scheduler != "least-time" {
 		t.Fatalf("Predict of a new flow of a least-time vip: %+v, want a least-time choice", pred)
-	}
-	p := pkt(client, vip.Addr.String(), vip.Proto, sport, vip.Port)
-	p.SYN = vip.Proto == TCP
-	to := sendAmong(t, d, p, set)
-	if to != pred.Backend {
-		t.Fatalf("flow %d went to %s, Predict said %s (%+v)", sport, to, pred.Backend, pred.LeastConn.Candidates)
 	}
 	if !keep {
 		id := d.vips[vip].backends[to].id
@@ -73,67 +58,54 @@ func newLTFlow(t *testing.T, d *Datapath, vip VIP, client string, sport uint16, 
 // inverse proportion to the response times; both families, TCP and UDP;
 // each decision counted for the VIP and as an exact least-time one.
 func TestLeastTimeExact(t *testing.T) {
-	d := newTestDatapath(t)
-	for _, c := range []struct {
-		vip    VIP
-		client string
-		set    []Backend
-	}{
-		{vipLT4, client4, equal4},
-		{vipLTUDP4, client4, equal4},
-		{vipLT6, client6, backends6},
-	} {
-		t.Run(c.vip.String(), func(t *testing.T) {
-			if err := d.AddVIP(c.vip, ltConfig, c.set); err != nil {
-				t.Fatal(err)
-			}
-			rts := []uint32{100, 300, 900}
-			for i, b := range c.set {
-				setRT(t, d, c.vip, b.Addr, int(rts[i]))
-			}
-			rtOf := map[netip.Addr]uint32{}
-			for i, b := range c.set {
-				rtOf[b.Addr] = rts[i]
-			}
-			before, _ := d.Counters()
-			const flows = 65
-			for i := range flows {
-				act := activeOf(d, c.vip)
-				to, ch := newLTFlow(t, d, c.vip, c.client, uint16(30000+i), c.set, true)
-				if !ch.Exact || len(ch.Candidates) != len(c.set) {
-					t.Fatalf("flow %d: compared %+v, want all %d backends", i, ch, len(c.set))
-				}
-				for _, cand := range ch.Candidates {
-					if cand.RT != rtOf[cand.Backend] || cand.Active != uint64(act[cand.Backend]) {
-						t.Fatalf("flow %d: Predict read %+v, the maps hold rt %d active %d", i, cand, rtOf[cand.Backend], act[cand.Backend])
-					}
-				}
-				chosen := ltCost(act[to], rtOf[to], 1)
-				for _, b := range c.set {
-					if other := ltCost(act[b.Addr], rtOf[b.Addr], 1); other < chosen*(1-LeastTimeMargin)-1 {
-						t.Fatalf("flow %d went to %s at cost %.0f; %s is lower by more than the margin, %.0f (counts %v)", i, to, chosen, b.Addr, other, act)
-					}
-				}
-			}
-			// Equal costs (a + 1) x rt: 100, 300 and 900 µs take loads
-			// near 9:3:1 of 65 flows, less what the margin blurs.
+	cases := []leastCase{{vipLT4, client4, equal4}, {vipLTUDP4, client4, equal4}, {vipLT6, client6, backends6}}
+	runLeastCases(t, ltConfig, cases, func(t *testing.T, d *Datapath, c leastCase) {
+		rts := []uint32{100, 300, 900}
+		for i, b := range c.set {
+			setRT(t, d, c.vip, b.Addr, int(rts[i]))
+		}
+		rtOf := map[netip.Addr]uint32{}
+		for i, b := range c.set {
+			rtOf[b.Addr] = rts[i]
+		}
+		before, _ := d.Counters()
+		const flows = 65
+		for i := range flows {
 			act := activeOf(d, c.vip)
-			a, b, cc := act[c.set[0].Addr], act[c.set[1].Addr], act[c.set[2].Addr]
-			if a < 40 || a > 50 || b < 11 || b > 19 || cc < 3 || cc > 7 {
-				t.Errorf("loads %d, %d, %d for rt 100, 300, 900 µs over %d flows, want about 45, 15, 5", a, b, cc, flows)
+			to, ch := newLTFlow(t, d, c.vip, c.client, uint16(30000+i), c.set, true)
+			if !ch.Exact || len(ch.Candidates) != len(c.set) {
+				t.Fatalf("flow %d: compared %+v, want all %d backends", i, ch, len(c.set))
 			}
-			after, _ := d.Counters()
-			if n := after.Stat(StatSchedLTExact) - before.Stat(StatSchedLTExact); n != flows {
-				t.Errorf("%d new flows counted %d exact least-time decisions", flows, n)
+			for _, cand := range ch.Candidates {
+				if cand.RT != rtOf[cand.Backend] || cand.Active != uint64(act[cand.Backend]) {
+					t.Fatalf("flow %d: Predict read %+v, the maps hold rt %d active %d", i, cand, rtOf[cand.Backend], act[cand.Backend])
+				}
 			}
-			if n := after.Stat(StatSchedLCExact) - before.Stat(StatSchedLCExact); n != 0 {
-				t.Errorf("least-time flows counted %d least-conn decisions", n)
+			chosen := ltCost(act[to], rtOf[to], 1)
+			for _, b := range c.set {
+				if other := ltCost(act[b.Addr], rtOf[b.Addr], 1); other < chosen*(1-LeastTimeMargin)-1 {
+					t.Fatalf("flow %d went to %s at cost %.0f; %s is lower by more than the margin, %.0f (counts %v)", i, to, chosen, b.Addr, other, act)
+				}
 			}
-			if n := after.Decisions[c.vip] - before.Decisions[c.vip]; n != flows || after.Scheduler[c.vip] != "least-time" {
-				t.Errorf("the vip's decisions: %d by %q, want %d by least-time", n, after.Scheduler[c.vip], flows)
-			}
-		})
-	}
+		}
+		// Equal costs (a + 1) x rt: 100, 300 and 900 µs take loads
+		// near 9:3:1 of 65 flows, less what the margin blurs.
+		act := activeOf(d, c.vip)
+		a, b, cc := act[c.set[0].Addr], act[c.set[1].Addr], act[c.set[2].Addr]
+		if a < 40 || a > 50 || b < 11 || b > 19 || cc < 3 || cc > 7 {
+			t.Errorf("loads %d, %d, %d for rt 100, 300, 900 µs over %d flows, want about 45, 15, 5", a, b, cc, flows)
+		}
+		after, _ := d.Counters()
+		if n := after.Stat(StatSchedLTExact) - before.Stat(StatSchedLTExact); n != flows {
+			t.Errorf("%d new flows counted %d exact least-time decisions", flows, n)
+		}
+		if n := after.Stat(StatSchedLCExact) - before.Stat(StatSchedLCExact); n != 0 {
+			t.Errorf("least-time flows counted %d least-conn decisions", n)
+		}
+		if n := after.Decisions[c.vip] - before.Decisions[c.vip]; n != flows || after.Scheduler[c.vip] != "least-time" {
+			t.Errorf("the vip's decisions: %d by %q, want %d by least-time", n, after.Scheduler[c.vip], flows)
+		}
+	})
 }
 
 // TestLeastTimeHysteresis: two backends whose costs differ by less than
@@ -289,113 +261,73 @@ func TestLeastTimeTwoChoices(t *testing.T) {
 // is never chosen however cheap; with every backend drained a new flow
 // gets the verdict a Maglev VIP's gets (dropped, no backend).
 func TestLeastTimeEntriesAndDrain(t *testing.T) {
-	for _, c := range []struct {
-		vip    VIP
-		client string
-		set    []Backend
-	}{{vipLT4, client4, equal4}, {vipLT6, client6, backends6}} {
-		t.Run(c.vip.String(), func(t *testing.T) {
-			d := newTestDatapath(t)
-			if err := d.AddVIP(c.vip, ltConfig, c.set); err != nil {
-				t.Fatal(err)
-			}
-			for _, b := range c.set {
-				setRT(t, d, c.vip, b.Addr, 100)
-			}
-			// Table hit: the flow stays on its backend, now the slowest.
-			p := pkt(c.client, c.vip.Addr.String(), TCP, 30000, c.vip.Port)
-			p.SYN = true
-			first := sendAmong(t, d, p, c.set)
-			setRT(t, d, c.vip, first, 1000000)
-			p.SYN, p.ACK = false, true
-			for range 3 {
-				if to := sendAmong(t, d, p, c.set); to != first {
-					t.Fatalf("established flow moved from %s to %s when its backend became slow", first, to)
-				}
-			}
-			// Mid-flow miss: the ring's backend, even the slow one.
-			for sport := uint16(40000); ; sport++ {
-				ring := expectBackend(t, c.set, 0, addr(c.client), c.vip.Addr, sport, c.vip.Port, TCP, false)
-				if ring.Addr != first {
-					continue
-				}
-				before, _ := d.Counters()
-				q := pkt(c.client, c.vip.Addr.String(), TCP, sport, c.vip.Port)
-				q.ACK = true
-				if to := sendAmong(t, d, q, c.set); to != first {
-					t.Fatalf("mid-flow miss went to %s, want the ring's %s", to, first)
-				}
-				after, _ := d.Counters()
-				if n := after.Decisions[c.vip] - before.Decisions[c.vip]; n != 0 {
-					t.Fatalf("a mid-flow miss counted %d decisions", n)
-				}
-				break
-			}
-			// Drained: the cheapest and least loaded, never chosen.
-			drained := c.set[1].Addr
-			setRT(t, d, c.vip, drained, 1)
-			if err := d.SetWeight(c.vip, drained, 0); err != nil {
-				t.Fatal(err)
-			}
-			for i := range 30 {
-				if to, _ := newLTFlow(t, d, c.vip, c.client, uint16(31000+i), c.set, true); to == drained {
-					t.Fatalf("new flow %d went to the drained backend %s", i, drained)
-				}
-			}
-			// All drained: the Maglev VIP's verdict, dropped.
-			for _, b := range c.set {
-				if err := d.SetWeight(c.vip, b.Addr, 0); err != nil {
-					t.Fatal(err)
-				}
-			}
-			mg := VIP{Addr: c.vip.Addr, Port: c.vip.Port + 1, Proto: TCP}
-			zero := make([]Backend, len(c.set))
-			for i, b := range c.set {
-				zero[i] = b
-				zero[i].Weight = 0
-			}
-			if err := d.AddVIP(mg, VIPConfig{Mode: ModeDSR}, zero); err != nil {
-				t.Fatal(err)
-			}
-			for _, v := range []VIP{c.vip, mg} {
-				q := pkt(c.client, v.Addr.String(), TCP, 32000, v.Port)
-				q.SYN = true
-				if verdict, _ := runProg(t, d.Program(), q.Build()); verdict != xdpDrop {
-					t.Fatalf("%s, every backend drained: verdict %s, want XDP_DROP", v, verdictNames[verdict])
-				}
-			}
-		})
-	}
-}
-
-// TestLeastTimeRefused: least-time without the connection table, with the
-// source hash, with another scheduler or with pools is refused with a
-// reason, and nothing is written.
-func TestLeastTimeRefused(t *testing.T) {
-	d := newTestDatapath(t)
-	pools, err := NewPools([]Pool{{Name: "eu", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
-		Backends: []netip.Addr{backends4[0].Addr}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		cfg  VIPConfig
-		want string
-	}{
-		{VIPConfig{Mode: ModeDSR, LeastTime: true, NoConntrack: true}, "least-time needs the connection table and the 5-tuple hash"},
-		{VIPConfig{Mode: ModeDSR, LeastTime: true, SourceHash: true}, "least-time needs the connection table and the 5-tuple hash"},
-		{VIPConfig{Mode: ModeDSR, LeastTime: true, RoundRobin: true}, "least-time and round robin are two schedulers"},
-		{VIPConfig{Mode: ModeDSR, LeastTime: true, LeastConn: true}, "least-conn and least-time are two schedulers"},
-		{VIPConfig{Mode: ModeDSR, LeastTime: true, Pools: pools}, "least-time does not take source-prefix pools"},
-	} {
-		err := d.AddVIP(vipLT4, c.cfg, backends4)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%+v: %v, want a refusal saying %q", c.cfg, err, c.want)
+	runLeastCases(t, ltConfig, []leastCase{{vipLT4, client4, equal4}, {vipLT6, client6, backends6}}, func(t *testing.T, d *Datapath, c leastCase) {
+		for _, b := range c.set {
+			setRT(t, d, c.vip, b.Addr, 100)
 		}
-		if len(d.VIPs()) != 0 {
-			t.Fatalf("%+v: refused, yet the datapath holds %d vips", c.cfg, len(d.VIPs()))
+		// Table hit: the flow stays on its backend, now the slowest.
+		p := pkt(c.client, c.vip.Addr.String(), TCP, 30000, c.vip.Port)
+		p.SYN = true
+		first := sendAmong(t, d, p, c.set)
+		setRT(t, d, c.vip, first, 1000000)
+		p.SYN, p.ACK = false, true
+		for range 3 {
+			if to := sendAmong(t, d, p, c.set); to != first {
+				t.Fatalf("established flow moved from %s to %s when its backend became slow", first, to)
+			}
 		}
-	}
+		// Mid-flow miss: the ring's backend, even the slow one.
+		for sport := uint16(40000); ; sport++ {
+			ring := expectBackend(t, c.set, 0, addr(c.client), c.vip.Addr, sport, c.vip.Port, TCP, false)
+			if ring.Addr != first {
+				continue
+			}
+			before, _ := d.Counters()
+			q := pkt(c.client, c.vip.Addr.String(), TCP, sport, c.vip.Port)
+			q.ACK = true
+			if to := sendAmong(t, d, q, c.set); to != first {
+				t.Fatalf("mid-flow miss went to %s, want the ring's %s", to, first)
+			}
+			after, _ := d.Counters()
+			if n := after.Decisions[c.vip] - before.Decisions[c.vip]; n != 0 {
+				t.Fatalf("a mid-flow miss counted %d decisions", n)
+			}
+			break
+		}
+		// Drained: the cheapest and least loaded, never chosen.
+		drained := c.set[1].Addr
+		setRT(t, d, c.vip, drained, 1)
+		if err := d.SetWeight(c.vip, drained, 0); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 30 {
+			if to, _ := newLTFlow(t, d, c.vip, c.client, uint16(31000+i), c.set, true); to == drained {
+				t.Fatalf("new flow %d went to the drained backend %s", i, drained)
+			}
+		}
+		// All drained: the Maglev VIP's verdict, dropped.
+		for _, b := range c.set {
+			if err := d.SetWeight(c.vip, b.Addr, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mg := VIP{Addr: c.vip.Addr, Port: c.vip.Port + 1, Proto: TCP}
+		zero := make([]Backend, len(c.set))
+		for i, b := range c.set {
+			zero[i] = b
+			zero[i].Weight = 0
+		}
+		if err := d.AddVIP(mg, VIPConfig{Mode: ModeDSR}, zero); err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range []VIP{c.vip, mg} {
+			q := pkt(c.client, v.Addr.String(), TCP, 32000, v.Port)
+			q.SYN = true
+			if verdict, _ := runProg(t, d.Program(), q.Build()); verdict != xdpDrop {
+				t.Fatalf("%s, every backend drained: verdict %s, want XDP_DROP", v, verdictNames[verdict])
+			}
+		}
+	})
 }
 
 // TestSchedulerDecisionsRestart: a VIP that changes scheduler starts its
