@@ -48,7 +48,7 @@ type VIP struct {
 	VIPRef
 	Name      string `json:"name,omitempty"`
 	Mode      string `json:"mode"`                // "dsr"
-	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash", "round-robin" or "least-conn"
+	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash", "round-robin", "least-conn" or "least-time"
 	// RingSize is a prime; 0 = 65537. In a listing of a VIP with
 	// RingSizeAuto it is the size the daemon chose (0 before its first
 	// write); when adding one, leave it 0.
@@ -256,8 +256,8 @@ type Explanation struct {
 	VIP     VIPRef     `json:"vip"`
 	Backend netip.Addr `json:"backend"`
 	// Reason is "connection entry", "ring slot", "round-robin",
-	// "least-conn", or, for a dropped packet, "source range" or "pool
-	// down".
+	// "least-conn", "least-time", or, for a dropped packet, "source
+	// range" or "pool down".
 	Reason      string     `json:"reason"`
 	Hash        uint32     `json:"hash"`
 	Slot        uint32     `json:"slot"`
