@@ -220,8 +220,8 @@ static __always_inline __u32 rr_next(const struct vip_meta *vip, struct stat_tab
 	return ring_read(vip->rr_offset, pos);
 }
 
-/* sched_choose returns the backend a round-robin or least-conn VIP's
- * scheduler gives a packet that missed the table, or UNASSIGNED when the
+/* sched_choose returns the backend a round-robin, least-conn or
+ * least-time VIP's scheduler gives a packet that missed the table, or UNASSIGNED when the
  * ring decides. The rule is the two schedulers' own: the ring decides for
  * a TCP segment without SYN (not a flow's first: its entry was lost, and
  * the ring is what every node and every restart agrees on), and for a new
@@ -229,8 +229,8 @@ static __always_inline __u32 rr_next(const struct vip_meta *vip, struct stat_tab
  * later packets would take the ring, so its first does too). A SYN whose
  * entry is still in state syn is a retransmission: it keeps the entry's
  * backend, which may have answered the first. Otherwise round-robin's next
- * backend (rr_next), or least-conn's choice (lc_pick in sched.h), with the
- * ring's slot for the flow as its first candidate. A VIP with pools never
+ * backend (rr_next), or least-conn's or least-time's choice (lc_pick in
+ * sched.h), with the ring's slot for the flow as its first candidate. A VIP with pools never
  * gets here (balance: it is Maglev on its pool's ring). */
 static __always_inline __u32 sched_choose(const struct vip_meta *vip, const struct flow *f,
 					  const struct ct_ref *ref, const struct ct_value *ct, __u32 now,
@@ -239,7 +239,7 @@ static __always_inline __u32 sched_choose(const struct vip_meta *vip, const stru
 {
 	const struct backend *be;
 
-	if (!(vip->flags & (VIP_F_ROUND_ROBIN | VIP_F_LEAST_CONN)) || !ref->b ||
+	if (!(vip->flags & (VIP_F_ROUND_ROBIN | VIP_F_LEAST_CONN | VIP_F_LEAST_TIME)) || !ref->b ||
 	    (!f->syn && f->proto != IPPROTO_UDP))
 		return UNASSIGNED;
 	if (f->syn && ref->way < CT_WAYS && ct->state == CT_SYN && !ct_expired(ct, vip, now)) {
@@ -252,7 +252,7 @@ static __always_inline __u32 sched_choose(const struct vip_meta *vip, const stru
 		return UNASSIGNED;
 	if (vip->flags & VIP_F_ROUND_ROBIN)
 		return rr_next(vip, st);
-	return lc_pick(vip->index, vip->ring_offset, vip->ring_size, hash);
+	return lc_pick(vip->index, vip->ring_offset, vip->ring_size, hash, !!(vip->flags & VIP_F_LEAST_TIME));
 }
 
 /* ct_wanted reports whether some VIP of the flow's protocol uses the

@@ -83,11 +83,14 @@ enum fulcrum_vip_flags {
 	/* New flows take the least-conn scheduler (sched.h): the backend of
 	 * lowest (active + 1) / weight. */
 	VIP_F_LEAST_CONN = 1 << 6,
+	/* New flows take the least-time scheduler (sched.h): the backend of
+	 * lowest (active + 1) x response time / weight, the response time
+	 * from backend_cost, with a hysteresis margin (LT_MARGIN_SHIFT). */
+	VIP_F_LEAST_TIME = 1 << 7,
 	/* The VIP measures its backends' response times passively (rtt.h): a
 	 * SYN's time is kept in rt_syn, and the flow's first ACK adds the
 	 * time since to its backend's rt_samples. Without the flag a SYN and
-	 * an ACK in state syn pay one flag test. (1 << 8: 7 is left to another
-	 * scheduler's flag.) */
+	 * an ACK in state syn pay one flag test. */
 	VIP_F_RESPONSE_TIME = 1 << 8,
 };
 
@@ -212,6 +215,10 @@ enum fulcrum_stat {
 	STAT_SCHED_LC_EXACT,        /* least-conn: a new flow's backend chosen
 	                             * by comparing the whole pool */
 	STAT_SCHED_LC_TWO,          /* least-conn: chosen by the better of two
+	                             * ring slots (a pool over LC_EXACT_MAX) */
+	STAT_SCHED_LT_EXACT,        /* least-time: a new flow's backend chosen
+	                             * by comparing the whole pool */
+	STAT_SCHED_LT_TWO,          /* least-time: chosen by the better of two
 	                             * ring slots (a pool over LC_EXACT_MAX) */
 	STAT_MAX,
 };

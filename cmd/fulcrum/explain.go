@@ -84,6 +84,9 @@ func explain(c *cli.Context) error {
 			if err == nil && ex.LeastConn != nil {
 				_, err = fmt.Fprint(w, leastConnLines(ex.LeastConn, ex.Backend))
 			}
+			if err == nil && ex.LeastTime != nil {
+				_, err = fmt.Fprint(w, leastTimeLines(ex.LeastTime, ex.Backend))
+			}
 			return err
 		})
 }
@@ -122,6 +125,61 @@ func leastConnLines(lc *api.LeastConnChoice, chosen netip.Addr) string {
 		fmt.Fprintf(&b, "  %-20s active %-6d weight %-5d cost %s%s\n", c.Backend, c.Active, c.Weight, cost, mark)
 	}
 	return b.String()
+}
+
+// leastTimeLines shows what least-time compared, a line per backend with
+// its load, weight, response time and cost (active + 1) x rt / weight, why
+// it did or did not become the best so far, the chosen one marked.
+func leastTimeLines(lt *api.LeastConnChoice, chosen netip.Addr) string {
+	var b strings.Builder
+	how := "every backend of the pool, from a member the flow hash picks"
+	if lt.Method == "two_choices" {
+		how = "two ring slots (the flow's, then a rehashed one)"
+	}
+	margin := "1/8"
+	if lt.Margin > 0 && lt.Margin != 0.125 {
+		margin = fmt.Sprintf("%.3g", lt.Margin)
+	}
+	fmt.Fprintf(&b, "least-time compared (active + 1) x rt / weight over %s, counts and times as read now (a snapshot); "+
+		"a backend replaces the best so far only if its cost is lower by more than %s of it:\n", how, margin)
+	for i, c := range lt.Candidates {
+		rt, cost := "-", "-"
+		if c.RTMicros > 0 {
+			rt = fmtMicros(float64(c.RTMicros))
+			if c.Weight > 0 {
+				cost = fmtMicros(float64(c.Active+1) * float64(c.RTMicros) / float64(c.Weight))
+			}
+		}
+		var why string
+		switch {
+		case i == 0 && lt.Method == "two_choices":
+			why = "the ring's slot: the best so far"
+		case i == 0:
+			why = "first: the best so far"
+		case c.Beat:
+			why = "lower by more than " + margin + ": the best so far"
+		case c.WithinMargin:
+			why = "lower, but within " + margin + ": the best so far stays"
+		default:
+			why = "not lower"
+		}
+		if c.RTMicros == 0 {
+			why += " (not measured: compared on load alone)"
+		}
+		if c.Backend == chosen {
+			why += "; chosen"
+		}
+		fmt.Fprintf(&b, "  %-20s active %-6d weight %-5d rt %-9s cost %-9s %s\n", c.Backend, c.Active, c.Weight, rt, cost, why)
+	}
+	return b.String()
+}
+
+// fmtMicros formats a time in µs: "850µs", "12.5ms".
+func fmtMicros(us float64) string {
+	if us < 1000 {
+		return fmt.Sprintf("%.0fµs", us)
+	}
+	return fmt.Sprintf("%.3gms", us/1000)
 }
 
 // explanation is one line, e.g. "tcp 198.19.1.2:40000 -> 203.0.113.10:80

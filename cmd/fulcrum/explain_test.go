@@ -112,20 +112,48 @@ func TestExplainArguments(t *testing.T) {
 // lists the backends compared, with their counts and costs, the chosen
 // one marked.
 func TestExplainLeastConn(t *testing.T) {
-	d := startDaemon(t)
 	a, b, c := netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("198.18.0.13")
-	d.fake.mu.Lock()
-	d.fake.explain = api.Explanation{
-		VIP: d.fake.explain.VIP, Backend: c, Reason: "least-conn", Hash: 0xbeef, Slot: 1234, RingSize: 65537, RingBackend: a,
+	explainSYN(t, api.Explanation{Backend: c, Reason: "least-conn", Hash: 0xbeef, Slot: 1234, RingSize: 65537, RingBackend: a,
 		LeastConn: &api.LeastConnChoice{Method: "exact", Candidates: []api.LeastConnCandidate{
 			{Backend: b, Active: 4, Weight: 2}, {Backend: c, Active: 5, Weight: 3}, {Backend: a, Active: 2, Weight: 1},
 		}},
-	}
-	d.fake.mu.Unlock()
-	d.run(t, "explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80", "--syn").check(t, 0,
+	}).check(t, 0,
 		"tcp 198.19.1.2:40000 -> 203.0.113.10:80 reaches 198.18.0.13 by least-conn (ring slot 1234 of 65537 → 198.18.0.11)\n"+
 			"least-conn compared (active + 1) / weight over every backend of the pool, counts as read now (a snapshot):\n"+
 			"  198.18.0.12          active 4      weight 2     cost 2.50\n"+
 			"  198.18.0.13          active 5      weight 3     cost 2.00  chosen\n"+
 			"  198.18.0.11          active 2      weight 1     cost 3.00\n", "")
+}
+
+// TestExplainLeastTime: a least-time decision names the scheduler and
+// lists the backends compared with their load, weight, response time and
+// cost, and why each did or did not become the best so far (the margin,
+// an unmeasured backend), the chosen one marked.
+func TestExplainLeastTime(t *testing.T) {
+	a, b, c, e := netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("198.18.0.13"), netip.MustParseAddr("198.18.0.14")
+	explainSYN(t, api.Explanation{Backend: c, Reason: "least-time", Scheduler: "least-time", Hash: 0xbeef, Slot: 1234, RingSize: 65537, RingBackend: a,
+		LeastTime: &api.LeastConnChoice{Method: "exact", Margin: 0.125, Candidates: []api.LeastConnCandidate{
+			{Backend: b, Active: 1, Weight: 1, RTMicros: 400},
+			{Backend: a, Active: 1, Weight: 1, RTMicros: 380, WithinMargin: true},
+			{Backend: c, Active: 0, Weight: 1, RTMicros: 300, Beat: true},
+			{Backend: e, Active: 3, Weight: 1},
+		}},
+	}).check(t, 0,
+		"tcp 198.19.1.2:40000 -> 203.0.113.10:80 reaches 198.18.0.13 by least-time (ring slot 1234 of 65537 → 198.18.0.11)\n"+
+			"least-time compared (active + 1) x rt / weight over every backend of the pool, from a member the flow hash picks, counts and times as read now (a snapshot); a backend replaces the best so far only if its cost is lower by more than 1/8 of it:\n"+
+			"  198.18.0.12          active 1      weight 1     rt 400µs     cost 800µs     first: the best so far\n"+
+			"  198.18.0.11          active 1      weight 1     rt 380µs     cost 760µs     lower, but within 1/8: the best so far stays\n"+
+			"  198.18.0.13          active 0      weight 1     rt 300µs     cost 300µs     lower by more than 1/8: the best so far; chosen\n"+
+			"  198.18.0.14          active 3      weight 1     rt -         cost -         not lower (not measured: compared on load alone)\n", "")
+}
+
+// explainSYN has a fake daemon answer ex (for its VIP) and runs explain of
+// a SYN from 198.19.1.2:40000 to 203.0.113.10:80.
+func explainSYN(t *testing.T, ex api.Explanation) result {
+	d := startDaemon(t)
+	d.fake.mu.Lock()
+	ex.VIP = d.fake.explain.VIP
+	d.fake.explain = ex
+	d.fake.mu.Unlock()
+	return d.run(t, "explain", "198.19.1.2", "203.0.113.10", "tcp", "40000", "80", "--syn")
 }

@@ -81,7 +81,7 @@ func TestVIPAddArguments(t *testing.T) {
 		{[]string{"tcp/203.0.113.10:80", "--mode", "nat"}, `fulcrum: vip add: --mode "nat": want dsr or ipip`},
 		{[]string{"tcp/203.0.113.10:80", "--mode", ""}, `fulcrum: vip add: --mode is empty: want dsr or ipip`},
 		{[]string{"tcp/203.0.113.10:80", "--mode"}, "fulcrum: vip add: flag --mode needs a value (see 'fulcrum vip add --help')"},
-		{[]string{"tcp/203.0.113.10:80", "--scheduler", "rr"}, `fulcrum: vip add: --scheduler "rr": want one of maglev, source-hash, round-robin, least-conn`},
+		{[]string{"tcp/203.0.113.10:80", "--scheduler", "rr"}, `fulcrum: vip add: --scheduler "rr": want one of maglev, source-hash, round-robin, least-conn, least-time`},
 		{[]string{"tcp/203.0.113.10:80", "--fragments", "keep"}, `fulcrum: vip add: --fragments "keep": want drop or pass`},
 		{[]string{"tcp/203.0.113.10:80", "--ring-size", "-5"}, `fulcrum: vip add: --ring-size "-5": want auto or a prime below 2^32, e.g. 65537`},
 		{[]string{"tcp/203.0.113.10:80", "--ring-size", "autox"}, `fulcrum: vip add: --ring-size "autox": want auto or a prime below 2^32, e.g. 65537`},

@@ -42,9 +42,9 @@ const (
 	// connection table.
 	SchedulerLeastConn Scheduler = "least-conn"
 	// SchedulerLeastTime gives a new flow the backend with the lowest
-	// (active + 1) x response time / weight (response_time). Not in
-	// schedulers yet: the config refuses it by name until the fast
-	// path's choice exists.
+	// (active + 1) x response time / weight, the response times those
+	// response_time measures (docs/schedulers.md); it needs the
+	// connection table.
 	SchedulerLeastTime Scheduler = "least-time"
 )
 
@@ -123,11 +123,8 @@ const (
 // The values each enumerated field accepts, in the documented order; the
 // first is the default where the field has one.
 var (
-	modes = []Mode{ModeDSR, ModeIPIP}
-	// least-time is not in the list until the fast path chooses by it:
-	// the decoder refuses it by name (sections.go), and help and error
-	// texts do not offer it.
-	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash, SchedulerRoundRobin, SchedulerLeastConn}
+	modes            = []Mode{ModeDSR, ModeIPIP}
+	schedulers       = []Scheduler{SchedulerMaglev, SchedulerSourceHash, SchedulerRoundRobin, SchedulerLeastConn, SchedulerLeastTime}
 	responseSources  = []ResponseSource{ResponsePassive, ResponseActive, ResponseBoth}
 	fragmentPolicies = []FragmentPolicy{FragmentsDrop, FragmentsPass}
 	onDownActions    = []OnDown{OnDownRehash, OnDownDrain}

@@ -105,9 +105,9 @@ func TestPoolProblems(t *testing.T) {
 		{"bad fallback", `[{name: eu, prefixes: [10.0.0.0/8], backends: [198.18.0.11], fallback: other}]`, "vips[0].pools[0].fallback", `"other"`},
 		{"unknown key", `[{name: eu, prefixes: [10.0.0.0/8], backends: [198.18.0.11], weight: 2}]`, "vips[0].pools[0].weight", "unknown"},
 	}
-	// Round-robin and least-conn over pools are not built: the pair is
+	// Round-robin, least-conn and least-time over pools are not built: the pair is
 	// refused by name (the fast path takes the pool's ring).
-	for _, sched := range []string{"round-robin", "least-conn"} {
+	for _, sched := range []string{"round-robin", "least-conn", "least-time"} {
 		in := strings.Replace(poolVIP(`[{name: eu, prefixes: [10.0.0.0/8], backends: [198.18.0.11]}]`), "    protocol: tcp\n", "    protocol: tcp\n    scheduler: "+sched+"\n", 1)
 		if ps := problems(t, in); len(ps) != 1 || ps[0].Path != "vips[0].pools" || !strings.Contains(ps[0].Message, sched+" VIP cannot have pools") {
 			t.Errorf("%s with pools: problems %v, want only vips[0].pools refused", sched, ps)

@@ -40,8 +40,9 @@ func TestResponseTime(t *testing.T) {
 	}
 }
 
-// TestResponseTimeRefused: every bad response_time and least-time are
-// refused by name, with the path of the offending key.
+// TestResponseTimeRefused: every bad response_time, and a least-time VIP
+// that cannot measure, are refused by name, with the path of the
+// offending key.
 func TestResponseTimeRefused(t *testing.T) {
 	for _, c := range []struct{ vip, path, msg string }{
 		{`{address: 203.0.113.1, port: 80, protocol: tcp, response_time: {source: fast}}`, "vips[0].response_time.source", `"fast"`},
@@ -52,7 +53,8 @@ func TestResponseTimeRefused(t *testing.T) {
 		{`{address: 203.0.113.1, port: 53, protocol: udp, response_time: {}}`, "vips[0].response_time.source", "passive measures TCP handshakes and the vip is udp"},
 		{`{address: 203.0.113.1, port: 80, protocol: tcp, conntrack: false, response_time: {source: both}, health_check: {type: tcp}}`, "vips[0].response_time.source", "conntrack: false"},
 		{`{address: 203.0.113.1, port: 80, protocol: tcp, response_time: {source: active}}`, "vips[0].response_time.source", "has no health check"},
-		{`{address: 203.0.113.1, port: 80, protocol: tcp, scheduler: least-time, response_time: {}}`, "vips[0].scheduler", "least-time is not available yet"},
+		{`{address: 203.0.113.1, port: 53, protocol: udp, scheduler: least-time}`, "vips[0].response_time", "least-time compares response times, and a udp vip measures them only with its health probes"},
+		{`{address: 203.0.113.1, port: 80, protocol: tcp, scheduler: least-time, conntrack: false}`, "vips[0].scheduler", "least-time counts the connection table's entries"},
 	} {
 		ps := problems(t, base+"vips:\n  - "+c.vip+"\n")
 		found := false
@@ -63,6 +65,26 @@ func TestResponseTimeRefused(t *testing.T) {
 		}
 		if !found || len(ps) != 1 {
 			t.Errorf("%s: got %v, want one problem at %s saying %q", c.vip, ps, c.path, c.msg)
+		}
+	}
+}
+
+// TestLeastTimeResponseDefault: a least-time VIP without response_time
+// measures what it can: passive for TCP, the probes for UDP with a health
+// check; one that sets it keeps its own; the half-life a least-time VIP
+// sets none of is LeastTimeHalfLife.
+func TestLeastTimeResponseDefault(t *testing.T) {
+	c := mustParse(t, base+`vips:
+  - {address: 203.0.113.1, port: 80, protocol: tcp, scheduler: least-time}
+  - {address: 203.0.113.2, port: 53, protocol: udp, scheduler: least-time, health_check: {type: udp, payload: ping}}
+  - {address: 203.0.113.3, port: 80, protocol: tcp, scheduler: least-time, response_time: {source: both, half_life: 2s}, health_check: {type: tcp}}
+  - {address: 203.0.113.4, port: 80, protocol: tcp, scheduler: least-time, response_time: {source: both}, health_check: {type: tcp}}
+`)
+	want := []ResponseTime{{ResponsePassive, LeastTimeHalfLife}, {ResponseActive, LeastTimeHalfLife}, {ResponseBoth, 2 * time.Second}, {ResponseBoth, LeastTimeHalfLife}}
+	for i, w := range want {
+		v := c.VIPs[i]
+		if v.Scheduler != SchedulerLeastTime || v.ResponseTime == nil || *v.ResponseTime != w {
+			t.Errorf("vips[%d]: scheduler %s, response_time %+v; want least-time, %+v", i, v.Scheduler, v.ResponseTime, w)
 		}
 	}
 }

@@ -583,11 +583,7 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	complete = addrOK && portOK && protoOK
 
 	v.Mode = enumOf(f, "mode", DefaultMode, modes)
-	if s, _ := f.text("scheduler"); s == string(SchedulerLeastTime) {
-		f.errf("scheduler", "least-time is not available yet; use least-conn, round-robin or maglev (response_time already measures and shows the backends' response times)")
-	} else {
-		v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
-	}
+	v.Scheduler = enumOf(f, "scheduler", DefaultScheduler, schedulers)
 	def := d.ringDefault
 	if def == (ringSetting{}) { // ParseVIP: no root
 		def = defaultRing
@@ -598,8 +594,8 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 	if v.Scheduler == SchedulerRoundRobin && !v.Conntrack {
 		f.errf("scheduler", "round-robin needs the connection table to keep each flow on the backend its first packet got; remove conntrack: false, or use maglev")
 	}
-	if v.Scheduler == SchedulerLeastConn && !v.Conntrack {
-		f.errf("scheduler", "least-conn counts the connection table's entries; it needs conntrack on (remove conntrack: false, or pick another scheduler)")
+	if (v.Scheduler == SchedulerLeastConn || v.Scheduler == SchedulerLeastTime) && !v.Conntrack {
+		f.errf("scheduler", "%s counts the connection table's entries; it needs conntrack on (remove conntrack: false, or pick another scheduler)", v.Scheduler)
 	}
 	v.Fragments = enumOf(f, "fragments", DefaultFragments, fragmentPolicies)
 	v.SourceRanges = sourceRanges(f, v.Address, addrOK)
@@ -629,7 +625,7 @@ func (d *decoder) vip(f source, top *HealthCheck, topSet bool) (v VIP, complete 
 		v.Backends = append(v.Backends, d.backend(bf, &v, addrOK, portOK, seen, i))
 	}
 	v.Pools = d.pools(f, &v, addrOK)
-	if (v.Scheduler == SchedulerRoundRobin || v.Scheduler == SchedulerLeastConn) && len(v.Pools) > 0 {
+	if (v.Scheduler == SchedulerRoundRobin || v.Scheduler == SchedulerLeastConn || v.Scheduler == SchedulerLeastTime) && len(v.Pools) > 0 {
 		f.errf("pools", "a %s VIP cannot have pools yet: a pool's clients take Maglev on the pool's ring; use scheduler maglev (or source-hash) with pools", v.Scheduler)
 	}
 	v.ResponseTime = responseTime(f, &v, checkBad)
@@ -863,16 +859,20 @@ func vipConntrack(f source, proto string) (bool, datapath.ConnTimeouts) {
 // responseTime decodes a VIP's response_time block (files only: the API's
 // VIP fields do not carry it yet), nil when absent. Passive measuring needs
 // TCP and the connection table, active a health check (checkBad: the VIP's
-// was refused, already reported).
+// was refused, already reported). A least-time VIP without the block gets
+// the one it can measure with (leastTimeDefault).
 func responseTime(f source, v *VIP, checkBad bool) *ResponseTime {
 	ff, ok := f.(*fields)
 	if !ok || !ff.has("response_time") {
+		if v.Scheduler == SchedulerLeastTime {
+			return leastTimeDefault(f, v, checkBad)
+		}
 		return nil
 	}
 	rf := ff.sub("response_time", "a mapping with source and half_life, e.g. {source: passive}", responseKeys)
 	r := &ResponseTime{
 		Source:   enumOf(rf, "source", ResponsePassive, responseSources),
-		HalfLife: rf.duration("half_life", DefaultResponseHalfLife, true),
+		HalfLife: rf.duration("half_life", defaultHalfLife(v), true),
 	}
 	if r.HalfLife < MinResponseHalfLife || r.HalfLife > MaxResponseHalfLife {
 		rf.errf("half_life", "%s is out of range; use %s to %s", r.HalfLife, MinResponseHalfLife, MaxResponseHalfLife)
@@ -893,4 +893,37 @@ func responseTime(f source, v *VIP, checkBad bool) *ResponseTime {
 		rf.errf("source", "%s times the health probes and the vip has no health check; add a health_check, or use source: passive", r.Source)
 	}
 	return r
+}
+
+// leastTimeDefault is the response_time of a least-time VIP that sets
+// none, since least-time compares response times: passive for TCP (every
+// handshake measures its backend, and the connection table least-time
+// needs anyway is there), active for UDP (no handshake to time) when the
+// VIP has a health check; a UDP VIP without one cannot measure, and is
+// refused naming response_time.
+func leastTimeDefault(f source, v *VIP, checkBad bool) *ResponseTime {
+	r := &ResponseTime{Source: ResponsePassive, HalfLife: defaultHalfLife(v)}
+	if v.Protocol != "udp" {
+		return r
+	}
+	checked := v.HealthCheck != nil || checkBad
+	for _, b := range v.Backends {
+		checked = checked || b.HealthCheck != nil
+	}
+	if !checked {
+		f.errf("response_time", "least-time compares response times, and a udp vip measures them only with its health probes; add a health_check and response_time: {source: active}, or use least-conn")
+		return nil
+	}
+	r.Source = ResponseActive
+	return r
+}
+
+// defaultHalfLife is the half-life a VIP's response times take when
+// response_time sets none: LeastTimeHalfLife for least-time, which acts
+// on them, else DefaultResponseHalfLife.
+func defaultHalfLife(v *VIP) time.Duration {
+	if v.Scheduler == SchedulerLeastTime {
+		return LeastTimeHalfLife
+	}
+	return DefaultResponseHalfLife
 }

@@ -170,14 +170,6 @@ func TestParseVIPEnums(t *testing.T) {
 				t.Errorf("%s %q: got %q", f.field, name, got)
 			}
 		}
-		// Known by name, refused until the fast path chooses by it.
-		if f.field == "scheduler" {
-			in := base
-			f.set(&in, string(SchedulerLeastTime))
-			if _, err := ParseVIP(in); err == nil || !strings.Contains(err.Error(), "least-time is not available yet") {
-				t.Errorf("scheduler least-time: got error %v, want it refused as not available yet", err)
-			}
-		}
 		for _, bad := range []string{"bogus", strings.ToUpper(f.names[0])} {
 			in := base
 			f.set(&in, bad)

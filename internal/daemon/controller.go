@@ -340,13 +340,20 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 		}
 	}
 	if lc := pred.LeastConn; lc != nil {
-		e.Reason = "least-conn"
-		e.LeastConn = &api.LeastConnChoice{Method: "two_choices"}
+		ch := &api.LeastConnChoice{Method: "two_choices"}
 		if lc.Exact {
-			e.LeastConn.Method = "exact"
+			ch.Method = "exact"
 		}
 		for _, c := range lc.Candidates {
-			e.LeastConn.Candidates = append(e.LeastConn.Candidates, api.LeastConnCandidate{Backend: c.Backend, Active: c.Active, Weight: c.Weight})
+			ch.Candidates = append(ch.Candidates, api.LeastConnCandidate{Backend: c.Backend, Active: c.Active, Weight: c.Weight})
+		}
+		e.Reason, e.LeastConn = "least-conn", ch
+		if lc.LeastTime {
+			ch.Margin = datapath.LeastTimeMargin
+			for i, c := range lc.Candidates {
+				ch.Candidates[i].RTMicros, ch.Candidates[i].Beat, ch.Candidates[i].WithinMargin = c.RT, c.Beat, c.WithinMargin
+			}
+			e.Reason, e.LeastConn, e.LeastTime = "least-time", nil, ch
 		}
 	}
 	if pred.Refused {

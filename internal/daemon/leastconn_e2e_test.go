@@ -1,12 +1,8 @@
 package daemon_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -153,28 +149,11 @@ func (h *harness) holdRun(sched string) []float64 {
 	return out
 }
 
-// holdConn makes one connection to holdVIP, reads the backend's name and
-// then until the backend closes, and closes its end.
+// holdConn makes one connection to holdVIP, reads the backend's name
+// and then until the backend closes, and closes its end.
 func (h *harness) holdConn() error {
-	var c net.Conn
-	err := h.topo.Client.Do(func() error {
-		var err error
-		c, err = (&net.Dialer{Timeout: 3 * time.Second}).Dial("tcp", netip.AddrPortFrom(vip4, holdVIP.Port).String())
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(c)
-	if _, err := r.ReadString('\n'); err != nil {
-		return fmt.Errorf("read the backend's name: %w", err)
-	}
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return fmt.Errorf("wait for the backend's close: %w", err)
-	}
-	return nil
+	_, err := h.namedHoldConn()
+	return err
 }
 
 // activeCounts returns holdVIP's active count by backend index, as the API

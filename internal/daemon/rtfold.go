@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,6 +48,20 @@ func (e *ewma) add(sample time.Duration, now time.Time, halfLife time.Duration) 
 
 // value is the average, 0 before the first sample.
 func (e *ewma) value() time.Duration { return time.Duration(math.Round(e.v)) }
+
+// toward is the average at now as if the time since its last sample had
+// brought samples of ref: it moves from the value to ref as a sample
+// would, by 1 - 2^(-dt/halfLife). A real sample at now then replaces
+// that part of ref (add's alpha is the same), so a backend that gets a
+// sample after a long gap takes it nearly whole. ref 0 (nothing to move
+// toward) and an empty average leave the value as it is.
+func (e *ewma) toward(ref time.Duration, now time.Time, halfLife time.Duration) time.Duration {
+	if e.at.IsZero() || ref <= 0 || !now.After(e.at) {
+		return e.value()
+	}
+	keep := math.Exp2(-float64(now.Sub(e.at)) / float64(halfLife))
+	return time.Duration(math.Round(float64(ref) + (e.v-float64(ref))*keep))
+}
 
 // rtKey names one backend of one VIP.
 type rtKey struct {
@@ -146,7 +161,8 @@ func (f *rtFolder) fold(now time.Time) {
 			samples, _ = f.src.ResponseSamples(vip)
 		}
 		m := make(map[netip.Addr]BackendRT, len(v.Backends))
-		for _, b := range v.Backends {
+		ests := make([]*rtEstimate, len(v.Backends))
+		for i, b := range v.Backends {
 			k := rtKey{vip, b.Address}
 			seen[k] = true
 			e := f.ests[k]
@@ -154,6 +170,7 @@ func (f *rtFolder) fold(now time.Time) {
 				e = &rtEstimate{}
 				f.ests[k] = e
 			}
+			ests[i] = e
 			if s, ok := samples[b.Address]; ok {
 				e.foldPassive(s, now, rt.HalfLife)
 			}
@@ -161,7 +178,11 @@ func (f *rtFolder) fold(now time.Time) {
 				e.answered = s.Answered
 				e.active.add(s.ResponseTime, now, rt.HalfLife)
 			}
-			shownRT := BackendRT{Source: rt.Source, Passive: e.passive.value(), Active: e.active.value(), Cost: e.cost(rt.Source, now)}
+		}
+		refs := passiveRefs(v, ests)
+		for i, b := range v.Backends {
+			e := ests[i]
+			shownRT := BackendRT{Source: rt.Source, Passive: e.passive.value(), Active: e.active.value(), Cost: e.cost(rt, now, refs[i])}
 			m[b.Address] = shownRT
 			if us := datapath.CostMicros(shownRT.Cost); us != e.written {
 				if f.src.SetBackendCost(vip, b.Address, shownRT.Cost) == nil {
@@ -199,21 +220,65 @@ func (e *rtEstimate) foldPassive(s datapath.BackendSamples, now time.Time, halfL
 	}
 }
 
-// cost is the backend's cost under source.
-func (e *rtEstimate) cost(source config.ResponseSource, now time.Time) time.Duration {
-	switch source {
+// cost is the backend's cost under rt's source. ref, when not 0, is what
+// its passive average moves toward while it gets no handshakes
+// (passiveRefs: a least-time VIP's).
+func (e *rtEstimate) cost(rt *config.ResponseTime, now time.Time, ref time.Duration) time.Duration {
+	passive := e.passive.toward(ref, now, rt.HalfLife)
+	switch rt.Source {
 	case config.ResponsePassive:
-		return e.passive.value()
+		return passive
 	case config.ResponseActive:
 		return e.active.value()
 	}
 	if !e.passive.at.IsZero() && now.Sub(e.passive.at) <= rtBothStale {
-		return e.passive.value()
+		return passive
 	}
 	if !e.active.at.IsZero() {
 		return e.active.value()
 	}
-	return e.passive.value()
+	return passive
+}
+
+// passiveRefs returns, for each backend of a least-time VIP v measuring
+// passively (ests in v.Backends' order), the median of the other
+// backends' passive averages (the lower middle one of an even count; 0
+// when no other backend has one); all 0 for any other VIP.
+//
+// Least-time's recovery rule: a backend that least-time judged slow gets
+// few or no new flows, so few or no handshakes measure it, and its
+// average would stay at its slow value long after the backend recovered,
+// starving it. Instead its cost moves toward the VIP's typical time with
+// the half-life while it gets no handshakes, until it wins new flows
+// again; their handshakes then measure it afresh (docs/schedulers.md,
+// "Recovery").
+func passiveRefs(v config.VIP, ests []*rtEstimate) []time.Duration {
+	refs := make([]time.Duration, len(ests))
+	if v.Scheduler != config.SchedulerLeastTime || !v.ResponseTime.Passive() {
+		return refs
+	}
+	vals := make([]time.Duration, 0, len(ests))
+	for _, e := range ests {
+		if !e.passive.at.IsZero() {
+			vals = append(vals, e.passive.value())
+		}
+	}
+	for i, e := range ests {
+		others := vals
+		if !e.passive.at.IsZero() {
+			others = slices.Clone(vals)
+			if j := slices.Index(others, e.passive.value()); j >= 0 {
+				others = slices.Delete(others, j, j+1)
+			}
+		}
+		if len(others) == 0 {
+			continue
+		}
+		others = slices.Clone(others)
+		slices.Sort(others)
+		refs[i] = others[(len(others)-1)/2]
+	}
+	return refs
 }
 
 // snapshot returns the backends' response times as of the last fold.

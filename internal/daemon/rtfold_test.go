@@ -125,3 +125,77 @@ func TestRTFold(t *testing.T) {
 		t.Errorf("after response_time went: costs %v, shown %v, want all cleared", src.costs, f.snapshot())
 	}
 }
+
+// TestRTFoldLeastTimeRecovery: under least-time, a backend that gets no
+// handshakes (least-time judged it slow) has its cost move toward the
+// median of the others' passive times with the half-life, so it wins new
+// flows again and is measured afresh; a handshake after the gap is taken
+// nearly whole. The same backend of a VIP of another scheduler keeps its
+// last measured cost.
+func TestRTFoldLeastTimeRecovery(t *testing.T) {
+	a, b, c := netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("198.18.0.13")
+	for _, sched := range []config.Scheduler{config.SchedulerLeastTime, config.SchedulerLeastConn} {
+		v := config.VIP{Address: netip.MustParseAddr("203.0.113.10"), Port: 80, Protocol: "tcp", Scheduler: sched,
+			Backends:     []config.Backend{{Address: a}, {Address: b}, {Address: c}},
+			ResponseTime: &config.ResponseTime{Source: config.ResponsePassive, HalfLife: time.Second}}
+		// a and b answer in 100 µs and 300 µs, c in 20 ms; one
+		// handshake each per fold while it gets them.
+		const fast, fast2, slow = 100 * time.Microsecond, 300 * time.Microsecond, 20 * time.Millisecond
+		src := &fakeRT{samples: map[netip.Addr]datapath.BackendSamples{a: {ID: 1, Gen: 1}, b: {ID: 2, Gen: 1}, c: {ID: 3, Gen: 1}},
+			costs: map[netip.Addr]time.Duration{}}
+		f := newRTFolder(src, func() []config.VIP { return []config.VIP{v} }, func() []health.Status { return nil })
+		key := datapath.VIP{Addr: v.Address, Port: 80, Proto: datapath.TCP}
+		add := func(addr netip.Addr, d time.Duration) {
+			s := src.samples[addr]
+			s.Sum += d
+			s.Count++
+			src.samples[addr] = s
+		}
+		t0 := time.Unix(1000, 0)
+		f.fold(t0) // the baseline
+		add(a, fast)
+		add(b, fast2)
+		add(c, slow)
+		f.fold(t0.Add(rtInterval))
+		if got := f.snapshot()[key][c].Cost; got != slow {
+			t.Fatalf("%s: c's cost after its handshake %v, want %v", sched, got, slow)
+		}
+		// c gets no handshakes for ten half-lives (100 folds); a and b
+		// go on.
+		at := t0.Add(rtInterval)
+		var afterOne time.Duration
+		for i := 1; i <= 100; i++ {
+			at = at.Add(rtInterval)
+			add(a, fast)
+			add(b, fast2)
+			f.fold(at)
+			if i == 10 {
+				afterOne = f.snapshot()[key][c].Cost
+			}
+		}
+		got := f.snapshot()[key][c]
+		if sched != config.SchedulerLeastTime {
+			if got.Cost != slow || afterOne != slow {
+				t.Errorf("%s: c's cost %v after one half-life, %v after ten, want it kept at %v", sched, afterOne, got.Cost, slow)
+			}
+			continue
+		}
+		// The others' median of two is the lower: a's 100 µs.
+		if want := fast + (slow-fast)/2; afterOne < want-time.Microsecond || afterOne > want+time.Microsecond {
+			t.Errorf("c's cost after one half-life without handshakes %v, want half-way to a's %v: %v", afterOne, fast, want)
+		}
+		if d := got.Cost - fast; d < 0 || d > (slow-fast)/1000 {
+			t.Errorf("c's cost after ten half-lives %v, want within 1/1000 of the way to %v", got.Cost, fast)
+		}
+		if got.Passive != slow || src.costs[c] != got.Cost {
+			t.Errorf("c: passive %v (want its last measure %v kept), written %v (want the cost %v)", got.Passive, slow, src.costs[c], got.Cost)
+		}
+		// Still slow: its next handshake, after the gap, is taken nearly
+		// whole (1 - 2^-10 of it), so it does not keep the fast cost.
+		add(c, slow)
+		f.fold(at.Add(rtInterval))
+		if got := f.snapshot()[key][c].Cost; got < slow-slow/500 {
+			t.Errorf("c's cost after a slow handshake following ten half-lives %v, want nearly %v", got, slow)
+		}
+	}
+}

@@ -22,9 +22,7 @@ import (
 func TestResponseTimes(t *testing.T) {
 	const delay = 20 * time.Millisecond
 	h := newHarness(t)
-	h.serverArgs = map[int][]string{2: {"-delay", delay.String()}}
-	h.stopServer(2)
-	h.startServer(2)
+	h.slowServer(2, delay)
 	cfg := h.config(1, 1, 1)
 	cfg = strings.Replace(cfg, "    port: 9000\n    protocol: tcp\n", "    port: 9000\n    protocol: tcp\n"+
 		"    response_time: {source: both}\n    health_check: {type: tcp, interval: 200ms, timeout: 200ms}\n", 1)

@@ -195,7 +195,9 @@ const (
 	balancerFulcrumStatSTAT_RT_LOST           balancerFulcrumStat = 30
 	balancerFulcrumStatSTAT_SCHED_LC_EXACT    balancerFulcrumStat = 31
 	balancerFulcrumStatSTAT_SCHED_LC_TWO      balancerFulcrumStat = 32
-	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 33
+	balancerFulcrumStatSTAT_SCHED_LT_EXACT    balancerFulcrumStat = 33
+	balancerFulcrumStatSTAT_SCHED_LT_TWO      balancerFulcrumStat = 34
+	balancerFulcrumStatSTAT_MAX               balancerFulcrumStat = 35
 )
 
 type balancerFulcrumVipFlags uint32
@@ -208,6 +210,7 @@ const (
 	balancerFulcrumVipFlagsVIP_F_POOLS            balancerFulcrumVipFlags = 16
 	balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN      balancerFulcrumVipFlags = 32
 	balancerFulcrumVipFlagsVIP_F_LEAST_CONN       balancerFulcrumVipFlags = 64
+	balancerFulcrumVipFlagsVIP_F_LEAST_TIME       balancerFulcrumVipFlags = 128
 	balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME    balancerFulcrumVipFlags = 256
 )
 
@@ -296,7 +299,7 @@ type balancerSrcPrefixValue struct {
 
 type balancerStatTable struct {
 	_     structs.HostLayout
-	Count [33]uint64
+	Count [35]uint64
 }
 
 type balancerVipKeyV4 struct {

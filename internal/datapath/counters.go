@@ -46,6 +46,8 @@ const (
 	StatRTLost          = Stat(balancerFulcrumStatSTAT_RT_LOST)
 	StatSchedLCExact    = Stat(balancerFulcrumStatSTAT_SCHED_LC_EXACT)
 	StatSchedLCTwo      = Stat(balancerFulcrumStatSTAT_SCHED_LC_TWO)
+	StatSchedLTExact    = Stat(balancerFulcrumStatSTAT_SCHED_LT_EXACT)
+	StatSchedLTTwo      = Stat(balancerFulcrumStatSTAT_SCHED_LT_TWO)
 	numStats            = int(balancerFulcrumStatSTAT_MAX)
 )
 
@@ -83,6 +85,8 @@ var statNames = [...]string{
 	StatRTLost:          "rt_lost",
 	StatSchedLCExact:    "sched_least_conn_exact",
 	StatSchedLCTwo:      "sched_least_conn_two_choices",
+	StatSchedLTExact:    "sched_least_time_exact",
+	StatSchedLTTwo:      "sched_least_time_two_choices",
 }
 
 // Compile-time checks that every counter has a name and no name is extra.
@@ -127,9 +131,12 @@ type Counters struct {
 	Stats    [numStats]uint64
 	VIPs     map[VIP]Counter
 	Backends map[VIP]map[netip.Addr]Counter
-	// RoundRobin is, per round-robin VIP, how many new flows its
-	// sequence gave a backend (the VIP's scheduler decisions).
-	RoundRobin map[VIP]uint64
+	// Decisions is, per VIP whose scheduler decides new flows itself
+	// (round-robin, least-conn, least-time), how many new flows it gave
+	// a backend: the picks of the VIP's rr_cursors slot, summed over the
+	// CPUs. Scheduler names each such VIP's scheduler.
+	Decisions map[VIP]uint64
+	Scheduler map[VIP]string
 }
 
 // Stat returns one counter of the snapshot.
@@ -208,8 +215,9 @@ type counterOwners struct {
 	// vipEnd and backendEnd are one past the highest index and id in use:
 	// the allocators hand out the low ones first, so the read stops there.
 	vipEnd, backendEnd uint32
-	// rrEnd is one past the highest index of a round-robin VIP, 0 if
-	// there is none: the cursors are not read then.
+	// rrEnd is one past the highest index of a VIP whose scheduler
+	// counts its decisions, 0 if there is none: the cursors are not read
+	// then.
 	rrEnd uint32
 }
 
@@ -218,7 +226,9 @@ type vipOwner struct {
 	index      uint16
 	gen        uint16
 	first, end uint32
-	rr         bool // round robin: its decisions are read
+	// sched names the VIP's scheduler if it counts its decisions
+	// (round-robin, least-conn, least-time), else "": they are read.
+	sched string
 }
 
 type backendOwner struct {
@@ -239,9 +249,12 @@ func (d *Datapath) counterOwners() *counterOwners {
 	}
 	o := &counterOwners{changes: d.ownerChanges, vips: make([]vipOwner, 0, len(d.vips)), backends: make([]backendOwner, 0, n)}
 	for _, e := range d.vips {
-		v := vipOwner{vip: e.vip, index: e.index, gen: e.gen, first: uint32(len(o.backends)), rr: e.cfg.RoundRobin}
+		v := vipOwner{vip: e.vip, index: e.index, gen: e.gen, first: uint32(len(o.backends))}
+		if e.cfg.countsDecisions() {
+			v.sched = e.cfg.scheduler()
+		}
 		o.vipEnd = max(o.vipEnd, uint32(e.index)+1)
-		if v.rr {
+		if v.sched != "" {
 			o.rrEnd = max(o.rrEnd, uint32(e.index)+1)
 		}
 		for _, b := range e.backends {
@@ -306,14 +319,16 @@ func (d *Datapath) readCounters(o *counterOwners) (Counters, error) {
 	var picks []uint64
 	if o.rrEnd > 0 {
 		if picks, err = sumRRPicks(d.objs.RrCursors, o.rrEnd); err != nil {
-			return Counters{}, fmt.Errorf("read round-robin decisions: %w", err)
+			return Counters{}, fmt.Errorf("read scheduler decisions: %w", err)
 		}
-		c.RoundRobin = make(map[VIP]uint64)
+		c.Decisions = make(map[VIP]uint64)
+		c.Scheduler = make(map[VIP]string)
 	}
 	for _, v := range o.vips {
 		c.VIPs[v.vip] = vips[v.index]
-		if v.rr {
-			c.RoundRobin[v.vip] = picks[v.index]
+		if v.sched != "" {
+			c.Decisions[v.vip] = picks[v.index]
+			c.Scheduler[v.vip] = v.sched
 		}
 		bs := make(map[netip.Addr]Counter, v.end-v.first)
 		for _, b := range o.backends[v.first:v.end] {

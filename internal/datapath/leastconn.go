@@ -53,59 +53,76 @@ func lcPool(e *vipEntry) balancerLcPool {
 // the scheduler on or changes the ring (commit). Other VIPs' slots are
 // not read.
 func (d *Datapath) writeLCPool(e *vipEntry) error {
-	if !e.cfg.LeastConn {
+	if !e.cfg.LeastConn && !e.cfg.LeastTime {
 		return nil
 	}
 	return d.objs.LcPools.Put(uint32(e.index), lcPool(e))
 }
 
-// LeastConnChoice is how least-conn chose a new flow's backend, from the
-// counts as they were when Predict read them (a snapshot: the fast path
-// decides with the counts of the moment the packet arrives).
+// LeastConnChoice is how least-conn or least-time chose a new flow's
+// backend, from the counts and costs as they were when Predict read them
+// (a snapshot: the fast path decides with those of the moment the packet
+// arrives).
 type LeastConnChoice struct {
 	// Exact: the whole pool was compared; else the ring's slot for the
 	// flow and a second, rehashed slot (SecondSlot).
 	Exact      bool
 	SecondSlot uint32
+	// LeastTime: the VIP is least-time, so each candidate's RT is part of
+	// its cost and a candidate must beat the best so far by more than
+	// LeastTimeMargin.
+	LeastTime bool
 	// Candidates are the backends compared, in the order the fast path
-	// compares them; the first of the lowest (active + 1) / weight wins.
+	// compares them: the first is the best until one beats it.
 	Candidates []LeastConnCandidate
 }
 
-// LeastConnCandidate is one backend least-conn compared.
+// LeastConnCandidate is one backend least-conn or least-time compared.
 type LeastConnCandidate struct {
 	Backend netip.Addr
 	// Active is the load compared: established entries and those in
 	// state syn (connections being opened).
 	Active uint64
 	Weight uint32
+	// RT is least-time's response time of the backend in µs, as
+	// backend_cost held it; 0 when it is not measured (then it and the
+	// best it is compared with are compared on load alone).
+	RT uint32
+	// Beat: its cost was lower than the best so far's (least-time: by
+	// more than the margin), so it became the best. WithinMargin
+	// (least-time): lower, but not by more than the margin, so the best
+	// so far stayed.
+	Beat, WithinMargin bool
 }
 
-// lcLess is sched.h's lc_less: (a1 + 1) / w1 < (a2 + 1) / w2.
-func lcLess(a1 uint64, w1 uint32, a2 uint64, w2 uint32) bool {
-	return (a1+1)*uint64(w2) < (a2+1)*uint64(w1)
-}
-
-// predictLeastConn makes p the least-conn choice of a new flow of VIP e
-// (bpf/sched.h lc_pick), whose ring is table and whose ring pick p holds.
+// predictLeastConn makes p the least-conn or least-time choice of a new
+// flow of VIP e (bpf/sched.h lc_pick), whose ring is table and whose ring
+// pick p holds.
 func (d *Datapath) predictLeastConn(e *vipEntry, table []uint32, p *Prediction) {
 	if !p.RingBackend.IsValid() {
 		return // no backend: dropped before least-conn
 	}
-	active := func(id uint32) uint64 { return d.counts.read(id).load() }
-	ch := &LeastConnChoice{}
+	lt := e.cfg.LeastTime
+	cand := func(b *backendEntry) LeastConnCandidate {
+		c := LeastConnCandidate{Backend: b.Addr, Active: d.counts.read(b.id).load(), Weight: b.Weight}
+		if lt {
+			c.RT = d.costOf(b.id)
+		}
+		return c
+	}
+	ch := &LeastConnChoice{LeastTime: lt}
 	m := lcMembers(e)
 	if len(m) <= LeastConnExactMax {
 		ch.Exact = true
 		start := flowhash.Slot(p.Hash, uint32(len(m)))
-		var best *LeastConnCandidate
 		for i := range m {
-			b := m[(int(start)+i)%len(m)]
-			ch.Candidates = append(ch.Candidates, LeastConnCandidate{Backend: b.Addr, Active: active(b.id), Weight: b.Weight})
+			ch.Candidates = append(ch.Candidates, cand(m[(int(start)+i)%len(m)]))
 		}
-		for i := range ch.Candidates {
+		best := &ch.Candidates[0]
+		for i := 1; i < len(ch.Candidates); i++ {
 			c := &ch.Candidates[i]
-			if best == nil || lcLess(c.Active, c.Weight, best.Active, best.Weight) {
+			c.Beat, c.WithinMargin = c.beats(best, lt)
+			if c.Beat {
 				best = c
 			}
 		}
@@ -114,16 +131,19 @@ func (d *Datapath) predictLeastConn(e *vipEntry, table []uint32, p *Prediction) 
 	}
 	ch.SecondSlot = flowhash.Slot(bits.RotateLeft32(p.Hash, 16)*lcRehash, uint32(len(table)))
 	first := e.byID[table[p.Slot]]
-	ch.Candidates = []LeastConnCandidate{{Backend: first.Addr, Active: active(first.id), Weight: first.Weight}}
+	ch.Candidates = []LeastConnCandidate{cand(first)}
 	p.LeastConn = ch
 	id2 := table[ch.SecondSlot]
 	second := e.byID[id2]
 	if id2 == maglev.Unassigned || second == nil || second == first {
 		return
 	}
-	c := LeastConnCandidate{Backend: second.Addr, Active: active(id2), Weight: second.Weight}
+	c := cand(second)
+	if c.Weight > 0 {
+		c.Beat, c.WithinMargin = c.beats(&ch.Candidates[0], lt)
+	}
 	ch.Candidates = append(ch.Candidates, c)
-	if c.Weight > 0 && lcLess(c.Active, c.Weight, ch.Candidates[0].Active, ch.Candidates[0].Weight) {
+	if c.Beat {
 		p.Backend = c.Backend
 	}
 }

@@ -13,6 +13,10 @@ var (
 	vipLC4    = VIP{Addr: addr("203.0.113.90"), Port: 80, Proto: TCP}
 	vipLCUDP4 = VIP{Addr: addr("203.0.113.90"), Port: 53, Proto: UDP}
 	vipLC6    = VIP{Addr: addr("2001:db8:ffff::90"), Port: 80, Proto: TCP}
+	// least-time's (leasttime_test.go)
+	vipLT4    = VIP{Addr: addr("203.0.113.91"), Port: 80, Proto: TCP}
+	vipLTUDP4 = VIP{Addr: addr("203.0.113.91"), Port: 53, Proto: UDP}
+	vipLT6    = VIP{Addr: addr("2001:db8:ffff::91"), Port: 80, Proto: TCP}
 )
 
 // manyBackends returns n IPv4 backends of weight 1 with distinct MACs.
@@ -59,20 +63,7 @@ func lcCost(active int64, w uint32) float64 { return float64(active+1) / float64
 // the fast path chose what Predict said, by the comparison it reports.
 func newLCFlow(t *testing.T, d *Datapath, vip VIP, client string, sport uint16, set []Backend) (netip.Addr, *LeastConnChoice) {
 	t.Helper()
-	f := Flow{Src: addr(client), Dst: vip.Addr, Sport: sport, Dport: vip.Port, Proto: vip.Proto}
-	pred, err := d.Predict(f, vip.Proto == TCP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pred.LeastConn == nil {
-		t.Fatalf("Predict of a new flow of a least-conn vip: no least-conn choice (%+v)", pred)
-	}
-	p := pkt(client, vip.Addr.String(), vip.Proto, sport, vip.Port)
-	p.SYN = vip.Proto == TCP
-	to := sendAmong(t, d, p, set)
-	if to != pred.Backend {
-		t.Fatalf("flow %d went to %s, Predict said %s (%+v)", sport, to, pred.Backend, pred.LeastConn.Candidates)
-	}
+	to, pred, p := sendNewFlow(t, d, vip, client, sport, set)
 	if vip.Proto == TCP {
 		p.SYN, p.ACK = false, true
 		if again := sendAmong(t, d, p, set); again != to {
@@ -82,62 +73,97 @@ func newLCFlow(t *testing.T, d *Datapath, vip VIP, client string, sport uint16, 
 	return to, pred.LeastConn
 }
 
+// sendNewFlow asks Predict about a new flow of least-conn or least-time
+// VIP vip, sends its first packet (a SYN for TCP) and checks that the
+// fast path chose what Predict said. It returns the backend, the
+// prediction and the packet.
+func sendNewFlow(t *testing.T, d *Datapath, vip VIP, client string, sport uint16, set []Backend) (netip.Addr, Prediction, testpacket.Packet) {
+	t.Helper()
+	f := Flow{Src: addr(client), Dst: vip.Addr, Sport: sport, Dport: vip.Port, Proto: vip.Proto}
+	pred, err := d.Predict(f, vip.Proto == TCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pred.LeastConn == nil {
+		t.Fatalf("Predict of a new flow of a %s vip: no least-conn or least-time choice (%+v)", pred.Scheduler, pred)
+	}
+	p := pkt(client, vip.Addr.String(), vip.Proto, sport, vip.Port)
+	p.SYN = vip.Proto == TCP
+	to := sendAmong(t, d, p, set)
+	if to != pred.Backend {
+		t.Fatalf("flow %d went to %s, Predict said %s (%+v)", sport, to, pred.Backend, pred.LeastConn.Candidates)
+	}
+	return to, pred, p
+}
+
+// leastCase is a VIP of a scheduler fixture, the client that opens its
+// flows and its backends.
+type leastCase struct {
+	vip    VIP
+	client string
+	set    []Backend
+}
+
+// runLeastCases adds each case's VIP with cfg to one datapath and runs fn
+// on it in a subtest named by the VIP.
+func runLeastCases(t *testing.T, cfg VIPConfig, cases []leastCase, fn func(t *testing.T, d *Datapath, c leastCase)) {
+	d := newTestDatapath(t)
+	for _, c := range cases {
+		t.Run(c.vip.String(), func(t *testing.T) {
+			if err := d.AddVIP(c.vip, cfg, c.set); err != nil {
+				t.Fatal(err)
+			}
+			fn(t, d, c)
+		})
+	}
+}
+
 // TestLeastConnExact: new flows of a least-conn VIP with a small pool go
 // to the backend of lowest (active + 1) / weight, as Predict computes it
 // from the counts; established flows stay; weights 1:2:3 end with active
 // counts 1:2:3; both families, TCP and UDP.
 func TestLeastConnExact(t *testing.T) {
-	d := newTestDatapath(t)
-	for _, c := range []struct {
-		vip    VIP
-		client string
-		set    []Backend
-	}{
-		{vipLC4, client4, backends4},
-		{vipLCUDP4, client4, backends4},
-		{vipLC6, client6, backends6},
-	} {
-		t.Run(c.vip.String(), func(t *testing.T) {
-			if err := d.AddVIP(c.vip, VIPConfig{Mode: ModeDSR, LeastConn: true}, c.set); err != nil {
-				t.Fatal(err)
-			}
-			before, _ := d.Counters()
-			const flows = 60
-			var wsum uint32
-			for _, b := range c.set {
-				wsum += b.Weight
-			}
-			for i := range flows {
-				act := activeOf(d, c.vip)
-				to, ch := newLCFlow(t, d, c.vip, c.client, uint16(30000+i), c.set)
-				if !ch.Exact || len(ch.Candidates) != len(c.set) {
-					t.Fatalf("flow %d: compared %+v, want all %d backends", i, ch, len(c.set))
-				}
-				var w uint32
-				for _, b := range c.set {
-					if b.Addr == to {
-						w = b.Weight
-					}
-				}
-				for _, b := range c.set {
-					if lcCost(act[b.Addr], b.Weight) < lcCost(act[to], w) {
-						t.Fatalf("flow %d went to %s at cost %.2f; %s cost %.2f (counts %v)", i, to, lcCost(act[to], w), b.Addr, lcCost(act[b.Addr], b.Weight), act)
-					}
-				}
-			}
+	cases := []leastCase{{vipLC4, client4, backends4}, {vipLCUDP4, client4, backends4}, {vipLC6, client6, backends6}}
+	runLeastCases(t, VIPConfig{Mode: ModeDSR, LeastConn: true}, cases, func(t *testing.T, d *Datapath, c leastCase) {
+		before, _ := d.Counters()
+		const flows = 60
+		var wsum uint32
+		for _, b := range c.set {
+			wsum += b.Weight
+		}
+		for i := range flows {
 			act := activeOf(d, c.vip)
+			to, ch := newLCFlow(t, d, c.vip, c.client, uint16(30000+i), c.set)
+			if !ch.Exact || len(ch.Candidates) != len(c.set) {
+				t.Fatalf("flow %d: compared %+v, want all %d backends", i, ch, len(c.set))
+			}
+			var w uint32
 			for _, b := range c.set {
-				want := int64(flows * b.Weight / wsum)
-				if act[b.Addr] < want-1 || act[b.Addr] > want+1 {
-					t.Errorf("%s (weight %d): %d active, want %d±1 (all: %v)", b.Addr, b.Weight, act[b.Addr], want, act)
+				if b.Addr == to {
+					w = b.Weight
 				}
 			}
-			after, _ := d.Counters()
-			if n := after.Stat(StatSchedLCExact) - before.Stat(StatSchedLCExact); n != flows {
-				t.Errorf("%d new flows counted %d exact least-conn decisions", flows, n)
+			for _, b := range c.set {
+				if lcCost(act[b.Addr], b.Weight) < lcCost(act[to], w) {
+					t.Fatalf("flow %d went to %s at cost %.2f; %s cost %.2f (counts %v)", i, to, lcCost(act[to], w), b.Addr, lcCost(act[b.Addr], b.Weight), act)
+				}
 			}
-		})
-	}
+		}
+		act := activeOf(d, c.vip)
+		for _, b := range c.set {
+			want := int64(flows * b.Weight / wsum)
+			if act[b.Addr] < want-1 || act[b.Addr] > want+1 {
+				t.Errorf("%s (weight %d): %d active, want %d±1 (all: %v)", b.Addr, b.Weight, act[b.Addr], want, act)
+			}
+		}
+		after, _ := d.Counters()
+		if n := after.Stat(StatSchedLCExact) - before.Stat(StatSchedLCExact); n != flows {
+			t.Errorf("%d new flows counted %d exact least-conn decisions", flows, n)
+		}
+		if n := after.Decisions[c.vip] - before.Decisions[c.vip]; n != flows || after.Scheduler[c.vip] != "least-conn" {
+			t.Errorf("the vip's decisions: %d by %q, want %d by least-conn", n, after.Scheduler[c.vip], flows)
+		}
+	})
 }
 
 // newLCDatapath loads a datapath with vipLC4 (least-conn over backends4)
@@ -283,10 +309,10 @@ func TestLeastConnSYNRetransmit(t *testing.T) {
 	}
 }
 
-// TestLeastConnRefused: least-conn without the connection table, with
-// the source hash, with round robin or with pools (whose clients the fast
-// path gives their pool's ring) is refused with a reason, and nothing is
-// written.
+// TestLeastConnRefused: least-conn or least-time without the connection
+// table, with the source hash, with another scheduler or with pools
+// (whose clients the fast path gives their pool's ring) is refused with a
+// reason, and nothing is written.
 func TestLeastConnRefused(t *testing.T) {
 	d := newTestDatapath(t)
 	pools, err := NewPools([]Pool{{Name: "eu", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
@@ -302,6 +328,11 @@ func TestLeastConnRefused(t *testing.T) {
 		{VIPConfig{Mode: ModeDSR, LeastConn: true, SourceHash: true}, "least-conn needs the connection table and the 5-tuple hash"},
 		{VIPConfig{Mode: ModeDSR, LeastConn: true, RoundRobin: true}, "least-conn and round robin are two schedulers"},
 		{VIPConfig{Mode: ModeDSR, LeastConn: true, Pools: pools}, "least-conn does not take source-prefix pools"},
+		{VIPConfig{Mode: ModeDSR, LeastTime: true, NoConntrack: true}, "least-time needs the connection table and the 5-tuple hash"},
+		{VIPConfig{Mode: ModeDSR, LeastTime: true, SourceHash: true}, "least-time needs the connection table and the 5-tuple hash"},
+		{VIPConfig{Mode: ModeDSR, LeastTime: true, RoundRobin: true}, "least-time and round robin are two schedulers"},
+		{VIPConfig{Mode: ModeDSR, LeastTime: true, LeastConn: true}, "least-conn and least-time are two schedulers"},
+		{VIPConfig{Mode: ModeDSR, LeastTime: true, Pools: pools}, "least-time does not take source-prefix pools"},
 	} {
 		err := d.AddVIP(vipLC4, c.cfg, backends4)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -94,6 +94,7 @@ func (d *Datapath) adopt() error {
 			RoundRobin:      m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN) != 0,
 			ResponseTime:    m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME) != 0,
 			LeastConn:       m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_LEAST_CONN) != 0,
+			LeastTime:       m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_LEAST_TIME) != 0,
 			PassUnparseable: m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_PASS_UNPARSEABLE) != 0,
 			Timeouts:        connTimeoutsOf(vip.Proto, m.CtTimeout, hz),
 		}

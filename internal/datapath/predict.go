@@ -40,9 +40,10 @@ type Prediction struct {
 	// then the zero address, and the drop is counted as
 	// drop_source_range.
 	Refused bool
-	// LeastConn says how least-conn chose the backend of a new flow (a
-	// TCP SYN, or a UDP packet without a live entry) of a least-conn VIP;
-	// nil when the ring or an entry decided.
+	// LeastConn says how least-conn (or least-time: LeastConn.LeastTime)
+	// chose the backend of a new flow (a TCP SYN, or a UDP packet without
+	// a live entry) of a least-conn or least-time VIP; nil when the ring
+	// or an entry decided.
 	LeastConn *LeastConnChoice
 	// Pool names the source-prefix pool of the flow's VIP that holds the
 	// client ("" for none): its ring decides a new flow, unless PoolDown,
@@ -61,8 +62,8 @@ type Prediction struct {
 	RoundRobin bool
 	RRShares   []RRShare
 	RRLen      uint32
-	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin" or
-	// "least-conn".
+	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin",
+	// "least-conn" or "least-time".
 	Scheduler string
 }
 
@@ -137,7 +138,7 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	// packet without SYN that the table misses keeps the ring's choice.
 	newFlow := syn || f.Proto == UDP
 	rr := e.cfg.RoundRobin && newFlow
-	lc := e.cfg.LeastConn && newFlow
+	lc := (e.cfg.LeastConn || e.cfg.LeastTime) && newFlow
 	defer func() {
 		if rr && !p.Conntrack {
 			p.RoundRobin, p.Backend = true, netip.Addr{}
@@ -235,6 +236,13 @@ func (e *vipEntry) byIDHas(id uint32) bool {
 	return ok
 }
 
+// countsDecisions reports whether the VIP's scheduler counts its
+// decisions per VIP (in rr_cursors' picks): round-robin, least-conn and
+// least-time, the schedulers that decide a new flow themselves.
+func (c VIPConfig) countsDecisions() bool {
+	return c.RoundRobin || c.LeastConn || c.LeastTime
+}
+
 // scheduler names the VIP's scheduler as the configuration does.
 func (c VIPConfig) scheduler() string {
 	switch {
@@ -242,6 +250,8 @@ func (c VIPConfig) scheduler() string {
 		return "round-robin"
 	case c.LeastConn:
 		return "least-conn"
+	case c.LeastTime:
+		return "least-time"
 	case c.SourceHash:
 		return "source-hash"
 	}

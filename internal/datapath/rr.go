@@ -108,10 +108,15 @@ func gcd(a, b uint64) uint64 {
 // of the arena if it changed (p.newRR). A VIP that becomes round robin (new,
 // or of another scheduler before) gets its cursors: only the fast path
 // writes them after that, so a reused VIP index's are rewritten here, not
-// when the index is freed.
+// when the index is freed. A least-conn or least-time VIP counts its
+// decisions in its cursors' picks too: one that takes its scheduler starts
+// them at 0.
 func (d *Datapath) fillRR(p *pendingVIP) error {
 	e, old := p.e, p.old
 	if !e.cfg.RoundRobin {
+		if e.cfg.countsDecisions() && (old == nil || old.cfg.scheduler() != e.cfg.scheduler()) {
+			return d.seedRRCursors(e.index, 0)
+		}
 		return nil
 	}
 	seq := rrSequence(e)

@@ -178,7 +178,7 @@ func TestRoundRobinFixtures(t *testing.T) {
 		t.Errorf("%d new flows moved %s, want sched_rr %d, ct_syn and ct_miss %d", n, formatStats(delta), n, n/2)
 	}
 	for _, v := range []VIP{vipRR4, vipRRUDP4, vipRR6, vipRRUDP6} {
-		if got := after.RoundRobin[v] - before.RoundRobin[v]; got != 18 {
+		if got := after.Decisions[v] - before.Decisions[v]; got != 18 {
 			t.Errorf("vip %s counted %d round-robin decisions, want 18", v, got)
 		}
 	}
@@ -346,8 +346,8 @@ func TestRoundRobinShares(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.RoundRobin[vipRR4] != cycles*length {
-		t.Errorf("vip counted %d round-robin decisions, want %d", c.RoundRobin[vipRR4], cycles*length)
+	if c.Decisions[vipRR4] != cycles*length {
+		t.Errorf("vip counted %d round-robin decisions, want %d", c.Decisions[vipRR4], cycles*length)
 	}
 
 	// Each CPU's cursor starts elsewhere (CPU c at c/CPUs of the
@@ -497,8 +497,8 @@ func TestRoundRobinAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.RoundRobin[vipRR4] != 3 {
-		t.Errorf("decisions after the restart = %d, want 3", c.RoundRobin[vipRR4])
+	if c.Decisions[vipRR4] != 3 {
+		t.Errorf("decisions after the restart = %d, want 3", c.Decisions[vipRR4])
 	}
 
 	// To maglev: the sequence goes (retired), the flag with it.
@@ -524,8 +524,8 @@ func TestRoundRobinAdopt(t *testing.T) {
 	if err := d2.SetVIP(vipRR4, rrCfg, backends4); err != nil {
 		t.Fatal(err)
 	}
-	if c, err = d2.Counters(); err != nil || c.RoundRobin[vipRR4] != 0 {
-		t.Errorf("decisions after becoming round robin again = %d (%v), want 0", c.RoundRobin[vipRR4], err)
+	if c, err = d2.Counters(); err != nil || c.Decisions[vipRR4] != 0 {
+		t.Errorf("decisions after becoming round robin again = %d (%v), want 0", c.Decisions[vipRR4], err)
 	}
 	pinned(t, func() error {
 		if got, err := sendRR(d2.Program(), syn(50003), backends4); err != nil || got != rrOrder4[0] {

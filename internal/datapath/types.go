@@ -116,6 +116,13 @@ type VIPConfig struct {
 	// misses) to the backend of lowest (active + 1) / weight (leastconn.go,
 	// bpf/sched.h). It needs the connection table.
 	LeastConn bool
+	// LeastTime sends a new flow to the backend of lowest (active + 1) x
+	// response time / weight (leasttime.go, bpf/sched.h), the response
+	// time being what SetBackendCost wrote. Like LeastConn it needs the
+	// connection table and the 5-tuple hash; ResponseTime is how the
+	// fast path measures the times it compares (or the daemon writes the
+	// probes' times).
+	LeastTime bool
 	// PassUnparseable hands fragments and malformed packets for the VIP's
 	// address to the host stack instead of dropping them. Fragments carry no
 	// ports, so the policy is per address: any VIP on the address that

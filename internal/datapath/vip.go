@@ -238,15 +238,8 @@ func validate(vip VIP, cfg *VIPConfig, backends []Backend) error {
 		return fmt.Errorf("vip %s: connection %w", vip, err)
 	}
 	cfg.Timeouts = cfg.Timeouts.Normal(vip.Proto)
-	if cfg.LeastConn && (cfg.NoConntrack || cfg.SourceHash) {
-		return fmt.Errorf("vip %s: least-conn needs the connection table and the 5-tuple hash (no conntrack off, no source hash)", vip)
-	}
-	if cfg.LeastConn && cfg.RoundRobin {
-		return fmt.Errorf("vip %s: least-conn and round robin are two schedulers: choose one", vip)
-	}
-	if cfg.LeastConn && !cfg.Pools.IsZero() {
-		// The fast path takes a pool's ring for a VIP with pools.
-		return fmt.Errorf("vip %s: least-conn does not take source-prefix pools: a pool's clients take its Maglev ring", vip)
+	if err := cfg.checkLeastScheduler(vip); err != nil {
+		return err
 	}
 	if err := checkSourceRanges(vip, cfg.SourceRanges); err != nil {
 		return err
@@ -673,6 +666,9 @@ func vipMeta(e *vipEntry, hz uint32) balancerVipMeta {
 	}
 	if e.cfg.LeastConn {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_LEAST_CONN)
+	}
+	if e.cfg.LeastTime {
+		flags |= uint16(balancerFulcrumVipFlagsVIP_F_LEAST_TIME)
 	}
 	if e.cfg.ResponseTime {
 		flags |= uint16(balancerFulcrumVipFlagsVIP_F_RESPONSE_TIME)

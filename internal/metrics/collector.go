@@ -73,7 +73,9 @@ func newCollector(src Source) *collector {
 			"Other fast-path events, e.g. fib_gateway: an encapsulated packet sent to the configured gateway MAC for want of a resolved neighbour; sched_rr: a new flow given its backend by a round-robin VIP's sequence.",
 			[]string{"event"}, nil),
 		// Not a series of scheduler_decisions_total: those are per VIP,
-		// these the fast path's global counts (one name, one label set).
+		// these the fast path's global counts by method (one name, one
+		// label set). Least-time's methods are datapath events
+		// (sched_least_time_*): this family keeps its meaning.
 		leastConn: prometheus.NewDesc(name("least_conn_decisions_total"),
 			"New flows whose backend least-conn chose, all VIPs together, by method: exact (the whole pool compared) or two_choices (the better of two ring slots).",
 			[]string{"method"}, nil),
@@ -90,7 +92,7 @@ func newCollector(src Source) *collector {
 			"Marked health-probe packets the steering program saw, by result: steered to their backend, no_entry (left alone), not_ip and error (dropped). Only while a check goes through the data path; the counts restart when the program is loaded again.",
 			[]string{"result"}, nil),
 		schedDecisions: prometheus.NewDesc(name("scheduler_decisions_total"),
-			"New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin); every other new flow is the Maglev ring's.",
+			"New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin, least-conn, least-time); every other new flow is the Maglev ring's.",
 			[]string{"vip", "scheduler"}, nil),
 	}
 	for _, s := range datapath.AllStats() {
@@ -174,8 +176,8 @@ func (c *collector) collectCounters(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.vipPackets, prometheus.CounterValue, float64(cnt.Packets), v)
 		ch <- prometheus.MustNewConstMetric(c.vipBytes, prometheus.CounterValue, float64(cnt.Bytes), v)
 	}
-	for vip, n := range counters.RoundRobin {
-		ch <- prometheus.MustNewConstMetric(c.schedDecisions, prometheus.CounterValue, float64(n), vip.String(), "round-robin")
+	for vip, n := range counters.Decisions {
+		ch <- prometheus.MustNewConstMetric(c.schedDecisions, prometheus.CounterValue, float64(n), vip.String(), counters.Scheduler[vip])
 	}
 	for vip, backends := range counters.Backends {
 		v := vip.String()

@@ -94,7 +94,8 @@ func newFake() *fakeSource {
 				web: {web1: {Packets: 20, Bytes: 2000}, web2: {Packets: 10, Bytes: 1000}},
 				dns: {dns1: {Packets: 7, Bytes: 700}},
 			},
-			RoundRobin: map[datapath.VIP]uint64{web: 12},
+			Decisions: map[datapath.VIP]uint64{web: 12, dns: 5},
+			Scheduler: map[datapath.VIP]string{web: "round-robin", dns: "least-time"},
 		},
 		health: map[datapath.VIP]map[netip.Addr]string{
 			web: {web1: "up", web2: "down"},
@@ -145,9 +146,10 @@ fulcrum_backend_packets_total{backend="2001:db8:1::1",vip="udp/[2001:db8::53]:53
 fulcrum_backend_bytes_total{backend="10.0.0.1",vip="tcp/203.0.113.10:80"} 2000
 fulcrum_backend_bytes_total{backend="10.0.0.2",vip="tcp/203.0.113.10:80"} 1000
 fulcrum_backend_bytes_total{backend="2001:db8:1::1",vip="udp/[2001:db8::53]:53"} 700
-# HELP fulcrum_scheduler_decisions_total New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin); every other new flow is the Maglev ring's.
+# HELP fulcrum_scheduler_decisions_total New flows whose backend a VIP's scheduler chose, per VIP, for the schedulers that keep state (round-robin, least-conn, least-time); every other new flow is the Maglev ring's.
 # TYPE fulcrum_scheduler_decisions_total counter
 fulcrum_scheduler_decisions_total{scheduler="round-robin",vip="tcp/203.0.113.10:80"} 12
+fulcrum_scheduler_decisions_total{scheduler="least-time",vip="udp/[2001:db8::53]:53"} 5
 `
 	// Every datapath.Stat appears here once: a new one must be added
 	// to this list and to docs/metrics.md.
@@ -189,6 +191,8 @@ fulcrum_datapath_events_total{event="pool_fallback"} 271
 fulcrum_datapath_events_total{event="rt_lost"} 301
 fulcrum_datapath_events_total{event="rt_sample"} 291
 fulcrum_datapath_events_total{event="sched_rr"} 281
+fulcrum_datapath_events_total{event="sched_least_time_exact"} 331
+fulcrum_datapath_events_total{event="sched_least_time_two_choices"} 341
 # HELP fulcrum_least_conn_decisions_total New flows whose backend least-conn chose, all VIPs together, by method: exact (the whole pool compared) or two_choices (the better of two ring slots).
 # TYPE fulcrum_least_conn_decisions_total counter
 fulcrum_least_conn_decisions_total{method="exact"} 311

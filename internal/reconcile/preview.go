@@ -136,6 +136,7 @@ func previewVIP(cur datapath.VIPState, t target) (VIPPreview, error) {
 	setting("round_robin", oc.RoundRobin, nc.RoundRobin)
 	setting("passive_response_time", oc.ResponseTime, nc.ResponseTime)
 	setting("least_conn", oc.LeastConn, nc.LeastConn)
+	setting("least_time", oc.LeastTime, nc.LeastTime)
 	setting("pass_unparseable", oc.PassUnparseable, nc.PassUnparseable)
 	setting("source_ranges", rangesText(oc.SourceRanges), rangesText(nc.SourceRanges))
 	setting("pools", oc.Pools.String(), nc.Pools.String())

@@ -613,6 +613,7 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 		RoundRobin:      v.Scheduler == config.SchedulerRoundRobin,
 		ResponseTime:    v.ResponseTime.Passive(),
 		LeastConn:       v.Scheduler == config.SchedulerLeastConn,
+		LeastTime:       v.Scheduler == config.SchedulerLeastTime,
 		PassUnparseable: v.Fragments == config.FragmentsPass,
 		Timeouts:        timeouts.Normal(key.Proto),
 	}}

@@ -48,7 +48,7 @@ type VIP struct {
 	VIPRef
 	Name      string `json:"name,omitempty"`
 	Mode      string `json:"mode"`                // "dsr"
-	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash", "round-robin" or "least-conn"
+	Scheduler string `json:"scheduler,omitempty"` // "maglev" (default), "source-hash", "round-robin", "least-conn" or "least-time"
 	// RingSize is a prime; 0 = 65537. In a listing of a VIP with
 	// RingSizeAuto it is the size the daemon chose (0 before its first
 	// write); when adding one, leave it 0.
@@ -260,8 +260,8 @@ type Explanation struct {
 	VIP     VIPRef     `json:"vip"`
 	Backend netip.Addr `json:"backend"`
 	// Reason is "connection entry", "ring slot", "round-robin",
-	// "least-conn", or, for a dropped packet, "source range" or "pool
-	// down".
+	// "least-conn", "least-time", or, for a dropped packet, "source
+	// range" or "pool down".
 	Reason      string     `json:"reason"`
 	Hash        uint32     `json:"hash"`
 	Slot        uint32     `json:"slot"`
@@ -282,8 +282,13 @@ type Explanation struct {
 	// read them: a snapshot, the fast path decides with the counts of
 	// the moment the packet comes.
 	LeastConn *LeastConnChoice `json:"least_conn,omitempty"`
-	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin" or
-	// "least-conn".
+	// LeastTime is the comparison least-time made for a new flow of a
+	// least-time VIP (Reason "least-time"): each candidate's RT is part
+	// of its cost, and a candidate replaced the best so far only if it
+	// was lower by more than Margin. A snapshot, as LeastConn.
+	LeastTime *LeastConnChoice `json:"least_time,omitempty"`
+	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin",
+	// "least-conn" or "least-time".
 	Scheduler string `json:"scheduler,omitempty"`
 	// RoundRobin is set with reason "round-robin": the VIP's weighted
 	// sequence decides the new flow. Backend is then unset: the pick is
@@ -306,21 +311,35 @@ type RRShare struct {
 	Slots   uint32     `json:"slots"`
 }
 
-// LeastConnChoice is how least-conn chose a new flow's backend.
+// LeastConnChoice is how least-conn or least-time chose a new flow's
+// backend.
 type LeastConnChoice struct {
 	// Method is "exact" (every backend of the pool compared) or
 	// "two_choices" (the ring's slot and a second, rehashed one).
 	Method string `json:"method"`
+	// Margin (least-time) is the part of the best cost so far a
+	// candidate's must be lower by to replace it: 0.125.
+	Margin float64 `json:"margin,omitempty"`
 	// Candidates are the backends compared, in the fast path's order: the
-	// first of the lowest (active + 1) / weight wins.
+	// first is the best until one beats it; under least-conn the first
+	// of the lowest (active + 1) / weight wins.
 	Candidates []LeastConnCandidate `json:"candidates"`
 }
 
-// LeastConnCandidate is one backend least-conn compared.
+// LeastConnCandidate is one backend least-conn or least-time compared.
 type LeastConnCandidate struct {
 	Backend netip.Addr `json:"backend"`
 	Active  uint64     `json:"active"`
 	Weight  uint32     `json:"weight"`
+	// RTMicros (least-time) is the response time compared, in µs; 0 when
+	// the backend is not measured: it and the best it was compared with
+	// were then compared on their load alone.
+	RTMicros uint32 `json:"rt_us,omitempty"`
+	// Beat (least-time): it became the best so far; WithinMargin: its
+	// cost was lower than the best so far's, but not by more than the
+	// margin, so the best stayed.
+	Beat         bool `json:"beat,omitempty"`
+	WithinMargin bool `json:"within_margin,omitempty"`
 }
 
 // ConnEntry is a connection entry as explain found it.

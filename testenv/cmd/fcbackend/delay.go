@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +27,10 @@ const (
 
 // delayOutput sets up the delay path in the calling process's network
 // namespace (a test backend's, never a host's) and runs it until exit.
+// SIGUSR1 switches the delay off and on again (a backend that recovers,
+// and slows down again): off, the rule goes, so the backend's packets no
+// longer pass the TUN device and this process at all (a recovered backend
+// is as fast as one never delayed); packets held already leave when due.
 func delayOutput(delay time.Duration) error {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -53,13 +59,14 @@ func delayOutput(delay time.Duration) error {
 			return fmt.Errorf("delay: %w", err)
 		}
 	}
+	rule := []string{"rule", "add", "iif", "lo", "lookup", delayTable, "pref", delayPref}
 	// A restarted backend finds its predecessor's rule (the route went
 	// with the device): delete it first, so there is one.
 	_ = exec.Command("ip", "rule", "del", "pref", delayPref).Run()
 	for _, args := range [][]string{
 		{"link", "set", delayDev, "up"},
 		{"route", "add", "default", "dev", delayDev, "table", delayTable},
-		{"rule", "add", "iif", "lo", "lookup", delayTable, "pref", delayPref},
+		rule,
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("delay: ip %v: %v: %s", args, err, out)
@@ -69,6 +76,23 @@ func delayOutput(delay time.Duration) error {
 		at  time.Time
 		pkt []byte
 	}
+	toggle := make(chan os.Signal, 1)
+	signal.Notify(toggle, syscall.SIGUSR1)
+	go func() {
+		on := true
+		for range toggle {
+			args, state := rule, "on"
+			if on {
+				args, state = []string{"rule", "del", "pref", delayPref}, "off"
+			}
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "fcbackend: delay %s: ip %v: %v: %s\n", state, args, err, out)
+				continue
+			}
+			on = !on
+			fmt.Printf("fcbackend: delay %s\n", state)
+		}
+	}()
 	q := make(chan held, 8192)
 	go func() {
 		for {

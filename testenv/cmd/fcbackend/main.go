@@ -45,7 +45,7 @@ func main() {
 	var addrs addrList
 	flag.Var(&addrs, "addr", "address to listen on (repeatable; required)")
 	hold := flag.Duration("hold", time.Second, "how long port 9001 holds a connection before closing it")
-	delay := flag.Duration("delay", 0, "hold every IPv4 packet the backend sends this long (a TUN device in its route; root, in a test namespace)")
+	delay := flag.Duration("delay", 0, "hold every IPv4 packet the backend sends this long (a TUN device in its route; root, in a test namespace); SIGUSR1 switches it off and on")
 	flag.Parse()
 	if *name == "" || len(addrs) == 0 {
 		fmt.Fprintln(os.Stderr, "fcbackend: -name and at least one -addr are required")
