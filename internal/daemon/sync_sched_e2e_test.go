@@ -67,11 +67,9 @@ var syncPools = []struct {
 var syncScheds = []syncSched{
 	{name: "round-robin", sched: "round-robin", edit: withScheduler("round-robin"), sources: reweightSources},
 	{name: "least-conn", sched: "least-conn", edit: withScheduler("least-conn"), sources: reweightSources},
-	// least-time (branch leasttime): one row here, {name: "least-time",
-	// sched: "least-time", edit: withScheduler("least-time"), sources:
-	// reweightSources}, plus its response_time section in edit if the
-	// scheduler needs one. Not added on this branch: its config refuses
-	// least-time ("not available yet").
+	// least-time measures passively by default (a TCP VIP without
+	// response_time), so lb1's choices follow the loads and times it saw.
+	{name: "least-time", sched: "least-time", edit: withScheduler("least-time"), sources: reweightSources},
 	{
 		name: "pools", sched: "maglev",
 		edit: func(h *harness, cfg string) string {
@@ -112,7 +110,7 @@ var syncScheds = []syncSched{
 // so lb2 would send each connection to its ring's backend for it (an
 // independent model, pkg/maglev and pkg/flowhash, which lb2's explain must
 // agree with). At least 50 of the 200 must be on another backend than
-// that: round robin and least-conn put them there; for pools, whose ring
+// that: round robin, least-conn and least-time put them there; for pools, whose ring
 // lb2 shares, a reweight on both nodes moves the rings under lb1's
 // entries. Those connections survive only by the entries lb2 installed
 // from lb1's sync; all 200 must answer from their backends through lb2.
