@@ -464,10 +464,10 @@ func TestUnicastPeers(t *testing.T) {
 	checkNoDrops(t, r2)
 }
 
-// TestTwentyMilliseconds runs at a 2 cs interval and fails over by link
-// down: the master-down interval of lb2 is 3×20 ms + 10 ms.
-func TestTwentyMilliseconds(t *testing.T) {
-	require.Netns(t)
+// twentyMillisecondPair starts lb1 (priority 200) and lb2 (100) at a 2 cs
+// interval and waits until lb1 is master and lb2 backup.
+func twentyMillisecondPair(t *testing.T) (*testenv.Topology, *running, *running) {
+	t.Helper()
 	topo := testenv.NewCanonical(t, testenv.Options{SecondLB: true, Backends: 1})
 	c1, c2 := baseConfig(200, vip4), baseConfig(100, vip4)
 	c1.AdvertInterval, c2.AdvertInterval = 2, 2
@@ -475,6 +475,14 @@ func TestTwentyMilliseconds(t *testing.T) {
 	r2 := start(t, topo.LB2, c2)
 	waitState(t, r1, Master, 2*time.Second)
 	waitState(t, r2, Backup, time.Second)
+	return topo, r1, r2
+}
+
+// TestTwentyMilliseconds runs at a 2 cs interval and fails over by link
+// down: the master-down interval of lb2 is 3×20 ms + 10 ms.
+func TestTwentyMilliseconds(t *testing.T) {
+	require.Netns(t)
+	topo, r1, r2 := twentyMillisecondPair(t)
 	stays(t, r2, Backup, 2*time.Second) // no false failover
 	link, err := topo.LB1.Link(testenv.MainIface)
 	if err != nil {
@@ -800,13 +808,7 @@ func TestGuardCoversStall(t *testing.T) {
 	if len(guardCPUs()) == 0 {
 		t.Skip("one CPU: no guards (a guard on the protocol thread's CPU would stall with it)")
 	}
-	topo := testenv.NewCanonical(t, testenv.Options{SecondLB: true, Backends: 1})
-	c1, c2 := baseConfig(200, vip4), baseConfig(100, vip4)
-	c1.AdvertInterval, c2.AdvertInterval = 2, 2
-	r1 := start(t, topo.LB1, c1)
-	r2 := start(t, topo.LB2, c2)
-	waitState(t, r1, Master, 2*time.Second)
-	waitState(t, r2, Backup, time.Second)
+	_, r1, r2 := twentyMillisecondPair(t)
 	waitReceived(t, r2, 5, time.Second)
 	before1, before2 := r1.Stats(), r2.Stats()
 
