@@ -57,7 +57,7 @@ func (r *Router) advertise(priority uint8) {
 		return
 	}
 	if !r.due.IsZero() {
-		r.guard.covered = r.due
+		r.guard.covered, r.guard.byGuard = r.due, false
 	}
 	r.adv.Priority = priority
 	if !r.src.IsValid() {

@@ -71,8 +71,9 @@ func (r *Router) publish() {
 	armed := r.State() == Master && !r.m.adverAt.IsZero()
 	r.sendMu.Lock()
 	// After a stall the guards' cadence goes on: the next advertisement
-	// is an interval after their last, not after the loop woke.
-	if armed && r.guard.covered.After(r.m.adverAt.Add(-cs(r.m.advertInt))) {
+	// is an interval after their last, not an interval after the loop
+	// woke (if that is past, the loop sends at once).
+	if armed && r.guard.byGuard {
 		r.m.adverAt = r.guard.covered.Add(cs(r.m.advertInt))
 	}
 	r.guard.armed, r.guard.due, r.guard.priority = armed, r.m.adverAt, r.m.priority
@@ -146,6 +147,6 @@ func (r *Router) guardSend(due time.Time) {
 		r.sendErrors.Add(1)
 		return
 	}
-	g.covered = due
+	g.covered, g.byGuard = due, true
 	r.guardSent.Add(1)
 }

@@ -93,6 +93,7 @@ type Router struct {
 		interval time.Duration // the advertisement interval
 		priority uint8
 		covered  time.Time // the due time of the last advertisement sent
+		byGuard  bool      // and a guard sent it
 	}
 
 	// Requests from other goroutines, taken by the loop when woken.
