@@ -101,7 +101,7 @@ test: deps-check vet
 	$(MAKE) fuzz-short
 
 # test-vrrp-load (as root, ~2.5 minutes) runs only the test of issue 6 that
-# takes longest, also part of test: VRRP at a 50 ms interval for 2 minutes
+# takes longest, also part of test: VRRP at a 20 ms interval for 2 minutes
 # while a live-frame generator keeps both CPUs busy with XDP work, then a
 # failover under that load (docs/vrrp.md, "Under full packet load").
 test-vrrp-load:

@@ -111,9 +111,11 @@ func (r *Router) refresh() error {
 	if err != nil {
 		return err
 	}
+	r.sendMu.Lock() // the guards send from r.src (guard.go)
 	r.src = src
-	r.m.primary = src
 	r.sock.setSource(src)
+	r.sendMu.Unlock()
+	r.m.primary = src
 	var ll netip.Addr
 	if r.v6 {
 		ll = src

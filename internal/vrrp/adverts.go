@@ -46,13 +46,28 @@ func (r *Router) advertise(priority uint8) {
 	if priority == 0 {
 		r.zeroSent.Add(1)
 	}
+	r.sendMu.Lock()
+	if priority == 0 {
+		r.disarm() // no guard sends the old priority after this
+	}
+	// A guard sent this one while the thread was held up (guard.go).
+	if !r.due.IsZero() && !r.guard.covered.Before(r.due) {
+		r.sendMu.Unlock()
+		r.noteGuarded(time.Since(r.due))
+		return
+	}
+	if !r.due.IsZero() {
+		r.guard.covered, r.guard.byGuard = r.due, false
+	}
 	r.adv.Priority = priority
 	if !r.src.IsValid() {
+		r.sendMu.Unlock()
 		r.sendErrors.Add(1)
 		return
 	}
 	t0 := time.Now()
 	n, err := r.sock.send(&r.adv, r.src, r.buf)
+	r.sendMu.Unlock()
 	r.sent.Add(uint64(n))
 	if err != nil {
 		r.sendErrors.Add(1)

@@ -282,13 +282,17 @@ func (c *capture) vrrpSummary(n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// garpsFrom returns the ARP frames sent from mac.
+var broadcastMAC = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// garpsFrom returns the broadcast ARP frames sent from mac.
 func (c *capture) garpsFrom(mac []byte) [][]byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out [][]byte
 	for _, f := range c.frames {
-		if len(f) >= 42 && binary.BigEndian.Uint16(f[12:]) == unix.ETH_P_ARP && bytes.Equal(f[6:12], mac) {
+		// Broadcast only: the kernel's unicast ARP replies (for a
+		// virtual address while that node held it) are no announcements.
+		if len(f) >= 42 && bytes.Equal(f[:6], broadcastMAC) && binary.BigEndian.Uint16(f[12:]) == unix.ETH_P_ARP && bytes.Equal(f[6:12], mac) {
 			out = append(out, f)
 		}
 	}

@@ -81,7 +81,20 @@ type Router struct {
 	timeout     unix.Timespec
 	pollFDs     [2]unix.PollFd
 	wake        int // eventfd: other goroutines wake the loop with it
+	guardStop   int // eventfd, written once: the guards end
 	realtime    int // SCHED_RR priority of the loop's thread; 0 = none
+
+	// sendMu is held for every advertisement sent (the socket's send
+	// state, r.adv and r.buf are shared) and guards guard (guard.go).
+	sendMu sync.Mutex
+	guard  struct {
+		armed    bool          // master: the guards may send
+		due      time.Time     // when the loop's next advertisement is due
+		interval time.Duration // the advertisement interval
+		priority uint8
+		covered  time.Time // the due time of the last advertisement sent
+		byGuard  bool      // and a guard sent it
+	}
 
 	// Requests from other goroutines, taken by the loop when woken.
 	ctl struct {
@@ -103,7 +116,7 @@ type Router struct {
 	garpSent, sendErrors, transitions, becameMaster    atomic.Uint64
 	dropped                                            [numDropReasons]atomic.Uint64
 	worstSend, worstCall, worstGap                     atomic.Int64 // nanoseconds
-	lateSends, lateAdverts                             atomic.Uint64
+	lateSends, lateAdverts, guardSent                  atomic.Uint64
 
 	notes notifier
 
@@ -131,6 +144,7 @@ func New(cfg Config, opts Options) (*Router, error) {
 		multicast: len(cfg.UnicastPeers) == 0,
 		pkt:       -1,
 		wake:      -1,
+		guardStop: -1,
 	}
 	var err error
 	if r.realtime, err = opts.Realtime(); err != nil {
@@ -190,6 +204,9 @@ func (r *Router) open() error {
 	if r.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return fmt.Errorf("vrrp: eventfd: %w", err)
 	}
+	if r.guardStop, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return fmt.Errorf("vrrp: eventfd: %w", err)
+	}
 	if r.v6 {
 		return nil
 	}
@@ -210,6 +227,9 @@ func (r *Router) Close() error {
 		}
 		if r.pkt >= 0 {
 			unix.Close(r.pkt)
+		}
+		if r.guardStop >= 0 {
+			unix.Close(r.guardStop)
 		}
 		r.ctl.Lock() // poke writes to wake under the lock
 		if r.wake >= 0 {
@@ -348,11 +368,21 @@ func (r *Router) Run(ctx context.Context) error {
 		case <-done:
 		}
 	})
+	// The guards (guard.go): real-time threads that send a master's
+	// advertisement when the loop's CPU has held it up.
+	if r.realtime > 0 {
+		for _, cpu := range guardCPUs() {
+			wg.Go(func() { r.guardLoop(cpu, r.guardStop) })
+		}
+	}
 	defer func() {
 		close(done)
 		close(linkDone)
 		for range links { // until the subscription's goroutine is gone
 		}
+		var one [8]byte
+		binary.NativeEndian.PutUint64(one[:], 1)
+		_, _ = unix.Write(r.guardStop, one[:])
 		wg.Wait()
 	}()
 
@@ -400,6 +430,7 @@ func (r *Router) loop() error {
 			r.holdPending = false
 			r.hold()
 		}
+		r.publish()
 		next := r.m.next()
 		if !r.retryAt.IsZero() && (next.IsZero() || r.retryAt.Before(next)) {
 			next = r.retryAt
@@ -520,6 +551,11 @@ func (r *Router) control() (stop bool) {
 // transition implements actions.
 func (r *Router) transition(from, to State, why string) {
 	now := time.Now()
+	if from == Master {
+		r.sendMu.Lock()
+		r.disarm()
+		r.sendMu.Unlock()
+	}
 	r.state.Store(int32(to))
 	r.transitions.Add(1)
 	r.lastRx = time.Time{} // gaps are measured within one stay in Backup

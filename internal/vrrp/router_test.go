@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -463,10 +464,10 @@ func TestUnicastPeers(t *testing.T) {
 	checkNoDrops(t, r2)
 }
 
-// TestTwentyMilliseconds runs at a 2 cs interval and fails over by link
-// down: the master-down interval of lb2 is 3×20 ms + 10 ms.
-func TestTwentyMilliseconds(t *testing.T) {
-	require.Netns(t)
+// twentyMillisecondPair starts lb1 (priority 200) and lb2 (100) at a 2 cs
+// interval and waits until lb1 is master and lb2 backup.
+func twentyMillisecondPair(t *testing.T) (*testenv.Topology, *running, *running) {
+	t.Helper()
 	topo := testenv.NewCanonical(t, testenv.Options{SecondLB: true, Backends: 1})
 	c1, c2 := baseConfig(200, vip4), baseConfig(100, vip4)
 	c1.AdvertInterval, c2.AdvertInterval = 2, 2
@@ -474,6 +475,14 @@ func TestTwentyMilliseconds(t *testing.T) {
 	r2 := start(t, topo.LB2, c2)
 	waitState(t, r1, Master, 2*time.Second)
 	waitState(t, r2, Backup, time.Second)
+	return topo, r1, r2
+}
+
+// TestTwentyMilliseconds runs at a 2 cs interval and fails over by link
+// down: the master-down interval of lb2 is 3×20 ms + 10 ms.
+func TestTwentyMilliseconds(t *testing.T) {
+	require.Netns(t)
+	topo, r1, r2 := twentyMillisecondPair(t)
 	stays(t, r2, Backup, 2*time.Second) // no false failover
 	link, err := topo.LB1.Link(testenv.MainIface)
 	if err != nil {
@@ -742,8 +751,8 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 	}
 }
 
-// TestRealtimeThread checks that Run's loop has a SCHED_RR thread of its
-// own, and that the thread goes away with Run.
+// TestRealtimeThread checks that Run's loop and its guards have SCHED_RR
+// threads of their own, and that the threads go away with Run.
 func TestRealtimeThread(t *testing.T) {
 	require.Netns(t)
 	topo := testenv.NewCanonical(t, testenv.Options{Backends: 1})
@@ -767,8 +776,9 @@ func TestRealtimeThread(t *testing.T) {
 	before := rrThreads()
 	r1 := start(t, topo.LB1, baseConfig(200, vip4))
 	waitState(t, r1, Master, 2*time.Second)
-	if got := rrThreads(); got != before+1 {
-		t.Errorf("%d SCHED_RR threads while running, want %d", got, before+1)
+	// The loop's and the guards' (guard.go).
+	if got, want := rrThreads(), before+1+len(guardCPUs()); got != want {
+		t.Errorf("%d SCHED_RR threads while running, want %d", got, want)
 	}
 	r1.stop(t)
 	deadline := time.Now().Add(time.Second)
@@ -787,4 +797,49 @@ func schedPolicy(tid int) (int, error) {
 		return 0, err
 	}
 	return int(attr.Policy), nil
+}
+
+// TestGuardCoversStall holds the master's protocol thread up for 300 ms,
+// four times lb2's master-down interval at 20 ms (as a CPU that does not
+// switch to it would): the guards send its advertisements meanwhile, no
+// later than a quarter interval, and lb2 stays backup.
+func TestGuardCoversStall(t *testing.T) {
+	require.Netns(t)
+	if len(guardCPUs()) == 0 {
+		t.Skip("one CPU: no guards (a guard on the protocol thread's CPU would stall with it)")
+	}
+	_, r1, r2 := twentyMillisecondPair(t)
+	waitReceived(t, r2, 5, time.Second)
+	before1, before2 := r1.Stats(), r2.Stats()
+
+	// The loop wakes for a request and waits for the request lock, which
+	// this goroutine holds: the thread is held up as by a stalled CPU.
+	const stall = 300 * time.Millisecond
+	r1.ctl.Lock()
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	if _, err := unix.Write(r1.wake, one[:]); err != nil {
+		r1.ctl.Unlock()
+		t.Fatal(err)
+	}
+	time.Sleep(stall) // the stall itself, not a wait for a condition
+	r1.ctl.Unlock()
+	stays(t, r2, Backup, 100*time.Millisecond)
+
+	s1, s2 := r1.Stats(), r2.Stats()
+	// 300 ms at 20 ms: about 15 advertisements from the guards.
+	if got := s1.GuardSent - before1.GuardSent; got < 10 {
+		t.Errorf("guards sent %d advertisements during a %s stall, want at least 10", got, stall)
+	}
+	if s2.Transitions != before2.Transitions {
+		t.Errorf("lb2 made %d transitions during lb1's stall, want none", s2.Transitions-before2.Transitions)
+	}
+	// An interval plus the guards' grace (25 ms) when the machine is
+	// quiet; three intervals leave room for a busy one and stay under
+	// master down (70 ms). Without the guards the gap is the stall.
+	if limit := 3 * 20 * time.Millisecond; s2.WorstAdvertGap > limit {
+		t.Errorf("lb2's worst gap between lb1's advertisements %s, want at most %s", s2.WorstAdvertGap, limit)
+	}
+	t.Logf("a %s stall of lb1's protocol thread: %d advertisements from its guards, lb2's worst gap %s",
+		stall, s1.GuardSent-before1.GuardSent, s2.WorstAdvertGap)
 }

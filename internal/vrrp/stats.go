@@ -55,6 +55,11 @@ type Stats struct {
 	// times. LateAdverts counts the gaps longer than 1.5 intervals.
 	WorstAdvertGap time.Duration `json:"worst_advert_gap_ns"`
 	LateAdverts    uint64        `json:"late_adverts"`
+	// GuardSent counts the advertisements a guard thread sent because the
+	// protocol thread was held up past their due time by more than a
+	// quarter interval (its CPU stalled; guard.go). AdvertsSent includes
+	// them.
+	GuardSent uint64 `json:"guard_sent"`
 }
 
 // Stats returns a snapshot of the state and the counters.
@@ -78,6 +83,7 @@ func (r *Router) Stats() Stats {
 		WorstSendCall:        time.Duration(r.worstCall.Load()),
 		WorstAdvertGap:       time.Duration(r.worstGap.Load()),
 		LateAdverts:          r.lateAdverts.Load(),
+		GuardSent:            r.guardSent.Load(),
 	}
 	if ns := r.lastTrans.Load(); ns != 0 {
 		s.LastTransition = time.Unix(0, ns)
@@ -109,6 +115,16 @@ func (r *Router) noteSend(late, took time.Duration) {
 			r.log.Warn("vrrp: advertisement sent late or slowly", "late", late, "send_call", took,
 				"interval", cs(r.m.advertInt), "late_sends", r.lateSends.Load())
 		}
+	}
+}
+
+// noteGuarded logs, at most once a second, that the loop woke held up by
+// late, its guards having sent the advertisements due meanwhile.
+func (r *Router) noteGuarded(late time.Duration) {
+	if now := time.Now(); now.Sub(r.lateLog) >= time.Second {
+		r.lateLog = now
+		r.log.Warn("vrrp: protocol thread held up; its guard threads sent the advertisements due meanwhile",
+			"late", late, "interval", cs(r.m.advertInt), "guard_sent", r.guardSent.Load())
 	}
 }
 
