@@ -69,7 +69,7 @@ func printVRRP(w io.Writer, v api.VRRP, now time.Time) error {
 			row(t, "sick:", strings.Join(v.Sick, "; ")+" (priority lowered to 1)")
 		}
 		if v.State == "master" || v.AdvertsSent > 0 {
-			row(t, "sending:", fmt.Sprintf("worst delay %s, worst send call %s, %d late", ms(v.WorstSendDelay), ms(v.WorstSendCall), v.LateSends))
+			row(t, "sending:", fmt.Sprintf("worst delay %s, worst send call %s, %d late, %d by guards", ms(v.WorstSendDelay), ms(v.WorstSendCall), v.LateSends, v.GuardSent))
 		}
 		if v.AdvertsReceived > 0 {
 			row(t, "hearing:", fmt.Sprintf("worst gap %s, %d late", ms(v.WorstAdvertGap), v.LateAdverts))

@@ -404,6 +404,7 @@ func (c *controller) VRRP(ctx context.Context) (api.VRRP, error) {
 		LateSends:       st.LateSends,
 		WorstAdvertGap:  st.WorstAdvertGap,
 		LateAdverts:     st.LateAdverts,
+		GuardSent:       st.GuardSent,
 		Sick:            c.d.Sick(),
 	}, nil
 }

@@ -438,6 +438,10 @@ type VRRP struct {
 	LateSends      uint64        `json:"late_sends"`
 	WorstAdvertGap time.Duration `json:"worst_advert_gap_ns"`
 	LateAdverts    uint64        `json:"late_adverts"`
+	// GuardSent counts the advertisements the agent's guard threads sent
+	// because the protocol thread was held off its CPU past a quarter
+	// interval (docs/vrrp.md, guard threads).
+	GuardSent uint64 `json:"guard_sent"`
 	// Sick says why the node's priority is lowered to 1 (VRRP tracking:
 	// an interface down, the balancer detached, every backend of a VIP
 	// down); empty when the node is well.
