@@ -80,3 +80,60 @@ int fulcrum_ring_scan(struct xdp_md *ctx)
 	r->found = 1;
 	return XDP_PASS;
 }
+
+/* fulcrum_meta_hold holds a VIP's meta the way the balancer does (the one
+ * lookup of the VIP's key, then reads through what it returned), slowed
+ * down: it reads the meta's index, ring offset and size, spins inside its
+ * RCU read-side section, then reads them again. It is for
+ * TestVIPMetaHammer: a meta a reader still holds must not turn into
+ * another VIP's while it holds it (a reuse before the grace period), so
+ * the index read after the spin must be the one read before it. */
+struct hold_args {
+	struct vip_key_v4 key;
+	__u32 spins; /* bpf_loop iterations between the two reads */
+};
+
+struct hold_result {
+	__u32 found; /* 1 if the VIP was found */
+	__u32 index_before;
+	__u32 index_after;
+	__u32 offset_before;
+	__u32 offset_after;
+	__u32 size_before;
+	__u32 size_after;
+};
+
+static long spin(__u64 i, void *ctx)
+{
+	(*(__u64 *)ctx) += i;
+	return 0;
+}
+
+SEC("xdp")
+int fulcrum_meta_hold(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct hold_result *r = data;
+	struct hold_args a;
+	const volatile struct vip_meta *vip;
+	__u64 sum = 0;
+
+	if (data + sizeof(a) > end || data + sizeof(*r) > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(&a, data, sizeof(a));
+	vip = bpf_map_lookup_elem(&vips_v4, &a.key);
+	if (!vip) {
+		r->found = 0;
+		return XDP_PASS;
+	}
+	r->index_before = vip->index;
+	r->offset_before = vip->ring_offset;
+	r->size_before = vip->ring_size;
+	bpf_loop(a.spins, spin, &sum, 0);
+	r->index_after = vip->index;
+	r->offset_after = vip->ring_offset;
+	r->size_after = vip->ring_size;
+	r->found = 1 + (sum & 0); /* sum kept: the loop is not dead code */
+	return XDP_PASS;
+}
