@@ -65,7 +65,7 @@ int fulcrum_ring_scan(struct xdp_md *ctx)
 	if (data + sizeof(a) > end || data + sizeof(*r) > end)
 		return XDP_ABORTED;
 	__builtin_memcpy(&a, data, sizeof(a));
-	vip = bpf_map_lookup_elem(&vips_v4, &a.key);
+	vip = vip_find_v4(&a.key);
 	if (!vip) {
 		r->found = 0;
 		return XDP_PASS;
@@ -122,7 +122,7 @@ int fulcrum_meta_hold(struct xdp_md *ctx)
 	if (data + sizeof(a) > end || data + sizeof(*r) > end)
 		return XDP_ABORTED;
 	__builtin_memcpy(&a, data, sizeof(a));
-	vip = bpf_map_lookup_elem(&vips_v4, &a.key);
+	vip = vip_find_v4(&a.key);
 	if (!vip) {
 		r->found = 0;
 		return XDP_PASS;

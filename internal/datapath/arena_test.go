@@ -80,7 +80,7 @@ func checkLiveRing(tb testing.TB, d *Datapath, e *vipEntry, step string) []uint3
 		tb.Fatal(err)
 	}
 	var meta balancerVipMeta
-	if err := d.objs.VipsV4.Lookup(vipKey4(e.vip), &meta); err != nil {
+	if err := lookupMeta(d, e.vip, &meta); err != nil {
 		tb.Fatalf("%s: meta of %s: %v", step, e.vip, err)
 	}
 	got, err := d.arena.read(extent{meta.RingOffset, meta.RingSize})
@@ -424,7 +424,7 @@ func loadRingScan(tb testing.TB, d *Datapath) *ebpf.Program {
 		Scan *ebpf.Program `ebpf:"fulcrum_ring_scan"`
 	}
 	opts := ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		balancerMapVipsV4: d.objs.VipsV4, balancerMapRingArena: d.objs.RingArena}}
+		balancerMapVipsV4: d.objs.VipsV4, balancerMapVipMetas: d.objs.VipMetas, balancerMapRingArena: d.objs.RingArena}}
 	if err := spec.LoadAndAssign(&objs, &opts); err != nil {
 		tb.Fatalf("load ring scan: %v", err)
 	}

@@ -204,10 +204,33 @@ func loadMetaHold(tb testing.TB, d *Datapath) *ebpf.Program {
 		Hold *ebpf.Program `ebpf:"fulcrum_meta_hold"`
 	}
 	opts := ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		balancerMapVipsV4: d.objs.VipsV4, balancerMapRingArena: d.objs.RingArena}}
+		balancerMapVipsV4: d.objs.VipsV4, balancerMapVipMetas: d.objs.VipMetas, balancerMapRingArena: d.objs.RingArena}}
 	if err := spec.LoadAndAssign(&objs, &opts); err != nil {
 		tb.Fatalf("load meta hold: %v", err)
 	}
 	tb.Cleanup(func() { objs.Hold.Close() })
 	return objs.Hold
+}
+
+// lookupMeta reads the meta vip's key names, as a packet would.
+func lookupMeta(d *Datapath, vip VIP, m *balancerVipMeta) error {
+	var slot uint32
+	var err error
+	if vip.Addr.Is4() {
+		err = d.objs.VipsV4.Lookup(vipKey4(vip), &slot)
+	} else {
+		err = d.objs.VipsV6.Lookup(vipKey6(vip), &slot)
+	}
+	if err != nil {
+		return err
+	}
+	var v balancerVipSlot
+	if err := d.objs.VipMetas.Lookup(slot, &v); err != nil {
+		return err
+	}
+	if v != vipSlotValue(vip, v.Meta) {
+		return fmt.Errorf("vip %s names meta slot %d, which holds another vip's key", vip, slot)
+	}
+	*m = v.Meta
+	return nil
 }
