@@ -18,14 +18,15 @@ import (
 // TestVIPMetaHammer proves that a packet never reads another VIP's meta,
 // nor a half-written one, while Go republishes metas and VIPs come and go
 // (docs/datapath.md, "VIP publication"). The kernel reuses a freed element
-// of a hash map without BPF_F_NO_PREALLOC's grace period for the next
-// insert on the same CPU (kernel/bpf/memalloc.c: bpf_mem_cache_free links
-// the element into the CPU's free list, unit_alloc takes it from there),
-// so a meta read through a hash map's value pointer could turn into
-// another VIP's under a reader. A writer repeats: remove a VIP Y, flip
-// VIP X's ring (a new meta: its new element takes the one Y freed, and
-// X's old element is freed), add Y back (it takes X's old element).
-// Meanwhile, on every CPU:
+// of a hash map for the next insert on the same CPU at once
+// (kernel/bpf/memalloc.c: bpf_mem_cache_free links it into the CPU's free
+// list, unit_alloc takes it from there), so a meta read through a hash
+// map's value pointer, as layout 4 read it, could turn into another VIP's
+// under a reader; a vip_metas slot reused before a grace period would do
+// the same. A writer repeats: remove a VIP Y, flip VIP X's ring (a new
+// meta: X's new element takes the one Y's removal freed, and X's old
+// element and slot are freed or retired), add Y back (its element takes
+// X's old one, its meta the first free slot). Meanwhile, on every CPU:
 //   - the balancer forwards packets to X, each one BPF_PROG_RUN, and every
 //     one must go to one of X's two backends;
 //   - between them, a slowed-down reader (bpf/ringscan.c,
@@ -35,9 +36,12 @@ import (
 //     round, so a reuse before a grace period would show there.
 func TestVIPMetaHammer(t *testing.T) {
 	require.BPF(t)
-	run, minRounds, minHolds := 3*time.Second, int64(500), int64(200)
+	// The hammer runs until the writer did minRounds rounds and the
+	// readers minHolds holds (a few seconds here): freeing retired slots
+	// at once made some 1 hold in 65 see another VIP's meta.
+	minRounds, minHolds := int64(3000), int64(1500)
 	if testing.Short() {
-		run, minRounds, minHolds = time.Second, 100, 50
+		minRounds, minHolds = 1000, 500
 	}
 	// A hold spins some hundreds of microseconds: several writer rounds.
 	const holdSpins = 200_000
@@ -80,8 +84,10 @@ func TestVIPMetaHammer(t *testing.T) {
 
 	var stop atomic.Bool
 	var rounds atomic.Int64
-	writerErr := make(chan error, 1)
+	writerDone := make(chan struct{})
+	var writerErr error
 	go func() {
+		defer close(writerDone)
 		for i := 0; !stop.Load(); i++ {
 			y := others[i%len(others)]
 			err := d.RemoveVIP(y)
@@ -92,12 +98,11 @@ func TestVIPMetaHammer(t *testing.T) {
 				err = d.AddVIP(y, cfg, []Backend{be(byte(40 + i%len(others)))})
 			}
 			if err != nil {
-				writerErr <- err
+				writerErr = err
 				return
 			}
 			rounds.Add(1)
 		}
-		writerErr <- nil
 	}()
 
 	frames := make([][]byte, 64)
@@ -118,6 +123,7 @@ func TestVIPMetaHammer(t *testing.T) {
 		defer mu.Unlock()
 		bad = append(bad, s)
 	}
+	var readerFailed atomic.Bool
 	var wg sync.WaitGroup
 	for cpu := range runtime.NumCPU() {
 		wg.Add(1)
@@ -165,15 +171,30 @@ func TestVIPMetaHammer(t *testing.T) {
 				return nil
 			})
 			if err != nil {
+				readerFailed.Store(true)
 				report(fmt.Sprintf("cpu %d: %v", cpu, err))
 			}
 		}()
 	}
-	time.Sleep(run) // the test's length, not a wait for a condition
+	_, enough := require.Poll(2*time.Minute, func() error {
+		select {
+		case <-writerDone: // failed: no more rounds will come
+			return nil
+		default:
+		}
+		if readerFailed.Load() {
+			return nil
+		}
+		if r, h := rounds.Load(), holds.Load(); r < minRounds || h < minHolds {
+			return fmt.Errorf("%d writer rounds and %d holds, want %d and %d", r, h, minRounds, minHolds)
+		}
+		return nil
+	})
 	stop.Store(true)
 	wg.Wait()
-	if err := <-writerErr; err != nil {
-		t.Fatalf("writer: %v", err)
+	<-writerDone
+	if writerErr != nil {
+		t.Fatalf("writer: %v", writerErr)
 	}
 	t.Logf("%d writer rounds; %d packets (%d to backend A, %d to B, %d wrong) and %d holds (%d saw another VIP's meta) on %d CPUs",
 		rounds.Load(), packets.Load(), seenA.Load(), seenB.Load(), wrongPackets.Load(), holds.Load(), wrongHolds.Load(), runtime.NumCPU())
@@ -186,9 +207,11 @@ func TestVIPMetaHammer(t *testing.T) {
 	}
 	// The test proves something only if the metas changed under the
 	// readers many times, and both of X's rings were seen.
-	if rounds.Load() < minRounds || holds.Load() < minHolds || seenA.Load() == 0 || seenB.Load() == 0 {
-		t.Fatalf("%d writer rounds, %d holds, %d packets to A and %d to B: want at least %d rounds, %d holds and both rings seen",
-			rounds.Load(), holds.Load(), seenA.Load(), seenB.Load(), minRounds, minHolds)
+	if enough != nil {
+		t.Fatal(enough)
+	}
+	if seenA.Load() == 0 || seenB.Load() == 0 {
+		t.Fatalf("%d packets to A and %d to B: want both rings seen", seenA.Load(), seenB.Load())
 	}
 }
 
@@ -233,4 +256,74 @@ func lookupMeta(d *Datapath, vip VIP, m *balancerVipMeta) error {
 	}
 	*m = v.Meta
 	return nil
+}
+
+// TestVIPSlotKeyChecked proves the fast path's check of a slot's key: a
+// VIP key whose element names another VIP's slot (what a packet reads
+// from an element the kernel reused for the other VIP between its lookup
+// and its read) is not taken for the other VIP. The packet then falls to
+// the address's every-port VIP if there is one, else passes, as if the
+// key were not there; on the second lookup a real packet would find the
+// key's own slot.
+func TestVIPSlotKeyChecked(t *testing.T) {
+	d := newTestDatapath(t)
+	cfg := VIPConfig{Mode: ModeDSR, RingSize: smallRing, NoConntrack: true}
+	for _, fam := range []struct {
+		name         string
+		x, y, any    VIP
+		client       string
+		xb, yb, anyb []Backend
+	}{
+		{"v4", VIP{Addr: addr("203.0.113.80"), Port: 80, Proto: UDP}, VIP{Addr: addr("203.0.113.81"), Port: 80, Proto: UDP},
+			VIP{Addr: addr("203.0.113.80"), Port: 0, Proto: UDP}, client4, backends4[:1], backends4[1:2], backends4[2:3]},
+		{"v6", VIP{Addr: addr("2001:db8:ffff::80"), Port: 80, Proto: UDP}, VIP{Addr: addr("2001:db8:ffff::81"), Port: 80, Proto: UDP},
+			VIP{Addr: addr("2001:db8:ffff::80"), Port: 0, Proto: UDP}, client6, backends6[:1], backends6[1:2], backends6[2:3]},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			for _, v := range []struct {
+				vip VIP
+				bs  []Backend
+			}{{fam.x, fam.xb}, {fam.y, fam.yb}} {
+				if err := d.AddVIP(v.vip, cfg, v.bs); err != nil {
+					t.Fatal(err)
+				}
+			}
+			toX := pkt(fam.client, fam.x.Addr.String(), UDP, 40000, 80)
+			if got := sendTo(t, d, toX); got != fam.xb[0].Addr {
+				t.Fatalf("before: packet to %s went to %s, want %s", fam.x, got, fam.xb[0].Addr)
+			}
+			// X's key names Y's slot, as a reused element would.
+			put := func(slot uint32) {
+				t.Helper()
+				var err error
+				if fam.x.Addr.Is4() {
+					err = d.objs.VipsV4.Put(vipKey4(fam.x), slot)
+				} else {
+					err = d.objs.VipsV6.Put(vipKey6(fam.x), slot)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			put(d.vips[fam.y].slot)
+			if v, _ := runProg(t, d.Program(), toX.Build()); v != xdpPass {
+				t.Fatalf("key of %s naming %s's slot: verdict %s, want XDP_PASS (no vip)", fam.x, fam.y, verdictNames[v])
+			}
+			if err := d.AddVIP(fam.any, cfg, fam.anyb); err != nil {
+				t.Fatal(err)
+			}
+			if got := sendTo(t, d, toX); got != fam.anyb[0].Addr {
+				t.Fatalf("key of %s naming %s's slot, with %s there: packet went to %s, want %s", fam.x, fam.y, fam.any, got, fam.anyb[0].Addr)
+			}
+			put(d.vips[fam.x].slot)
+			if got := sendTo(t, d, toX); got != fam.xb[0].Addr {
+				t.Fatalf("after: packet to %s went to %s, want %s", fam.x, got, fam.xb[0].Addr)
+			}
+			for _, err := range d.RemoveVIPs([]VIP{fam.x, fam.y, fam.any}) {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
 }
