@@ -26,7 +26,7 @@
  * VIP's, or be half rewritten, while a packet reads it. A slot is written
  * only while no key names it and reused only a grace period after the last
  * key that named it moved on; a reader checks that the slot it got is its
- * key's (vip_find_v4, vip_find_v6). */
+ * key's (vip_find). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct vip_key_v4);
@@ -52,54 +52,45 @@ struct {
 	__uint(max_entries, 2 * MAX_VIPS);
 } vip_metas SEC(".maps");
 
-/* vip_find_v4 returns the meta of the VIP whose key is *k, or 0. The slot
- * read from the key's element is checked to be the key's: if the element
- * was freed and reused for another key between the lookup and the read
- * (the key was updated or deleted meanwhile), the lookup is done once
- * more. The slot itself is whole and stays so while the program runs: it
- * was named by a key when the program started, or written before a key
- * named it. */
-static __always_inline struct vip_meta *vip_find_v4(const struct vip_key_v4 *k)
+/* vip_slot_check returns the meta in the vip_metas slot *ref names if the
+ * slot is the key's (words, the key's size in words, at w), else 0. The
+ * slot is whole and stays so while the program runs: it was named by a
+ * key when the program started, or written before a key named it. */
+static __always_inline struct vip_meta *vip_slot_check(const __u32 *ref, const __u32 *w, int words)
 {
-	const __u32 *w = (const __u32 *)k;
-	struct vip_slot *s;
-	__u32 *ref, slot;
+	__u32 slot = *ref;
+	struct vip_slot *s = bpf_map_lookup_elem(&vip_metas, &slot);
 	int i;
 
+	if (!s)
+		return 0;
 #pragma unroll
-	for (i = 0; i < 2; i++) {
-		ref = bpf_map_lookup_elem(&vips_v4, k);
-		if (!ref)
+	for (i = 0; i < words; i++)
+		if (s->key[i] != w[i])
 			return 0;
-		slot = *ref;
-		s = bpf_map_lookup_elem(&vip_metas, &slot);
-		if (s && s->key[0] == w[0] && s->key[1] == w[1])
-			return &s->meta;
-	}
-	return 0;
+	return &s->meta;
 }
 
-/* vip_find_v6 is vip_find_v4 for vips_v6. */
-static __always_inline struct vip_meta *vip_find_v6(const struct vip_key_v6 *k)
-{
-	const __u32 *w = (const __u32 *)k;
-	struct vip_slot *s;
-	__u32 *ref, slot;
-	int i;
-
-#pragma unroll
-	for (i = 0; i < 2; i++) {
-		ref = bpf_map_lookup_elem(&vips_v6, k);
-		if (!ref)
-			return 0;
-		slot = *ref;
-		s = bpf_map_lookup_elem(&vip_metas, &slot);
-		if (s && s->key[0] == w[0] && s->key[1] == w[1] && s->key[2] == w[2] && s->key[3] == w[3] &&
-		    s->key[4] == w[4])
-			return &s->meta;
-	}
-	return 0;
-}
+/* vip_find returns the meta of the VIP whose key is *k in map (vips_v4 or
+ * vips_v6), or 0. The slot read from the key's element is checked to be
+ * the key's: if the element was freed and reused for another key between
+ * the lookup and the read (the key was updated or deleted meanwhile), the
+ * lookup is done once more. A macro, so that each map's lookup stays a
+ * call on that map (see call_site_end). */
+#define vip_find(map, k)                                                                     \
+	({                                                                                   \
+		struct vip_meta *found_ = 0;                                                 \
+		__u32 *ref_;                                                                 \
+		int try_;                                                                    \
+		_Pragma("unroll") for (try_ = 0; try_ < 2 && !found_; try_++)                \
+		{                                                                            \
+			ref_ = bpf_map_lookup_elem(map, k);                                  \
+			if (!ref_)                                                           \
+				break;                                                       \
+			found_ = vip_slot_check(ref_, (const __u32 *)(k), sizeof(*(k)) / 4); \
+		}                                                                            \
+		found_;                                                                      \
+	})
 
 /* vip_state[index] is what a connection entry is checked against. */
 struct {
