@@ -87,8 +87,8 @@ type ringArena struct {
 }
 
 // newRingArena takes the arena map and the number of vip_metas' slots.
-// Every slot of both is free; adopt marks the extents and meta slots pinned
-// VIPs use (claim).
+// Every slot of both is free; adopt marks the extents (claim) and meta
+// slots (metaSlots.adopt) pinned VIPs use.
 func newRingArena(m *ebpf.Map, metaSlotCount uint32) (*ringArena, error) {
 	inner, err := ebpf.NewMap(&ebpf.MapSpec{Name: "fulcrum_fence", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {

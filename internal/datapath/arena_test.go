@@ -833,3 +833,35 @@ func TestVIPSlotKeyChecked(t *testing.T) {
 		})
 	}
 }
+
+// TestMetaSlotsAdopt: adopted pins' slots are used, every other slot is
+// retired (the last daemon may have retired it just before it stopped),
+// not free, until a reclaim; a slot past the map's end is refused.
+func TestMetaSlotsAdopt(t *testing.T) {
+	s := newMetaSlots(4)
+	if err := s.adopt(map[uint32]VIP{4: vipWeb4}); err == nil {
+		t.Fatal("adopted slot 4 of a map of 4")
+	}
+	if len(s.free) != 4 {
+		t.Fatalf("a refused adoption changed the slots: %d free, want 4", len(s.free))
+	}
+	if err := s.adopt(map[uint32]VIP{1: vipWeb4, 3: vipDNS6}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.take(); ok {
+		t.Fatal("a slot was free right after the adoption, before a grace period")
+	}
+	if got := s.takeRetired(); !slices.Equal(got, []uint32{2, 0}) {
+		t.Fatalf("retired after the adoption: %v, want [2 0]", got)
+	} else {
+		s.putBack(got, true)
+	}
+	for _, want := range []uint32{0, 2} {
+		if got, ok := s.take(); !ok || got != want {
+			t.Fatalf("take after the reclaim = %d, %v; want %d", got, ok, want)
+		}
+	}
+	if _, ok := s.take(); ok {
+		t.Fatal("took a slot an adopted vip names")
+	}
+}

@@ -83,6 +83,8 @@ func (d *Datapath) adopt() error {
 		return err
 	}
 	metas := make(map[uint16]VIP)
+	slots := make(map[uint32]VIP) // the vip_metas slots the keys name
+	var sharedSlot error
 	ranged := make(map[uint16]*vipEntry) // VIPs with VIP_F_SOURCE_RANGES
 	pooled := make(map[uint16]*vipEntry) // VIPs with VIP_F_POOLS
 	add := func(vip VIP, m balancerVipMeta, slot uint32) {
@@ -100,6 +102,10 @@ func (d *Datapath) adopt() error {
 		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen, ring: extent{m.RingOffset, m.RingSize}, rr: extent{m.RrOffset, m.RrLen},
 			slot: slot, hasSlot: true, backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
 		metas[m.Index] = vip
+		if other, ok := slots[slot]; ok && sharedSlot == nil {
+			sharedSlot = fmt.Errorf("adopt vips %s and %s: both name meta slot %d", other, vip, slot)
+		}
+		slots[slot] = vip
 		d.vipGen[m.Index] = m.Gen
 		if m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES) != 0 {
 			ranged[m.Index] = d.vips[vip]
@@ -111,6 +117,15 @@ func (d *Datapath) adopt() error {
 	if err := eachVIP(d.objs.VipsV4, d.objs.VipsV6, d.objs.VipMetas, add); err != nil {
 		return err
 	}
+	if sharedSlot != nil {
+		return sharedSlot
+	}
+	// Before anything publishes a meta (adoptSourceRanges may): the
+	// slots no key names are retired, freed after a grace period.
+	if err := d.arena.slots.adopt(slots); err != nil {
+		return err
+	}
+	d.arena.kickReclaim()
 	if err := d.adoptSourceRanges(ranged); err != nil {
 		return err
 	}
@@ -123,9 +138,6 @@ func (d *Datapath) adopt() error {
 	// is free once a grace period has passed: the last daemon may have
 	// retired extents just before it stopped.
 	for _, e := range d.vips {
-		if err := d.arena.slots.claim(e.slot); err != nil {
-			return fmt.Errorf("adopt meta of vip %s: %w", e.vip, err)
-		}
 		if err := d.arena.claim(e.ring); err != nil {
 			return fmt.Errorf("adopt ring of vip %s: %w", e.vip, err)
 		}
@@ -277,32 +289,37 @@ func eachVIP(v4, v6, metas *ebpf.Map, fn func(VIP, balancerVipMeta, uint32)) err
 	case uint32(binary.Size(m)):
 		val = &m
 	}
-	var err error
-	meta := func() balancerVipMeta {
+	var err error // the first meta that could not be read
+	call := func(vip VIP) {
+		var meta balancerVipMeta
 		switch val {
 		case &v2:
-			return balancerVipMeta{Index: v2.Index, Gen: v2.Gen, Flags: v2.Flags, Mode: v2.Mode, RingSize: v2.RingSize}
+			meta = balancerVipMeta{Index: v2.Index, Gen: v2.Gen, Flags: v2.Flags, Mode: v2.Mode, RingSize: v2.RingSize}
 		case &v3:
-			return balancerVipMeta{Index: v3.Index, Gen: v3.Gen, Flags: v3.Flags, Mode: v3.Mode, RingSize: v3.RingSize, CtTimeout: v3.CtTimeout}
+			meta = balancerVipMeta{Index: v3.Index, Gen: v3.Gen, Flags: v3.Flags, Mode: v3.Mode, RingSize: v3.RingSize, CtTimeout: v3.CtTimeout}
 		case &m:
-			return m
+			meta = m
+		default:
+			var merr error
+			if meta, merr = vipMetaOf(metas, slot); merr != nil {
+				if err == nil {
+					err = fmt.Errorf("vip %s: %w", vip, merr)
+				}
+				return
+			}
 		}
-		mm, merr := vipMetaOf(metas, slot)
-		if merr != nil && err == nil {
-			err = merr
-		}
-		return mm
+		fn(vip, meta, slot)
 	}
 	it := v4.Iterate()
 	for it.Next(&k4, val) {
-		fn(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)}, meta(), slot)
+		call(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)})
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read vips_v4: %w", err)
 	}
 	it = v6.Iterate()
 	for it.Next(&k6, val) {
-		fn(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)}, meta(), slot)
+		call(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)})
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read vips_v6: %w", err)

@@ -48,18 +48,26 @@ func (s *metaSlots) take() (uint32, bool) {
 	return slot, true
 }
 
-// claim marks a slot used, for a VIP adopted from pins: it must be free.
-func (s *metaSlots) claim(slot uint32) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, f := range s.free {
-		if f == slot {
-			s.free[i] = s.free[len(s.free)-1]
-			s.free = s.free[:len(s.free)-1]
-			return nil
+// adopt takes the slots that pinned VIPs name (named: slot to VIP) as
+// used, and retires every other one: the last daemon may have retired
+// some just before it stopped, so none is free before a grace period has
+// passed. An out-of-range slot is an error; the slots are then as before.
+func (s *metaSlots) adopt(named map[uint32]VIP) error {
+	for slot, vip := range named {
+		if slot >= s.limit {
+			return fmt.Errorf("adopt vip %s: its meta slot %d is outside vip_metas' %d slots", vip, slot, s.limit)
 		}
 	}
-	return fmt.Errorf("vip meta slot %d: outside vip_metas' %d slots, or named by another vip", slot, s.limit)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.free = s.free[:0]
+	s.retired = s.retired[:0]
+	for slot := s.limit; slot > 0; slot-- {
+		if _, ok := named[slot-1]; !ok {
+			s.retired = append(s.retired, slot-1)
+		}
+	}
+	return nil
 }
 
 // release frees a slot no key ever named, at once.
