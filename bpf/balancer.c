@@ -81,20 +81,20 @@ static __always_inline struct vip_meta *vip_lookup(const struct flow *f)
 	if (f->family == 4) {
 		struct vip_key_v4 k = { .addr = f->dst.v4, .port = dport, .proto = f->proto };
 
-		vip = bpf_map_lookup_elem(&vips_v4, &k);
+		vip = vip_find(&vips_v4, &k);
 		if (!vip) {
 			k.port = 0;
-			vip = bpf_map_lookup_elem(&vips_v4, &k);
+			vip = vip_find(&vips_v4, &k);
 		}
 		return vip;
 	}
 	struct vip_key_v6 k = { .port = dport, .proto = f->proto };
 
 	__builtin_memcpy(k.addr, f->dst.v6, 16);
-	vip = bpf_map_lookup_elem(&vips_v6, &k);
+	vip = vip_find(&vips_v6, &k);
 	if (!vip) {
 		k.port = 0;
-		vip = bpf_map_lookup_elem(&vips_v6, &k);
+		vip = vip_find(&vips_v6, &k);
 	}
 	return vip;
 }

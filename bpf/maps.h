@@ -18,10 +18,19 @@
  * directly. */
 #define call_site_end(tag) asm volatile("/* " tag " */")
 
+/* vips_v4 and vips_v6 map a VIP's key to the vip_metas slot that holds
+ * its meta. The meta is not the hash maps' value: the kernel reuses a freed
+ * element of a hash map for the next insert at once, without waiting for a
+ * grace period (kernel/bpf/hashtab.c htab_elem_free, bpf_mem_cache_free),
+ * so a meta read through a hash value pointer could turn into another
+ * VIP's, or be half rewritten, while a packet reads it. A slot is written
+ * only while no key names it and reused only a grace period after the last
+ * key that named it moved on; a reader checks that the slot it got is its
+ * key's (vip_find). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct vip_key_v4);
-	__type(value, struct vip_meta);
+	__type(value, __u32);
 	__uint(max_entries, MAX_VIPS);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } vips_v4 SEC(".maps");
@@ -29,10 +38,59 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct vip_key_v6);
-	__type(value, struct vip_meta);
+	__type(value, __u32);
 	__uint(max_entries, MAX_VIPS);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } vips_v6 SEC(".maps");
+
+/* vip_metas: the published metas. Twice MAX_VIPS: every VIP's slot, and
+ * room for the slots retired and not yet past their grace period. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct vip_slot);
+	__uint(max_entries, 2 * MAX_VIPS);
+} vip_metas SEC(".maps");
+
+/* vip_slot_check returns the meta in the vip_metas slot *ref names if the
+ * slot is the key's (words, the key's size in words, at w), else 0. The
+ * slot is whole and stays so while the program runs: it was named by a
+ * key when the program started, or written before a key named it. */
+static __always_inline struct vip_meta *vip_slot_check(const __u32 *ref, const __u32 *w, int words)
+{
+	__u32 slot = *ref;
+	struct vip_slot *s = bpf_map_lookup_elem(&vip_metas, &slot);
+	int i;
+
+	if (!s)
+		return 0;
+#pragma unroll
+	for (i = 0; i < words; i++)
+		if (s->key[i] != w[i])
+			return 0;
+	return &s->meta;
+}
+
+/* vip_find returns the meta of the VIP whose key is *k in map (vips_v4 or
+ * vips_v6), or 0. The slot read from the key's element is checked to be
+ * the key's: if the element was freed and reused for another key between
+ * the lookup and the read (the key was updated or deleted meanwhile), the
+ * lookup is done once more. A macro, so that each map's lookup stays a
+ * call on that map (see call_site_end). */
+#define vip_find(map, k)                                                                     \
+	({                                                                                   \
+		struct vip_meta *found_ = 0;                                                 \
+		__u32 *ref_;                                                                 \
+		int try_;                                                                    \
+		_Pragma("unroll") for (try_ = 0; try_ < 2 && !found_; try_++)                \
+		{                                                                            \
+			ref_ = bpf_map_lookup_elem(map, k);                                  \
+			if (!ref_)                                                           \
+				break;                                                       \
+			found_ = vip_slot_check(ref_, (const __u32 *)(k), sizeof(*(k)) / 4); \
+		}                                                                            \
+		found_;                                                                      \
+	})
 
 /* vip_state[index] is what a connection entry is checked against. */
 struct {

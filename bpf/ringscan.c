@@ -4,8 +4,10 @@
 /* fulcrum_ring_scan reads a VIP's ring the way the balancer does (the VIP
  * key's meta, then ring_read at its offset), slowed down: after its one
  * lookup of the meta it reads every slot of the ring, as many times as it
- * is asked, as a reader delayed inside its RCU read-side section would. It is for TestRingFlipHammer,
- * which flips rings whose slots all name one backend: a ring read whole
+ * is asked, as a reader delayed inside its RCU read-side section would,
+ * and reads the meta's VIP index before and after. It is for
+ * TestRingFlipHammer and TestVIPMetaHammer, which flip rings whose slots
+ * all name one backend: a ring read whole
  * must show one backend in every slot, and a ring written into an extent a
  * reader may still read (a reuse before the grace period) shows two.
  *
@@ -32,6 +34,11 @@ struct scan_result {
 	__u32 mixed;  /* slot reads that differ from slot 0 */
 	__u32 size;   /* the ring's size */
 	__u32 found;  /* 1 if the VIP was found */
+	/* The meta's VIP index, read before the scan and again after it,
+	 * through the pointer the lookup gave: a meta a reader holds must not
+	 * turn into another VIP's (TestVIPMetaHammer). */
+	__u32 index_before;
+	__u32 index_after;
 };
 
 struct scan {
@@ -59,24 +66,27 @@ int fulcrum_ring_scan(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	struct scan_result *r = data;
 	struct scan_args a;
-	struct vip_meta *vip;
+	const volatile struct vip_meta *vip;
 	struct scan s = {};
 
 	if (data + sizeof(a) > end || data + sizeof(*r) > end)
 		return XDP_ABORTED;
 	__builtin_memcpy(&a, data, sizeof(a));
-	vip = bpf_map_lookup_elem(&vips_v4, &a.key);
+	vip = vip_find(&vips_v4, &a.key);
 	if (!vip) {
 		r->found = 0;
 		return XDP_PASS;
 	}
+	r->index_before = vip->index;
 	s.offset = vip->ring_offset;
 	s.size = vip->ring_size;
 	s.first = ring_read(s.offset, 0);
 	bpf_loop((__u64)s.size * a.passes, scan_slot, &s, 0);
+	r->index_after = vip->index;
 	r->first = s.first;
 	r->mixed = s.mixed;
 	r->size = s.size;
 	r->found = 1;
 	return XDP_PASS;
 }
+

@@ -23,10 +23,11 @@ struct vip_key_v6 {
 	__u8 pad;
 };
 
-/* vip_meta is the value of the VIP hash maps and of vip_state[index], which
- * a connection entry's backend points back to. gen 0 marks an unused index.
- * The VIP's ring is slots ring_offset to ring_offset + ring_size - 1 of the
- * ring arena: an update of the VIP's key publishes a new ring. */
+/* vip_meta is a VIP's state: in its vip_metas slot, which its key's entry
+ * in the VIP hash maps names, and in vip_state[index], which a connection
+ * entry's backend points back to. gen 0 marks an unused index. The VIP's
+ * ring is slots ring_offset to ring_offset + ring_size - 1 of the ring
+ * arena: pointing the VIP's key at a new slot publishes a new ring. */
 struct vip_meta {
 	__u16 index;
 	__u16 gen;
@@ -44,6 +45,16 @@ struct vip_meta {
 	 * published with the meta like the ring. */
 	__u32 rr_offset;
 	__u32 rr_len;
+};
+
+/* vip_metas value: a VIP's meta as published, with the key it was
+ * published for (struct vip_key_v4 in key[0..1], the rest 0, or struct
+ * vip_key_v6), which a reader checks: the kernel may reuse a hash map's
+ * freed element for another key while a reader holds it (docs/datapath.md,
+ * "VIP publication"). */
+struct vip_slot {
+	struct vip_meta meta;
+	__u32 key[5];
 };
 
 /* rr_cursors[vip index], per CPU: this CPU's place in its VIP's

@@ -67,6 +67,9 @@ type ringArena struct {
 	mu      sync.Mutex
 	free    []extent // by offset, no two adjacent
 	retired []extent // unpublished, not yet past a grace period
+	// slots are vip_metas' slots (vipslots.go), retired and freed with
+	// the extents.
+	slots *metaSlots
 
 	// reclaimMu is held for the whole of a reclaim, so that a change
 	// short of room that reclaims waits for one in flight to free its
@@ -83,9 +86,10 @@ type ringArena struct {
 	closeOnce         sync.Once
 }
 
-// newRingArena takes the arena map. Every slot is free; adopt marks the
-// extents pinned VIPs use (take).
-func newRingArena(m *ebpf.Map) (*ringArena, error) {
+// newRingArena takes the arena map and the number of vip_metas' slots.
+// Every slot of both is free; adopt marks the extents (claim) and meta
+// slots (metaSlots.adopt) pinned VIPs use.
+func newRingArena(m *ebpf.Map, metaSlotCount uint32) (*ringArena, error) {
 	inner, err := ebpf.NewMap(&ebpf.MapSpec{Name: "fulcrum_fence", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		return nil, fmt.Errorf("create the grace-period fence: %w", err)
@@ -97,7 +101,7 @@ func newRingArena(m *ebpf.Map) (*ringArena, error) {
 		return nil, fmt.Errorf("create the grace-period fence: %w", err)
 	}
 	size := m.MaxEntries() * ringChunkSlots
-	a := &ringArena{m: m, size: size, free: []extent{{0, size}}, fence: fence, fenceInner: inner,
+	a := &ringArena{m: m, size: size, free: []extent{{0, size}}, slots: newMetaSlots(metaSlotCount), fence: fence, fenceInner: inner,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go a.reclaimer()
 	return a, nil
@@ -207,6 +211,11 @@ func (a *ringArena) retire(e extent) {
 	a.mu.Lock()
 	a.retired = append(a.retired, e)
 	a.mu.Unlock()
+	a.kickReclaim()
+}
+
+// kickReclaim asks the reclaimer for a reclaim.
+func (a *ringArena) kickReclaim() {
 	select {
 	case a.kick <- struct{}{}:
 	default: // a reclaim is due already
@@ -229,8 +238,8 @@ func (a *ringArena) reclaimer() {
 	}
 }
 
-// reclaim frees every extent retired before it was called, after a grace
-// period.
+// reclaim frees every extent and meta slot retired before it was called,
+// after a grace period.
 func (a *ringArena) reclaim() error {
 	a.reclaimMu.Lock()
 	defer a.reclaimMu.Unlock()
@@ -238,13 +247,15 @@ func (a *ringArena) reclaim() error {
 	batch := a.retired
 	a.retired = nil
 	a.mu.Unlock()
-	if len(batch) == 0 {
+	slots := a.slots.takeRetired()
+	if len(batch) == 0 && len(slots) == 0 {
 		return nil
 	}
 	if err := a.gracePeriod(); err != nil {
 		a.mu.Lock()
 		a.retired = append(a.retired, batch...)
 		a.mu.Unlock()
+		a.slots.putBack(slots, false)
 		return err
 	}
 	a.mu.Lock()
@@ -252,6 +263,7 @@ func (a *ringArena) reclaim() error {
 		a.insertFree(e)
 	}
 	a.mu.Unlock()
+	a.slots.putBack(slots, true)
 	return nil
 }
 

@@ -332,6 +332,12 @@ type balancerVipMeta struct {
 	RrLen      uint32
 }
 
+type balancerVipSlot struct {
+	_    structs.HostLayout
+	Meta balancerVipMeta
+	Key  [5]uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -359,6 +365,7 @@ const (
 	balancerMapStats            = "stats"
 	balancerMapVipAddrsV4       = "vip_addrs_v4"
 	balancerMapVipAddrsV6       = "vip_addrs_v6"
+	balancerMapVipMetas         = "vip_metas"
 	balancerMapVipState         = "vip_state"
 	balancerMapVipStats         = "vip_stats"
 	balancerMapVipsV4           = "vips_v4"
@@ -454,6 +461,7 @@ type balancerMapSpecs struct {
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	VipAddrsV4   *ebpf.MapSpec `ebpf:"vip_addrs_v4"`
 	VipAddrsV6   *ebpf.MapSpec `ebpf:"vip_addrs_v6"`
+	VipMetas     *ebpf.MapSpec `ebpf:"vip_metas"`
 	VipState     *ebpf.MapSpec `ebpf:"vip_state"`
 	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
 	VipsV4       *ebpf.MapSpec `ebpf:"vips_v4"`
@@ -523,6 +531,7 @@ type balancerMaps struct {
 	Stats        *ebpf.Map `ebpf:"stats"`
 	VipAddrsV4   *ebpf.Map `ebpf:"vip_addrs_v4"`
 	VipAddrsV6   *ebpf.Map `ebpf:"vip_addrs_v6"`
+	VipMetas     *ebpf.Map `ebpf:"vip_metas"`
 	VipState     *ebpf.Map `ebpf:"vip_state"`
 	VipStats     *ebpf.Map `ebpf:"vip_stats"`
 	VipsV4       *ebpf.Map `ebpf:"vips_v4"`
@@ -554,6 +563,7 @@ func (m *balancerMaps) Close() error {
 		m.Stats,
 		m.VipAddrsV4,
 		m.VipAddrsV6,
+		m.VipMetas,
 		m.VipState,
 		m.VipStats,
 		m.VipsV4,

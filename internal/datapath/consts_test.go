@@ -37,6 +37,9 @@ func TestSpecCapacities(t *testing.T) {
 			balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6}},
 		{"backend", balancerMapBackends, []string{balancerMapBackendStats, balancerMapHopCache}},
 	}
+	if got, want := spec.Maps[balancerMapVipMetas].MaxEntries, 2*spec.Maps[balancerMapVipsV4].MaxEntries; got != want {
+		t.Errorf("map %s: max_entries %d, want %d, twice %s's (Load sizes it so)", balancerMapVipMetas, got, want, balancerMapVipsV4)
+	}
 	for _, g := range groups {
 		want := spec.Maps[g.first].MaxEntries
 		if want == 0 {

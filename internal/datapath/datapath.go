@@ -133,6 +133,8 @@ func Load(opts Options) (*Datapath, error) {
 		balancerMapVipStats, balancerMapVipAddrsV4, balancerMapVipAddrsV6, balancerMapRrCursors, balancerMapLcPools} {
 		spec.Maps[name].MaxEntries = maxVIPs
 	}
+	// Every VIP's meta slot, and as many retired (bpf/maps.h vip_metas).
+	spec.Maps[balancerMapVipMetas].MaxEntries = 2 * maxVIPs
 	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache,
 		balancerMapRtSamples, balancerMapBackendCost, balancerMapBackendConns} {
 		spec.Maps[name].MaxEntries = maxBackends
@@ -173,7 +175,7 @@ func Load(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load balancer: %w", err)
 	}
-	if d.arena, err = newRingArena(d.objs.RingArena); err != nil {
+	if d.arena, err = newRingArena(d.objs.RingArena, d.objs.VipMetas.MaxEntries()); err != nil {
 		d.objs.Close()
 		return nil, err
 	}

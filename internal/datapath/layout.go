@@ -51,7 +51,11 @@ import (
 //     the mmapable array host_filter is the destination prefilter, a bitmap
 //     of the VIP and policy addresses' hashes (written by Go from the VIPs,
 //     never copied: a migration's fill sets it).
-const LayoutVersion = 4
+//   - 5: vips_v4/vips_v6 map a VIP's key to a slot (__u32) of the new array
+//     vip_metas, whose value (bpf/types.h vip_slot) is the VIP's vip_meta
+//     and its key, in place of the meta itself (docs/datapath.md, "VIP
+//     publication"; a migration reads either, eachVIP).
+const LayoutVersion = 5
 
 // OldestLayout is the oldest layout this release migrates from: the
 // support window is at least the previous release.

@@ -22,7 +22,10 @@ type tables struct {
 	// (layout 4 on); nil in older pins, whose ct_* are LRU hashes keyed by
 	// the tuple.
 	ctKeysV4, ctKeysV6 *ebpf.Map
-	owned              bool
+	// vipMetas holds the VIPs' metas (layout 5 on); nil in older pins,
+	// whose VIP maps hold them.
+	vipMetas *ebpf.Map
+	owned    bool
 }
 
 // openTables opens the maps of the pins in dir. Layouts 1 and 2 have the
@@ -72,11 +75,25 @@ func openTables(dir string) (*tables, error) {
 			sameFormat(t.ctKeysV4, balancerMapCtKeysV4, uint32(0), balancerCtKeyV4{}),
 			sameFormat(t.ctKeysV6, balancerMapCtKeysV6, uint32(0), balancerCtKeyV6{}))
 	}
+	metaFormat := errors.Join(
+		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}, vipMetaV2{}, vipMetaV3{}),
+		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}, vipMetaV2{}, vipMetaV3{}))
+	if t.vipsV4.ValueSize() == 4 { // layout 5 on: the metas are in vip_metas
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, balancerMapVipMetas), nil)
+		if err != nil {
+			t.close()
+			return nil, fmt.Errorf("open pinned map %s in %s: %w", balancerMapVipMetas, dir, err)
+		}
+		t.vipMetas = m
+		metaFormat = errors.Join(
+			sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, uint32(0)),
+			sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, uint32(0)),
+			sameFormat(t.vipMetas, balancerMapVipMetas, uint32(0), balancerVipSlot{}))
+	}
 	if err := errors.Join(
 		ctFormat,
 		sameFormat(t.backends, balancerMapBackends, uint32(0), balancerBackend{}),
-		sameFormat(t.vipsV4, balancerMapVipsV4, balancerVipKeyV4{}, balancerVipMeta{}, vipMetaV2{}, vipMetaV3{}),
-		sameFormat(t.vipsV6, balancerMapVipsV6, balancerVipKeyV6{}, balancerVipMeta{}, vipMetaV2{}, vipMetaV3{}),
+		metaFormat,
 	); err != nil {
 		t.close()
 		return nil, fmt.Errorf("read the pins in %s: %w", dir, err)
@@ -99,7 +116,7 @@ func sameFormat(m *ebpf.Map, name string, key, value any, olderValues ...any) er
 }
 
 func tablesOf(o *balancerObjects) *tables {
-	return &tables{vipsV4: o.VipsV4, vipsV6: o.VipsV6, backends: o.Backends, ctV4: o.CtV4, ctV6: o.CtV6,
+	return &tables{vipsV4: o.VipsV4, vipsV6: o.VipsV6, vipMetas: o.VipMetas, backends: o.Backends, ctV4: o.CtV4, ctV6: o.CtV6,
 		ctKeysV4: o.CtKeysV4, ctKeysV6: o.CtKeysV6, stats: o.Stats, vipStats: o.VipStats, backendStats: o.BackendStats}
 }
 
@@ -107,7 +124,7 @@ func (t *tables) close() {
 	if !t.owned {
 		return
 	}
-	for _, m := range []*ebpf.Map{t.vipsV4, t.vipsV6, t.backends, t.ctV4, t.ctV6, t.ctKeysV4, t.ctKeysV6, t.stats, t.vipStats, t.backendStats} {
+	for _, m := range []*ebpf.Map{t.vipsV4, t.vipsV6, t.vipMetas, t.backends, t.ctV4, t.ctV6, t.ctKeysV4, t.ctKeysV6, t.stats, t.vipStats, t.backendStats} {
 		if m != nil {
 			m.Close()
 		}
@@ -130,7 +147,7 @@ type backendRef struct {
 // and its VIPs by index.
 func (t *tables) index() (byID map[uint32]backendKey, gens map[uint32]uint16, byKey map[backendKey]backendRef, vips map[uint16]VIP, err error) {
 	vips = make(map[uint16]VIP)
-	if err := eachVIP(t.vipsV4, t.vipsV6, func(v VIP, m balancerVipMeta) { vips[m.Index] = v }); err != nil {
+	if err := eachVIP(t.vipsV4, t.vipsV6, t.vipMetas, func(v VIP, m balancerVipMeta, _ uint32) { vips[m.Index] = v }); err != nil {
 		return nil, nil, nil, nil, err
 	}
 	byID = make(map[uint32]backendKey)

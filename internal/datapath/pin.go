@@ -83,9 +83,11 @@ func (d *Datapath) adopt() error {
 		return err
 	}
 	metas := make(map[uint16]VIP)
+	slots := make(map[uint32]VIP) // the vip_metas slots the keys name
+	var sharedSlot error
 	ranged := make(map[uint16]*vipEntry) // VIPs with VIP_F_SOURCE_RANGES
 	pooled := make(map[uint16]*vipEntry) // VIPs with VIP_F_POOLS
-	add := func(vip VIP, m balancerVipMeta) {
+	add := func(vip VIP, m balancerVipMeta, slot uint32) {
 		cfg := VIPConfig{
 			Mode:            Mode(m.Mode),
 			RingSize:        m.RingSize,
@@ -99,8 +101,12 @@ func (d *Datapath) adopt() error {
 			Timeouts:        connTimeoutsOf(vip.Proto, m.CtTimeout, hz),
 		}
 		d.vips[vip] = &vipEntry{vip: vip, cfg: cfg, index: m.Index, gen: m.Gen, ring: extent{m.RingOffset, m.RingSize}, rr: extent{m.RrOffset, m.RrLen},
-			backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
+			slot: slot, hasSlot: true, backends: make(map[netip.Addr]*backendEntry), byID: make(map[uint32]*backendEntry)}
 		metas[m.Index] = vip
+		if other, ok := slots[slot]; ok && sharedSlot == nil {
+			sharedSlot = fmt.Errorf("adopt vips %s and %s: both name meta slot %d", other, vip, slot)
+		}
+		slots[slot] = vip
 		d.vipGen[m.Index] = m.Gen
 		if m.Flags&uint16(balancerFulcrumVipFlagsVIP_F_SOURCE_RANGES) != 0 {
 			ranged[m.Index] = d.vips[vip]
@@ -109,9 +115,18 @@ func (d *Datapath) adopt() error {
 			pooled[m.Index] = d.vips[vip]
 		}
 	}
-	if err := eachVIP(d.objs.VipsV4, d.objs.VipsV6, add); err != nil {
+	if err := eachVIP(d.objs.VipsV4, d.objs.VipsV6, d.objs.VipMetas, add); err != nil {
 		return err
 	}
+	if sharedSlot != nil {
+		return sharedSlot
+	}
+	// Before anything publishes a meta (adoptSourceRanges may): the
+	// slots no key names are retired, freed after a grace period.
+	if err := d.arena.slots.adopt(slots); err != nil {
+		return err
+	}
+	d.arena.kickReclaim()
 	if err := d.adoptSourceRanges(ranged); err != nil {
 		return err
 	}
@@ -252,48 +267,65 @@ func le16(w [4]uint32) [16]byte {
 	return out
 }
 
-// eachVIP calls fn with every VIP of the VIP maps v4 and v6 and its meta.
-func eachVIP(v4, v6 *ebpf.Map, fn func(VIP, balancerVipMeta)) error {
+// eachVIP calls fn with every VIP of the VIP maps v4 and v6, its meta and
+// the slot of metas (vip_metas) that holds it. metas is nil for the pins
+// of a layout before 5, whose VIP maps hold the metas themselves (slot 0).
+func eachVIP(v4, v6, metas *ebpf.Map, fn func(VIP, balancerVipMeta, uint32)) error {
 	var k4 balancerVipKeyV4
 	var k6 balancerVipKeyV6
+	var slot uint32
 	var m balancerVipMeta
 	var v2 vipMetaV2
 	var v3 vipMetaV3
-	// Layouts 1 and 2 had no timeouts in vip_meta, and layouts up to 3 no
-	// ring offset: a migration reads their VIPs by the old format (what
-	// is missing reads as zero: the new configuration writes its own, and
-	// its own rings).
-	val := any(&m)
+	// Layouts 1 and 2 had no timeouts in vip_meta, layouts up to 3 no
+	// ring offset, and layouts up to 4 held the meta in the VIP maps: a
+	// migration reads their VIPs by the old format (what is missing reads
+	// as zero: the new configuration writes its own, and its own rings).
+	val := any(&slot)
 	switch v4.ValueSize() {
 	case uint32(binary.Size(v2)):
 		val = &v2
 	case uint32(binary.Size(v3)):
 		val = &v3
+	case uint32(binary.Size(m)):
+		val = &m
 	}
-	meta := func() balancerVipMeta {
+	var err error // the first meta that could not be read
+	call := func(vip VIP) {
+		var meta balancerVipMeta
 		switch val {
 		case &v2:
-			return balancerVipMeta{Index: v2.Index, Gen: v2.Gen, Flags: v2.Flags, Mode: v2.Mode, RingSize: v2.RingSize}
+			meta = balancerVipMeta{Index: v2.Index, Gen: v2.Gen, Flags: v2.Flags, Mode: v2.Mode, RingSize: v2.RingSize}
 		case &v3:
-			return balancerVipMeta{Index: v3.Index, Gen: v3.Gen, Flags: v3.Flags, Mode: v3.Mode, RingSize: v3.RingSize, CtTimeout: v3.CtTimeout}
+			meta = balancerVipMeta{Index: v3.Index, Gen: v3.Gen, Flags: v3.Flags, Mode: v3.Mode, RingSize: v3.RingSize, CtTimeout: v3.CtTimeout}
+		case &m:
+			meta = m
+		default:
+			var merr error
+			if meta, merr = vipMetaOf(metas, slot); merr != nil {
+				if err == nil {
+					err = fmt.Errorf("vip %s: %w", vip, merr)
+				}
+				return
+			}
 		}
-		return m
+		fn(vip, meta, slot)
 	}
 	it := v4.Iterate()
 	for it.Next(&k4, val) {
-		fn(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)}, meta())
+		call(VIP{Addr: netip.AddrFrom4(le4(k4.Addr)), Port: be16(k4.Port), Proto: Proto(k4.Proto)})
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read vips_v4: %w", err)
 	}
 	it = v6.Iterate()
 	for it.Next(&k6, val) {
-		fn(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)}, meta())
+		call(VIP{Addr: netip.AddrFrom16(le16(k6.Addr)), Port: be16(k6.Port), Proto: Proto(k6.Proto)})
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read vips_v6: %w", err)
 	}
-	return nil
+	return err
 }
 
 // vipMetaV2 is vip_meta of layouts 1 and 2, before ct_timeout.

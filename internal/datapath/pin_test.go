@@ -75,7 +75,7 @@ func TestAdoptPinnedState(t *testing.T) {
 		t.Fatalf("counters not kept: tx_dsr %d -> %d, vip %+v -> %+v", c1.Stat(StatTxDSR), c2.Stat(StatTxDSR), c1.VIPs[vipWeb4], c2.VIPs[vipWeb4])
 	}
 	var ringBefore, ringAfter balancerVipMeta
-	if err := d2.objs.VipsV4.Lookup(vipKey4(vipWeb4), &ringBefore); err != nil {
+	if err := lookupMeta(d2, vipWeb4, &ringBefore); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range fixtureState() {
@@ -83,7 +83,7 @@ func TestAdoptPinnedState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := d2.objs.VipsV4.Lookup(vipKey4(vipWeb4), &ringAfter); err != nil {
+	if err := lookupMeta(d2, vipWeb4, &ringAfter); err != nil {
 		t.Fatal(err)
 	}
 	if ringBefore.RingSize == 0 || ringBefore.RingOffset != ringAfter.RingOffset {

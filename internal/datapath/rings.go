@@ -37,7 +37,7 @@ func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 		}
 	}()
 	get := map[string]*ebpf.Map{}
-	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapBackends, balancerMapRingArena} {
+	for _, name := range []string{balancerMapVipsV4, balancerMapVipsV6, balancerMapVipMetas, balancerMapBackends, balancerMapRingArena} {
 		m, err := open(name)
 		if err != nil {
 			return nil, err
@@ -57,7 +57,7 @@ func ReadRings(dir string) (map[VIP][]netip.Addr, error) {
 	arena := get[balancerMapRingArena]
 	size := arena.MaxEntries() * ringChunkSlots
 	rings := make(map[VIP]extent)
-	if err := eachVIP(get[balancerMapVipsV4], get[balancerMapVipsV6], func(v VIP, m balancerVipMeta) {
+	if err := eachVIP(get[balancerMapVipsV4], get[balancerMapVipsV6], get[balancerMapVipMetas], func(v VIP, m balancerVipMeta, _ uint32) {
 		rings[v] = extent{m.RingOffset, m.RingSize}
 	}); err != nil {
 		return nil, err

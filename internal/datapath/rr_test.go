@@ -467,7 +467,7 @@ func TestRoundRobinAdopt(t *testing.T) {
 		return nil
 	})
 	var m1 balancerVipMeta
-	if err := d1.objs.VipsV4.Lookup(vipKey4(vipRR4), &m1); err != nil {
+	if err := lookupMeta(d1, vipRR4, &m1); err != nil {
 		t.Fatal(err)
 	}
 	d1.Close() // as a killed daemon's maps: the pins stay
@@ -481,7 +481,7 @@ func TestRoundRobinAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	var m2 balancerVipMeta
-	if err := d2.objs.VipsV4.Lookup(vipKey4(vipRR4), &m2); err != nil {
+	if err := lookupMeta(d2, vipRR4, &m2); err != nil {
 		t.Fatal(err)
 	}
 	if m2 != m1 {
@@ -505,7 +505,7 @@ func TestRoundRobinAdopt(t *testing.T) {
 	if err := d2.SetVIP(vipRR4, VIPConfig{Mode: ModeDSR, RingSize: smallRing}, backends4); err != nil {
 		t.Fatal(err)
 	}
-	if err := d2.objs.VipsV4.Lookup(vipKey4(vipRR4), &m2); err != nil {
+	if err := lookupMeta(d2, vipRR4, &m2); err != nil {
 		t.Fatal(err)
 	}
 	if m2.RrLen != 0 || m2.Flags&uint16(balancerFulcrumVipFlagsVIP_F_ROUND_ROBIN) != 0 {

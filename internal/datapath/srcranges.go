@@ -235,7 +235,7 @@ func (d *Datapath) writeMeta(e *vipEntry) error {
 	if err := d.objs.VipState.Put(uint32(e.index), meta); err != nil {
 		return fmt.Errorf("vip %s: write vip state: %w", e.vip, err)
 	}
-	if err := d.putVIPKey(e.vip, meta); err != nil {
+	if err := d.putVIPKey(e, meta); err != nil {
 		return fmt.Errorf("vip %s: write vip: %w", e.vip, err)
 	}
 	return nil

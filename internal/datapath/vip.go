@@ -37,6 +37,10 @@ type vipEntry struct {
 	// backend has a weight), and rrSum its digest, as tableSum.
 	rr    extent
 	rrSum uint64
+	// slot is the vip_metas slot the VIP's key names (vipslots.go), if
+	// hasSlot.
+	slot    uint32
+	hasSlot bool
 }
 
 type backendEntry struct {
@@ -124,7 +128,7 @@ func (d *Datapath) RemoveVIPs(vips []VIP) []error {
 			errs[i] = fmt.Errorf("remove vip %s: no such vip", vip)
 			continue
 		}
-		if err := d.deleteVIPKey(vip); err != nil {
+		if err := d.deleteVIPKey(e); err != nil {
 			errs[i] = fmt.Errorf("remove vip %s: %w", vip, err)
 			continue
 		}
@@ -560,7 +564,10 @@ func (d *Datapath) commit(p *pendingVIP) error {
 		p.undo(d)
 		return fmt.Errorf("vip %s: write vip state: %w", vip, err)
 	}
-	if err := d.putVIPKey(vip, meta); err != nil {
+	if p.old != nil {
+		e.slot, e.hasSlot = p.old.slot, p.old.hasSlot
+	}
+	if err := d.putVIPKey(e, meta); err != nil {
 		// The key may hold either meta: the new extent is retired,
 		// not freed, and the old one stays.
 		if p.newRing {
@@ -719,23 +726,6 @@ func (d *Datapath) retireBackend(b *backendEntry) error {
 	}
 	d.backendID.put(b.id)
 	return nil
-}
-
-// putVIPKey publishes a VIP's meta. The address's prefilter bit is set
-// first, so no packet to it is passed to the host once the VIP is there.
-func (d *Datapath) putVIPKey(vip VIP, meta balancerVipMeta) error {
-	d.hosts.hold(vip.Addr)
-	if vip.Addr.Is4() {
-		return d.objs.VipsV4.Put(vipKey4(vip), meta)
-	}
-	return d.objs.VipsV6.Put(vipKey6(vip), meta)
-}
-
-func (d *Datapath) deleteVIPKey(vip VIP) error {
-	if vip.Addr.Is4() {
-		return d.objs.VipsV4.Delete(vipKey4(vip))
-	}
-	return d.objs.VipsV6.Delete(vipKey6(vip))
 }
 
 func vipKey4(v VIP) balancerVipKeyV4 {
