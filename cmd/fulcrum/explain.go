@@ -78,6 +78,9 @@ func explain(c *cli.Context) error {
 	return query(c, func(ctx context.Context, d *api.Client) (api.Explanation, error) { return d.Explain(ctx, req) },
 		func(w io.Writer, ex api.Explanation) error {
 			_, err := fmt.Fprintln(w, explanation(req, ex))
+			if line := flowLimitLine(ex); err == nil && line != "" {
+				_, err = fmt.Fprintln(w, line)
+			}
 			if err == nil && ex.Entry != nil {
 				_, err = fmt.Fprint(w, entryLines(ex.Entry))
 			}
@@ -203,13 +206,7 @@ func explanation(req api.ExplainRequest, ex api.Explanation) string {
 	if ex.RingSize == 0 {
 		return fmt.Sprintf("%s reaches %s by %s", flow, ex.Backend, reason)
 	}
-	ring := fmt.Sprintf("ring slot %d of %d", ex.Slot, ex.RingSize)
-	switch {
-	case ex.Pool != "" && ex.PoolFallback == "vip":
-		ring += fmt.Sprintf(" of the vip, as pool %s has no backend up", ex.Pool)
-	case ex.Pool != "":
-		ring += " of pool " + ex.Pool
-	}
+	ring := ringSlot(ex)
 	if ex.Reason == "ring slot" {
 		line := fmt.Sprintf("%s reaches %s by %s (flow hash 0x%08x)", flow, ex.Backend, ring, ex.Hash)
 		if ex.Scheduler == "round-robin" {
@@ -219,6 +216,40 @@ func explanation(req api.ExplainRequest, ex api.Explanation) string {
 		return line
 	}
 	return fmt.Sprintf("%s reaches %s by %s (%s → %s)", flow, ex.Backend, reason, ring, ex.RingBackend)
+}
+
+// ringSlot names the ring slot the flow hashes to, and whose ring it is,
+// e.g. "ring slot 7 of 251 of pool eu".
+func ringSlot(ex api.Explanation) string {
+	ring := fmt.Sprintf("ring slot %d of %d", ex.Slot, ex.RingSize)
+	switch {
+	case ex.Pool != "" && ex.PoolFallback == "vip":
+		ring += fmt.Sprintf(" of the vip, as pool %s has no backend up", ex.Pool)
+	case ex.Pool != "":
+		ring += " of pool " + ex.Pool
+	}
+	return ring
+}
+
+// flowLimitLine says, for a new flow a scheduler decides, where it goes
+// instead when the CPU that receives it is over conntrack.new_flow_limit:
+// the ring, as the flow gets no entry and its later packets would take
+// the ring (bpf/balancer.c sched_choose). Which CPU that is, and how many
+// new flows it counted this second, explain cannot know, so the line
+// states the condition. "" without a limit, or when the ring names no
+// backend (then no backend has a weight, and the scheduler finds none
+// either).
+func flowLimitLine(ex api.Explanation) string {
+	switch ex.Reason {
+	case "round-robin", "least-conn", "least-time":
+	default:
+		return ""
+	}
+	if ex.NewFlowLimit == 0 || !ex.RingBackend.IsValid() || ex.RingSize == 0 {
+		return ""
+	}
+	return fmt.Sprintf("unless the CPU that receives it is over conntrack.new_flow_limit (%d new flows a second per CPU, all vips together): "+
+		"then the ring decides, %s → %s, and the flow gets no connection entry (counted as ct_guard)", ex.NewFlowLimit, ringSlot(ex), ex.RingBackend)
 }
 
 // roundRobinLine explains a new flow of a round-robin VIP, e.g. "tcp

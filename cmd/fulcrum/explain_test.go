@@ -147,6 +147,51 @@ func TestExplainLeastTime(t *testing.T) {
 			"  198.18.0.14          active 3      weight 1     rt -         cost -         not lower (not measured: compared on load alone)\n", "")
 }
 
+// TestExplainNewFlowLimit: a new flow a scheduler decides, with a
+// new_flow_limit set, gets a line saying where it goes over the limit (the
+// ring's slot and backend); without a limit, or when no scheduler decides,
+// none.
+func TestExplainNewFlowLimit(t *testing.T) {
+	a, c := netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.13")
+	explainSYN(t, api.Explanation{Backend: c, Reason: "least-conn", Scheduler: "least-conn", Hash: 0xbeef, Slot: 1234, RingSize: 65537, RingBackend: a,
+		NewFlowLimit: 5000,
+		LeastConn: &api.LeastConnChoice{Method: "exact", Candidates: []api.LeastConnCandidate{
+			{Backend: a, Active: 2, Weight: 1}, {Backend: c, Active: 0, Weight: 1},
+		}},
+	}).check(t, 0,
+		"tcp 198.19.1.2:40000 -> 203.0.113.10:80 reaches 198.18.0.13 by least-conn (ring slot 1234 of 65537 → 198.18.0.11)\n"+
+			"unless the CPU that receives it is over conntrack.new_flow_limit (5000 new flows a second per CPU, all vips together): "+
+			"then the ring decides, ring slot 1234 of 65537 → 198.18.0.11, and the flow gets no connection entry (counted as ct_guard)\n"+
+			"least-conn compared (active + 1) / weight over every backend of the pool, counts as read now (a snapshot):\n"+
+			"  198.18.0.11          active 2      weight 1     cost 3.00\n"+
+			"  198.18.0.13          active 0      weight 1     cost 1.00  chosen\n", "")
+
+	rr := &api.RRSequence{Length: 1, Shares: []api.RRShare{{Backend: a, Slots: 1}}}
+	tests := []struct {
+		name string
+		ex   api.Explanation
+		want string
+	}{
+		{"round-robin", api.Explanation{Reason: "round-robin", Scheduler: "round-robin", Slot: 7, RingSize: 251, RingBackend: a, RoundRobin: rr, NewFlowLimit: 1},
+			"unless the CPU that receives it is over conntrack.new_flow_limit (1 new flows a second per CPU, all vips together): " +
+				"then the ring decides, ring slot 7 of 251 → 198.18.0.11, and the flow gets no connection entry (counted as ct_guard)"},
+		{"least-time", api.Explanation{Backend: c, Reason: "least-time", Scheduler: "least-time", Slot: 7, RingSize: 251, RingBackend: a, NewFlowLimit: 100},
+			"unless the CPU that receives it is over conntrack.new_flow_limit (100 new flows a second per CPU, all vips together): " +
+				"then the ring decides, ring slot 7 of 251 → 198.18.0.11, and the flow gets no connection entry (counted as ct_guard)"},
+		{"no limit", api.Explanation{Reason: "round-robin", Scheduler: "round-robin", Slot: 7, RingSize: 251, RingBackend: a, RoundRobin: rr}, ""},
+		{"the ring decides", api.Explanation{Backend: a, Reason: "ring slot", Scheduler: "round-robin", Slot: 7, RingSize: 251, RingBackend: a, NewFlowLimit: 1}, ""},
+		{"an entry decides", api.Explanation{Backend: c, Reason: "connection entry", Scheduler: "least-conn", Slot: 7, RingSize: 251, RingBackend: a, NewFlowLimit: 1}, ""},
+		{"refused", api.Explanation{Reason: "source range", Scheduler: "least-conn", Slot: 7, RingSize: 251, RingBackend: a, NewFlowLimit: 1}, ""},
+		{"no backend has a weight", api.Explanation{Reason: "round-robin", Scheduler: "round-robin", Slot: 7, RingSize: 251,
+			RoundRobin: &api.RRSequence{Shares: []api.RRShare{}}, NewFlowLimit: 1}, ""},
+	}
+	for _, tt := range tests {
+		if got := flowLimitLine(tt.ex); got != tt.want {
+			t.Errorf("%s: got  %q\nwant %q", tt.name, got, tt.want)
+		}
+	}
+}
+
 // explainSYN has a fake daemon answer ex (for its VIP) and runs explain of
 // a SYN from 198.19.1.2:40000 to 203.0.113.10:80.
 func explainSYN(t *testing.T, ex api.Explanation) result {

@@ -139,7 +139,7 @@ func desiredRoutes(vips []config.VIP, health map[datapath.VIP]map[netip.Addr]rec
 			byAddr[v.Address] = p
 		}
 		p.VIPs = append(p.VIPs, v.Key())
-		if serving(v, health[reconcile.Key(v)]) {
+		if reconcile.Serves(v, health[reconcile.Key(v)]) {
 			serves[v.Address] = true
 		}
 	}
@@ -167,22 +167,6 @@ func desiredRoutes(vips []config.VIP, health map[datapath.VIP]map[netip.Addr]rec
 	}
 	slices.SortFunc(prefixes, func(a, b api.BGPPrefix) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
 	return prefixes, routes
-}
-
-// serving reports whether v can take traffic: a backend with weight that
-// is up or unchecked, or every backend down and the VIP failing open. It
-// follows the reconciler's rules for the ring (reconcile.targetOf).
-func serving(v config.VIP, health map[netip.Addr]reconcile.Health) bool {
-	failOpen := v.HealthCheck != nil && v.HealthCheck.AllDown == config.AllDownFailOpen
-	for _, b := range v.Backends {
-		if b.Weight == 0 {
-			continue
-		}
-		if failOpen || b.HealthCheck == nil || health[b.Address] != reconcile.Down {
-			return true
-		}
-	}
-	return false
 }
 
 // BGP returns the speaker's state for the API.

@@ -14,6 +14,7 @@ import (
 // are not.
 func TestDesiredRoutes(t *testing.T) {
 	a1, a2, a3, a4 := netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.2"), netip.MustParseAddr("203.0.113.3"), netip.MustParseAddr("2001:db8:ffff::4")
+	a5 := netip.MustParseAddr("203.0.113.5")
 	b1, b2 := netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.12")
 	check := &config.HealthCheck{Type: "tcp"}
 	openCheck := &config.HealthCheck{Type: "tcp", AllDown: config.AllDownFailOpen}
@@ -30,6 +31,9 @@ func TestDesiredRoutes(t *testing.T) {
 		vip(a2, 80, check, 1, 0),  // b1 down, b2 weight 0: none
 		vip(a3, 80, openCheck, 1), // b1 down, fails open: serves
 		vip(a4, 53, nil),          // no backends
+		// b1 down, b2 up but weight 0: not all are down, so it does not
+		// fail open; its ring holds b2 alone, which takes no new flows.
+		vip(a5, 80, openCheck, 1, 0),
 	}
 	health := map[datapath.VIP]map[netip.Addr]reconcile.Health{}
 	for _, v := range vips {
@@ -46,7 +50,7 @@ func TestDesiredRoutes(t *testing.T) {
 			t.Errorf("%s: announced %v with reason %q", p.Prefix, p.Announced, p.Reason)
 		}
 	}
-	want := map[netip.Addr]string{a1: "", a2: reasonNoBackend, a3: "", a4: reasonNoBackend}
+	want := map[netip.Addr]string{a1: "", a2: reasonNoBackend, a3: "", a4: reasonNoBackend, a5: reasonNoBackend}
 	if len(got) != len(want) {
 		t.Fatalf("prefixes %v, want %v", got, want)
 	}
@@ -66,7 +70,7 @@ func TestDesiredRoutes(t *testing.T) {
 	if prefixes[0].Prefix.Addr() != a1 || len(prefixes[0].VIPs) != 2 {
 		t.Errorf("first prefix %+v, want a1 with its two VIPs", prefixes[0])
 	}
-	if p := prefixes[3]; p.Prefix.Bits() != 128 {
+	if p := prefixes[4]; p.Prefix.Bits() != 128 {
 		t.Errorf("IPv6 prefix %s, want a /128", p.Prefix)
 	}
 

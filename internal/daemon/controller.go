@@ -319,6 +319,8 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 		RingSize:    pred.RingSize,
 		RingBackend: pred.RingBackend,
 		Scheduler:   pred.Scheduler,
+		// Only when the scheduler decides (Predict sets it then).
+		NewFlowLimit: pred.NewFlowLimit,
 	}
 	if pred.Conntrack {
 		e.Reason = "connection entry"
@@ -358,6 +360,7 @@ func (c *controller) Explain(ctx context.Context, req api.ExplainRequest) (api.E
 	}
 	if pred.Refused {
 		e.Reason = "source range" // Backend is zero: dropped
+		e.NewFlowLimit = 0        // no scheduler decides a refused flow
 	}
 	if ce := pred.Entry; ce != nil {
 		e.Entry = &api.ConnEntry{Backend: ce.Backend, State: ce.State.String(), Idle: ce.Idle, Timeout: ce.Timeout, Expired: ce.Expired}

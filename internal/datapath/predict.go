@@ -65,6 +65,14 @@ type Prediction struct {
 	// Scheduler is the VIP's: "maglev", "source-hash", "round-robin",
 	// "least-conn" or "least-time".
 	Scheduler string
+	// NewFlowLimit is the per-CPU new-flow limit (conntrack.new_flow_limit,
+	// 0: none), set when the VIP's scheduler decides (RoundRobin or
+	// LeastConn): a new flow that finds its CPU over the limit in the
+	// current second takes the ring (RingBackend) instead, as it gets no
+	// entry (bpf/balancer.c sched_choose). Which CPU receives the packet,
+	// and how many new flows that CPU counted this second, explain cannot
+	// know.
+	NewFlowLimit uint32
 }
 
 // ConnEntry is a connection entry as Predict found it.
@@ -143,11 +151,15 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 		if rr && !p.Conntrack {
 			p.RoundRobin, p.Backend = true, netip.Addr{}
 			p.RRShares, p.RRLen = rrShares(e)
+			p.NewFlowLimit = d.newFlowLimit
 		}
 	}()
 	defer func() {
 		if err == nil && lc && !p.Conntrack {
 			d.predictLeastConn(e, table, &p)
+			if p.LeastConn != nil {
+				p.NewFlowLimit = d.newFlowLimit
+			}
 		}
 	}()
 	if syn && !rr && !lc {

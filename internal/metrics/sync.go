@@ -21,6 +21,7 @@ type syncCollector struct {
 	sent, received, installed    *prometheus.Desc
 	skipped, dropped, overflow   *prometheus.Desc
 	resyncs, lag, lagMax, peerUp *prometheus.Desc
+	refreshes, refreshEntries    *prometheus.Desc
 }
 
 func newSyncCollector(src SyncSource) *syncCollector {
@@ -44,6 +45,10 @@ func newSyncCollector(src SyncSource) *syncCollector {
 			[]string{"where"}, nil),
 		resyncs: prometheus.NewDesc(name("resyncs_total"),
 			"Full resyncs sent to a peer that (re)appeared.", nil, nil),
+		refreshes: prometheus.NewDesc(name("refreshes_total"),
+			"Refresh walks made: the forwarding node's periodic re-send of the entries that saw a packet since the previous walk began.", nil, nil),
+		refreshEntries: prometheus.NewDesc(name("refresh_entries_total"),
+			"Connection entries the refresh walks re-sent (once each, whatever the number of peers); also in fulcrum_sync_sent_entries_total, once per peer.", nil, nil),
 		lag: prometheus.NewDesc(name("lag_seconds"),
 			"Sync lag: send is the time from an entry's event to its datagram's send (a sample of entries); receive the age of accepted datagrams at receipt (as far as the nodes' clocks agree).",
 			[]string{"direction"}, nil),
@@ -58,7 +63,7 @@ func newSyncCollector(src SyncSource) *syncCollector {
 
 // Describe implements prometheus.Collector.
 func (c *syncCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sent, c.received, c.installed, c.skipped, c.dropped, c.overflow, c.resyncs, c.lag, c.lagMax, c.peerUp} {
+	for _, d := range []*prometheus.Desc{c.sent, c.received, c.installed, c.skipped, c.dropped, c.overflow, c.resyncs, c.refreshes, c.refreshEntries, c.lag, c.lagMax, c.peerUp} {
 		ch <- d
 	}
 }
@@ -80,6 +85,8 @@ func (c *syncCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.received, s.ReceivedEntries)
 	counter(c.installed, s.Installed)
 	counter(c.resyncs, s.Resyncs)
+	counter(c.refreshes, s.Refreshes)
+	counter(c.refreshEntries, s.RefreshEntries)
 	for _, m := range []struct {
 		desc *prometheus.Desc
 		v    map[string]uint64

@@ -35,8 +35,10 @@ func TestSync(t *testing.T) {
 		Dropped:  map[string]uint64{"bad_mac": 4, "replay": 1},
 		Overflow: map[string]uint64{"ring": 7, "queue": 0},
 		Resyncs:  1,
-		SendLag:  api.Lag{Count: 4, Sum: 200 * time.Millisecond, Max: 80 * time.Millisecond},
-		Peers:    []api.SyncPeer{{Address: netip.MustParseAddrPort("198.18.0.3:8473"), Up: true}},
+		// The refresh's counters, distinct from every other value.
+		Refreshes: 6, RefreshEntries: 42,
+		SendLag: api.Lag{Count: 4, Sum: 200 * time.Millisecond, Max: 80 * time.Millisecond},
+		Peers:   []api.SyncPeer{{Address: netip.MustParseAddrPort("198.18.0.3:8473"), Up: true}},
 	}}
 	m := New(f, "v1", "c")
 	want := `
@@ -64,12 +66,25 @@ fulcrum_sync_lag_max_seconds{direction="send"} 0.08
 # HELP fulcrum_sync_sent_entries_total Connection entries sent to sync peers (once per peer), resyncs included.
 # TYPE fulcrum_sync_sent_entries_total counter
 fulcrum_sync_sent_entries_total 300
+# HELP fulcrum_sync_received_entries_total Connection entries received in accepted (authenticated, fresh, well-formed) sync datagrams.
+# TYPE fulcrum_sync_received_entries_total counter
+fulcrum_sync_received_entries_total 20
+# HELP fulcrum_sync_resyncs_total Full resyncs sent to a peer that (re)appeared.
+# TYPE fulcrum_sync_resyncs_total counter
+fulcrum_sync_resyncs_total 1
+# HELP fulcrum_sync_refreshes_total Refresh walks made: the forwarding node's periodic re-send of the entries that saw a packet since the previous walk began.
+# TYPE fulcrum_sync_refreshes_total counter
+fulcrum_sync_refreshes_total 6
+# HELP fulcrum_sync_refresh_entries_total Connection entries the refresh walks re-sent (once each, whatever the number of peers); also in fulcrum_sync_sent_entries_total, once per peer.
+# TYPE fulcrum_sync_refresh_entries_total counter
+fulcrum_sync_refresh_entries_total 42
 # HELP fulcrum_sync_peer_up 1 while an authenticated datagram came from the sync peer within the peer timeout, 0 otherwise.
 # TYPE fulcrum_sync_peer_up gauge
 fulcrum_sync_peer_up{peer="198.18.0.3:8473"} 1
 `
 	names := []string{"fulcrum_sync_installed_total", "fulcrum_sync_overflow_total", "fulcrum_sync_dropped_total",
-		"fulcrum_sync_lag_seconds", "fulcrum_sync_lag_max_seconds", "fulcrum_sync_sent_entries_total", "fulcrum_sync_peer_up"}
+		"fulcrum_sync_lag_seconds", "fulcrum_sync_lag_max_seconds", "fulcrum_sync_sent_entries_total", "fulcrum_sync_peer_up",
+		"fulcrum_sync_received_entries_total", "fulcrum_sync_resyncs_total", "fulcrum_sync_refreshes_total", "fulcrum_sync_refresh_entries_total"}
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}

@@ -623,37 +623,17 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 	if t.cfg.Pools, err = poolsOf(v.Pools); err != nil {
 		return target{}, err
 	}
-	onDown, allDown := config.DefaultOnDown, config.DefaultAllDown
-	if v.HealthCheck != nil && v.HealthCheck.OnDown != "" {
-		onDown = v.HealthCheck.OnDown
-	}
-	if v.HealthCheck != nil && v.HealthCheck.AllDown != "" {
-		allDown = v.HealthCheck.AllDown
-	}
-	// fail-open: with every backend down, serve as if all were up (a
-	// broken check must not take the whole service down).
-	// An unchecked backend counts as up whatever was observed before.
-	down := func(b config.Backend) bool { return b.HealthCheck != nil && r.health[key][b.Address] == Down }
-	failOpen := false
-	if allDown == config.AllDownFailOpen && len(v.Backends) > 0 {
-		failOpen = true
-		for _, b := range v.Backends {
-			failOpen = failOpen && down(b)
-		}
-	}
+	weights := ringWeights(v, r.health[key])
 	for j, b := range v.Backends {
 		if mode == datapath.ModeIPIP {
 			if err := encapCovers(encap, b.Address); err != nil {
 				return target{}, fmt.Errorf("backends[%d] (%s): %w", j, b.Address, err)
 			}
 		}
-		weight := b.Weight
-		if down(b) && !failOpen {
-			if onDown != config.OnDownDrain {
-				continue // out of the ring; its flows re-hash
-			}
-			weight = 0
+		if !weights[j].in {
+			continue // out of the ring; its flows re-hash
 		}
+		weight := weights[j].weight
 		// Only dsr uses a MAC. Another mode's backend gets none, as the
 		// datapath reads it back after a restart, so that the two compare.
 		var mac net.HardwareAddr
@@ -670,6 +650,61 @@ func (r *Reconciler) targetOf(v config.VIP, encap datapath.EncapConfig, timeouts
 		return target{}, err
 	}
 	return t, nil
+}
+
+// ringWeight is a configured backend's place in its VIP's ring.
+type ringWeight struct {
+	weight uint32 // in the ring; 0: drained, no new flows
+	in     bool   // false: out of the ring, its flows re-hash
+}
+
+// ringWeights returns, for each of v's backends in order, its place in
+// v's ring given health (v's backends' health by address, as HealthOf
+// has it under v's key). A backend down (checked, and seen down) is out
+// of the ring (on_down: rehash) or in it with weight 0 (drain); but with
+// every backend down, a VIP that fails open (all_down: fail-open) serves
+// as if all were up, as a broken check must not take the whole service
+// down. An unchecked backend counts as up whatever was observed before.
+func ringWeights(v config.VIP, health map[netip.Addr]Health) []ringWeight {
+	onDown, allDown := config.DefaultOnDown, config.DefaultAllDown
+	if v.HealthCheck != nil && v.HealthCheck.OnDown != "" {
+		onDown = v.HealthCheck.OnDown
+	}
+	if v.HealthCheck != nil && v.HealthCheck.AllDown != "" {
+		allDown = v.HealthCheck.AllDown
+	}
+	down := func(b config.Backend) bool { return b.HealthCheck != nil && health[b.Address] == Down }
+	failOpen := false
+	if allDown == config.AllDownFailOpen && len(v.Backends) > 0 {
+		failOpen = true
+		for _, b := range v.Backends {
+			failOpen = failOpen && down(b)
+		}
+	}
+	out := make([]ringWeight, len(v.Backends))
+	for i, b := range v.Backends {
+		switch {
+		case !down(b) || failOpen:
+			out[i] = ringWeight{weight: b.Weight, in: true}
+		case onDown == config.OnDownDrain:
+			out[i] = ringWeight{in: true}
+		}
+	}
+	return out
+}
+
+// Serves reports whether v's ring, given health (as for ringWeights),
+// has a backend that takes new flows (weight above 0): the ring the
+// reconciler writes for v then does not drop them. BGP announces a VIP's
+// address only while one of its VIPs serves; it asks here so that the
+// two never disagree.
+func Serves(v config.VIP, health map[netip.Addr]Health) bool {
+	for _, w := range ringWeights(v, health) {
+		if w.in && w.weight > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // autoSize chooses the ring size of a VIP with ring_size: auto from its

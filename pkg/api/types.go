@@ -295,6 +295,12 @@ type Explanation struct {
 	// the next slot on the CPU the packet reaches, which depends on the
 	// flows that CPU handed out before, so it cannot be predicted.
 	RoundRobin *RRSequence `json:"round_robin,omitempty"`
+	// NewFlowLimit is conntrack.new_flow_limit (0 or absent: none), given
+	// with reason "round-robin", "least-conn" or "least-time": a new flow
+	// that finds the CPU receiving it over the limit this second takes
+	// the ring (Slot, RingBackend) instead of the scheduler, and gets no
+	// connection entry (counted ct_guard).
+	NewFlowLimit uint32 `json:"new_flow_limit,omitempty"`
 }
 
 // RRSequence is a round-robin VIP's weighted sequence: Length slots, of
