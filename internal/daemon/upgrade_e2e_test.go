@@ -20,10 +20,12 @@ import (
 
 // previousRelease is the commit of the release this one must upgrade from
 // under traffic (the support window, docs/upgrade.md): the last one of
-// layout 3, before layout 4 (the bucketed connection table, the ring arena,
-// source ranges). Each release that changes the layout sets it to the
-// release before it.
-const previousRelease = "552dc2ab1b86c8d5a1da63d30d0b8b5d1579ddbb"
+// layout 4, before layout 5 (VIP metas in slots of vip_metas). Each
+// release that changes the layout sets it to the release before it.
+const previousRelease = "caf40f15ad03fa367de9b3262280d2ab1e4ec8db"
+
+// previousLayout is the layout version previousRelease pins.
+const previousLayout = 4
 
 // buildRelease builds the fulcrum binary of an earlier commit from this
 // repository's history. Its BPF objects are committed, so only Go is
@@ -212,10 +214,10 @@ func (h *harness) requireLayout(v uint32) {
 
 // TestUpgradeFromPreviousRelease runs the previous release (built from
 // this repository's history) under traffic, kills it with -9 and starts
-// this build on its pins: the pins are migrated from layout 3 with not a
+// this build on its pins: the pins are migrated from previousLayout with not a
 // datagram lost, every connection alive on its backend, and the ones a
 // reweight took off the ring still on theirs. Then the previous release is
-// started again: it cannot read layout 4, so it refuses, says what to do
+// started again: it cannot read this layout, so it refuses, says what to do
 // and changes nothing, while this build's program goes on forwarding.
 func TestUpgradeFromPreviousRelease(t *testing.T) {
 	h := newHarness(t)
@@ -227,7 +229,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 		t.Fatal("the previous release left no pins")
 	}
 	h.bin = current
-	h.restartMigrating(tr, fmt.Sprintf("layout 3 to %d", datapath.LayoutVersion), datapath.LayoutVersion)
+	h.restartMigrating(tr, fmt.Sprintf("layout %d to %d", previousLayout, datapath.LayoutVersion), datapath.LayoutVersion)
 
 	// Back to the previous release: a downgrade across a layout change,
 	// which needs 'fulcrum detach' first (docs/upgrade.md).
