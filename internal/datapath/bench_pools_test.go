@@ -8,7 +8,7 @@ import (
 )
 
 // vipPoolsBench is the VIP of newflow-pools, whose pools hold every client.
-var vipPoolsBench = VIP{Addr: addr("203.0.113.94"), Port: 80, Proto: TCP}
+var vipPoolsBench = VIP{Addr: addr("203.0.113.97"), Port: 80, Proto: TCP}
 
 // benchPoolPrefixes are a pool's prefixes in the benchmark: half of the
 // IPv4 space (bench_newflow's fresh sources run through every first
@@ -45,7 +45,7 @@ func poolPaths(b *testing.B, full *Datapath, tp *testprogs.TestprogsObjects) []b
 	}
 	// newflow-pools-fallback's VIP: its one pool is down (its backend out
 	// of the VIP's list), fallback vip.
-	vipPoolsFallback := VIP{Addr: addr("203.0.113.95"), Port: 80, Proto: TCP}
+	vipPoolsFallback := VIP{Addr: addr("203.0.113.98"), Port: 80, Proto: TCP}
 	down, err := NewPools([]Pool{{Name: "a", Prefixes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1"), netip.MustParsePrefix("128.0.0.0/1")},
 		Backends: []netip.Addr{backends4[0].Addr}, Fallback: FallbackVIP}})
 	if err != nil {
