@@ -11,7 +11,7 @@ GENERATED := internal/datapath/balancer_bpfel.go internal/datapath/balancer_bpfe
 	internal/healthsteer/healthsteer_bpfel.go internal/healthsteer/healthsteer_bpfel.o
 BENCH_COUNT ?= 5
 
-.PHONY: all generate build test bench vet check-generated clean demo fuzz-short test-vrrp-load \
+.PHONY: all generate build test bench vet check-generated clean demo fuzz-short bench-smoke test-vrrp-load \
 	deps deps-check man package
 
 all: build
@@ -99,6 +99,14 @@ vet:
 test: deps-check vet
 	FULCRUM_TEST_STRICT=1 $(GO) test -count=1 -p 1 -timeout 30m ./...
 	$(MAKE) fuzz-short
+	$(MAKE) bench-smoke
+
+# bench-smoke runs every path of BenchmarkFastpath once, briefly, so that
+# make test catches a benchmark whose setup or proof is broken (each path's
+# verdict counters must prove every repeat took it); its figures mean
+# nothing at this size.
+bench-smoke:
+	FULCRUM_TEST_STRICT=1 $(GO) test -count=1 -run '^$$' -bench '^BenchmarkFastpath$$' -benchtime 1x ./internal/datapath/ -fastpath.rounds 1 -fastpath.repeat 20000
 
 # test-vrrp-load (as root, ~2.5 minutes) runs only the test of issue 6 that
 # takes longest, also part of test: VRRP at a 20 ms interval for 2 minutes
