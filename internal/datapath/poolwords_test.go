@@ -1,17 +1,11 @@
 package datapath
 
 import (
-	"bytes"
 	"fmt"
 	"math"
 	"net/netip"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
-
-	"github.com/cilium/ebpf"
 
 	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
@@ -95,106 +89,35 @@ func TestPoolRingHammer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var stop atomic.Bool
-	var rounds atomic.Int64
-	writerDone := make(chan struct{})
-	var writerErr error
-	go func() {
-		defer close(writerDone)
-		for i := 2; !stop.Load(); i++ {
-			if err := d.SetVIP(vip, cfgs[i%len(cfgs)], backends); err != nil {
-				writerErr = err
-				return
-			}
-			rounds.Add(1)
-		}
-	}()
+	write := func(i int) error { return d.SetVIP(vip, cfgs[(i+2)%len(cfgs)], backends) }
 
 	frames := make([][]byte, 64)
 	for i := range frames {
 		src := netip.AddrFrom4([4]byte{198, 19, 1, byte(1 + i)})
 		frames[i] = pkt(src.String(), vip.Addr.String(), UDP, uint16(1024+i*211), 80).Build()
 	}
-	var packets, seen0, seen1, wrong atomic.Int64
-	var mu sync.Mutex
-	var bad []string
-	report := func(s string) {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(bad) < 20 {
-			bad = append(bad, s)
-		}
+	packets := &twoWays{macs: [2][]byte{backends[0].MAC, backends[1].MAC}}
+	reader := func(cpu int, bad *failures) func(n int) error {
+		out := make([]byte, len(frames[0])+512)
+		return func(n int) error { return packets.send(d, frames[n%len(frames)], out, cpu, "packet of pool x", bad) }
 	}
-	var readerFailed atomic.Bool
-	var wg sync.WaitGroup
-	for cpu := range runtime.NumCPU() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := onCPU(cpu, func() error {
-				out := make([]byte, len(frames[0])+512)
-				for n := 0; !stop.Load(); n++ {
-					opts := ebpf.RunOptions{Data: frames[n%len(frames)], DataOut: out}
-					v, err := d.Program().Run(&opts)
-					if err != nil {
-						return err
-					}
-					packets.Add(1)
-					switch {
-					case v != xdpTX:
-						wrong.Add(1)
-						report(fmt.Sprintf("cpu %d: packet of pool x: verdict %s", cpu, verdictNames[v]))
-					case bytes.Equal(out[:6], backends[0].MAC):
-						seen0.Add(1)
-					case bytes.Equal(out[:6], backends[1].MAC):
-						seen1.Add(1)
-					default:
-						wrong.Add(1)
-						report(fmt.Sprintf("cpu %d: packet of pool x sent to MAC %x, not one of x's backends", cpu, out[:6]))
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				readerFailed.Store(true)
-				report(fmt.Sprintf("cpu %d: %v", cpu, err))
-			}
-		}()
-	}
-	_, enough := require.Poll(2*time.Minute, func() error {
-		select {
-		case <-writerDone:
-			return nil
-		default:
-		}
-		if readerFailed.Load() {
-			return nil
-		}
-		if r, p := rounds.Load(), packets.Load(); r < minRounds || p < minPackets {
+	rounds, enough := hammer(t, write, reader, func(r int64) error {
+		if p := packets.packets.Load(); r < minRounds || p < minPackets {
 			return fmt.Errorf("%d writer rounds and %d packets, want %d and %d", r, p, minRounds, minPackets)
 		}
 		return nil
 	})
-	stop.Store(true)
-	wg.Wait()
-	<-writerDone
-	if writerErr != nil {
-		t.Fatalf("writer: %v", writerErr)
-	}
 	t.Logf("%d writer rounds; %d packets (%d to x's first backend, %d to its second, %d wrong) on %d CPUs",
-		rounds.Load(), packets.Load(), seen0.Load(), seen1.Load(), wrong.Load(), runtime.NumCPU())
-	for _, b := range bad {
-		t.Error(b)
-	}
-	if wrong.Load() != 0 {
-		t.Errorf("%d packets of pool x went wrong", wrong.Load())
+		rounds, packets.packets.Load(), packets.seen[0].Load(), packets.seen[1].Load(), packets.wrong.Load(), runtime.NumCPU())
+	if n := packets.wrong.Load(); n != 0 {
+		t.Errorf("%d packets of pool x went wrong", n)
 	}
 	if enough != nil {
 		t.Fatal(enough)
 	}
 	// It proves something only if x's ring changed under the readers and
 	// both of its rings were seen.
-	if seen0.Load() == 0 || seen1.Load() == 0 {
-		t.Fatalf("%d packets to x's first backend and %d to its second: want both rings seen", seen0.Load(), seen1.Load())
+	if a, b := packets.seen[0].Load(), packets.seen[1].Load(); a == 0 || b == 0 {
+		t.Fatalf("%d packets to x's first backend and %d to its second: want both rings seen", a, b)
 	}
 }
