@@ -630,7 +630,7 @@ func TestVIPMetaHammer(t *testing.T) {
 	holdArgs = append(holdArgs, make([]byte, 64-len(holdArgs))...)
 
 	var holds, wrongHolds atomic.Int64
-	packets := &twoWays{macs: [2][]byte{xa.MAC, xb.MAC}}
+	packets := newWays(xa.MAC, xb.MAC)
 	what := "packet to " + x.String()
 	reader := func(cpu int, bad *failures) func(n int) error {
 		out := make([]byte, len(frames[0])+512)

@@ -96,34 +96,39 @@ func hammer(t *testing.T, write func(i int) error, reader func(cpu int, bad *fai
 	return rounds.Load(), short
 }
 
-// twoWays counts a hammer's packets, each of which must reach one of two
+// ways counts a hammer's packets, each of which must reach one of some
 // backends (by MAC).
-type twoWays struct {
-	macs           [2][]byte
+type ways struct {
+	macs           [][]byte
 	packets, wrong atomic.Int64
-	seen           [2]atomic.Int64
+	seen           []atomic.Int64 // by macs' index
+}
+
+func newWays(macs ...[]byte) *ways {
+	return &ways{macs: macs, seen: make([]atomic.Int64, len(macs))}
 }
 
 // send runs frame through d's program on this CPU and counts where it
 // went; what names the packet in a failure.
-func (w *twoWays) send(d *Datapath, frame, out []byte, cpu int, what string, bad *failures) error {
+func (w *ways) send(d *Datapath, frame, out []byte, cpu int, what string, bad *failures) error {
 	opts := ebpf.RunOptions{Data: frame, DataOut: out}
 	v, err := d.Program().Run(&opts)
 	if err != nil {
 		return err
 	}
 	w.packets.Add(1)
-	switch {
-	case v != xdpTX:
+	if v != xdpTX {
 		w.wrong.Add(1)
 		bad.add(fmt.Sprintf("cpu %d: %s: verdict %s", cpu, what, verdictNames[v]))
-	case bytes.Equal(out[:6], w.macs[0]):
-		w.seen[0].Add(1)
-	case bytes.Equal(out[:6], w.macs[1]):
-		w.seen[1].Add(1)
-	default:
-		w.wrong.Add(1)
-		bad.add(fmt.Sprintf("cpu %d: %s sent to MAC %x, neither of its two backends", cpu, what, out[:6]))
+		return nil
 	}
+	for i, mac := range w.macs {
+		if bytes.Equal(out[:6], mac) {
+			w.seen[i].Add(1)
+			return nil
+		}
+	}
+	w.wrong.Add(1)
+	bad.add(fmt.Sprintf("cpu %d: %s sent to MAC %x, none of its %d backends", cpu, what, out[:6], len(w.macs)))
 	return nil
 }

@@ -5,7 +5,11 @@ import (
 	"math"
 	"net/netip"
 	"runtime"
+	"slices"
+	"sync/atomic"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/fulcrum-lb/fulcrum/internal/require"
 	"github.com/fulcrum-lb/fulcrum/pkg/maglev"
@@ -50,16 +54,21 @@ func TestPoolWordPacking(t *testing.T) {
 	}
 }
 
-// TestPoolRingHammer: Go flips pool x's ring between two backends and
-// removes and re-adds pool y (other backends, other clients) in a loop
+// TestPoolRingHammer: Go moves pool x's ring through three backends and
+// removes and re-adds pool w (other backends, other clients) in a loop
 // while x's clients' packets run on every CPU: each must reach one of x's
-// two backends, never y's or the VIP's others. A hash map pool_rings
-// reused x's freed element for y's insert under a reader.
+// backends, never w's or the VIP's others; and holds (a reader slowed
+// down after its one load of x's word) must find x's word before and after
+// and a ring of one backend throughout. A hash map pool_rings could hand
+// x's freed element to w's insert under a reader; an extent reused before
+// its grace period shows as a ring of two backends (freeing replaced pool
+// extents at once, in place of retiring them, fails here: some hundreds of
+// wrong holds a run).
 func TestPoolRingHammer(t *testing.T) {
 	require.BPF(t)
-	minRounds, minPackets := int64(2000), int64(200000)
+	minRounds, minPackets, minHolds := int64(2000), int64(20000), int64(1000)
 	if testing.Short() {
-		minRounds, minPackets = 500, 50000
+		minRounds, minPackets, minHolds = 500, 5000, 300
 	}
 	d, err := Load(Options{ConntrackEntries: 8192, RingSlots: 64 * smallRing})
 	if err != nil {
@@ -70,13 +79,17 @@ func TestPoolRingHammer(t *testing.T) {
 	be := func(last byte) Backend {
 		return Backend{Addr: netip.AddrFrom4([4]byte{198, 18, 0, last}), MAC: []byte{2, 0, 0, 0, 0x0d, last}, Weight: 1}
 	}
-	backends := []Backend{be(21), be(22), be(23), be(24)}
+	backends := []Backend{be(21), be(22), be(23), be(24), be(25)}
 	vip := VIP{Addr: addr("203.0.113.81"), Port: 80, Proto: UDP}
 	xNet, yNet := netip.MustParsePrefix("198.19.1.0/24"), netip.MustParsePrefix("198.19.7.0/24")
+	// x cycles through three rings (of backends 0, 1, 4: its clients may
+	// reach those) while w comes and goes at another period: the extents
+	// the arena reuses then get other contents than they held.
+	xs := []int{0, 1, 4}
 	config := func(i int) VIPConfig {
-		ps := []Pool{{Name: "x", Prefixes: []netip.Prefix{xNet}, Backends: []netip.Addr{backends[i%2].Addr}}}
-		if i%3 != 0 {
-			ps = append(ps, Pool{Name: "y", Prefixes: []netip.Prefix{yNet}, Backends: []netip.Addr{backends[2].Addr, backends[3].Addr}})
+		ps := []Pool{{Name: "x", Prefixes: []netip.Prefix{xNet}, Backends: []netip.Addr{backends[xs[i%3]].Addr}}}
+		if i%2 == 0 {
+			ps = append(ps, Pool{Name: "w", Prefixes: []netip.Prefix{yNet}, Backends: []netip.Addr{backends[2].Addr, backends[3].Addr}})
 		}
 		pools, err := NewPools(ps)
 		if err != nil {
@@ -96,28 +109,92 @@ func TestPoolRingHammer(t *testing.T) {
 		src := netip.AddrFrom4([4]byte{198, 19, 1, byte(1 + i)})
 		frames[i] = pkt(src.String(), vip.Addr.String(), UDP, uint16(1024+i*211), 80).Build()
 	}
-	packets := &twoWays{macs: [2][]byte{backends[0].MAC, backends[1].MAC}}
+	packets := newWays(backends[0].MAC, backends[1].MAC, backends[4].MAC)
+	// Every holdEvery packets, a hold: x's ring read holdPasses times
+	// through one load of its word (testprogs fulcrum_pool_scan), a reader
+	// slowed down inside its read-side section.
+	const holdEvery, holdPasses = 16, 800
+	scan := loadPoolScan(t, d)
+	e := d.vips[vip]
+	xID := e.pools[slices.IndexFunc(e.pools, func(p *poolEntry) bool { return p.name == "x" })].id
+	var xIDs []uint32
+	for _, i := range xs {
+		xIDs = append(xIDs, e.backends[backends[i].Addr].id)
+	}
+	holdArgs := append(slotBytes([]uint32{xID, holdPasses}), make([]byte, 56)...)
+	var holds, wrongHolds atomic.Int64
+	xWord := func(w uint64) bool {
+		ring, flags, present := unpackPool(w)
+		return present && flags == 0 && ring.size == smallRing
+	}
 	reader := func(cpu int, bad *failures) func(n int) error {
 		out := make([]byte, len(frames[0])+512)
-		return func(n int) error { return packets.send(d, frames[n%len(frames)], out, cpu, "packet of pool x", bad) }
+		holdOut := make([]byte, 64+512)
+		return func(n int) error {
+			if err := packets.send(d, frames[n%len(frames)], out, cpu, "packet of pool x", bad); err != nil {
+				return err
+			}
+			if n%holdEvery != 0 {
+				return nil
+			}
+			opts := ebpf.RunOptions{Data: holdArgs, DataOut: holdOut}
+			if _, err := scan.Run(&opts); err != nil {
+				return err
+			}
+			holds.Add(1)
+			var r [6]uint32 // struct pool_scan_result
+			copy(slotBytes(r[:]), holdOut)
+			first, mixed := r[0], r[1]
+			before, after := uint64(r[2])|uint64(r[3])<<32, uint64(r[4])|uint64(r[5])<<32
+			if !xWord(before) || !xWord(after) || mixed != 0 || !slices.Contains(xIDs, first) {
+				wrongHolds.Add(1)
+				bad.add(fmt.Sprintf("cpu %d: held pool x (id %d): word %#x before the scan, %#x after (want x's, ring of %d); slot 0 backend %d (want one of %v), %d slot reads differ from it",
+					cpu, xID, before, after, smallRing, first, xIDs, mixed))
+			}
+			return nil
+		}
 	}
 	rounds, enough := hammer(t, write, reader, func(r int64) error {
-		if p := packets.packets.Load(); r < minRounds || p < minPackets {
-			return fmt.Errorf("%d writer rounds and %d packets, want %d and %d", r, p, minRounds, minPackets)
+		if p, h := packets.packets.Load(), holds.Load(); r < minRounds || p < minPackets || h < minHolds {
+			return fmt.Errorf("%d writer rounds, %d packets and %d holds, want %d, %d and %d", r, p, h, minRounds, minPackets, minHolds)
 		}
 		return nil
 	})
-	t.Logf("%d writer rounds; %d packets (%d to x's first backend, %d to its second, %d wrong) on %d CPUs",
-		rounds, packets.packets.Load(), packets.seen[0].Load(), packets.seen[1].Load(), packets.wrong.Load(), runtime.NumCPU())
-	if n := packets.wrong.Load(); n != 0 {
-		t.Errorf("%d packets of pool x went wrong", n)
+	t.Logf("%d writer rounds; %d packets (%d, %d and %d to x's three backends, %d wrong) and %d holds (%d wrong) on %d CPUs",
+		rounds, packets.packets.Load(), packets.seen[0].Load(), packets.seen[1].Load(), packets.seen[2].Load(), packets.wrong.Load(), holds.Load(), wrongHolds.Load(), runtime.NumCPU())
+	if n := packets.wrong.Load() + wrongHolds.Load(); n != 0 {
+		t.Errorf("%d packets and holds of pool x went wrong", n)
 	}
 	if enough != nil {
 		t.Fatal(enough)
 	}
 	// It proves something only if x's ring changed under the readers and
 	// both of its rings were seen.
-	if a, b := packets.seen[0].Load(), packets.seen[1].Load(); a == 0 || b == 0 {
-		t.Fatalf("%d packets to x's first backend and %d to its second: want both rings seen", a, b)
+	for i := range xs {
+		if n := packets.seen[i].Load(); n == 0 {
+			t.Fatalf("no packet reached x's backend %d: want all three rings seen", i)
+		}
 	}
+}
+
+// loadPoolScan loads fulcrum_pool_scan (testprogs/ringscan.o) over d's
+// pool_rings and ring arena.
+func loadPoolScan(tb testing.TB, d *Datapath) *ebpf.Program {
+	tb.Helper()
+	spec, err := ebpf.LoadCollectionSpec("testprogs/ringscan.o")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	spec.Maps[balancerMapRingArena].MaxEntries = d.objs.RingArena.MaxEntries()
+	spec.Maps[balancerMapPoolRings].MaxEntries = d.objs.PoolRings.MaxEntries()
+	var objs struct {
+		Scan *ebpf.Program `ebpf:"fulcrum_pool_scan"`
+	}
+	opts := ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		balancerMapPoolRings: d.objs.PoolRings, balancerMapRingArena: d.objs.RingArena}}
+	if err := spec.LoadAndAssign(&objs, &opts); err != nil {
+		tb.Fatalf("load pool scan: %v", err)
+	}
+	tb.Cleanup(func() { objs.Scan.Close() })
+	return objs.Scan
 }
