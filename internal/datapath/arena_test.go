@@ -415,22 +415,35 @@ func TestRingFlipHammer(t *testing.T) {
 
 // loadRingScan loads the slowed-down ring reader with d's maps.
 func loadRingScan(tb testing.TB, d *Datapath) *ebpf.Program {
+	ring, _ := loadScans(tb, d)
+	return ring
+}
+
+// loadScans loads the programs of testprogs/ringscan.o over d's maps:
+// fulcrum_ring_scan and fulcrum_pool_scan.
+func loadScans(tb testing.TB, d *Datapath) (ring, pool *ebpf.Program) {
 	tb.Helper()
 	spec, err := ebpf.LoadCollectionSpec("testprogs/ringscan.o")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	spec.Maps[balancerMapRingArena].MaxEntries = d.objs.RingArena.MaxEntries()
+	spec.Maps[balancerMapPoolRings].MaxEntries = d.objs.PoolRings.MaxEntries()
 	var objs struct {
-		Scan *ebpf.Program `ebpf:"fulcrum_ring_scan"`
+		Ring *ebpf.Program `ebpf:"fulcrum_ring_scan"`
+		Pool *ebpf.Program `ebpf:"fulcrum_pool_scan"`
 	}
 	opts := ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		balancerMapVipsV4: d.objs.VipsV4, balancerMapVipMetas: d.objs.VipMetas, balancerMapRingArena: d.objs.RingArena}}
+		balancerMapVipsV4: d.objs.VipsV4, balancerMapVipMetas: d.objs.VipMetas,
+		balancerMapRingArena: d.objs.RingArena, balancerMapPoolRings: d.objs.PoolRings}}
 	if err := spec.LoadAndAssign(&objs, &opts); err != nil {
-		tb.Fatalf("load ring scan: %v", err)
+		tb.Fatalf("load ring scans: %v", err)
 	}
-	tb.Cleanup(func() { objs.Scan.Close() })
-	return objs.Scan
+	tb.Cleanup(func() {
+		objs.Ring.Close()
+		objs.Pool.Close()
+	})
+	return objs.Ring, objs.Pool
 }
 
 // TestReadRingsFromPins reads the rings from the pins alone, as `fulcrum`

@@ -114,7 +114,7 @@ func TestPoolRingHammer(t *testing.T) {
 	// through one load of its word (testprogs fulcrum_pool_scan), a reader
 	// slowed down inside its read-side section.
 	const holdEvery, holdPasses = 16, 800
-	scan := loadPoolScan(t, d)
+	_, scan := loadScans(t, d)
 	e := d.vips[vip]
 	xID := e.pools[slices.IndexFunc(e.pools, func(p *poolEntry) bool { return p.name == "x" })].id
 	var xIDs []uint32
@@ -175,26 +175,4 @@ func TestPoolRingHammer(t *testing.T) {
 			t.Fatalf("no packet reached x's backend %d: want all three rings seen", i)
 		}
 	}
-}
-
-// loadPoolScan loads fulcrum_pool_scan (testprogs/ringscan.o) over d's
-// pool_rings and ring arena.
-func loadPoolScan(tb testing.TB, d *Datapath) *ebpf.Program {
-	tb.Helper()
-	spec, err := ebpf.LoadCollectionSpec("testprogs/ringscan.o")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	spec.Maps[balancerMapRingArena].MaxEntries = d.objs.RingArena.MaxEntries()
-	spec.Maps[balancerMapPoolRings].MaxEntries = d.objs.PoolRings.MaxEntries()
-	var objs struct {
-		Scan *ebpf.Program `ebpf:"fulcrum_pool_scan"`
-	}
-	opts := ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		balancerMapPoolRings: d.objs.PoolRings, balancerMapRingArena: d.objs.RingArena}}
-	if err := spec.LoadAndAssign(&objs, &opts); err != nil {
-		tb.Fatalf("load pool scan: %v", err)
-	}
-	tb.Cleanup(func() { objs.Scan.Close() })
-	return objs.Scan
 }
