@@ -154,17 +154,24 @@ static __always_inline __u32 pick(const struct vip_meta *vip, const struct flow 
 {
 	__u32 off = vip->ring_offset, size = vip->ring_size;
 	struct src_prefix_value *in;
-	struct pool_ring *pool;
+	__u64 *pool;
 
 	if ((vip->flags & VIP_F_POOLS) && (in = src_lookup(vip, f, SRC_KIND_POOL)) &&
 	    (pool = bpf_map_lookup_elem(&pool_rings, &in->pool))) {
-		if (pool->flags & POOL_F_DROP)
+		/* One load: Go rewrites the word with one 8-byte store. */
+		__u64 word = *(volatile __u64 *)pool;
+		__u32 flags = word >> POOL_RING_FLAGS_SHIFT;
+
+		if (!(flags & POOL_F_PRESENT)) {
+			/* No pool (a prefix outliving its pool by a moment):
+			 * the VIP's ring. */
+		} else if (flags & POOL_F_DROP) {
 			return POOL_DOWN;
-		if (pool->flags & POOL_F_FALLBACK_VIP) {
+		} else if (flags & POOL_F_FALLBACK_VIP) {
 			st->count[STAT_POOL_FALLBACK]++;
 		} else {
-			off = pool->ring_offset;
-			size = pool->ring_size;
+			off = (__u32)word;
+			size = (word >> POOL_RING_SIZE_SHIFT) & POOL_RING_SIZE_MASK;
 		}
 	}
 	return ring_read(off, ring_slot(hash, size));

@@ -27,10 +27,11 @@
  * writes it. */
 #define SRC_PREFIX_ENTRIES (1 << 20)
 /* Source-prefix pools: at most POOLS_PER_VIP per VIP; a pool's id is its
- * VIP's index * POOLS_PER_VIP + its slot, the key of pool_rings, which
- * holds at most POOL_ENTRIES pools of all VIPs. */
+ * VIP's index * POOLS_PER_VIP + its slot, its element of the array
+ * pool_rings, which has POOL_ENTRIES as compiled (8 bytes each: 2 MiB);
+ * Go sizes it with the VIP maps. */
 #define POOLS_PER_VIP 64
-#define POOL_ENTRIES 65536
+#define POOL_ENTRIES (MAX_VIPS * POOLS_PER_VIP)
 
 /* How many IPv6 extension headers the parser walks; a longer chain (or one
  * over IPV6_MAX_EXT_BYTES, parse.h) is malformed. */
@@ -104,13 +105,27 @@ enum fulcrum_src_kind {
 	SRC_KIND_POOL = 2,
 };
 
-/* pool_ring.flags: set when the pool has no live backend, by its
- * fallback. Without either the pool's ring is ring_offset, ring_size. */
+/* A pool_rings value is one __u64: the pool's ring_offset in bits 0..31
+ * (the arena holds at most 2^30 slots, internal/config MaxRingArenaSlots),
+ * its ring_size in bits 32..55 (a Maglev size is a prime <= 131071 <
+ * 2^24) and its flags (enum fulcrum_pool_flags) in bits 56..63. One word,
+ * so that Go publishes a pool with one 8-byte store and the program reads
+ * it with one load: never one ring's offset with another's size. */
+#define POOL_RING_SIZE_SHIFT 32
+#define POOL_RING_SIZE_MASK 0xffffff
+#define POOL_RING_FLAGS_SHIFT 56
+
+/* A pool_rings value's flags. Without POOL_F_PRESENT the id is no pool
+ * (the word is 0). FALLBACK_VIP and DROP are set when the pool has no live
+ * backend, by its fallback; without either the pool's ring is its
+ * ring_offset, ring_size. */
 enum fulcrum_pool_flags {
 	/* Its clients take the VIP's ring (STAT_POOL_FALLBACK). */
 	POOL_F_FALLBACK_VIP = 1 << 0,
 	/* Its clients' new flows are dropped (STAT_DROP_POOL_DOWN). */
 	POOL_F_DROP = 1 << 1,
+	/* The id is a pool: an unused id's word is 0. */
+	POOL_F_PRESENT = 1 << 2,
 };
 
 /* Backend flags. */

@@ -149,15 +149,21 @@ struct {
 } src_prefixes SEC(".maps");
 
 /* pool_rings[pool id] is a source-prefix pool's ring (src_prefixes gives
- * a client's pool id). A hash map, not an array: an update replaces the
- * whole value at once, so a reader never sees one ring's offset with
- * another's size. */
+ * a client's pool id), packed in one __u64 (consts.h POOL_RING_*). An
+ * array, not a hash map: an element is never freed, so the pointer the
+ * lookup returns names this id's word for good, where a hash map reuses a
+ * freed element for the next insert at once (an update of a key frees the
+ * old element) and a reader could find another pool's value under it. Go
+ * writes a word with one 8-byte store through its mmap, not with a map
+ * update (a memcpy, not single-copy atomic), and the program loads it
+ * once: a reader sees the old word or the new one, whole. The lookup is
+ * inlined. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, struct pool_ring);
+	__type(value, __u64);
 	__uint(max_entries, POOL_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } pool_rings SEC(".maps");
 
 /* ring_arena holds the Maglev ring of every VIP, each at its own extent

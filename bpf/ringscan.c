@@ -90,3 +90,52 @@ int fulcrum_ring_scan(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+
+/* pool_scan_args: fulcrum_pool_scan's frame. */
+struct pool_scan_args {
+	__u32 pool;   /* the pool id */
+	__u32 passes; /* reads of the whole ring */
+};
+
+/* pool_scan_result is what fulcrum_pool_scan writes over the frame. */
+struct pool_scan_result {
+	__u32 first; /* slot 0's backend id */
+	__u32 mixed; /* slot reads that differ from slot 0 */
+	/* The pool's word, loaded before the scan and again after it through
+	 * the pointer the lookup gave: it must stay the pool's
+	 * (TestPoolRingHammer). 0 if the lookup failed. */
+	__u64 word_before;
+	__u64 word_after;
+};
+
+/* fulcrum_pool_scan reads a pool's ring as pick does (one load of its
+ * pool_rings word), slowed down like fulcrum_ring_scan. */
+SEC("xdp")
+int fulcrum_pool_scan(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct pool_scan_result *r = data;
+	struct pool_scan_args a;
+	__u64 *pool, word;
+	struct scan s = {};
+
+	if (data + sizeof(a) > end || data + sizeof(*r) > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(&a, data, sizeof(a));
+	pool = bpf_map_lookup_elem(&pool_rings, &a.pool);
+	if (!pool) {
+		r->word_before = r->word_after = 0;
+		return XDP_PASS;
+	}
+	word = *(volatile __u64 *)pool;
+	s.offset = (__u32)word;
+	s.size = (word >> POOL_RING_SIZE_SHIFT) & POOL_RING_SIZE_MASK;
+	s.first = ring_read(s.offset, 0);
+	bpf_loop((__u64)s.size * a.passes, scan_slot, &s, 0);
+	r->word_before = word;
+	r->word_after = *(volatile __u64 *)pool;
+	r->first = s.first;
+	r->mixed = s.mixed;
+	return XDP_PASS;
+}

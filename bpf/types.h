@@ -88,15 +88,6 @@ struct src_prefix_value {
 	__u32 pool;
 };
 
-/* pool_rings value: a pool's Maglev ring in the ring arena, as vip_meta
- * names a VIP's; an update of the pool's entry publishes a new ring. */
-struct pool_ring {
-	__u32 ring_offset;
-	__u32 ring_size;
-	__u32 flags; /* enum fulcrum_pool_flags */
-	__u32 pad;
-};
-
 /* backends[id]. An id names one backend of one VIP, so removing a backend
  * from a VIP re-hashes exactly that VIP's flows to it. gen changes when an
  * id is reused, so old connection entries to the id are recognised. */

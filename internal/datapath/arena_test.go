@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -416,22 +415,35 @@ func TestRingFlipHammer(t *testing.T) {
 
 // loadRingScan loads the slowed-down ring reader with d's maps.
 func loadRingScan(tb testing.TB, d *Datapath) *ebpf.Program {
+	ring, _ := loadScans(tb, d)
+	return ring
+}
+
+// loadScans loads the programs of testprogs/ringscan.o over d's maps:
+// fulcrum_ring_scan and fulcrum_pool_scan.
+func loadScans(tb testing.TB, d *Datapath) (ring, pool *ebpf.Program) {
 	tb.Helper()
 	spec, err := ebpf.LoadCollectionSpec("testprogs/ringscan.o")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	spec.Maps[balancerMapRingArena].MaxEntries = d.objs.RingArena.MaxEntries()
+	spec.Maps[balancerMapPoolRings].MaxEntries = d.objs.PoolRings.MaxEntries()
 	var objs struct {
-		Scan *ebpf.Program `ebpf:"fulcrum_ring_scan"`
+		Ring *ebpf.Program `ebpf:"fulcrum_ring_scan"`
+		Pool *ebpf.Program `ebpf:"fulcrum_pool_scan"`
 	}
 	opts := ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		balancerMapVipsV4: d.objs.VipsV4, balancerMapVipMetas: d.objs.VipMetas, balancerMapRingArena: d.objs.RingArena}}
+		balancerMapVipsV4: d.objs.VipsV4, balancerMapVipMetas: d.objs.VipMetas,
+		balancerMapRingArena: d.objs.RingArena, balancerMapPoolRings: d.objs.PoolRings}}
 	if err := spec.LoadAndAssign(&objs, &opts); err != nil {
-		tb.Fatalf("load ring scan: %v", err)
+		tb.Fatalf("load ring scans: %v", err)
 	}
-	tb.Cleanup(func() { objs.Scan.Close() })
-	return objs.Scan
+	tb.Cleanup(func() {
+		objs.Ring.Close()
+		objs.Pool.Close()
+	})
+	return objs.Ring, objs.Pool
 }
 
 // TestReadRingsFromPins reads the rings from the pins alone, as `fulcrum`
@@ -608,28 +620,17 @@ func TestVIPMetaHammer(t *testing.T) {
 		others = append(others, y)
 	}
 
-	var stop atomic.Bool
-	var rounds atomic.Int64
-	writerDone := make(chan struct{})
-	var writerErr error
-	go func() {
-		defer close(writerDone)
-		for i := 0; !stop.Load(); i++ {
-			y := others[i%len(others)]
-			err := d.RemoveVIP(y)
-			if err == nil {
-				err = d.SetVIP(x, cfg, xBackends(i%2 == 0))
-			}
-			if err == nil {
-				err = d.AddVIP(y, cfg, []Backend{be(byte(40 + i%len(others)))})
-			}
-			if err != nil {
-				writerErr = err
-				return
-			}
-			rounds.Add(1)
+	write := func(i int) error {
+		y := others[i%len(others)]
+		err := d.RemoveVIP(y)
+		if err == nil {
+			err = d.SetVIP(x, cfg, xBackends(i%2 == 0))
 		}
-	}()
+		if err == nil {
+			err = d.AddVIP(y, cfg, []Backend{be(byte(40 + i%len(others)))})
+		}
+		return err
+	}
 
 	frames := make([][]byte, 64)
 	for i := range frames {
@@ -641,103 +642,50 @@ func TestVIPMetaHammer(t *testing.T) {
 	holdArgs = append(holdArgs, slotBytes([]uint32{holdPasses})...)
 	holdArgs = append(holdArgs, make([]byte, 64-len(holdArgs))...)
 
-	var packets, holds, seenA, seenB, wrongPackets, wrongHolds atomic.Int64
-	var mu sync.Mutex
-	var bad []string
-	report := func(s string) {
-		mu.Lock()
-		defer mu.Unlock()
-		bad = append(bad, s)
-	}
-	var readerFailed atomic.Bool
-	var wg sync.WaitGroup
-	for cpu := range runtime.NumCPU() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := onCPU(cpu, func() error {
-				out := make([]byte, len(frames[0])+512)
-				holdOut := make([]byte, 64+512)
-				for n := 0; !stop.Load(); n++ {
-					opts := ebpf.RunOptions{Data: frames[n%len(frames)], DataOut: out}
-					v, err := d.Program().Run(&opts)
-					if err != nil {
-						return err
-					}
-					packets.Add(1)
-					switch {
-					case v != xdpTX:
-						wrongPackets.Add(1)
-						report(fmt.Sprintf("cpu %d: packet to %s: verdict %s", cpu, x, verdictNames[v]))
-					case bytes.Equal(out[:6], xa.MAC):
-						seenA.Add(1)
-					case bytes.Equal(out[:6], xb.MAC):
-						seenB.Add(1)
-					default:
-						wrongPackets.Add(1)
-						report(fmt.Sprintf("cpu %d: packet to %s sent to MAC %x, neither of its backends", cpu, x, out[:6]))
-					}
-					if n%holdEvery != 0 {
-						continue
-					}
-					opts = ebpf.RunOptions{Data: holdArgs, DataOut: holdOut}
-					if _, err := hold.Run(&opts); err != nil {
-						return err
-					}
-					holds.Add(1)
-					var r [6]uint32 // struct scan_result
-					copy(slotBytes(r[:]), holdOut)
-					first, mixed, size, found, before, after := r[0], r[1], r[2], r[3], r[4], r[5]
-					if found != 1 || before != xIndex || after != xIndex || size != smallRing || mixed != 0 || !slices.Contains(xIDs, first) {
-						wrongHolds.Add(1)
-						report(fmt.Sprintf("cpu %d: held meta of %s (index %d): found=%d, index %d before the scan, %d after; ring of %d slots, slot 0 backend %d (want one of %v), %d slot reads differ from it",
-							cpu, x, xIndex, found, before, after, size, first, xIDs, mixed))
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				readerFailed.Store(true)
-				report(fmt.Sprintf("cpu %d: %v", cpu, err))
+	var holds, wrongHolds atomic.Int64
+	packets := newWays(xa.MAC, xb.MAC)
+	what := "packet to " + x.String()
+	reader := func(cpu int, bad *failures) func(n int) error {
+		out := make([]byte, len(frames[0])+512)
+		holdOut := make([]byte, 64+512)
+		return func(n int) error {
+			if err := packets.send(d, frames[n%len(frames)], out, cpu, what, bad); err != nil {
+				return err
 			}
-		}()
+			if n%holdEvery != 0 {
+				return nil
+			}
+			opts := ebpf.RunOptions{Data: holdArgs, DataOut: holdOut}
+			if _, err := hold.Run(&opts); err != nil {
+				return err
+			}
+			holds.Add(1)
+			var r [6]uint32 // struct scan_result
+			copy(slotBytes(r[:]), holdOut)
+			first, mixed, size, found, before, after := r[0], r[1], r[2], r[3], r[4], r[5]
+			if found != 1 || before != xIndex || after != xIndex || size != smallRing || mixed != 0 || !slices.Contains(xIDs, first) {
+				wrongHolds.Add(1)
+				bad.add(fmt.Sprintf("cpu %d: held meta of %s (index %d): found=%d, index %d before the scan, %d after; ring of %d slots, slot 0 backend %d (want one of %v), %d slot reads differ from it",
+					cpu, x, xIndex, found, before, after, size, first, xIDs, mixed))
+			}
+			return nil
+		}
 	}
-	_, enough := require.Poll(2*time.Minute, func() error {
-		select {
-		case <-writerDone: // failed: no more rounds will come
-			return nil
-		default:
-		}
-		if readerFailed.Load() {
-			return nil
-		}
-		if r, h := rounds.Load(), holds.Load(); r < minRounds || h < minHolds {
+	rounds, enough := hammer(t, write, reader, func(r int64) error {
+		if h := holds.Load(); r < minRounds || h < minHolds {
 			return fmt.Errorf("%d writer rounds and %d holds, want %d and %d", r, h, minRounds, minHolds)
 		}
 		return nil
 	})
-	stop.Store(true)
-	wg.Wait()
-	<-writerDone
-	if writerErr != nil {
-		t.Fatalf("writer: %v", writerErr)
-	}
 	t.Logf("%d writer rounds; %d packets (%d to backend A, %d to B, %d wrong) and %d holds (%d wrong) on %d CPUs",
-		rounds.Load(), packets.Load(), seenA.Load(), seenB.Load(), wrongPackets.Load(), holds.Load(), wrongHolds.Load(), runtime.NumCPU())
-	for i, b := range bad {
-		if i == 20 {
-			t.Errorf("... and %d more", len(bad)-i)
-			break
-		}
-		t.Error(b)
-	}
+		rounds, packets.packets.Load(), packets.seen[0].Load(), packets.seen[1].Load(), packets.wrong.Load(), holds.Load(), wrongHolds.Load(), runtime.NumCPU())
 	// The test proves something only if the metas changed under the
 	// readers many times, and both of X's rings were seen.
 	if enough != nil {
 		t.Fatal(enough)
 	}
-	if seenA.Load() == 0 || seenB.Load() == 0 {
-		t.Fatalf("%d packets to A and %d to B: want both rings seen", seenA.Load(), seenB.Load())
+	if a, b := packets.seen[0].Load(), packets.seen[1].Load(); a == 0 || b == 0 {
+		t.Fatalf("%d packets to A and %d to B: want both rings seen", a, b)
 	}
 }
 

@@ -150,6 +150,7 @@ type balancerFulcrumPoolFlags uint32
 const (
 	balancerFulcrumPoolFlagsPOOL_F_FALLBACK_VIP balancerFulcrumPoolFlags = 1
 	balancerFulcrumPoolFlagsPOOL_F_DROP         balancerFulcrumPoolFlags = 2
+	balancerFulcrumPoolFlagsPOOL_F_PRESENT      balancerFulcrumPoolFlags = 4
 )
 
 type balancerFulcrumSrcKind uint32
@@ -255,14 +256,6 @@ type balancerLcPool struct {
 		Id     uint32
 		Weight uint32
 	}
-}
-
-type balancerPoolRing struct {
-	_          structs.HostLayout
-	RingOffset uint32
-	RingSize   uint32
-	Flags      uint32
-	Pad        uint32
 }
 
 type balancerRingChunk struct {

@@ -106,6 +106,8 @@ type Datapath struct {
 	// counts maps the fast path's per-backend connection counts
 	// (counts.go).
 	counts *connCounts
+	// poolWords maps pool_rings, which Go writes word by word (pools.go).
+	poolWords *poolWords
 	// ct maps the connection tables writable for Go's own writes
 	// (ctmem.go).
 	ct ctMaps
@@ -135,6 +137,8 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	// Every VIP's meta slot, and as many retired (bpf/maps.h vip_metas).
 	spec.Maps[balancerMapVipMetas].MaxEntries = 2 * maxVIPs
+	// A pool's id is its VIP's index * PoolsPerVIP + its slot (pools.go).
+	spec.Maps[balancerMapPoolRings].MaxEntries = maxVIPs * PoolsPerVIP
 	for _, name := range []string{balancerMapBackends, balancerMapBackendStats, balancerMapHopCache,
 		balancerMapRtSamples, balancerMapBackendCost, balancerMapBackendConns} {
 		spec.Maps[name].MaxEntries = maxBackends
@@ -190,10 +194,18 @@ func Load(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if d.poolWords, err = openPoolWords(d.objs.PoolRings); err != nil {
+		d.counts.close()
+		d.hosts.close()
+		d.arena.close()
+		d.objs.Close()
+		return nil, err
+	}
 	if opts.PinDir != "" {
 		if err := d.settlePins(mode, opts.PinDir); err != nil {
 			d.hosts.close()
 			d.counts.close()
+			d.poolWords.close()
 			d.arena.close()
 			d.objs.Close()
 			return nil, err
@@ -315,6 +327,7 @@ func (d *Datapath) Close() error {
 	d.arena.close()
 	d.hosts.close()
 	d.counts.close()
+	d.poolWords.close()
 	d.ct.close()
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)

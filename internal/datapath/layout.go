@@ -54,7 +54,12 @@ import (
 //   - 5: vips_v4/vips_v6 map a VIP's key to a slot (__u32) of the new array
 //     vip_metas, whose value (bpf/types.h vip_slot) is the VIP's vip_meta
 //     and its key, in place of the meta itself (docs/datapath.md, "VIP
-//     publication"; a migration reads either, eachVIP).
+//     publication"; a migration reads either, eachVIP); pool_rings is an
+//     mmapable array of VIPs × PoolsPerVIP __u64 words, by pool id, each
+//     packing a pool's ring offset, size and flags (bpf/consts.h
+//     POOL_RING_*, POOL_F_PRESENT; 0 is no pool), in place of the hash
+//     map of struct pool_ring, for the same reason (never copied: a
+//     migration's fill writes the pools afresh).
 const LayoutVersion = 5
 
 // OldestLayout is the oldest layout this release migrates from: the

@@ -235,12 +235,11 @@ type poolEntry struct {
 	// down (no live backend), when flags say its fallback.
 	ring  extent
 	sum   uint64 // tableSum of the ring, to tell a rebuilt ring apart
-	flags uint32 // as written to pool_rings
+	flags uint8  // as written to pool_rings, without POOL_F_PRESENT
 }
 
-func (p *poolEntry) value() balancerPoolRing {
-	return balancerPoolRing{RingOffset: p.ring.off, RingSize: p.ring.size, Flags: p.flags}
-}
+// value is the pool's pool_rings word.
+func (p *poolEntry) value() uint64 { return poolWord(p.ring, p.flags) }
 
 // poolID is the id of slot slot of VIP index index.
 func poolID(index uint16, slot uint32) uint32 { return uint32(index)*PoolsPerVIP + slot }
@@ -342,9 +341,9 @@ func (d *Datapath) fillPools(p *pendingVIP) error {
 	for _, pe := range e.pools {
 		members, live := poolMembers(e, pe)
 		if !live {
-			pe.flags = uint32(balancerFulcrumPoolFlagsPOOL_F_FALLBACK_VIP)
+			pe.flags = uint8(balancerFulcrumPoolFlagsPOOL_F_FALLBACK_VIP)
 			if pe.fallback == FallbackDrop {
-				pe.flags = uint32(balancerFulcrumPoolFlagsPOOL_F_DROP)
+				pe.flags = uint8(balancerFulcrumPoolFlagsPOOL_F_DROP)
 			}
 			continue
 		}
@@ -374,7 +373,7 @@ func (d *Datapath) fillPools(p *pendingVIP) error {
 // as it was.
 func (d *Datapath) writePools(p *pendingVIP) error {
 	e := p.e
-	oldRing := make(map[uint32]balancerPoolRing)
+	oldRing := make(map[uint32]uint64)
 	var oldPrefixes map[netip.Prefix]uint32
 	if p.old != nil {
 		for _, o := range p.old.pools {
@@ -394,17 +393,11 @@ func (d *Datapath) writePools(p *pendingVIP) error {
 		if had && was == pe.value() {
 			continue
 		}
-		if err := d.objs.PoolRings.Put(pe.id, pe.value()); err != nil {
+		if err := d.poolWords.store(pe.id, pe.value()); err != nil {
 			return fail(fmt.Errorf("write ring of pool %s: %w", pe.name, err))
 		}
 		id := pe.id
-		undo = append(undo, func() {
-			if had {
-				_ = d.objs.PoolRings.Put(id, was)
-			} else {
-				_ = d.objs.PoolRings.Delete(id)
-			}
-		})
+		undo = append(undo, func() { _ = d.poolWords.store(id, was) }) // was: 0 if !had
 	}
 	var keys []balancerSrcPrefixKey
 	var vals []balancerSrcPrefixValue
@@ -465,7 +458,8 @@ const batchRefused = 1
 
 // dropPools deletes what old's pools wrote that e no longer uses, once e's
 // meta is written (e nil: the VIP is gone): prefixes, then pool_rings
-// entries, then the rings' extents, retired.
+// words (stored 0), then the rings' extents, retired: a reader that loaded
+// an old word before the store reads its extent within the grace period.
 func (d *Datapath) dropPools(old, e *vipEntry) error {
 	if old == nil || (len(old.pools) == 0 && len(old.poolPrefixes) == 0) {
 		return nil
@@ -489,7 +483,7 @@ func (d *Datapath) dropPools(old, e *vipEntry) error {
 	errs := []error{d.deletePrefixes(gone)}
 	for _, o := range old.pools {
 		if !ids[o.id] {
-			if err := d.objs.PoolRings.Delete(o.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			if err := d.poolWords.store(o.id, 0); err != nil {
 				errs = append(errs, fmt.Errorf("delete ring of pool %s: %w", o.name, err))
 			}
 		}
@@ -533,30 +527,31 @@ func (d *Datapath) deletePrefixes(keys []balancerSrcPrefixKey) error {
 // claims their rings' extents, and deletes the entries of other indexes:
 // left by a crash between writes.
 func (d *Datapath) adoptPools(flagged map[uint16]*vipEntry) error {
-	var id uint32
-	var v balancerPoolRing
 	var staleIDs []uint32
-	it := d.objs.PoolRings.Iterate()
-	for it.Next(&id, &v) {
+	// The words through the mapping: a scan of memory, where iterating the
+	// array would take two syscalls per id, used or not.
+	for i := range d.poolWords.words {
+		id := uint32(i)
+		ring, flags, present := unpackPool(d.poolWords.load(id))
+		if !present {
+			continue
+		}
 		e := flagged[uint16(id/PoolsPerVIP)]
 		if e == nil {
 			staleIDs = append(staleIDs, id)
 			continue
 		}
-		pe := &poolEntry{name: fmt.Sprintf("#%d", id%PoolsPerVIP), id: id, flags: v.Flags}
-		if v.Flags&uint32(balancerFulcrumPoolFlagsPOOL_F_DROP) != 0 {
+		pe := &poolEntry{name: fmt.Sprintf("#%d", id%PoolsPerVIP), id: id, flags: flags}
+		if flags&uint8(balancerFulcrumPoolFlagsPOOL_F_DROP) != 0 {
 			pe.fallback = FallbackDrop
 		}
-		if v.Flags == 0 {
-			pe.ring = extent{v.RingOffset, v.RingSize}
+		if flags == 0 {
+			pe.ring = ring
 			if err := d.arena.claim(pe.ring); err != nil {
 				return fmt.Errorf("adopt ring of a pool of vip %s: %w", e.vip, err)
 			}
 		}
 		e.pools = append(e.pools, pe)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", balancerMapPoolRings, err)
 	}
 	var stale []balancerSrcPrefixKey
 	var k balancerSrcPrefixKey
@@ -590,7 +585,7 @@ func (d *Datapath) adoptPools(flagged map[uint16]*vipEntry) error {
 		}
 	}
 	for _, id := range staleIDs {
-		if err := d.objs.PoolRings.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.poolWords.store(id, 0); err != nil {
 			return fmt.Errorf("delete stale pool %d: %w", id, err)
 		}
 	}

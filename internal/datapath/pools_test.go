@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -9,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // poolCase is one family the pool tests run for: a VIP of three backends,
@@ -274,17 +273,22 @@ func TestPoolsChange(t *testing.T) {
 	}
 }
 
-// poolRingCount counts the entries of pool_rings, walking its keys.
+// poolRingCount counts the pools in pool_rings (words with
+// POOL_F_PRESENT), read through a mapping of its own.
 func poolRingCount(t *testing.T, d *Datapath) int {
 	t.Helper()
-	n := 0
-	var key uint32
-	err := d.objs.PoolRings.NextKey(nil, &key)
-	for ; err == nil; err = d.objs.PoolRings.NextKey(key, &key) {
-		n++
-	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+	mem, words, err := mapArray[uint64](d.objs.PoolRings, false)
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	n := 0
+	for _, w := range words {
+		if _, _, present := unpackPool(w); present {
+			n++
+		} else if w != 0 {
+			t.Errorf("pool_rings word %#x has no POOL_F_PRESENT but is not 0", w)
+		}
 	}
 	return n
 }
@@ -404,4 +408,54 @@ func loadAt(t *testing.T, dir string) *Datapath {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// TestPoolsMigrated: a migration (here to another VIP capacity, which
+// sizes pool_rings too) does not copy pool_rings: the new array starts
+// without pools and the fill writes them from the configuration, after
+// which pool a's clients reach its ring.
+func TestPoolsMigrated(t *testing.T) {
+	c := poolCases()[0]
+	dir := PinDir(newPinRoot(t), "test")
+	d1, err := Load(Options{ConntrackEntries: 8192, MaxVIPs: 64, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := VIPConfig{Mode: ModeDSR, Pools: c.pools(t, []int{0, 1}, FallbackVIP)}
+	if err := d1.AddVIP(c.vip, cfg, c.backends); err != nil {
+		d1.Close()
+		t.Fatal(err)
+	}
+	d1.Close()
+	d2, err := Load(Options{ConntrackEntries: 8192, MaxVIPs: 128, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer RemovePins(dir)
+	defer d2.Close()
+	if _, _, reason, ok := d2.Migrating(); !ok || !strings.Contains(reason, "pool_rings") {
+		t.Fatalf("Migrating() = %q, %v; want a migration naming pool_rings", reason, ok)
+	}
+	if got, want := d2.objs.PoolRings.MaxEntries(), uint32(128*PoolsPerVIP); got != want {
+		t.Fatalf("pool_rings: %d elements, want %d (128 VIPs × %d)", got, want, PoolsPerVIP)
+	}
+	if r := poolRingCount(t, d2); r != 0 {
+		t.Fatalf("before the fill: %d pools in the new pool_rings, want 0 (never copied)", r)
+	}
+	if err := d2.AddVIP(c.vip, cfg, c.backends); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d2.CompleteMigration(); err != nil {
+		t.Fatal(err)
+	}
+	if r := poolRingCount(t, d2); r != 2 {
+		t.Fatalf("after the migration: %d pools in pool_rings, want 2", r)
+	}
+	for i := range 20 {
+		src := client(c.aNet, 1+i)
+		want := expectBackend(t, pick(c.backends, 0, 1), 0, src, c.vip.Addr, uint16(33000+i), c.vip.Port, TCP, false).Addr
+		if to, _ := synFrom(t, d2, c, src, uint16(33000+i), true); to != want {
+			t.Fatalf("after the migration: pool a's client %s reached %s, want %s", src, to, want)
+		}
+	}
 }

@@ -117,7 +117,7 @@ func (d *Datapath) Predict(f Flow, syn bool) (p Prediction, err error) {
 	p = Prediction{VIP: e.vip, RingSize: uint32(len(table)), Scheduler: e.cfg.scheduler()}
 	if pe := poolOf(e, f.Src); pe != nil {
 		p.Pool, p.PoolDown = pe.name, pe.flags != 0
-		p.PoolDrop = pe.flags&uint32(balancerFulcrumPoolFlagsPOOL_F_DROP) != 0
+		p.PoolDrop = pe.flags&uint8(balancerFulcrumPoolFlagsPOOL_F_DROP) != 0
 		if !p.PoolDown {
 			if table, err = d.poolTable(e, pe); err != nil {
 				return Prediction{}, err
