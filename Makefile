@@ -6,6 +6,7 @@ CLANG ?= clang-19
 BPF_SOURCES := $(wildcard bpf/*.c bpf/*.h)
 GENERATED := internal/datapath/balancer_bpfel.go internal/datapath/balancer_bpfel.o \
 	internal/datapath/testprogs/testprogs_bpfel.go internal/datapath/testprogs/testprogs_bpfel.o \
+	internal/datapath/testprogs/ringscan.o \
 	internal/decap/decap_bpfel.go internal/decap/decap_bpfel.o \
 	internal/perf/perf_bpfel.go internal/perf/perf_bpfel.o \
 	internal/healthsteer/healthsteer_bpfel.go internal/healthsteer/healthsteer_bpfel.o

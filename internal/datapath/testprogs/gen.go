@@ -12,5 +12,8 @@ package testprogs
 // ringscan.o is the slowed-down ring reader of TestRingFlipHammer
 // (bpf/ringscan.c), compiled without Go bindings: its object declares all
 // of the balancer's maps, and the test loads only the program from it, with
-// the datapath's maps in place of the two it reads.
-//go:generate clang-19 -O2 -g -mcpu=v3 -Wall -Werror -target bpfel -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu -c ../../../bpf/ringscan.c -o ringscan.o
+// the datapath's maps in place of the two it reads. The compilation
+// directory is fixed so that the object's debug information, and so the
+// committed file, is the same whichever checkout builds it (make
+// check-generated compares it).
+//go:generate clang-19 -O2 -g -fdebug-compilation-dir=. -mcpu=v3 -Wall -Werror -target bpfel -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu -c ../../../bpf/ringscan.c -o ringscan.o
