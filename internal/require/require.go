@@ -22,6 +22,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 )
 
 // StrictEnv is the environment variable that turns a missing privilege,
@@ -102,6 +103,20 @@ var packages = map[string]string{
 	"systemd-analyze": "systemd",
 	"tc":              "iproute2",
 	"vtysh":           "frr",
+}
+
+// CPUs requires that this process may run on at least n CPUs (its
+// affinity mask): a test of work spread over CPUs means nothing on fewer.
+func CPUs(tb testing.TB, n int) {
+	tb.Helper()
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		missing(tb, "CPU affinity: %v", err)
+		return
+	}
+	if got := set.Count(); got < n {
+		missing(tb, "%d CPUs: this test needs at least %d", got, n)
+	}
 }
 
 // sbin is where administration tools live that a non-root PATH may lack.

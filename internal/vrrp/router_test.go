@@ -805,9 +805,9 @@ func schedPolicy(tid int) (int, error) {
 // later than a quarter interval, and lb2 stays backup.
 func TestGuardCoversStall(t *testing.T) {
 	require.Netns(t)
-	if len(guardCPUs()) == 0 {
-		t.Skip("one CPU: no guards (a guard on the protocol thread's CPU would stall with it)")
-	}
+	// One CPU has no guards: a guard on the protocol thread's CPU would
+	// stall with it (guardCPUs).
+	require.CPUs(t, 2)
 	_, r1, r2 := twentyMillisecondPair(t)
 	waitReceived(t, r2, 5, time.Second)
 	before1, before2 := r1.Stats(), r2.Stats()
@@ -816,14 +816,22 @@ func TestGuardCoversStall(t *testing.T) {
 	// this goroutine holds: the thread is held up as by a stalled CPU.
 	const stall = 300 * time.Millisecond
 	r1.ctl.Lock()
+	held := true
+	release := func() {
+		if held {
+			held = false
+			r1.ctl.Unlock()
+		}
+	}
+	defer release()
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1)
 	if _, err := unix.Write(r1.wake, one[:]); err != nil {
-		r1.ctl.Unlock()
 		t.Fatal(err)
 	}
-	time.Sleep(stall) // the stall itself, not a wait for a condition
-	r1.ctl.Unlock()
+	// The stall: lb2 is watched all through it, not slept through.
+	stays(t, r2, Backup, stall)
+	release()
 	stays(t, r2, Backup, 100*time.Millisecond)
 
 	s1, s2 := r1.Stats(), r2.Stats()
