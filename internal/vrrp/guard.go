@@ -95,11 +95,11 @@ func (r *Router) guardLoop(cpu, stop int) {
 		return
 	}
 	if r.realtime > 0 {
-		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(r.realtime)}
-		if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+		if err := setRealtime(r.realtime); err != nil {
 			r.log.Warn("vrrp: advertisement guard without real-time priority; it stops", "cpu", cpu, "err", err)
 			return
 		}
+		defer clearRealtime()
 	}
 	fds := []unix.PollFd{{Fd: int32(stop), Events: unix.POLLIN}}
 	var ts unix.Timespec

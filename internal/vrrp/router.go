@@ -391,17 +391,36 @@ func (r *Router) Run(ctx context.Context) error {
 	return <-errc
 }
 
+// setRealtime makes the calling thread SCHED_RR at prio. The thread must
+// be locked to its goroutine. SCHED_FLAG_RESET_ON_FORK: a thread the Go
+// runtime starts from this one (a new M for any goroutine) would otherwise
+// inherit the real-time policy, and run ordinary goroutines real-time for
+// good after the protocol thread and the guards are gone.
+func setRealtime(prio int) error {
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Flags: unix.SCHED_FLAG_RESET_ON_FORK, Priority: uint32(prio)}
+	return unix.SchedSetAttr(0, &attr, 0)
+}
+
+// clearRealtime gives the calling thread the normal policy back. A
+// goroutine that exits locked ends its thread, except the process's main
+// thread, which the runtime keeps (parked): without this, a protocol
+// thread or guard that happened to run there would leave it real-time.
+func clearRealtime() {
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
+	_ = unix.SchedSetAttr(0, &attr, 0)
+}
+
 // loop is the protocol's event loop. It runs on a thread of its own that
 // it never unlocks, so that the thread, with its scheduling policy, ends
 // with it.
 func (r *Router) loop() error {
 	runtime.LockOSThread()
 	if r.realtime > 0 {
-		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(r.realtime)}
-		if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+		if err := setRealtime(r.realtime); err != nil {
 			r.log.Warn("vrrp: no real-time priority for the advertisement thread; timers may run late under load",
 				"priority", r.realtime, "err", err)
 		}
+		defer clearRealtime()
 	}
 
 	link, err := r.nl.LinkByIndex(r.ifindex)
