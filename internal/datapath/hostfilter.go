@@ -6,7 +6,6 @@ import (
 	"math/bits"
 	"net/netip"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -46,13 +45,13 @@ func newHostFilter(m *ebpf.Map) (*hostFilter, error) {
 	if m.ValueSize() != 8 || n < 64 || n&(n-1) != 0 {
 		return nil, fmt.Errorf("host_filter: want a power of two of 8-byte words, at least 64, got %d of %d bytes", n, m.ValueSize())
 	}
-	mem, err := unix.Mmap(m.FD(), 0, int(n)*8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, words, err := mapArray[uint64](m, true)
 	if err != nil {
-		return nil, fmt.Errorf("map host_filter: %w", err)
+		return nil, fmt.Errorf("host_filter: %w", err)
 	}
 	return &hostFilter{
 		mem:   mem,
-		words: unsafe.Slice((*uint64)(unsafe.Pointer(&mem[0])), n),
+		words: words,
 		shift: uint(32 - 6 - bits.TrailingZeros32(n)),
 		held:  make(map[netip.Addr]uint32),
 		refs:  make(map[uint32]uint32),
